@@ -1,0 +1,333 @@
+"""The s4edge wire contract (DESIGN.md, "The wire contract").
+
+Every message is a small JSON object under ``s4edge/v1/{site}/{node_id}/{suffix}``.
+Privacy is a property of this schema: there is no bytes field, every string is
+length-bounded, and any string that looks like an encoded blob is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+SCHEMA: Final = "s4edge/1"
+TOPIC_ROOT: Final = "s4edge/v1"
+MAX_MESSAGE_BYTES: Final = 16 * 1024
+
+# Site and node ids become MQTT topic levels: no wildcards, no separators.
+NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+# A run of base64/hex alphabet this long cannot be a label, a URI or a sentence:
+# it is an encoded blob, and blobs never leave the node.
+_BLOB = re.compile(r"(data:[\w/+.-]+;base64,)|([A-Za-z0-9+/=_-]{200,})")
+
+
+def _no_blob(value: str) -> str:
+    if _BLOB.search(value):
+        raise ValueError("looks like encoded binary data; s4edge messages carry metadata only")
+    return value
+
+
+def _text(max_length: int) -> Any:
+    return Annotated[str, Field(max_length=max_length), AfterValidator(_no_blob)]
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+ShortText = _text(128)
+Text = _text(1024)
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Scalar = str | int | float | bool | None
+
+Severity = Literal["Minor", "Moderate", "Severe", "Extreme"]
+SEVERITIES: Final[tuple[Severity, ...]] = ("Minor", "Moderate", "Severe", "Extreme")
+AlertState = Literal["new", "update", "end"]
+# CAP 1.2 <status>: a drill is an Exercise and must never be forwarded as Actual.
+AlertStatus = Literal["Actual", "Exercise", "Test"]
+Kind = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
+KNOWN_KINDS: Final = frozenset(
+    {
+        "gas", "co", "smoke", "flame", "temperature", "nir_match",
+        "intrusion", "line_cross", "loitering", "crowd", "unattended_object",
+        "sensor_fault", "camera_fault", "escalation",
+    }
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class Location(_Strict):
+    lat: float = Field(ge=-90.0, le=90.0)
+    lon: float = Field(ge=-180.0, le=180.0)
+    zone: ShortText | None = None
+
+
+class Measurement(_Strict):
+    quantity: ShortText
+    value: float = Field(allow_inf_nan=False)
+    unit: ShortText
+    sensor: ShortText | None = None
+
+
+class Box(_Strict):
+    """An axis-aligned box in coordinates normalised to the frame (0..1)."""
+
+    x1: Unit
+    y1: Unit
+    x2: Unit
+    y2: Unit
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Box:
+        if self.x2 < self.x1 or self.y2 < self.y1:
+            raise ValueError("box corners must satisfy x1 <= x2 and y1 <= y2")
+        return self
+
+
+class Detection(_Strict):
+    """What the camera saw: metadata only, never pixels."""
+
+    label: ShortText
+    count: int = Field(ge=0)
+    track_ids: list[int] = Field(default_factory=list, max_length=64)
+    boxes: list[Box] = Field(default_factory=list, max_length=64)
+    camera: ShortText | None = None
+    rule: ShortText | None = None
+    direction: ShortText | None = None
+
+
+class ModelRef(_Strict):
+    name: ShortText
+    version: ShortText
+    sha256: Sha256
+
+
+class _Envelope(_Strict):
+    schema_: Literal["s4edge/1"] = Field(default=SCHEMA, alias="schema")
+    id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = Field(
+        default_factory=new_id
+    )
+    node_id: Name
+    site: Name
+    ts: AwareDatetime = Field(default_factory=utc_now)
+    seq: int = Field(ge=0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Status(_Envelope):
+    type: Literal["status"] = "status"
+    state: Literal["online", "offline"]
+    boot_id: ShortText | None = None
+    started_at: AwareDatetime | None = None
+    version: ShortText | None = None
+    config_digest: Sha256 | None = None
+    degraded: list[ShortText] = Field(default_factory=list, max_length=32)
+
+
+class Heartbeat(_Envelope):
+    type: Literal["heartbeat"] = "heartbeat"
+    uptime_s: float = Field(ge=0)
+    cpu_percent: float | None = Field(default=None, ge=0)
+    mem_mb: float | None = Field(default=None, ge=0)
+    soc_temp_c: float | None = None
+    camera_fps: float | None = Field(default=None, ge=0)
+    inference_ms: float | None = Field(default=None, ge=0)
+    dropped_frames: int | None = Field(default=None, ge=0)
+    outbox_depth: int | None = Field(default=None, ge=0)
+    telemetry_dropped: int | None = Field(default=None, ge=0)
+    sensors: dict[ShortText, ShortText] = Field(default_factory=dict, max_length=64)
+
+
+class Telemetry(_Envelope):
+    type: Literal["telemetry"] = "telemetry"
+    readings: list[Measurement] = Field(min_length=1, max_length=64)
+
+
+class Alert(_Envelope):
+    type: Literal["alert"] = "alert"
+    kind: Kind
+    severity: Severity
+    state: AlertState
+    incident: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    status: AlertStatus = "Actual"
+    location: Location
+    title: ShortText | None = None
+    detail: Text | None = None
+    measurements: list[Measurement] = Field(default_factory=list, max_length=32)
+    detection: Detection | None = None
+    model: ModelRef | None = None
+
+
+CommandName = Literal["ping", "reload_config", "swap_model", "rebirth"]
+
+
+class Command(_Envelope):
+    """Inbound to the node on ``cmd/<name>``; node_id and site name the target."""
+
+    type: Literal["cmd"] = "cmd"
+    name: CommandName
+    issuer: Name
+    expires: AwareDatetime
+    args: dict[ShortText, Scalar] = Field(default_factory=dict, max_length=32)
+    signature: Annotated[str, Field(max_length=256)] | None = None
+
+    @model_validator(mode="after")
+    def _bounded_args(self) -> Command:
+        for key, value in self.args.items():
+            if isinstance(value, str):
+                if len(value) > 8192:
+                    raise ValueError(f"args.{key}: at most 8192 characters")
+                _no_blob(value)
+        return self
+
+
+class CommandResult(_Envelope):
+    type: Literal["cmd_result"] = "cmd_result"
+    cmd_id: Annotated[str, Field(min_length=8, max_length=64)]
+    name: ShortText
+    ok: bool
+    detail: Text | None = None
+    data: dict[ShortText, Scalar] = Field(default_factory=dict, max_length=32)
+
+
+Message = Annotated[
+    Status | Heartbeat | Telemetry | Alert | Command | CommandResult,
+    Field(discriminator="type"),
+]
+MESSAGE_TYPES: Final[dict[str, type[_Envelope]]] = {
+    "status": Status,
+    "heartbeat": Heartbeat,
+    "telemetry": Telemetry,
+    "alert": Alert,
+    "cmd": Command,
+    "cmd_result": CommandResult,
+}
+_MESSAGE: TypeAdapter[Status | Heartbeat | Telemetry | Alert | Command | CommandResult] = TypeAdapter(
+    Message
+)
+
+# topic suffix per message type (DESIGN.md topic table); cmd carries its name.
+SUFFIX: Final[dict[str, str]] = {
+    "status": "status",
+    "heartbeat": "heartbeat",
+    "telemetry": "telemetry",
+    "alert": "alert",
+    "cmd": "cmd",
+    "cmd_result": "cmd_result",
+}
+QOS: Final[dict[str, int]] = {
+    "status": 1, "heartbeat": 0, "telemetry": 0, "alert": 1, "cmd": 1, "cmd_result": 1,
+}
+RETAINED: Final = frozenset({"status"})
+
+
+class MessageError(ValueError):
+    """A payload that is not a valid s4edge/1 message. ``reason`` is a metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def topic(site: str, node_id: str, suffix: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/{node_id}/{suffix}"
+
+
+def topic_for(message: _Envelope) -> str:
+    kind = message.model_dump()["type"]
+    suffix = SUFFIX[kind]
+    if isinstance(message, Command):
+        suffix = f"cmd/{message.name}"
+    return topic(message.site, message.node_id, suffix)
+
+
+def fleet_filter(suffix: str = "#", site: str = "+") -> str:
+    """Subscription filter over every node of a site (``+`` for all sites)."""
+    return f"{TOPIC_ROOT}/{site}/+/{suffix}"
+
+
+def parse_topic(name: str) -> tuple[str, str, str]:
+    """Split ``s4edge/v1/{site}/{node}/{suffix}`` into (site, node_id, suffix)."""
+    parts = name.split("/", 4)
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
+        raise MessageError("bad_topic", f"{name!r} is not under {TOPIC_ROOT}/<site>/<node>/")
+    return parts[2], parts[3], parts[4]
+
+
+def encode(message: _Envelope) -> bytes:
+    data = message.model_dump_json(by_alias=True, exclude_none=True).encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError("too_large", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def decode(payload: bytes | bytearray | str) -> Status | Heartbeat | Telemetry | Alert | Command | CommandResult:
+    """Parse and validate one payload. Raises MessageError, never anything else."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8", "surrogatepass")
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise MessageError("too_large", f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        raw = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise MessageError("bad_json", str(exc)[:200]) from None
+    if not isinstance(raw, dict):
+        raise MessageError("bad_json", "payload is not a JSON object")
+    if raw.get("schema") != SCHEMA:
+        raise MessageError("bad_schema", f"schema {str(raw.get('schema'))[:40]!r}, expected {SCHEMA!r}")
+    try:
+        return _MESSAGE.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise MessageError("invalid", f"{where}: {first['msg']}"[:300]) from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise MessageError("invalid", str(exc)[:300]) from None
+
+
+def decode_from(
+    topic_name: str, payload: bytes | bytearray | str
+) -> Status | Heartbeat | Telemetry | Alert | Command | CommandResult:
+    """Decode, and check that the topic's site/node/suffix agree with the payload."""
+    site, node_id, suffix = parse_topic(topic_name)
+    message = decode(payload)
+    if message.site != site or message.node_id != node_id:
+        raise MessageError(
+            "topic_mismatch",
+            f"payload says {message.site}/{message.node_id}, topic says {site}/{node_id}",
+        )
+    expected = SUFFIX[message.type]
+    if suffix != expected and not (expected == "cmd" and suffix.startswith("cmd/")):
+        raise MessageError("topic_mismatch", f"{message.type} message on topic suffix {suffix!r}")
+    return message
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every message type, keyed by type name."""
+    return {name: model.model_json_schema(by_alias=True) for name, model in MESSAGE_TYPES.items()}

@@ -1,0 +1,234 @@
+"""The alert rule engine: thresholds with hysteresis and debounce, and the incident
+lifecycle (new → update → end under one incident id).
+
+Pure logic: time comes in as arguments (monotonic seconds), alerts go out as
+``AlertDraft`` to an ``Emit`` callable. The node's publisher (edge/app.py) stamps
+identity, ``seq``, ``ts`` and location onto a draft and puts it in the outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from cloud_sync.messages import (
+    SEVERITIES,
+    AlertState,
+    AlertStatus,
+    Detection,
+    Measurement,
+    ModelRef,
+    Severity,
+    new_id,
+)
+
+
+@dataclass(frozen=True)
+class AlertDraft:
+    """Everything an alert says that a rule knows; the node adds who and where."""
+
+    kind: str
+    severity: Severity
+    state: AlertState
+    incident: str
+    title: str | None = None
+    detail: str | None = None
+    zone: str | None = None
+    measurements: tuple[Measurement, ...] = ()
+    detection: Detection | None = None
+    model: ModelRef | None = None
+    status: AlertStatus = "Actual"
+
+
+Emit = Callable[[AlertDraft], None]
+
+
+def severity_rank(severity: Severity) -> int:
+    return SEVERITIES.index(severity)
+
+
+@dataclass
+class _Incident:
+    draft: AlertDraft
+    opened_at: float
+    last_seen: float
+    last_emitted: float
+
+
+@dataclass(frozen=True)
+class Content:
+    """What a rule reports about an ongoing condition."""
+
+    title: str | None = None
+    detail: str | None = None
+    zone: str | None = None
+    measurements: tuple[Measurement, ...] = ()
+    detection: Detection | None = None
+    model: ModelRef | None = None
+
+
+class IncidentBook:
+    """Open incidents by key. One key (e.g. ``"co:mq7"`` or ``"loiter:cam0:zone-a"``)
+    is one incident at a time; ``raise_`` opens or updates it, ``clear`` ends it.
+
+    - An update is sent when severity changes, or when content changes and at least
+      ``update_interval_s`` passed since the last message of that incident.
+    - ``expire`` ends incidents not raised again within ``stale_after_s`` and those
+      open for longer than ``max_duration_s``, so nothing stays open forever.
+    """
+
+    def __init__(
+        self,
+        emit: Emit,
+        *,
+        status: AlertStatus = "Actual",
+        update_interval_s: float = 5.0,
+        stale_after_s: float | None = 60.0,
+        max_duration_s: float | None = 3600.0,
+        new_id: Callable[[], str] = new_id,
+    ) -> None:
+        self._emit = emit
+        self._status: AlertStatus = status
+        self._update_interval_s = update_interval_s
+        self._stale_after_s = stale_after_s
+        self._max_duration_s = max_duration_s
+        self._new_id = new_id
+        self._open: dict[str, _Incident] = {}
+
+    def is_open(self, key: str) -> bool:
+        return key in self._open
+
+    def open_keys(self) -> list[str]:
+        return list(self._open)
+
+    def incident_id(self, key: str) -> str | None:
+        found = self._open.get(key)
+        return found.draft.incident if found else None
+
+    def raise_(self, key: str, kind: str, severity: Severity, now: float, content: Content = Content()) -> None:
+        found = self._open.get(key)
+        draft = AlertDraft(
+            kind=kind,
+            severity=severity,
+            state="new" if found is None else "update",
+            incident=self._new_id() if found is None else found.draft.incident,
+            title=content.title,
+            detail=content.detail,
+            zone=content.zone,
+            measurements=content.measurements,
+            detection=content.detection,
+            model=content.model,
+            status=self._status,
+        )
+        if found is None:
+            self._open[key] = _Incident(draft, opened_at=now, last_seen=now, last_emitted=now)
+            self._emit(draft)
+            return
+        found.last_seen = now
+        escalated = severity != found.draft.severity
+        changed = replace(draft, state=found.draft.state) != found.draft
+        due = now - found.last_emitted >= self._update_interval_s
+        if escalated or (changed and due):
+            found.draft = draft
+            found.last_emitted = now
+            self._emit(draft)
+
+    def clear(self, key: str, now: float, detail: str | None = None) -> None:
+        found = self._open.pop(key, None)
+        if found is None:
+            return
+        self._emit(replace(found.draft, state="end", detail=detail or found.draft.detail))
+
+    def expire(self, now: float) -> None:
+        for key, found in list(self._open.items()):
+            if self._stale_after_s is not None and now - found.last_seen > self._stale_after_s:
+                self.clear(key, now, detail=f"no report for {self._stale_after_s:g} s (stale)")
+            elif self._max_duration_s is not None and now - found.opened_at > self._max_duration_s:
+                self.clear(key, now, detail=f"open for more than {self._max_duration_s:g} s (maximum)")
+
+    def clear_all(self, now: float, detail: str) -> None:
+        for key in list(self._open):
+            self.clear(key, now, detail=detail)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One alarm level: on at ``on_at``, off again past ``on_at`` ∓ ``hysteresis``."""
+
+    on_at: float
+    severity: Severity
+    hysteresis: float = 0.0
+
+
+@dataclass
+class _Trigger:
+    level: Level
+    active: bool = False
+    pending_since: float | None = None
+
+
+@dataclass
+class ThresholdRule:
+    """A debounced Schmitt trigger per level. A level turns on after the value stays
+    past ``on_at`` for ``raise_after_s``, and off after it stays back past
+    ``on_at ∓ hysteresis`` for ``clear_after_s``: a value hovering at a threshold
+    does not flap."""
+
+    levels: Sequence[Level]
+    direction: Literal["above", "below"] = "above"
+    raise_after_s: float = 0.0
+    clear_after_s: float = 0.0
+    _triggers: list[_Trigger] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._triggers = [_Trigger(level) for level in self.levels]
+
+    def _past(self, value: float, limit: float) -> bool:
+        return value >= limit if self.direction == "above" else value <= limit
+
+    def observe(self, value: float, now: float) -> Severity | None:
+        """Feed one reading; return the severity now in force, or None."""
+        sign = 1.0 if self.direction == "above" else -1.0
+        for trig in self._triggers:
+            if trig.active:
+                flipping = not self._past(value, trig.level.on_at - sign * trig.level.hysteresis)
+                hold = self.clear_after_s
+            else:
+                flipping = self._past(value, trig.level.on_at)
+                hold = self.raise_after_s
+            if not flipping:
+                trig.pending_since = None
+                continue
+            if trig.pending_since is None:
+                trig.pending_since = now
+            if now - trig.pending_since >= hold:
+                trig.active = not trig.active
+                trig.pending_since = None
+        return self.active_severity()
+
+    def active_severity(self) -> Severity | None:
+        active = [t.level.severity for t in self._triggers if t.active]
+        return max(active, key=severity_rank) if active else None
+
+
+@dataclass
+class ValueAlarm:
+    """A threshold rule on one quantity, tied to one incident key."""
+
+    key: str
+    kind: str
+    rule: ThresholdRule
+    book: IncidentBook
+    quantity: str
+    unit: str
+
+    def observe(self, value: float, now: float, content: Content = Content()) -> Severity | None:
+        severity = self.rule.observe(value, now)
+        reading = Measurement(quantity=self.quantity, value=value, unit=self.unit)
+        content = replace(content, measurements=(reading, *content.measurements))
+        if severity is not None:
+            self.book.raise_(self.key, self.kind, severity, now, content)
+        elif self.book.is_open(self.key):
+            self.book.clear(self.key, now, detail=f"{self.quantity} back to {value:g} {self.unit}")
+        return severity

@@ -1,0 +1,3 @@
+from s4edge.cli import main
+
+main()

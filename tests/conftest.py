@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from s4edge.testing import Mosquitto
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real mosquitto on a free port, that the test may kill and restart."""
+    with Mosquitto(tmp_path / "broker") as running:
+        yield running
+
+
+@pytest.fixture
+def shared() -> Path:
+    """../shared beside the repo (models, images, NIR data, CAP schema)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: the reference models and data live there")
+    return SHARED
