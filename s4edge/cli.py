@@ -22,6 +22,7 @@ app.add_typer(schema_app, name="schema")
 # Each module exposes register(app); built-ins use the path a third-party plugin would.
 SURFACES = (
     "edge.cli",
+    "edge.doctor",
     "edge.vision.cli",
     "edge.sensing.cli",
     "cloud_sync.aggregator.cli",
