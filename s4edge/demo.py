@@ -1,9 +1,186 @@
-"""CLI surface (placeholder: its owner fills it in)."""
+"""``s4edge demo``: the whole chain on one machine.
+
+An embedded broker (or ``--broker URL``), the aggregator with its dashboard on SQLite
+in a temporary folder, and one node that runs real detection on replayed real frames
+and simulated sensors playing a scripted incident. Critical alerts are forwarded as
+NG112 calls (CAP status Exercise: the demo node is a drill) to the built-in PSAP.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import typer
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "firmware_configs"
+SHARED = REPO.parent / "shared"
+VIDEO = SHARED / "data" / "video" / "bench_people_640x480_15fps.avi"
+
+
+def _example(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
+    return data
+
+
+def demo_clip(workdir: Path) -> Path | None:
+    """The shared benchmark clip, or one built from the shared photos when it is absent."""
+    if VIDEO.exists():
+        return VIDEO
+    images = SHARED / "data" / "images"
+    if not images.is_dir():
+        return None
+    out = workdir / "demo_clip.avi"
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_demo_clip.py"), "--images", str(images), "--out", str(out)],
+        check=True,
+    )
+    return out
+
+
+def node_config(broker_url: str, protocol: str, workdir: Path, vision: bool) -> dict[str, Any]:
+    """The demo node: the simulated sensors of sim-node.yaml plus the camera of vision-demo.yaml."""
+    config = _example("sim-node.yaml")
+    config["node_id"] = "demo-node-1"
+    config["mqtt"] = {"url": broker_url, "protocol": protocol, "keepalive_s": 15}
+    config["outbox"] = {"path": str(workdir / "node-outbox.db")}
+    config["heartbeat"] = {"interval_s": 5}
+    clip = demo_clip(workdir) if vision else None
+    if clip is not None:
+        camera = _example("vision-demo.yaml")["sources"][0]
+        camera["camera"]["url"] = f"replay:{clip}"
+        config["sources"].append(camera)
+    return config
+
+
+@contextlib.contextmanager
+def _broker(url: str | None) -> Iterator[tuple[str, str]]:
+    """Yield (url, MQTT protocol) of the broker to use."""
+    if url:
+        yield url, "5"
+        return
+    from s4edge.embedded_broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.url, "3.1.1"  # amqtt speaks MQTT 3.1.1 only
+
+
+@contextlib.contextmanager
+def _psap(calls: list[str]) -> Iterator[str]:
+    """The built-in PSAP receiver on a free port; yields its SIP URI."""
+    from cloud_sync.ng112.receiver import PsapReceiver
+
+    def on_call(call: Any) -> None:
+        calls.append(call.summary())
+        typer.echo(f"PSAP received: {call.summary()}", err=True)
+
+    receiver = PsapReceiver("tcp:127.0.0.1:0", on_call).start()
+    host, port = receiver.address
+    try:
+        yield f"sip:psap@{host}:{port};transport=tcp"
+    finally:
+        receiver.stop()
+
+
+def ng112_config(psap_uri: str, readings_base_url: str) -> Any:
+    """Forward fire and gas alarms, and gas + flame escalated as one incident."""
+    from cloud_sync.ng112.policy import Ng112Config
+
+    return Ng112Config.model_validate(
+        {
+            "psap": psap_uri,
+            "readings_base_url": readings_base_url,
+            "default": {"kinds": ["gas", "co", "smoke", "flame", "escalation"], "min_severity": "Severe"},
+            "correlation": [{"name": "gas-flame", "kinds": ["gas", "flame"], "within_s": 120, "severity": "Extreme"}],
+        }
+    )
+
+
+def summary(aggregator: Any, calls: list[str]) -> dict[str, Any]:
+    from cloud_sync.aggregator.store import AlertQuery
+
+    alerts, _ = aggregator.store.alerts(AlertQuery(limit=100_000))
+    nodes = aggregator.store.nodes(default_interval_s=5, stale_factor=3)
+    return {
+        "alerts": len(alerts),
+        "by_kind": dict(Counter(a["kind"] for a in alerts)),
+        "nodes": [{"node_id": n["node_id"], "site": n["site"], "state": n["state"]} for n in nodes],
+        "ng112_calls": len(calls),
+        "dashboard": aggregator.url + "/",
+    }
+
+
+def run_demo(
+    broker_url: str | None, duration: float | None, http_port: int, vision: bool, stop: threading.Event
+) -> dict[str, Any]:
+    from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+    from cloud_sync.aggregator.broker import BrokerConfig
+    from cloud_sync.ng112.service import attach
+    from edge.app import Node
+    from edge.config import parse_config
+    from s4edge.testing.mosquitto import free_port
+
+    calls: list[str] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="s4edge-demo-") as tmp,
+        _broker(broker_url) as (url, protocol),
+        _psap(calls) as psap_uri,
+    ):
+        workdir = Path(tmp)
+        http_port = http_port or free_port()
+        aggregator = Aggregator(
+            AggregatorConfig(
+                broker=BrokerConfig(url),
+                db_url=f"sqlite:///{workdir / 'aggregator.db'}",
+                http_port=http_port,
+                protocol=protocol,
+                heartbeat_interval_s=5,
+            )
+        )
+        forwarder = attach(aggregator, ng112_config(psap_uri, f"http://127.0.0.1:{http_port}"))
+        aggregator.start()
+        try:
+            typer.echo(f"dashboard: {aggregator.url}/", err=True)
+            node = Node(parse_config(node_config(url, protocol, workdir, vision), "demo node"), base_dir=REPO)
+            node.start()
+            try:
+                stop.wait(duration)
+            finally:
+                node.close()
+            return summary(aggregator, calls)
+        finally:
+            forwarder.stop()
+            aggregator.stop()
+
+
+def demo(
+    broker: str = typer.Option(None, "--broker", help="Use this broker (mqtt://host:port) instead of an embedded one."),
+    duration: float = typer.Option(None, "--duration", help="Stop after this many seconds (default: until Ctrl-C)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary when the demo stops."),
+    http_port: int = typer.Option(0, "--http-port", help="Dashboard port (default: a free one)."),
+    vision: bool = typer.Option(True, "--vision/--no-vision", help="Run the camera with real detection."),
+) -> None:
+    """Run broker, aggregator + dashboard, and a simulated node playing an incident."""
+    os.environ.setdefault("S4EDGE_MODEL_MIRROR", str(SHARED / "models"))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    result = run_demo(broker, duration, http_port, vision, stop)
+    if as_json:
+        typer.echo(json.dumps(result))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this surface's commands to the root ``s4edge`` app."""
+    app.command("demo")(demo)
