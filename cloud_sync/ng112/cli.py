@@ -1,9 +1,116 @@
-"""CLI surface (placeholder: its owner fills it in)."""
+"""``s4edge ng112``: a built-in PSAP for demos and drills, and a commissioning test call."""
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import typer
+
+from cloud_sync.messages import Alert, Location, Measurement
+from cloud_sync.ng112.call import Caller, compose
+from cloud_sync.ng112.cap import CapError
+from cloud_sync.ng112.pidf import LocationError
+from cloud_sync.ng112.policy import Ng112ConfigError, load_config
+from cloud_sync.ng112.receiver import PsapReceiver, ReceivedCall
+from cloud_sync.ng112.sip import SipError, parse_target
+from cloud_sync.ng112.transport import Timers, Transaction
+
+ng112_app = typer.Typer(help="NG112: forward critical alerts to a PSAP (RFC 8876).", no_args_is_help=True)
+
+
+@ng112_app.command("psap")
+def psap(
+    listen: str = typer.Option("udp:127.0.0.1:5060", help="udp:HOST:PORT or tcp:HOST:PORT"),
+    count: int = typer.Option(0, help="Stop after this many calls (0: run until Ctrl-C)."),
+) -> None:
+    """Run a small PSAP that prints every call it receives and answers 200 OK."""
+    done = threading.Event()
+    seen = 0
+
+    def on_call(call: ReceivedCall) -> None:
+        nonlocal seen
+        seen += 1
+        typer.echo(f"{call.method} {call.summary()}", color=False)
+        if count and seen >= count:
+            done.set()
+
+    try:
+        receiver = PsapReceiver(listen, on_call)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"cannot listen on {listen}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    host, port = receiver.address
+    typer.echo(f"PSAP listening on {receiver.proto}:{host}:{port}")
+    receiver.start()
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        receiver.stop()
+
+
+@ng112_app.command("send-test")
+def send_test(
+    psap_uri: str = typer.Option(..., "--psap", help="SIP URI of the PSAP, e.g. sip:psap@192.0.2.1:5060;transport=tcp"),
+    node_id: str = typer.Option("commissioning", "--node"),
+    site: str = typer.Option("test-site", "--site"),
+    lat: float = typer.Option(..., help="The node's surveyed latitude (WGS 84)."),
+    lon: float = typer.Option(..., help="The node's surveyed longitude (WGS 84)."),
+    zone: str | None = typer.Option(None),
+    request_uri: str = typer.Option("urn:service:sos", help="Request-URI and To (urn:service:sos or the PSAP URI)."),
+    t1: float = typer.Option(0.5, help="RFC 3261 T1 in seconds; Timer F is 64·T1."),
+) -> None:
+    """Send one CAP message with status Test (never Actual) and print how the PSAP answered."""
+    try:
+        target = parse_target(psap_uri)
+        alert = Alert(
+            node_id=node_id,
+            site=site,
+            seq=0,
+            kind="sensor_fault",
+            severity="Minor",
+            state="new",
+            incident=f"commissioning-{node_id}"[:64],
+            status="Test",
+            location=Location(lat=lat, lon=lon, zone=zone),
+            title="s4edge commissioning test call",
+            detail="Test message from an automated sensor node during commissioning. No action required.",
+            measurements=[Measurement(quantity="test", value=1.0, unit="1")],
+        )
+        call = compose(alert, Caller(request_uri=request_uri))
+    except (SipError, CapError, LocationError, ValueError) as exc:
+        typer.echo(f"not sent: {exc}", err=True)
+        raise typer.Exit(2) from None
+    delivery = Transaction(Timers(t1=t1)).send(call.message, target)
+    latency = f"{delivery.latency_s * 1000:.1f} ms" if delivery.latency_s is not None else "-"
+    typer.echo(
+        f"{delivery.outcome}: {delivery.detail} over {delivery.transport} after {delivery.transmissions} "
+        f"transmission(s), latency {latency}"
+    )
+    error = delivery.response.alert_msg_error if delivery.response else None
+    if error is not None:
+        typer.echo(f"AlertMsg-Error: {error}")
+    if not delivery.ok:
+        raise typer.Exit(1)
+
+
+@ng112_app.command("check-config")
+def check_config(path: Path = typer.Argument(..., help="NG112 YAML config (policy, PSAP, correlation).")) -> None:
+    """Validate an NG112 config file and summarise what it forwards."""
+    try:
+        config = load_config(path)
+    except Ng112ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"PSAP {config.psap} (Request-URI {config.request_uri})")
+    for site, policy in {"(default)": config.default, **config.sites}.items():
+        typer.echo(f"  {site}: {policy.mode}, {','.join(policy.kinds)} at >= {policy.min_severity}")
+    for rule in config.correlation:
+        typer.echo(f"  rule {rule.name}: {' + '.join(rule.kinds)} within {rule.within_s:g} s -> {rule.severity}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this surface's commands to the root ``s4edge`` app."""
+    """Add ``s4edge ng112`` to the root app."""
+    app.add_typer(ng112_app, name="ng112")

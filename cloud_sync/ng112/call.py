@@ -1,0 +1,79 @@
+"""Compose the emergency call for one alert: CAP + PIDF-LO + DeviceInfo in one SIP MESSAGE."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from lxml import etree
+
+from cloud_sync.messages import Alert
+from cloud_sync.ng112.cap import CAP_MIME, CapMessage, CapRef, MsgType, build_cap, node_sip_uri
+from cloud_sync.ng112.pidf import DEVICE_INFO_MIME, PIDF_MIME, build_device_info, build_pidf
+from cloud_sync.ng112.sip import SOS, BodyPart, EmergencyMessage
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls and how: the node's SIP identity and the routing choices of the site."""
+
+    sender_domain: str = "s4edge.invalid"
+    sender: str | None = None  # a configured SIP URI replaces sip:{node}@{site}.{domain}
+    request_uri: str = SOS
+    location_method: str = "Manual"
+    language: str = "en-US"
+    geolocation_routing: bool = False
+
+    def uri_for(self, alert: Alert) -> str:
+        return self.sender or node_sip_uri(alert.node_id, alert.site, self.sender_domain)
+
+
+@dataclass(frozen=True)
+class Call:
+    cap: CapMessage
+    message: EmergencyMessage
+
+
+def compose(
+    alert: Alert,
+    caller: Caller,
+    *,
+    msg_type: MsgType = "Alert",
+    references: CapRef | None = None,
+    readings_uri: str | None = None,
+    schema: etree.XMLSchema | None = None,
+    call_id: str | None = None,
+) -> Call:
+    """Raises CapError or LocationError before anything is sent."""
+    sender = caller.uri_for(alert)
+    cap = build_cap(
+        alert,
+        sender=sender,
+        msg_type=msg_type,
+        references=references,
+        addresses=caller.request_uri,
+        readings_uri=readings_uri,
+        language=caller.language,
+        schema=schema,
+    )
+    device = f"urn:s4edge:node:{alert.site}:{alert.node_id}"
+    pidf = build_pidf(
+        alert.location, entity=sender, device_id=device, timestamp=alert.ts, method=caller.location_method
+    )
+    host = sender.rsplit("@", 1)[-1]
+    tag = secrets.token_hex(6)
+    message = EmergencyMessage(
+        request_uri=caller.request_uri,
+        from_uri=sender,
+        cap=BodyPart(CAP_MIME, f"cap-{tag}@{host}", cap.xml),
+        pidf=BodyPart(PIDF_MIME, f"loc-{tag}@{host}", pidf),
+        device_info=BodyPart(
+            DEVICE_INFO_MIME,
+            f"dev-{tag}@{host}",
+            build_device_info(provider_reference=cap.ref.identifier, device_id=device),
+        ),
+        geolocation_routing=caller.geolocation_routing,
+    )
+    if call_id is not None:
+        message.call_id = call_id
+    return Call(cap, message)

@@ -1,0 +1,241 @@
+"""CAP 1.2 (OASIS) messages from s4edge alerts, validated against the OASIS schema.
+
+The schema is never copied into the repo: it is read from ``S4EDGE_CAP_XSD`` or from
+``../shared/standards/cap12.xsd`` beside the repository, or from a path the caller gives.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Final, Literal
+
+from lxml import etree
+
+from cloud_sync.messages import Alert
+
+CAP_NS: Final = "urn:oasis:names:tc:emergency:cap:1.2"
+CAP_MIME: Final = "application/cap+xml"
+XSD_ENV: Final = "S4EDGE_CAP_XSD"
+_REPO_XSD: Final = Path(__file__).resolve().parents[2].parent / "shared" / "standards" / "cap12.xsd"
+
+MsgType = Literal["Alert", "Update", "Cancel"]
+
+# CAP 1.2 §3.2.2 <category>: map s4edge alert kinds onto CAP's fixed list.
+CATEGORY: Final[dict[str, str]] = {
+    "gas": "CBRNE",
+    "co": "CBRNE",
+    "nir_match": "CBRNE",
+    "smoke": "Fire",
+    "flame": "Fire",
+    "temperature": "Fire",
+    "intrusion": "Security",
+    "line_cross": "Security",
+    "loitering": "Security",
+    "unattended_object": "Security",
+    "crowd": "Safety",
+    "sensor_fault": "Infra",
+    "camera_fault": "Infra",
+    "escalation": "Safety",
+}
+# CAP 1.2 §3.2.2 <responseType>: what the PSAP is asked to consider for that hazard.
+RESPONSE: Final[dict[str, str]] = {
+    "CBRNE": "Evacuate",
+    "Fire": "Evacuate",
+    "Security": "Monitor",
+    "Safety": "Assess",
+    "Infra": "None",
+}
+# CAP 1.2 §3.3.3: identifier, sender and references must not hold spaces, commas, '<' or '&'.
+_RESTRICTED = re.compile(r"[\s,<&]")
+
+
+class CapError(ValueError):
+    """A CAP message that would not be valid; ``field`` names the offending element."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"CAP field {field!r}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class CapRef:
+    """The triple that CAP ``references`` uses to point at an earlier message (§3.2.1)."""
+
+    sender: str
+    identifier: str
+    sent: str
+
+    def __str__(self) -> str:
+        return f"{self.sender},{self.identifier},{self.sent}"
+
+
+@dataclass(frozen=True)
+class CapMessage:
+    ref: CapRef
+    msg_type: MsgType
+    status: str
+    xml: bytes
+
+
+def cap_time(moment: datetime) -> str:
+    """CAP 1.2 §3.3.2: seconds precision, numeric offset; UTC is written ``-00:00``, never ``Z``."""
+    utc = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S") + "-00:00"
+
+
+def node_sip_uri(node_id: str, site: str, domain: str = "s4edge.invalid") -> str:
+    return f"sip:{node_id}@{site}.{domain}"
+
+
+def find_xsd(path: str | Path | None = None) -> Path:
+    """The CAP 1.2 schema: an explicit path, else ``$S4EDGE_CAP_XSD``, else ../shared beside the repo."""
+    candidate = Path(path) if path else Path(os.environ[XSD_ENV]) if os.environ.get(XSD_ENV) else _REPO_XSD
+    if not candidate.is_file():
+        raise FileNotFoundError(
+            f"CAP 1.2 schema not found at {candidate}: set {XSD_ENV} to the OASIS cap12.xsd "
+            "(../shared/standards/cap12.xsd in development)"
+        )
+    return candidate
+
+
+@lru_cache(maxsize=4)
+def _schema(path: Path) -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(path)))
+
+
+def load_schema(path: str | Path | None = None) -> etree.XMLSchema:
+    return _schema(find_xsd(path).resolve())
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None) -> etree._Element:
+    child = etree.SubElement(parent, f"{{{CAP_NS}}}{tag}")
+    if text is not None:
+        child.text = text
+    return child
+
+
+def _param(info: etree._Element, name: str, value: str) -> None:
+    param = _sub(info, "parameter")
+    _sub(param, "valueName", name)
+    _sub(param, "value", value)
+
+
+def _check_token(field: str, value: str) -> None:
+    if not value:
+        raise CapError(field, "must not be empty")
+    if _RESTRICTED.search(value):
+        raise CapError(field, f"{value[:60]!r} holds a space, comma, '<' or '&' (CAP 1.2 §3.3.3)")
+
+
+def _field_of(tree: etree._ElementTree, error_path: str) -> str:
+    """lxml reports ``/*/*[7]/*[1]``; name it as CAP does, e.g. ``info/language``."""
+    try:
+        found = tree.xpath(error_path) if error_path else []
+    except etree.XPathError:
+        found = []
+    if not found or not isinstance(found[0], etree._Element):
+        return "alert"
+    names = [etree.QName(node).localname for node in (found[0], *found[0].iterancestors())]
+    return "/".join(reversed(names[:-1])) or "alert"
+
+
+def build_cap(
+    alert: Alert,
+    *,
+    sender: str,
+    msg_type: MsgType = "Alert",
+    references: CapRef | None = None,
+    addresses: str = "urn:service:sos",
+    readings_uri: str | None = None,
+    language: str = "en-US",
+    radius_km: float = 0.1,
+    schema: etree.XMLSchema | None = None,
+    sent: datetime | None = None,
+) -> CapMessage:
+    """One CAP 1.2 ``alert`` for ``alert``, checked before anything leaves the process.
+
+    Raises ``CapError`` naming the field when the message would not validate.
+    """
+    if msg_type != "Alert" and references is None:
+        raise CapError("references", f"a CAP {msg_type} must reference the first message of the incident")
+    identifier = f"s4edge-{alert.id}"
+    _check_token("identifier", identifier)
+    _check_token("sender", sender)
+    _check_token("addresses", addresses)
+    if references is not None:
+        for part in (references.sender, references.identifier, references.sent):
+            _check_token("references", part)
+    stamp = cap_time(sent or alert.ts)
+
+    root = etree.Element(f"{{{CAP_NS}}}alert", nsmap={None: CAP_NS})
+    _sub(root, "identifier", identifier)
+    _sub(root, "sender", sender)
+    _sub(root, "sent", stamp)
+    # The alert's own status decides: a drill (Exercise) or a commissioning Test is never Actual.
+    _sub(root, "status", alert.status)
+    _sub(root, "msgType", msg_type)
+    _sub(root, "source", f"s4edge node {alert.node_id}")
+    _sub(root, "scope", "Private")
+    _sub(root, "addresses", addresses)
+    if references is not None:
+        _sub(root, "references", str(references))
+    _sub(root, "incidents", alert.incident)
+
+    info = _sub(root, "info")
+    _sub(info, "language", language)
+    category = CATEGORY.get(alert.kind, "Other")
+    _sub(info, "category", category)
+    _sub(info, "event", alert.kind.replace("_", " "))
+    _sub(info, "responseType", "AllClear" if msg_type == "Cancel" else RESPONSE.get(category, "Assess"))
+    _sub(info, "urgency", "Past" if msg_type == "Cancel" else "Immediate")
+    _sub(info, "severity", alert.severity)
+    _sub(info, "certainty", "Likely" if alert.kind == "escalation" else "Observed")
+    _sub(info, "senderName", f"s4edge automated sensor node {alert.node_id} ({alert.site})")
+    where = alert.location.zone or alert.site
+    _sub(info, "headline", (alert.title or f"{alert.kind.replace('_', ' ')} at {where}")[:160])
+    if alert.detail:
+        _sub(info, "description", alert.detail)
+    for measurement in alert.measurements:
+        _param(info, measurement.quantity, f"{measurement.value:g} {measurement.unit}")
+    if alert.detection is not None:
+        _param(info, "detection", f"{alert.detection.count} {alert.detection.label}")
+    if alert.model is not None:
+        _param(info, "model", f"{alert.model.name} {alert.model.version}")
+        _param(info, "model_sha256", alert.model.sha256)
+    _param(info, "node", f"{alert.site}/{alert.node_id}")
+    if readings_uri is not None:
+        # The PSAP data request: the node's last readings, by reference (CAP 1.2 §3.2.3).
+        resource = _sub(info, "resource")
+        _sub(resource, "resourceDesc", "Last sensor readings of the node for this incident")
+        _sub(resource, "mimeType", "application/json")
+        _sub(resource, "uri", readings_uri)
+    area = _sub(info, "area")
+    _sub(area, "areaDesc", where)
+    # CAP 1.2 §3.2.4 <circle>: "lat,lon radius" in WGS 84, radius in km.
+    _sub(area, "circle", f"{alert.location.lat:.6f},{alert.location.lon:.6f} {radius_km:g}")
+
+    checker = schema if schema is not None else load_schema()
+    tree = etree.ElementTree(root)
+    if not checker.validate(tree):
+        first = checker.error_log[0]
+        raise CapError(_field_of(tree, first.path or ""), first.message)
+    xml = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    return CapMessage(CapRef(sender, identifier, stamp), msg_type, alert.status, xml)
+
+
+def parse_cap(xml: bytes) -> etree._Element:
+    """Parse a CAP document without resolving entities or reaching the network."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    return etree.fromstring(xml, parser)
+
+
+def cap_text(root: etree._Element, path: str) -> str | None:
+    """Text of ``info/headline``-style paths in a parsed CAP alert."""
+    found = root.find("/".join(f"{{{CAP_NS}}}{part}" for part in path.split("/")))
+    return found.text if found is not None else None

@@ -1,0 +1,86 @@
+"""Cross-sensor correlation: declarative rules turn co-occurring alerts at a site into
+one escalated incident (e.g. gas + flame within 120 s → Extreme).
+
+Time is the alerts' own ``ts``, so the outcome does not depend on arrival jitter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cloud_sync.messages import Alert, Measurement, new_id
+from cloud_sync.ng112.policy import CorrelationRule
+
+
+@dataclass
+class _Open:
+    incident: str
+    last: datetime
+
+
+class Correlator:
+    def __init__(self, rules: list[CorrelationRule]) -> None:
+        self.rules = rules
+        self._horizon = timedelta(seconds=max((r.within_s for r in rules), default=0.0))
+        self._recent: dict[str, deque[Alert]] = {}
+        self._open: dict[tuple[str, str, str | None], _Open] = {}
+
+    def observe(self, alert: Alert) -> list[Alert]:
+        """Escalated alerts that ``alert`` completes (at most one per rule)."""
+        if alert.state == "end" or alert.kind == "escalation" or not self.rules:
+            return []
+        recent = self._recent.setdefault(alert.site, deque())
+        recent.append(alert)
+        while recent and alert.ts - recent[0].ts > self._horizon:
+            recent.popleft()
+        return [found for rule in self.rules if (found := self._match(rule, alert, recent)) is not None]
+
+    def _match(self, rule: CorrelationRule, alert: Alert, recent: deque[Alert]) -> Alert | None:
+        if alert.kind not in rule.kinds or (rule.sites is not None and alert.site not in rule.sites):
+            return None
+        zone = alert.location.zone if rule.same_zone else None
+        window = timedelta(seconds=rule.within_s)
+        # A drill never combines with a real alert: the escalation keeps the status of its parts.
+        parts = [
+            seen
+            for seen in recent
+            if abs(alert.ts - seen.ts) <= window
+            and seen.status == alert.status
+            and (not rule.same_zone or seen.location.zone == zone)
+        ]
+        first_of_kind: dict[str, Alert] = {}
+        for seen in parts:
+            if seen.kind in rule.kinds:
+                first_of_kind.setdefault(seen.kind, seen)
+        if set(first_of_kind) != set(rule.kinds):
+            return None
+        key = (rule.name, alert.site, zone)
+        opened = self._open.get(key)
+        if opened is not None and alert.ts - opened.last <= window:
+            opened.last = alert.ts  # the same escalated incident goes on
+            return None
+        contributing = sorted(first_of_kind.values(), key=lambda a: a.ts)
+        digest = hashlib.sha256("|".join([rule.name, alert.site, *(a.id for a in contributing)]).encode())
+        incident = f"esc-{rule.name}-{digest.hexdigest()[:16]}"[:64]
+        self._open[key] = _Open(incident, alert.ts)
+        measurements: list[Measurement] = [m for a in contributing for m in a.measurements][:32]
+        return Alert(
+            id=new_id(),
+            node_id=alert.node_id,
+            site=alert.site,
+            seq=alert.seq,
+            ts=alert.ts,
+            kind="escalation",
+            severity=rule.severity,
+            state="new",
+            incident=incident,
+            status=alert.status,
+            location=alert.location,
+            title=f"{' + '.join(rule.kinds)} within {rule.within_s:g} s ({rule.name})"[:128],
+            detail="Correlated incidents: "
+            + ", ".join(f"{a.kind} {a.incident} from {a.node_id}" for a in contributing)[:1000],
+            measurements=measurements,
+        )

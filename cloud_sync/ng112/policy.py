@@ -1,0 +1,105 @@
+"""Which alerts go to the PSAP, per site, and how (the NG112 config, loadable from YAML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cloud_sync.messages import SEVERITIES, Alert, Kind, Severity
+from cloud_sync.ng112.sip import SOS, SipError, parse_target
+from cloud_sync.ng112.transport import Timers
+
+Mode = Literal["auto", "confirm"]
+RuleName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SitePolicy(_Config):
+    kinds: list[Kind] = Field(default_factory=lambda: ["gas", "co", "smoke", "flame", "nir_match", "escalation"])
+    min_severity: Severity = "Severe"
+    mode: Mode = "auto"
+    # confirm mode: how long an operator has; an Extreme alert is then sent anyway.
+    confirm_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class CorrelationRule(_Config):
+    """Alerts of all ``kinds`` at one site within ``within_s`` become one escalated incident."""
+
+    name: RuleName
+    kinds: list[Kind] = Field(min_length=2)
+    within_s: float = Field(default=120.0, gt=0)
+    same_zone: bool = False
+    severity: Severity = "Extreme"
+    sites: list[str] | None = None  # None: every site
+
+
+class Ng112Config(_Config):
+    psap: str = Field(description="SIP URI of the PSAP or ESRP, e.g. sip:psap@192.0.2.1:5060;transport=tcp")
+    request_uri: str = SOS
+    sender_domain: str = "s4edge.invalid"
+    sender: str | None = None
+    location_method: Literal["Manual", "Survey", "GPS", "A-GPS"] = "Manual"
+    language: str = "en-US"
+    t1_s: float = Field(default=0.5, gt=0)
+    t2_s: float = Field(default=4.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    backoff_s: float = Field(default=2.0, ge=0)
+    backoff_max_s: float = Field(default=60.0, ge=0)
+    workers: int = Field(default=4, ge=1, le=64)
+    readings_base_url: str | None = Field(
+        default=None, description="Public base URL of the aggregator, for the PSAP data request link"
+    )
+    default: SitePolicy = SitePolicy()
+    sites: dict[str, SitePolicy] = Field(default_factory=dict)
+    correlation: list[CorrelationRule] = Field(default_factory=list)
+
+    @field_validator("psap")
+    @classmethod
+    def _sip_uri(cls, value: str) -> str:
+        try:
+            parse_target(value)
+        except SipError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def timers(self) -> Timers:
+        return Timers(self.t1_s, self.t2_s)
+
+    def policy_for(self, site: str) -> SitePolicy:
+        return self.sites.get(site, self.default)
+
+    def wants(self, alert: Alert) -> tuple[bool, str]:
+        """Whether an alert opens a call by itself; updates of a call in progress always go."""
+        policy = self.policy_for(alert.site)
+        if alert.kind not in policy.kinds:
+            return False, f"kind {alert.kind} is not forwarded at site {alert.site}"
+        if SEVERITIES.index(alert.severity) < SEVERITIES.index(policy.min_severity):
+            return False, f"severity {alert.severity} is below {policy.min_severity} at site {alert.site}"
+        return True, f"{alert.kind}/{alert.severity} is forwarded ({policy.mode})"
+
+
+class Ng112ConfigError(ValueError):
+    pass
+
+
+def load_config(path: str | Path) -> Ng112Config:
+    """Parse a YAML file; errors name the file, the key and what was expected."""
+    source = Path(path)
+    try:
+        raw = yaml.safe_load(source.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise Ng112ConfigError(f"{source}: cannot read YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise Ng112ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return Ng112Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
+        raise Ng112ConfigError("\n".join(lines)) from None

@@ -1,0 +1,53 @@
+"""The PSAP data request: the node's last sensor readings for a forwarded incident.
+
+The CAP ``resource`` of every call links here with a per-incident random token; the
+readings come from what the aggregator stored (the node's last telemetry and the
+measurements of its alerts), newest first.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import Engine, select
+
+from cloud_sync.aggregator.store import alerts, telemetry
+from cloud_sync.ng112.records import incidents
+
+LAST_READINGS: Final = 15
+
+
+def _iso(value: datetime) -> str:
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware.isoformat()
+
+
+def last_readings(engine: Engine, incident: str, limit: int = LAST_READINGS) -> dict[str, Any] | None:
+    """Up to ``limit`` readings of the incident's node, newest first; None for an unknown incident."""
+    with engine.connect() as conn:
+        owner = conn.execute(
+            select(incidents.c.site, incidents.c.node_id).where(incidents.c.incident == incident)
+        ).first()
+        if owner is None:
+            return None
+        site, node_id = owner
+        found: list[dict[str, Any]] = []
+        latest = conn.execute(
+            select(telemetry.c.ts, telemetry.c.readings).where(telemetry.c.site == site, telemetry.c.node_id == node_id)
+        ).first()
+        if latest is not None:
+            found += [{"ts": _iso(latest.ts), "source": "telemetry", **reading} for reading in latest.readings or []]
+        rows = conn.execute(
+            select(alerts.c.ts, alerts.c.kind, alerts.c.incident, alerts.c.measurements)
+            .where(alerts.c.site == site, alerts.c.node_id == node_id)
+            .order_by(alerts.c.ts.desc())
+            .limit(limit)
+        )
+        for row in rows:
+            found += [
+                {"ts": _iso(row.ts), "source": f"alert:{row.kind}", "incident": row.incident, **measurement}
+                for measurement in row.measurements or []
+            ]
+    found.sort(key=lambda reading: reading["ts"], reverse=True)
+    return {"incident": incident, "site": site, "node_id": node_id, "readings": found[:limit]}

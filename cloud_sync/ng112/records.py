@@ -1,0 +1,129 @@
+"""The record of every forward, on the aggregator store's SQLAlchemy ``metadata``.
+
+``ng112_incidents`` holds one row per forwarded incident (its data-request token and the
+CAP reference of its first message); ``forwards`` holds one row per alert to be sent,
+with its outcome. A row is never deleted: a failure ends as ``failed``, for an operator.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import JSON, Column, DateTime, Engine, Float, Index, Integer, String, Table, Text, select, update
+
+from cloud_sync.aggregator.store import metadata
+
+# pending → sending → delivered | retrying → … | failed; awaiting_confirm → pending | dismissed | unconfirmed
+STATES: Final = (
+    "awaiting_confirm",
+    "pending",
+    "sending",
+    "retrying",
+    "delivered",
+    "failed",
+    "dismissed",
+    "unconfirmed",
+    "skipped",
+)
+OPEN_STATES: Final = ("awaiting_confirm", "pending", "sending", "retrying")
+
+incidents = Table(
+    "ng112_incidents",
+    metadata,
+    Column("incident", String(64), primary_key=True),
+    Column("site", String(64), nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("token", String(64), nullable=False),  # PSAP data request, compared in constant time
+    Column("mode", String(16), nullable=False),
+    Column("first_sender", String(255)),
+    Column("first_identifier", String(128)),
+    Column("first_sent", String(32)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+forwards = Table(
+    "forwards",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("incident", String(64), nullable=False),
+    Column("alert_id", String(64), nullable=False, unique=True),  # one forward per alert: de-dup
+    Column("ordinal", Integer, nullable=False),  # order within the incident: Alert, then Updates, then Cancel
+    Column("site", String(64), nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("alert_state", String(8), nullable=False),
+    Column("status", String(16), nullable=False),  # CAP status: Actual / Exercise / Test
+    Column("alert", JSON, nullable=False),  # the alert itself, so a retry survives a restart
+    Column("state", String(20), nullable=False),
+    Column("msg_type", String(8)),
+    Column("cap_identifier", String(128)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("confirm_by", DateTime(timezone=True)),
+    Column("decided_by", String(64)),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("answered_at", DateTime(timezone=True)),
+    Column("code", Integer),
+    Column("reason", Text),
+    Column("alertmsg_error", Text),
+    Column("latency_ms", Float),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("transport", String(8)),
+    Index("ix_forwards_incident", "incident", "created_at"),
+    Index("ix_forwards_due", "state", "due_at"),
+)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def forward_dict(row: Any) -> dict[str, Any]:
+    data = dict(row._mapping)
+    data.pop("alert", None)
+    for key in ("created_at", "due_at", "confirm_by", "sent_at", "answered_at"):
+        moment = _aware(data.get(key))
+        data[key] = moment.isoformat() if moment else None
+    return data
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def token_matches(engine: Engine, incident: str, token: str) -> bool:
+    with engine.connect() as conn:
+        stored = conn.execute(select(incidents.c.token).where(incidents.c.incident == incident)).scalar()
+    # An unknown incident still costs one comparison, so timing tells nothing.
+    return hmac.compare_digest((stored or new_token()).encode(), token.encode())
+
+
+def list_forwards(engine: Engine, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
+    query = select(forwards).order_by(forwards.c.created_at.desc(), forwards.c.id).limit(limit)
+    if state is not None:
+        query = query.where(forwards.c.state == state)
+    with engine.connect() as conn:
+        return [forward_dict(row) for row in conn.execute(query)]
+
+
+def get_forward(engine: Engine, forward_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(forwards).where(forwards.c.id == forward_id)).first()
+    return forward_dict(row) if row else None
+
+
+def claim(engine: Engine, forward_id: str, expected: tuple[str, ...], new_state: str, **values: Any) -> bool:
+    """Move a forward from one of ``expected`` to ``new_state``; False if another worker won."""
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(forwards)
+            .where(forwards.c.id == forward_id, forwards.c.state.in_(expected))
+            .values(state=new_state, **values)
+        )
+    return bool(done.rowcount)

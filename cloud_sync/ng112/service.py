@@ -1,0 +1,38 @@
+"""Plug NG112 forwarding into a running aggregator, without the aggregator knowing about it.
+
+    aggregator = Aggregator(config)
+    forwarder = attach(aggregator, load_config("ng112.yaml"))   # before aggregator.start()
+    aggregator.start()
+    ...
+    forwarder.stop(); aggregator.stop()
+
+``attach`` mounts the /ng112 router on the aggregator's FastAPI app, subscribes the
+forwarder to the after-commit hook for stored alerts, publishes every change of a
+forward as an ``ng112`` live event for the dashboard, and starts sending.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING
+
+from cloud_sync.ng112.api import build_router
+from cloud_sync.ng112.forwarder import Forwarder
+from cloud_sync.ng112.policy import Ng112Config
+
+if TYPE_CHECKING:
+    from cloud_sync.aggregator.app import Aggregator
+
+
+def attach(aggregator: Aggregator, config: Ng112Config, tls_context: ssl.SSLContext | None = None) -> Forwarder:
+    aggregator.store.create_all()  # idempotent; the forwards table sits on the store's metadata
+    forwarder = Forwarder(
+        aggregator.store.engine,
+        config,
+        tls_context=tls_context,
+        on_change=lambda row: aggregator.events.publish("ng112", row),
+    )
+    aggregator.include_router(build_router(forwarder))
+    aggregator.on_alert_stored.append(forwarder.submit)
+    forwarder.start()
+    return forwarder

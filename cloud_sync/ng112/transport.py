@@ -1,0 +1,217 @@
+"""The non-INVITE client transaction of RFC 3261 §17.1.2 over UDP, TCP and TLS.
+
+Every way a send can end is a ``Delivery`` with an ``outcome``; nothing here raises
+on what the network or the peer does.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from cloud_sync.ng112.sip import (
+    EmergencyMessage,
+    Proto,
+    SipError,
+    SipResponse,
+    SipTarget,
+    content_length,
+    new_branch,
+    parse_head,
+    parse_response,
+    split_head,
+)
+
+# RFC 3261 §18.1.1: without a known path MTU, a request over 1300 bytes goes over TCP.
+UDP_LIMIT: Final = 1300
+MAX_DATAGRAM: Final = 65507
+MAX_RESPONSE: Final = 64 * 1024
+
+Outcome = Literal["ok", "rejected", "timeout", "garbage", "closed", "unreachable", "too_large"]
+
+
+@dataclass(frozen=True)
+class Timers:
+    """RFC 3261 §17.1.2.2 timers; T1 is configurable so that tests run fast."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+
+    @property
+    def f(self) -> float:
+        return 64 * self.t1
+
+
+@dataclass(frozen=True)
+class Delivery:
+    outcome: Outcome
+    transport: Proto
+    transmissions: int
+    latency_s: float | None = None
+    response: SipResponse | None = None
+    detail: str = ""
+
+    @property
+    def code(self) -> int | None:
+        return self.response.code if self.response else None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+def choose_transport(target: SipTarget, size: int) -> Proto:
+    if target.transport is not None:
+        return target.transport
+    return "tcp" if size > UDP_LIMIT else "udp"
+
+
+def _final(response: SipResponse, proto: Proto, transmissions: int, latency: float) -> Delivery:
+    outcome: Outcome = "ok" if 200 <= response.code < 300 else "rejected"
+    return Delivery(outcome, proto, transmissions, latency, response, f"{response.code} {response.reason}")
+
+
+def _ours(response: SipResponse, branch: str) -> bool:
+    # RFC 3261 §17.1.3: match the top Via branch and the CSeq method.
+    cseq = response.header("cseq") or ""
+    return response.branch == branch and cseq.upper().endswith("MESSAGE")
+
+
+class Transaction:
+    """Send one EmergencyMessage and wait for its final response."""
+
+    def __init__(
+        self,
+        timers: Timers = Timers(),
+        tls_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.timers = timers
+        self.tls_context = tls_context
+        self.clock = clock
+
+    def send(self, message: EmergencyMessage, target: SipTarget) -> Delivery:
+        branch = new_branch()
+        # The size decides the transport before the Via is known; a Via is under 100 bytes.
+        probe = message.render("udp", "255.255.255.255:65535", branch)
+        proto = choose_transport(target, len(probe))
+        if proto == "udp":
+            if len(probe) > MAX_DATAGRAM:
+                return Delivery("too_large", proto, 0, detail=f"{len(probe)} bytes do not fit a UDP datagram")
+            return self._udp(message, target, branch)
+        return self._stream(message, target, branch, proto)
+
+    def _udp(self, message: EmergencyMessage, target: SipTarget, branch: str) -> Delivery:
+        family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.connect((target.host, target.port))
+            except OSError as exc:
+                return Delivery("unreachable", "udp", 0, detail=f"{target.host}:{target.port}: {exc}")
+            host, port = sock.getsockname()[:2]
+            data = message.render("udp", f"{host}:{port}", branch)
+            start = self.clock()
+            timer_f = start + self.timers.f
+            interval = self.timers.t1
+            timer_e = start + interval
+            transmissions = 0
+            proceeding = False
+            junk = ""
+            while True:
+                now = self.clock()
+                if transmissions == 0 or now >= timer_e:
+                    if transmissions:
+                        # RFC 3261 §17.1.2.2: Timer E doubles up to T2; in Proceeding it stays at T2.
+                        interval = self.timers.t2 if proceeding else min(2 * interval, self.timers.t2)
+                        timer_e = now + interval
+                    try:
+                        sock.send(data)
+                    except OSError as exc:
+                        return Delivery("unreachable", "udp", transmissions, detail=str(exc))
+                    transmissions += 1
+                if now >= timer_f:
+                    if junk:
+                        return Delivery("garbage", "udp", transmissions, detail=f"only unparseable answers: {junk}")
+                    return Delivery(
+                        "timeout", "udp", transmissions, detail=f"no final response in {self.timers.f:g} s (Timer F)"
+                    )
+                sock.settimeout(max(0.0005, min(timer_e, timer_f) - now))
+                try:
+                    datagram = sock.recv(MAX_RESPONSE)
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    # ICMP port unreachable shows up as ECONNREFUSED on a connected socket.
+                    return Delivery("unreachable", "udp", transmissions, detail=f"{target.host}:{target.port}: {exc}")
+                try:
+                    response = parse_response(datagram)
+                except SipError as exc:
+                    junk = str(exc)  # RFC 3261 §18.1.2: a malformed datagram is discarded
+                    continue
+                if not _ours(response, branch):
+                    continue
+                if response.code < 200:
+                    proceeding = True
+                    continue
+                return _final(response, "udp", transmissions, self.clock() - start)
+
+    def _stream(self, message: EmergencyMessage, target: SipTarget, branch: str, proto: Proto) -> Delivery:
+        start = self.clock()
+        timer_f = start + self.timers.f
+
+        def left() -> float:
+            return max(0.001, timer_f - self.clock())
+
+        try:
+            raw = socket.create_connection((target.host, target.port), timeout=left())
+        except TimeoutError:
+            return Delivery("timeout", proto, 0, detail=f"no connection in {self.timers.f:g} s (Timer F)")
+        except OSError as exc:
+            return Delivery("unreachable", proto, 0, detail=f"{target.host}:{target.port}: {exc}")
+        sock: socket.socket = raw
+        try:
+            if proto == "tls":
+                context = self.tls_context or ssl.create_default_context()
+                sock = context.wrap_socket(raw, server_hostname=target.host)
+            host, port = sock.getsockname()[:2]
+            sock.sendall(message.render(proto, f"{host}:{port}", branch))
+            # RFC 3261 §17.1.2.2: no retransmission over a reliable transport; Timer F still runs.
+            buffer = b""
+            while True:
+                parts = split_head(buffer)
+                if parts is not None:
+                    code, reason, headers = parse_head(parts[0])
+                    size = content_length(headers)
+                    if len(parts[1]) >= size:
+                        response = SipResponse(code, reason, headers, parts[1][:size])
+                        buffer = parts[1][size:]
+                        if _ours(response, branch) and code >= 200:
+                            return _final(response, proto, 1, self.clock() - start)
+                        continue
+                if len(buffer) > MAX_RESPONSE:
+                    return Delivery(
+                        "garbage", proto, 1, detail=f"over {MAX_RESPONSE} bytes without a complete response"
+                    )
+                sock.settimeout(left())
+                chunk = sock.recv(16384)
+                if not chunk:
+                    return Delivery("closed", proto, 1, detail="the peer closed the connection before a final response")
+                buffer += chunk
+        except SipError as exc:
+            return Delivery("garbage", proto, 1, detail=str(exc))
+        except TimeoutError:
+            return Delivery("timeout", proto, 1, detail=f"no final response in {self.timers.f:g} s (Timer F)")
+        except ssl.SSLError as exc:
+            return Delivery("unreachable", proto, 0, detail=f"TLS: {exc}")
+        except OSError as exc:
+            return Delivery("closed", proto, 1, detail=str(exc))
+        finally:
+            sock.close()
+
+
+def send_message(message: EmergencyMessage, target: SipTarget, timers: Timers = Timers()) -> Delivery:
+    return Transaction(timers).send(message, target)

@@ -1,0 +1,97 @@
+"""``s4edge ng112 psap`` and ``s4edge ng112 send-test`` as a technician runs them."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import cloud_sync.ng112
+from cloud_sync.messages import Alert, Location
+from cloud_sync.ng112.call import Caller, compose
+from cloud_sync.ng112.sip import parse_target
+from cloud_sync.ng112.transport import Timers, Transaction
+from s4edge.cli import app
+from s4edge.testing import free_port
+from s4edge.testing.sipp import SippPsap
+
+runner = CliRunner()
+
+
+def test_the_builtin_psap_prints_the_call_and_answers_200(tmp_path):
+    port = free_port()
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault(
+            "r", runner.invoke(app, ["ng112", "psap", "--listen", f"udp:127.0.0.1:{port}", "--count", "1"])
+        )
+    )
+    thread.start()
+    alert = Alert(
+        node_id="n2",
+        site="mall",
+        seq=1,
+        kind="smoke",
+        severity="Severe",
+        state="new",
+        incident="inc-smoke-0002",
+        status="Exercise",
+        location=Location(lat=45.5, lon=9.19, zone="atrium"),
+    )
+    call = compose(alert, Caller())
+    target = parse_target(f"sip:psap@127.0.0.1:{port};transport=udp")
+    deadline = time.monotonic() + 10
+    while True:  # the receiver may not be bound yet: an ICMP refusal says so
+        delivery = Transaction(Timers(t1=0.05)).send(call.message, target)
+        if delivery.outcome != "unreachable" or time.monotonic() > deadline:
+            break
+    thread.join(10)
+    assert delivery.ok, delivery
+    output = result["r"].output
+    assert result["r"].exit_code == 0, output
+    assert "Exercise Alert 'smoke' severity=Severe at 45.500000,9.190000" in output
+    assert "incident=inc-smoke-0002" in output
+
+
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp is not installed")
+@pytest.mark.parametrize(
+    ("scenario", "code", "expected"), [("psap_200.xml", 0, "ok: 200 OK"), ("psap_425.xml", 1, "AlertMsg-Error: 101")]
+)
+def test_send_test_reports_how_the_psap_answered(tmp_path, scenario, code, expected):
+    with SippPsap(scenario, "tcp", tmp_path, calls=1) as psap:
+        result = runner.invoke(
+            app, ["ng112", "send-test", "--psap", psap.uri, "--lat", "48.1", "--lon", "11.5", "--t1", "0.05"]
+        )
+    assert result.exit_code == code, result.output
+    assert expected in result.output
+    (raw,) = psap.received()
+    assert b"<status>Test</status>" in raw  # a commissioning call is never Actual
+
+
+def test_send_test_refuses_a_bad_uri_or_location():
+    bad = runner.invoke(app, ["ng112", "send-test", "--psap", "http://psap", "--lat", "1", "--lon", "1"])
+    assert bad.exit_code == 2 and "not sent" in bad.output
+    nowhere = runner.invoke(app, ["ng112", "send-test", "--psap", "sip:p@127.0.0.1", "--lat", "0", "--lon", "0"])
+    assert nowhere.exit_code == 2 and "no usable location" in nowhere.output
+
+
+def test_check_config_summarises_or_names_the_error(tmp_path):
+    good = tmp_path / "ng112.yaml"
+    good.write_text("psap: sip:psap@127.0.0.1\ncorrelation: [{name: gas-flame, kinds: [gas, flame]}]\n")
+    result = runner.invoke(app, ["ng112", "check-config", str(good)])
+    assert result.exit_code == 0 and "rule gas-flame: gas + flame within 120 s -> Extreme" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("psap: sip:psap@127.0.0.1\ntypo_key: 1\n")
+    result = runner.invoke(app, ["ng112", "check-config", str(bad)])
+    assert result.exit_code == 2 and "typo_key" in result.output
+
+
+def test_the_shipped_example_config_is_valid():
+    example = Path(cloud_sync.ng112.__file__).with_name("ng112.example.yaml")
+    result = runner.invoke(app, ["ng112", "check-config", str(example)])
+    assert result.exit_code == 0, result.output
+    assert "school-north: confirm" in result.output and "rule smoke-crowd" in result.output

@@ -1,0 +1,201 @@
+"""RFC 8876 calls against sipp as the PSAP (UDP and TCP), and against small socket peers
+that misbehave: silence (Timer F), garbage, a closed connection."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import shutil
+import socket
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from lxml import etree
+
+from cloud_sync.messages import Alert, Location, Measurement, ModelRef
+from cloud_sync.ng112.call import Caller, compose
+from cloud_sync.ng112.cap import CAP_NS, CapError, load_schema
+from cloud_sync.ng112.pidf import DM_NS, GML_NS, GP_NS, PIDF_NS, LocationError
+from cloud_sync.ng112.sip import parse_target
+from cloud_sync.ng112.transport import Timers, Transaction
+from s4edge.testing.sipp import SippPsap
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("sipp") is None, reason="sipp is not installed (apt-get install sip-tester)"
+)
+FAST = Timers(t1=0.01, t2=0.04)  # Timer F = 0.64 s
+
+
+def alert(**kw) -> Alert:
+    fields = dict(
+        node_id="n7",
+        site="station",
+        seq=3,
+        kind="flame",
+        severity="Extreme",
+        state="new",
+        incident="inc-flame-0007",
+        ts=datetime(2026, 3, 1, 8, 0, tzinfo=UTC),
+        location=Location(lat=52.520008, lon=13.404954, zone="hall"),
+        measurements=[Measurement(quantity="ir_flicker", value=9.5, unit="Hz")],
+        model=ModelRef(name="flamenet", version="2", sha256="b" * 64),
+    )
+    fields.update(kw)
+    return Alert(**fields)
+
+
+def split_parts(raw: bytes) -> dict[str, bytes]:
+    head, body = raw.split(b"\r\n\r\n", 1)
+    content_type = next(
+        line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"content-type:")
+    )
+    parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type + b"\r\n\r\n" + body
+    )
+    return {p.get_content_type(): p.get_payload(decode=True) for p in parsed.iter_parts()}
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_sipp_psap_accepts_the_call_and_receives_valid_cap_and_pidf(tmp_path, shared, proto):
+    schema = load_schema(shared / "standards" / "cap12.xsd")
+    call = compose(
+        alert(),
+        Caller(),
+        readings_uri="https://agg.example/ng112/incidents/inc-flame-0007/readings?token=abc",
+        schema=schema,
+    )
+    with SippPsap("psap_200.xml", proto, tmp_path, calls=1) as psap:
+        delivery = Transaction(FAST).send(call.message, parse_target(psap.uri))
+        assert psap.wait(10) == 0
+    assert delivery.ok and delivery.code == 200 and delivery.transport == proto
+    (raw,) = psap.received()
+    assert raw.startswith(b"MESSAGE urn:service:sos SIP/2.0\r\n")
+    assert b"purpose=EmergencyCallData.cap" in raw and b"Geolocation-Routing: no" in raw
+    parts = split_parts(raw)
+    cap = etree.fromstring(parts["application/cap+xml"])
+    assert schema.validate(cap), schema.error_log
+    assert cap.findtext(f"{{{CAP_NS}}}status") == "Actual"
+    assert cap.findtext(f"{{{CAP_NS}}}info/{{{CAP_NS}}}severity") == "Extreme"
+    pidf = etree.fromstring(parts["application/pidf+xml"])
+    assert pidf.tag == f"{{{PIDF_NS}}}presence"
+    point = pidf.find(f"{{{DM_NS}}}device/{{{GP_NS}}}geopriv/{{{GP_NS}}}location-info/{{{GML_NS}}}Point")
+    assert point.get("srsName") == "urn:ogc:def:crs:EPSG::4326"
+    assert point.findtext(f"{{{GML_NS}}}pos") == "52.520008 13.404954"
+    assert b"no human caller" in parts["application/emergencycalldata.deviceinfo+xml"]
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_a_425_bad_alert_message_surfaces_alertmsg_error(tmp_path, proto):
+    call = compose(alert(status="Exercise"), Caller())
+    with SippPsap("psap_425.xml", proto, tmp_path, calls=1) as psap:
+        delivery = Transaction(FAST).send(call.message, parse_target(psap.uri))
+    assert delivery.outcome == "rejected" and delivery.code == 425
+    assert delivery.response.alert_msg_error.code == 101
+    assert "not present" in delivery.response.alert_msg_error.message
+
+
+def test_a_large_call_goes_over_tcp_automatically(tmp_path):
+    call = compose(alert(detail="x " * 400), Caller())
+    with SippPsap("psap_200.xml", "tcp", tmp_path, calls=1) as psap:
+        target = parse_target(psap.uri.replace(";transport=tcp", ""))  # no transport: choose by size
+        delivery = Transaction(FAST).send(call.message, target)
+    assert delivery.ok and delivery.transport == "tcp"
+
+
+class SilentUdp:
+    """A PSAP that receives and never answers; counts what arrives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.datagrams: list[bytes] = []
+        self.reply: bytes | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.datagrams.append(data)
+            if self.reply is not None:
+                self.sock.sendto(self.reply, peer)
+
+    def __enter__(self) -> SilentUdp:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+    @property
+    def uri(self) -> str:
+        return f"sip:psap@127.0.0.1:{self.sock.getsockname()[1]};transport=udp"
+
+
+def test_no_answer_ends_with_timer_f_after_timer_e_retransmissions():
+    call = compose(alert(), Caller())
+    with SilentUdp() as psap:
+        delivery = Transaction(FAST).send(call.message, parse_target(psap.uri))
+    assert delivery.outcome == "timeout" and "Timer F" in delivery.detail
+    # RFC 3261 §17.1.2.2: at 0, T1, 3·T1, 7·T1, then every T2 until 64·T1 → 18 sends in 0.64 s.
+    assert 8 <= delivery.transmissions <= 19
+    assert len(set(psap.datagrams)) == 1  # retransmissions are byte-identical
+
+
+def test_udp_garbage_is_discarded_and_reported():
+    call = compose(alert(), Caller())
+    with SilentUdp() as psap:
+        psap.reply = b"\x16\x03\x01 this is not SIP"
+        delivery = Transaction(FAST).send(call.message, parse_target(psap.uri))
+    assert delivery.outcome == "garbage" and "unparseable" in delivery.detail
+
+
+def tcp_peer(answer: bytes | None):
+    """A TCP PSAP that reads the request, writes ``answer`` (or nothing) and closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            if answer:
+                conn.sendall(answer)
+        server.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return f"sip:psap@127.0.0.1:{server.getsockname()[1]};transport=tcp"
+
+
+def test_tcp_garbage_is_a_typed_result():
+    delivery = Transaction(FAST).send(compose(alert(), Caller()).message, parse_target(tcp_peer(b"HELLO\r\n\r\n")))
+    assert delivery.outcome == "garbage"
+
+
+def test_a_closed_connection_is_a_typed_result():
+    delivery = Transaction(FAST).send(compose(alert(), Caller()).message, parse_target(tcp_peer(None)))
+    assert delivery.outcome == "closed"
+
+
+def test_nothing_listening_is_unreachable():
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    server.close()
+    delivery = Transaction(FAST).send(
+        compose(alert(), Caller()).message, parse_target(f"sip:p@127.0.0.1:{port};transport=tcp")
+    )
+    assert delivery.outcome == "unreachable"
+
+
+def test_no_location_and_invalid_cap_are_caught_before_sending():
+    with pytest.raises(LocationError):
+        compose(alert(location=Location(lat=0.0, lon=0.0)), Caller())
+    with pytest.raises(CapError) as caught:
+        compose(alert(), Caller(language="english please"))
+    assert caught.value.field == "info/language"

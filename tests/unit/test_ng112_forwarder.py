@@ -1,0 +1,254 @@
+"""Forwarding policy, the call lifecycle (Alert → Update → Cancel), retries and the record,
+against the built-in PSAP on a real loopback socket and a real SQLite store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from itertools import count
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from cloud_sync.aggregator.store import Store, make_engine, metadata
+from cloud_sync.messages import Alert, Location, Measurement, Telemetry
+from cloud_sync.ng112.api import build_router
+from cloud_sync.ng112.forwarder import Forwarder
+from cloud_sync.ng112.policy import Ng112Config
+from cloud_sync.ng112.receiver import PsapReceiver
+from cloud_sync.ng112.records import get_forward, incidents
+from s4edge.testing import free_port
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+_seq = count()
+
+
+class FrozenClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def alert(kind="gas", severity="Severe", state="new", incident="inc-gas-0001", site="plaza", **kw) -> Alert:
+    n = next(_seq)
+    return Alert(
+        node_id="n1",
+        site=site,
+        seq=n,
+        kind=kind,
+        severity=severity,
+        state=state,
+        incident=incident,
+        ts=T0 + timedelta(seconds=n),
+        location=kw.pop("location", Location(lat=48.2, lon=16.37, zone="gate")),
+        measurements=[Measurement(quantity="ch4", value=20.0 + n, unit="%LEL")],
+        **kw,
+    )
+
+
+@pytest.fixture
+def psap():
+    calls = []
+    receiver = PsapReceiver("tcp:127.0.0.1:0", calls.append).start()
+    receiver.calls = calls
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def engine(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'agg.db'}")
+    metadata.create_all(engine)
+    return engine
+
+
+@pytest.fixture
+def clock():
+    return FrozenClock()
+
+
+def forwarder(engine, clock, psap_uri, **config) -> Forwarder:
+    settings = dict(psap=psap_uri, t1_s=0.01, backoff_s=10, max_attempts=3, readings_base_url="https://agg.example")
+    settings.update(config)
+    return Forwarder(engine, Ng112Config.model_validate(settings), clock=clock)
+
+
+def uri(receiver) -> str:
+    host, port = receiver.address
+    return f"sip:psap@{host}:{port};transport=tcp"
+
+
+def test_one_incident_is_one_call_alert_then_update_then_cancel(engine, clock, psap, shared):
+    fwd = forwarder(engine, clock, uri(psap))
+    (first,) = fwd.submit(alert())
+    assert fwd.run_due() == 1
+    row = get_forward(engine, first)
+    assert row["state"] == "delivered" and row["code"] == 200 and row["attempts"] == 1
+    assert row["msg_type"] == "Alert" and row["latency_ms"] > 0 and row["answered_at"]
+    (update,) = fwd.submit(alert(state="update", severity="Extreme"))
+    (end,) = fwd.submit(alert(state="end"))
+    assert fwd.run_due() == 1  # the Cancel waits until the Update is through
+    assert fwd.run_due() == 1
+    assert [get_forward(engine, f)["msg_type"] for f in (update, end)] == ["Update", "Cancel"]
+    assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update", "Cancel"]
+    assert psap.calls[1].cap["severity"] == "Extreme"
+    assert psap.calls[0].position == (48.2, 16.37)
+    assert {c.cap["incidents"] for c in psap.calls} == {"inc-gas-0001"}
+
+
+def test_a_repeated_alert_is_forwarded_once(engine, clock, psap):
+    fwd = forwarder(engine, clock, uri(psap))
+    same = alert()
+    assert len(fwd.submit(same)) == 1
+    assert fwd.submit(same) == []
+
+
+def test_policy_decides_what_opens_a_call(engine, clock, psap):
+    fwd = forwarder(engine, clock, uri(psap))
+    assert fwd.submit(alert(severity="Minor", incident="inc-minor-01")) == []
+    assert fwd.submit(alert(kind="loitering", severity="Extreme", incident="inc-loit-01")) == []
+    assert fwd.submit(alert(state="end", incident="inc-never-01")) == []
+    assert fwd.run_due() == 0 and psap.calls == []
+
+
+def test_confirm_mode_waits_for_the_operator(engine, clock, psap):
+    fwd = forwarder(engine, clock, uri(psap), default={"mode": "confirm", "confirm_timeout_s": 60})
+    (waiting,) = fwd.submit(alert())
+    assert fwd.run_due() == 0
+    assert get_forward(engine, waiting)["state"] == "awaiting_confirm"
+    assert fwd.confirm(waiting, by="alice")
+    assert fwd.run_due() == 1
+    row = get_forward(engine, waiting)
+    assert (row["state"], row["decided_by"]) == ("delivered", "alice")
+    assert not fwd.confirm(waiting, by="bob")  # nothing left to confirm
+
+
+def test_a_dismissed_incident_sends_nothing_ever(engine, clock, psap):
+    fwd = forwarder(engine, clock, uri(psap), default={"mode": "confirm"})
+    (waiting,) = fwd.submit(alert())
+    (later,) = fwd.submit(alert(state="update"))
+    assert fwd.dismiss(waiting, by="alice")
+    fwd.run_due()
+    assert get_forward(engine, later)["state"] == "dismissed"
+    assert psap.calls == []
+
+
+@pytest.mark.parametrize(("severity", "outcome", "calls"), [("Extreme", "delivered", 1), ("Severe", "unconfirmed", 0)])
+def test_an_unanswered_confirmation_escalates_only_extreme(engine, clock, psap, severity, outcome, calls):
+    fwd = forwarder(engine, clock, uri(psap), default={"mode": "confirm", "confirm_timeout_s": 30})
+    (waiting,) = fwd.submit(alert(severity=severity))
+    clock.advance(29)
+    assert fwd.run_due() == 0
+    clock.advance(2)
+    fwd.run_due()
+    assert get_forward(engine, waiting)["state"] == outcome
+    assert len(psap.calls) == calls
+
+
+def test_failures_are_retried_with_backoff_then_marked_failed(engine, clock):
+    closed = f"sip:psap@127.0.0.1:{free_port()};transport=tcp"  # nothing listens there
+    fwd = forwarder(engine, clock, closed, backoff_s=10, max_attempts=3)
+    (fid,) = fwd.submit(alert())
+    assert fwd.run_due() == 1
+    row = get_forward(engine, fid)
+    assert (row["state"], row["attempts"]) == ("retrying", 1)
+    assert "refused" in row["reason"].lower()
+    clock.advance(9)
+    assert fwd.run_due() == 0  # backoff: 10 s, then 20 s
+    clock.advance(1)
+    assert fwd.run_due() == 1
+    clock.advance(19)
+    assert fwd.run_due() == 0
+    clock.advance(1)
+    assert fwd.run_due() == 1
+    row = get_forward(engine, fid)
+    assert (row["state"], row["attempts"]) == ("failed", 3)
+    assert fwd.run_due() == 0
+
+
+def test_invalid_content_fails_before_sending_and_is_kept(engine, clock, psap):
+    fwd = forwarder(engine, clock, uri(psap), sender="sip:node one@plaza")
+    (bad_sender,) = fwd.submit(alert())
+    fwd.run_due()
+    fwd2 = forwarder(engine, clock, uri(psap))
+    (nowhere,) = fwd2.submit(alert(incident="inc-gas-0002", location=Location(lat=0.0, lon=0.0)))
+    fwd2.run_due()
+    assert get_forward(engine, bad_sender)["state"] == "failed"
+    assert "CAP field 'sender'" in get_forward(engine, bad_sender)["reason"]
+    assert get_forward(engine, nowhere)["state"] == "failed"
+    assert "no usable location" in get_forward(engine, nowhere)["reason"]
+    assert psap.calls == []
+
+
+def test_correlated_alerts_open_one_escalated_call(engine, clock, psap):
+    rules = [{"name": "gas-flame", "kinds": ["gas", "flame"], "within_s": 120}]
+    fwd = forwarder(engine, clock, uri(psap), correlation=rules, default={"kinds": ["gas", "flame", "escalation"]})
+    fwd.submit(alert(kind="gas", incident="inc-gas-0100"))
+    created = fwd.submit(alert(kind="flame", incident="inc-flame-0100"))
+    assert len(created) == 2
+    while fwd.run_due():
+        pass
+    escalations = [c for c in psap.calls if c.cap["event"] == "escalation"]
+    assert len(escalations) == 1 and escalations[0].cap["severity"] == "Extreme"
+
+
+def test_the_psap_data_request_needs_the_incident_token(engine, clock, psap):
+    store = Store(engine, clock=clock)
+    fwd = forwarder(engine, clock, uri(psap))
+    stored = [alert(incident="inc-data-0001") for _ in range(12)]
+    with engine.begin() as conn:
+        store.insert_alerts(conn, [(a, T0) for a in stored])
+        store.record_telemetry(
+            conn,
+            Telemetry(
+                node_id="n1",
+                site="plaza",
+                seq=99,
+                ts=T0 + timedelta(hours=1),
+                readings=[Measurement(quantity=f"q{i}", value=i, unit="ppm") for i in range(5)],
+            ),
+            T0,
+        )
+    fwd.submit(stored[0])
+    with engine.connect() as conn:
+        token = conn.execute(select(incidents.c.token).where(incidents.c.incident == "inc-data-0001")).scalar_one()
+    app = FastAPI()
+    app.include_router(build_router(fwd))
+    client = TestClient(app)
+    good = client.get("/ng112/incidents/inc-data-0001/readings", params={"token": token})
+    assert good.status_code == 200
+    readings = good.json()["readings"]
+    assert len(readings) == 15
+    assert readings[0]["source"] == "telemetry"  # the newest first
+    assert [r["ts"] for r in readings] == sorted((r["ts"] for r in readings), reverse=True)
+    assert client.get("/ng112/incidents/inc-data-0001/readings", params={"token": token[:-1] + "x"}).status_code == 404
+    assert client.get("/ng112/incidents/nope/readings", params={"token": token}).status_code == 404
+    assert client.get("/ng112/incidents/inc-data-0001/readings").status_code == 422
+
+
+def test_the_forwards_api_lists_and_decides(engine, clock, psap):
+    fwd = forwarder(engine, clock, uri(psap), default={"mode": "confirm"})
+    (waiting,) = fwd.submit(alert())
+    app = FastAPI()
+    app.include_router(build_router(fwd))
+    client = TestClient(app)
+    listed = client.get("/ng112/forwards").json()["forwards"]
+    assert [f["id"] for f in listed] == [waiting] and listed[0]["state"] == "awaiting_confirm"
+    assert client.get("/ng112/forwards", params={"state": "bogus"}).status_code == 422
+    assert client.post(f"/ng112/forwards/{waiting}/confirm", json={"by": "carol"}).json()["state"] == "pending"
+    assert client.post(f"/ng112/forwards/{waiting}/dismiss").status_code == 409
+    assert client.post("/ng112/forwards/unknown/confirm").status_code == 404
+
+
+def test_the_dashboard_panel_is_served(engine, clock, psap):
+    app = FastAPI()
+    app.include_router(build_router(forwarder(engine, clock, uri(psap))))
+    panel = TestClient(app).get("/ng112/panel.js")
+    assert panel.status_code == 200 and panel.headers["content-type"].startswith("text/javascript")
+    assert "/ng112/forwards" in panel.text
