@@ -1,0 +1,128 @@
+"""The spine end to end: scenario → node → outbox → real mosquitto → aggregator →
+/api/alerts and the live stream."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from cloud_sync.aggregator.broker import BrokerConfig
+from edge.app import Node
+from edge.config import parse_config
+from s4edge.testing import Mosquitto
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def aggregator(broker: Mosquitto, tmp_path: Path) -> Iterator[Aggregator]:
+    config = AggregatorConfig(
+        broker=BrokerConfig(broker.url), db_url=f"sqlite:///{tmp_path / 'agg.db'}", client_id="e2e-aggregator"
+    )
+    with Aggregator(config) as running:
+        yield running
+
+
+def node_config(broker: Mosquitto, tmp_path: Path) -> dict[str, Any]:
+    scenario = tmp_path / "leak.yaml"
+    # methane rises through 10 %LEL (Moderate) to 45 (Severe), then falls back to zero
+    scenario.write_text(
+        "name: short leak\nduration_s: 3\nsignals:\n  ch4: [[0, 0], [0.6, 15], [1.2, 45], [2.0, 45], [2.6, 0]]\n"
+    )
+    return {
+        "node_id": "e2e-node",
+        "site": "plaza",
+        "location": {"lat": 52.52, "lon": 13.405, "zone": "entrance"},
+        "mqtt": {"url": broker.url},
+        "outbox": {"path": str(tmp_path / "outbox.db")},
+        "alerts": {"update_interval_s": 0},
+        "sources": [
+            {
+                "type": "scenario",
+                "name": "leak",
+                "file": str(scenario),
+                "period_s": 0.05,
+                "sensors": [
+                    {
+                        "signal": "ch4",
+                        "kind": "gas",
+                        "quantity": "methane",
+                        "unit": "%LEL",
+                        "levels": [
+                            {"on_at": 10, "severity": "Moderate", "hysteresis": 2},
+                            {"on_at": 40, "severity": "Severe", "hysteresis": 4},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def read_stream(url: str, events: list[dict[str, Any]], ready: threading.Event, stop: threading.Event) -> None:
+    with httpx.Client(timeout=None) as client, client.stream("GET", url) as response:
+        ready.set()
+        event = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "alert":
+                events.append(json.loads(line.removeprefix("data: ")))
+            if stop.is_set():
+                return
+
+
+def test_an_incident_travels_from_scenario_to_the_operators_view(
+    broker: Mosquitto, aggregator: Aggregator, tmp_path: Path
+) -> None:
+    streamed: list[dict[str, Any]] = []
+    ready, stop = threading.Event(), threading.Event()
+    reader = threading.Thread(
+        target=read_stream, args=(f"{aggregator.url}/api/stream", streamed, ready, stop), daemon=True
+    )
+    reader.start()
+    assert ready.wait(10)
+
+    node = Node(parse_config(node_config(broker, tmp_path)))
+    node.start()
+    try:
+
+        def incident_closed() -> list[dict[str, Any]] | None:
+            page = httpx.get(f"{aggregator.url}/api/alerts", params={"node": "e2e-node", "limit": 100}).json()
+            alerts: list[dict[str, Any]] = page["alerts"]
+            return alerts if any(a["state"] == "end" for a in alerts) else None
+
+        alerts = wait_for(incident_closed, what="the incident's end at the aggregator")
+    finally:
+        node.close()
+
+    states = [a["state"] for a in sorted(alerts, key=lambda a: a["seq"])]
+    assert states[0] == "new" and states[-1] == "end" and "update" in states
+    assert len({a["incident"] for a in alerts}) == 1, "new, update and end share one incident id"
+    assert len({a["id"] for a in alerts}) == len(alerts), "each alert is stored once"
+    assert {a["severity"] for a in alerts} >= {"Moderate", "Severe"}
+    assert alerts[0]["node_id"] == "e2e-node" and alerts[0]["site"] == "plaza"
+
+    wait_for(lambda: {a["id"] for a in alerts} <= {e["id"] for e in streamed}, what="every alert on the live stream")
+    stop.set()
+
+    nodes = httpx.get(f"{aggregator.url}/api/nodes").json()["nodes"]
+    assert [n["node_id"] for n in nodes] == ["e2e-node"]
