@@ -1,0 +1,201 @@
+"""The fleet's certificate authority: one EC P-256 CA per fleet, a server certificate for
+the broker and, optionally, a client certificate per node (CN = node id).
+
+Everything works offline (air-gapped sites). Private keys are written 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+CA_DAYS = 10 * 365
+# CA/Browser Forum caps public leaves at 398 days; a private fleet renews by re-provisioning,
+# so two years keeps site visits rare without keeping a stolen node key useful forever.
+LEAF_DAYS = 2 * 365
+
+
+class CAError(ValueError):
+    """A CA folder or certificate request a technician can fix."""
+
+
+@dataclass(frozen=True)
+class FleetCA:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    folder: Path
+
+    @property
+    def cert_path(self) -> Path:
+        return self.folder / CA_CERT
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create or replace ``path`` with mode 0600 from the first byte on (no umask window)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def init_ca(folder: Path, name: str = "s4edge fleet CA", days: int = CA_DAYS, force: bool = False) -> FleetCA:
+    folder = Path(folder)
+    if (folder / CA_KEY).exists() and not force:
+        raise CAError(
+            f"{folder / CA_KEY} already exists; a second CA would orphan every issued certificate "
+            "(pass --force to replace it on purpose)"
+        )
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "s4edge"), x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    )
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        # RFC 5280 §4.2.1.9: path length 0, this CA signs leaves only.
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    write_private(folder / CA_KEY, _key_pem(key))
+    (folder / CA_CERT).write_bytes(_cert_pem(cert))
+    return FleetCA(cert, key, folder)
+
+
+def load_ca(folder: Path) -> FleetCA:
+    folder = Path(folder)
+    try:
+        cert = x509.load_pem_x509_certificate((folder / CA_CERT).read_bytes())
+        key = serialization.load_pem_private_key((folder / CA_KEY).read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise CAError(
+            f"{exc.filename} is missing: create the fleet CA first with `s4edge fleet ca init --out {folder}`"
+        ) from None
+    except ValueError as exc:
+        raise CAError(f"{folder}: the CA certificate or key is not valid PEM ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CAError(f"{folder / CA_KEY}: expected an EC private key")
+    return FleetCA(cert, key, folder)
+
+
+def _leaf(
+    ca: FleetCA, common_name: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName], days: int
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "s4edge"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                ]
+            )
+        )
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(now + dt.timedelta(days=days), ca.cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return builder.sign(ca.key, hashes.SHA256()), key
+
+
+def issue_server_cert(
+    ca: FleetCA, hosts: list[str], ips: list[str], out: Path, days: int = LEAF_DAYS
+) -> tuple[Path, Path]:
+    """The broker's certificate; clients check the hostname against its SAN (RFC 6125 §6.4)."""
+    if not hosts and not ips:
+        raise CAError("name the broker: at least one --host NAME or --ip ADDRESS that nodes will connect to")
+    san: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
+    for ip in ips:
+        try:
+            san.append(x509.IPAddress(ipaddress.ip_address(ip)))
+        except ValueError:
+            raise CAError(f"--ip {ip!r} is not an IPv4 or IPv6 address") from None
+    cert, key = _leaf(ca, hosts[0] if hosts else ips[0], ExtendedKeyUsageOID.SERVER_AUTH, san, days)
+    return _write_pair(out, "server", cert, key)
+
+
+def issue_client_cert(ca: FleetCA, common_name: str, out: Path, stem: str, days: int = LEAF_DAYS) -> tuple[Path, Path]:
+    """A client certificate; mosquitto's ``use_identity_as_username`` takes the CN as the user."""
+    cert, key = _leaf(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], days)
+    return _write_pair(out, stem, cert, key)
+
+
+def _write_pair(out: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out / f"{stem}.crt", out / f"{stem}.key"
+    write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(_cert_pem(cert))
+    return cert_path, key_path

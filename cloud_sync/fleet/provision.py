@@ -1,0 +1,203 @@
+"""Provisioning: a node's config, credentials and broker entries, made offline on a
+technician's laptop from the fleet folder and a board profile.
+
+The node folder (``--out``) is what goes to ``/etc/s4edge/`` on the node: ``node.yaml``,
+``ca.crt``, and either ``mqtt.password`` or ``node.crt``/``node.key``. The config names
+the other files by relative path, which the node resolves against the config's folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from cloud_sync.fleet.ca import CA_CERT, FleetCA, issue_client_cert, write_private
+from cloud_sync.fleet.mosquitto_files import new_password, password_hash
+from cloud_sync.fleet.registry import Fleet, FleetError, Identity
+from cloud_sync.messages import NAME_PATTERN
+
+BOARDS_ENV = "S4EDGE_BOARDS_DIR"
+PASSWORD_FILE = "mqtt.password"  # noqa: S105 - a file name, not a password
+CONFIG_FILE = "node.yaml"
+
+
+def boards_dir() -> Path:
+    """``$S4EDGE_BOARDS_DIR``, else ``firmware_configs/boards`` of the source checkout."""
+    env = os.environ.get(BOARDS_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "firmware_configs" / "boards"
+
+
+def board_names(folder: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in (folder or boards_dir()).glob("*.yaml"))
+
+
+def load_board(name: str, folder: Path | None = None) -> dict[str, Any]:
+    folder = folder or boards_dir()
+    path = folder / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(board_names(folder)) or f"none in {folder} (set {BOARDS_ENV})"
+        raise FleetError(f"unknown board {name!r}; known boards: {known}")
+    try:
+        profile = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise FleetError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(profile, dict) or not isinstance(profile.get("node", {}), dict):
+        raise FleetError(f"{path}: a board profile is a mapping with board, hardware, inference and node keys")
+    return profile
+
+
+def check_name(what: str, value: str) -> str:
+    """Node and site ids become topic levels and broker usernames (messages.NAME_PATTERN)."""
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise FleetError(f"{what} {value!r}: use 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit")
+    return value
+
+
+def check_broker_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "mqtts" or not parts.hostname:
+        raise FleetError(f"--broker {url!r}: the fleet speaks TLS only; give mqtts://HOST:PORT")
+    try:
+        parts.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError:
+        raise FleetError(f"--broker {url!r}: the port is not a number") from None
+    return url
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    node_id: str
+    site: str
+    lat: float
+    lon: float
+    broker: str
+    board: str = "rpi5"
+    zone: str | None = None
+    client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    identity: Identity
+    files: list[Path]
+    config_path: Path | None = None
+
+
+def node_config(req: NodeRequest, profile: dict[str, Any], credential_files: dict[str, str]) -> dict[str, Any]:
+    """The node config as plain data; edge.config.parse_config accepts it."""
+    location: dict[str, Any] = {"lat": req.lat, "lon": req.lon}
+    if req.zone:
+        location["zone"] = req.zone
+    config: dict[str, Any] = {
+        "node_id": req.node_id,
+        "site": req.site,
+        "location": location,
+        "mqtt": {"url": req.broker, "client_id": req.node_id, "username": req.node_id, **credential_files},
+    }
+    fragment = copy.deepcopy(profile.get("node") or {})
+    config.update({key: value for key, value in fragment.items() if key not in config})
+    return config
+
+
+def source_templates(profile: dict[str, Any]) -> list[dict[str, Any]]:
+    """Camera and I2C sources for the board's hardware, for the technician to adapt.
+
+    They are written commented out: only the technician knows what is wired to the node.
+    """
+    hardware, inference = profile.get("hardware") or {}, profile.get("inference") or {}
+    templates: list[dict[str, Any]] = []
+    if camera := hardware.get("camera"):
+        backend = {key: inference[key] for key in ("providers", "threads") if key in inference}
+        templates.append(
+            {
+                "type": "vision",
+                "name": "cam0",
+                "camera": {key: camera[key] for key in ("url", "width", "height") if key in camera},
+                "model": {"name": "fastestdet", "backend": backend},
+            }
+        )
+    if "i2c_bus" in hardware:
+        templates.append(
+            {
+                "type": "sensors",
+                "bus": f"/dev/i2c-{hardware['i2c_bus']}",
+                "sensors": [{"name": "mq2-1", "kind": "mq2", "channel": 0}],
+            }
+        )
+    return templates
+
+
+def _commented(text: str) -> str:
+    return "".join(f"# {line}\n" for line in text.splitlines())
+
+
+def render_node_file(req: NodeRequest, profile: dict[str, Any], config: dict[str, Any]) -> str:
+    board = profile.get("board", req.board)
+    facts = {"hardware": profile.get("hardware"), "inference": profile.get("inference")}
+    return (
+        f"# s4edge node {req.site}/{req.node_id} on board {board}, written by `s4edge provision`.\n"
+        + _commented(yaml.safe_dump(facts, sort_keys=False))
+        + yaml.safe_dump(config, sort_keys=False)
+        + f"\n# Sources for {board}: uncomment, adapt to what is wired, then run `s4edge doctor -c node.yaml`.\n"
+        + _commented(yaml.safe_dump({"sources": source_templates(profile)}, sort_keys=False))
+    )
+
+
+def provision_node(req: NodeRequest, ca: FleetCA, fleet: Fleet, out: Path, boards: Path | None = None) -> Provisioned:
+    check_name("node id", req.node_id)
+    check_name("site", req.site)
+    check_broker_url(req.broker)
+    profile = load_board(req.board, boards)
+    fleet.check_free(req.node_id, "node", req.site)
+    hashed, files, credential_files = _credentials(req.node_id, req.client_cert, ca, out, "node")
+    fleet.put(Identity(req.node_id, "node", req.site, hashed, req.client_cert))
+    config = node_config(req, profile, credential_files)
+    path = Path(out) / CONFIG_FILE
+    path.write_text(render_node_file(req, profile, config))
+    return Provisioned(fleet.identities[req.node_id], [path, *files], path)
+
+
+def provision_aggregator(name: str, ca: FleetCA, fleet: Fleet, out: Path, client_cert: bool = False) -> Provisioned:
+    check_name("aggregator name", name)
+    fleet.check_free(name, "aggregator", None)
+    hashed, files, _ = _credentials(name, client_cert, ca, out, "aggregator")
+    fleet.put(Identity(name, "aggregator", None, hashed, client_cert))
+    return Provisioned(fleet.identities[name], files)
+
+
+def _credentials(
+    name: str, client_cert: bool, ca: FleetCA, out: Path, stem: str
+) -> tuple[str | None, list[Path], dict[str, str]]:
+    """Write the CA certificate and a password file or a client key pair into ``out``.
+
+    Returns the password's mosquitto hash (None with a certificate), the files, and the
+    config's references to them."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ca.cert_path, out / CA_CERT)
+    files = [out / CA_CERT]
+    refs = {"ca_file": CA_CERT}
+    hashed = None
+    secret = out / (PASSWORD_FILE if stem == "node" else f"{stem}.password")
+    # Switching between password and certificate leaves no stale credential behind.
+    for stale in (secret,) if client_cert else (out / f"{stem}.crt", out / f"{stem}.key"):
+        stale.unlink(missing_ok=True)
+    if client_cert:
+        cert, key = issue_client_cert(ca, name, out, stem)
+        files += [cert, key]
+        refs |= {"cert_file": cert.name, "key_file": key.name}
+    else:
+        password = new_password()
+        write_private(secret, (password + "\n").encode())
+        files.append(secret)
+        refs["password_file"] = secret.name
+        hashed = password_hash(password)
+    return hashed, files, refs

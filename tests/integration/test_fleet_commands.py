@@ -1,0 +1,127 @@
+"""Remote commands over the fleet's TLS broker: the real aggregator (shared subscription,
+its provisioned identity) commands a real node agent (its provisioned config); the ACL
+keeps a node identity from issuing commands at all."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from cloud_sync.aggregator.broker import BrokerConfig
+from cloud_sync.messages import Command, decode, encode, topic, topic_for, utc_now
+from edge.app import Node
+from edge.config import load_config
+from s4edge.testing.fleet import SITE, TIMEOUT, Fleet, build_fleet, login
+
+MQTT5_NOT_AUTHORIZED = 0x87
+
+
+def eventually(probe: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    """Wait on a condition (the node's answer travels node → broker → aggregator → store)."""
+    deadline = time.monotonic() + timeout
+    while (value := probe()) is None or value is False:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    built = build_fleet(tmp_path_factory.mktemp("cmd-fleet"))
+    yield built
+    built.broker.stop()
+
+
+@pytest.fixture
+def node_config(fleet: Fleet, tmp_path: Path) -> Path:
+    """node-a's provisioned config, with its outbox in the test's folder."""
+    path = fleet.node_dir("node-a") / "node.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["outbox"] = {"path": str(tmp_path / "outbox.db")}
+    data["heartbeat"] = {"interval_s": 30}
+    running = fleet.node_dir("node-a") / f"node-{tmp_path.name}.yaml"
+    running.write_text(yaml.safe_dump(data))
+    return running
+
+
+@pytest.fixture
+def aggregator(fleet: Fleet, tmp_path: Path) -> Iterator[Aggregator]:
+    broker = BrokerConfig(
+        url=f"mqtts://127.0.0.1:{fleet.port}",
+        ca_file=str(fleet.node_dir("aggregator") / "ca.crt"),
+        username="aggregator",
+        password=fleet.password("aggregator"),
+    )
+    config = AggregatorConfig(broker=broker, db_url=f"sqlite:///{tmp_path / 'agg.db'}", client_id="agg-test")
+    with Aggregator(config) as running:
+        yield running
+
+
+@pytest.fixture
+def node(node_config: Path) -> Iterator[Node]:
+    running = Node(load_config(node_config), base_dir=node_config.parent)
+    running.start()
+    assert running.uplink.connected.wait(TIMEOUT), "node-a did not connect over TLS"
+    yield running
+    running.close(flush_s=2)
+
+
+def result_of(aggregator: Aggregator, cmd_id: str) -> Callable[[], Any]:
+    def probe() -> Any:
+        found = [c for c in aggregator.store.commands_for(SITE, "node-a") if c["id"] == cmd_id]
+        return found[0]["result"] if found else None
+
+    return probe
+
+
+def test_a_bad_remote_config_is_refused_and_the_running_one_stays(
+    aggregator: Aggregator, node: Node, node_config: Path
+) -> None:
+    # The node's retained `status` (and its will) pass the ACL: the aggregator sees it online.
+    eventually(lambda: aggregator.store.count_online() == 1, "node-a online at the aggregator")
+    before = node.digest
+    issued = aggregator.commands.issue(SITE, "node-a", "reload_config", {"config": "node_id: [unclosed"}, 60)
+    assert issued["published"]
+    refused = eventually(result_of(aggregator, issued["id"]), "the node's answer to the bad config")
+    assert refused["ok"] is False and "the running one stays" in refused["detail"]
+    assert node.digest == before and node.uplink.connected.is_set()
+
+    good = yaml.safe_load(node_config.read_text())
+    good["heartbeat"] = {"interval_s": 12}
+    issued = aggregator.commands.issue(SITE, "node-a", "reload_config", {"config": yaml.safe_dump(good)}, 60)
+    applied = eventually(result_of(aggregator, issued["id"]), "the node's answer to the good config")
+    assert applied["ok"] is True and applied["data"]["config_digest"] == node.digest != before
+    assert node.config.heartbeat.interval_s == 12
+
+
+def test_a_command_from_a_node_identity_is_refused_by_the_broker(fleet: Fleet, node: Node) -> None:
+    watcher, node_b = login(fleet, "aggregator"), login(fleet, "node-b")
+    try:
+        assert watcher.subscribe(topic(SITE, "node-a", "cmd_result")) < 0x80
+        # node-b forges a command naming the aggregator as issuer: only the ACL stands in the way.
+        forged = Command(
+            node_id="node-a",
+            site=SITE,
+            seq=1,
+            name="ping",
+            issuer="aggregator",
+            expires=utc_now() + timedelta(minutes=1),
+        )
+        assert node_b.publish(topic_for(forged), encode(forged)) == MQTT5_NOT_AUTHORIZED
+        # The aggregator's own ping, sent afterwards, is answered; the forged one never was.
+        genuine = forged.model_copy(update={"id": "genuine-ping-1", "seq": 2})
+        assert watcher.publish(topic_for(genuine), encode(genuine)) == 0
+        answer = decode(watcher.next_message()[1])
+        assert answer.type == "cmd_result" and answer.cmd_id == "genuine-ping-1" and answer.ok
+        assert watcher.messages.empty()
+    finally:
+        watcher.close()
+        node_b.close()

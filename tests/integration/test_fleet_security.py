@@ -1,0 +1,217 @@
+"""The fleet's broker security, end to end: generated CA, TLS listener, password file and
+ACL in a real mosquitto, exercised by paho clients acting as nodes and the aggregator."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloud_sync.fleet.ca import init_ca, issue_client_cert
+from cloud_sync.messages import Alert, Location, decode, encode, topic, topic_for
+from s4edge.testing.fleet import SITE, TIMEOUT, Fleet, build_fleet, login, peer
+
+MQTT5_NOT_AUTHORIZED = 0x87
+MQTT5_BAD_USER_OR_PASSWORD = 0x86
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    built = build_fleet(tmp_path_factory.mktemp("fleet"))
+    yield built
+    built.broker.stop()
+
+
+def alert(node_id: str, seq: int = 1) -> Alert:
+    return Alert(
+        node_id=node_id,
+        site=SITE,
+        seq=seq,
+        kind="gas",
+        severity="Severe",
+        state="new",
+        incident=f"inc-{node_id}-{seq}",
+        location=Location(lat=40.41, lon=-3.7),
+    )
+
+
+def test_a_node_publishes_its_own_alert_to_the_aggregator(fleet: Fleet) -> None:
+    aggregator, node_a = login(fleet, "aggregator"), login(fleet, "node-a")
+    try:
+        assert aggregator.subscribe("s4edge/v1/#") < 0x80
+        sent = alert("node-a")
+        assert node_a.publish(topic_for(sent), encode(sent)) == 0
+        got_topic, payload = aggregator.next_message()
+        assert got_topic == topic_for(sent) and decode(payload) == sent
+    finally:
+        aggregator.close()
+        node_a.close()
+
+
+def test_a_node_cannot_publish_as_another_node(fleet: Fleet) -> None:
+    aggregator, node_a = login(fleet, "aggregator"), login(fleet, "node-a")
+    try:
+        aggregator.subscribe("s4edge/v1/#")
+        forged = alert("node-b", seq=7)
+        assert node_a.publish(topic_for(forged), encode(forged)) == MQTT5_NOT_AUTHORIZED
+        # A's own alert, sent after the forged one on the same connection, arrives; the
+        # broker routes in order, so the forged one would have come first.
+        sentinel = alert("node-a", seq=8)
+        assert node_a.publish(topic_for(sentinel), encode(sentinel)) == 0
+        assert decode(aggregator.next_message()[1]) == sentinel
+        assert aggregator.messages.empty()
+    finally:
+        aggregator.close()
+        node_a.close()
+
+
+def test_a_node_reads_only_its_own_commands_and_nothing_of_the_fleet(fleet: Fleet) -> None:
+    aggregator, node_a, node_b = login(fleet, "aggregator"), login(fleet, "node-a"), login(fleet, "node-b")
+    try:
+        for topic_filter in ("s4edge/v1/#", topic(SITE, "node-b", "cmd/#")):
+            assert node_a.subscribe(topic_filter) in (0, 1, MQTT5_NOT_AUTHORIZED)
+        assert node_a.subscribe(topic(SITE, "node-a", "cmd/#")) < 0x80
+        assert node_b.subscribe(topic(SITE, "node-b", "cmd/#")) < 0x80
+        aggregator.subscribe("s4edge/v1/#")
+
+        # node-b's alert reaches the aggregator, and node-b's command reaches node-b ...
+        b_alert = alert("node-b", seq=3)
+        assert node_b.publish(topic_for(b_alert), encode(b_alert)) == 0
+        assert decode(aggregator.next_message()[1]) == b_alert
+        assert aggregator.publish(topic(SITE, "node-b", "cmd/ping"), b"for b") == 0
+        assert node_b.next_message() == (topic(SITE, "node-b", "cmd/ping"), b"for b")
+        # ... and node-a, subscribed to the whole fleet, sees only its own command, sent last.
+        assert aggregator.publish(topic(SITE, "node-a", "cmd/ping"), b"for a") == 0
+        assert node_a.next_message() == (topic(SITE, "node-a", "cmd/ping"), b"for a")
+        # Overlapping subscriptions may each get a copy (MQTT 5 §3.3.4); none is of node-b.
+        while not node_a.messages.empty():
+            assert node_a.next_message()[0] == topic(SITE, "node-a", "cmd/ping")
+    finally:
+        for p in (aggregator, node_a, node_b):
+            p.close()
+
+
+def test_a_node_cannot_issue_commands(fleet: Fleet) -> None:
+    node_a, node_b = login(fleet, "node-a"), login(fleet, "node-b")
+    try:
+        node_b.subscribe(topic(SITE, "node-b", "cmd/#"))
+        assert node_a.publish(topic(SITE, "node-b", "cmd/reload_config"), b"{}") == MQTT5_NOT_AUTHORIZED
+        assert node_a.publish(topic(SITE, "node-a", "cmd/reload_config"), b"{}") == MQTT5_NOT_AUTHORIZED
+    finally:
+        node_a.close()
+        node_b.close()
+
+
+def test_the_aggregator_cannot_speak_for_a_node(fleet: Fleet) -> None:
+    aggregator = login(fleet, "aggregator")
+    try:
+        forged = alert("node-a", seq=99)
+        assert aggregator.publish(topic_for(forged), encode(forged)) == MQTT5_NOT_AUTHORIZED
+    finally:
+        aggregator.close()
+
+
+def test_wrong_password_is_refused(fleet: Fleet) -> None:
+    intruder = peer(fleet, "node-a", username="node-a", password="not-the-password")
+    try:
+        assert intruder.connect() in (("connack", MQTT5_BAD_USER_OR_PASSWORD), ("connack", MQTT5_NOT_AUTHORIZED))
+    finally:
+        intruder.close()
+
+
+def test_anonymous_client_is_refused(fleet: Fleet) -> None:
+    anonymous = peer(fleet, "anon")
+    try:
+        assert anonymous.connect() == ("connack", MQTT5_NOT_AUTHORIZED)
+    finally:
+        anonymous.close()
+
+
+def test_plaintext_mqtt_on_the_tls_port_gets_no_connack(fleet: Fleet) -> None:
+    # MQTT 3.1.1 CONNECT, client id "x", clean session (§3.1): a TLS listener must not answer it.
+    connect = bytes([0x10, 13, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 30, 0, 1]) + b"x"
+    with socket.create_connection(("127.0.0.1", fleet.port), timeout=TIMEOUT) as sock:
+        sock.sendall(connect)
+        try:
+            reply = sock.recv(16)
+        except ConnectionResetError:
+            reply = b""
+    assert not reply.startswith(b"\x20"), "the TLS listener answered a plaintext CONNECT with a CONNACK"
+
+
+def test_a_broker_certificate_from_another_ca_is_not_trusted(fleet: Fleet, tmp_path: Path) -> None:
+    other = init_ca(tmp_path / "other-ca")
+    node_a = peer(fleet, "node-a", username="node-a", password=fleet.password("node-a"), ca=other.cert_path)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        node_a.client.connect("127.0.0.1", fleet.port)
+
+
+def test_a_node_delivers_alerts_through_the_outbox_and_uplink_over_tls(fleet: Fleet, tmp_path: Path) -> None:
+    from cloud_sync.outbox import Outbox
+    from cloud_sync.uplink import Forwarder, MqttUplink, UplinkSettings
+
+    aggregator = login(fleet, "aggregator")
+    aggregator.subscribe(topic(SITE, "node-a", "alert"))
+    node_dir = fleet.node_dir("node-a")
+    settings = UplinkSettings(
+        url=f"mqtts://127.0.0.1:{fleet.port}",
+        client_id="node-a",
+        username="node-a",
+        password=fleet.password("node-a"),
+        ca_file=node_dir / "ca.crt",
+    )
+    uplink, outbox = MqttUplink(settings), Outbox(tmp_path / "outbox.db")
+    forwarder = Forwarder(outbox, uplink)
+    try:
+        sent = [alert("node-a", seq=100 + i) for i in range(3)]
+        for message in sent:
+            outbox.put(topic_for(message), encode(message), qos=1)
+        uplink.start()
+        forwarder.start()
+        assert [decode(aggregator.next_message()[1]) for _ in sent] == sent
+        assert forwarder.flush(TIMEOUT) and outbox.depth() == 0
+    finally:
+        forwarder.stop()
+        uplink.close()
+        outbox.close()
+        aggregator.close()
+
+
+@pytest.fixture(scope="module")
+def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """The same fleet provisioned with client certificates: the listener requires them."""
+    built = build_fleet(tmp_path_factory.mktemp("mtls"), client_certs=True)
+    yield built
+    built.broker.stop()
+
+
+class TestClientCertificates:
+    def test_a_node_with_a_fleet_certificate_delivers_alerts(self, mtls: Fleet) -> None:
+        aggregator, node_a = login(mtls, "aggregator"), login(mtls, "node-a")
+        try:
+            aggregator.subscribe("s4edge/v1/#")
+            sent = alert("node-a")
+            assert node_a.publish(topic_for(sent), encode(sent)) == 0
+            assert decode(aggregator.next_message()[1]) == sent
+            # The certificate's CN is the username, so the ACL still fences the node in.
+            forged = alert("node-b")
+            assert node_a.publish(topic_for(forged), encode(forged)) == MQTT5_NOT_AUTHORIZED
+        finally:
+            aggregator.close()
+            node_a.close()
+
+    def test_a_client_certificate_from_another_ca_is_refused(self, mtls: Fleet, tmp_path: Path) -> None:
+        rogue_ca = init_ca(tmp_path / "rogue")
+        cert, key = issue_client_cert(rogue_ca, "node-a", tmp_path / "rogue", "node")
+        rogue = peer(mtls, "node-a", cert=cert, key=key)
+        # TLS 1.3 may report the refused certificate after the handshake, on first read.
+        assert rogue.connect() == ("closed", None)
+        rogue.close()
+
+    def test_a_password_alone_is_refused(self, mtls: Fleet) -> None:
+        no_cert = peer(mtls, "node-a", username="node-a", password="any")
+        assert no_cert.connect() == ("closed", None)
+        no_cert.close()

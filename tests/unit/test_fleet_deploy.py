@@ -1,0 +1,50 @@
+"""The shipped systemd unit: restart policy, a dedicated user, hardening, and a unit file
+that systemd itself accepts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).resolve().parents[2] / "firmware_configs" / "systemd" / "s4edge-agent.service"
+
+
+def settings() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def test_the_agent_restarts_on_failure_as_its_own_user_under_a_sandbox() -> None:
+    unit = settings()
+    assert unit["Restart"] == ["on-failure"] and unit["User"] == ["s4edge"]
+    assert unit["ExecStart"][0].endswith("s4edge agent run --config /etc/s4edge/node.yaml")
+    assert unit["StateDirectory"] == ["s4edge"]  # holds the outbox named by the board profiles
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "",
+    }.items():
+        assert unit[key] == [value], key
+    # A watchdog only makes sense if the agent sends WATCHDOG=1 over sd_notify.
+    assert ("WatchdogSec" in unit) == (unit["Type"] == ["notify"])
+    # Any DeviceAllow (ProtectClock adds one) would hide the I2C, camera and serial devices.
+    assert "ProtectClock" not in unit and "DeviceAllow" not in unit and "PrivateDevices" not in unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    # verify also checks that ExecStart exists: point it at a binary this machine has.
+    unit = tmp_path / "s4edge-agent.service"
+    unit.write_text(UNIT.read_text().replace("/opt/s4edge/venv/bin/s4edge", shutil.which("true") or "/bin/true"))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
+    complaints = [line for line in done.stderr.splitlines() if "s4edge-agent.service" in line]
+    assert done.returncode == 0 and not complaints, done.stderr
