@@ -8,6 +8,7 @@ identity, ``seq``, ``ts`` and location onto a draft and puts it in the outbox.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -76,6 +77,9 @@ class IncidentBook:
       ``update_interval_s`` passed since the last message of that incident.
     - ``expire`` ends incidents not raised again within ``stale_after_s`` and those
       open for longer than ``max_duration_s``, so nothing stays open forever.
+
+    Thread-safe: every source of a node runs in its own thread and shares one book.
+    ``emit`` runs under the book's lock, so alerts leave in the order they happened.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class IncidentBook:
         self._max_duration_s = max_duration_s
         self._new_id = new_id
         self._open: dict[str, _Incident] = {}
+        self._lock = threading.RLock()
 
     def is_open(self, key: str) -> bool:
         return key in self._open
@@ -107,6 +112,10 @@ class IncidentBook:
         return found.draft.incident if found else None
 
     def raise_(self, key: str, kind: str, severity: Severity, now: float, content: Content = Content()) -> None:
+        with self._lock:
+            self._raise(key, kind, severity, now, content)
+
+    def _raise(self, key: str, kind: str, severity: Severity, now: float, content: Content) -> None:
         found = self._open.get(key)
         draft = AlertDraft(
             kind=kind,
@@ -135,21 +144,24 @@ class IncidentBook:
             self._emit(draft)
 
     def clear(self, key: str, now: float, detail: str | None = None) -> None:
-        found = self._open.pop(key, None)
-        if found is None:
-            return
-        self._emit(replace(found.draft, state="end", detail=detail or found.draft.detail))
+        with self._lock:
+            found = self._open.pop(key, None)
+            if found is None:
+                return
+            self._emit(replace(found.draft, state="end", detail=detail or found.draft.detail))
 
     def expire(self, now: float) -> None:
-        for key, found in list(self._open.items()):
-            if self._stale_after_s is not None and now - found.last_seen > self._stale_after_s:
-                self.clear(key, now, detail=f"no report for {self._stale_after_s:g} s (stale)")
-            elif self._max_duration_s is not None and now - found.opened_at > self._max_duration_s:
-                self.clear(key, now, detail=f"open for more than {self._max_duration_s:g} s (maximum)")
+        with self._lock:
+            for key, found in list(self._open.items()):
+                if self._stale_after_s is not None and now - found.last_seen > self._stale_after_s:
+                    self.clear(key, now, detail=f"no report for {self._stale_after_s:g} s (stale)")
+                elif self._max_duration_s is not None and now - found.opened_at > self._max_duration_s:
+                    self.clear(key, now, detail=f"open for more than {self._max_duration_s:g} s (maximum)")
 
     def clear_all(self, now: float, detail: str) -> None:
-        for key in list(self._open):
-            self.clear(key, now, detail=detail)
+        with self._lock:
+            for key in list(self._open):
+                self.clear(key, now, detail=detail)
 
 
 @dataclass(frozen=True)

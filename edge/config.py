@@ -62,6 +62,16 @@ class HeartbeatConfig(Strict):
     interval_s: float = Field(default=30.0, gt=0)
 
 
+class TelemetryConfig(Strict):
+    interval_s: float = Field(default=10.0, gt=0, description="At most one telemetry message per source per interval")
+
+
+class CommandsConfig(Strict):
+    issuers: list[str] = Field(
+        default_factory=lambda: ["aggregator"], description="Who may send this node commands (Command.issuer)"
+    )
+
+
 class _NodeBase(Strict):
     node_id: str = Field(pattern=NAME_PATTERN)
     site: str = Field(pattern=NAME_PATTERN)
@@ -70,6 +80,8 @@ class _NodeBase(Strict):
     outbox: OutboxConfig = OutboxConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     alerts: LifecycleConfig = LifecycleConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    commands: CommandsConfig = CommandsConfig()
     status: AlertStatus = Field(
         default="Actual", description="Exercise for drills: such alerts are never forwarded as Actual"
     )
@@ -112,12 +124,17 @@ def load_config(path: Path) -> _NodeBase:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    return parse_config_text(text, str(path), Path(path).resolve().parent)
+
+
+def parse_config_text(text: str, origin: str, base: Path) -> _NodeBase:
+    """Parse YAML text (a file's, or one sent with ``reload_config``); paths resolve against ``base``."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    config = parse_config(data, str(path))
-    _resolve_paths(config, Path(path).resolve().parent)
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+    config = parse_config(data, origin)
+    _resolve_paths(config, base)
     return config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import signal
 import socket
@@ -58,6 +59,9 @@ class Mosquitto:
             config_file.write_text(
                 f"listener {self.port} 127.0.0.1\n"
                 f"allow_anonymous {'true' if anonymous else 'false'}\n"
+                # run as root, mosquitto drops to user "mosquitto", who cannot write the
+                # persistence file into our workdir; as another user this line is a no-op
+                f"user {getpass.getuser()}\n"
                 "persistence true\n"
                 f"persistence_location {self.workdir}/\n"
                 "autosave_interval 1\n"

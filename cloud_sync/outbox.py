@@ -1,0 +1,272 @@
+"""The node's store-and-forward queue (DESIGN.md, "Delivery guarantees").
+
+Every outbound message that must not be lost goes into SQLite first. ``put`` returns
+only after the row is committed with ``synchronous=FULL`` in WAL mode, i.e. after the
+WAL is fsynced, so SIGKILL or a power cut cannot lose it. A row leaves only through
+``ack``, which the forwarder calls once the broker has acknowledged the publish.
+
+Throughput comes from group commit: one writer thread commits every operation that is
+waiting at that moment in a single transaction (one fsync) and then releases all their
+callers. Alerts are never evicted; telemetry is bounded, oldest first, and the number
+dropped is persisted. The outbox also owns the node's ``seq`` counter, which must stay
+monotonic across restarts, and the set of command ids already executed (replay guard).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+TELEMETRY: Final = "telemetry"
+# seq values are reserved durably in blocks, so handing one out costs no fsync;
+# a restart skips the rest of the block, which keeps seq monotonic (with gaps).
+SEQ_BLOCK: Final = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id);
+CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_command (id TEXT PRIMARY KEY, until REAL NOT NULL);
+"""
+
+
+class OutboxClosed(RuntimeError):
+    """The outbox was closed; nothing more can be stored."""
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    kind: str
+
+
+Write = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass
+class _Op:
+    write: Write
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+    def wait(self) -> Any:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class Outbox:
+    """SQLite store-and-forward. Thread-safe; ``put`` is durable when it returns."""
+
+    def __init__(self, path: Path | str, telemetry_max: int = 10_000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.telemetry_max = telemetry_max
+        self._writer_db = self._connect()
+        self._writer_db.executescript(_SCHEMA)
+        self._reader_db = self._connect()
+        self._read_lock = threading.Lock()
+        counters = dict(self._reader_db.execute("SELECT name, value FROM counter").fetchall())
+        self._seq: int = counters.get("seq_reserved", 0)
+        self._seq_reserved: int = self._seq
+        self._reserving: _Op | None = None
+        self._queue: list[_Op] = []
+        self._queue_cond = threading.Condition()
+        self._put_event = threading.Event()
+        self._closing = False
+        self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so a committed put survives power loss.
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    # -- writing -------------------------------------------------------------------
+
+    def _submit(self, write: Write) -> _Op:
+        op = _Op(write)
+        with self._queue_cond:
+            if self._closing:
+                raise OutboxClosed(f"{self.path} is closed")
+            self._queue.append(op)
+            self._queue_cond.notify()
+        return op
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._queue_cond:
+                while not self._queue and not self._closing:
+                    self._queue_cond.wait()
+                batch, self._queue = self._queue, []
+                if not batch and self._closing:
+                    return
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Op]) -> None:
+        db = self._writer_db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                op.result = op.write(db)
+            self._evict_telemetry(db)
+            db.execute("COMMIT")
+        except BaseException as exc:  # every waiter must learn that its write is not durable
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for op in batch:
+                op.error = exc
+        for op in batch:
+            op.done.set()
+        self._put_event.set()
+
+    def _evict_telemetry(self, db: sqlite3.Connection) -> None:
+        (count,) = db.execute("SELECT COUNT(*) FROM outbox WHERE kind = ?", (TELEMETRY,)).fetchone()
+        surplus = count - self.telemetry_max
+        if surplus > 0:
+            db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE kind = ? ORDER BY id LIMIT ?)",
+                (TELEMETRY, surplus),
+            )
+            _add_counter(db, "telemetry_dropped", surplus)
+
+    def _allocate_seq(self) -> tuple[int, _Op | None]:
+        """Take the next seq; must be called with the queue lock held."""
+        seq = self._seq
+        self._seq += 1
+        if seq >= self._seq_reserved:
+            self._seq_reserved = seq + SEQ_BLOCK
+            reserved = self._seq_reserved
+            self._reserving = self._submit(lambda db: _set_counter(db, "seq_reserved", reserved))
+        return seq, self._reserving
+
+    def next_seq(self) -> int:
+        """The node's next message ``seq``; never repeats, even across restarts."""
+        with self._queue_cond:
+            seq, reserving = self._allocate_seq()
+        if reserving is not None:
+            reserving.wait()
+        return seq
+
+    def put(self, topic: str, payload: bytes, qos: int = 1, kind: str = "alert", retain: bool = False) -> int:
+        """Store one message; returns its row id once it is on disk."""
+        return int(self._submit(_insert(topic, payload, qos, kind, retain)).wait())
+
+    def put_next(
+        self, topic: str, make: Callable[[int], bytes], qos: int = 1, kind: str = "alert", retain: bool = False
+    ) -> int:
+        """Stamp the next ``seq`` (``make(seq)`` returns the payload) and store it.
+
+        Seq allocation and queueing happen under one lock, so rows are stored in seq
+        order and the forwarder sends them in seq order."""
+        with self._queue_cond:
+            seq, _ = self._allocate_seq()
+            op = self._submit(_insert(topic, make(seq), qos, kind, retain))
+        return int(op.wait())
+
+    def ack(self, row_ids: Iterable[int], wait: bool = True) -> None:
+        """Delete rows the broker has acknowledged (PUBACK). With ``wait=False`` the delete
+        commits in the next group: losing it in a crash only means a duplicate send."""
+        ids = [(row_id,) for row_id in row_ids]
+        if ids:
+            op = self._submit(lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", ids))
+            if wait:
+                op.wait()
+
+    def remember_command(self, command_id: str, until: float) -> bool:
+        """Record a command id until ``until`` (UNIX time); False if it was seen before."""
+
+        def write(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM seen_command WHERE until < ?", (time.time(),))
+            inserted = db.execute("INSERT OR IGNORE INTO seen_command (id, until) VALUES (?, ?)", (command_id, until))
+            return inserted.rowcount == 1
+
+        return bool(self._submit(write).wait())
+
+    # -- reading -------------------------------------------------------------------
+
+    def pending(self, limit: int = 100, after: int = 0) -> list[Row]:
+        """Stored rows with id greater than ``after``, oldest first."""
+        with self._read_lock:
+            rows = self._reader_db.execute(
+                "SELECT id, topic, payload, qos, retain, kind FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [Row(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
+
+    def depth(self) -> int:
+        with self._read_lock:
+            (count,) = self._reader_db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return int(count)
+
+    def dropped(self) -> int:
+        """Telemetry rows evicted to keep the bound, since the outbox was created."""
+        with self._read_lock:
+            row = self._reader_db.execute("SELECT value FROM counter WHERE name = 'telemetry_dropped'").fetchone()
+        return int(row[0]) if row else 0
+
+    def wait_for_put(self, timeout: float) -> bool:
+        """Block until something was committed (or timeout); used by the forwarder to sleep."""
+        fired = self._put_event.wait(timeout)
+        self._put_event.clear()
+        return fired
+
+    def close(self) -> None:
+        with self._queue_cond:
+            self._closing = True
+            self._queue_cond.notify()
+        self._writer.join()
+        self._writer_db.close()
+        with self._read_lock:
+            self._reader_db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _insert(topic: str, payload: bytes, qos: int, kind: str, retain: bool) -> Write:
+    def write(db: sqlite3.Connection) -> int | None:
+        cursor = db.execute(
+            "INSERT INTO outbox (topic, payload, qos, retain, kind) VALUES (?, ?, ?, ?, ?)",
+            (topic, payload, qos, int(retain), kind),
+        )
+        return cursor.lastrowid
+
+    return write
+
+
+def _set_counter(db: sqlite3.Connection, name: str, value: int) -> None:
+    db.execute(
+        "INSERT INTO counter (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )
+
+
+def _add_counter(db: sqlite3.Connection, name: str, delta: int) -> None:
+    db.execute(
+        "INSERT INTO counter (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+        (name, delta, delta),
+    )

@@ -1,0 +1,383 @@
+"""The node's MQTT link, behind a small interface (STYLE.md, "MQTT": paho 2.x stays here).
+
+``MqttUplink`` runs its own connect loop so that reconnects use jittered backoff
+(1 s → 60 s) and a broker that refuses MQTT v5 gets a 3.1.1 retry. MQTT v5 sessions
+are persistent (clean start off, session expiry set). The Last Will is rebuilt before
+every connect, and ``on_connect`` hooks run after every CONNACK (the node republishes
+its retained ``online`` status there).
+
+``Forwarder`` drains the outbox: it publishes rows in order while connected, keeps a
+bounded window in flight, and deletes a row only when its ``MQTTMessageInfo`` says the
+broker acknowledged it. After a reconnect it starts again from the oldest row:
+duplicates are fine (the aggregator de-duplicates by ``id``), loss is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cloud_sync.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], None]
+LastWill = Callable[[], tuple[str, bytes]]
+
+
+class Delivery(Protocol):
+    def acked(self) -> bool:
+        """True once the broker acknowledged (PUBACK for QoS 1, sent for QoS 0)."""
+
+    def failed(self) -> bool:
+        """True if the message was not accepted for sending (e.g. not connected)."""
+
+    def wait(self, timeout: float) -> bool: ...
+
+
+class Uplink(Protocol):
+    connected: threading.Event
+
+    @property
+    def session(self) -> int:
+        """Increments on every successful connect."""
+
+    def start(self) -> None: ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Delivery: ...
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None: ...
+
+    def on_connect(self, hook: Callable[[], None]) -> None: ...
+
+    def close(self, last: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None: ...
+
+
+@dataclass(frozen=True)
+class UplinkSettings:
+    """Plain settings, so that cloud_sync needs nothing from the node's config."""
+
+    url: str
+    client_id: str
+    protocol: Literal["5", "3.1.1"] = "5"
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    max_inflight: int = 100
+    connack_timeout_s: float = 10.0
+
+    @property
+    def endpoint(self) -> tuple[str, int, bool]:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"{self.url!r}: expected mqtt://host:port or mqtts://host:port")
+        tls = parts.scheme == "mqtts"
+        return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": each wait is drawn from [d/2, d], never
+    below the minimum, and d doubles up to the maximum. Jitter keeps a fleet that lost
+    its broker from reconnecting in lock-step."""
+
+    def __init__(self, min_s: float = 1.0, max_s: float = 60.0, rng: random.Random | None = None) -> None:
+        self.min_s, self.max_s = min_s, max_s
+        self._rng = rng or random.Random()  # jitter, not cryptography
+        self._delay = min_s
+
+    def next(self) -> float:
+        delay = self._delay
+        self._delay = min(self._delay * 2, self.max_s)
+        return max(self.min_s, self._rng.uniform(delay / 2, delay))
+
+    def reset(self) -> None:
+        self._delay = self.min_s
+
+
+class _PahoDelivery:
+    def __init__(self, info: mqtt.MQTTMessageInfo) -> None:
+        self._info = info
+
+    def failed(self) -> bool:
+        return self._info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN)
+
+    def acked(self) -> bool:
+        return not self.failed() and self._info.is_published()
+
+    def wait(self, timeout: float) -> bool:
+        if self.failed():
+            return False
+        self._info.wait_for_publish(timeout)
+        return self._info.is_published()
+
+
+# MQTT 3.1.1 §3.2.2.3 return code 1 / MQTT 5 reason code 0x84: unsupported protocol version.
+_REFUSED_PROTOCOL = {1, 0x84}
+
+
+class MqttUplink:
+    def __init__(self, settings: UplinkSettings, will: LastWill | None = None) -> None:
+        self.settings = settings
+        self._host, self._port, self._tls = settings.endpoint
+        self._will = will
+        self.connected = threading.Event()
+        self._session = 0
+        self._closing = threading.Event()
+        self._hooks: list[Callable[[], None]] = []
+        self._subscriptions: dict[str, tuple[Handler, int]] = {}
+        self._lock = threading.Lock()
+        self._protocol = mqtt.MQTTv5 if settings.protocol == "5" else mqtt.MQTTv311
+        self._connack: ReasonCode | None = None
+        self._client = self._new_client()
+        self._thread: threading.Thread | None = None
+        self.backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+
+    @property
+    def session(self) -> int:
+        return self._session
+
+    @property
+    def protocol(self) -> str:
+        return "5" if self._protocol == mqtt.MQTTv5 else "3.1.1"
+
+    def _new_client(self) -> mqtt.Client:
+        s = self.settings
+        v5 = self._protocol == mqtt.MQTTv5
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=self._protocol,
+            clean_session=None if v5 else False,
+            reconnect_on_failure=False,
+        )
+        client.max_inflight_messages_set(s.max_inflight)
+        client.max_queued_messages_set(0)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if self._tls:
+            client.tls_set(
+                ca_certs=str(s.ca_file) if s.ca_file else None,
+                certfile=str(s.cert_file) if s.cert_file else None,
+                keyfile=str(s.key_file) if s.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        for topic_filter, (handler, _) in self._subscriptions.items():
+            client.message_callback_add(topic_filter, _dispatch(handler))
+        return client
+
+    # -- the interface ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt-uplink", daemon=True)
+        self._thread.start()
+
+    def on_connect(self, hook: Callable[[], None]) -> None:
+        self._hooks.append(hook)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Delivery:
+        return _PahoDelivery(self._client.publish(topic, payload, qos=qos, retain=retain))
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        with self._lock:
+            self._subscriptions[topic_filter] = (handler, qos)
+            client = self._client
+        client.message_callback_add(topic_filter, _dispatch(handler))
+        if self.connected.is_set():
+            client.subscribe(topic_filter, qos)
+
+    def close(self, last: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
+        """Publish ``last`` (retained, QoS 1: the ``offline`` status) and disconnect cleanly."""
+        if last is not None and self.connected.is_set():
+            delivery = self.publish(last[0], last[1], qos=1, retain=True)
+            if not delivery.wait(timeout):
+                log.warning("broker did not acknowledge the final status within %.0f s", timeout)
+        self._closing.set()
+        self._client.disconnect()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the connect loop ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            client = self._client
+            self._connack = None
+            try:
+                self._connect(client)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot reach MQTT broker %s:%s: %s", self._host, self._port, exc)
+                reached = False
+            else:
+                reached = True
+                self._serve(client)
+            if self._closing.is_set():
+                break
+            if reached and self._switch_protocol():
+                continue
+            self._closing.wait(self.backoff.next())
+
+    def _serve(self, client: mqtt.Client) -> None:
+        """Run the network loop until the connection ends. Some 3.1.1-only brokers never
+        answer a v5 CONNECT at all, hence the CONNACK deadline."""
+        deadline = time.monotonic() + self.settings.connack_timeout_s
+        while not self._closing.is_set() and client.loop(timeout=0.2) == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if self._connack is None and time.monotonic() > deadline:
+                log.warning(
+                    "no CONNACK from %s:%s within %g s", self._host, self._port, self.settings.connack_timeout_s
+                )
+                client.disconnect()
+        self.connected.clear()
+
+    def _switch_protocol(self) -> bool:
+        """MQTT v5 is the default and 3.1.1 the fallback (DESIGN.md). A 3.1.1-only broker
+        answers a v5 CONNECT with return code 1 or just closes the socket; either way we
+        retry at once with 3.1.1. If the fallback fails as well, v5 gets the next try."""
+        if self.settings.protocol != "5":
+            return False
+        refused = self._connack is None or self._connack.value in _REFUSED_PROTOCOL
+        if self._protocol == mqtt.MQTTv5 and refused:
+            log.warning("broker did not accept MQTT v5 (%s); retrying with MQTT 3.1.1", self._connack or "no CONNACK")
+            new, switch_now = mqtt.MQTTv311, True
+        elif self._protocol == mqtt.MQTTv311 and (self._connack is None or self._connack.is_failure):
+            new, switch_now = mqtt.MQTTv5, False
+        else:
+            return False
+        with self._lock:
+            self._protocol = new
+            self._client = self._new_client()
+        return switch_now
+
+    def _connect(self, client: mqtt.Client) -> None:
+        if self._will is not None:
+            will_topic, will_payload = self._will()
+            client.will_set(will_topic, will_payload, qos=1, retain=True)
+        if self._protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self.settings.session_expiry_s
+            client.connect(self._host, self._port, self.settings.keepalive_s, clean_start=False, properties=props)
+        else:
+            client.connect(self._host, self._port, self.settings.keepalive_s)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
+    ) -> None:
+        self._connack = reason
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        self.backoff.reset()
+        with self._lock:
+            subscriptions = list(self._subscriptions.items())
+        for topic_filter, (_, qos) in subscriptions:
+            client.subscribe(topic_filter, qos)
+        self._session += 1
+        self.connected.set()
+        log.info("connected to %s:%s (MQTT %s)", self._host, self._port, self.protocol)
+        for hook in self._hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("on_connect hook failed")
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
+    ) -> None:
+        if self.connected.is_set() and not self._closing.is_set():
+            log.warning("disconnected from %s:%s: %s", self._host, self._port, reason)
+        self.connected.clear()
+
+
+def _dispatch(handler: Handler) -> Callable[[mqtt.Client, object, mqtt.MQTTMessage], None]:
+    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        try:
+            handler(message.topic, bytes(message.payload))
+        except Exception:  # a bad inbound message must never kill the network loop
+            log.exception("handler for %s failed", message.topic)
+
+    return on_message
+
+
+class Forwarder:
+    """Drains an ``Outbox`` through an ``Uplink`` in order, deleting only acknowledged rows."""
+
+    def __init__(self, outbox: Outbox, uplink: Uplink, window: int = 100) -> None:
+        self.outbox = outbox
+        self.uplink = uplink
+        self.window = window
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="outbox-forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while self.outbox.depth() > 0:
+            if time.monotonic() > deadline:
+                return False
+            self._stop.wait(0.02)
+        return True
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            if not self.uplink.connected.wait(0.2):
+                continue
+            try:
+                self._drain(self.uplink.session)
+            except Exception:  # a disk or library error must not end delivery for good
+                log.exception("forwarder failed; retrying from the oldest row")
+                self._stop.wait(1.0)
+
+    def _drain(self, session: int) -> None:
+        """Send from the oldest row for as long as this connection lasts."""
+        inflight: deque[tuple[int, Delivery]] = deque()
+        last = 0
+        while not self._stop.is_set() and self.uplink.connected.is_set() and self.uplink.session == session:
+            sent = 0
+            if len(inflight) < self.window:
+                for row in self.outbox.pending(self.window - len(inflight), after=last):
+                    delivery = self.uplink.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                    if delivery.failed():
+                        return  # connection lost under us; start over on the next one
+                    inflight.append((row.id, delivery))
+                    last = row.id
+                    sent += 1
+            done = [row_id for row_id, delivery in inflight if delivery.acked()]
+            if done:
+                self.outbox.ack(done, wait=False)
+                finished = set(done)
+                inflight = deque(item for item in inflight if item[0] not in finished)
+            elif inflight:
+                inflight[0][1].wait(0.05)
+            elif not sent:
+                self.outbox.wait_for_put(0.2)

@@ -1,0 +1,410 @@
+"""The node's composition root: config in, a running node out.
+
+Alerts go to the on-disk outbox before anything else happens to them; the forwarder
+sends them when the uplink is connected. Each source runs in its own thread through
+the plugin registry; a source that raises is restarted with backoff and the node
+keeps running. Commands arrive on ``cmd/+`` and are answered on ``cmd_result``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import ValidationError
+
+from cloud_sync.messages import (
+    Alert,
+    Command,
+    CommandResult,
+    Heartbeat,
+    Location,
+    Measurement,
+    MessageError,
+    Status,
+    Telemetry,
+    decode_from,
+    encode,
+    new_id,
+    topic,
+    utc_now,
+)
+from cloud_sync.outbox import TELEMETRY, Outbox
+from cloud_sync.uplink import Backoff, Forwarder, MqttUplink, Uplink, UplinkSettings
+from edge.alerts import AlertDraft, IncidentBook
+from edge.config import ConfigError, config_digest, parse_config_text
+from edge.health import Health, Vitals
+from edge.sources import AlertSource, SourceContext, load_plugins
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class ModelSwap(Protocol):
+    """A source that can swap its model at runtime (the vision source implements it)."""
+
+    def swap_model(self, args: dict[str, Any]) -> str: ...
+
+
+def uplink_settings(config: Any) -> UplinkSettings:
+    m = config.mqtt
+    password = m.password
+    if m.password_file is not None:
+        try:
+            password = Path(m.password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"mqtt.password_file: cannot read {m.password_file} ({exc.strerror})") from None
+    return UplinkSettings(
+        url=m.url,
+        client_id=m.client_id or f"s4edge-{config.site}-{config.node_id}",
+        protocol=m.protocol,
+        username=m.username,
+        password=password,
+        ca_file=m.ca_file,
+        cert_file=m.cert_file,
+        key_file=m.key_file,
+        keepalive_s=m.keepalive_s,
+        session_expiry_s=m.session_expiry_s,
+    )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("s4edge")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class _Running:
+    source: AlertSource
+    thread: threading.Thread
+
+
+class Node:
+    def __init__(
+        self,
+        config: Any,
+        *,
+        uplink: Uplink | None = None,
+        base_dir: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.base_dir = base_dir or Path.cwd()
+        self.clock = clock
+        self.boot_id = new_id()
+        self.started_at = utc_now()
+        self._started = clock()
+        self.outbox = Outbox(config.outbox.path, config.outbox.telemetry_max)
+        self.health = Health()
+        self.vitals = Vitals()
+        self.uplink: Uplink = uplink or MqttUplink(uplink_settings(config), will=lambda: self._status("offline"))
+        self.forwarder = Forwarder(self.outbox, self.uplink)
+        self.book = self._new_book(config)
+        self.rejected: dict[str, int] = {}
+        self._plugins = load_plugins()
+        self._running: list[_Running] = []
+        self._sources_stop = threading.Event()
+        self._stop = threading.Event()
+        self._telemetry_sent: dict[str, float] = {}
+        self._commands: queue.Queue[Command] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self.uplink.on_connect(self.announce)
+        self.uplink.subscribe(self._topic("cmd/+"), self._on_command)
+
+    # -- messages --------------------------------------------------------------------
+
+    def _topic(self, suffix: str) -> str:
+        return topic(self.config.site, self.config.node_id, suffix)
+
+    def _status(self, state: Literal["online", "offline"]) -> tuple[str, bytes]:
+        status = Status(
+            node_id=self.config.node_id,
+            site=self.config.site,
+            seq=self.outbox.next_seq(),
+            state=state,
+            boot_id=self.boot_id,
+            started_at=self.started_at,
+            version=_version(),
+            config_digest=self.digest,
+            degraded=self.health.degraded(),
+        )
+        return self._topic("status"), encode(status)
+
+    @property
+    def digest(self) -> str:
+        return config_digest(self.config.model_dump_json())
+
+    def announce(self) -> None:
+        """Retained ``online`` status with the boot record; runs on every (re)connect."""
+        status_topic, payload = self._status("online")
+        self.uplink.publish(status_topic, payload, qos=1, retain=True)
+
+    def publish_alert(self, draft: AlertDraft) -> Alert:
+        """Stamp who/where/seq on a draft and store it durably; returns the stored alert."""
+        loc = self.config.location
+        alert = Alert(
+            node_id=self.config.node_id,
+            site=self.config.site,
+            seq=0,
+            kind=draft.kind,
+            severity=draft.severity,
+            state=draft.state,
+            incident=draft.incident,
+            # a drill node never sends Actual, whatever a rule asked for (CAP 1.2 <status>)
+            status=draft.status if self.config.status == "Actual" else self.config.status,
+            location=Location(lat=loc.lat, lon=loc.lon, zone=draft.zone or loc.zone),
+            title=draft.title,
+            detail=draft.detail,
+            measurements=list(draft.measurements),
+            detection=draft.detection,
+            model=draft.model,
+        )
+        encode(alert)  # refuse an oversized alert here, before it takes a seq
+        stored: list[Alert] = []
+
+        def stamp(seq: int) -> bytes:
+            stored.append(alert.model_copy(update={"seq": seq}))
+            return encode(stored[0])
+
+        self.outbox.put_next(self._topic("alert"), stamp, qos=1, kind="alert")
+        return stored[0]
+
+    def _emit(self, draft: AlertDraft) -> None:
+        try:
+            self.publish_alert(draft)
+        except (ValidationError, MessageError) as exc:
+            log.error("alert %s/%s refused by the wire contract: %s", draft.kind, draft.state, exc)
+            self.health.set("alerts", f"fault: alert refused ({draft.kind})")
+
+    def _telemetry(self, source: str, readings: list[Measurement]) -> None:
+        now = self.clock()
+        last = self._telemetry_sent.get(source)
+        if not readings or (last is not None and now - last < self.config.telemetry.interval_s):
+            return
+        self._telemetry_sent[source] = now
+        self.outbox.put_next(
+            self._topic("telemetry"),
+            lambda seq: encode(
+                Telemetry(node_id=self.config.node_id, site=self.config.site, seq=seq, readings=readings[:64])
+            ),
+            qos=0,
+            kind=TELEMETRY,
+        )
+
+    def _telemetry_of(self, source: str) -> Callable[[list[Measurement]], None]:
+        return lambda readings: self._telemetry(source, readings)
+
+    def heartbeat(self) -> Heartbeat:
+        vitals = self.vitals.read()
+        beat = Heartbeat(
+            node_id=self.config.node_id,
+            site=self.config.site,
+            seq=self.outbox.next_seq(),
+            uptime_s=self.clock() - self._started,
+            cpu_percent=vitals.cpu_percent,
+            mem_mb=vitals.mem_mb,
+            soc_temp_c=vitals.soc_temp_c,
+            outbox_depth=self.outbox.depth(),
+            telemetry_dropped=self.outbox.dropped(),
+            sensors=self.health.states(),
+        )
+        if self.uplink.connected.is_set():  # a stale heartbeat is worthless: never queued
+            self.uplink.publish(self._topic("heartbeat"), encode(beat), qos=0)
+        return beat
+
+    # -- sources ---------------------------------------------------------------------
+
+    def _new_book(self, config: Any) -> IncidentBook:
+        return IncidentBook(
+            self._emit,
+            status=config.status,
+            update_interval_s=config.alerts.update_interval_s,
+            stale_after_s=config.alerts.stale_after_s,
+            max_duration_s=config.alerts.max_duration_s,
+        )
+
+    def _build_sources(self, config: Any, book: IncidentBook) -> list[AlertSource]:
+        built = []
+        for source_config in config.sources:
+            try:
+                built.append(self._plugins[source_config.type].build(source_config, book))
+            except (ValueError, OSError) as exc:
+                name = getattr(source_config, "name", source_config.type)
+                raise ConfigError(f"sources: {source_config.type} source {name!r}: {exc}") from None
+        return built
+
+    def _start_sources(self, sources: list[AlertSource]) -> None:
+        self._sources_stop = threading.Event()
+        for source in sources:
+            ctx = SourceContext(
+                emit=self._emit,
+                telemetry=self._telemetry_of(source.name),
+                health=self.health,
+                stop=self._sources_stop,
+                clock=self.clock,
+            )
+            thread = threading.Thread(target=self._supervise, args=(source, ctx), name=f"source-{source.name}")
+            thread.daemon = True
+            thread.start()
+            self._running.append(_Running(source, thread))
+
+    def _stop_sources(self) -> None:
+        self._sources_stop.set()
+        for running in self._running:
+            running.thread.join(10)
+        self._running = []
+
+    def _supervise(self, source: AlertSource, ctx: SourceContext) -> None:
+        backoff = Backoff()
+        while not ctx.stop.is_set():
+            try:
+                source.run(ctx)
+                return
+            except Exception as exc:
+                log.exception("source %s failed; restarting with backoff", source.name)
+                self.health.set(source.name, f"failed: {exc}")
+                ctx.stop.wait(backoff.next())
+
+    # -- commands --------------------------------------------------------------------
+
+    def _on_command(self, topic_name: str, payload: bytes) -> None:
+        try:
+            message = decode_from(topic_name, payload)
+        except MessageError as exc:
+            self._reject(exc.reason, f"{topic_name}: {exc.detail}")
+            return
+        if not isinstance(message, Command):
+            self._reject("not_a_command", f"{topic_name}: {message.type} message")
+            return
+        self._commands.put(message)
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if self.rejected[reason] == 1 or self.rejected[reason] % 100 == 0:
+            log.warning("refused inbound message (%s, %d so far): %s", reason, self.rejected[reason], detail)
+
+    def execute(self, command: Command) -> CommandResult:
+        ok, detail, data = self._decide(command)
+        result = CommandResult(
+            node_id=self.config.node_id,
+            site=self.config.site,
+            seq=0,
+            cmd_id=command.id,
+            name=command.name,
+            ok=ok,
+            detail=detail[:1024],
+            data=data,
+        )
+        self.outbox.put_next(
+            self._topic("cmd_result"), lambda seq: encode(result.model_copy(update={"seq": seq})), kind="cmd_result"
+        )
+        return result
+
+    def _decide(self, command: Command) -> tuple[bool, str, dict[str, Any]]:
+        if command.expires <= utc_now():
+            return False, f"expired at {command.expires.isoformat()}", {}
+        if command.issuer not in self.config.commands.issuers:
+            return False, f"issuer {command.issuer!r} is not in commands.issuers {self.config.commands.issuers}", {}
+        if not self.outbox.remember_command(command.id, command.expires.timestamp()):
+            return False, f"command {command.id} was already executed (replay refused)", {}
+        if command.name == "ping":
+            return True, "pong", {"uptime_s": round(self.clock() - self._started, 3)}
+        if command.name == "rebirth":
+            self.announce()
+            return True, "status republished", {"config_digest": self.digest}
+        if command.name == "reload_config":
+            text = command.args.get("config")
+            if not isinstance(text, str):
+                return False, "args.config must hold the node config as YAML text", {}
+            try:
+                self.reload(text)
+            except ConfigError as exc:
+                return False, f"config refused, the running one stays: {exc}", {}
+            return True, "config reloaded", {"config_digest": self.digest}
+        swappers = [r.source for r in self._running if isinstance(r.source, ModelSwap)]
+        if not swappers:
+            return False, "no vision source", {}
+        try:
+            return True, "; ".join(s.swap_model(dict(command.args)) for s in swappers), {}
+        except (ValueError, OSError) as exc:
+            return False, f"model swap refused: {exc}", {}
+
+    def reload(self, text: str) -> None:
+        """Apply a new config without dropping the uplink; raises ConfigError and keeps the old one."""
+        new = parse_config_text(text, "reload_config", self.base_dir)
+        for key in ("node_id", "site", "mqtt", "outbox"):
+            if getattr(new, key) != getattr(self.config, key):
+                raise ConfigError(f"reload_config: {key} cannot change at runtime; restart the agent for that")
+        lifecycle_changed = (new.alerts, new.status) != (self.config.alerts, self.config.status)
+        book = self._new_book(new) if lifecycle_changed else self.book
+        sources = self._build_sources(new, book)
+        self._stop_sources()
+        if lifecycle_changed:
+            self.book.clear_all(self.clock(), "config reloaded")
+            self.book = book
+        self.config = new
+        self._start_sources(sources)
+        self.announce()
+
+    def _command_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                command = self._commands.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.execute(command)
+            except Exception:
+                log.exception("command %s (%s) failed", command.name, command.id)
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        sources = self._build_sources(self.config, self.book)
+        self.uplink.start()
+        self.forwarder.start()
+        for target, name in ((self._command_loop, "commands"), (self._tick_loop, "node-tick")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._start_sources(sources)
+
+    def _tick_loop(self) -> None:
+        next_beat = self.clock()
+        while not self._stop.wait(min(1.0, self.config.heartbeat.interval_s)):
+            try:
+                self.book.expire(self.clock())
+                if self.clock() >= next_beat:
+                    next_beat = self.clock() + self.config.heartbeat.interval_s
+                    self.heartbeat()
+            except Exception:  # expiry and heartbeats must outlive any one failure
+                log.exception("node tick failed")
+
+    def close(self, flush_s: float = 5.0) -> None:
+        """Stop sources, send what is queued (up to ``flush_s``), publish ``offline``, disconnect."""
+        self._stop_sources()
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        if self.uplink.connected.is_set():
+            self.forwarder.flush(flush_s)
+        self.forwarder.stop()
+        self.uplink.close(last=self._status("offline"))
+        self.outbox.close()
+
+    def run(self, stop: threading.Event) -> None:
+        self.start()
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.close()

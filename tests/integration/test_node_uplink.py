@@ -1,0 +1,261 @@
+"""The uplink on its own: jittered backoff, MQTT v5 persistent sessions, the 3.1.1
+fallback against a real 3.1.1-only broker (amqtt), commands over the broker, and the
+forwarder draining an outbox in order."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_sync.messages import Command, CommandResult, Status, decode, encode, topic_for
+from cloud_sync.outbox import Outbox
+from cloud_sync.uplink import Backoff, Forwarder, MqttUplink, UplinkSettings
+from edge.app import Node
+from edge.config import parse_config
+from s4edge.testing import Mosquitto, free_port
+
+SIM = Path(__file__).resolve().parents[2] / "firmware_configs" / "sim-node.yaml"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_backoff_doubles_to_the_cap_with_real_jitter() -> None:
+    backoff = Backoff(1.0, 60.0, random.Random(7))
+    waits = [backoff.next() for _ in range(12)]
+    assert waits[0] == 1.0  # the first retry waits the minimum
+    caps = [min(2.0**i, 60.0) for i in range(12)]
+    assert all(max(1.0, cap / 2) <= w <= cap for w, cap in zip(waits, caps, strict=True))
+    assert waits[-1] >= 30.0
+    jittered = [Backoff(1.0, 60.0, random.Random(seed)) for seed in range(20)]
+    for b in jittered:
+        for _ in range(5):
+            b.next()
+    assert len({round(b.next(), 6) for b in jittered}) > 10, "nodes must not retry in lock-step"
+    backoff.reset()
+    assert backoff.next() == 1.0
+
+
+def collect(broker_host: str, port: int, topic_filter: str, protocol: int = mqtt.MQTTv5) -> tuple[mqtt.Client, list]:
+    got: list = []
+    done = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+    client.on_message = lambda c, u, m: got.append((m.topic, m.retain, m.payload))
+    client.on_subscribe = lambda *a: done.set()
+    client.connect(broker_host, port)
+    client.subscribe(topic_filter, qos=1)
+    client.loop_start()
+    assert done.wait(10)
+    return client, got
+
+
+def test_forwarder_drains_in_order_and_deletes_only_acknowledged(tmp_path: Path, broker: Mosquitto) -> None:
+    client, got = collect(broker.host, broker.port, "drain/#")
+    with Outbox(tmp_path / "o.db") as outbox:
+        ids = [outbox.put("drain/t", str(i).encode()) for i in range(500)]
+        uplink = MqttUplink(UplinkSettings(url=broker.url, client_id="drainer"))
+        forwarder = Forwarder(outbox, uplink, window=50)
+        uplink.start()
+        forwarder.start()
+        try:
+            wait_until(lambda: outbox.depth() == 0, 20, "outbox drained")
+            wait_until(lambda: len(got) >= 500, 10, "all messages at the subscriber")
+        finally:
+            forwarder.stop()
+            uplink.close()
+    client.loop_stop()
+    assert [int(p) for _, _, p in got][:500] == list(range(500))
+    assert len(ids) == 500
+
+
+def test_rows_stay_in_the_outbox_while_the_broker_is_down(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as outbox:
+        for i in range(20):
+            outbox.put("t", str(i).encode())
+        uplink = MqttUplink(UplinkSettings(url=f"mqtt://127.0.0.1:{free_port()}", client_id="n"))
+        forwarder = Forwarder(outbox, uplink)
+        uplink.start()
+        forwarder.start()
+        try:
+            assert not uplink.connected.wait(1.0)
+            assert outbox.depth() == 20
+        finally:
+            forwarder.stop()
+            uplink.close()
+
+
+@pytest.fixture
+def amqtt_broker() -> Iterator[int]:
+    """amqtt speaks MQTT 3.1.1 only: the peer the v5 → 3.1.1 fallback exists for."""
+    from amqtt.broker import Broker
+
+    port = free_port()
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
+        "topic-check": {"enabled": False},
+    }
+    stop: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve() -> None:
+        nonlocal stop, loop
+        stop, loop = asyncio.Event(), asyncio.get_running_loop()
+        broker = Broker(config)
+        await broker.start()
+        await stop.wait()
+        await broker.shutdown()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    from s4edge.testing.mosquitto import wait_for_port
+
+    wait_for_port("127.0.0.1", port)
+    yield port
+    assert loop is not None and stop is not None
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(10)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_falls_back_to_mqtt_311_when_the_broker_refuses_v5(amqtt_broker: int) -> None:
+    uplink = MqttUplink(
+        UplinkSettings(url=f"mqtt://127.0.0.1:{amqtt_broker}", client_id="fallback", connack_timeout_s=1.0)
+    )
+    uplink.start()
+    try:
+        assert uplink.connected.wait(15), "never connected"
+        assert uplink.protocol == "3.1.1"
+        assert uplink.publish("s4edge/test", b"x", qos=1).wait(5)
+    finally:
+        uplink.close()
+
+
+def node_config(tmp_path: Path, broker: Mosquitto, **mqtt_changes) -> dict:
+    data = yaml.safe_load(SIM.read_text())
+    data["mqtt"].update(url=broker.url, **mqtt_changes)
+    data["outbox"]["path"] = str(tmp_path / "outbox.db")
+    data["sources"] = []
+    return data
+
+
+def test_configured_311_node_publishes_retained_online_status(tmp_path: Path, broker: Mosquitto) -> None:
+    node = Node(parse_config(node_config(tmp_path, broker, protocol="3.1.1")))
+    node.start()
+    try:
+        wait_until(node.uplink.connected.is_set, 10, "connected")
+        client, got = collect(broker.host, broker.port, "s4edge/v1/demo-city/sim-node-1/status", mqtt.MQTTv311)
+        wait_until(lambda: bool(got), 10, "retained status")
+        _, retained, payload = got[0]
+        status = decode(payload)
+        assert retained and isinstance(status, Status) and status.state == "online"
+        assert status.config_digest == node.digest
+        client.loop_stop()
+    finally:
+        node.close()
+
+
+def ping(node_id: str = "sim-node-1") -> Command:
+    return Command(
+        node_id=node_id,
+        site="demo-city",
+        seq=1,
+        name="ping",
+        issuer="aggregator",
+        expires=datetime.now(UTC) + timedelta(minutes=5),
+    )
+
+
+def test_command_sent_while_the_node_is_away_is_answered_after_it_returns(tmp_path: Path, broker: Mosquitto) -> None:
+    client, got = collect(broker.host, broker.port, "s4edge/v1/demo-city/sim-node-1/cmd_result")
+    config = parse_config(node_config(tmp_path, broker))
+    node = Node(config)
+    node.start()
+    wait_until(node.uplink.connected.is_set, 10, "connected")
+    live = ping()
+    client.publish(topic_for(live), encode(live), qos=1)
+    wait_until(lambda: len(got) == 1, 10, "answer to the live ping")
+    node.close()
+
+    away = ping()  # the broker keeps it in the node's persistent session
+    client.publish(topic_for(away), encode(away), qos=1).wait_for_publish(5)
+    returned = Node(config)
+    returned.start()
+    try:
+        wait_until(lambda: len(got) >= 2, 15, "answer to the queued ping")
+    finally:
+        returned.close()
+    client.loop_stop()
+    answers = [decode(p) for _, _, p in got]
+    assert all(isinstance(a, CommandResult) and a.ok for a in answers)
+    assert [a.cmd_id for a in answers][:2] == [live.id, away.id]
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, int, Path]]:
+    """mosquitto with a second listener that requires TLS and a client certificate."""
+    from cloud_sync.fleet.ca import init_ca, issue_client_cert, issue_server_cert
+
+    pki = tmp_path / "pki"
+    ca = init_ca(pki / "ca")
+    server_cert, server_key = issue_server_cert(ca, ["localhost"], ["127.0.0.1"], pki)
+    issue_client_cert(ca, "sim-node-1", pki, "node")
+    tls_port = free_port()
+    extra = (
+        f"listener {tls_port} 127.0.0.1\n"
+        f"cafile {ca.cert_path}\ncertfile {server_cert}\nkeyfile {server_key}\n"
+        "require_certificate true\n"
+    )
+    with Mosquitto(tmp_path / "broker", config_extra=extra) as broker:
+        from s4edge.testing.mosquitto import wait_for_port
+
+        wait_for_port(broker.host, tls_port)
+        yield broker, tls_port, pki
+
+
+def test_mqtts_with_a_client_certificate(tmp_path: Path, tls_broker: tuple[Mosquitto, int, Path]) -> None:
+    broker, tls_port, pki = tls_broker
+    data = node_config(tmp_path, broker)
+    data["mqtt"].update(
+        url=f"mqtts://127.0.0.1:{tls_port}",
+        ca_file=str(pki / "ca" / "ca.crt"),
+        cert_file=str(pki / "node.crt"),
+        key_file=str(pki / "node.key"),
+    )
+    node = Node(parse_config(data))
+    node.start()
+    try:
+        wait_until(node.uplink.connected.is_set, 10, "TLS connection")
+        client, got = collect(broker.host, broker.port, "s4edge/v1/demo-city/sim-node-1/status")
+        wait_until(lambda: bool(got), 10, "retained status over TLS")
+        client.loop_stop()
+    finally:
+        node.close()
+
+
+def test_mqtts_without_the_client_certificate_is_refused(tls_broker: tuple[Mosquitto, int, Path]) -> None:
+    _, tls_port, pki = tls_broker
+    settings = UplinkSettings(
+        url=f"mqtts://127.0.0.1:{tls_port}", client_id="no-cert", ca_file=pki / "ca" / "ca.crt", protocol="3.1.1"
+    )
+    uplink = MqttUplink(settings)
+    uplink.start()
+    try:
+        assert not uplink.connected.wait(2.0)
+    finally:
+        uplink.close()

@@ -1,0 +1,94 @@
+"""The incident lifecycle and threshold rules, with time injected (no sleeps)."""
+
+from __future__ import annotations
+
+import itertools
+
+from edge.alerts import AlertDraft, Content, IncidentBook, Level, ThresholdRule, ValueAlarm
+
+
+def make_book(**kwargs) -> tuple[IncidentBook, list[AlertDraft]]:
+    sent: list[AlertDraft] = []
+    counter = itertools.count()
+    book = IncidentBook(sent.append, new_id=lambda: f"incident-{next(counter):04d}", **kwargs)
+    return book, sent
+
+
+def test_hovering_at_a_threshold_does_not_flap() -> None:
+    rule = ThresholdRule([Level(10.0, "Moderate", hysteresis=2.0)], raise_after_s=2.0, clear_after_s=3.0)
+    # jitter around 10 for 10 s: never 2 s continuously above, so never raised
+    for step in range(20):
+        assert rule.observe(10.5 if step % 2 else 9.5, now=step * 0.5) is None
+    # now held above for 2 s: raised once
+    seen = [rule.observe(11.0, now=10.0 + t * 0.5) for t in range(5)]
+    assert seen[-1] == "Moderate"
+    # dips below on_at but inside the hysteresis band: stays on
+    assert all(rule.observe(8.5, now=13.0 + t) == "Moderate" for t in range(10))
+    # below on_at - hysteresis, but only for 2 s (< clear_after_s 3 s): stays on
+    assert rule.observe(7.0, now=30.0) == "Moderate"
+    assert rule.observe(7.0, now=32.0) == "Moderate"
+    assert rule.observe(9.0, now=32.5) == "Moderate"
+    # held below for 3 s: off
+    assert rule.observe(7.0, now=40.0) == "Moderate"
+    assert rule.observe(7.0, now=43.0) is None
+
+
+def test_below_direction_and_highest_level_wins() -> None:
+    rule = ThresholdRule([Level(19.5, "Moderate"), Level(17.0, "Severe")], direction="below")
+    assert rule.observe(20.9, now=0) is None
+    assert rule.observe(19.0, now=1) == "Moderate"
+    assert rule.observe(16.0, now=2) == "Severe"
+
+
+def test_new_update_end_share_one_incident_id() -> None:
+    book, sent = make_book(update_interval_s=5.0)
+    alarm = ValueAlarm(
+        "gas:mq4", "gas", ThresholdRule([Level(10, "Moderate"), Level(40, "Severe")]), book, "methane", "%LEL"
+    )
+    alarm.observe(12, now=0)
+    alarm.observe(13, now=1)  # content changed, but within update_interval_s: no message
+    alarm.observe(45, now=2)  # escalation is sent at once
+    alarm.observe(46, now=8)  # content changed and interval passed: update
+    alarm.observe(2, now=9)
+    assert [d.state for d in sent] == ["new", "update", "update", "end"]
+    assert [d.severity for d in sent] == ["Moderate", "Severe", "Severe", "Severe"]
+    assert len({d.incident for d in sent}) == 1
+    assert sent[0].measurements[0].value == 12 and sent[-1].detail == "methane back to 2 %LEL"
+    alarm.observe(20, now=20)  # a new episode is a new incident
+    assert sent[-1].state == "new" and sent[-1].incident != sent[0].incident
+
+
+def test_unchanged_content_sends_no_update() -> None:
+    book, sent = make_book(update_interval_s=0.0)
+    for now in range(5):
+        book.raise_("k", "crowd", "Minor", now, Content(title="same"))
+    assert [d.state for d in sent] == ["new"]
+
+
+def test_stale_incident_is_ended() -> None:
+    book, sent = make_book(stale_after_s=30.0)
+    book.raise_("cam0:loiter", "loitering", "Minor", now=0)
+    book.expire(now=29)
+    assert book.is_open("cam0:loiter")
+    book.expire(now=31)
+    assert not book.is_open("cam0:loiter")
+    assert sent[-1].state == "end" and "stale" in (sent[-1].detail or "")
+
+
+def test_incident_is_ended_after_max_duration_even_when_still_raised() -> None:
+    book, sent = make_book(stale_after_s=30.0, max_duration_s=100.0)
+    for now in range(0, 101, 10):
+        book.raise_("smoke", "smoke", "Severe", now)
+        book.expire(now)
+    assert book.is_open("smoke")
+    book.raise_("smoke", "smoke", "Severe", 110)
+    book.expire(110)
+    assert sent[-1].state == "end" and "maximum" in (sent[-1].detail or "")
+    assert len({d.incident for d in sent}) == 1
+
+
+def test_exercise_status_is_carried_on_every_draft() -> None:
+    book, sent = make_book(status="Exercise")
+    book.raise_("k", "gas", "Minor", 0)
+    book.clear("k", 1)
+    assert {d.status for d in sent} == {"Exercise"}

@@ -1,0 +1,191 @@
+"""The node's composition root without a broker: what it stores, and how it answers commands."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cloud_sync.messages import Command, Measurement, decode
+from edge.alerts import AlertDraft
+from edge.app import Node
+from edge.config import parse_config
+from edge.health import Health, soc_temp_c
+from s4edge.testing import free_port
+
+SIM = Path(__file__).resolve().parents[2] / "firmware_configs" / "sim-node.yaml"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+_PORTS: dict[Path, int] = {}
+
+
+def sim_config(tmp_path: Path, **changes) -> dict:
+    data = yaml.safe_load(SIM.read_text())
+    data["outbox"]["path"] = str(tmp_path / "outbox.db")
+    # nothing listens there: unit tests reach no broker
+    data["mqtt"]["url"] = f"mqtt://127.0.0.1:{_PORTS.setdefault(tmp_path, free_port())}"
+    data.update(changes)
+    return data
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def node(tmp_path: Path, clock: Clock):
+    running = Node(parse_config(sim_config(tmp_path)), base_dir=tmp_path, clock=clock)
+    yield running
+    running.close(flush_s=0)
+
+
+def stored(node: Node, suffix: str) -> list:
+    return [decode(r.payload) for r in node.outbox.pending(limit=1000) if r.topic.endswith("/" + suffix)]
+
+
+def command(name: str, *, issuer: str = "aggregator", expires_in: float = 60, **args) -> Command:
+    return Command(
+        node_id="sim-node-1",
+        site="demo-city",
+        seq=1,
+        name=name,
+        issuer=issuer,
+        expires=datetime.now(UTC) + timedelta(seconds=expires_in),
+        args=args,
+    )
+
+
+def test_alert_is_stored_with_identity_seq_and_zone_override(node: Node) -> None:
+    first = node.publish_alert(AlertDraft(kind="gas", severity="Moderate", state="new", incident="inc-00001"))
+    second = node.publish_alert(
+        AlertDraft(kind="gas", severity="Severe", state="update", incident="inc-00001", zone="platform-2")
+    )
+    alerts = stored(node, "alert")
+    assert [a.id for a in alerts] == [first.id, second.id]
+    assert alerts[0].seq < alerts[1].seq
+    assert alerts[0].location.zone == "concourse-a" and alerts[1].location.zone == "platform-2"
+    assert alerts[0].location.lat == pytest.approx(48.1374)
+    assert {a.status for a in alerts} == {"Exercise"}
+    assert node.outbox.pending()[0].qos == 1
+
+
+def test_an_alert_the_wire_contract_refuses_does_not_crash_the_source(node: Node) -> None:
+    node.book.raise_("k", "gas", "Minor", 0.0)
+    bad = AlertDraft(kind="gas", severity="Minor", state="new", incident="inc-00002", title="A" * 300)
+    node._emit(bad)
+    assert len(stored(node, "alert")) == 1
+    assert node.health.states()["alerts"].startswith("fault")
+
+
+def test_telemetry_is_rate_limited_per_source(node: Node, clock: Clock) -> None:
+    reading = [Measurement(quantity="methane", value=3.0, unit="%LEL")]
+    for _ in range(5):
+        node._telemetry("concourse", reading)
+        clock.now += 1
+    node._telemetry("other", reading)
+    clock.now += 10
+    node._telemetry("concourse", reading)
+    telemetry = stored(node, "telemetry")
+    assert len(telemetry) == 3
+    assert telemetry[0].readings[0].value == 3.0
+
+
+def test_heartbeat_reports_outbox_and_sensor_states(node: Node, clock: Clock) -> None:
+    node.publish_alert(AlertDraft(kind="gas", severity="Minor", state="new", incident="inc-00003"))
+    node.health.set("mq4", "ok")
+    clock.now += 42
+    beat = node.heartbeat()
+    assert beat.uptime_s == pytest.approx(42)
+    assert beat.outbox_depth == 1 and beat.telemetry_dropped == 0
+    assert beat.sensors == {"mq4": "ok"}
+    assert beat.mem_mb and beat.mem_mb > 0
+
+
+def test_soc_temperature_reads_the_thermal_zone(tmp_path: Path) -> None:
+    zone = tmp_path / "temp"
+    zone.write_text("48312\n")
+    assert soc_temp_c(zone) == pytest.approx(48.312)
+    assert soc_temp_c(tmp_path / "absent") is None
+
+
+def test_health_reports_degraded_sensors() -> None:
+    health = Health()
+    health.set("mq4", "ok")
+    health.set("cam0", "fault: no frames for 5 s")
+    assert health.degraded() == ["cam0"]
+
+
+def test_ping_is_answered_on_cmd_result(node: Node) -> None:
+    cmd = command("ping")
+    result = node.execute(cmd)
+    assert result.ok and result.cmd_id == cmd.id
+    (answer,) = stored(node, "cmd_result")
+    assert answer.cmd_id == cmd.id and answer.ok and answer.detail == "pong"
+
+
+def test_replayed_expired_and_foreign_commands_are_refused(node: Node) -> None:
+    cmd = command("ping")
+    assert node.execute(cmd).ok
+    replay = node.execute(cmd)
+    assert not replay.ok and "replay" in (replay.detail or "")
+    expired = node.execute(command("ping", expires_in=-1))
+    assert not expired.ok and "expired" in (expired.detail or "")
+    foreign = node.execute(command("ping", issuer="mallory"))
+    assert not foreign.ok and "mallory" in (foreign.detail or "")
+
+
+def test_rebirth_answers_with_the_config_digest(node: Node) -> None:
+    result = node.execute(command("rebirth"))
+    assert result.ok and result.data == {"config_digest": node.digest}
+
+
+def test_swap_model_without_vision_source_is_refused(node: Node) -> None:
+    result = node.execute(command("swap_model", model="fastestdet"))
+    assert not result.ok and result.detail == "no vision source"
+
+
+def test_bad_reload_is_refused_and_the_old_config_keeps_running(node: Node, tmp_path: Path) -> None:
+    node.start()
+    before = node.digest
+    bad = sim_config(tmp_path)
+    bad["sources"][0]["sensors"][0]["levels"] = [{"on_at": "lots", "severity": "Moderate"}]
+    result = node.execute(command("reload_config", config=yaml.safe_dump(bad)))
+    assert not result.ok
+    assert "sources.0" in (result.detail or "") and "levels.0.on_at" in (result.detail or "")
+    assert node.digest == before and len(node._running) == 1
+
+
+def test_identity_cannot_change_at_runtime(node: Node, tmp_path: Path) -> None:
+    result = node.execute(command("reload_config", config=yaml.safe_dump(sim_config(tmp_path, node_id="other"))))
+    assert not result.ok and "node_id" in (result.detail or "")
+
+
+def test_good_reload_restarts_the_sources(node: Node, tmp_path: Path) -> None:
+    node.start()
+    old_threads = [r.thread for r in node._running]
+    new = sim_config(tmp_path)
+    new["sources"][0]["name"] = "platform"
+    result = node.execute(command("reload_config", config=yaml.safe_dump(new)))
+    assert result.ok, result.detail
+    assert [r.source.name for r in node._running] == ["platform"]
+    assert not any(t.is_alive() for t in old_threads)
+    assert result.data["config_digest"] == node.digest
+
+
+def test_inbound_garbage_is_counted_not_queued(node: Node) -> None:
+    node._on_command("s4edge/v1/demo-city/sim-node-1/cmd/ping", b"\xff not json")
+    node._on_command("s4edge/v1/demo-city/sim-node-1/cmd/ping", json.dumps({"schema": "s4edge/1"}).encode())
+    assert node.rejected == {"bad_json": 1, "invalid": 1}
+    assert node._commands.empty()

@@ -1,0 +1,68 @@
+"""``s4edge agent check|run``: a bad config is refused before anything starts, naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from s4edge.cli import app
+
+SIM = Path(__file__).resolve().parents[2] / "firmware_configs" / "sim-node.yaml"
+runner = CliRunner()
+
+
+def test_check_accepts_the_simulated_node_config() -> None:
+    result = runner.invoke(app, ["agent", "check", "--config", str(SIM)])
+    assert result.exit_code == 0, result.output
+    assert "demo-city/sim-node-1" in result.output
+
+
+def test_check_names_file_key_and_expected_value(tmp_path: Path) -> None:
+    data = yaml.safe_load(SIM.read_text())
+    data["mqtt"]["url"] = "tcp://broker:1883"
+    data["location"]["lat"] = 123
+    bad = tmp_path / "node.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["agent", "check", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert str(bad) in result.output
+    assert "mqtt.url" in result.output and "mqtt://" in result.output
+    assert "location.lat" in result.output and "less than or equal to 90" in result.output
+
+
+def test_unknown_key_is_refused(tmp_path: Path) -> None:
+    data = yaml.safe_load(SIM.read_text())
+    data["heartbeat"]["intervall_s"] = 5
+    bad = tmp_path / "node.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["agent", "check", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "heartbeat.intervall_s" in result.output and "Extra inputs are not permitted" in result.output
+
+
+def test_run_with_a_bad_config_exits_2_before_starting(tmp_path: Path) -> None:
+    bad = tmp_path / "node.yaml"
+    bad.write_text("node_id: [unclosed\n")
+    result = runner.invoke(app, ["agent", "run", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert str(bad) in result.output and "not valid YAML" in result.output
+    assert not (tmp_path / "var").exists()
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["agent", "check", "--config", str(tmp_path / "absent.yaml")])
+    assert result.exit_code == 2
+    assert "cannot read the config file" in result.output
+
+
+def test_run_with_a_missing_scenario_exits_2(tmp_path: Path) -> None:
+    data = yaml.safe_load(SIM.read_text())
+    data["sources"][0]["file"] = "no_such_scenario"
+    data["outbox"]["path"] = str(tmp_path / "outbox.db")
+    bad = tmp_path / "node.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["agent", "run", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "no_such_scenario" in result.output and "sources" in result.output

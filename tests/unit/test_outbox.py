@@ -1,0 +1,141 @@
+"""The outbox: durable put, ordered pending, ack after PUBACK, bounded telemetry, seq."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cloud_sync.outbox import SEQ_BLOCK, Outbox, OutboxClosed
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tmp_outbox(tmp_path: Path):
+    with Outbox(tmp_path / "outbox.db", telemetry_max=10) as outbox:
+        yield outbox
+
+
+def test_put_then_pending_returns_rows_in_order(tmp_outbox: Outbox) -> None:
+    ids = [tmp_outbox.put("t/alert", f"a{i}".encode(), qos=1, kind="alert") for i in range(5)]
+    rows = tmp_outbox.pending(limit=10)
+    assert [r.id for r in rows] == ids
+    assert [r.payload for r in rows] == [f"a{i}".encode() for i in range(5)]
+    assert rows[0].topic == "t/alert" and rows[0].qos == 1 and rows[0].kind == "alert"
+    assert [r.id for r in tmp_outbox.pending(limit=2, after=ids[1])] == ids[2:4]
+
+
+def test_ack_deletes_only_the_acknowledged_rows(tmp_outbox: Outbox) -> None:
+    ids = [tmp_outbox.put("t", b"x") for _ in range(4)]
+    tmp_outbox.ack([ids[0], ids[2]])
+    assert [r.id for r in tmp_outbox.pending()] == [ids[1], ids[3]]
+    assert tmp_outbox.depth() == 2
+
+
+def test_telemetry_is_bounded_oldest_first_and_drops_are_counted(tmp_outbox: Outbox) -> None:
+    tel = [tmp_outbox.put("t/telemetry", f"t{i}".encode(), qos=0, kind="telemetry") for i in range(15)]
+    assert tmp_outbox.dropped() == 5
+    assert [r.id for r in tmp_outbox.pending(limit=100)] == tel[5:]
+
+
+def test_alerts_are_never_evicted(tmp_outbox: Outbox) -> None:
+    alerts = [tmp_outbox.put("t/alert", b"a", kind="alert") for _ in range(30)]
+    for _ in range(30):
+        tmp_outbox.put("t/telemetry", b"t", qos=0, kind="telemetry")
+    kept = [r for r in tmp_outbox.pending(limit=1000)]
+    assert [r.id for r in kept if r.kind == "alert"] == alerts
+    assert sum(r.kind == "telemetry" for r in kept) == 10
+    assert tmp_outbox.dropped() == 20
+
+
+def test_drop_count_and_rows_survive_reopen(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", telemetry_max=10) as outbox:
+        for _ in range(12):
+            outbox.put("t", b"t", kind="telemetry")
+        outbox.put("t", b"a", kind="alert")
+    with Outbox(tmp_path / "o.db", telemetry_max=10) as outbox:
+        assert outbox.dropped() == 2
+        assert outbox.depth() == 11
+
+
+def test_seq_is_monotonic_across_reopen(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as outbox:
+        first = [outbox.next_seq() for _ in range(SEQ_BLOCK + 5)]
+    assert first == sorted(set(first))
+    with Outbox(tmp_path / "o.db") as outbox:
+        again = outbox.next_seq()
+    assert again > first[-1]
+
+
+def test_put_next_stores_rows_in_seq_order_under_concurrency(tmp_outbox: Outbox) -> None:
+    def burst() -> None:
+        for _ in range(50):
+            tmp_outbox.put_next("t", lambda seq: str(seq).encode())
+
+    threads = [threading.Thread(target=burst) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = [int(r.payload) for r in tmp_outbox.pending(limit=1000)]
+    assert len(seqs) == 200
+    assert seqs == sorted(seqs)
+
+
+def test_remember_command_refuses_a_replay_even_after_reopen(tmp_path: Path) -> None:
+    until = time.time() + 60
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert outbox.remember_command("cmd-0001", until)
+        assert not outbox.remember_command("cmd-0001", until)
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert not outbox.remember_command("cmd-0001", until)
+        assert outbox.remember_command("cmd-0002", until)
+
+
+def test_put_after_close_is_refused(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.close()
+    with pytest.raises(OutboxClosed):
+        outbox.put("t", b"x")
+
+
+_BURST = """
+import sys
+from cloud_sync.outbox import Outbox
+outbox = Outbox(sys.argv[1])
+print("ready", flush=True)
+i = 0
+while True:
+    row = outbox.put("t/alert", b"alert-%d" % i)
+    print(row, flush=True)
+    i += 1
+"""
+
+
+def test_every_acknowledged_put_survives_sigkill(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _BURST, str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    printed: list[int] = []
+    while len(printed) < 200:
+        printed.append(int(child.stdout.readline()))
+    child.send_signal(signal.SIGKILL)
+    child.wait(5)
+    printed += [int(line) for line in child.stdout.read().split()]
+    with Outbox(db) as outbox:
+        stored = {r.id for r in outbox.pending(limit=1_000_000)}
+    assert set(printed) <= stored
