@@ -42,13 +42,9 @@ def _no_blob(value: str) -> str:
     return value
 
 
-def _text(max_length: int) -> Any:
-    return Annotated[str, Field(max_length=max_length), AfterValidator(_no_blob)]
-
-
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-ShortText = _text(128)
-Text = _text(1024)
+ShortText = Annotated[str, Field(max_length=128), AfterValidator(_no_blob)]
+Text = Annotated[str, Field(max_length=1024), AfterValidator(_no_blob)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Scalar = str | int | float | bool | None

@@ -220,8 +220,10 @@ class ThresholdRule:
         return self.active_severity()
 
     def active_severity(self) -> Severity | None:
-        active = [t.level.severity for t in self._triggers if t.active]
-        return max(active, key=severity_rank) if active else None
+        active: list[Severity] = [t.level.severity for t in self._triggers if t.active]
+        if not active:
+            return None
+        return max(active, key=severity_rank)
 
 
 @dataclass
