@@ -13,6 +13,7 @@ import statistics
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -72,7 +73,7 @@ def measure(count: int, workdir: Path) -> list[float]:
                         incident = node.book.incident_id("bench:co") or incident
                         key = (incident, state)
                         with arrived:
-                            if not arrived.wait_for(lambda k=key: k in committed, timeout=10):
+                            if not arrived.wait_for(partial(committed.__contains__, key), timeout=10):
                                 raise RuntimeError(f"alert {state} of {incident} was not committed within 10 s")
                         latencies.append((committed[key] - start) * 1000)
             finally:
