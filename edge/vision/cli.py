@@ -1,9 +1,295 @@
-"""CLI surface (placeholder: its owner fills it in)."""
+"""``s4edge models …`` (the catalogue: list, pull, verify, bench, eval, quantize) and ``s4edge detect``."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from edge.vision.backends import BackendError, BackendOptions
+from edge.vision.catalogue import Catalogue, CatalogueError
+from edge.vision.evaluate import IMAGE_SUFFIXES, DatasetError
+from edge.vision.manifest import ManifestError
+from edge.vision.types import Detection
+
+VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".mjpg", ".mjpeg"}
+
+models_app = typer.Typer(help="The model catalogue: manifests in models/, weights in the cache.", no_args_is_help=True)
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Every expected failure becomes one line saying what was wrong, and exit status 1."""
+    try:
+        yield
+    except (CatalogueError, ManifestError, BackendError, DatasetError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _options(threads: int | None) -> BackendOptions:
+    return BackendOptions(threads=threads)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@models_app.command("list")
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List every model: runtime, decoder family, whether it is cached and its sha256 matches."""
+    catalogue = Catalogue.from_env()
+    entries, problems = catalogue.scan()
+    rows: list[dict[str, Any]] = []
+    for name, entry in sorted(entries.items()):
+        check = catalogue.verify(name)
+        manifest = entry.manifest
+        rows.append(
+            {
+                "name": name,
+                "runtime": manifest.runtime,
+                "family": manifest.decoder.family,
+                "quantization": manifest.quantization,
+                "cached": check.cached,
+                "sha_ok": check.ok,
+            }
+        )
+    if as_json:
+        _print_json({"models": rows, "errors": [str(p) for p in problems]})
+        return
+    table = Table(title=f"models ({catalogue.models_dir}; cache {catalogue.cache_dir})")
+    for column in ("name", "runtime", "family", "quantization", "cached?", "sha ok?"):
+        table.add_column(column)
+    for row in rows:
+        sha = "yes" if row["sha_ok"] else ("-" if not row["cached"] else "[red]MISMATCH[/red]")
+        table.add_row(
+            row["name"], row["runtime"], row["family"], row["quantization"], "yes" if row["cached"] else "no", sha
+        )
+    console = Console()
+    console.print(table)
+    for problem in problems:
+        console.print(f"[red]broken manifest[/red] {problem}", markup=True, highlight=False)
+
+
+@models_app.command("pull")
+def pull(
+    name: str = typer.Argument(..., help="Model name (a folder of models/)."),
+    source: Path | None = typer.Option(
+        None, "--from", help="Local folder holding the weights (air-gapped sites); default $S4EDGE_MODEL_MIRROR."
+    ),
+) -> None:
+    """Copy (or download) a model's weights into the cache; a sha256 mismatch is refused."""
+    with _clear_errors():
+        path = Catalogue.from_env().pull(name, source)
+    typer.echo(f"{name}: {path} (sha256 ok)")
+
+
+@models_app.command("verify")
+def verify(name: str | None = typer.Argument(None, help="One model; all cached models when absent.")) -> None:
+    """Check cached weights against their manifests' sha256. Exit 1 on a mismatch."""
+    catalogue = Catalogue.from_env()
+    with _clear_errors():
+        names = [name] if name else sorted(catalogue.scan()[0])
+        checks = [catalogue.verify(n) for n in names]
+    failed = False
+    for check in checks:
+        if not check.cached:
+            typer.echo(f"{check.name}: not cached")
+            failed = failed or name is not None
+        elif check.ok:
+            typer.echo(f"{check.name}: ok")
+        else:
+            typer.echo(f"{check.name}: MISMATCH (sha256 {check.actual_sha256})")
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+@models_app.command("bench")
+def bench(
+    name: str = typer.Argument(...),
+    runs: int = typer.Option(100, "--runs", min=1),
+    warmup: int = typer.Option(5, "--warmup", min=0),
+    image: Path | None = typer.Option(
+        None, "--image", help="Frame to run on; a fixed synthetic 640×480 frame if absent."
+    ),
+    threads: int | None = typer.Option(None, "--threads", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Latency percentiles of the raw model run (infer) and of the whole detect()."""
+    import numpy as np
+
+    from edge.vision.detector import Detector
+    from edge.vision.evaluate import time_detector
+
+    with _clear_errors():
+        detector = Detector.from_catalogue(Catalogue.from_env(), name, _options(threads))
+        frame = _read_image(image) if image else np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
+        with Progress(
+            TextColumn(f"bench {name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            disable=as_json,
+        ) as progress:
+            task = progress.add_task("runs", total=runs)
+            latency = time_detector(detector, frame, runs, warmup, on_run=lambda: progress.advance(task))
+    report = {
+        "model": name,
+        "sha256": detector.model_ref.sha256,
+        "runtime": detector.manifest.runtime,
+        **asdict(latency),
+    }
+    if as_json:
+        _print_json(report)
+        return
+    table = Table(title=f"{name}: {runs} runs (ms)")
+    table.add_column("stage")
+    for key in latency.infer_ms:
+        table.add_column(key, justify="right")
+    table.add_row("infer", *(f"{v:.2f}" for v in latency.infer_ms.values()))
+    table.add_row("detect", *(f"{v:.2f}" for v in latency.detect_ms.values()))
+    Console().print(table)
+
+
+@models_app.command("eval")
+def eval_model(
+    name: str = typer.Argument(...),
+    data: Path = typer.Option(..., "--data", help="YOLO-format folder: images/…, labels/… (class cx cy w h)."),
+    threads: int | None = typer.Option(None, "--threads", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """mAP@0.5 and mAP@0.5:0.95, overall and per class (COCO evaluation)."""
+    from edge.vision.detector import Detector
+    from edge.vision.evaluate import EVAL_SCORE_THRESHOLD, evaluate
+
+    with _clear_errors():
+        detector = Detector.from_catalogue(Catalogue.from_env(), name, _options(threads), EVAL_SCORE_THRESHOLD)
+        report = evaluate(detector, data)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    table = Table(title=f"{name} on {data}: {report.images} images, {report.instances} objects")
+    for column in ("class", "instances", "AP@0.5", "AP@0.5:0.95"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for score in report.classes:
+        table.add_row(score.label, str(score.instances), f"{score.ap50:.3f}", f"{score.ap50_95:.3f}")
+    table.add_row("[bold]all[/bold]", str(report.instances), f"{report.map50:.3f}", f"{report.map50_95:.3f}")
+    Console().print(table)
+
+
+@models_app.command("quantize")
+def quantize(
+    name: str = typer.Argument(...),
+    calib: Path = typer.Option(..., "--calib", help="Folder of calibration photos, ideally from the site."),
+    out_name: str | None = typer.Option(None, "--out-name", help="Name of the new model; NAME-int8 by default."),
+    data: Path | None = typer.Option(None, "--data", help="Labelled folder to compare mAP before and after."),
+    runs: int = typer.Option(50, "--runs", min=1, help="Timed runs per model for the speed comparison."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Static INT8 (QDQ, per-channel) quantization into the cache, with a generated manifest."""
+    from edge.vision.quantize import quantize_model
+
+    with _clear_errors():
+        report = quantize_model(Catalogue.from_env(), name, calib, out_name, data, runs)
+    summary = report.to_dict()
+    if as_json:
+        _print_json(summary)
+        return
+    typer.echo(f"{report.quantized}: sha256 {report.sha256}, {report.calibration_images} calibration images")
+    for model in (report.source, report.quantized):
+        line = f"  {model}: {report.size_bytes[model]} bytes, infer p50 {report.latency[model].infer_ms['p50']:.2f} ms"
+        if report.map50 is not None and report.map50_95 is not None:
+            line += f", mAP@0.5 {report.map50[model]:.3f}, mAP@0.5:0.95 {report.map50_95[model]:.3f}"
+        typer.echo(line)
+    typer.echo(f"  speed-up (fp32 p50 / int8 p50): {report.speedup_infer_p50:.2f}x")
+
+
+def _read_image(path: Path) -> Any:
+    import cv2
+
+    frame = cv2.imread(str(path))
+    if frame is None:
+        raise DatasetError(f"{path}: not a readable image")
+    return frame
+
+
+def _frames(path: Path, every: int) -> Iterator[tuple[str, int | None, Any]]:
+    """(source, frame index or None, BGR frame) for an image, a folder of images or a video."""
+    import cv2
+
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DatasetError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+        for image in images:
+            yield str(image), None, _read_image(image)
+    elif path.suffix.lower() in VIDEO_SUFFIXES:
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened():
+            raise DatasetError(f"{path}: cannot open the video")
+        try:
+            index = 0
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                if index % every == 0:
+                    yield str(path), index, frame
+                index += 1
+        finally:
+            capture.release()
+    elif path.is_file():
+        yield str(path), None, _read_image(path)
+    else:
+        raise DatasetError(f"{path}: no such image, folder or video")
+
+
+def _detection_dict(det: Detection) -> dict[str, Any]:
+    return {
+        "class_id": det.class_id,
+        "label": det.label,
+        "score": round(det.score, 4),
+        "box": [round(v, 4) for v in det.box],
+    }
+
+
+def detect(
+    path: Path = typer.Argument(..., help="An image, a folder of images, or a video file."),
+    model: str = typer.Option("fastestdet", "--model", help="Model name from `s4edge models list`."),
+    threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0, help="Score threshold override."),
+    every: int = typer.Option(1, "--every", min=1, help="For a video: run on every Nth frame."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run a detector on images or a video and print class, score and box (normalised x1 y1 x2 y2)."""
+    from edge.vision.detector import Detector
+
+    results = []
+    with _clear_errors():
+        detector = Detector.from_catalogue(Catalogue.from_env(), model, score_threshold=threshold)
+        for source, index, frame in _frames(path, every):
+            found = detector.detect(frame)
+            results.append({"source": source, "frame": index, "detections": [_detection_dict(d) for d in found]})
+            if not as_json:
+                where = source if index is None else f"{source}#{index}"
+                for d in found:
+                    box = " ".join(f"{v:.3f}" for v in d.box)
+                    typer.echo(f"{where}\t{d.label}\t{d.score:.2f}\t{box}")
+    if as_json:
+        _print_json({"model": detector.model_ref.model_dump(), "results": results})
 
 
 def register(app: typer.Typer) -> None:
-    """Add this surface's commands to the root ``s4edge`` app."""
+    """Add ``models`` and ``detect`` to the root ``s4edge`` app."""
+    app.add_typer(models_app, name="models")
+    app.command("detect")(detect)

@@ -1,0 +1,210 @@
+"""Inference backends: onnxruntime and TFLite (LiteRT), behind one small ``Backend`` protocol.
+
+A backend takes the float tensor made by preprocessing, quantizes it if the model's
+input is int8/uint8 (using the tensor's own quantization parameters), runs the model
+and returns float outputs in the manifest's order. At load it checks the manifest's
+declared shapes against the real model, so a wrong manifest is refused, not obeyed.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.vision.manifest import Manifest, ManifestError
+
+_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+
+
+class BackendOptions(BaseModel):
+    """The part of the node config an inference backend needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    providers: list[str] = Field(default=["CPUExecutionProvider"], description="onnxruntime execution providers")
+    threads: int | None = Field(default=None, ge=1, le=64, description="Intra-op threads; the runtime's default")
+
+
+class BackendError(RuntimeError):
+    """The runtime is missing or misconfigured (not the model's fault)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | None, ...]  # None: a dynamic dimension
+    dtype: str
+    scale: float = 0.0  # 0: not quantized
+    zero_point: int = 0
+
+
+class Backend(Protocol):
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]  # in the manifest's order
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]: ...
+
+
+def quantize(tensor: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """Float → the model's integer input; real = (q - zero_point) * scale (TFLite quantization spec)."""
+    if info.dtype == "float32":
+        return tensor.astype(np.float32, copy=False)
+    limits = np.iinfo(np.dtype(info.dtype))
+    values = tensor / info.scale + info.zero_point if info.scale else tensor
+    return np.clip(np.rint(values), limits.min, limits.max).astype(info.dtype)
+
+
+def dequantize(tensor: np.ndarray, info: TensorInfo) -> np.ndarray:
+    if info.scale and tensor.dtype != np.float32:
+        return ((tensor.astype(np.float32) - info.zero_point) * info.scale).astype(np.float32)
+    return tensor.astype(np.float32, copy=False)
+
+
+def load_backend(manifest: Manifest, path: Path, options: BackendOptions | None = None) -> Backend:
+    options = options or BackendOptions()
+    backend: _Loaded = _OnnxBackend(path, options) if manifest.runtime == "onnx" else _TfliteBackend(path, options)
+    backend.check_against(manifest, str(path))
+    return backend
+
+
+class _Loaded:
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def check_against(self, manifest: Manifest, source: str) -> None:
+        """Refuse a model whose real tensors differ from what its manifest declares."""
+        spec = manifest.input
+        real_in = self._input_named(spec.name, source)
+        self.inputs = [real_in]
+        if not _shape_matches(spec.shape, real_in.shape):
+            raise ManifestError(source, "input.shape", f"declares {spec.shape}, the model takes {list(real_in.shape)}")
+        if spec.dtype != real_in.dtype:
+            raise ManifestError(source, "input.dtype", f"declares {spec.dtype}, the model takes {real_in.dtype}")
+        declared_q = spec.quantization
+        if declared_q is not None and (
+            not np.isclose(declared_q.scale, real_in.scale, rtol=1e-4) or declared_q.zero_point != real_in.zero_point
+        ):
+            raise ManifestError(
+                source,
+                "input.quantization",
+                f"declares scale {declared_q.scale} zero_point {declared_q.zero_point}, "
+                f"the model has scale {real_in.scale} zero_point {real_in.zero_point}",
+            )
+        if len(manifest.outputs) != len(self.outputs):
+            raise ManifestError(
+                source, "outputs", f"declares {len(manifest.outputs)} outputs, the model has {len(self.outputs)}"
+            )
+        by_name = {info.name: info for info in self.outputs}
+        ordered: list[TensorInfo] = []
+        for index, declared in enumerate(manifest.outputs):
+            if declared.name is not None and declared.name not in by_name:
+                raise ManifestError(
+                    source, f"outputs.{index}.name", f"no output {declared.name!r}; the model has {sorted(by_name)}"
+                )
+            real = by_name[declared.name] if declared.name is not None else self.outputs[index]
+            if not _shape_matches(declared.shape, real.shape):
+                raise ManifestError(
+                    source, f"outputs.{index}.shape", f"declares {declared.shape}, the model gives {list(real.shape)}"
+                )
+            ordered.append(real)
+        self.outputs = ordered
+
+    def _input_named(self, name: str | None, source: str) -> TensorInfo:
+        if name is None:
+            return self.inputs[0]
+        for info in self.inputs:
+            if info.name == name:
+                return info
+        raise ManifestError(source, "input.name", f"no input {name!r}; the model has {[i.name for i in self.inputs]}")
+
+
+def _shape_matches(declared: list[int], real: tuple[int | None, ...]) -> bool:
+    return len(declared) == len(real) and all(r is None or d == r for d, r in zip(declared, real, strict=True))
+
+
+def _dim(value: Any) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class _OnnxBackend(_Loaded):
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        missing = [p for p in options.providers if p not in available]
+        if missing:
+            raise BackendError(f"execution providers {missing} are not available here; available: {available}")
+        session_options = ort.SessionOptions()
+        if options.threads is not None:
+            session_options.intra_op_num_threads = options.threads
+        try:
+            self.session = ort.InferenceSession(str(path), session_options, providers=options.providers)
+        except Exception as exc:  # onnxruntime raises its own, unexported exception types
+            raise ManifestError(str(path), "file", f"not a loadable ONNX model: {exc}") from exc
+        self.inputs = [
+            TensorInfo(i.name, tuple(_dim(d) for d in i.shape), _ONNX_DTYPES.get(i.type, i.type))
+            for i in self.session.get_inputs()
+        ]
+        self.outputs = [
+            TensorInfo(o.name, tuple(_dim(d) for d in o.shape), _ONNX_DTYPES.get(o.type, o.type))
+            for o in self.session.get_outputs()
+        ]
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        # InferenceSession.run is thread-safe, so a hot swap needs no lock here.
+        feed = {self.inputs[0].name: quantize(tensor, self.inputs[0])}
+        results = self.session.run([o.name for o in self.outputs], feed)
+        return [dequantize(np.asarray(r), info) for r, info in zip(results, self.outputs, strict=True)]
+
+
+def _tflite_interpreter() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError as exc:
+            raise BackendError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)") from exc
+    return Interpreter
+
+
+def _tflite_info(detail: dict[str, Any]) -> TensorInfo:
+    scale, zero_point = detail["quantization"]
+    return TensorInfo(
+        name=detail["name"],
+        shape=tuple(int(d) for d in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]).name,
+        scale=float(scale),
+        zero_point=int(zero_point),
+    )
+
+
+class _TfliteBackend(_Loaded):
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        interpreter_class = _tflite_interpreter()
+        try:
+            self.interpreter = interpreter_class(model_path=str(path), num_threads=options.threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ManifestError(str(path), "file", f"not a loadable TFLite model: {exc}") from exc
+        self._index = {d["name"]: d["index"] for d in self.interpreter.get_input_details()}
+        self._index.update({d["name"]: d["index"] for d in self.interpreter.get_output_details()})
+        self.inputs = [_tflite_info(d) for d in self.interpreter.get_input_details()]
+        self.outputs = [_tflite_info(d) for d in self.interpreter.get_output_details()]
+        # A TFLite interpreter is not thread-safe: one invoke at a time.
+        self._lock = threading.Lock()
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        with self._lock:
+            self.interpreter.set_tensor(self._index[self.inputs[0].name], quantize(tensor, self.inputs[0]))
+            self.interpreter.invoke()
+            raw = [self.interpreter.get_tensor(self._index[info.name]) for info in self.outputs]
+        return [dequantize(r, info) for r, info in zip(raw, self.outputs, strict=True)]

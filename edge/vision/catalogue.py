@@ -1,0 +1,191 @@
+"""The model catalogue: manifests in the repo's ``models/``, weights in a local cache.
+
+Weights never live in the repo (DESIGN.md, "Models"). ``pull`` fills the cache from a
+mirror folder (air-gapped sites) or from the manifest's URL, and refuses any file whose
+sha256 differs from the manifest's: a refused file never reaches the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+import edge
+from edge.vision.manifest import Manifest, ManifestError, ModelEntry, load_manifest
+
+MODELS_DIR_ENV = "S4EDGE_MODELS_DIR"
+CACHE_ENV = "S4EDGE_MODEL_CACHE"
+MIRROR_ENV = "S4EDGE_MODEL_MIRROR"
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+class CatalogueError(RuntimeError):
+    """A model is unknown, not cached, or its weights could not be fetched or trusted."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_models_dir() -> Path:
+    override = os.environ.get(MODELS_DIR_ENV)
+    return Path(override) if override else Path(edge.__file__).resolve().parents[1] / "models"
+
+
+def default_cache_dir() -> Path:
+    override = os.environ.get(CACHE_ENV)
+    return Path(override) if override else Path.home() / ".cache" / "s4edge" / "models"
+
+
+def default_mirror() -> Path | None:
+    mirror = os.environ.get(MIRROR_ENV)
+    return Path(mirror) if mirror else None
+
+
+@dataclass(frozen=True)
+class Verification:
+    name: str
+    cached: bool
+    ok: bool
+    actual_sha256: str | None
+
+
+@dataclass
+class Catalogue:
+    """Manifests from ``models_dir`` plus those generated into the cache (e.g. by ``quantize``)."""
+
+    models_dir: Path
+    cache_dir: Path
+
+    @classmethod
+    def from_env(cls) -> Catalogue:
+        return cls(models_dir=default_models_dir(), cache_dir=default_cache_dir())
+
+    def scan(self) -> tuple[dict[str, ModelEntry], list[ManifestError]]:
+        """Every readable manifest, and the errors of those that are not; the repo wins a name clash."""
+        entries: dict[str, ModelEntry] = {}
+        problems: list[ManifestError] = []
+        for root in (self.models_dir, self.cache_dir):
+            for path in sorted(root.glob("*/manifest.yaml")) if root.is_dir() else []:
+                try:
+                    entry = load_manifest(path)
+                except ManifestError as exc:
+                    problems.append(exc)
+                    continue
+                entries.setdefault(entry.name, entry)
+        return entries, problems
+
+    def get(self, name: str) -> ModelEntry:
+        entries, problems = self.scan()
+        if name in entries:
+            return entries[name]
+        for problem in problems:
+            if Path(problem.source).parent.name == name:
+                raise problem
+        known = ", ".join(sorted(entries)) or "none"
+        raise CatalogueError(f"unknown model {name!r}; known models: {known}")
+
+    def weights_path(self, manifest: Manifest) -> Path:
+        return self.cache_dir / manifest.name / manifest.file
+
+    def verify(self, name: str) -> Verification:
+        manifest = self.get(name).manifest
+        path = self.weights_path(manifest)
+        if not path.is_file():
+            return Verification(name, cached=False, ok=False, actual_sha256=None)
+        actual = sha256_file(path)
+        return Verification(name, cached=True, ok=actual == manifest.sha256, actual_sha256=actual)
+
+    def weights(self, name: str) -> Path:
+        """The cached weight file, checked against the manifest's sha256 before anyone loads it."""
+        manifest = self.get(name).manifest
+        path = self.weights_path(manifest)
+        if not path.is_file():
+            raise CatalogueError(f"model {name!r} is not in the cache ({path}); run `s4edge models pull {name}`")
+        actual = sha256_file(path)
+        if actual != manifest.sha256:
+            raise CatalogueError(
+                f"cached {path} has sha256 {actual}, the manifest says {manifest.sha256}; "
+                f"run `s4edge models pull {name}` to replace it"
+            )
+        return path
+
+    def pull(self, name: str, source: Path | None = None) -> Path:
+        """Fill the cache from ``source`` (or the mirror), else from the manifest URL; sha256-checked."""
+        manifest = self.get(name).manifest
+        target = self.weights_path(manifest)
+        if target.is_file() and sha256_file(target) == manifest.sha256:
+            return target
+        folder = source or default_mirror()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Stage inside the cache folder so the final rename is atomic on the same filesystem.
+        fd, staged_name = tempfile.mkstemp(prefix=f".{manifest.file}.", dir=target.parent)
+        os.close(fd)
+        staged = Path(staged_name)
+        try:
+            origin = self._fetch(manifest, folder, staged)
+            actual = sha256_file(staged)
+            if actual != manifest.sha256:
+                raise CatalogueError(
+                    f"refused {origin}: sha256 {actual} does not match the manifest's {manifest.sha256}; "
+                    "nothing was written to the cache"
+                )
+            os.replace(staged, target)
+        finally:
+            staged.unlink(missing_ok=True)
+        return target
+
+    def _fetch(self, manifest: Manifest, folder: Path | None, staged: Path) -> str:
+        if folder is not None:
+            found = _find_in_mirror(folder, manifest)
+            if found is None:
+                raise CatalogueError(
+                    f"{manifest.file} not found in {folder} (looked in {folder}/{manifest.name}/, {folder}/ "
+                    "and its sub-folders)"
+                )
+            shutil.copyfile(found, staged)
+            return str(found)
+        if not manifest.url:
+            raise CatalogueError(
+                f"model {manifest.name!r} has no url; pass --from DIR or set {MIRROR_ENV} to a folder holding "
+                f"{manifest.file}"
+            )
+        if not manifest.url.startswith("https://"):
+            raise CatalogueError(f"refused url {manifest.url!r}: only https:// downloads are allowed")
+        try:
+            with urllib.request.urlopen(manifest.url, timeout=DOWNLOAD_TIMEOUT_S) as response, staged.open("wb") as out:  # noqa: S310 - https only, checked above
+                shutil.copyfileobj(response, out)
+        except OSError as exc:
+            raise CatalogueError(
+                f"download of {manifest.url} failed: {exc}; on an offline site use --from DIR or {MIRROR_ENV}"
+            ) from exc
+        return manifest.url
+
+    def add_generated(self, manifest: Manifest, weights: Path) -> ModelEntry:
+        """Store a model made on this node (e.g. quantized) with its own manifest, in the cache."""
+        entries, _ = self.scan()
+        if manifest.name in entries and entries[manifest.name].folder != self.cache_dir / manifest.name:
+            raise CatalogueError(f"model {manifest.name!r} already exists in {entries[manifest.name].folder}")
+        folder = self.cache_dir / manifest.name
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(weights, folder / manifest.file)
+        data = manifest.model_dump(mode="json", exclude_none=True)
+        (folder / "manifest.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return load_manifest(folder / "manifest.yaml")
+
+
+def _find_in_mirror(folder: Path, manifest: Manifest) -> Path | None:
+    candidates = [folder / manifest.name / manifest.file, folder / manifest.file]
+    candidates += sorted(folder.glob(f"*/{manifest.file}")) if folder.is_dir() else []
+    return next((path for path in candidates if path.is_file()), None)

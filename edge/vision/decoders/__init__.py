@@ -1,0 +1,106 @@
+"""Decoder families: raw model outputs → candidate boxes, before NMS.
+
+Each family is a module exposing ``FAMILY``: its own pydantic ``Options`` (``extra=forbid``,
+validated from the manifest's ``decoder.options``) and a ``decode`` function. Built-ins
+register here through the same table a researcher's family would join.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edge.vision.manifest import DecoderSpec, ManifestError
+
+
+class DecoderOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class DecodeContext:
+    input_width: int
+    input_height: int
+    score_threshold: float
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Boxes as x1,y1,x2,y2 normalised to the model input (0..1), with score and class."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    # True when the family already suppressed overlaps its own way (e.g. weighted NMS).
+    suppressed: bool = False
+    keypoints: np.ndarray | None = field(default=None, compare=False)
+
+    @classmethod
+    def empty(cls) -> Candidates:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+Decode = Callable[[Sequence[np.ndarray], Any, DecodeContext], Candidates]
+
+
+@dataclass(frozen=True)
+class Family:
+    options: type[DecoderOptions]
+    decode: Decode
+
+
+def cxcywh_to_xyxy(cx: np.ndarray, cy: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1).astype(np.float32)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # float64: exp of a large negative logit overflows float32.
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def _families() -> dict[str, Family]:
+    from edge.vision.decoders import fastestdet, mediapipe_pose, ssd, yolov8, yolox
+
+    return {
+        "fastestdet": fastestdet.FAMILY,
+        "yolov8": yolov8.FAMILY,
+        "yolox": yolox.FAMILY,
+        "ssd": ssd.FAMILY,
+        "mediapipe_pose": mediapipe_pose.FAMILY,
+    }
+
+
+def known_families() -> list[str]:
+    return sorted(_families())
+
+
+@dataclass(frozen=True)
+class BoundDecoder:
+    """A family with its validated options, ready to decode one model's outputs."""
+
+    family: Family
+    options: Any
+
+    def __call__(self, outputs: Sequence[np.ndarray], context: DecodeContext) -> Candidates:
+        return self.family.decode(outputs, self.options, context)
+
+
+def bind(spec: DecoderSpec, source: str) -> BoundDecoder:
+    """The decoder a manifest asks for; an unknown family or a bad option names the manifest field."""
+    families = _families()
+    if spec.family not in families:
+        raise ManifestError(
+            source, "decoder.family", f"unknown decoder family {spec.family!r}; known: {', '.join(sorted(families))}"
+        )
+    family = families[spec.family]
+    try:
+        options = family.options.model_validate(spec.options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ManifestError(source, f"decoder.options.{where}".rstrip("."), first["msg"]) from exc
+    return BoundDecoder(family, options)

@@ -1,0 +1,45 @@
+"""FastestDet (github.com/dog-qiuqiu/FastestDet): one 85-channel map on a 22×22 grid.
+
+Per cell, channel 0 is objectness, 1–2 the box centre offsets (tanh), 3–4 width and
+height (sigmoid, relative to the image), 5–84 the class scores; the score is
+obj^0.6 × cls^0.4 (the repo's example/onnx-runtime/runtime.py). TFLite conversions
+put the channels last, and the 3-output variant splits them into obj, box and cls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from edge.vision.decoders import Candidates, DecodeContext, DecoderOptions, Family, cxcywh_to_xyxy, sigmoid
+
+
+class Options(DecoderOptions):
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+
+def decode(outputs: Sequence[np.ndarray], options: Options, context: DecodeContext) -> Candidates:
+    channel_axis = 0 if options.layout == "NCHW" else 2
+    # The 3-output file: the manifest lists obj, box, cls in that order.
+    pred = np.concatenate([o[0] for o in outputs], axis=channel_axis) if len(outputs) > 1 else outputs[0][0]
+    if options.layout == "NHWC":
+        pred = pred.transpose(2, 0, 1)
+    if pred.ndim != 3 or pred.shape[0] < 6:
+        raise ValueError(f"expected a (5 + classes) × H × W map, got {pred.shape}")
+    _, rows, cols = pred.shape
+    cls = pred[5:]
+    cls_score = np.clip(cls.max(axis=0), 0, 1)
+    score = np.clip(pred[0], 0, 1) ** 0.6 * cls_score**0.4
+    ys, xs = np.nonzero(score > context.score_threshold)
+    if ys.size == 0:
+        return Candidates.empty()
+    cx = (xs + np.tanh(pred[1, ys, xs])) / cols
+    cy = (ys + np.tanh(pred[2, ys, xs])) / rows
+    w = sigmoid(pred[3, ys, xs])
+    h = sigmoid(pred[4, ys, xs])
+    return Candidates(cxcywh_to_xyxy(cx, cy, w, h), score[ys, xs].astype(np.float32), cls[:, ys, xs].argmax(axis=0))
+
+
+FAMILY = Family(Options, decode)

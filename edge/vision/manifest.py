@@ -1,0 +1,170 @@
+"""A model's manifest: everything needed to run and trust one weight file (DESIGN.md, "Models").
+
+A researcher adds a model by adding ``models/<name>/manifest.yaml``. Unknown keys are
+refused, and every error names the manifest field, so a typo never becomes a model
+that silently detects nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cloud_sync.messages import ModelRef
+
+
+class ManifestError(ValueError):
+    """A manifest (or the model it describes) is unusable; ``field`` is the manifest key at fault."""
+
+    def __init__(self, source: str, field: str, problem: str) -> None:
+        self.source = source
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{source}: {field}: {problem}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorQuantization(_Strict):
+    """Affine int8/uint8 quantization of a tensor: real = (q - zero_point) * scale."""
+
+    scale: float = Field(gt=0)
+    zero_point: int
+
+
+class InputSpec(_Strict):
+    name: str | None = Field(default=None, description="Input tensor name; the model's first input when absent")
+    shape: list[int] = Field(min_length=4, max_length=4, description="e.g. [1, 3, 352, 352]")
+    layout: Literal["NCHW", "NHWC"]
+    colour: Literal["BGR", "RGB"]
+    dtype: Literal["float32", "int8", "uint8"] = "float32"
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    pad_value: int = Field(default=0, ge=0, le=255, description="Pixel value of the letterbox border")
+    scale: float = Field(default=1.0 / 255.0, gt=0, description="Pixels are multiplied by this first")
+    mean: list[float] = Field(default=[0.0, 0.0, 0.0], min_length=3, max_length=3)
+    std: list[float] = Field(default=[1.0, 1.0, 1.0], min_length=3, max_length=3)
+    quantization: TensorQuantization | None = Field(
+        default=None, description="Expected quantization of an int8/uint8 input; checked against the model"
+    )
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, value: list[float]) -> list[float]:
+        if any(v == 0 for v in value):
+            raise ValueError("std values must be non-zero")
+        return value
+
+    @model_validator(mode="after")
+    def _quantization_needs_integer_input(self) -> InputSpec:
+        if self.dtype == "float32" and self.quantization is not None:
+            raise ValueError("quantization is only meaningful for an int8/uint8 dtype")
+        return self
+
+    @property
+    def height(self) -> int:
+        return self.shape[2] if self.layout == "NCHW" else self.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.shape[3] if self.layout == "NCHW" else self.shape[2]
+
+
+class OutputSpec(_Strict):
+    name: str | None = Field(default=None, description="Output tensor name; matched by position when absent")
+    shape: list[int] = Field(min_length=1, description="Expected shape; checked against the model at load")
+
+
+class DecoderSpec(_Strict):
+    family: str = Field(description="fastestdet, yolox, yolov8, ssd or mediapipe_pose")
+    score_threshold: float = Field(default=0.5, ge=0, le=1)
+    nms_iou: float = Field(default=0.45, gt=0, le=1)
+    max_detections: int = Field(default=100, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="Family-specific options")
+
+
+class Manifest(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    version: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    runtime: Literal["onnx", "tflite"]
+    file: str = Field(min_length=1, description="Weight file name inside the cache folder")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    url: str | None = Field(default=None, description="Where `models pull` downloads from when there is no mirror")
+    licence: str
+    source: str = Field(default="", description="Provenance: repository, commit, conversion")
+    quantization: Literal["none", "fp16", "int8-dynamic", "int8-static", "int8-full"] = "none"
+    labels: str | list[str] = Field(description="A labels file beside the manifest, or the list of labels")
+    input: InputSpec
+    outputs: list[OutputSpec] = Field(min_length=1)
+    decoder: DecoderSpec
+
+    @field_validator("file")
+    @classmethod
+    def _bare_name(cls, value: str) -> str:
+        if Path(value).name != value or value in {".", ".."}:
+            raise ValueError("must be a bare file name, without folders")
+        return value
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(name=self.name, version=self.version, sha256=self.sha256)
+
+
+class ModelEntry(BaseModel):
+    """A manifest together with the folder it was read from (for its labels file)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    manifest: Manifest
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def labels(self) -> list[str]:
+        labels = self.manifest.labels
+        if isinstance(labels, list):
+            return labels
+        path = self.folder / labels
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ManifestError(str(self.folder / "manifest.yaml"), "labels", f"cannot read {path}: {exc}") from exc
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_manifest(data: Any, source: str) -> Manifest:
+    """Validate a manifest mapping; the first error raised names its field."""
+    if not isinstance(data, dict):
+        raise ManifestError(source, "(top level)", "a manifest must be a YAML mapping")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        problems = "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ManifestError(source, _field_path(first["loc"]), problems) from exc
+
+
+def load_manifest(path: Path) -> ModelEntry:
+    """Read ``<folder>/manifest.yaml``; the model's name must be its folder's name."""
+    source = str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ManifestError(source, "(file)", f"cannot read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ManifestError(source, "(file)", f"not valid YAML: {exc}") from exc
+    manifest = parse_manifest(data, source)
+    if manifest.name != path.parent.name:
+        raise ManifestError(source, "name", f"{manifest.name!r} differs from its folder {path.parent.name!r}")
+    return ModelEntry(manifest=manifest, folder=path.parent)

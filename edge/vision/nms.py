@@ -1,0 +1,70 @@
+"""Non-maximum suppression in numpy: greedy (class-aware) and MediaPipe's weighted variant."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one x1,y1,x2,y2 box against each row of ``boxes``."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float,
+    class_ids: np.ndarray | None = None,
+    max_detections: int | None = None,
+) -> np.ndarray:
+    """Indices of the kept boxes, best first. With ``class_ids``, boxes only suppress their own class."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    boxes = boxes.astype(np.float64)
+    if class_ids is not None:
+        # Shift each class into its own region so boxes of different classes never overlap.
+        span = float(boxes.max() - boxes.min()) + 1.0
+        boxes = boxes + (class_ids.astype(np.float64) * span)[:, None]
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size and (max_detections is None or len(keep) < max_detections):
+        best = int(order[0])
+        keep.append(best)
+        rest = order[1:]
+        order = rest[iou(boxes[best], boxes[rest]) <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def weighted_nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, extra: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """MediaPipe's WEIGHTED suppression: each cluster becomes its score-weighted mean box.
+
+    The cluster keeps its best score (mediapipe/calculators/util/non_max_suppression_calculator.cc,
+    WeightedNonMaxSuppression). ``extra`` (e.g. keypoints, one row per box) is averaged alike.
+    """
+    order = np.argsort(-scores, kind="stable")
+    out_boxes, out_scores, out_extra = [], [], []
+    while order.size:
+        in_cluster = iou(boxes[order[0]], boxes[order]) > iou_threshold
+        in_cluster[0] = True  # a degenerate (zero-area) box still forms its own cluster
+        cluster = order[in_cluster]
+        total = scores[cluster].sum()
+        weights = scores[cluster] / total if total > 0 else np.full(cluster.size, 1.0 / cluster.size)
+        out_boxes.append(weights @ boxes[cluster])
+        out_scores.append(scores[order[0]])
+        if extra is not None:
+            out_extra.append(weights @ extra[cluster])
+        order = order[~in_cluster]
+    if not out_boxes:
+        empty_extra = None if extra is None else extra[:0]
+        return boxes[:0], scores[:0], empty_extra
+    return np.stack(out_boxes), np.asarray(out_scores), (np.stack(out_extra) if extra is not None else None)

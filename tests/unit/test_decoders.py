@@ -1,0 +1,167 @@
+"""Decoders recover known boxes from output tensors built by hand; NMS keeps the right ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.vision.decoders import DecodeContext, bind
+from edge.vision.decoders.mediapipe_pose import anchor_centres
+from edge.vision.decoders.yolox import grids
+from edge.vision.manifest import DecoderSpec, ManifestError
+from edge.vision.nms import nms, weighted_nms
+
+
+def decoder(family: str, **options):
+    return bind(DecoderSpec(family=family, options=options), "test")
+
+
+def logit(p: float) -> float:
+    return float(np.log(p / (1 - p)))
+
+
+def test_yolov8_recovers_boxes_in_input_pixels() -> None:
+    width, height, anchors, classes = 640, 480, 100, 3
+    out = np.zeros((1, 4 + classes, anchors), np.float32)
+    out[0, :4, 7] = [320, 240, 64, 48]  # cx, cy, w, h in pixels
+    out[0, 4 + 2, 7] = 0.9
+    out[0, :4, 42] = [100, 100, 20, 40]
+    out[0, 4 + 0, 42] = 0.6
+    out[0, 4 + 1, 50] = 0.2  # below the threshold
+    found = decoder("yolov8")([out], DecodeContext(width, height, 0.5))
+    order = np.argsort(-found.scores)
+    np.testing.assert_allclose(
+        found.boxes[order], [[0.45, 0.45, 0.55, 0.55], [90 / 640, 80 / 480, 110 / 640, 120 / 480]], atol=1e-6
+    )
+    assert found.class_ids[order].tolist() == [2, 0]
+    np.testing.assert_allclose(found.scores[order], [0.9, 0.6], atol=1e-6)
+
+
+def test_yolox_decodes_grid_offsets_and_strides() -> None:
+    size, strides = 64, [8, 16, 32]
+    cells, steps = grids(strides, size, size)
+    assert len(cells) == 8 * 8 + 4 * 4 + 2 * 2
+    out = np.zeros((1, len(cells), 5 + 2), np.float32)
+    # Row 64 is the first cell of stride 16: grid (0, 0). Box centre (0.5+0)*16 = 8, size exp(ln 2)*16 = 32.
+    row = 64
+    assert tuple(cells[row]) == (0, 0) and steps[row] == 16
+    out[0, row, :4] = [0.5, 0.5, np.log(2), np.log(2)]
+    out[0, row, 4] = 0.9  # objectness
+    out[0, row, 5 + 1] = 0.8
+    # Row 9 is stride 8, grid (1, 1): centre (0 + 1) × 8 = 8, size exp(0) × 8 = 8.
+    assert tuple(cells[9]) == (1, 1)
+    out[0, 9, :4] = [0.0, 0.0, 0.0, 0.0]
+    out[0, 9, 4], out[0, 9, 5] = 1.0, 0.7
+    found = decoder("yolox")([out], DecodeContext(size, size, 0.5))
+    order = np.argsort(-found.scores)
+    np.testing.assert_allclose(found.scores[order], [0.72, 0.7], atol=1e-6)
+    np.testing.assert_allclose(found.boxes[order][0], np.array([8 - 16, 8 - 16, 8 + 16, 8 + 16]) / 64, atol=1e-6)
+    np.testing.assert_allclose(found.boxes[order][1], np.array([4, 4, 12, 12]) / 64, atol=1e-6)
+    assert found.class_ids[order].tolist() == [1, 0]
+
+
+def test_yolox_refuses_strides_that_do_not_fit_the_output() -> None:
+    out = np.zeros((1, 10, 7), np.float32)
+    with pytest.raises(ValueError, match="cells"):
+        decoder("yolox")([out], DecodeContext(64, 64, 0.5))
+
+
+def test_ssd_postprocess_outputs_become_xyxy() -> None:
+    boxes = np.zeros((1, 10, 4), np.float32)
+    boxes[0, 0] = [0.1, 0.2, 0.5, 0.6]  # ymin, xmin, ymax, xmax
+    boxes[0, 1] = [0.0, 0.0, 1.0, 1.0]
+    boxes[0, 2] = [0.3, 0.3, 0.4, 0.4]  # beyond count: ignored
+    classes = np.array([[0, 5, 0] + [0] * 7], np.float32)
+    scores = np.array([[0.9, 0.3, 0.99] + [0] * 7], np.float32)
+    count = np.array([2], np.float32)
+    found = decoder("ssd", label_offset=1)([boxes, classes, scores, count], DecodeContext(300, 300, 0.5))
+    np.testing.assert_allclose(found.boxes, [[0.2, 0.1, 0.6, 0.5]])
+    assert found.class_ids.tolist() == [1]
+    assert found.suppressed
+
+
+def test_fastestdet_decodes_one_cell() -> None:
+    out = np.zeros((1, 85, 22, 22), np.float32)
+    row, col = 10, 5
+    out[0, 0, row, col] = 0.9  # objectness
+    out[0, 1, row, col] = np.arctanh(0.5)  # x offset → +0.5 cell
+    out[0, 2, row, col] = 0.0
+    out[0, 3, row, col] = logit(0.2)  # width, relative to the image
+    out[0, 4, row, col] = logit(0.4)
+    out[0, 5 + 0, row, col] = 0.8  # person
+    found = decoder("fastestdet")([out], DecodeContext(352, 352, 0.5))
+    cx, cy = (col + 0.5) / 22, row / 22
+    np.testing.assert_allclose(found.boxes, [[cx - 0.1, cy - 0.2, cx + 0.1, cy + 0.2]], atol=1e-5)
+    np.testing.assert_allclose(found.scores, [0.9**0.6 * 0.8**0.4], rtol=1e-5)
+    assert found.class_ids.tolist() == [0]
+
+
+def test_fastestdet_nhwc_three_outputs_match_nchw() -> None:
+    rng = np.random.default_rng(1)
+    nchw = rng.uniform(-2, 2, (1, 85, 22, 22)).astype(np.float32)
+    nchw[:, 0] = rng.uniform(0, 1, (1, 22, 22))
+    nchw[:, 5:] = rng.uniform(0, 1, (1, 80, 22, 22))
+    nhwc = nchw.transpose(0, 2, 3, 1)
+    split = [nhwc[..., :1], nhwc[..., 1:5], nhwc[..., 5:]]
+    context = DecodeContext(352, 352, 0.7)
+    expected = decoder("fastestdet")([nchw], context)
+    got = decoder("fastestdet", layout="NHWC")(split, context)
+    assert len(expected.scores) > 0
+    np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-6)
+    np.testing.assert_array_equal(got.class_ids, expected.class_ids)
+
+
+def test_mediapipe_pose_anchor_count_matches_the_model() -> None:
+    anchors = anchor_centres((8, 16, 32, 32, 32), 224, 224, 2, 0.5)
+    assert anchors.shape == (2254, 2)
+    np.testing.assert_allclose(anchors[0], [0.5 / 28, 0.5 / 28])
+    np.testing.assert_allclose(anchors[-1], [6.5 / 7, 6.5 / 7])
+
+
+def test_mediapipe_pose_decodes_body_and_face_boxes() -> None:
+    raw = np.zeros((1, 2254, 12), np.float32)
+    logits = np.full((1, 2254, 1), -10.0, np.float32)
+    index = 2 * (14 * 28 + 14)  # the stride-8 cell (14, 14): centre (14.5/28, 14.5/28)
+    centre = 14.5 / 28
+    raw[0, index, :4] = [22.4, 0, 44.8, 67.2]  # face box: +0.1 in x, 0.2 × 0.3
+    raw[0, index, 4:6] = [0, 22.4]  # hip centre: +0.1 in y
+    raw[0, index, 6:8] = [0, 22.4 + 44.8]  # radius point 0.2 below the hip
+    logits[0, index, 0] = 3.0
+    context = DecodeContext(224, 224, 0.5)
+    body = decoder("mediapipe_pose")([raw, logits], context)
+    hip_y = centre + 0.1
+    np.testing.assert_allclose(body.boxes, [[centre - 0.2, hip_y - 0.2, centre + 0.2, hip_y + 0.2]], atol=1e-5)
+    np.testing.assert_allclose(body.scores, [1 / (1 + np.exp(-3.0))], rtol=1e-5)
+    face = decoder("mediapipe_pose", box="face")([raw, logits], context)
+    np.testing.assert_allclose(face.boxes, [[centre, centre - 0.15, centre + 0.2, centre + 0.15]], atol=1e-5)
+    assert face.keypoints is not None and face.keypoints.shape == (1, 4, 2)
+
+
+def test_unknown_family_and_bad_options_name_the_field() -> None:
+    with pytest.raises(ManifestError) as caught:
+        decoder("yolov99")
+    assert caught.value.field == "decoder.family"
+    with pytest.raises(ManifestError) as caught:
+        decoder("yolox", strides="eight")
+    assert caught.value.field == "decoder.options.strides"
+    with pytest.raises(ManifestError) as caught:
+        decoder("ssd", colour="red")
+    assert caught.value.field == "decoder.options.colour"
+
+
+def test_nms_is_class_aware() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    classes = np.array([0, 0, 1, 0])
+    assert nms(boxes, scores, 0.5, classes).tolist() == [0, 2, 3]
+    assert nms(boxes, scores, 0.5).tolist() == [0, 3]
+    assert nms(boxes, scores, 0.5, classes, max_detections=2).tolist() == [0, 2]
+    assert nms(boxes[:0], scores[:0], 0.5).tolist() == []
+
+
+def test_weighted_nms_averages_each_cluster() -> None:
+    boxes = np.array([[0, 0, 10, 10], [2, 0, 12, 10], [100, 100, 110, 110]], np.float64)
+    scores = np.array([0.75, 0.25, 0.5])
+    merged, kept, _ = weighted_nms(boxes, scores, 0.3)
+    np.testing.assert_allclose(merged, [[0.5, 0, 10.5, 10], [100, 100, 110, 110]])
+    np.testing.assert_allclose(kept, [0.75, 0.5])

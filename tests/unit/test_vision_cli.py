@@ -1,0 +1,137 @@
+"""``s4edge models …`` and ``s4edge detect``, driven like a technician would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from s4edge.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent: the reference models live there")
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("S4EDGE_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("S4EDGE_MODEL_MIRROR", str(SHARED / "models"))
+    monkeypatch.delenv("S4EDGE_MODELS_DIR", raising=False)
+    return tmp_path / "cache"
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_list_shows_cached_and_sha_status(cache: Path) -> None:
+    before = json.loads(run("models", "list", "--json").stdout)
+    row = next(r for r in before["models"] if r["name"] == "fastestdet")
+    assert row == {
+        "name": "fastestdet",
+        "runtime": "onnx",
+        "family": "fastestdet",
+        "quantization": "none",
+        "cached": False,
+        "sha_ok": False,
+    }
+    assert run("models", "pull", "fastestdet").exit_code == 0
+    after = json.loads(run("models", "list", "--json").stdout)
+    assert next(r for r in after["models"] if r["name"] == "fastestdet")["sha_ok"] is True
+    table = run("models", "list")
+    assert table.exit_code == 0 and "mediapipe-pose" in table.stdout
+
+
+def test_pull_from_a_folder_with_a_tampered_file_is_refused(cache: Path, tmp_path: Path) -> None:
+    mirror = tmp_path / "usb"
+    mirror.mkdir()
+    shutil.copy(SHARED / "models/mediapipe-pose/pose_detection.tflite", mirror / "pose_detection.tflite")
+    with (mirror / "pose_detection.tflite").open("r+b") as stream:
+        stream.seek(1000)
+        byte = stream.read(1)
+        stream.seek(1000)
+        stream.write(bytes([byte[0] ^ 0xFF]))
+    result = run("models", "pull", "mediapipe-pose", "--from", str(mirror))
+    assert result.exit_code == 1
+    assert "does not match" in result.output
+    verify = run("models", "verify", "mediapipe-pose")
+    assert verify.exit_code == 1 and "not cached" in verify.stdout
+
+
+def test_verify_catches_a_changed_cache_file(cache: Path) -> None:
+    assert run("models", "pull", "fastestdet").exit_code == 0
+    assert run("models", "verify").stdout.splitlines()[0] == "fastestdet: ok"
+    weights = cache / "fastestdet/FastestDet.onnx"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    result = run("models", "verify", "fastestdet")
+    assert result.exit_code == 1 and "MISMATCH" in result.stdout
+
+
+def test_detect_prints_people_as_json(cache: Path) -> None:
+    assert run("models", "pull", "fastestdet").exit_code == 0
+    result = run("detect", str(SHARED / "data/images/coral_squat.bmp"), "--model", "fastestdet", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"]["name"] == "fastestdet"
+    labels = [d["label"] for d in report["results"][0]["detections"]]
+    assert labels.count("person") == 1
+
+
+def test_detect_runs_on_a_video_every_nth_frame(cache: Path) -> None:
+    assert run("models", "pull", "fastestdet").exit_code == 0
+    video = SHARED / "data/video/bench_people_640x480_15fps.avi"
+    result = run("detect", str(video), "--every", "100", "--json", "--threshold", "0.5")
+    assert result.exit_code == 0, result.output
+    frames = [r["frame"] for r in json.loads(result.stdout)["results"]]
+    assert frames == [0, 100, 200]
+    assert any(d["label"] == "person" for r in json.loads(result.stdout)["results"] for d in r["detections"])
+
+
+def test_detect_an_uncached_model_says_how_to_fix_it(cache: Path) -> None:
+    result = run("detect", str(SHARED / "data/images/coral_squat.bmp"), "--model", "mediapipe-pose")
+    assert result.exit_code == 1
+    assert "s4edge models pull mediapipe-pose" in result.output
+
+
+def test_bench_reports_percentiles_as_json(cache: Path) -> None:
+    assert run("models", "pull", "mediapipe-pose").exit_code == 0
+    result = run("models", "bench", "mediapipe-pose", "--runs", "3", "--warmup", "1", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["runs"] == 3
+    assert 0 < report["infer_ms"]["min"] <= report["infer_ms"]["p50"] <= report["infer_ms"]["p99"]
+
+
+def test_eval_reports_map_per_class(cache: Path) -> None:
+    assert run("models", "pull", "fastestdet").exit_code == 0
+    result = run("models", "eval", "fastestdet", "--data", str(SHARED / "data/coco8"), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["map50"] > 0.3
+    assert any(c["label"] == "person" and c["ap50"] > 0 for c in report["classes"])
+
+
+def test_eval_on_a_folder_without_images_is_a_clear_error(cache: Path, tmp_path: Path) -> None:
+    assert run("models", "pull", "fastestdet").exit_code == 0
+    result = run("models", "eval", "fastestdet", "--data", str(tmp_path))
+    assert result.exit_code == 1 and "no images" in result.output
+
+
+@pytest.mark.slow
+def test_quantize_adds_a_verified_int8_model(cache: Path) -> None:
+    assert run("models", "pull", "fastestdet").exit_code == 0
+    result = run("models", "quantize", "fastestdet", "--calib", str(SHARED / "data/images"), "--runs", "3", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["quantized"] == "fastestdet-int8"
+    assert report["size_bytes"]["fastestdet-int8"] < report["size_bytes"]["fastestdet"] / 2
+    assert run("models", "verify", "fastestdet-int8").stdout.strip() == "fastestdet-int8: ok"
+    found = run("detect", str(SHARED / "data/images/coral_squat.bmp"), "--model", "fastestdet-int8", "--json")
+    detections = json.loads(found.stdout)["results"][0]["detections"]
+    assert [d["label"] for d in detections].count("person") == 1
