@@ -20,7 +20,12 @@ from pydantic import BaseModel
 from cloud_sync.messages import Measurement
 from edge.alerts import Emit, IncidentBook
 
-BUILTIN_SOURCES: tuple[str, ...] = ("edge.scenario",)
+BUILTIN_SOURCES: tuple[str, ...] = (
+    "edge.scenario",
+    "edge.vision.source",
+    "edge.sensing.source",
+    "edge.sensing.nir_source",
+)
 
 
 class Health(Protocol):

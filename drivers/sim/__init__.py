@@ -1,0 +1,28 @@
+"""Register- and wire-level simulators of the chips in ``drivers``, shipped as
+importable fixtures (STYLE.md: gpiozero didn't, and its users asked).
+
+    bus = SimBus()
+    adc = SimADS1115()
+    bus.attach(0x48, adc)
+    adc.set_voltage(2, 1.65)
+    ADS1115(bus).read_voltage(2)  # ≈ 1.65
+"""
+
+from drivers.sim.ads1115 import SimADS1115
+from drivers.sim.bme280 import SimBME280
+from drivers.sim.bus import SimBus, SimDevice
+from drivers.sim.pin import SimPin
+from drivers.sim.sensirion import SimSCD4x, SimSGP30
+from drivers.sim.spectrometer import SimSpectrometer, SpectrometerServer
+
+__all__ = [
+    "SimADS1115",
+    "SimBME280",
+    "SimBus",
+    "SimDevice",
+    "SimPin",
+    "SimSCD4x",
+    "SimSGP30",
+    "SimSpectrometer",
+    "SpectrometerServer",
+]

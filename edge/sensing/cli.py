@@ -1,9 +1,204 @@
-"""CLI surface (placeholder: its owner fills it in)."""
+"""``s4edge sensors`` and ``s4edge nir``: find, read and calibrate sensors; train and
+run NIR models. Every command has ``--sim`` so that it works with no hardware."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
 import typer
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from edge.alerts import AlertDraft, IncidentBook
+from edge.sensing.nir_cli import nir_app
+
+sensors_app = typer.Typer(help="Gas, CO, smoke/flame and climate sensors.", no_args_is_help=True)
+console = Console()
+EXAMPLE = Path(__file__).parent / "examples" / "sensors-sim.yaml"
 
 
 def register(app: typer.Typer) -> None:
     """Add this surface's commands to the root ``s4edge`` app."""
+    app.add_typer(sensors_app, name="sensors")
+    app.add_typer(nir_app, name="nir")
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+def load_sensors_config(path: Path, sim: bool = False) -> Any:
+    """A sensors source config: a bare one, or the first ``type: sensors`` of a node config."""
+    from edge.config import ConfigError, load_config
+    from edge.sensing.source import Config
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise _fail(f"{path}: cannot read the config ({exc})") from None
+    try:
+        if isinstance(data, dict) and "sources" in data:
+            found = [s for s in load_config(path).sources if isinstance(s, Config)]  # type: ignore[attr-defined]
+            if not found:
+                raise _fail(f"{path}: no source with type: sensors")
+            config = found[0]
+        else:
+            config = Config.model_validate(data)
+    except (ConfigError, ValueError) as exc:
+        raise _fail(f"{path}: {exc}") from None
+    base = path.resolve().parent
+    updates: dict[str, Any] = {}
+    if not config.calibration_file.is_absolute():
+        updates["calibration_file"] = base / config.calibration_file
+    if config.scenario is not None and (base / config.scenario).exists():
+        updates["scenario"] = base / config.scenario
+    if sim:
+        updates["bus"] = "sim"
+    return config.model_copy(update=updates)
+
+
+def _build(config: Any, book: IncidentBook, heater_on_s: float) -> Any:
+    from edge.sensing.calibration import CalibrationError
+    from edge.sensing.probes import MQProbe
+    from edge.sensing.rig import build_source
+
+    try:
+        source = build_source(config, book)
+    except (CalibrationError, ValueError, OSError, ImportError) as exc:
+        raise _fail(str(exc)) from None
+    for probe in source.probes:
+        if isinstance(probe, MQProbe):
+            probe.sensor.powered_at -= heater_on_s
+    return source
+
+
+@sensors_app.command("scan")
+def scan(
+    bus: str = typer.Option("/dev/i2c-1", help="I2C adapter to probe."),
+    sim: bool = typer.Option(False, "--sim", help="Probe the simulated bus of the example config instead."),
+) -> None:
+    """List I2C addresses that answer, and the serial ports that exist."""
+    from serial.tools import list_ports
+
+    from drivers.i2c import scan as scan_bus
+
+    if sim:
+        source = _build(load_sensors_config(EXAMPLE, sim=True), IncidentBook(lambda d: None), 0.0)
+        addresses = scan_bus(source.world.bus)
+    else:
+        from drivers.i2c import SMBus2Bus
+
+        try:
+            real = SMBus2Bus(bus)
+        except (OSError, ValueError) as exc:
+            raise _fail(f"cannot open {bus}: {exc} (is I2C enabled, and are you in the i2c group?)") from None
+        addresses = scan_bus(real)
+        real.close()
+    table = Table(title=f"I2C {'sim' if sim else bus}")
+    table.add_column("address")
+    for addr in addresses:
+        table.add_row(f"0x{addr:02x}")
+    console.print(table)
+    ports = Table(title="serial ports")
+    ports.add_column("device")
+    ports.add_column("description")
+    for port in list_ports.comports():
+        ports.add_row(port.device, port.description)
+    console.print(ports)
+
+
+def _table(source: Any, readings: list[Any], alerts: list[AlertDraft]) -> Table:
+    table = Table(title=f"{source.name} ({source.config.bus})")
+    for col in ("sensor", "quantity", "value", "unit"):
+        table.add_column(col)
+    for m in readings:
+        table.add_row(m.sensor or "", m.quantity, f"{m.value:.4g}", m.unit)
+    for name, health in source.health.items():
+        table.add_row(name, "state", health.state, "")
+    for draft in alerts[-5:]:
+        table.add_row("[bold]alert[/bold]", draft.kind, f"{draft.severity} {draft.state}", draft.title or "")
+    return table
+
+
+@sensors_app.command("read")
+def read(
+    config: Path = typer.Option(..., "--config", help="Sensors config, or a node config with a sensors source."),
+    watch: bool = typer.Option(False, "--watch", help="Keep polling in a live table (Ctrl-C to stop)."),
+    count: int = typer.Option(1, help="Poll rounds without --watch."),
+    sim: bool = typer.Option(False, "--sim", help="Use simulated chips instead of the configured bus."),
+    heater_on_s: float = typer.Option(0.0, help="Seconds the MQ heaters have already been on."),
+) -> None:
+    """Poll the configured sensors and print what they read."""
+    cfg = load_sensors_config(config, sim)
+    alerts: list[AlertDraft] = []
+    source = _build(cfg, IncidentBook(alerts.append), heater_on_s)
+    start = time.monotonic()
+
+    def poll() -> list[Any]:
+        now = time.monotonic()
+        if source.world is not None:
+            source.world.apply(now - start)
+        return list(source.poll_once(now))
+
+    if not watch:
+        readings: list[Any] = []
+        for i in range(count):
+            if i:
+                time.sleep(cfg.period_s)
+            readings = poll()
+        console.print(_table(source, readings, alerts))
+        return
+    with Live(_table(source, poll(), alerts), console=console, refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(cfg.period_s)
+                live.update(_table(source, poll(), alerts))
+        except KeyboardInterrupt:
+            pass
+
+
+@sensors_app.command("calibrate")
+def calibrate(
+    config: Path = typer.Option(..., "--config"),
+    sensor: str = typer.Option(..., "--sensor", help="Name of the MQ sensor to calibrate in clean air."),
+    samples: int = typer.Option(50, min=1),
+    heater_on_s: float = typer.Option(0.0, help="Seconds the heater has been on (warm-up is enforced)."),
+    sim: bool = typer.Option(False, "--sim"),
+) -> None:
+    """Measure R0 in clean air and store it, with the date, in the calibration file."""
+    from edge.sensing.calibration import SensorCalibration, save_calibration
+    from edge.sensing.mq import WarmingUp
+    from edge.sensing.probes import BME280Probe, MQProbe
+
+    cfg = load_sensors_config(config, sim)
+    source = _build(cfg, IncidentBook(lambda d: None), heater_on_s)
+    probe = next((p for p in source.probes if p.name == sensor), None)
+    if not isinstance(probe, MQProbe):
+        names = [p.name for p in source.probes if isinstance(p, MQProbe)]
+        raise _fail(f"no MQ sensor named {sensor!r}; MQ sensors in {config}: {names}")
+    if source.world is not None:
+        source.world.set_ppm(sensor, 0.0)  # the simulator's clean air
+    climate = None
+    for p in source.probes:
+        if isinstance(p, BME280Probe):
+            sample = p.poll(time.monotonic())
+            p.judge(sample, time.monotonic())
+            climate = p.climate
+    try:
+        r0 = probe.sensor.calibrate(time.monotonic(), samples, climate)
+    except WarmingUp as exc:
+        raise _fail(str(exc)) from None
+    except Exception as exc:  # a driver fault during calibration: say what and stop
+        raise _fail(f"{sensor}: calibration read failed: {exc}") from None
+    entry = SensorCalibration(
+        model=probe.sensor.model.name, r0_ohm=round(r0, 1), calibrated_at=datetime.now(UTC), samples=samples,
+        temperature_c=climate.temperature_c if climate else None, humidity_rh=climate.humidity_rh if climate else None,
+    )  # fmt: skip
+    save_calibration(cfg.calibration_file, sensor, entry)
+    console.print(f"{sensor}: R0 = {r0:.0f} Ω, saved to {cfg.calibration_file}")

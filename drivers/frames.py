@@ -1,0 +1,274 @@
+"""Camera frame sources behind one small protocol, chosen by URL (STYLE.md, pyserial).
+
+``open_source(url)`` understands:
+
+- ``0`` / ``1`` … — a V4L2 device index (OpenCV);
+- ``rtsp://…``, ``http://…``, ``https://…`` — a network stream (OpenCV/FFmpeg);
+- ``gst:<pipeline>`` — a GStreamer pipeline string ending in ``appsink`` (cv2.CAP_GSTREAMER);
+- ``picamera2:`` or ``picamera2:<index>`` — the Raspberry Pi camera stack;
+- ``replay:<path>`` — a video file or a folder of images, replayed at its own fps;
+- any other string — a video file opened by OpenCV.
+
+OpenCV and picamera2 are imported inside the adapters: a missing library breaks
+only the source that needs it, never an import.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Frame = npt.NDArray[np.uint8]
+"""A BGR image, height × width × 3."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class FrameSourceError(RuntimeError):
+    """A source that cannot be opened or read; the message says what to check."""
+
+
+class FrameSource(Protocol):
+    """``read`` returns ``(ok, frame, ts)``: ``ts`` is monotonic seconds of capture.
+    ``ok`` False means the source is gone or at its end; the caller may reopen it."""
+
+    name: str
+
+    def open(self) -> None: ...
+
+    def read(self) -> tuple[bool, Frame | None, float]: ...
+
+    def close(self) -> None: ...
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError as exc:  # pragma: no cover - opencv is a dependency
+        raise FrameSourceError(f"OpenCV is not installed ({exc}); pip install opencv-python-headless") from None
+    return cv2
+
+
+class OpenCVSource:
+    """A V4L2 device index, a stream URL or a video file, through ``cv2.VideoCapture``."""
+
+    def __init__(
+        self,
+        target: int | str,
+        *,
+        api: str | None = None,
+        size: tuple[int, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = str(target)
+        self._target = target
+        self._api = api
+        self._size = size
+        self._clock = clock
+        self._cap: Any = None
+
+    def open(self) -> None:
+        cv2 = _cv2()
+        self.close()
+        api = getattr(cv2, self._api) if self._api else cv2.CAP_ANY
+        cap = cv2.VideoCapture(self._target, api)
+        if not cap.isOpened():
+            cap.release()
+            raise FrameSourceError(f"cannot open camera {self.name!r}: check the device, URL or file path")
+        if self._size is not None:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._size[0])
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self._size[1])
+        self._cap = cap
+
+    def read(self) -> tuple[bool, Frame | None, float]:
+        if self._cap is None:
+            return False, None, self._clock()
+        ok, frame = self._cap.read()
+        return bool(ok), frame if ok else None, self._clock()
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    @property
+    def fps(self) -> float:
+        return float(self._cap.get(_cv2().CAP_PROP_FPS)) if self._cap is not None else 0.0
+
+
+class GStreamerSource(OpenCVSource):
+    """A GStreamer pipeline string, e.g. ``v4l2src ! videoconvert ! appsink``; needs an
+    OpenCV built with GStreamer (the PyPI wheels are not)."""
+
+    def __init__(self, pipeline: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(pipeline, api="CAP_GSTREAMER", clock=clock)
+        self.name = f"gst:{pipeline[:40]}"
+
+
+class Picamera2Source:
+    """The Raspberry Pi camera through picamera2 (libcamera), BGR frames."""
+
+    def __init__(
+        self, index: int = 0, *, size: tuple[int, int] = (640, 480), clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.name = f"picamera2:{index}"
+        self._index = index
+        self._size = size
+        self._clock = clock
+        self._cam: Any = None
+
+    def open(self) -> None:
+        try:
+            from picamera2 import Picamera2
+        except ImportError as exc:
+            raise FrameSourceError(f"picamera2 is not installed ({exc}); apt install python3-picamera2") from None
+        self.close()
+        try:
+            cam = Picamera2(self._index)
+            # picamera2 "RGB888" is B,G,R in memory: already OpenCV's order.
+            cam.configure(cam.create_video_configuration(main={"size": self._size, "format": "RGB888"}))
+            cam.start()
+        except (RuntimeError, IndexError, OSError) as exc:
+            raise FrameSourceError(f"cannot start camera {self._index}: {exc}") from None
+        self._cam = cam
+
+    def read(self) -> tuple[bool, Frame | None, float]:
+        if self._cam is None:
+            return False, None, self._clock()
+        try:
+            frame = self._cam.capture_array("main")
+        except (RuntimeError, OSError):
+            return False, None, self._clock()
+        return True, np.ascontiguousarray(frame[:, :, :3]), self._clock()
+
+    def close(self) -> None:
+        if self._cam is not None:
+            self._cam.close()
+            self._cam = None
+
+
+class ReplaySource:
+    """A recorded video file or a folder of images, played back as a camera.
+
+    ``ts`` follows the recording's own timeline (frame index / fps after ``open``), so
+    that analytics see the clip's time whether it is replayed in real time or as fast
+    as possible. With ``loop`` the clip restarts and time keeps going forward.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        fps: float | None = None,
+        loop: bool = False,
+        realtime: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.path = Path(path)
+        self.name = f"replay:{self.path.name}"
+        self._fps = fps
+        self.loop = loop
+        self.realtime = realtime
+        self._clock = clock
+        self._sleep = sleep
+        self._cap: Any = None
+        self._images: list[Path] = []
+        self._next_image = 0
+        self._index = 0
+        self._t0 = 0.0
+        self.fps = fps or 0.0
+
+    def open(self) -> None:
+        self.close()
+        if self.path.is_dir():
+            self._images = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self._images:
+                raise FrameSourceError(f"{self.path}: no {'/'.join(IMAGE_SUFFIXES)} images to replay")
+            self.fps = self._fps or 1.0
+        else:
+            if not self.path.is_file():
+                raise FrameSourceError(f"{self.path}: no such video file to replay")
+            cv2 = _cv2()
+            cap = cv2.VideoCapture(str(self.path))
+            if not cap.isOpened():
+                cap.release()
+                raise FrameSourceError(f"{self.path}: OpenCV cannot decode this video")
+            self._cap = cap
+            self.fps = self._fps or float(cap.get(cv2.CAP_PROP_FPS)) or 15.0
+        self._next_image = 0
+        self._index = 0
+        self._t0 = self._clock()
+
+    def _decode_next(self) -> Frame | None:
+        if self._images:
+            if self._next_image >= len(self._images):
+                return None
+            path = self._images[self._next_image]
+            self._next_image += 1
+            frame: Frame | None = _cv2().imread(str(path), _cv2().IMREAD_COLOR)
+            if frame is None:
+                raise FrameSourceError(f"{path}: not a readable image")
+            return frame
+        if self._cap is None:
+            return None
+        ok, frame = self._cap.read()
+        return frame if ok else None
+
+    def _rewind(self) -> None:
+        if self._images:
+            self._next_image = 0
+        elif self._cap is not None:
+            self._cap.set(_cv2().CAP_PROP_POS_FRAMES, 0)
+
+    def read(self) -> tuple[bool, Frame | None, float]:
+        if self._cap is None and not self._images:
+            return False, None, self._clock()
+        frame = self._decode_next()
+        if frame is None and self.loop and self._index > 0:
+            self._rewind()
+            frame = self._decode_next()
+        if frame is None:
+            return False, None, self._clock()
+        ts = self._t0 + self._index / self.fps
+        self._index += 1
+        if self.realtime:
+            ahead = ts - self._clock()
+            if ahead > 0:
+                self._sleep(ahead)
+        return True, frame, ts
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        self._images = []
+
+
+def open_source(
+    url: str | int,
+    *,
+    fps: float | None = None,
+    loop: bool = False,
+    realtime: bool = True,
+    size: tuple[int, int] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FrameSource:
+    """Build (not open) the source a camera URL names; see the module doc for the forms."""
+    if isinstance(url, int) or (isinstance(url, str) and url.isdigit()):
+        return OpenCVSource(int(url), size=size, clock=clock)
+    if url.startswith("replay:"):
+        return ReplaySource(url.removeprefix("replay:"), fps=fps, loop=loop, realtime=realtime, clock=clock)
+    if url.startswith("gst:"):
+        return GStreamerSource(url.removeprefix("gst:"), clock=clock)
+    if url.startswith("picamera2:") or url == "picamera2":
+        index = url.partition(":")[2]
+        return Picamera2Source(int(index or 0), size=size or (640, 480), clock=clock)
+    if url.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+        return OpenCVSource(url, api="CAP_FFMPEG", clock=clock)
+    return OpenCVSource(url, clock=clock)

@@ -1,0 +1,209 @@
+"""A probe is one configured sensor: it reads its driver (``poll``) and feeds its alarm
+rules (``judge``). The poll loop in source.py handles timing, health and telemetry the
+same way for all of them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cloud_sync.messages import Measurement
+from drivers.bme280 import BME280
+from drivers.digital_input import DigitalInput
+from drivers.errors import DriverError, I2CError
+from drivers.scd4x import SCD4x
+from drivers.sgp30 import SGP30
+from edge.alerts import Content, ValueAlarm
+from edge.sensing.alarms import HeatAlarm, lel_percent
+from edge.sensing.co import COAlarm
+from edge.sensing.mq import Climate, MQSensor
+
+
+class MissedRead(DriverError):
+    """The sensor answered, but has produced no new data for too long."""
+
+
+@dataclass
+class Sample:
+    readings: list[Measurement]
+    raw: Hashable = None  # what must change over time (stuck detection); None: not checked
+    valid: bool = True  # False while warming up: telemetry only, no alarms
+    note: str = ""
+    values: dict[str, float] = field(default_factory=dict)
+
+
+class Probe(Protocol):
+    name: str
+    ranges: dict[str, tuple[float, float]]  # quantity → physically possible values
+
+    def poll(self, now: float) -> Sample | None:
+        """Read the sensor; None when it has no new data yet (not a failure)."""
+
+    def judge(self, sample: Sample, now: float) -> None: ...
+
+
+def _m(quantity: str, value: float, unit: str, sensor: str) -> Measurement:
+    return Measurement(quantity=quantity, value=round(value, 4), unit=unit, sensor=sensor)
+
+
+class MQProbe:
+    """An MQ sensor; flammable gases alarm on % LEL, CO on exposure (co.py)."""
+
+    def __init__(
+        self,
+        name: str,
+        sensor: MQSensor,
+        climate: Callable[[], Climate | None],
+        *,
+        gas_alarm: ValueAlarm | None = None,
+        lel_percent_vol: float | None = None,
+        co_alarm: COAlarm | None = None,
+        adc_full_scale_v: float = 6.144,
+    ) -> None:
+        self.name = name
+        self.sensor = sensor
+        self.climate = climate
+        self.gas_alarm = gas_alarm
+        self.lel_percent_vol = lel_percent_vol
+        self.co_alarm = co_alarm
+        # a reading at the ADC's full scale is a clipped one: the PGA range is too small
+        self.ranges = {"voltage": (0.0, min(sensor.supply_v, adc_full_scale_v * 0.999))}
+
+    def poll(self, now: float) -> Sample:
+        r = self.sensor.read(now, self.climate())
+        readings = [_m("voltage", r.voltage_v, "V", self.name)]
+        values = {"ppm": r.ppm}
+        if r.valid:
+            readings.append(_m(self.sensor.gas, r.ppm, "ppm", self.name))
+            if self.lel_percent_vol is not None:
+                values["lel"] = lel_percent(r.ppm, self.lel_percent_vol)
+                readings.append(_m("flammable_gas", values["lel"], "%LEL", self.name))
+        return Sample(readings, raw=round(r.voltage_v, 6), valid=r.valid, note=r.note, values=values)
+
+    def judge(self, sample: Sample, now: float) -> None:
+        if self.gas_alarm is not None and "lel" in sample.values:
+            lel = round(sample.values["lel"], 1)
+            title = f"{self.sensor.gas} {lel:g} %LEL ({sample.values['ppm']:.0f} ppm)"
+            self.gas_alarm.observe(lel, now, Content(title=title))
+        if self.co_alarm is not None:
+            self.co_alarm.observe(sample.values["ppm"], now)
+
+
+class SCD4xProbe:
+    """Periodic measurement every 5 s; a sample older than ``stale_after_s`` is a missed read."""
+
+    def __init__(self, name: str, chip: SCD4x, stale_after_s: float = 20.0) -> None:
+        self.name = name
+        self.chip = chip
+        self.stale_after_s = stale_after_s
+        self.ranges = {"co2": (0.0, 40000.0), "temperature": (-10.0, 60.0), "humidity": (0.0, 100.0)}
+        self._last_data: float | None = None
+
+    def poll(self, now: float) -> Sample | None:
+        if self._last_data is None:
+            self._last_data = now
+            self.chip.start_periodic_measurement()
+        if not self.chip.data_ready():
+            if now - self._last_data > self.stale_after_s:
+                self._last_data = None  # restart periodic mode next time (the chip may have lost power)
+                raise MissedRead(f"{self.name}: no new measurement for {self.stale_after_s:g} s")
+            return None
+        self._last_data = now
+        r = self.chip.read_measurement()
+        readings = [
+            _m("co2", r.co2_ppm, "ppm", self.name),
+            _m("temperature", r.temperature_c, "Cel", self.name),
+            _m("humidity", r.humidity_rh, "%RH", self.name),
+        ]
+        return Sample(readings, raw=(r.co2_ppm, r.temperature_c, r.humidity_rh))
+
+    def judge(self, sample: Sample, now: float) -> None:
+        """CO₂ is an air-quality quantity here: telemetry only."""
+
+
+def absolute_humidity(climate: Climate) -> float:
+    """g/m³ from temperature and relative humidity (Magnus formula, as in the SGP30 datasheet's
+    humidity-compensation section)."""
+    t = climate.temperature_c
+    return 216.7 * (climate.humidity_rh / 100.0 * 6.112 * math.exp(17.62 * t / (243.12 + t))) / (273.15 + t)
+
+
+class SGP30Probe:
+    """TVOC/eCO₂, humidity-compensated from the climate sensor when there is one."""
+
+    def __init__(self, name: str, chip: SGP30, climate: Callable[[], Climate | None] = lambda: None) -> None:
+        self.name = name
+        self.chip = chip
+        self.climate = climate
+        self.ranges = {"tvoc": (0.0, 60000.0), "co2eq": (400.0, 60000.0)}  # SGP30 datasheet output ranges
+        self._started = False
+        self._humidity_sent: float | None = None
+
+    def poll(self, now: float) -> Sample:
+        if not self._started:
+            self.chip.begin()
+            self._started = True
+            self._humidity_sent = None
+        climate = self.climate()
+        try:
+            if climate is not None:
+                ah = round(absolute_humidity(climate), 1)
+                if ah != self._humidity_sent:
+                    self.chip.set_absolute_humidity(ah)
+                    self._humidity_sent = ah
+            r = self.chip.measure_air_quality()
+        except I2CError:
+            self._started = False  # the chip may have lost power: run init_air_quality again
+            raise
+        readings = [_m("co2eq", r.co2eq_ppm, "ppm", self.name), _m("tvoc", r.tvoc_ppb, "ppb", self.name)]
+        note = "warming up (first 15 s after init)" if r.warming_up else ""
+        return Sample(readings, raw=None if r.warming_up else (r.co2eq_ppm, r.tvoc_ppb), valid=not r.warming_up,
+                      note=note)  # fmt: skip
+
+    def judge(self, sample: Sample, now: float) -> None:
+        """TVOC/eCO₂ are air-quality quantities here: telemetry only."""
+
+
+class BME280Probe:
+    """Climate for the MQ compensation, and the heat alarm."""
+
+    def __init__(self, name: str, chip: BME280, heat: HeatAlarm | None) -> None:
+        self.name = name
+        self.chip = chip
+        self.heat = heat
+        self.ranges = {"temperature": (-40.0, 85.0), "humidity": (0.0, 100.0), "pressure": (30000.0, 110000.0)}
+        self.climate: Climate | None = None  # last good reading, used by the MQ probes
+
+    def poll(self, now: float) -> Sample:
+        r = self.chip.read()
+        readings = [
+            _m("temperature", r.temperature_c, "Cel", self.name),
+            _m("humidity", r.humidity_rh, "%RH", self.name),
+            _m("pressure", r.pressure_pa, "Pa", self.name),
+        ]
+        values = {"temperature": r.temperature_c, "humidity": r.humidity_rh}
+        return Sample(readings, raw=(r.temperature_c, r.humidity_rh, r.pressure_pa), values=values)
+
+    def judge(self, sample: Sample, now: float) -> None:
+        self.climate = Climate(sample.values["temperature"], sample.values["humidity"])
+        if self.heat is not None:
+            self.heat.observe(sample.values["temperature"], now)
+
+
+class DetectorProbe:
+    """A smoke or flame detector's dry contact, debounced by its alarm rule."""
+
+    def __init__(self, name: str, pin: DigitalInput, alarm: ValueAlarm) -> None:
+        self.name = name
+        self.pin = pin
+        self.alarm = alarm
+        self.ranges: dict[str, tuple[float, float]] = {}
+
+    def poll(self, now: float) -> Sample:
+        active = 1.0 if self.pin.read() else 0.0
+        return Sample([_m(self.alarm.kind, active, "state", self.name)], values={"state": active})
+
+    def judge(self, sample: Sample, now: float) -> None:
+        self.alarm.observe(sample.values["state"], now)

@@ -1,0 +1,190 @@
+"""Composition of the sensors source: opens the bus the config names, builds the real
+drivers on it, and wraps them in probes with their alarm rules. With ``bus: sim`` the
+bus is a ``drivers.sim.SimBus`` whose chips a scenario drives, in physical units
+converted to what each chip would put on the wire."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cloud_sync.messages import Severity
+from drivers import ads1115, bme280, scd4x, sgp30
+from drivers.ads1115 import ADS1115, AnalogIn
+from drivers.bme280 import BME280
+from drivers.digital_input import DigitalInput, GpioInput
+from drivers.i2c import I2CBus, SMBus2Bus
+from drivers.scd4x import SCD4x
+from drivers.sgp30 import SGP30
+from drivers.sim import SimADS1115, SimBME280, SimBus, SimPin, SimSCD4x, SimSGP30
+from edge.alerts import IncidentBook, Level
+from edge.scenario import Scenario
+from edge.sensing.alarms import DEFAULT_GAS_LEVELS, LEL_PERCENT_VOL, HeatAlarm, detector_alarm, gas_alarm
+from edge.sensing.calibration import load_calibrations
+from edge.sensing.co import PROFILES, COAlarm
+from edge.sensing.mq import MODELS, Climate, MQSensor
+from edge.sensing.probes import BME280Probe, DetectorProbe, MQProbe, Probe, SCD4xProbe, SGP30Probe
+from edge.sensing.source import Config, SensorConfig, SensorsSource
+
+DEFAULT_ADDRESS = {
+    "mq2": ads1115.DEFAULT_ADDRESS, "mq7": ads1115.DEFAULT_ADDRESS, "mq135": ads1115.DEFAULT_ADDRESS,
+    "scd4x": scd4x.DEFAULT_ADDRESS, "sgp30": sgp30.DEFAULT_ADDRESS, "bme280": bme280.DEFAULT_ADDRESS,
+}  # fmt: skip
+SIM_R0_OHM = 10_000.0  # the simulated MQ sensors' true R0 when none is configured
+SIM_NOISE_LSB = 1.0  # simulated chips are as noisy as real ones, so a steady room is not "stuck"
+
+
+def _no_wait(_s: float) -> None:
+    """Simulated chips answer at once; the drivers' documented delays are skipped."""
+
+
+def address_of(sensor: SensorConfig) -> int:
+    return sensor.address if sensor.address is not None else DEFAULT_ADDRESS[sensor.kind]
+
+
+class SimWorld:
+    """The simulated chips of a sim rig, and the scenario that drives them."""
+
+    def __init__(self, bus: SimBus, clock: Callable[[], float]) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.scenario: Scenario | None = None
+        self.adcs: dict[int, SimADS1115] = {}
+        self.chips: dict[str, SimSCD4x | SimSGP30 | SimBME280] = {}
+        self.pins: dict[str, tuple[SimPin, SensorConfig]] = {}
+        self.configs: dict[str, SensorConfig] = {}
+        self.mq: dict[str, tuple[SensorConfig, MQSensor, float]] = {}
+
+    def adc(self, address: int) -> SimADS1115:
+        if address not in self.adcs:
+            self.adcs[address] = SimADS1115(address, noise_lsb=SIM_NOISE_LSB)
+            self.bus.attach(address, self.adcs[address])
+        return self.adcs[address]
+
+    def climate(self) -> Climate | None:
+        bme = next((c for c in self.chips.values() if isinstance(c, SimBME280)), None)
+        return Climate(bme.temperature_c, bme.humidity_rh) if bme else None
+
+    def set_ppm(self, sensor: str, ppm: float) -> None:
+        cfg, mq, r0 = self.mq[sensor]
+        assert cfg.channel is not None
+        self.adc(address_of(cfg)).set_voltage(cfg.channel, mq.voltage_for(ppm, r0, self.climate()))
+
+    def apply(self, t: float) -> None:
+        """Set every chip with a ``sim`` signal to the scenario's value at ``t``: MQ
+        sensors as the ADC voltage of that ppm, the SCD4x's CO₂, the SGP30's TVOC, the
+        BME280's temperature and the detectors' contacts."""
+        if self.scenario is None:
+            return
+        for name, (cfg, _, _) in self.mq.items():
+            if cfg.sim is not None:
+                self.set_ppm(name, self.scenario.value(cfg.sim.signal, t) * cfg.sim.scale)
+        for pin, cfg in self.pins.values():
+            if cfg.sim is not None:
+                pin.set(self.scenario.value(cfg.sim.signal, t) * cfg.sim.scale >= 0.5)
+        for name, chip in self.chips.items():
+            cfg = self.configs[name]
+            if cfg.sim is None:
+                continue
+            value = self.scenario.value(cfg.sim.signal, t) * cfg.sim.scale
+            if isinstance(chip, SimSCD4x):
+                chip.co2_ppm = value
+            elif isinstance(chip, SimSGP30):
+                chip.tvoc_ppb = value
+            else:
+                chip.temperature_c = value
+
+    def attach(self, cfg: SensorConfig, chip: SimSCD4x | SimSGP30 | SimBME280) -> None:
+        if isinstance(chip, SimBME280):
+            chip.noise_lsb = SIM_NOISE_LSB
+        else:
+            chip.noise = SIM_NOISE_LSB
+        self.chips[cfg.name] = chip
+        self.configs[cfg.name] = cfg
+        self.bus.attach(address_of(cfg), chip)
+
+
+def open_bus(config: Config, clock: Callable[[], float]) -> tuple[I2CBus, SimWorld | None]:
+    if config.bus == "sim":
+        bus = SimBus()
+        return bus, SimWorld(bus, clock)
+    return SMBus2Bus(config.bus), None
+
+
+def build_source(
+    config: Config,
+    book: IncidentBook,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    calibration_file: Path | None = None,
+) -> SensorsSource:
+    bus, world = open_bus(config, clock)
+    if world is not None and config.scenario is not None:
+        world.scenario = Scenario.load(config.scenario)
+        missing = {s.sim.signal for s in config.sensors if s.sim} - world.scenario.signals.keys()
+        if missing:
+            raise ValueError(f"scenario {world.scenario.name!r} has no signal(s) {sorted(missing)}")
+    calibrations = load_calibrations(calibration_file or config.calibration_file).sensors
+    wait = _no_wait if world is not None else time.sleep
+    adcs: dict[int, ADS1115] = {}
+    probes: list[Probe] = []
+    bme: BME280Probe | None = None
+    now = clock()
+
+    def climate() -> Climate | None:
+        return bme.climate if bme is not None else None
+
+    for s in config.sensors:
+        key = f"{config.name}:{s.name}"
+        if s.kind in MODELS:
+            assert s.channel is not None and s.gas is not None
+            addr = address_of(s)
+            if world is not None:
+                world.adc(addr)
+            if addr not in adcs:
+                adcs[addr] = ADS1115(bus, addr, full_scale_v=s.full_scale_v, sleep=wait)
+            entry = calibrations.get(s.name)
+            r0 = s.r0_ohm or (entry.r0_ohm if entry else None)
+            sensor = MQSensor(
+                MODELS[s.kind], s.gas, AnalogIn(adcs[addr], s.channel), load_ohm=s.load_ohm,
+                supply_v=s.supply_v, r0_ohm=r0, warmup_s=s.warmup_s, powered_at=now,
+            )  # fmt: skip
+            lel = s.lel_percent_vol or LEL_PERCENT_VOL.get(s.gas)
+            levels = tuple(Level(lv.on_at, lv.severity, lv.hysteresis) for lv in s.levels or ()) or DEFAULT_GAS_LEVELS
+            probes.append(
+                MQProbe(
+                    s.name, sensor, climate,
+                    gas_alarm=gas_alarm(key, book, levels) if lel is not None else None,
+                    lel_percent_vol=lel,
+                    co_alarm=COAlarm(key, PROFILES[s.profile], book, s.name) if s.gas == "co" else None,
+                    adc_full_scale_v=s.full_scale_v,
+                )
+            )  # fmt: skip
+            if world is not None:
+                world.mq[s.name] = (s, sensor, r0 or SIM_R0_OHM)
+        elif s.kind == "scd4x":
+            if world is not None:
+                world.attach(s, SimSCD4x(address_of(s), clock=clock))
+            probes.append(SCD4xProbe(s.name, SCD4x(bus, address_of(s), sleep=wait)))
+        elif s.kind == "sgp30":
+            if world is not None:
+                world.attach(s, SimSGP30(address_of(s), clock=clock))
+            probes.append(SGP30Probe(s.name, SGP30(bus, address_of(s), sleep=wait), climate))
+        elif s.kind == "bme280":
+            if world is not None:
+                world.attach(s, SimBME280(address_of(s)))
+            heat = HeatAlarm(f"{config.name}:heat:{s.name}", book, s.name) if s.heat_alarm else None
+            bme = BME280Probe(s.name, BME280(bus, address_of(s), sleep=wait), heat)
+            probes.insert(0, bme)  # climate first, so MQ readings of the same round use it
+        else:
+            pin: DigitalInput
+            if world is not None:
+                pin = SimPin()
+                world.pins[s.name] = (pin, s)
+            else:
+                assert s.pin is not None  # Config refuses a detector without a pin on real hardware
+                pin = GpioInput(s.pin, active_high=s.active_high)
+            severity: Severity = "Extreme" if s.kind == "flame" else "Severe"
+            probes.append(DetectorProbe(s.name, pin, detector_alarm(key, s.kind, book, severity, s.debounce_s)))
+    return SensorsSource(config, book, probes, world)

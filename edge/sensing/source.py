@@ -1,0 +1,178 @@
+"""The ``sensors`` source plugin: polls gas, CO, climate and detector sensors through
+the real drivers, feeds the alarm rules, and reports telemetry and health.
+
+    sources:
+      - type: sensors
+        bus: sim                      # or /dev/i2c-1
+        scenario: gas_leak            # sim only: drives the simulated chips
+        period_s: 1.0
+        calibration_file: sensor_calibration.json
+        sensors:
+          - {name: mq2-hall, kind: mq2, gas: methane, address: 0x48, channel: 0,
+             sim: {signal: methane_lel, scale: 500}}     # %LEL → ppm for the simulator
+          - {name: mq7-hall, kind: mq7, gas: co, channel: 1, profile: en50291, sim: {signal: co_ppm}}
+          - {name: climate, kind: bme280, address: 0x77}
+          - {name: flame-1, kind: flame, pin: 17, sim: {signal: flame}}
+
+Severity on CAP's scale: gas warning (10 %LEL) Moderate, alarm (40 %LEL) Severe; CO
+pre-alarm Moderate, alarm Severe, alarm at ≥ 300 ppm (EN 50291) / 400 ppm (UL 2034)
+Extreme; smoke Severe; flame Extreme; heat (EN 54-5 A1R) Severe; sensor_fault Minor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cloud_sync.messages import Measurement, Severity
+from drivers.errors import DriverError
+from edge.alerts import IncidentBook
+from edge.sensing.co import ProfileName
+from edge.sensing.health import HealthPolicy, SensorHealth
+from edge.sensing.probes import Probe
+from edge.sources import SourceContext
+
+SensorKind = Literal["mq2", "mq7", "mq135", "scd4x", "sgp30", "bme280", "smoke", "flame"]
+DEFAULT_GAS = {"mq2": "methane", "mq7": "co", "mq135": "co2"}
+
+
+class SimSignal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    signal: str = Field(description="Scenario signal driving this sensor in the simulator")
+    scale: float = Field(default=1.0, description="Multiplier from the signal's unit to the sensor's (e.g. %LEL→ppm)")
+
+
+class LevelSetting(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    on_at: float
+    severity: Severity
+    hysteresis: float = Field(default=0.0, ge=0)
+
+
+class SensorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    kind: SensorKind
+    address: int | None = Field(default=None, ge=0x08, le=0x77, description="I2C address; default: the chip's")
+    channel: int | None = Field(default=None, ge=0, le=3, description="ADS1115 input of an MQ sensor")
+    pin: int | str | None = Field(default=None, description="GPIO of a smoke/flame contact")
+    active_high: bool = False
+    gas: str | None = Field(default=None, description="MQ curve: mq2 methane|propane|lpg|smoke, mq7 co, mq135 co2|nh3")
+    load_ohm: float = Field(default=10_000.0, gt=0, description="MQ load resistor RL")
+    supply_v: float = Field(default=5.0, gt=0, description="MQ circuit voltage Vc")
+    full_scale_v: float = Field(default=6.144, description="ADS1115 PGA full-scale range")
+    r0_ohm: float | None = Field(default=None, gt=0, description="MQ R0; default: from the calibration file")
+    warmup_s: float | None = Field(default=None, ge=0, description="MQ heater warm-up; default: the model's")
+    profile: ProfileName = Field(default="en50291", description="CO alarm standard: en50291 or ul2034")
+    lel_percent_vol: float | None = Field(default=None, gt=0, description="Override the gas's LEL, %vol")
+    levels: list[LevelSetting] | None = Field(default=None, description="% LEL alarm levels (gas)")
+    debounce_s: float = Field(default=2.0, ge=0, description="Detector contact debounce")
+    heat_alarm: bool = Field(default=True, description="bme280: rate-of-rise / fixed-temperature alarm")
+    sim: SimSignal | None = None
+
+    @model_validator(mode="after")
+    def _wiring(self) -> SensorConfig:
+        if self.kind.startswith("mq") and self.channel is None:
+            raise ValueError(f"sensor {self.name}: an {self.kind} needs the ADS1115 'channel' (0..3)")
+        if self.kind in ("smoke", "flame") and self.pin is None and self.sim is None:
+            raise ValueError(f"sensor {self.name}: a {self.kind} detector needs a GPIO 'pin' (or 'sim')")
+        if self.kind.startswith("mq"):
+            self.gas = self.gas or DEFAULT_GAS[self.kind]
+        return self
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["sensors"]
+    name: str = "sensors"
+    bus: str = Field(default="sim", description="'sim', or an I2C adapter such as /dev/i2c-1")
+    scenario: Path | None = Field(default=None, description="sim only: scenario file or built-in name")
+    scenario_speed: float = Field(default=1.0, gt=0)
+    period_s: float = Field(default=1.0, gt=0, description="Poll period per sensor")
+    calibration_file: Path = Path("sensor_calibration.json")
+    health: HealthPolicy = HealthPolicy()
+    sensors: list[SensorConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        names = [s.name for s in self.sensors]
+        if len(names) != len(set(names)):
+            raise ValueError(f"sensor names must be unique: {names}")
+        if self.bus != "sim" and not self.bus.startswith("/dev/i2c-"):
+            raise ValueError(f"bus must be 'sim' or an I2C device such as /dev/i2c-1, not {self.bus!r}")
+        unwired = [s.name for s in self.sensors if s.kind in ("smoke", "flame") and s.pin is None]
+        if self.bus != "sim" and unwired:
+            raise ValueError(f"detectors {unwired} need a GPIO 'pin' on real hardware")
+        return self
+
+
+class World(Protocol):
+    """The simulated chips, set to a scenario's values at scenario time ``t``."""
+
+    def apply(self, t: float) -> None: ...
+
+
+class SensorsSource:
+    def __init__(self, config: Config, book: IncidentBook, probes: list[Probe], world: World | None = None) -> None:
+        self.name = config.name
+        self.config = config
+        self.book = book
+        self.probes = probes
+        self.world = world
+        self.health = {p.name: SensorHealth(p.name, book, config.health) for p in probes}
+        self.due = {p.name: 0.0 for p in probes}
+
+    def poll_once(self, now: float) -> list[Measurement]:
+        """Poll every sensor that is due; return the telemetry of this round."""
+        telemetry: list[Measurement] = []
+        for probe in self.probes:
+            if now < self.due[probe.name]:
+                continue
+            health = self.health[probe.name]
+            try:
+                sample = probe.poll(now)
+            except (DriverError, OSError, ValueError) as exc:
+                health.failed(now, str(exc))
+                self.due[probe.name] = now + health.delay(self.config.period_s)
+                continue
+            self.due[probe.name] = now + self.config.period_s
+            if sample is None:
+                continue
+            telemetry.extend(sample.readings)
+            bad = next(
+                (m for m in sample.readings if m.quantity in probe.ranges
+                 and not probe.ranges[m.quantity][0] <= m.value <= probe.ranges[m.quantity][1]),
+                None,
+            )  # fmt: skip
+            if bad is not None:
+                health.out_of_range(now, bad, *probe.ranges[bad.quantity])
+            elif health.succeeded(now, sample.raw) and sample.valid:
+                probe.judge(sample, now)
+            elif sample.note:
+                health.state = sample.note
+        return telemetry
+
+    def next_due(self) -> float:
+        return min(self.due.values())
+
+    def run(self, ctx: SourceContext) -> None:
+        start = ctx.clock()
+        while not ctx.stop.is_set():
+            now = ctx.clock()
+            if self.world is not None:
+                self.world.apply((now - start) * self.config.scenario_speed)
+            readings = self.poll_once(now)
+            if readings:
+                for i in range(0, len(readings), 64):  # Telemetry holds at most 64 readings
+                    ctx.telemetry(readings[i : i + 64])
+            for name, health in self.health.items():
+                ctx.health.set(f"{self.name}.{name}", health.state)
+            ctx.stop.wait(max(0.0, self.next_due() - ctx.clock()))
+
+
+def build(config: Config, book: IncidentBook) -> SensorsSource:
+    from edge.sensing.rig import build_source
+
+    return build_source(config, book)

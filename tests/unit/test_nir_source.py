@@ -1,0 +1,63 @@
+"""The nir source: simulated spectrometer over TCP → PLS-DA → nir_match alerts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.sim import SimSpectrometer, SpectrometerServer
+from drivers.spectrometer import Spectrum
+from edge.alerts import AlertDraft, IncidentBook
+from edge.sensing.chemometrics import UNKNOWN, Preprocess, fit
+from edge.sensing.nir_model import save_model
+from edge.sensing.nir_source import Config, build
+from edge.sensing.nir_synthetic import WAVELENGTHS_NM, synthetic_library, synthetic_spectrum
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    x, labels, wl = synthetic_library(per_class=15)
+    model = fit(x, labels, wl, kind="classification", preprocess=Preprocess(sg_window=11))
+    path = tmp_path_factory.mktemp("nir") / "precursors.json"
+    save_model(model, path, name="precursors-synthetic")
+    return path
+
+
+def test_precursor_match_raises_then_clears(model_path: Path) -> None:
+    rng = np.random.default_rng(42)
+    showing = {"name": "ammonium_nitrate"}
+
+    def sample() -> Spectrum:
+        if showing["name"] == "flat":
+            return Spectrum(WAVELENGTHS_NM.copy(), np.full(WAVELENGTHS_NM.shape, 1.0))
+        return synthetic_spectrum(showing["name"], rng)
+
+    drafts: list[AlertDraft] = []
+    book = IncidentBook(drafts.append)
+    with SpectrometerServer(SimSpectrometer(sample)) as server:
+        config = Config(type="nir", url=server.url, model=model_path, alert_classes=["ammonium_nitrate", "urea"])
+        source = build(config, book)
+        first = source.scan(0.0)
+        assert first is not None and first.label == "ammonium_nitrate" and first.confidence >= 0.6
+        showing["name"] = "sugar"
+        assert source.scan(10.0).label == "sugar"  # type: ignore[union-attr]
+        showing["name"] = "flat"
+        assert source.scan(20.0).label == UNKNOWN  # type: ignore[union-attr]
+    assert [(d.kind, d.state) for d in drafts] == [("nir_match", "new"), ("nir_match", "end")]
+    assert drafts[0].model is not None and drafts[0].model.name == "precursors-synthetic"
+    assert len(drafts[0].model.sha256) == 64
+
+
+def test_spectrometer_gone_is_a_sensor_fault(model_path: Path) -> None:
+    drafts: list[AlertDraft] = []
+    with SpectrometerServer(SimSpectrometer()) as server:
+        url = server.url
+    config = Config(type="nir", url=url, model=model_path, alert_classes=["urea"], timeout_s=0.2)
+    source = build(config, IncidentBook(drafts.append))
+    for t in range(4):
+        assert source.scan(float(t)) is None
+    assert [(d.kind, d.state) for d in drafts] == [("sensor_fault", "new")]
+    with pytest.raises(ValueError, match="PLS-DA model with classes"):
+        build(config.model_copy(update={"alert_classes": ["tnt"]}), IncidentBook(drafts.append))

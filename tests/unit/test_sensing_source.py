@@ -1,0 +1,163 @@
+"""The sensors source on a simulated bus: scenario → chips → drivers → alarms, and
+sensor faults (I2C error, CRC error, stuck, disconnected) that raise and clear
+``sensor_fault``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.sim import SimBME280, SimSCD4x, SimSGP30
+from edge.alerts import AlertDraft, IncidentBook
+from edge.sensing.rig import build_source
+from edge.sensing.source import Config, SensorsSource
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+SENSORS: list[dict[str, Any]] = [
+    {"name": "climate", "kind": "bme280"},
+    {"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000, "warmup_s": 30,
+     "sim": {"signal": "methane_lel", "scale": 500}},
+    {"name": "mq7", "kind": "mq7", "channel": 1, "r0_ohm": 10000, "warmup_s": 30, "sim": {"signal": "co_ppm"}},
+    {"name": "co2", "kind": "scd4x"},
+    {"name": "voc", "kind": "sgp30"},
+    {"name": "flame", "kind": "flame", "sim": {"signal": "flame"}, "debounce_s": 1.0},
+]  # fmt: skip
+
+
+def make(tmp_path: Path, **extra: Any) -> tuple[SensorsSource, list[AlertDraft], Clock]:
+    drafts: list[AlertDraft] = []
+    clock = Clock()
+    config = Config.model_validate(
+        {"type": "sensors", "bus": "sim", "scenario": "gas_leak", "calibration_file": tmp_path / "cal.json",
+         "sensors": SENSORS, **extra}
+    )  # fmt: skip
+    book = IncidentBook(drafts.append, update_interval_s=5.0)
+    return build_source(config, book, clock=clock), drafts, clock
+
+
+def run(source: SensorsSource, clock: Clock, until: float, scenario_offset: float = 0.0) -> None:
+    while clock.t < until:
+        assert source.world is not None
+        source.world.apply(clock.t - scenario_offset)
+        source.poll_once(clock.t)
+        clock.t += 1.0
+
+
+def test_gas_leak_scenario_raises_gas_and_flame_alerts(tmp_path: Path) -> None:
+    source, drafts, clock = make(tmp_path)
+    run(source, clock, 100, scenario_offset=40)  # 40 s of clean air first: the MQ heaters warm up
+    kinds = {(d.kind, d.severity) for d in drafts}
+    assert ("gas", "Moderate") in kinds and ("gas", "Severe") in kinds
+    assert ("flame", "Extreme") in kinds
+    assert {d.kind for d in drafts if d.state == "end"} == {"gas", "flame"}
+    assert not any(d.kind == "sensor_fault" for d in drafts)
+    severe = next(d for d in drafts if d.severity == "Severe")
+    lel = next(m.value for m in severe.measurements if m.unit == "%LEL")
+    assert 40 <= lel <= 60
+
+
+def test_no_gas_alarm_during_warmup(tmp_path: Path) -> None:
+    source, drafts, clock = make(tmp_path)
+    run(source, clock, 28)  # the leak reaches 40 %LEL at ~24 s, inside the 30 s warm-up
+    assert not any(d.kind == "gas" for d in drafts)
+    assert source.health["mq2"].state.startswith("warming up")
+
+
+def _faults(drafts: list[AlertDraft], sensor: str) -> list[str]:
+    return [d.state for d in drafts if d.kind == "sensor_fault" and sensor in (d.title or "")]
+
+
+def test_i2c_errors_raise_a_fault_with_backoff_and_recover(tmp_path: Path) -> None:
+    source, drafts, clock = make(tmp_path)
+    run(source, clock, 5)
+    assert source.world is not None
+    source.world.bus.disconnect(0x77)
+    run(source, clock, 60)
+    assert _faults(drafts, "climate")[:1] == ["new"]
+    assert source.health["climate"].delay(1.0) > 1.0  # backing off
+    polls_while_down = source.world.bus.transactions
+    source.world.bus.reconnect(0x77)
+    run(source, clock, 100)
+    assert _faults(drafts, "climate")[-1] == "end"
+    assert source.health["climate"].state == "ok"
+    assert source.world.bus.transactions > polls_while_down
+
+
+def test_crc_errors_become_a_fault_and_clear(tmp_path: Path) -> None:
+    source, drafts, clock = make(tmp_path)
+    assert source.world is not None
+    chip = source.world.chips["co2"]
+    assert isinstance(chip, SimSCD4x)
+    run(source, clock, 12)
+    chip.corrupt_next(100)
+    run(source, clock, 80)
+    assert _faults(drafts, "co2")[0] == "new"
+    assert "CRC" in next(d.detail or "" for d in drafts if d.kind == "sensor_fault")
+    chip.repair()
+    run(source, clock, 200)
+    assert _faults(drafts, "co2")[-1] == "end"
+
+
+def test_stuck_converter_and_out_of_range_value(tmp_path: Path) -> None:
+    source, drafts, clock = make(tmp_path, health={"stuck_after_s": 20})
+    assert source.world is not None
+    adc = source.world.adcs[0x48]
+    run(source, clock, 5)
+    adc.stick(12345)
+    run(source, clock, 40)
+    assert "stuck" in (next(d for d in drafts if d.kind == "sensor_fault").detail or "")
+    adc.stick(None)
+    run(source, clock, 50)
+    assert all(_faults(drafts, n)[-1] == "end" for n in ("mq2", "mq7"))
+    bme = source.world.chips["climate"]
+    assert isinstance(bme, SimBME280)
+    bme.humidity_rh = 0.0
+    bme.pressure_pa = 20000.0  # below any physical air pressure at ground level
+    run(source, clock, 55)
+    assert "outside the physical range" in (
+        next(d for d in drafts if d.kind == "sensor_fault" and "climate" in (d.title or "")).detail or ""
+    )
+
+
+def test_config_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs the ADS1115 'channel'"):
+        Config.model_validate({"type": "sensors", "sensors": [{"name": "x", "kind": "mq2"}]})
+    with pytest.raises(ValueError, match="must be 'sim' or an I2C device"):
+        Config.model_validate({"type": "sensors", "bus": "COM3", "sensors": SENSORS})
+    with pytest.raises(ValueError, match="no signal"):
+        make(tmp_path, sensors=[{"name": "f", "kind": "smoke", "sim": {"signal": "nope"}}])
+
+
+def test_clipped_adc_and_missing_calibration_are_reported(tmp_path: Path) -> None:
+    sensors = [
+        {"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000, "warmup_s": 0, "full_scale_v": 2.048},
+        {"name": "mq7", "kind": "mq7", "channel": 1, "warmup_s": 0},  # no R0 anywhere
+    ]
+    source, drafts, clock = make(tmp_path, sensors=sensors, scenario=None)
+    assert source.world is not None
+    source.world.adcs[0x48].set_voltage(0, 3.0)  # above the ±2.048 V PGA range: the code clips
+    source.world.adcs[0x48].set_voltage(1, 0.5)
+    run(source, clock, 3)
+    fault = next(d for d in drafts if d.kind == "sensor_fault")
+    assert "mq2" in (fault.title or "") and "outside the physical range" in (fault.detail or "")
+    assert source.health["mq7"].state.startswith("not calibrated")
+
+
+def test_sgp30_gets_absolute_humidity_from_the_bme280(tmp_path: Path) -> None:
+    source, _, clock = make(tmp_path)
+    assert source.world is not None
+    bme, sgp = source.world.chips["climate"], source.world.chips["voc"]
+    assert isinstance(bme, SimBME280) and isinstance(sgp, SimSGP30)
+    bme.temperature_c, bme.humidity_rh = 25.0, 50.0
+    run(source, clock, 3)
+    assert sgp.absolute_humidity == pytest.approx(11.5 * 256, abs=0.2 * 256)  # 25 °C, 50 %RH ≈ 11.5 g/m³
