@@ -51,12 +51,19 @@ def demo_clip(workdir: Path) -> Path | None:
 
 
 def node_config(broker_url: str, protocol: str, workdir: Path, vision: bool) -> dict[str, Any]:
-    """The demo node: the simulated sensors of sim-node.yaml plus the camera of vision-demo.yaml."""
+    """The demo node: real sensor drivers on simulated chips playing the gas_leak scenario
+    (edge/sensing/examples/sensors-sim.yaml), plus the camera of vision-demo.yaml."""
     config = _example("sim-node.yaml")
     config["node_id"] = "demo-node-1"
     config["mqtt"] = {"url": broker_url, "protocol": protocol, "keepalive_s": 15}
     config["outbox"] = {"path": str(workdir / "node-outbox.db")}
     config["heartbeat"] = {"interval_s": 5}
+    sensors: dict[str, Any] = yaml.safe_load((REPO / "edge/sensing/examples/sensors-sim.yaml").read_text())
+    sensors["calibration_file"] = str(workdir / "sensor_calibration.json")
+    for sensor in sensors["sensors"]:
+        if sensor["kind"].startswith("mq"):
+            sensor["warmup_s"] = 2  # a simulated heater needs no 3-minute warm-up
+    config["sources"] = [sensors]
     clip = demo_clip(workdir) if vision else None
     if clip is not None:
         camera = _example("vision-demo.yaml")["sources"][0]

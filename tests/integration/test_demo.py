@@ -30,7 +30,7 @@ def test_demo_runs_detection_and_sensors_and_sends_no_pixels(broker: Mosquitto, 
     sniffer.loop_start()
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "s4edge", "demo", "--broker", broker.url, "--duration", "35", "--json"],
+            [sys.executable, "-m", "s4edge", "demo", "--broker", broker.url, "--duration", "45", "--json"],
             capture_output=True,
             text=True,
             timeout=240,
