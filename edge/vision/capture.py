@@ -1,0 +1,203 @@
+"""The capture thread: reads a FrameSource as fast as it delivers and keeps only the
+newest frame, so a slow detector never backs the camera up (and never sees a stale
+frame). A source that fails or stalls is closed and reopened with backoff; its state
+is for the pipeline to turn into a ``camera_fault`` alert and degraded health.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.frames import Frame, FrameSource, FrameSourceError
+
+Prepare = Callable[[Frame, float, Any], Any]
+"""``prepare(image, ts, replaces)``: per-frame work done in the capture thread;
+``replaces`` is what the unconsumed frame being dropped had prepared, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedFrame:
+    seq: int
+    image: Frame
+    ts: float
+    prepared: Any = None  # what ``Capture.prepare`` made of the frame, if anything
+
+
+@dataclass(frozen=True, slots=True)
+class CameraState:
+    ok: bool
+    reason: str | None = None
+    ended: bool = False
+
+
+class Backoff:
+    """Exponential delays between reopen attempts, reset by the first good frame."""
+
+    def __init__(self, first_s: float = 0.5, max_s: float = 30.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self._next = first_s
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.max_s, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first_s
+
+
+class Capture:
+    """Runs ``source`` in a daemon thread. ``finite`` sources (a replay without loop)
+    end at their last frame instead of being reopened. ``lossless`` makes the thread
+    wait for each frame to be taken (a replay processed as fast as possible, where
+    every frame counts); a live camera never waits. ``prepare`` runs on every frame in
+    the capture thread (the pipeline's motion check and preprocessing), so that it
+    overlaps with inference on the frame before."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        *,
+        stall_after_s: float = 5.0,
+        backoff: Backoff | None = None,
+        finite: bool = False,
+        lossless: bool = False,
+        prepare: Prepare | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.stall_after_s = stall_after_s
+        self.backoff = backoff or Backoff()
+        self.finite = finite
+        self.lossless = lossless
+        self.prepare = prepare
+        self.prepare_errors = 0
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._latest: CapturedFrame | None = None
+        self._consumed_seq = 0
+        self._seq = 0
+        self._fault: str | None = None
+        self._ended = False
+        self._reading_since: float | None = None
+        self.dropped = 0
+        self.reopens = 0
+
+    @property
+    def captured(self) -> int:
+        return self._seq
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=f"capture-{self.source.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self.source.close()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _set_fault(self, reason: str | None) -> None:
+        with self._cond:
+            self._fault = reason
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.source.open()
+            except FrameSourceError as exc:
+                self._set_fault(str(exc))
+                self._stop.wait(self.backoff.next())
+                continue
+            self._read_until_failure()
+            self.source.close()
+            if self.finite and self._fault is None:
+                with self._cond:
+                    self._ended = True
+                    self._cond.notify_all()
+                return
+            if not self._stop.is_set():
+                self.reopens += 1
+                self._stop.wait(self.backoff.next())
+
+    def _read_until_failure(self) -> None:
+        while not self._stop.is_set():
+            self._reading_since = self._clock()
+            try:
+                ok, image, ts = self.source.read()
+            except Exception as exc:  # cv2.error, driver errors alike: the capture thread must survive them
+                self._set_fault(f"{self.source.name}: read failed ({exc})")
+                return
+            finally:
+                self._reading_since = None
+            if not ok or image is None:
+                if not (self.finite and self._fault is None and self._seq > 0):
+                    self._set_fault(f"{self.source.name}: camera stopped delivering frames")
+                return
+            prepared = self._prepare(image, ts)
+            with self._cond:
+                if self.lossless:
+                    self._cond.wait_for(lambda: self._stop.is_set() or self._seq <= self._consumed_seq)
+                self._seq += 1
+                if self._latest is not None and self._latest.seq > self._consumed_seq:
+                    self.dropped += 1
+                self._latest = CapturedFrame(self._seq, image, ts, prepared)
+                self._fault = None
+                self._cond.notify_all()
+            self.backoff.reset()
+
+    def _prepare(self, image: Frame, ts: float) -> Any:
+        """Run the consumer's per-frame preparation here, in parallel with its work on
+        the previous frame. It sees what the frame about to be dropped had prepared, so
+        a need (such as "this one must be inferred") is never lost with a drop."""
+        if self.prepare is None:
+            return None
+        with self._cond:
+            waiting = self._latest is not None and self._latest.seq > self._consumed_seq
+            pending = self._latest if waiting and not self.lossless else None  # lossless: nothing is dropped
+        try:
+            return self.prepare(image, ts, pending.prepared if pending is not None else None)
+        except Exception:  # the consumer prepares the frame itself and reports the error
+            self.prepare_errors += 1
+            return None
+
+    def state(self) -> CameraState:
+        """The camera as the pipeline should report it. A read blocked for longer than
+        ``stall_after_s`` is a stall: the source is closed, which unblocks the read
+        (as ``VideoCapture.release`` does) and makes the thread reopen it."""
+        since = self._reading_since
+        if since is not None and self._clock() - since > self.stall_after_s:
+            self._set_fault(f"{self.source.name}: no frame for {self.stall_after_s:g} s (stalled)")
+            self.source.close()
+        with self._cond:
+            drained = self._latest is None or self._latest.seq <= self._consumed_seq
+            return CameraState(ok=self._fault is None, reason=self._fault, ended=self._ended and drained)
+
+    def wait_frame(self, timeout: float) -> CapturedFrame | None:
+        """The newest frame not yet handed out, waiting up to ``timeout`` seconds."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: (
+                    self._stop.is_set()
+                    or self._ended
+                    or (self._latest is not None and self._latest.seq > self._consumed_seq)
+                ),
+                timeout,
+            )
+            latest = self._latest
+            if latest is None or latest.seq <= self._consumed_seq:
+                return None
+            self._consumed_seq = latest.seq
+            self._cond.notify_all()
+            return latest

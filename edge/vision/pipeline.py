@@ -1,0 +1,267 @@
+"""One camera's vision pipeline: capture → motion gate → detector → tracker →
+scene analytics → incidents.
+
+The detector is a reference that ``swap_model`` replaces between two frames: the new
+model is built (pulled, sha256-checked, loaded) while the old one keeps working, and
+a swap that fails leaves the old one in place and says why.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import time as time_of_day
+from typing import Any, Protocol, runtime_checkable
+
+from cloud_sync.messages import ModelRef
+from edge.alerts import Content, IncidentBook
+from edge.sources import SourceContext
+from edge.vision.analytics import SceneAnalytics
+from edge.vision.capture import Capture
+from edge.vision.motion import MotionGate
+from edge.vision.snapshots import SnapshotWriter
+from edge.vision.tracker import Track, Tracker
+from edge.vision.types import Detection
+
+HEALTH_EVERY_S = 1.0
+
+
+class FrameDetector(Protocol):
+    """What the pipeline needs of a detector (edge.vision.detector.Detector)."""
+
+    @property
+    def model_ref(self) -> ModelRef: ...
+
+    def detect(self, frame_bgr: Any) -> list[Detection]: ...
+
+
+@runtime_checkable
+class SplitDetector(FrameDetector, Protocol):
+    """A detector whose preprocessing can run apart from inference (in the capture thread)."""
+
+    def preprocess(self, frame_bgr: Any) -> tuple[Any, Any]: ...
+
+    def infer(self, tensor: Any) -> Any: ...
+
+    def decode(self, outputs: Any, geometry: Any) -> list[Detection]: ...
+
+
+DetectorFactory = Callable[[str], FrameDetector]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A frame's motion verdict and, when it is to be inferred, its input tensor as made
+    by ``detector``'s preprocessing."""
+
+    infer: bool
+    detector: FrameDetector | None = None
+    tensor: Any = None
+    geometry: Any = None
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    ok: bool
+    detail: str
+    model: ModelRef | None = None
+
+
+class StageClock:
+    """Recent per-stage durations in milliseconds; medians for the heartbeat."""
+
+    def __init__(self, window: int = 120) -> None:
+        self._ms: dict[str, deque[float]] = {}
+        self._window = window
+        self._frames: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()  # the capture thread times its stages too
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._ms.setdefault(stage, deque(maxlen=self._window)).append(seconds * 1000.0)
+
+    def frame(self, ts: float) -> None:
+        with self._lock:
+            self._frames.append(ts)
+
+    def median_ms(self, stage: str) -> float | None:
+        with self._lock:
+            values = list(self._ms.get(stage, ()))
+        return round(statistics.median(values), 2) if values else None
+
+    def medians(self) -> dict[str, float]:
+        with self._lock:
+            snapshot = {stage: list(v) for stage, v in self._ms.items() if v}
+        return {stage: round(statistics.median(v), 2) for stage, v in snapshot.items()}
+
+    def fps(self) -> float:
+        with self._lock:
+            frames = list(self._frames)
+        if len(frames) < 2 or frames[-1] <= frames[0]:
+            return 0.0
+        return round((len(frames) - 1) / (frames[-1] - frames[0]), 2)
+
+
+class VisionPipeline:
+    def __init__(
+        self,
+        name: str,
+        detector: FrameDetector,
+        tracker: Tracker,
+        analytics: SceneAnalytics,
+        book: IncidentBook,
+        *,
+        gate: MotionGate | None = None,
+        detector_factory: DetectorFactory | None = None,
+        snapshots: SnapshotWriter | None = None,
+        local_time: Callable[[], time_of_day] = lambda: datetime.now().time(),
+    ) -> None:
+        self.name = name
+        self._detector = detector
+        self.tracker = tracker
+        self.analytics = analytics
+        self.book = book
+        self.gate = gate
+        self._factory = detector_factory
+        self.snapshots = snapshots
+        self._local_time = local_time
+        self._last_detections: list[Detection] = []
+        self._swap_lock = threading.Lock()
+        self._prepare_lock = threading.Lock()
+        self.clock = StageClock()
+        self.frames = 0
+        self.inferences = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.swap_status: str | None = None
+
+    @property
+    def detector(self) -> FrameDetector:
+        return self._detector
+
+    def prepare(self, image: Any, ts: float, replaces: Prepared | None = None) -> Prepared:
+        """Motion check and preprocessing: the part of a frame's work that may run in
+        the capture thread, overlapping inference on the previous frame."""
+        with self._prepare_lock:
+            t0 = time.perf_counter()
+            carried = replaces is not None and replaces.infer
+            infer = self.gate is None or self.gate.check(image, ts, force=carried).infer
+            t1 = time.perf_counter()
+            self.clock.add("motion", t1 - t0)
+        detector = self._detector
+        if not infer or not isinstance(detector, SplitDetector):
+            return Prepared(infer)
+        tensor, geometry = detector.preprocess(image)
+        self.clock.add("preprocess", time.perf_counter() - t1)
+        return Prepared(True, detector, tensor, geometry)
+
+    def process(self, image: Any, ts: float, prepared: Prepared | None = None) -> list[Track]:
+        """Run one frame through every stage; ``ts`` is the frame's capture time and
+        ``prepared`` what ``prepare`` made of it (done here when absent)."""
+        detector = self._detector  # one reference per frame: a swap lands between frames
+        if prepared is None:
+            prepared = self.prepare(image, ts)
+        infer = prepared.infer
+        t1 = time.perf_counter()
+        if infer:
+            if prepared.detector is detector and isinstance(detector, SplitDetector):
+                self._last_detections = detector.decode(detector.infer(prepared.tensor), prepared.geometry)
+            else:  # no split, or prepared by the model just swapped out
+                self._last_detections = detector.detect(image)
+            self.inferences += 1
+        # on a static scene the last detections still stand: tracks age, not vanish
+        t2 = time.perf_counter()
+        tracks = self.tracker.update(self._last_detections, ts)
+        t3 = time.perf_counter()
+        self.analytics.model = detector.model_ref
+        opened_before = set(self._my_incidents())
+        self.analytics.update(tracks, ts, self._local_time())
+        t4 = time.perf_counter()
+        fresh = set(self._my_incidents()) - opened_before
+        if fresh and self.snapshots is not None:
+            self.snapshots.save(image, [(t.label, t.box) for t in tracks], sorted(fresh)[0].split(":")[0])
+        if infer:
+            self.clock.add("inference", t2 - t1)
+        self.clock.add("track", t3 - t2)
+        self.clock.add("analytics", t4 - t3)
+        self.clock.frame(time.monotonic())  # processed frames per wall second, whatever the clip's rate
+        self.frames += 1
+        return tracks
+
+    def _my_incidents(self) -> list[str]:
+        return [key for key in self.book.open_keys() if key.split(":")[1:2] == [self.name]]
+
+    def swap_model(self, name: str) -> SwapResult:
+        """Build ``name`` and switch to it between frames; on failure keep the old model."""
+        if self._factory is None:
+            return SwapResult(False, "this pipeline was built without a model catalogue")
+        with self._swap_lock:
+            old = self._detector.model_ref
+            try:
+                new = self._factory(name)
+            except Exception as exc:  # a bad model of any kind must not stop the camera
+                self.swap_status = f"swap to {name} failed, kept {old.name}: {exc}"
+                return SwapResult(False, self.swap_status, old)
+            self._detector = new
+            self.swap_status = f"swapped {old.name} {old.version} → {new.model_ref.name} {new.model_ref.version}"
+            return SwapResult(True, self.swap_status, new.model_ref)
+
+    def run(self, ctx: SourceContext, capture: Capture) -> None:
+        """Process the newest frames until ``ctx.stop``; camera loss becomes a
+        ``camera_fault`` incident and degraded health, and clears on recovery."""
+        fault_key = f"camera_fault:{self.name}"
+        last_health = float("-inf")
+        capture.start()
+        try:
+            while not ctx.stop.is_set():
+                frame = capture.wait_frame(timeout=0.2)
+                state = capture.state()
+                now = ctx.clock()
+                if not state.ok:
+                    self.book.raise_(
+                        fault_key,
+                        "camera_fault",
+                        "Moderate",
+                        now,
+                        Content(title=f"camera {self.name} lost", detail=state.reason),
+                    )
+                elif self.book.is_open(fault_key) and frame is not None:
+                    self.book.clear(fault_key, now, detail=f"camera {self.name} recovered")
+                if frame is not None:
+                    self._guarded_process(frame.image, frame.ts, frame.prepared)
+                if now - last_health >= HEALTH_EVERY_S or state.ended:
+                    self.report(ctx, capture, state.reason)
+                    last_health = now
+                if state.ended and frame is None:
+                    ctx.health.set(self.name, "finished")
+                    return
+        finally:
+            capture.stop()
+
+    def _guarded_process(self, image: Any, ts: float, prepared: Prepared | None) -> None:
+        try:
+            self.process(image, ts, prepared)
+        except Exception as exc:  # one bad frame or a model error must not end the loop
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+
+    def report(self, ctx: SourceContext, capture: Capture, camera_fault: str | None) -> None:
+        problems = [p for p in (camera_fault, self.last_error) if p]
+        ctx.health.set(self.name, f"fault: {'; '.join(problems)}" if problems else "ok")
+        ctx.health.set("camera_fps", self.clock.fps())
+        inference_ms = self.clock.median_ms("inference")
+        if inference_ms is not None:
+            ctx.health.set("inference_ms", inference_ms)
+        ctx.health.set("dropped_frames", capture.dropped)
+        ctx.health.set(f"{self.name}.stages_ms", self.clock.medians())
+        ctx.health.set(f"{self.name}.model", self._detector.model_ref.name)
+        if self.gate is not None:
+            ctx.health.set(f"{self.name}.motion_skipped", self.gate.skipped)
+        if self.swap_status:
+            ctx.health.set(f"{self.name}.swap", self.swap_status)
+        self.last_error = None

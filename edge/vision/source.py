@@ -1,0 +1,134 @@
+"""The ``vision`` source plugin: one camera, one detector, its scene rules.
+
+Validation touches neither the camera nor the model (STYLE.md, Frigate's mistakes):
+OpenCV and onnxruntime load inside ``build``'s collaborators, when the node starts.
+
+```yaml
+sources:
+  - type: vision
+    name: cam0
+    camera: {url: "replay:../shared/data/video/bench_people_640x480_15fps.avi", loop: true}
+    model: {name: fastestdet}
+    scene:
+      zones: [{name: centre, polygon: [[0.3, 0.3], [0.7, 0.3], [0.7, 0.9], [0.3, 0.9]]}]
+      rules: [{type: intrusion, name: centre-intrusion, zone: centre}]
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.alerts import IncidentBook
+from edge.sources import SourceContext
+from edge.vision.analytics import SceneAnalytics, SceneConfig
+from edge.vision.backends import BackendOptions
+from edge.vision.capture import Backoff, Capture
+from edge.vision.motion import MotionConfig, MotionGate
+from edge.vision.pipeline import FrameDetector, SwapResult, VisionPipeline
+from edge.vision.snapshots import SnapshotConfig, SnapshotWriter
+from edge.vision.tracker import Tracker, TrackerConfig
+
+
+class CameraConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        description="Device index (0), rtsp:// or http:// URL, video file, gst:<pipeline>, picamera2:, "
+        "or replay:<file or folder>"
+    )
+    fps: float | None = Field(default=None, gt=0, description="Replay rate; the file's own when absent")
+    loop: bool = Field(default=False, description="Replay: start again at the end")
+    realtime: bool = Field(default=True, description="Replay: at the clip's rate, or as fast as possible")
+    width: int | None = Field(default=None, ge=16)
+    height: int | None = Field(default=None, ge=16)
+    stall_after_s: float = Field(default=5.0, gt=0, description="No frame this long is a camera fault")
+    reopen_first_s: float = Field(default=0.5, gt=0)
+    reopen_max_s: float = Field(default=30.0, gt=0)
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A model of the catalogue (models/<name>/manifest.yaml)")
+    backend: BackendOptions = BackendOptions()
+    score_threshold: float | None = Field(default=None, ge=0, le=1, description="The manifest's when absent")
+    pull: bool = Field(default=True, description="Fill the cache from the mirror/URL (sha256-checked) at start")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["vision"]
+    name: str = Field(default="cam0", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    camera: CameraConfig
+    model: ModelConfig
+    motion: MotionConfig = MotionConfig()
+    tracker: TrackerConfig = TrackerConfig()
+    scene: SceneConfig = SceneConfig()
+    snapshots: SnapshotConfig = SnapshotConfig()
+
+
+def load_detector(config: ModelConfig, name: str | None = None) -> FrameDetector:
+    """Pull (sha256-checked) and load a catalogue model as a Detector."""
+    from edge.vision.catalogue import Catalogue
+    from edge.vision.detector import Detector
+
+    catalogue = Catalogue.from_env()
+    model = name or config.name
+    if config.pull:
+        catalogue.pull(model)
+    return Detector.from_catalogue(catalogue, model, config.backend, config.score_threshold)
+
+
+class VisionSource:
+    def __init__(self, config: Config, pipeline: VisionPipeline) -> None:
+        self.name = config.name
+        self.config = config
+        self.pipeline = pipeline
+
+    def capture(self) -> Capture:
+        from drivers.frames import open_source
+
+        cam = self.config.camera
+        size = (cam.width, cam.height) if cam.width and cam.height else None
+        url = cam.url  # a relative path is relative to the agent's working directory
+        replay = url.startswith("replay:")
+        return Capture(
+            open_source(url, fps=cam.fps, loop=cam.loop, realtime=cam.realtime, size=size),
+            stall_after_s=cam.stall_after_s,
+            backoff=Backoff(cam.reopen_first_s, cam.reopen_max_s),
+            finite=replay and not cam.loop,
+            lossless=replay and not cam.realtime,
+            prepare=self.pipeline.prepare,
+        )
+
+    def run(self, ctx: SourceContext) -> None:
+        self.pipeline.run(ctx, self.capture())
+
+    def swap_model(self, args: dict[str, Any]) -> str:
+        """The node's ``swap_model`` command: ``args.model`` names the new model."""
+        name = args.get("model") or args.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError("swap_model needs args.model, the name of a catalogue model")
+        result: SwapResult = self.pipeline.swap_model(name)
+        if not result.ok:
+            raise ValueError(result.detail)
+        return f"{self.name}: {result.detail}"
+
+
+def build(config: Config, book: IncidentBook) -> VisionSource:
+    detector = load_detector(config.model)
+    pipeline = VisionPipeline(
+        config.name,
+        detector,
+        Tracker(config.tracker),
+        SceneAnalytics(config.name, config.scene, book),
+        book,
+        gate=MotionGate(config.motion),
+        detector_factory=lambda name: load_detector(config.model, name),
+        snapshots=SnapshotWriter(config.snapshots, config.name) if config.snapshots.enabled else None,
+    )
+    return VisionSource(config, pipeline)

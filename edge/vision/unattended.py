@@ -1,0 +1,102 @@
+"""Unattended objects: a bag that stays put while the person who brought it is gone.
+
+When an object track first appears, its owner is the nearest person within
+``distance`` (or nobody). The object is stationary while its centre stays within
+``still_tolerance`` of where it settled. It is unattended once it has been stationary
+for ``after_s`` and its owner is not within ``distance`` of it; an object that came
+with no owner counts as attended while anyone is within ``distance``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud_sync.messages import Detection, Measurement, ModelRef, Severity
+from edge.alerts import Content, IncidentBook
+from edge.vision.tracker import Track
+
+Describe = Callable[[Sequence[Track], str, str, str], Detection]
+
+
+class UnattendedObjectConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["unattended_object"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    classes: list[str] = Field(default_factory=lambda: ["backpack", "suitcase", "handbag"], min_length=1)
+    owner_classes: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
+    after_s: float = Field(default=60.0, gt=0, description="Stationary and unattended this long raises")
+    distance: float = Field(default=0.15, gt=0, le=1.5, description="Owner within this (normalised) is with it")
+    still_tolerance: float = Field(default=0.03, ge=0, le=1, description="Centre movement still counted as still")
+    severity: Severity = "Severe"
+
+
+def distance_to_box(point: tuple[float, float], box: tuple[float, float, float, float]) -> float:
+    """Euclidean distance from a point to the nearest point of a box (0 inside it)."""
+    dx = max(box[0] - point[0], 0.0, point[0] - box[2])
+    dy = max(box[1] - point[1], 0.0, point[1] - box[3])
+    return math.hypot(dx, dy)
+
+
+@dataclass
+class _Object:
+    owner: int | None
+    anchor: tuple[float, float]
+    still_since: float
+    last_seen: float
+
+
+class UnattendedObjects:
+    GRACE_S = 3.0  # a bag hidden behind a passer-by for a moment is the same bag
+
+    def __init__(self, config: UnattendedObjectConfig, camera: str, book: IncidentBook, describe: Describe) -> None:
+        self.config = config
+        self.camera = camera
+        self.book = book
+        self._describe = describe
+        self._objects: dict[int, _Object] = {}
+
+    def key(self, track_id: int) -> str:
+        return f"unattended_object:{self.camera}:{self.config.name}:{track_id}"
+
+    def _nearest_owner(self, obj: Track, people: Sequence[Track]) -> int | None:
+        near = [(distance_to_box(obj.centre, p.box), p.track_id) for p in people]
+        near = [n for n in near if n[0] <= self.config.distance]
+        return min(near)[1] if near else None
+
+    def update(self, tracks: Sequence[Track], now: float, model: ModelRef | None) -> None:
+        cfg = self.config
+        people = [t for t in tracks if t.label in cfg.owner_classes]
+        for obj in (t for t in tracks if t.label in cfg.classes):
+            state = self._objects.get(obj.track_id)
+            if state is None:
+                state = _Object(self._nearest_owner(obj, people), obj.centre, now, now)
+                self._objects[obj.track_id] = state
+            state.last_seen = now
+            if math.dist(obj.centre, state.anchor) > cfg.still_tolerance:
+                state.anchor, state.still_since = obj.centre, now
+            near = [p for p in people if distance_to_box(obj.centre, p.box) <= cfg.distance]
+            attended = any(p.track_id == state.owner for p in near) if state.owner is not None else bool(near)
+            key = self.key(obj.track_id)
+            still_s = now - state.still_since
+            if not attended and still_s >= cfg.after_s:
+                content = Content(
+                    title=f"unattended {obj.label}",
+                    detail=f"stationary for {still_s:.0f} s; "
+                    + ("its owner left" if state.owner is not None else "nobody with it"),
+                    measurements=(Measurement(quantity="stationary", value=round(still_s, 1), unit="s"),),
+                    detection=self._describe([obj], obj.label, self.camera, cfg.name),
+                    model=model,
+                )
+                self.book.raise_(key, "unattended_object", cfg.severity, now, content)
+            elif self.book.is_open(key):
+                self.book.clear(key, now, detail="attended again or moved")
+        for track_id, state in list(self._objects.items()):
+            if now - state.last_seen > self.GRACE_S:
+                del self._objects[track_id]
+                self.book.clear(self.key(track_id), now, detail="object gone")

@@ -1,0 +1,248 @@
+"""Scene rules fed scripted tracks and an injected clock: intrusion, loitering, line
+crossing and crowd, each through a real IncidentBook."""
+
+from __future__ import annotations
+
+from datetime import time
+
+import pytest
+from pydantic import ValidationError
+
+from cloud_sync.messages import ModelRef
+from edge.alerts import AlertDraft, IncidentBook
+from edge.vision.analytics import SceneAnalytics, SceneConfig
+from edge.vision.tracker import Track
+
+MODEL = ModelRef(name="fastestdet", version="1.0.0", sha256="a" * 64)
+ZONE = {"name": "door", "polygon": [[0.4, 0.4], [0.8, 0.4], [0.8, 1.0], [0.4, 1.0]]}
+
+
+def track(track_id: int, foot_x: float, foot_y: float, label: str = "person", w: float = 0.1, h: float = 0.3) -> Track:
+    box = (foot_x - w / 2, foot_y - h, foot_x + w / 2, foot_y)
+    return Track(track_id, 0, label, box, 0.9, 0.0, 0.0, 5)
+
+
+def scene(rules: list[dict], **extra: list) -> tuple[SceneAnalytics, list[AlertDraft]]:
+    drafts: list[AlertDraft] = []
+    config = SceneConfig.model_validate({"zones": [ZONE], "rules": rules, **extra})
+    analytics = SceneAnalytics("cam0", config, IncidentBook(drafts.append, update_interval_s=5.0))
+    analytics.model = MODEL
+    return analytics, drafts
+
+
+def states(drafts: list[AlertDraft], kind: str) -> list[str]:
+    return [d.state for d in drafts if d.kind == kind]
+
+
+# --- intrusion ------------------------------------------------------------------------
+
+
+def test_intrusion_fires_when_a_person_steps_into_the_zone_and_ends_when_they_leave() -> None:
+    analytics, drafts = scene([{"type": "intrusion", "name": "door-watch", "zone": "door"}])
+    analytics.update([track(1, 0.2, 0.9)], 0.0)
+    assert drafts == []
+    analytics.update([track(1, 0.5, 0.9)], 1.0)
+    (new,) = drafts
+    assert (new.kind, new.state, new.severity, new.zone) == ("intrusion", "new", "Severe", "door")
+    assert new.detection is not None and new.detection.track_ids == [1] and new.detection.count == 1
+    assert new.detection.camera == "cam0" and new.detection.rule == "door-watch"
+    box = new.detection.boxes[0]
+    assert (box.x1, box.y2) == pytest.approx((0.45, 0.9))
+    assert new.model == MODEL
+    analytics.update([track(1, 0.2, 0.9)], 2.0)
+    assert states(drafts, "intrusion") == ["new", "end"]
+    assert drafts[1].incident == new.incident
+
+
+def test_intrusion_ignores_other_classes() -> None:
+    analytics, drafts = scene([{"type": "intrusion", "name": "door-watch", "zone": "door"}])
+    analytics.update([track(1, 0.5, 0.9, label="dog")], 0.0)
+    assert drafts == []
+
+
+@pytest.mark.parametrize(
+    ("clock", "fires"),
+    [(time(23, 30), True), (time(3, 0), True), (time(6, 0), False), (time(12, 0), False), (time(21, 59), False)],
+)
+def test_intrusion_with_a_night_window_fires_only_at_night(clock: time, fires: bool) -> None:
+    window = {"start": "22:00", "end": "06:00"}
+    analytics, drafts = scene([{"type": "intrusion", "name": "night", "zone": "door", "window": window}])
+    analytics.update([track(1, 0.5, 0.9)], 0.0, local_time=clock)
+    assert states(drafts, "intrusion") == (["new"] if fires else [])
+
+
+def test_an_open_intrusion_ends_when_the_window_closes() -> None:
+    window = {"start": "09:00", "end": "17:00"}
+    analytics, drafts = scene([{"type": "intrusion", "name": "office", "zone": "door", "window": window}])
+    analytics.update([track(1, 0.5, 0.9)], 0.0, local_time=time(16, 59, 59))
+    analytics.update([track(1, 0.5, 0.9)], 1.0, local_time=time(17, 0, 0))
+    assert states(drafts, "intrusion") == ["new", "end"]
+
+
+# --- loitering ------------------------------------------------------------------------
+
+
+def loiter_scene() -> tuple[SceneAnalytics, list[AlertDraft]]:
+    return scene([{"type": "loitering", "name": "door-loiter", "zone": "door", "dwell_s": 30}])
+
+
+def test_a_track_that_stays_31_s_in_a_30_s_zone_fires_once() -> None:
+    analytics, drafts = loiter_scene()
+    for second in range(0, 32):  # 0 .. 31 s inside
+        analytics.update([track(7, 0.6, 0.9)], float(second))
+    analytics.update([track(7, 0.1, 0.9)], 32.0)  # walks away
+    assert states(drafts, "loitering") == ["new", "end"]
+    new = drafts[0]
+    assert new.detection is not None and new.detection.track_ids == [7]
+    assert new.measurements[0].quantity == "dwell" and new.measurements[0].value == 30.0
+
+
+def test_a_track_that_leaves_at_29_s_does_not_fire() -> None:
+    analytics, drafts = loiter_scene()
+    for second in range(0, 30):  # 0 .. 29 s inside
+        analytics.update([track(7, 0.6, 0.9)], float(second))
+    for second in range(30, 60):
+        analytics.update([track(7, 0.1, 0.9)], float(second))
+    assert drafts == []
+
+
+def test_leaving_and_coming_back_restarts_the_dwell() -> None:
+    analytics, drafts = loiter_scene()
+    for second in range(0, 20):
+        analytics.update([track(7, 0.6, 0.9)], float(second))
+    analytics.update([track(7, 0.1, 0.9)], 20.0)
+    for second in range(21, 50):  # 29 s more inside
+        analytics.update([track(7, 0.6, 0.9)], float(second))
+    assert drafts == []
+
+
+def test_a_missed_detection_does_not_reset_the_dwell() -> None:
+    analytics, drafts = loiter_scene()
+    for tenth in range(0, 320):
+        seen = [] if 150 <= tenth < 160 else [track(7, 0.6, 0.9)]  # 1 s unseen mid-way
+        analytics.update(seen, tenth / 10)
+    assert states(drafts, "loitering") == ["new"]
+
+
+# --- line crossing --------------------------------------------------------------------
+
+LINE = {"name": "gate", "a": [0.0, 0.5], "b": [1.0, 0.5]}  # left to right: side A above it
+
+
+def line_scene(**rule: object) -> tuple[SceneAnalytics, list[AlertDraft]]:
+    return scene([{"type": "line_cross", "name": "gate-count", "line": "gate", **rule}], lines=[LINE])
+
+
+def walk(analytics: SceneAnalytics, track_id: int, ys: list[float], t0: float, x: float = 0.5) -> float:
+    t = t0
+    for y in ys:
+        analytics.update([track(track_id, x, y)], t)
+        t += 0.1
+    return t
+
+
+def test_line_crossing_direction_and_counts() -> None:
+    analytics, drafts = line_scene()
+    rule = analytics.rules[0]
+    t = walk(analytics, 1, [0.3, 0.4, 0.45, 0.55, 0.7], 0.0)  # downwards: A → B
+    assert rule.counts == {"a_to_b": 1, "b_to_a": 0}
+    (new,) = drafts
+    assert (new.kind, new.state) == ("line_cross", "new")
+    assert new.detection is not None and new.detection.direction == "a_to_b" and new.detection.track_ids == [1]
+    t = walk(analytics, 2, [0.8, 0.6, 0.4], t)  # upwards: B → A
+    t = walk(analytics, 3, [0.2, 0.6], t + 6.0)  # A → B again, after the update interval
+    assert rule.counts == {"a_to_b": 2, "b_to_a": 1}
+    analytics.update([], t + 5.0)  # the book sends a changed count at most every update_interval_s
+    update = drafts[-1]
+    assert update.state == "update"
+    assert {m.quantity: m.value for m in update.measurements} == {"crossings_a_to_b": 2, "crossings_b_to_a": 1}
+    analytics.update([], t + 11.0)  # quiet for longer than quiet_s since the last crossing
+    assert drafts[-1].state == "end"
+
+
+def test_walking_along_the_line_or_past_its_end_is_not_a_crossing() -> None:
+    analytics, drafts = scene(
+        [{"type": "line_cross", "name": "short", "line": "half"}],
+        lines=[{"name": "half", "a": [0, 0.5], "b": [0.4, 0.5]}],
+    )
+    walk(analytics, 1, [0.3, 0.7], 0.0, x=0.8)  # crosses y=0.5 right of the segment's end
+    walk(analytics, 2, [0.45, 0.48, 0.49], 1.0, x=0.2)  # approaches, never crosses
+    assert analytics.rules[0].counts == {"a_to_b": 0, "b_to_a": 0}
+    assert drafts == []
+
+
+def test_only_the_configured_direction_counts() -> None:
+    analytics, drafts = line_scene(directions=["b_to_a"])
+    walk(analytics, 1, [0.3, 0.7], 0.0)
+    assert drafts == []
+    walk(analytics, 2, [0.7, 0.3], 1.0)
+    assert [d.detection.direction for d in drafts if d.detection] == ["b_to_a"]
+
+
+# --- crowd ----------------------------------------------------------------------------
+
+
+def crowd_scene() -> tuple[SceneAnalytics, list[AlertDraft]]:
+    levels = [{"on_at": 5, "severity": "Moderate", "hysteresis": 2}, {"on_at": 10, "severity": "Severe"}]
+    rule = {
+        "type": "crowd",
+        "name": "door-crowd",
+        "zone": "door",
+        "levels": levels,
+        "raise_after_s": 1.0,
+        "clear_after_s": 2.0,
+    }
+    return scene([rule])
+
+
+def people(n: int) -> list[Track]:
+    return [track(i + 1, 0.45 + 0.03 * (i % 10), 0.9) for i in range(n)]
+
+
+def test_crowd_raises_after_the_debounce_and_does_not_flap_at_the_threshold() -> None:
+    analytics, drafts = crowd_scene()
+    analytics.update(people(6), 0.0)
+    assert drafts == []  # not yet: raise_after_s
+    analytics.update(people(6), 1.0)
+    assert states(drafts, "crowd") == ["new"]
+    assert drafts[0].detection is not None and drafts[0].detection.count == 6
+    assert drafts[0].measurements[0].quantity == "people" and drafts[0].measurements[0].value == 6
+    # hovering at 4..5 stays inside the hysteresis band: no end, no new
+    for i, n in enumerate([4, 5, 4, 5, 4, 4, 5] * 3):
+        analytics.update(people(n), 2.0 + i * 0.5)
+    lifecycle = [s for s in states(drafts, "crowd") if s != "update"]  # count updates are fine
+    assert lifecycle == ["new"]
+    # below on_at − hysteresis for clear_after_s: ends once
+    for i in range(6):
+        analytics.update(people(2), 20.0 + i * 0.5)
+    assert [s for s in states(drafts, "crowd") if s != "update"] == ["new", "end"]
+    assert len({d.incident for d in drafts}) == 1
+
+
+def test_crowd_escalates_to_the_higher_level() -> None:
+    analytics, drafts = crowd_scene()
+    for t in (0.0, 1.0):
+        analytics.update(people(12), t)
+    assert drafts[-1].severity == "Severe"
+
+
+def test_people_outside_the_zone_do_not_count() -> None:
+    analytics, drafts = crowd_scene()
+    for t in (0.0, 1.0, 2.0):
+        analytics.update([track(i + 1, 0.1, 0.9) for i in range(8)], t)
+    assert drafts == []
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+def test_a_rule_naming_an_unknown_zone_is_refused_with_the_names_known() -> None:
+    with pytest.raises(ValidationError, match=r"no zone 'lobby' \(zones: \['door'\]\)"):
+        SceneConfig.model_validate({"zones": [ZONE], "rules": [{"type": "intrusion", "name": "x", "zone": "lobby"}]})
+
+
+def test_a_zone_without_area_or_outside_the_frame_is_refused() -> None:
+    with pytest.raises(ValidationError, match="no area"):
+        SceneConfig.model_validate({"zones": [{"name": "flat", "polygon": [[0, 0], [0.5, 0.5], [1, 1]]}]})
+    with pytest.raises(ValidationError):
+        SceneConfig.model_validate({"zones": [{"name": "big", "polygon": [[0, 0], [2, 0], [0, 1]]}]})

@@ -1,0 +1,218 @@
+"""Frame sources by URL, replay timing, and the capture thread: newest frame only,
+dropped-frame count, reopen with backoff, stall detection."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from drivers.frames import FrameSourceError, GStreamerSource, OpenCVSource, Picamera2Source, ReplaySource, open_source
+from drivers.sim.frames import SimulatedCamera, moving_square
+from edge.vision.capture import Backoff, Capture
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_clip(path: Path, frames: int = 12, fps: float = 10.0) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    for i in range(frames):
+        writer.write(moving_square(i))
+    writer.release()
+    return path
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("0", OpenCVSource),
+        (2, OpenCVSource),
+        ("rtsp://10.0.0.5/stream1", OpenCVSource),
+        ("http://cam.local/mjpg", OpenCVSource),
+        ("gst:videotestsrc ! videoconvert ! appsink", GStreamerSource),
+        ("picamera2:", Picamera2Source),
+        ("replay:clips/a.avi", ReplaySource),
+        ("/var/lib/clip.mp4", OpenCVSource),
+    ],
+)
+def test_open_source_picks_the_adapter_by_url(url: str | int, kind: type) -> None:
+    assert isinstance(open_source(url), kind)
+
+
+def test_replay_of_a_file_follows_the_clip_timeline(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=12, fps=10.0)
+    source = ReplaySource(clip, realtime=False, clock=lambda: 100.0)
+    source.open()
+    stamps = []
+    while True:
+        ok, frame, ts = source.read()
+        if not ok:
+            break
+        assert frame is not None and frame.shape == (48, 64, 3)
+        stamps.append(ts)
+    assert stamps == pytest.approx([100.0 + i / 10 for i in range(12)])
+
+
+def test_realtime_replay_waits_for_each_frame_time(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=3, fps=10.0)
+    slept: list[float] = []
+    source = ReplaySource(clip, realtime=True, clock=lambda: 5.0, sleep=slept.append)
+    source.open()
+    for _ in range(3):
+        source.read()
+    assert slept == pytest.approx([0.1, 0.2])  # frame 0 is due at once
+
+
+def test_replay_loops_and_time_keeps_going(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), moving_square(i * 5))
+    source = ReplaySource(folder, fps=2.0, loop=True, realtime=False, clock=lambda: 0.0)
+    source.open()
+    reads = [source.read() for _ in range(7)]
+    assert all(ok for ok, _, _ in reads)
+    assert [ts for _, _, ts in reads] == pytest.approx([i / 2 for i in range(7)])
+    assert np.array_equal(reads[3][1], reads[0][1])  # back at the first image
+
+
+def test_missing_or_undecodable_sources_say_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(FrameSourceError, match="no such video file"):
+        ReplaySource(tmp_path / "nope.avi").open()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FrameSourceError, match=r"no .* images"):
+        ReplaySource(tmp_path / "empty").open()
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(b"\x00not a video" * 100)
+    with pytest.raises(FrameSourceError, match="cannot decode"):
+        ReplaySource(junk).open()
+    with pytest.raises(FrameSourceError, match="cannot open camera"):
+        OpenCVSource(str(tmp_path / "absent.mp4")).open()
+
+
+def test_picamera2_missing_is_a_clear_error_not_an_import_failure() -> None:
+    pytest.importorskip("cv2")
+    try:
+        import picamera2  # noqa: F401
+    except ImportError:
+        with pytest.raises(FrameSourceError, match="picamera2 is not installed"):
+            Picamera2Source().open()
+    else:  # pragma: no cover - on a Pi
+        pytest.skip("picamera2 is installed here")
+
+
+# --- capture --------------------------------------------------------------------------
+
+
+def test_capture_keeps_only_the_newest_frame_and_counts_the_dropped() -> None:
+    camera = SimulatedCamera(period_s=0.002)
+    capture = Capture(camera)
+    capture.start()
+    try:
+        assert wait_until(lambda: capture.captured >= 20)
+        frame = capture.wait_frame(timeout=1.0)
+        assert frame is not None and frame.seq >= 20
+        assert capture.dropped >= frame.seq - 2  # the consumer took one frame out of many
+        newer = capture.wait_frame(timeout=1.0)
+        assert newer is not None and newer.seq > frame.seq
+    finally:
+        capture.stop()
+
+
+def test_a_lost_camera_is_reopened_with_backoff_and_recovers() -> None:
+    camera = SimulatedCamera(period_s=0.002)
+    capture = Capture(camera, backoff=Backoff(first_s=0.01, max_s=0.05))
+    capture.start()
+    try:
+        assert capture.wait_frame(timeout=2.0) is not None
+        camera.unplug()
+        assert wait_until(lambda: not capture.state().ok)
+        assert "no such device" in (capture.state().reason or "") or "stopped delivering" in (
+            capture.state().reason or ""
+        )
+        assert wait_until(lambda: camera.failed_opens >= 3)  # it keeps trying
+        camera.replug()
+        assert wait_until(lambda: capture.state().ok)
+        assert capture.wait_frame(timeout=2.0) is not None
+        assert camera.opens >= 2
+    finally:
+        capture.stop()
+
+
+def test_a_stalled_camera_is_a_fault_and_is_reopened() -> None:
+    camera = SimulatedCamera(period_s=0.002)
+    capture = Capture(camera, stall_after_s=0.1, backoff=Backoff(first_s=0.01, max_s=0.05))
+    capture.start()
+    try:
+        assert capture.wait_frame(timeout=2.0) is not None
+        camera.stall()
+        assert wait_until(lambda: not capture.state().ok)
+        assert "stalled" in (capture.state().reason or "")
+        camera.unstall()
+        assert wait_until(lambda: capture.state().ok)
+        assert camera.opens >= 2
+    finally:
+        capture.stop()
+
+
+def test_a_lossless_finite_replay_hands_over_every_frame_then_ends(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=12)
+    capture = Capture(ReplaySource(clip, realtime=False), finite=True, lossless=True)
+    capture.start()
+    seqs = []
+    try:
+        while not capture.state().ended:
+            frame = capture.wait_frame(timeout=1.0)
+            if frame is not None:
+                seqs.append(frame.seq)
+                time.sleep(0.002)  # a slow consumer
+    finally:
+        capture.stop()
+    assert seqs == list(range(1, 13))
+    assert capture.dropped == 0
+
+
+def test_capture_stop_unblocks_a_stalled_read() -> None:
+    camera = SimulatedCamera()
+    camera.stall()
+    capture = Capture(camera)
+    capture.start()
+    stopped = threading.Event()
+    threading.Thread(target=lambda: (capture.stop(), stopped.set()), daemon=True).start()
+    assert stopped.wait(3.0)
+
+
+def test_make_demo_clip_builds_a_replayable_clip_with_a_still_stretch(shared: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_demo_clip", REPO / "scripts" / "make_demo_clip.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    photos = sorted((shared / "data" / "images").glob("fastestdet_*.jpg"))[:2]
+    if len(photos) < 2:
+        pytest.skip("the shared photos are absent")
+    out = tmp_path / "cache" / "clip.avi"
+    frames = script.build(photos, out, (160, 120), 10.0, seconds_per_image=0.5, static_s=0.5)
+    assert frames == 5 + 5 + 5
+    source = ReplaySource(out, realtime=False, clock=lambda: 0.0)
+    source.open()
+    decoded = [source.read()[1] for _ in range(frames)]
+    assert all(f is not None and f.shape == (120, 160, 3) for f in decoded)
+    assert source.read()[0] is False
+    still = decoded[10:15]  # after the second photo (index len // 2 == 1)
+    assert all(np.abs(f.astype(int) - still[0].astype(int)).max() <= 2 for f in still)
+    assert np.abs(decoded[0].astype(int) - decoded[4].astype(int)).mean() > 1  # the pan moves
