@@ -202,6 +202,13 @@ class Command(_Envelope):
         return self
 
 
+def signing_bytes(command: Command) -> bytes:
+    """The canonical bytes a command's Ed25519 ``signature`` covers: every field but the
+    signature, as sorted compact JSON, so any JSON encoder on either side agrees."""
+    fields = command.model_dump(mode="json", by_alias=True, exclude={"signature"}, exclude_none=True)
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 class CommandResult(_Envelope):
     type: Literal["cmd_result"] = "cmd_result"
     cmd_id: Annotated[str, Field(min_length=8, max_length=64)]
