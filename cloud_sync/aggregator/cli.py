@@ -1,9 +1,88 @@
-"""CLI surface (placeholder: its owner fills it in)."""
+"""``s4edge aggregator run``: the centre side, from the command line."""
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+
 import typer
+
+aggregator_app = typer.Typer(help="The central aggregator: ingest, store, HTTP API, dashboard.", no_args_is_help=True)
+
+
+@aggregator_app.callback()
+def _group() -> None:
+    """The central aggregator: ingest, store, HTTP API, dashboard."""
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise typer.BadParameter(f"{value!r}: give HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks a free one)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@aggregator_app.command("run")
+def run(
+    broker: str = typer.Option(..., "--broker", help="mqtt://host:port or mqtts://host:port"),
+    db: str = typer.Option("sqlite:///s4edge-aggregator.db", "--db", help="sqlite:///file or postgresql+psycopg://…"),
+    db_schema: str = typer.Option("", "--db-schema", help="PostgreSQL schema for the tables (default: public)"),
+    sqlite_sync: str = typer.Option(
+        "FULL", "--sqlite-sync", help="FULL: commits survive a power cut; NORMAL: faster, survive a process crash"
+    ),
+    http: str = typer.Option("127.0.0.1:8080", "--http", help="HOST:PORT for the API and dashboard"),
+    group: str = typer.Option("s4edge-aggregator", "--group", help="Shared-subscription group of the replicas"),
+    client_id: str = typer.Option("", "--client-id", help="Stable MQTT client id of this replica"),
+    protocol: str = typer.Option("auto", "--protocol", help="auto (5, then 3.1.1), 5 or 3.1.1"),
+    ca_file: str = typer.Option("", "--ca-file", help="CA bundle that signed the broker's certificate"),
+    cert_file: str = typer.Option("", "--cert-file", help="Client certificate (mutual TLS)"),
+    key_file: str = typer.Option("", "--key-file", help="Client key (mutual TLS)"),
+    username: str = typer.Option("", "--username", envvar="S4EDGE_BROKER_USERNAME"),
+    password: str = typer.Option("", "--password", envvar="S4EDGE_BROKER_PASSWORD"),
+    heartbeat_interval: float = typer.Option(30.0, "--heartbeat-interval", help="Assumed until two heartbeats show it"),
+    stale_factor: float = typer.Option(3.0, "--stale-factor", help="Stale after this many silent intervals"),
+) -> None:
+    """Run the aggregator until SIGINT/SIGTERM."""
+    from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+    from cloud_sync.aggregator.broker import BrokerConfig, BrokerError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = _host_port(http)
+    config = AggregatorConfig(
+        broker=BrokerConfig(
+            broker,
+            ca_file=ca_file or None,
+            cert_file=cert_file or None,
+            key_file=key_file or None,
+            username=username or None,
+            password=password or None,
+        ),
+        db_url=db,
+        db_schema=db_schema or None,
+        sqlite_sync=sqlite_sync,
+        http_host=host,
+        http_port=port,
+        group=group or None,
+        client_id=client_id or None,
+        protocol=protocol,
+        heartbeat_interval_s=heartbeat_interval,
+        stale_factor=stale_factor,
+    )
+    try:
+        aggregator = Aggregator(config)
+        aggregator.start()
+    except (BrokerError, OSError, RuntimeError, ValueError) as exc:
+        typer.echo(f"aggregator did not start: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"aggregator: {aggregator.url} (dashboard at /, API at /api, metrics at /metrics)", err=True)
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    done.wait()
+    aggregator.stop()
 
 
 def register(app: typer.Typer) -> None:
-    """Add this surface's commands to the root ``s4edge`` app."""
+    """Add ``s4edge aggregator …`` to the root app."""
+    app.add_typer(aggregator_app, name="aggregator")

@@ -9,7 +9,7 @@ import typer
 
 bench_app = typer.Typer(help="Benchmarks (JSON output, medians, ratios to targets).", no_args_is_help=True)
 
-BENCHMARKS: tuple[str, ...] = ("latency", "ng112", "outbox", "sensing", "vision")
+BENCHMARKS: tuple[str, ...] = ("ingest", "latency", "ng112", "outbox", "replicas", "sensing", "vision")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,172 @@
+"""The operators' HTTP API, the live SSE stream, metrics, and the dashboard's files."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud_sync.aggregator.commands import CommandDesk, CommandError
+from cloud_sync.aggregator.events import EventBus, sse_frame
+from cloud_sync.aggregator.metrics import IngestMetrics
+from cloud_sync.aggregator.store import AlertQuery, Store
+from cloud_sync.messages import NAME_PATTERN, SEVERITIES, CommandName, Scalar
+
+STATIC = Path(__file__).with_name("static")
+
+
+class AckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(default="operator", min_length=1, max_length=64)
+
+
+class CommandRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: CommandName
+    args: dict[str, Scalar] = Field(default_factory=dict)
+    ttl_s: int = Field(default=300, ge=1, le=86400)
+
+
+def build_api(
+    store: Store,
+    events: EventBus,
+    metrics: IngestMetrics,
+    commands: CommandDesk | None,
+    *,
+    heartbeat_interval_s: float = 30.0,
+    stale_factor: float = 3.0,
+    sse_ping_s: float = 15.0,
+    connected: Callable[[], bool] = lambda: True,
+) -> FastAPI:
+    app = FastAPI(title="s4edge aggregator", version="1")
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        try:
+            with store.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            db = "ok"
+        except SQLAlchemyError as exc:
+            db = f"error: {type(exc).__name__}"
+        broker = "ok" if connected() else "disconnected"
+        body = {"ok": db == "ok" and broker == "ok", "store": db, "broker": broker}
+        if not body["ok"]:
+            raise HTTPException(503, detail=body)
+        return body
+
+    @app.get("/metrics")
+    def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/nodes")
+    def list_nodes() -> Any:
+        return {"nodes": store.nodes(heartbeat_interval_s, stale_factor)}
+
+    @app.get("/api/alerts")
+    def list_alerts(
+        node: str | None = None,
+        site: str | None = None,
+        kind: str | None = None,
+        severity: str | None = None,
+        state: str | None = None,
+        incident: str | None = None,
+        since: datetime | None = None,
+        acked: bool | None = None,
+        limit: int = Query(100, ge=1, le=1000),
+        cursor: str | None = None,
+    ) -> Any:
+        if severity is not None and severity not in SEVERITIES:
+            raise HTTPException(422, detail=f"severity must be one of {', '.join(SEVERITIES)}")
+        if since is not None and since.tzinfo is None:
+            raise HTTPException(422, detail="since needs a timezone, e.g. 2026-01-01T00:00:00Z")
+        query = AlertQuery(
+            site=site,
+            node=node,
+            kind=kind,
+            severity=severity,
+            state=state,
+            incident=incident,
+            since=since,
+            acked=acked,
+            limit=limit,
+            cursor=cursor,
+        )
+        try:
+            page, next_cursor = store.alerts(query)
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        return {"alerts": page, "next_cursor": next_cursor}
+
+    @app.get("/api/alerts/{alert_id}")
+    def get_alert(alert_id: str) -> Any:
+        found = store.alert(alert_id)
+        if found is None:
+            raise HTTPException(404, detail=f"no alert {alert_id!r}")
+        return found
+
+    @app.post("/api/alerts/{alert_id}/ack")
+    def ack_alert(alert_id: str, request: AckRequest | None = None) -> Any:
+        by = (request or AckRequest()).by
+        acked = store.ack_alert(alert_id, by)
+        if acked is None:
+            raise HTTPException(404, detail=f"no alert {alert_id!r}")
+        events.publish("ack", {"id": alert_id, "acked_at": acked["acked_at"], "acked_by": acked["acked_by"]})
+        return acked
+
+    @app.post("/api/nodes/{site}/{node_id}/commands", status_code=202)
+    def send_command(
+        request: CommandRequest,
+        site: str = PathParam(pattern=NAME_PATTERN),
+        node_id: str = PathParam(pattern=NAME_PATTERN),
+    ) -> Any:
+        if commands is None:
+            raise HTTPException(503, detail="this aggregator has no broker link for commands")
+        try:
+            return commands.issue(site, node_id, request.name, request.args, request.ttl_s)
+        except CommandError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+
+    @app.get("/api/nodes/{site}/{node_id}/commands")
+    def node_commands(site: str, node_id: str, limit: int = Query(50, ge=1, le=500)) -> Any:
+        return {"commands": store.commands_for(site, node_id, limit)}
+
+    @app.get("/api/stream")
+    async def stream(request: Request) -> StreamingResponse:
+        sub = events.subscribe()
+
+        async def frames() -> AsyncIterator[str]:
+            try:
+                # Tells EventSource how long to wait before reconnecting (WHATWG HTML §9.2).
+                yield "retry: 2000\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        item = await asyncio.wait_for(sub.queue.get(), timeout=sse_ping_s)
+                    except TimeoutError:
+                        yield ": ping\n\n"  # a comment line keeps proxies from closing an idle stream
+                        continue
+                    if item is None:
+                        return  # fell too far behind; the browser reconnects and reloads
+                    yield sse_frame(*item)
+            finally:
+                events.unsubscribe(sub)
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+
+    return app
+
+
+def mount_dashboard(app: FastAPI) -> None:
+    """Serve the dashboard at ``/``. Mount it last: a mount at ``/`` answers every path after it."""
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="dashboard")

@@ -1,0 +1,155 @@
+"""The aggregator's composition root: store + ingest + HTTP API, each in its thread.
+
+Embeddable: ``Aggregator(...).start()`` returns once the broker session is up and
+the HTTP server listens (on a free port when ``http_port`` is 0); ``url`` tells
+where. ``stop()`` undoes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import uvicorn
+from fastapi import APIRouter
+
+from cloud_sync.aggregator.api import build_api, mount_dashboard
+from cloud_sync.aggregator.broker import BrokerConfig
+from cloud_sync.aggregator.commands import CommandDesk
+from cloud_sync.aggregator.events import EventBus
+from cloud_sync.aggregator.ingest import AlertHook, Ingest
+from cloud_sync.aggregator.metrics import IngestMetrics
+from cloud_sync.aggregator.store import Store, make_engine
+
+log = logging.getLogger("s4edge.aggregator")
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    broker: BrokerConfig
+    db_url: str = "sqlite:///s4edge-aggregator.db"
+    db_schema: str | None = None
+    sqlite_sync: str = "FULL"
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    group: str | None = "s4edge-aggregator"
+    client_id: str | None = None
+    issuer: str = "aggregator"
+    session_expiry_s: int = 86400
+    protocol: str = "auto"
+    heartbeat_interval_s: float = 30.0
+    stale_factor: float = 3.0
+    batch_max: int = 500
+    sse_ping_s: float = 15.0
+
+    @property
+    def session_id(self) -> str:
+        # The persistent session is found again by client id, so it must be stable per replica.
+        return self.client_id or f"{self.group or 's4edge'}-{socket.gethostname()}"[:64]
+
+
+class Aggregator:
+    def __init__(self, config: AggregatorConfig, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.config = config
+        self.store = Store(make_engine(config.db_url, config.db_schema, config.sqlite_sync), clock=clock)
+        self.events = EventBus()
+        self.metrics = IngestMetrics(nodes_online=self.store.count_online)
+        self.ingest = Ingest(
+            config.broker,
+            self.store,
+            self.metrics,
+            client_id=config.session_id,
+            group=config.group,
+            session_expiry_s=config.session_expiry_s,
+            batch_max=config.batch_max,
+            protocol=config.protocol,
+            events=self.events,
+            clock=clock,
+        )
+        self.commands = CommandDesk(self.store, self.ingest.publish, config.issuer)
+        self.api = build_api(
+            self.store,
+            self.events,
+            self.metrics,
+            self.commands,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            stale_factor=config.stale_factor,
+            sse_ping_s=config.sse_ping_s,
+            connected=lambda: self.ingest.connected,
+        )
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def on_alert_stored(self) -> list[AlertHook]:
+        """Append a callable to be told of each newly stored alert (NG112, correlation)."""
+        return self.ingest.on_alert_stored
+
+    def include_router(self, router: APIRouter) -> None:
+        """Add another module's HTTP routes (NG112 forwards, …); call before ``start()``."""
+        if self._server is not None:
+            raise RuntimeError("include routers before start()")
+        self.api.include_router(router)
+
+    @property
+    def url(self) -> str:
+        if self._socket is None:
+            raise RuntimeError("the aggregator is not started")
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def start(self, timeout: float = 15.0) -> Aggregator:
+        self.store.create_all()
+        self.ingest.start(timeout)
+        try:
+            self._serve(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("aggregator listening on %s", self.url)
+        return self
+
+    def _serve(self, timeout: float) -> None:
+        if not any(getattr(route, "name", "") == "dashboard" for route in self.api.routes):
+            mount_dashboard(self.api)
+        family = socket.AF_INET6 if ":" in self.config.http_host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((self.config.http_host, self.config.http_port))
+        server = uvicorn.Server(
+            uvicorn.Config(self.api, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=2)
+        )
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [self._socket]}, name="aggregator-http", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not server.started:
+            raise RuntimeError(f"the HTTP server did not start on {self.config.http_host}:{self.config.http_port}")
+
+    def stop(self) -> None:
+        self.events.close()  # ends open SSE streams, so that the server can shut down
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self.ingest.stop()
+        if self._socket is not None:
+            self._socket.close()
+        self.store.engine.dispose()
+        self._server, self._thread, self._socket = None, None, None
+
+    def __enter__(self) -> Aggregator:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

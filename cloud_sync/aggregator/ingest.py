@@ -1,0 +1,391 @@
+"""Broker → store: subscribe, validate, de-duplicate, commit, then acknowledge.
+
+paho's network thread only queues what arrives; one writer thread takes whatever is
+queued (up to ``batch_max``), validates it, commits it in one transaction and only
+then sends the PUBACKs (``manual_ack``). A crash between commit and ack makes the
+broker redeliver, and the primary key on ``alerts.id`` drops the copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+
+from cloud_sync.aggregator.broker import BrokerConfig, BrokerError
+from cloud_sync.aggregator.events import EventBus
+from cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
+from cloud_sync.aggregator.store import Store
+from cloud_sync.aggregator.views import alert_record
+from cloud_sync.messages import (
+    Alert,
+    Command,
+    CommandResult,
+    Heartbeat,
+    MessageError,
+    Status,
+    Telemetry,
+    decode_from,
+    fleet_filter,
+)
+
+log = logging.getLogger("s4edge.aggregator")
+
+SUFFIXES = ("status", "heartbeat", "telemetry", "alert", "cmd_result")
+V5_PROBE_S = 3.0
+
+AlertHook = Callable[[Alert], object]
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str | None
+    payload: bytes
+    qos: int
+    mid: int
+    generation: int  # which connection delivered it: a mid is only meaningful on that connection
+    at: datetime
+    t0: float
+
+
+@dataclass
+class Batch:
+    alerts: dict[str, tuple[Alert, datetime]] = field(default_factory=dict)
+    statuses: dict[tuple[str, str], tuple[Status, datetime]] = field(default_factory=dict)
+    beats: dict[tuple[str, str], tuple[Heartbeat, datetime]] = field(default_factory=dict)
+    readings: dict[tuple[str, str], tuple[Telemetry, datetime]] = field(default_factory=dict)
+    results: list[tuple[CommandResult, datetime]] = field(default_factory=list)
+    duplicates_in_batch: int = 0
+
+    def add(self, message: Status | Heartbeat | Telemetry | Alert | Command | CommandResult, at: datetime) -> None:
+        key = (message.site, message.node_id)
+        if isinstance(message, Alert):
+            if message.id in self.alerts:
+                self.duplicates_in_batch += 1  # the first copy wins, as it would across batches
+            else:
+                self.alerts[message.id] = (message, at)
+        elif isinstance(message, CommandResult):
+            self.results.append((message, at))
+        # Only the newest status/heartbeat/telemetry per node matters.
+        elif isinstance(message, Status):
+            if key not in self.statuses or self.statuses[key][0].ts <= message.ts:
+                self.statuses[key] = (message, at)
+        elif isinstance(message, Heartbeat):
+            if key not in self.beats or self.beats[key][0].ts <= message.ts:
+                self.beats[key] = (message, at)
+        elif isinstance(message, Telemetry) and (key not in self.readings or self.readings[key][0].ts <= message.ts):
+            self.readings[key] = (message, at)
+
+
+class Ingest:
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        store: Store,
+        metrics: IngestMetrics,
+        *,
+        client_id: str,
+        group: str | None = "s4edge-aggregator",
+        session_expiry_s: int = 86400,
+        batch_max: int = 500,
+        protocol: str = "auto",
+        events: EventBus | None = None,
+        rejection_log: RejectionLog | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if protocol not in ("auto", "5", "3.1.1"):
+            raise ValueError("protocol: auto, 5 or 3.1.1")
+        self.broker = broker
+        self.store = store
+        self.metrics = metrics
+        self.client_id = client_id
+        self.group = group
+        self.session_expiry_s = session_expiry_s
+        self.batch_max = batch_max
+        self.protocol = protocol
+        self.events = events
+        self.rejections = rejection_log or RejectionLog()
+        self.clock = clock
+        self.on_alert_stored: list[AlertHook] = []
+        self.protocol_used: MQTTProtocolVersion | None = None
+        self._queue: queue.Queue[Received] = queue.Queue(maxsize=20000)
+        self._generation = 0
+        self._known_nodes: set[tuple[str, str]] = set()
+        self._received = {s: metrics.received.labels(s) for s in (*SUFFIXES, "other")}  # labels() costs a lookup
+        self._stopping = threading.Event()
+        self._client: mqtt.Client | None = None
+        self._writer: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        order: list[MQTTProtocolVersion] = {
+            "auto": [mqtt.MQTTv5, mqtt.MQTTv311],
+            "5": [mqtt.MQTTv5],
+            "3.1.1": [mqtt.MQTTv311],
+        }[self.protocol]
+        failure = ""
+        for protocol in order:
+            client = self.broker.client(self.client_id, protocol, manual_ack=True)
+            # A 3.1.1-only broker (amqtt, the demo's) may never answer a v5 CONNECT: probe briefly.
+            fallback_left = protocol != order[-1]
+            failure = self._connect(client, protocol, min(timeout, V5_PROBE_S) if fallback_left else timeout)
+            if not failure:
+                self._client, self.protocol_used = client, protocol
+                break
+            if not any(word in failure for word in ("protocol", "Protocol", "closed", "no CONNACK")):
+                break  # refused for another reason (credentials, ACL): a fallback would not help
+        if self._client is None:
+            raise BrokerError(f"could not connect to {self.broker.url}: {failure}")
+        self._stopping.clear()
+        self._writer = threading.Thread(target=self._write_loop, name="aggregator-ingest", daemon=True)
+        self._writer.start()
+
+    def _connect(self, client: mqtt.Client, protocol: MQTTProtocolVersion, timeout: float) -> str:
+        """Connect and wait for CONNACK; return '' on success, else why it failed."""
+        outcome: dict[str, str] = {}
+        answered = threading.Event()
+
+        def on_connect(c: mqtt.Client, _u: Any, flags: Any, reason: ReasonCode, _p: Any) -> None:
+            if reason.is_failure:
+                outcome["failure"] = f"broker refused: {reason}"
+            else:
+                self._on_connected(c, protocol, flags)
+            answered.set()
+
+        def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+            if not answered.is_set():
+                outcome["failure"] = f"connection closed before CONNACK ({reason})"
+                answered.set()
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_message = self._on_message
+        properties = None
+        if protocol == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self.session_expiry_s
+            # MQTT 5.0 §3.1.2.11.3: caps unacked QoS 1 deliveries; two batches' worth lets the next
+            # batch arrive while this one commits, and bounds what a slow store can pile up here.
+            properties.ReceiveMaximum = min(65535, 2 * self.batch_max)
+        try:
+            client.connect(
+                self.broker.host,
+                self.broker.port,
+                keepalive=self.broker.keepalive_s,
+                clean_start=False if protocol == mqtt.MQTTv5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=properties,
+            )
+        except (OSError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        client.loop_start()
+        if not answered.wait(timeout):
+            outcome["failure"] = f"no CONNACK within {timeout} s"
+            answered.set()  # so that the disconnect below does not overwrite the reason
+        if "failure" in outcome:
+            client.loop_stop()
+            client.disconnect()
+            return outcome["failure"]
+        return ""
+
+    def _on_connected(self, client: mqtt.Client, protocol: MQTTProtocolVersion, flags: Any) -> None:
+        self._generation += 1
+        filters = [fleet_filter(suffix) for suffix in SUFFIXES]
+        if protocol == mqtt.MQTTv5:
+            if self.group:
+                filters = [f"$share/{self.group}/{f}" for f in filters]
+            client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
+        else:
+            client.subscribe([(f, 1) for f in filters])
+        log.info(
+            "connected to %s as %s (MQTT %s, session present: %s)",
+            self.broker.url,
+            self.client_id,
+            "5" if protocol == mqtt.MQTTv5 else "3.1.1",
+            getattr(flags, "session_present", None),
+        )
+
+    def stop(self) -> None:
+        """Commit and acknowledge what has arrived, then disconnect cleanly (the session stays)."""
+        self._stopping.set()
+        if self._writer is not None:
+            self._writer.join(30)
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        self._client = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 5.0) -> bool:
+        """Publish (commands); True once the broker has acknowledged it."""
+        if self._client is None:
+            return False
+        info = self._client.publish(topic, payload, qos=qos)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    # -- receive -------------------------------------------------------------------------------------
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic: str | None = message.topic
+        except UnicodeDecodeError:
+            topic = None
+        item = Received(
+            topic, bytes(message.payload), message.qos, message.mid, self._generation, self.clock(), time.monotonic()
+        )
+        if message.qos == 0:
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:  # QoS 0 is best effort: shed it rather than stall the network loop
+                self._reject("overload", topic or "?", "ingest queue full")
+            return
+        self._queue.put(item)  # QoS 1: bounded by the broker's in-flight window anyway
+
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                batch = [self._queue.get(timeout=0.2)]
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.process(batch)
+            except Exception:  # a bug in one batch must not stop ingest
+                log.exception(
+                    "ingest batch of %d failed; left unacked, the broker redelivers it on reconnect", len(batch)
+                )
+
+    # -- validate, commit, acknowledge -------------------------------------------------------------
+
+    def process(self, received: Sequence[Received]) -> None:
+        batch = Batch()
+        for item in received:
+            suffix = item.topic.rsplit("/", 1)[-1] if item.topic else "other"
+            self._received.get(suffix, self._received["other"]).inc()
+            if item.topic is None:
+                self._reject("bad_topic", "?", "topic is not UTF-8")
+                continue
+            try:
+                batch.add(decode_from(item.topic, item.payload), item.at)
+            except MessageError as exc:
+                self._reject(exc.reason, item.topic, exc.detail)
+        new_ids = self._commit_with_retry(batch)
+        if new_ids is None:
+            return  # stopping during a store outage: leave unacked, the broker redelivers
+        done = time.monotonic()
+        for item in received:
+            self.metrics.latency.observe(done - item.t0)
+            if item.qos > 0 and item.generation == self._generation and self._client is not None:
+                self._client.ack(item.mid, item.qos)
+        self._announce(batch, new_ids)
+
+    def _commit_with_retry(self, batch: Batch) -> set[str] | None:
+        delay = 0.5
+        while True:
+            try:
+                return self._commit(batch)
+            except DBAPIError as exc:
+                if not _transient(exc):
+                    return self._commit_one_by_one(batch)
+                self.metrics.store_errors.inc()
+                log.warning("store unavailable (%s); retrying in %.1f s", type(exc.orig).__name__, delay)
+            except SQLAlchemyError:
+                return self._commit_one_by_one(batch)
+            if self._stopping.wait(delay):
+                return None
+            delay = min(delay * 2, 10.0)
+
+    def _commit(self, batch: Batch) -> set[str]:
+        keys = {(a.site, a.node_id) for a, _ in batch.alerts.values()}
+        keys |= {(r.site, r.node_id) for r, _ in batch.results} | set(batch.readings)
+        keys -= self._known_nodes  # node rows are never deleted: once seen, no need to ask again
+        with self.store.engine.begin() as conn:
+            self.store.ensure_nodes(conn, keys)
+            new_ids = self.store.insert_alerts(conn, list(batch.alerts.values()))
+            for status, at in batch.statuses.values():
+                self.store.record_status(conn, status, at)
+            self.store.record_heartbeats(conn, list(batch.beats.values()))
+            self.store.record_telemetry_batch(conn, list(batch.readings.values()))
+            for result, at in batch.results:
+                self.store.record_cmd_result(conn, result, at)
+        self._known_nodes |= keys | set(batch.statuses) | set(batch.beats)
+        self.metrics.duplicates.inc(len(batch.alerts) - len(new_ids) + batch.duplicates_in_batch)
+        for kind, count in (
+            ("alert", len(new_ids)),
+            ("status", len(batch.statuses)),
+            ("heartbeat", len(batch.beats)),
+            ("telemetry", len(batch.readings)),
+            ("cmd_result", len(batch.results)),
+        ):
+            if count:
+                self.metrics.stored.labels(kind).inc(count)
+        return new_ids
+
+    def _commit_one_by_one(self, batch: Batch) -> set[str]:
+        """The store refused the batch (not an outage): find and reject the message it refuses."""
+        new_ids: set[str] = set()
+        singles: list[Batch] = []
+        for alert, at in batch.alerts.values():
+            singles.append(Batch(alerts={alert.id: (alert, at)}))
+        for slot, name in ((batch.statuses, "statuses"), (batch.beats, "beats"), (batch.readings, "readings")):
+            for key, value in slot.items():
+                single = Batch()
+                getattr(single, name)[key] = value
+                singles.append(single)
+        singles += [Batch(results=[r]) for r in batch.results]
+        for single in singles:
+            try:
+                new_ids |= self._commit(single)
+            except SQLAlchemyError as exc:
+                self._reject("store_refused", "store", str(exc)[:300])
+        return new_ids
+
+    def _reject(self, reason: str, topic: str, detail: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        self.rejections.note(reason, topic, detail)
+
+    def _announce(self, batch: Batch, new_ids: set[str]) -> None:
+        for alert_id in sorted(new_ids, key=lambda i: batch.alerts[i][0].ts):
+            alert, at = batch.alerts[alert_id]
+            if self.events is not None:
+                self.events.publish("alert", alert_record(alert, at))
+            for hook in self.on_alert_stored:
+                try:
+                    hook(alert)
+                except Exception:  # a subscriber's bug must not stop ingest
+                    log.exception("on_alert_stored hook %r failed for alert %s", hook, alert.id)
+        if self.events is not None:
+            for site, node_id in {*batch.statuses, *batch.beats}:
+                change = "status" if (site, node_id) in batch.statuses else "heartbeat"
+                self.events.publish("node", {"site": site, "node_id": node_id, "change": change})
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """An outage (connection lost, database locked) is retried; bad data is not."""
+    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)

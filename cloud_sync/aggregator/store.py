@@ -1,0 +1,426 @@
+"""The aggregator's store: SQLAlchemy Core, one code path for SQLite and PostgreSQL.
+
+Other centre modules (NG112 forwarding, correlation) add their own tables to
+``metadata`` before ``Store.create_all()`` runs, and share the engine from
+``make_engine``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
+
+from cloud_sync.aggregator.views import (
+    alert_dict,
+    alert_row,
+    command_dict,
+    decode_cursor,
+    encode_cursor,
+    node_dict,
+    utc,
+)
+from cloud_sync.messages import Alert, CommandResult, Heartbeat, Status, Telemetry
+
+Clock = Callable[[], datetime]
+
+metadata = MetaData()
+DDL_LOCK_KEY = 0x53344544  # "S4ED": the advisory lock that serialises schema creation
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("site", String(64), primary_key=True),
+    Column("node_id", String(64), primary_key=True),
+    Column("state", String(16)),  # online/offline from the retained status; NULL until one arrives
+    Column("status_ts", DateTime(timezone=True)),
+    Column("boot_id", String(128)),
+    Column("version", String(128)),
+    Column("config_digest", String(64)),
+    Column("degraded", JSON),
+    Column("heartbeat_ts", DateTime(timezone=True)),  # the node's clock
+    Column("heartbeat_at", DateTime(timezone=True)),  # our clock: staleness is judged on it
+    Column("heartbeat_interval_s", Float),
+    Column("health", JSON),
+    Column("changed_at", DateTime(timezone=True)),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the de-dup key (DESIGN.md, Delivery guarantees)
+    Column("node_id", String(64), nullable=False),
+    Column("site", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("incident", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("lat", Float, nullable=False),
+    Column("lon", Float, nullable=False),
+    Column("zone", String(128)),
+    Column("title", String(128)),
+    Column("detail", Text),
+    Column("measurements", JSON(none_as_null=True)),
+    Column("detection", JSON(none_as_null=True)),
+    Column("model", JSON(none_as_null=True)),
+    Column("acked_at", DateTime(timezone=True)),
+    Column("acked_by", String(64)),
+    Index("ix_alerts_ts", "ts", "id"),
+    Index("ix_alerts_node", "site", "node_id", "ts"),
+    Index("ix_alerts_incident", "incident"),
+)
+
+# One row per node: the last telemetry message, so the table stays bounded by the fleet size.
+telemetry = Table(
+    "telemetry",
+    metadata,
+    Column("site", String(64), primary_key=True),
+    Column("node_id", String(64), primary_key=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("readings", JSON, nullable=False),
+)
+
+commands = Table(
+    "commands",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("site", String(64), nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("name", String(32), nullable=False),
+    Column("args", JSON, nullable=False),
+    Column("issuer", String(64), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires", DateTime(timezone=True), nullable=False),
+    Index("ix_commands_node", "site", "node_id", "issued_at"),
+)
+
+cmd_results = Table(
+    "cmd_results",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("cmd_id", String(64), nullable=False, index=True),
+    Column("site", String(64), nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("detail", Text),
+    Column("data", JSON),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def make_engine(url: str, schema: str | None = None, sqlite_sync: str = "FULL") -> Engine:
+    """An engine for ``sqlite:///path`` or ``postgresql+psycopg://…``.
+
+    ``schema`` (PostgreSQL only) places every table of ``metadata`` in that schema,
+    which isolates test runs and lets several deployments share one database.
+    ``sqlite_sync``: FULL makes every commit survive a power cut before the broker
+    gets its ack; NORMAL (WAL) survives a crash of the process but not of the OS,
+    and ingests faster (see ``s4edge bench ingest``).
+    """
+    if url.startswith("sqlite"):
+        if schema:
+            raise ValueError("schema= is for PostgreSQL; give SQLite its own file instead")
+        if sqlite_sync.upper() not in ("FULL", "NORMAL"):
+            raise ValueError(f"sqlite_sync {sqlite_sync!r}: FULL or NORMAL")
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        pragmas = ("PRAGMA journal_mode=WAL", f"PRAGMA synchronous={sqlite_sync.upper()}")
+        event.listen(engine, "connect", lambda dbapi_conn, _record: _run(dbapi_conn, pragmas))
+        return engine
+    engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+    if schema:
+        with engine.begin() as conn:
+            _serialise_ddl(conn)
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        engine = engine.execution_options(schema_translate_map={None: schema})
+    return engine
+
+
+def _run(dbapi_conn: Any, statements: Sequence[str]) -> None:
+    # WAL lets the HTTP API read while ingest writes.
+    cursor = dbapi_conn.cursor()
+    for statement in statements:
+        cursor.execute(statement)
+    cursor.close()
+
+
+def _serialise_ddl(conn: Connection) -> None:
+    # Replicas that start together would race on CREATE TABLE (PostgreSQL does not make
+    # IF NOT EXISTS atomic); a transaction-scoped advisory lock queues them.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DDL_LOCK_KEY})
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT, which offers ON CONFLICT on both SQLite and PostgreSQL."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+@dataclass(frozen=True)
+class AlertQuery:
+    site: str | None = None
+    node: str | None = None
+    kind: str | None = None
+    severity: str | None = None
+    state: str | None = None
+    incident: str | None = None
+    since: datetime | None = None
+    acked: bool | None = None
+    limit: int = 100
+    cursor: str | None = None
+
+
+class Store:
+    def __init__(self, engine: Engine, clock: Clock = lambda: datetime.now(UTC)) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def create_all(self) -> None:
+        """Create missing tables; safe when several replicas start at once."""
+        try:
+            with self.engine.begin() as conn:
+                _serialise_ddl(conn)
+                metadata.create_all(conn)
+        except OperationalError:
+            # SQLite: another process created a table between our check and our CREATE.
+            metadata.create_all(self.engine)
+
+    # -- ingest (all inside one caller-owned transaction per batch) ---------------------------
+
+    def insert_alerts(self, conn: Connection, batch: Sequence[tuple[Alert, datetime]]) -> set[str]:
+        """Insert alerts; return the ids that were new. Safe against concurrent replicas."""
+        if not batch:
+            return set()
+        rows = [alert_row(alert, received_at) for alert, received_at in batch]
+        stmt = _insert(conn, alerts).on_conflict_do_nothing(index_elements=["id"]).returning(alerts.c.id)
+        return {row[0] for row in conn.execute(stmt, rows)}
+
+    def ensure_nodes(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> None:
+        rows = [{"site": site, "node_id": node} for site, node in sorted(set(keys))]
+        if rows:
+            conn.execute(_insert(conn, nodes).on_conflict_do_nothing(index_elements=["site", "node_id"]), rows)
+
+    def record_status(self, conn: Connection, status: Status, received_at: datetime) -> None:
+        values = {
+            "state": status.state,
+            "status_ts": utc(status.ts),
+            "boot_id": status.boot_id,
+            "version": status.version,
+            "config_digest": status.config_digest,
+            "degraded": list(status.degraded),
+            "changed_at": received_at,
+        }
+        stmt = _insert(conn, nodes).values(site=status.site, node_id=status.node_id, **values)
+        # A retained status redelivered after a newer one must not roll the state back.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["site", "node_id"],
+            set_=values,
+            where=or_(nodes.c.status_ts.is_(None), nodes.c.status_ts <= stmt.excluded.status_ts),
+        )
+        conn.execute(stmt)
+
+    def record_heartbeats(self, conn: Connection, beats: Sequence[tuple[Heartbeat, datetime]]) -> None:
+        """The newest heartbeat per node (one per node in ``beats``), in two statements for the batch."""
+        if not beats:
+            return
+        keys = [(beat.site, beat.node_id) for beat, _ in beats]
+        columns = select(nodes.c.site, nodes.c.node_id, nodes.c.heartbeat_ts, nodes.c.heartbeat_interval_s)
+        previous = {
+            (row.site, row.node_id): row
+            for row in conn.execute(columns.where(tuple_(nodes.c.site, nodes.c.node_id).in_(keys)))
+        }
+        rows = []
+        for beat, received_at in beats:
+            before = previous.get((beat.site, beat.node_id))
+            interval = before.heartbeat_interval_s if before else None
+            if before is not None and before.heartbeat_ts is not None:
+                gap = (utc(beat.ts) - utc(before.heartbeat_ts)).total_seconds()
+                if gap <= 0:
+                    continue  # an older heartbeat, redelivered: keep the newer one
+                if gap <= 3600:
+                    interval = gap  # the node's interval, learnt from consecutive heartbeats
+            health = beat.model_dump(
+                mode="json", exclude_none=True, exclude={"schema_", "id", "node_id", "site", "ts", "seq", "type"}
+            )
+            rows.append(
+                {
+                    "site": beat.site,
+                    "node_id": beat.node_id,
+                    "heartbeat_ts": utc(beat.ts),
+                    "heartbeat_at": received_at,
+                    "heartbeat_interval_s": interval,
+                    "health": health,
+                }
+            )
+        if rows:
+            stmt = _insert(conn, nodes)
+            changed = ("heartbeat_ts", "heartbeat_at", "heartbeat_interval_s", "health")
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["site", "node_id"], set_={c: stmt.excluded[c] for c in changed}
+            )
+            conn.execute(stmt, rows)
+
+    def record_heartbeat(self, conn: Connection, beat: Heartbeat, received_at: datetime) -> None:
+        self.record_heartbeats(conn, [(beat, received_at)])
+
+    def record_telemetry(self, conn: Connection, reading: Telemetry, received_at: datetime) -> None:
+        self.record_telemetry_batch(conn, [(reading, received_at)])
+
+    def record_telemetry_batch(self, conn: Connection, readings: Sequence[tuple[Telemetry, datetime]]) -> None:
+        """The newest telemetry per node (one per node in ``readings``)."""
+        if not readings:
+            return
+        rows = [
+            {
+                "site": reading.site,
+                "node_id": reading.node_id,
+                "ts": utc(reading.ts),
+                "received_at": received_at,
+                "readings": [r.model_dump(mode="json", exclude_none=True) for r in reading.readings],
+            }
+            for reading, received_at in readings
+        ]
+        stmt = _insert(conn, telemetry)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["site", "node_id"],
+            set_={c: stmt.excluded[c] for c in ("ts", "received_at", "readings")},
+            where=telemetry.c.ts <= stmt.excluded.ts,
+        )
+        conn.execute(stmt, rows)
+
+    def record_cmd_result(self, conn: Connection, result: CommandResult, received_at: datetime) -> None:
+        row = {
+            "id": result.id,
+            "cmd_id": result.cmd_id,
+            "site": result.site,
+            "node_id": result.node_id,
+            "name": result.name,
+            "ok": result.ok,
+            "detail": result.detail,
+            "data": dict(result.data),
+            "ts": utc(result.ts),
+            "received_at": received_at,
+        }
+        conn.execute(_insert(conn, cmd_results).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+
+    # -- operator side -------------------------------------------------------------------------
+
+    def ack_alert(self, alert_id: str, by: str) -> dict[str, Any] | None:
+        """Acknowledge once; a second ack keeps the first operator and time."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(alerts)
+                .where(alerts.c.id == alert_id, alerts.c.acked_at.is_(None))
+                .values(acked_at=self.clock(), acked_by=by)
+            )
+            row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).mappings().first()
+        return alert_dict(row) if row else None
+
+    def alert(self, alert_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).mappings().first()
+        return alert_dict(row) if row else None
+
+    def alerts(self, query: AlertQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first (by the node's ts, then id); returns (page, next_cursor)."""
+        stmt = select(alerts)
+        for column, value in (
+            (alerts.c.site, query.site),
+            (alerts.c.node_id, query.node),
+            (alerts.c.kind, query.kind),
+            (alerts.c.severity, query.severity),
+            (alerts.c.state, query.state),
+            (alerts.c.incident, query.incident),
+        ):
+            if value is not None:
+                stmt = stmt.where(column == value)
+        if query.since is not None:
+            stmt = stmt.where(alerts.c.ts >= utc(query.since))
+        if query.acked is not None:
+            stmt = stmt.where(alerts.c.acked_at.isnot(None) if query.acked else alerts.c.acked_at.is_(None))
+        if query.cursor:
+            ts, alert_id = decode_cursor(query.cursor)
+            stmt = stmt.where(or_(alerts.c.ts < ts, and_(alerts.c.ts == ts, alerts.c.id < alert_id)))
+        stmt = stmt.order_by(alerts.c.ts.desc(), alerts.c.id.desc()).limit(query.limit + 1)
+        with self.engine.connect() as conn:
+            rows = [alert_dict(r) for r in conn.execute(stmt).mappings()]
+        page = rows[: query.limit]
+        more = len(rows) > query.limit
+        next_cursor = encode_cursor(datetime.fromisoformat(page[-1]["ts"]), page[-1]["id"]) if more else None
+        return page, next_cursor
+
+    def count_alerts(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(alerts)).scalar_one())
+
+    def nodes(self, default_interval_s: float, stale_factor: float) -> list[dict[str, Any]]:
+        now = self.clock()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(nodes).order_by(nodes.c.site, nodes.c.node_id)).mappings().all()
+        return [node_dict(r, now, default_interval_s, stale_factor) for r in rows]
+
+    def node(self, site: str, node_id: str, default_interval_s: float, stale_factor: float) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(nodes).where(nodes.c.site == site, nodes.c.node_id == node_id)).mappings().first()
+        return node_dict(row, self.clock(), default_interval_s, stale_factor) if row else None
+
+    def count_online(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(select(func.count()).select_from(nodes).where(nodes.c.state == "online")).scalar_one()
+            )
+
+    def record_command(self, row: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(commands.insert().values(**row))
+
+    def commands_for(self, site: str, node_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        stmt = (
+            select(commands)
+            .where(commands.c.site == site, commands.c.node_id == node_id)
+            .order_by(commands.c.issued_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            cmds = [dict(r) for r in conn.execute(stmt).mappings()]
+            ids = [c["id"] for c in cmds]
+            results = (
+                conn.execute(select(cmd_results).where(cmd_results.c.cmd_id.in_(ids))).mappings().all() if ids else []
+            )
+        by_cmd = {r["cmd_id"]: r for r in sorted(results, key=lambda r: utc(r["received_at"]))}
+        return [command_dict(c, by_cmd.get(c["id"])) for c in cmds]

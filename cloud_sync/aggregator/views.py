@@ -1,0 +1,99 @@
+"""The API's views of stored rows: JSON-ready dicts, the stale flag, and paging cursors."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+from cloud_sync.messages import Alert
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC. SQLite hands back naive datetimes; everything we store is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def encode_cursor(ts: datetime, alert_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{utc(ts).isoformat()}|{alert_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError on a cursor we did not issue."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ts, alert_id = raw.split("|", 1)
+        return utc(datetime.fromisoformat(ts)), alert_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
+
+
+def alert_row(alert: Alert, received_at: datetime) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "node_id": alert.node_id,
+        "site": alert.site,
+        "seq": alert.seq,
+        "ts": utc(alert.ts),
+        "received_at": received_at,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "state": alert.state,
+        "incident": alert.incident,
+        "status": alert.status,
+        "lat": alert.location.lat,
+        "lon": alert.location.lon,
+        "zone": alert.location.zone,
+        "title": alert.title,
+        "detail": alert.detail,
+        "measurements": [m.model_dump(mode="json", exclude_none=True) for m in alert.measurements],
+        "detection": alert.detection.model_dump(mode="json", exclude_none=True) if alert.detection else None,
+        "model": alert.model.model_dump(mode="json") if alert.model else None,
+    }
+
+
+def alert_record(alert: Alert, received_at: datetime) -> dict[str, Any]:
+    """The API's shape of a just-stored alert, without reading it back."""
+    return alert_dict({**alert_row(alert, received_at), "acked_at": None, "acked_by": None})
+
+
+def _iso(value: datetime | None) -> str | None:
+    return utc(value).isoformat() if value is not None else None
+
+
+def alert_dict(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    for key in ("ts", "received_at", "acked_at"):
+        out[key] = _iso(out[key])
+    return out
+
+
+def node_dict(row: Any, now: datetime, default_interval_s: float, stale_factor: float) -> dict[str, Any]:
+    out = dict(row)
+    interval = out["heartbeat_interval_s"] or default_interval_s
+    # Stale: online by its retained status, but no heartbeat for > factor × interval since
+    # the last sign of life (a heartbeat, or the status that said online).
+    signs = [utc(t) for t in (out["heartbeat_at"], out["changed_at"]) if t is not None]
+    out["stale"] = bool(
+        out["state"] == "online" and signs and (now - max(signs)).total_seconds() > stale_factor * interval
+    )
+    for key in ("status_ts", "heartbeat_ts", "heartbeat_at", "changed_at"):
+        out[key] = _iso(out[key])
+    return out
+
+
+def command_dict(cmd: dict[str, Any], result: Any) -> dict[str, Any]:
+    out = dict(cmd)
+    for key in ("issued_at", "expires"):
+        out[key] = _iso(out[key])
+    out["result"] = None
+    if result is not None:
+        out["result"] = {
+            "id": result["id"],
+            "ok": result["ok"],
+            "detail": result["detail"],
+            "data": result["data"],
+            "ts": _iso(result["ts"]),
+            "received_at": _iso(result["received_at"]),
+        }
+    return out

@@ -1,0 +1,194 @@
+"""``s4edge bench ingest``: aggregator ingest rate against a bare paho subscriber.
+
+Both consumers drain the same backlog from a real mosquitto: N alerts (QoS 1) are
+published while the consumer's persistent session is offline, then the consumer
+reconnects and the clock runs until it has handled all N. The bare subscriber
+only counts (paho auto-acks); the aggregator validates, de-duplicates, commits
+to SQLite and only then acks. Both see the same broker, in-flight window and
+subscriptions, so the ratio isolates the aggregator's own cost.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import typer
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cloud_sync.aggregator.broker import BrokerConfig
+from cloud_sync.aggregator.ingest import SUFFIXES, Ingest
+from cloud_sync.aggregator.metrics import IngestMetrics
+from cloud_sync.aggregator.store import Store, make_engine
+from cloud_sync.messages import QOS, Alert, Location, Measurement, encode, fleet_filter, topic_for
+from s4edge.testing import Mosquitto
+
+TARGET_RATIO = 0.70
+
+
+def alert_payloads(count: int, run: str, nodes: int = 50) -> list[tuple[str, bytes]]:
+    """Realistic alerts from ``nodes`` nodes: a measurement, a location, a model reference."""
+    out = []
+    for seq in range(count):
+        node = f"node-{seq % nodes:03d}"
+        message = Alert(
+            id=f"{run}-{seq:07d}", node_id=node, site="bench", seq=seq, kind="gas", severity="Severe",
+            state="new", incident=f"{run}-{node}", location=Location(lat=48.137, lon=11.575, zone="entrance"),
+            title="CO above threshold", measurements=[Measurement(quantity="co", value=61.5, unit="ppm")],
+        )  # fmt: skip
+        out.append((topic_for(message), encode(message)))
+    return out
+
+
+def publish_all(broker: Mosquitto, payloads: list[tuple[str, bytes]]) -> None:
+    """Publish and return once the broker has taken every one."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher", protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    # Each message type at its contract QoS (heartbeats 0, alerts 1).
+    infos = [client.publish(topic, payload, qos=QOS.get(topic.rsplit("/", 1)[-1], 1)) for topic, payload in payloads]
+    for info in infos:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.002) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"benchmark stalled: {what} after {timeout} s")
+        time.sleep(every)
+
+
+class BareSubscriber:
+    """The peer: paho, the same shared subscriptions and persistent session, counting only."""
+
+    def __init__(self, broker: Mosquitto, group: str) -> None:
+        self.broker = broker
+        self.group = group
+        self.count = 0
+
+    def connect(self) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=mqtt.MQTTv5)
+        filters = [(f"$share/{self.group}/{fleet_filter(s)}", 1) for s in SUFFIXES]
+
+        def on_message(_c: mqtt.Client, _u: Any, _m: mqtt.MQTTMessage) -> None:
+            self.count += 1
+
+        client.on_message = on_message
+        client.on_connect = lambda c, *_: c.subscribe(filters)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 3600
+        client.connect(self.broker.host, self.broker.port, clean_start=False, properties=properties)
+        client.loop_start()
+        return client
+
+
+def bare_rate(broker: Mosquitto, payloads: list[tuple[str, bytes]]) -> float:
+    subscriber = BareSubscriber(broker, "bench-bare")
+    client = subscriber.connect()
+    wait_for(client.is_connected, 10, "bare subscriber connect")
+    time.sleep(0.2)  # SUBACK
+    client.disconnect()
+    client.loop_stop()
+    publish_all(broker, payloads)
+    started = time.perf_counter()
+    client = subscriber.connect()
+    wait_for(lambda: subscriber.count >= len(payloads), 120, "bare subscriber drain")
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    client.loop_stop()
+    return len(payloads) / elapsed
+
+
+def aggregator_rate(broker: Mosquitto, payloads: list[tuple[str, bytes]], store: Store, batch_max: int) -> float:
+    def ingest() -> Ingest:
+        return Ingest(
+            BrokerConfig(broker.url), store, IngestMetrics(), client_id="bench-aggregator",
+            group="bench-aggregator", batch_max=batch_max,
+        )  # fmt: skip
+
+    first = ingest()
+    first.start()
+    first.stop()  # the session stays, with its subscriptions
+    publish_all(broker, payloads)
+    stored = 0
+    done = threading.Event()
+
+    def count(_alert: Alert) -> None:
+        nonlocal stored
+        stored += 1
+        if stored >= len(payloads):
+            done.set()
+
+    second = ingest()
+    second.on_alert_stored.append(count)
+    started = time.perf_counter()
+    second.start()
+    if not done.wait(300):
+        raise RuntimeError(f"aggregator stored {stored} of {len(payloads)}")
+    elapsed = time.perf_counter() - started
+    second.stop()
+    if store.count_alerts() != len(payloads):
+        raise RuntimeError(f"stored {store.count_alerts()} rows for {len(payloads)} alerts")
+    return len(payloads) / elapsed
+
+
+def run_ingest(messages: int, runs: int, batch_max: int, sync_modes: list[str]) -> dict[str, Any]:
+    bare: list[float] = []
+    aggregated: dict[str, list[float]] = {mode: [] for mode in sync_modes}
+    with tempfile.TemporaryDirectory(prefix="s4edge-bench-") as tmp:
+        # Interleave peer and aggregator runs so that a busy spell on the machine hits both.
+        for run in range(runs):
+            root = Path(tmp) / f"run{run}"
+            with Mosquitto(root / "broker") as broker:
+                bare.append(bare_rate(broker, alert_payloads(messages, f"bare{run}")))
+                for mode in sync_modes:
+                    store = Store(make_engine(f"sqlite:///{root / f'agg-{mode}.db'}", sqlite_sync=mode))
+                    store.create_all()
+                    payloads = alert_payloads(messages, f"agg{run}{mode}")
+                    aggregated[mode].append(aggregator_rate(broker, payloads, store, batch_max))
+                    store.engine.dispose()
+    bare_median = statistics.median(bare)
+    result: dict[str, Any] = {
+        "benchmark": "ingest",
+        "messages_per_run": messages,
+        "runs": runs,
+        "batch_max": batch_max,
+        "method": "drain a backlog of N QoS 1 alerts queued on a persistent session; rate = N / time to handle all",
+        "bare_paho_msgs_per_s": {"median": round(bare_median), "all": [round(r) for r in bare]},
+        "target_ratio": TARGET_RATIO,
+    }
+    for mode, rates in aggregated.items():
+        median = statistics.median(rates)
+        result[f"aggregator_sqlite_{mode.lower()}"] = {
+            "msgs_per_s": {"median": round(median), "all": [round(r) for r in rates]},
+            "ratio_to_bare": round(median / bare_median, 3),
+            "meets_target": median / bare_median >= TARGET_RATIO,
+        }
+    return result
+
+
+def register(bench_app: typer.Typer) -> None:
+    @bench_app.command("ingest")
+    def ingest(
+        messages: int = typer.Option(5000, help="Alerts per run"),
+        runs: int = typer.Option(3, help="Runs (the median is quoted)"),
+        batch_max: int = typer.Option(500, help="Most messages per commit"),
+        sqlite_sync: str = typer.Option("FULL,NORMAL", help="SQLite synchronous modes to measure, comma-separated"),
+    ) -> None:
+        """Aggregator ingest rate (validate + de-dup + commit, SQLite) vs a bare paho subscriber."""
+        modes = [m.strip().upper() for m in sqlite_sync.split(",") if m.strip()]
+        typer.echo(json.dumps(run_ingest(messages, runs, batch_max, modes), indent=2))

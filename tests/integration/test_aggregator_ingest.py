@@ -1,0 +1,234 @@
+"""The aggregator against a real mosquitto: store once, list, stream, reject, command, survive SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from sqlalchemy import select
+
+from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from cloud_sync.aggregator.broker import BrokerConfig
+from cloud_sync.aggregator.store import Store, make_engine
+from cloud_sync.aggregator.store import alerts as alerts_table
+from cloud_sync.messages import Alert, Command, CommandResult, Location, Status, decode, encode, topic_for
+from s4edge.testing import Mosquitto
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def alert(seq: int, node: str = "n1") -> Alert:
+    return Alert(
+        id=f"alert-{node}-{seq:05d}", node_id=node, site="s1", seq=seq, kind="smoke", severity="Severe",
+        state="new", incident=f"inc-{node}-00001", location=Location(lat=52.5, lon=13.4, zone="hall"),
+        title=f"smoke #{seq}",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def node(broker: Mosquitto) -> Iterator[mqtt.Client]:
+    """A paho client that publishes the way a node does."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-n1", protocol=mqtt.MQTTv5)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    yield client
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish(client: mqtt.Client, message: Any, retain: bool = False) -> None:
+    client.publish(topic_for(message), encode(message), qos=1, retain=retain).wait_for_publish(5)
+
+
+@pytest.fixture
+def aggregator(broker: Mosquitto, tmp_path: Path) -> Iterator[Aggregator]:
+    config = AggregatorConfig(BrokerConfig(broker.url), db_url=f"sqlite:///{tmp_path / 'agg.db'}", client_id="agg-1")
+    with Aggregator(config) as running:
+        yield running
+
+
+def stream_events(url: str, into: list[tuple[str, Any]], opened: threading.Event) -> threading.Thread:
+    def read() -> None:
+        with httpx.stream("GET", f"{url}/api/stream", timeout=30) as response:
+            event = ""
+            for line in response.iter_lines():
+                opened.set()
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    into.append((event, json.loads(line[6:])))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_alerts_are_stored_once_listed_and_streamed(aggregator: Aggregator, node: mqtt.Client) -> None:
+    events: list[tuple[str, Any]] = []
+    opened = threading.Event()
+    stream_events(aggregator.url, events, opened)
+    assert opened.wait(5), "the SSE stream did not open"
+    wait_until(lambda: aggregator.events.subscribers == 1, what="the SSE subscriber")
+    for seq in range(3):
+        publish(node, alert(seq))
+    publish(node, alert(1))  # a redelivery, as a node's outbox would after a lost PUBACK
+    listed = wait_until(
+        lambda: (
+            len(httpx.get(f"{aggregator.url}/api/alerts").json()["alerts"]) == 3
+            and httpx.get(f"{aggregator.url}/api/alerts").json()["alerts"]
+        ),
+        what="three stored alerts",
+    )
+    assert [a["id"] for a in listed] == [alert(2).id, alert(1).id, alert(0).id]
+    wait_until(lambda: len([e for e in events if e[0] == "alert"]) >= 3, what="three streamed alerts")
+    time.sleep(0.3)  # let a wrongly streamed duplicate arrive, if there were one
+    assert sorted(data["id"] for kind, data in events if kind == "alert") == sorted(a["id"] for a in listed)
+    one = httpx.get(f"{aggregator.url}/api/alerts/{alert(1).id}").json()
+    assert one["title"] == "smoke #1" and one["zone"] == "hall"
+    assert httpx.get(f"{aggregator.url}/api/alerts/nope-0000").status_code == 404
+
+
+def test_bad_input_is_counted_by_reason_and_ingest_goes_on(aggregator: Aggregator, node: mqtt.Client) -> None:
+    topic = "s4edge/v1/s1/n1/alert"
+    node.publish(topic, b"{not json", qos=1).wait_for_publish(5)
+    node.publish(topic, b"x" * 40_000, qos=1).wait_for_publish(5)
+    node.publish("s4edge/v1/s1/n9/alert", encode(alert(1)), qos=1).wait_for_publish(5)
+    unknown = json.loads(encode(alert(2)))
+    unknown["jpeg"] = "no"
+    node.publish(topic, json.dumps(unknown), qos=1).wait_for_publish(5)
+    publish(node, alert(3))
+    wait_until(lambda: aggregator.store.count_alerts() == 1, what="the valid alert")
+
+    def rejected() -> dict[str, float]:
+        text = httpx.get(f"{aggregator.url}/metrics").text
+        return {m[0]: float(m[1]) for m in re.findall(r's4edge_messages_rejected_total\{reason="(\w+)"\} (\S+)', text)}
+
+    counts = wait_until(lambda: len(rejected()) == 4 and rejected(), what="four rejection reasons")
+    assert counts == {"bad_json": 1, "too_large": 1, "topic_mismatch": 1, "invalid": 1}
+    assert httpx.get(f"{aggregator.url}/healthz").json()["ok"] is True
+
+
+def test_retained_status_marks_the_node_online(broker: Mosquitto, node: mqtt.Client, tmp_path: Path) -> None:
+    publish(node, Status(node_id="n1", site="s1", seq=0, state="online"), retain=True)
+    config = AggregatorConfig(BrokerConfig(broker.url), db_url=f"sqlite:///{tmp_path / 'a.db'}", client_id="agg-2")
+    with Aggregator(config) as late:  # started after the status: the retained copy tells it
+        nodes = wait_until(lambda: httpx.get(f"{late.url}/api/nodes").json()["nodes"], what="the node")
+        assert nodes[0]["state"] == "online" and nodes[0]["stale"] is False
+        assert "s4edge_nodes_online 1.0" in httpx.get(f"{late.url}/metrics").text
+
+
+def test_a_command_reaches_the_node_and_its_result_is_shown(aggregator: Aggregator, node: mqtt.Client) -> None:
+    def answer(client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        command = decode(message.payload)
+        assert isinstance(command, Command)
+        reply = CommandResult(node_id="n1", site="s1", seq=7, cmd_id=command.id, name=command.name, ok=True,
+                              detail=f"pong from {command.issuer}")  # fmt: skip
+        client.publish(topic_for(reply), encode(reply), qos=1)
+
+    node.on_message = answer
+    node.subscribe("s4edge/v1/s1/n1/cmd/+", qos=1)
+    time.sleep(0.2)  # SUBACK; a command published before it would be lost to this node
+    sent = httpx.post(f"{aggregator.url}/api/nodes/s1/n1/commands", json={"name": "ping", "ttl_s": 60}).json()
+    assert sent["published"] is True and sent["topic"] == "s4edge/v1/s1/n1/cmd/ping"
+    shown = wait_until(
+        lambda: httpx.get(f"{aggregator.url}/api/nodes/s1/n1/commands").json()["commands"][0]["result"],
+        what="the command's result",
+    )
+    assert shown["ok"] is True and shown["detail"] == "pong from aggregator"
+    refused = httpx.post(f"{aggregator.url}/api/nodes/s1/n1/commands", json={"name": "format_disk"})
+    assert refused.status_code == 422
+
+
+def _start_subprocess(broker: Mosquitto, db: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "cloud_sync.aggregator", "run", "--broker", broker.url, "--db", f"sqlite:///{db}",
+            "--http", "127.0.0.1:0", "--client-id", "agg-killed"]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    wait_until(lambda: "aggregator: http://" in log.read_text() or proc.poll() is not None, 20, "the aggregator")
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+@pytest.mark.slow
+def test_sigkill_loses_nothing_and_duplicates_nothing(broker: Mosquitto, node: mqtt.Client, tmp_path: Path) -> None:
+    db, log = tmp_path / "agg.db", tmp_path / "agg.log"
+    proc = _start_subprocess(broker, db, log)
+    store = Store(make_engine(f"sqlite:///{db}"))
+    total = 400
+    try:
+        for seq in range(total // 2):
+            node.publish(topic_for(alert(seq)), encode(alert(seq)), qos=1)
+        wait_until(lambda: store.count_alerts() >= 20, what="the first alerts stored")
+        proc.send_signal(signal.SIGKILL)  # mid-stream: some stored and unacked, some in flight
+        proc.wait(5)
+        in_flight = [node.publish(topic_for(alert(s)), encode(alert(s)), qos=1) for s in range(total // 2, total)]
+        for info in in_flight:
+            info.wait_for_publish(5)
+        assert store.count_alerts() < total
+        proc = _start_subprocess(broker, db, log)  # same client id: the broker kept its session
+        wait_until(lambda: store.count_alerts() >= total, 30, f"all {total} alerts")
+        with store.engine.connect() as conn:
+            ids = [row.id for row in conn.execute(select(alerts_table.c.id))]
+        assert len(ids) == total and set(ids) == {alert(s).id for s in range(total)}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        store.engine.dispose()
+
+
+@pytest.mark.slow
+def test_falls_back_to_mqtt_311_on_a_broker_without_v5(tmp_path: Path) -> None:
+    from s4edge.embedded_broker import EmbeddedBroker  # the demo's amqtt broker speaks 3.1.1 only
+
+    with EmbeddedBroker() as amqtt_broker:
+        config = AggregatorConfig(
+            BrokerConfig(amqtt_broker.url), db_url=f"sqlite:///{tmp_path / 'a.db'}", client_id="agg-311"
+        )
+        with Aggregator(config) as aggregator:
+            assert aggregator.ingest.protocol_used == mqtt.MQTTv311
+            node = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-311", protocol=mqtt.MQTTv311)
+            node.connect("127.0.0.1", amqtt_broker.port)
+            node.loop_start()
+            try:
+                publish(node, alert(1))
+                wait_until(lambda: aggregator.store.count_alerts() == 1, what="the alert over MQTT 3.1.1")
+            finally:
+                node.disconnect()
+                node.loop_stop()
+
+
+def test_the_stream_pings_while_idle_and_forgets_a_client_that_left(broker: Mosquitto, tmp_path: Path) -> None:
+    config = AggregatorConfig(
+        BrokerConfig(broker.url), db_url=f"sqlite:///{tmp_path / 'a.db'}", client_id="agg-sse", sse_ping_s=0.2
+    )
+    with Aggregator(config) as aggregator, httpx.stream("GET", f"{aggregator.url}/api/stream", timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.iter_lines()
+        assert next(lines).startswith("retry: ")
+        assert wait_until(lambda: next(lines) == ": ping", what="a keep-alive comment")
+        assert aggregator.events.subscribers == 1
+        response.close()
+        wait_until(lambda: aggregator.events.subscribers == 0, what="the subscription to be dropped")

@@ -1,0 +1,138 @@
+"""The aggregator's store on SQLite: de-dup, ordering, paging, staleness, acks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cloud_sync.aggregator.store import AlertQuery, Store, make_engine
+from cloud_sync.messages import Alert, CommandResult, Heartbeat, Location, Status
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+class FrozenClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FrozenClock) -> Store:
+    created = Store(make_engine(f"sqlite:///{tmp_path / 'agg.db'}"), clock=clock)
+    created.create_all()
+    return created
+
+
+def alert(seq: int, node: str = "n1", kind: str = "gas", severity: str = "Severe", at: datetime = T0) -> Alert:
+    return Alert(
+        id=f"alert-{node}-{seq:04d}", node_id=node, site="s1", seq=seq, ts=at + timedelta(seconds=seq),
+        kind=kind, severity=severity, state="new", incident=f"inc-{node}-0001", location=Location(lat=48.1, lon=11.5),
+    )  # fmt: skip
+
+
+def store_alerts(store: Store, batch: list[Alert]) -> set[str]:
+    with store.engine.begin() as conn:
+        return store.insert_alerts(conn, [(a, T0) for a in batch])
+
+
+def test_an_alert_id_is_stored_once(store: Store) -> None:
+    assert store_alerts(store, [alert(1), alert(2)]) == {"alert-n1-0001", "alert-n1-0002"}
+    assert store_alerts(store, [alert(2), alert(3)]) == {"alert-n1-0003"}
+    assert store.count_alerts() == 3
+
+
+def test_alerts_page_newest_first_with_a_cursor(store: Store) -> None:
+    store_alerts(store, [alert(i) for i in range(7)])
+    seen: list[str] = []
+    cursor = None
+    for _ in range(4):
+        page, cursor = store.alerts(AlertQuery(limit=3, cursor=cursor))
+        seen += [a["seq"] for a in page]
+        if cursor is None:
+            break
+    assert seen == [6, 5, 4, 3, 2, 1, 0]
+
+
+def test_alert_filters(store: Store) -> None:
+    store_alerts(store, [alert(1, kind="smoke"), alert(2, severity="Minor"), alert(3, node="n2")])
+    assert [a["seq"] for a in store.alerts(AlertQuery(kind="smoke"))[0]] == [1]
+    assert [a["seq"] for a in store.alerts(AlertQuery(severity="Minor"))[0]] == [2]
+    assert [a["node_id"] for a in store.alerts(AlertQuery(node="n2"))[0]] == ["n2"]
+    assert [a["seq"] for a in store.alerts(AlertQuery(since=T0 + timedelta(seconds=2)))[0]] == [3, 2]
+    assert store.alerts(AlertQuery(incident="inc-n2-0001"))[0][0]["seq"] == 3
+
+
+def test_a_forged_cursor_is_a_value_error(store: Store) -> None:
+    with pytest.raises(ValueError, match="bad cursor"):
+        store.alerts(AlertQuery(cursor="not-ours!"))
+
+
+def test_ack_keeps_the_first_operator(store: Store, clock: FrozenClock) -> None:
+    store_alerts(store, [alert(1)])
+    first = store.ack_alert("alert-n1-0001", "alice")
+    clock.now = T0 + timedelta(minutes=5)
+    again = store.ack_alert("alert-n1-0001", "bob")
+    assert first is not None and again is not None
+    assert again["acked_by"] == "alice" and again["acked_at"] == T0.isoformat()
+    assert store.ack_alert("no-such-alert", "bob") is None
+    assert store.alerts(AlertQuery(acked=False))[0] == []
+
+
+def test_an_older_status_does_not_roll_the_state_back(store: Store) -> None:
+    online = Status(node_id="n1", site="s1", seq=5, ts=T0 + timedelta(seconds=5), state="online")
+    offline_earlier = Status(node_id="n1", site="s1", seq=1, ts=T0, state="offline")
+    with store.engine.begin() as conn:
+        store.record_status(conn, online, T0)
+        store.record_status(conn, offline_earlier, T0)
+    assert store.nodes(30, 3)[0]["state"] == "online"
+
+
+def test_a_node_goes_stale_when_heartbeats_stop(store: Store, clock: FrozenClock) -> None:
+    with store.engine.begin() as conn:
+        store.record_status(conn, Status(node_id="n1", site="s1", seq=0, ts=T0, state="online"), T0)
+        for i in range(2):
+            beat = Heartbeat(node_id="n1", site="s1", seq=1 + i, ts=T0 + timedelta(seconds=10 * i), uptime_s=10 * i)
+            store.record_heartbeat(conn, beat, T0 + timedelta(seconds=10 * i))
+    node = store.nodes(default_interval_s=30, stale_factor=3)[0]
+    assert node["heartbeat_interval_s"] == 10  # learnt from two heartbeats, not the 30 s default
+    clock.now = T0 + timedelta(seconds=10 + 29)
+    assert store.nodes(30, 3)[0]["stale"] is False
+    clock.now = T0 + timedelta(seconds=10 + 31)
+    assert store.nodes(30, 3)[0]["stale"] is True
+    assert store.nodes(30, 3)[0]["health"] == {"uptime_s": 10.0, "sensors": {}}
+
+
+def test_an_offline_node_is_not_stale(store: Store, clock: FrozenClock) -> None:
+    with store.engine.begin() as conn:
+        store.record_status(conn, Status(node_id="n1", site="s1", seq=0, ts=T0, state="offline"), T0)
+    clock.now = T0 + timedelta(hours=2)
+    assert store.nodes(30, 3)[0]["stale"] is False
+
+
+def test_a_command_shows_its_result(store: Store) -> None:
+    store.record_command(
+        {"id": "cmd-00000001", "site": "s1", "node_id": "n1", "name": "ping", "args": {}, "issuer": "aggregator",
+         "issued_at": T0, "expires": T0 + timedelta(minutes=5)}
+    )  # fmt: skip
+    assert store.commands_for("s1", "n1")[0]["result"] is None
+    result = CommandResult(node_id="n1", site="s1", seq=9, cmd_id="cmd-00000001", name="ping", ok=True, detail="pong")
+    with store.engine.begin() as conn:
+        store.record_cmd_result(conn, result, T0)
+        store.record_cmd_result(conn, result, T0)  # redelivered: still one result
+    shown = store.commands_for("s1", "n1")
+    assert shown[0]["result"]["ok"] is True and shown[0]["result"]["detail"] == "pong"
+
+
+def test_schema_is_refused_for_sqlite(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        make_engine(f"sqlite:///{tmp_path / 'x.db'}", schema="s")

@@ -1,0 +1,180 @@
+"""Property tests of the wire contract's decoder: nothing but MessageError ever escapes."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cloud_sync.messages import (
+    MAX_MESSAGE_BYTES,
+    Alert,
+    Heartbeat,
+    Location,
+    Measurement,
+    MessageError,
+    Status,
+    Telemetry,
+    decode,
+    decode_from,
+    encode,
+    topic_for,
+)
+
+FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True)
+finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e9, max_value=1e9)
+# Printable text without the base64 alphabet's long runs: what a label or title looks like.
+words = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
+
+
+@st.composite
+def alerts(draw: st.DrawFn) -> Alert:
+    return Alert(
+        node_id=draw(names),
+        site=draw(names),
+        seq=draw(st.integers(min_value=0, max_value=2**53)),
+        kind=draw(st.sampled_from(["gas", "smoke", "intrusion", "crowd"])),
+        severity=draw(st.sampled_from(["Minor", "Moderate", "Severe", "Extreme"])),
+        state=draw(st.sampled_from(["new", "update", "end"])),
+        incident=draw(st.from_regex(r"[A-Za-z0-9_.:-]{8,32}", fullmatch=True)),
+        location=Location(lat=draw(st.floats(-90, 90)), lon=draw(st.floats(-180, 180)), zone=draw(st.none() | words)),
+        title=draw(st.none() | words),
+        measurements=[
+            Measurement(quantity=draw(words), value=draw(finite), unit="ppm") for _ in range(draw(st.integers(0, 3)))
+        ],
+    )
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> Any:
+    node, site = draw(names), draw(names)
+    seq = draw(st.integers(min_value=0, max_value=10**9))
+    return draw(
+        st.sampled_from(
+            [
+                Status(node_id=node, site=site, seq=seq, state="online"),
+                Heartbeat(node_id=node, site=site, seq=seq, uptime_s=draw(st.floats(0, 1e7))),
+                Telemetry(
+                    node_id=node, site=site, seq=seq, readings=[Measurement(quantity="co", value=1.5, unit="ppm")]
+                ),
+            ]
+        )
+        | alerts()
+    )
+
+
+def _decodes_or_refuses(payload: bytes | str, topic: str | None = None) -> None:
+    try:
+        if topic is None:
+            decode(payload)
+        else:
+            decode_from(topic, payload)
+    except MessageError as exc:
+        assert exc.reason in {"too_large", "bad_json", "bad_schema", "invalid", "topic_mismatch", "bad_topic"}
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_random_bytes_raise_only_message_error(payload: bytes) -> None:
+    _decodes_or_refuses(payload)
+    _decodes_or_refuses(payload, "s4edge/v1/site/node/alert")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | finite | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@FUZZ
+@given(json_values)
+def test_random_json_raises_only_message_error(value: Any) -> None:
+    _decodes_or_refuses(json.dumps(value))
+    _decodes_or_refuses(json.dumps({"schema": "s4edge/1", "type": "alert", "x": value}))
+
+
+@FUZZ
+@given(messages())
+def test_valid_messages_round_trip(message: Any) -> None:
+    payload = encode(message)
+    assert decode(payload) == message
+    assert decode_from(topic_for(message), payload) == message
+
+
+@FUZZ
+@given(
+    alerts(),
+    st.sampled_from(["id", "node_id", "site", "ts", "seq", "kind", "severity", "location", "schema"]),
+    json_values,
+)
+def test_mutated_alerts_raise_only_message_error(alert: Alert, field: str, value: Any) -> None:
+    raw = json.loads(encode(alert))
+    raw[field] = value
+    _decodes_or_refuses(json.dumps(raw), topic_for(alert))
+
+
+@FUZZ
+@given(alerts(), st.text(min_size=1, max_size=12).filter(lambda k: k not in Alert.model_fields and k != "schema"))
+def test_unknown_fields_are_refused(alert: Alert, key: str) -> None:
+    raw = json.loads(encode(alert))
+    raw[key] = 1
+    with pytest.raises(MessageError) as refused:
+        decode(json.dumps(raw))
+    assert refused.value.reason == "invalid"
+
+
+@FUZZ
+@given(alerts(), st.binary(min_size=160, max_size=2000))
+def test_binary_blobs_in_strings_are_refused(alert: Alert, blob: bytes) -> None:
+    raw = json.loads(encode(alert))
+    raw["detail"] = "frame: " + base64.b64encode(blob).decode()
+    with pytest.raises(MessageError) as refused:
+        decode(json.dumps(raw))
+    assert refused.value.reason == "invalid"
+    raw["detail"] = "data:image/jpeg;base64,/9j/4AAQ"
+    with pytest.raises(MessageError):
+        decode(json.dumps(raw))
+
+
+def test_oversize_payload_is_refused_before_parsing() -> None:
+    alert = Alert(
+        node_id="n1",
+        site="s1",
+        seq=1,
+        kind="gas",
+        severity="Minor",
+        state="new",
+        incident="incident-1",
+        location=Location(lat=0, lon=0),
+    )
+    raw = json.loads(encode(alert))
+    raw["detail"] = "x " * MAX_MESSAGE_BYTES
+    with pytest.raises(MessageError) as refused:
+        decode(json.dumps(raw))
+    assert refused.value.reason == "too_large"
+
+
+def test_topic_must_agree_with_payload() -> None:
+    alert = Alert(
+        node_id="n1",
+        site="s1",
+        seq=1,
+        kind="gas",
+        severity="Minor",
+        state="new",
+        incident="incident-1",
+        location=Location(lat=0, lon=0),
+    )
+    with pytest.raises(MessageError) as wrong_node:
+        decode_from("s4edge/v1/s1/n2/alert", encode(alert))
+    assert wrong_node.value.reason == "topic_mismatch"
+    with pytest.raises(MessageError) as wrong_suffix:
+        decode_from("s4edge/v1/s1/n1/heartbeat", encode(alert))
+    assert wrong_suffix.value.reason == "topic_mismatch"
