@@ -34,7 +34,9 @@ SURFACES = (
 
 
 @schema_app.command("export")
-def schema_export(out_dir: Path = typer.Argument(..., help="Folder to write one JSON Schema per message type.")) -> None:
+def schema_export(
+    out_dir: Path = typer.Argument(..., help="Folder to write one JSON Schema per message type."),
+) -> None:
     """Write the JSON Schema of every message type, for systems that validate without Python."""
     from cloud_sync.messages import json_schemas
 
