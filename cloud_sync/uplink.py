@@ -339,6 +339,10 @@ class Forwarder:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def alive(self) -> bool:
+        """The draining thread is running (the node's systemd watchdog asks)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def flush(self, timeout: float) -> bool:
         """Wait until the outbox is empty (True) or ``timeout`` passes (False)."""
         deadline = time.monotonic() + timeout

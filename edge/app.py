@@ -4,6 +4,8 @@ Alerts go to the on-disk outbox before anything else happens to them; the forwar
 sends them when the uplink is connected. Each source runs in its own thread through
 the plugin registry; a source that raises is restarted with backoff and the node
 keeps running. Commands arrive on ``cmd/+`` and are answered on ``cmd_result``.
+Under systemd (Type=notify) the node says READY=1 once started, WATCHDOG=1 from its tick
+loop while its loops are alive, and STOPPING=1 on the way out.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from cloud_sync.outbox import TELEMETRY, Outbox
 from cloud_sync.uplink import Backoff, Forwarder, MqttUplink, Uplink, UplinkSettings
 from edge.alerts import AlertDraft, IncidentBook
 from edge.config import ConfigError, config_digest, parse_config_text
-from edge.health import Health, Vitals
+from edge.health import Health, ServiceNotifier, Vitals
+from edge.signatures import CommandVerifier
 from edge.sources import AlertSource, SourceContext, load_plugins
 
 log = logging.getLogger(__name__)
@@ -103,9 +106,11 @@ class Node:
         self.boot_id = new_id()
         self.started_at = utc_now()
         self._started = clock()
+        self.verifier = self._load_verifier(config)  # a bad key file stops the node before it opens anything
         self.outbox = Outbox(config.outbox.path, config.outbox.telemetry_max)
         self.health = Health()
-        self.vitals = Vitals()
+        self.vitals = Vitals(config.heartbeat.thermal_zone)
+        self.notifier = ServiceNotifier.from_environment()
         self.uplink: Uplink = uplink or MqttUplink(uplink_settings(config), will=lambda: self._status("offline"))
         self.forwarder = Forwarder(self.outbox, self.uplink)
         self.book = self._new_book(config)
@@ -205,6 +210,7 @@ class Node:
 
     def heartbeat(self) -> Heartbeat:
         vitals = self.vitals.read()
+        vision = self.health.vision()
         beat = Heartbeat(
             node_id=self.config.node_id,
             site=self.config.site,
@@ -213,6 +219,9 @@ class Node:
             cpu_percent=vitals.cpu_percent,
             mem_mb=vitals.mem_mb,
             soc_temp_c=vitals.soc_temp_c,
+            camera_fps=vision.camera_fps,
+            inference_ms=vision.inference_ms,
+            dropped_frames=vision.dropped_frames,
             outbox_depth=self.outbox.depth(),
             telemetry_dropped=self.outbox.dropped(),
             sensors=self.health.states(),
@@ -248,7 +257,7 @@ class Node:
             ctx = SourceContext(
                 emit=self._emit,
                 telemetry=self._telemetry_of(source.name),
-                health=self.health,
+                health=self.health.of_source(source.name),
                 stop=self._sources_stop,
                 clock=self.clock,
             )
@@ -261,6 +270,7 @@ class Node:
         self._sources_stop.set()
         for running in self._running:
             running.thread.join(10)
+            self.health.forget(running.source.name)
         self._running = []
 
     def _supervise(self, source: AlertSource, ctx: SourceContext) -> None:
@@ -309,7 +319,17 @@ class Node:
         )
         return result
 
+    @staticmethod
+    def _load_verifier(config: Any) -> CommandVerifier | None:
+        path = config.commands.verify_key
+        return CommandVerifier.load(path) if path is not None else None
+
     def _decide(self, command: Command) -> tuple[bool, str, dict[str, Any]]:
+        # the signature first: an unsigned or forged command must not even burn its id
+        problem = self.verifier.problem(command) if self.verifier is not None else None
+        if problem is not None:
+            self._reject("bad_signature", f"{command.name} {command.id} from {command.issuer!r}: {problem}")
+            return False, f"bad signature: {problem}", {}
         if command.expires <= utc_now():
             return False, f"expired at {command.expires.isoformat()}", {}
         if command.issuer not in self.config.commands.issuers:
@@ -346,8 +366,11 @@ class Node:
                 raise ConfigError(f"reload_config: {key} cannot change at runtime; restart the agent for that")
         lifecycle_changed = (new.alerts, new.status) != (self.config.alerts, self.config.status)
         book = self._new_book(new) if lifecycle_changed else self.book
+        verifier = self._load_verifier(new)
         sources = self._build_sources(new, book)
         self._stop_sources()
+        self.verifier = verifier
+        self.vitals = Vitals(new.heartbeat.thermal_zone)
         if lifecycle_changed:
             self.book.clear_all(self.clock(), "config reloaded")
             self.book = book
@@ -377,6 +400,11 @@ class Node:
             thread.start()
             self._threads.append(thread)
         self._start_sources(sources)
+        self.notifier.ready()
+
+    def loops_alive(self) -> bool:
+        """The forwarder and the command loop are running (the tick loop asks, so it runs too)."""
+        return self.forwarder.alive() and all(thread.is_alive() for thread in self._threads)
 
     def _tick_loop(self) -> None:
         next_beat = self.clock()
@@ -388,9 +416,14 @@ class Node:
                     self.heartbeat()
             except Exception:  # expiry and heartbeats must outlive any one failure
                 log.exception("node tick failed")
+                continue
+            # systemd restarts the agent when these stop (WatchdogSec in the unit)
+            if self.loops_alive():
+                self.notifier.watchdog()
 
     def close(self, flush_s: float = 5.0) -> None:
         """Stop sources, send what is queued (up to ``flush_s``), publish ``offline``, disconnect."""
+        self.notifier.stopping()
         self._stop_sources()
         self._stop.set()
         for thread in self._threads:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -11,10 +12,12 @@ from typing import Any
 
 import typer
 
+from cloud_sync.logfmt import json_handler
 from edge.config import ConfigError, load_config
 
 agent_app = typer.Typer(help="Run the node agent.", no_args_is_help=True)
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONFIG_OPTION = typer.Option(..., "--config", "-c", help="Node config YAML (see firmware_configs/sim-node.yaml).")
 
 
@@ -33,14 +36,33 @@ def check(config: Path = CONFIG_OPTION) -> None:
     typer.echo(f"{config}: ok ({node_config.site}/{node_config.node_id}, {len(node_config.sources)} source(s))")
 
 
+def configure_logging(level: str, log_format: str) -> None:
+    """Text for a person at a terminal; one JSON object per line for journald and log shippers."""
+    if log_format == "auto":
+        log_format = "text" if sys.stderr.isatty() else "json"
+    if log_format not in ("text", "json"):
+        typer.echo(f"error: --log-format must be auto, text or json, not {log_format!r}", err=True)
+        raise typer.Exit(2)
+    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        typer.echo(f"error: --log-level must be DEBUG, INFO, WARNING or ERROR, not {level!r}", err=True)
+        raise typer.Exit(2)
+    if log_format == "json":
+        logging.basicConfig(level=level.upper(), handlers=[json_handler()], force=True)
+    else:
+        logging.basicConfig(level=level.upper(), format=TEXT_FORMAT, force=True)
+
+
 @agent_app.command("run")
 def run(
     config: Path = CONFIG_OPTION,
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
+    log_format: str = typer.Option(
+        "auto", help="text, json (one object per line: ts, level, logger, msg) or auto: text on a terminal, else json."
+    ),
 ) -> None:
     """Run the node until SIGTERM or SIGINT, then publish ``offline`` and stop cleanly."""
     node_config = _load(config)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, log_format)
     from edge.app import Node
 
     try:

@@ -60,6 +60,11 @@ class LifecycleConfig(Strict):
 
 class HeartbeatConfig(Strict):
     interval_s: float = Field(default=30.0, gt=0)
+    thermal_zone: Path | None = Field(
+        default=None,
+        description="SoC temperature file (sysfs thermal zone, millidegrees C), as the board profile's "
+        "hardware.thermal_zone; when absent the lowest-numbered /sys/class/thermal/thermal_zone*/temp",
+    )
 
 
 class TelemetryConfig(Strict):
@@ -69,6 +74,11 @@ class TelemetryConfig(Strict):
 class CommandsConfig(Strict):
     issuers: list[str] = Field(
         default_factory=lambda: ["aggregator"], description="Who may send this node commands (Command.issuer)"
+    )
+    verify_key: Path | None = Field(
+        default=None,
+        description="Ed25519 public key (PEM) of the aggregator's command key; when set, "
+        "only commands signed with it are executed",
     )
 
 
@@ -140,7 +150,7 @@ def parse_config_text(text: str, origin: str, base: Path) -> _NodeBase:
 
 def _resolve_paths(config: _NodeBase, base: Path) -> None:
     """Relative file paths in a config are relative to the config file."""
-    for section in (config.mqtt, config.outbox):
+    for section in (config.mqtt, config.outbox, config.heartbeat, config.commands):
         for name, value in section:
             if isinstance(value, Path) and not value.is_absolute():
                 setattr(section, name, base / value)

@@ -1,8 +1,14 @@
-"""What the heartbeat reports: per-sensor states that sources write, and the board's
-own vitals (CPU, memory, SoC temperature)."""
+"""What the heartbeat reports: per-sensor states that sources write, each camera's
+vision figures, and the board's own vitals (CPU, memory, SoC temperature); and the
+node's liveness towards systemd (sd_notify)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import socket
+import statistics
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +16,23 @@ from typing import Any
 
 import psutil
 
-# Linux thermal sysfs ABI: the zone's temperature in millidegrees Celsius.
-SOC_THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
+log = logging.getLogger(__name__)
+
+# Linux thermal sysfs ABI: /sys/class/thermal/thermal_zone<N>/temp, millidegrees Celsius.
+THERMAL_ROOT = Path("/sys/class/thermal")
 MAX_STATES = 64  # Heartbeat.sensors holds at most 64 entries
+# Numbers a vision pipeline reports per camera; the heartbeat has a field for each.
+VISION_FIGURES = ("camera_fps", "inference_ms", "dropped_frames")
+
+
+@dataclass(frozen=True)
+class VisionFigures:
+    """Over all cameras: fps and inference time are means (a per-camera rate, comparable
+    with each camera's configured fps), dropped frames a sum."""
+
+    camera_fps: float | None = None
+    inference_ms: float | None = None
+    dropped_frames: int | None = None
 
 
 class Health:
@@ -20,6 +40,7 @@ class Health:
 
     def __init__(self) -> None:
         self._states: dict[str, str] = {}
+        self._figures: dict[str, dict[str, float]] = {}  # figure → source → value
         self._lock = threading.Lock()
 
     def set(self, key: str, value: Any) -> None:
@@ -27,15 +48,63 @@ class Health:
             if key in self._states or len(self._states) < MAX_STATES:
                 self._states[key[:128]] = str(value)[:128]
 
+    def of_source(self, source: str) -> SourceHealth:
+        """The view a source writes through: its vision figures are kept per source."""
+        return SourceHealth(self, source)
+
+    def record(self, source: str, figure: str, value: float) -> None:
+        with self._lock:
+            self._figures.setdefault(figure, {})[source] = value
+
+    def forget(self, source: str) -> None:
+        """A stopped source's figures no longer count (its states stay, as its last word)."""
+        with self._lock:
+            for values in self._figures.values():
+                values.pop(source, None)
+
     def states(self) -> dict[str, str]:
         with self._lock:
             return dict(self._states)
+
+    def vision(self) -> VisionFigures:
+        with self._lock:
+            fps, ms, dropped = (list(self._figures.get(f, {}).values()) for f in VISION_FIGURES)
+        return VisionFigures(
+            camera_fps=round(statistics.fmean(fps), 2) if fps else None,
+            inference_ms=round(statistics.fmean(ms), 2) if ms else None,
+            dropped_frames=int(sum(dropped)) if dropped else None,
+        )
 
     def degraded(self) -> list[str]:
         return [key for key, value in self.states().items() if value.startswith(("fault", "failed"))][:32]
 
 
-def soc_temp_c(zone: Path = SOC_THERMAL_ZONE) -> float | None:
+class SourceHealth:
+    """``Health`` as one source sees it (edge.sources.Health protocol)."""
+
+    def __init__(self, health: Health, source: str) -> None:
+        self._health = health
+        self._source = source
+
+    def set(self, key: str, value: Any) -> None:
+        if key in VISION_FIGURES and isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            self._health.record(self._source, key, float(value))
+        else:
+            self._health.set(key, value)
+
+
+def find_thermal_zone(root: Path = THERMAL_ROOT) -> Path | None:
+    """The lowest-numbered thermal zone with a ``temp`` file (zone 0 is the SoC on the
+    supported boards), or None on a machine without one (a VM, a container)."""
+    zones = [
+        (int(m.group(1)), p) for p in root.glob("thermal_zone*/temp") if (m := re.search(r"(\d+)$", p.parent.name))
+    ]
+    return min(zones)[1] if zones else None
+
+
+def soc_temp_c(zone: Path | None) -> float | None:
+    if zone is None:
+        return None
     try:
         return int(zone.read_text().strip()) / 1000.0
     except (OSError, ValueError):
@@ -50,9 +119,11 @@ class VitalSigns:
 
 
 class Vitals:
-    """CPU and memory of this process, via psutil."""
+    """CPU and memory of this process (psutil) and the SoC temperature from ``thermal_zone``
+    (the config's ``heartbeat.thermal_zone``; found in sysfs when None)."""
 
-    def __init__(self) -> None:
+    def __init__(self, thermal_zone: Path | None = None) -> None:
+        self.thermal_zone = thermal_zone or find_thermal_zone()
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first call only starts the measurement window
 
@@ -60,5 +131,42 @@ class Vitals:
         return VitalSigns(
             cpu_percent=self._process.cpu_percent(None),
             mem_mb=self._process.memory_info().rss / 1e6,
-            soc_temp_c=soc_temp_c(),
+            soc_temp_c=soc_temp_c(self.thermal_zone),
         )
+
+
+class ServiceNotifier:
+    """sd_notify(3) without libsystemd: one datagram per state change to ``$NOTIFY_SOCKET``.
+    Without that variable (not started by systemd with Type=notify) every call is a no-op."""
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address
+        self._warned = False
+
+    @classmethod
+    def from_environment(cls) -> ServiceNotifier:
+        return cls(os.environ.get("NOTIFY_SOCKET") or None)
+
+    def notify(self, state: str) -> bool:
+        if not self.address:
+            return False
+        # sd_notify(3): a leading "@" names a socket in the abstract namespace.
+        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(state.encode(), target)
+        except OSError as exc:
+            if not self._warned:  # once: a missing socket would otherwise log every tick
+                log.warning("sd_notify to %s failed (%s); systemd may restart the agent", self.address, exc)
+                self._warned = True
+            return False
+        return True
+
+    def ready(self) -> bool:
+        return self.notify("READY=1")
+
+    def watchdog(self) -> bool:
+        return self.notify("WATCHDOG=1")
+
+    def stopping(self) -> bool:
+        return self.notify("STOPPING=1")

@@ -250,7 +250,7 @@ def _agent_child(model: str, source: str, seconds: float) -> None:
     while time.monotonic() < deadline:
         time.sleep(0.25)
         samples.append(process.memory_info().rss / 2**20)
-    states = node.health.states()
+    states, figures = node.health.states(), node.health.vision()
     node.close(flush_s=0.1)
     steady = samples[len(samples) // 4 :]  # after the model and the first frames are in
     print(
@@ -262,7 +262,7 @@ def _agent_child(model: str, source: str, seconds: float) -> None:
                 "target_max_mb": RSS_TARGET_MB,
                 "meets_target": statistics.median(steady) <= RSS_TARGET_MB,
                 "camera_state": states.get("cam0"),
-                "camera_fps": states.get("camera_fps"),
+                "camera_fps": figures.camera_fps,
             }
         )
     )

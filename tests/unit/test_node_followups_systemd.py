@@ -1,0 +1,161 @@
+"""The agent under systemd: sd_notify READY/WATCHDOG/STOPPING datagrams on a real unix
+socket, the watchdog silent once a node loop has died, and JSON log lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edge.app import Node
+from edge.config import parse_config
+from edge.health import ServiceNotifier
+from s4edge.cli import app
+from s4edge.testing import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+SIM = REPO / "firmware_configs" / "sim-node.yaml"
+
+
+def config_data(tmp_path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(SIM.read_text())
+    data["outbox"]["path"] = str(tmp_path / "outbox.db")
+    data["mqtt"]["url"] = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: no broker needed
+    data["heartbeat"]["interval_s"] = 0.05  # the tick loop, and so the watchdog, every 50 ms
+    data["sources"] = []
+    return data
+
+
+class NotifySocket:
+    """What systemd listens on: a unix datagram socket."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.address = address
+
+    def next(self, timeout: float = 10.0) -> str | None:
+        self.sock.settimeout(max(timeout, 1e-3))
+        try:
+            return self.sock.recv(4096).decode()
+        except TimeoutError:
+            return None
+
+    def wait_for(self, state: str, timeout: float = 20.0) -> list[str]:
+        seen: list[str] = []
+        while (message := self.next(timeout)) is not None:
+            seen.append(message)
+            if message == state:
+                return seen
+        raise AssertionError(f"no {state} within {timeout} s; got {seen}")
+
+    def during(self, window_s: float) -> list[str]:
+        """Every message that arrives within the next ``window_s`` seconds."""
+        deadline = time.monotonic() + window_s
+        seen = []
+        while (left := deadline - time.monotonic()) > 0:
+            if (message := self.next(left)) is not None:
+                seen.append(message)
+        return seen
+
+
+@pytest.fixture
+def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
+    listener = NotifySocket(str(tmp_path / "notify"))
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
+    yield listener
+    listener.sock.close()
+
+
+def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path: Path, notify: NotifySocket) -> None:
+    node = Node(parse_config(config_data(tmp_path)), base_dir=tmp_path)
+    try:
+        node.start()
+        assert notify.wait_for("READY=1") == ["READY=1"]
+        notify.wait_for("WATCHDOG=1")
+        notify.wait_for("WATCHDOG=1")
+    finally:
+        node.close(flush_s=0)
+    assert notify.wait_for("STOPPING=1")[-1] == "STOPPING=1"
+
+
+def test_the_watchdog_goes_silent_when_the_forwarder_dies(tmp_path: Path, notify: NotifySocket) -> None:
+    node = Node(parse_config(config_data(tmp_path)), base_dir=tmp_path)
+    try:
+        node.start()
+        notify.wait_for("WATCHDOG=1")
+        node.forwarder.stop()
+        assert not node.loops_alive()
+        notify.during(0.2)  # a ping that passed its check just before the forwarder stopped
+        # ten tick periods: a live node would have pinged about ten times
+        assert "WATCHDOG=1" not in notify.during(0.5)
+    finally:
+        node.close(flush_s=0)
+
+
+def test_abstract_namespace_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    listener = NotifySocket(f"@s4edge-test-{uuid.uuid4().hex}")
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
+    try:
+        assert ServiceNotifier.from_environment().watchdog()
+        assert listener.next(5) == "WATCHDOG=1"
+    finally:
+        listener.sock.close()
+
+
+def test_no_notify_socket_is_a_no_op(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert not ServiceNotifier.from_environment().ready()
+    # a socket that vanished: refused quietly, never raised into the tick loop
+    assert not ServiceNotifier(str(tmp_path / "gone")).watchdog()
+
+
+@pytest.mark.slow  # a real agent process: ~5 s of interpreter start and shutdown
+def test_agent_logs_json_lines_under_systemd(tmp_path: Path) -> None:
+    config_file = tmp_path / "node.yaml"
+    config_file.write_text(yaml.safe_dump(config_data(tmp_path)))
+    listener = NotifySocket(str(tmp_path / "notify"))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": listener.address}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "s4edge", "agent", "run", "--config", str(config_file), "--log-format", "json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        listener.wait_for("READY=1", timeout=60)
+        child.send_signal(signal.SIGTERM)
+        listener.wait_for("STOPPING=1")
+        _, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        listener.sock.close()
+    assert child.returncode == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert lines and all({"ts", "level", "logger", "msg"} <= set(entry) for entry in lines)
+    assert {"level": "INFO", "logger": "edge.cli", "msg": "signal 15: stopping"}.items() <= next(
+        entry for entry in lines if entry["logger"] == "edge.cli"
+    ).items()
+
+
+def test_an_unknown_log_format_is_refused(tmp_path: Path) -> None:
+    config_file = tmp_path / "node.yaml"
+    config_file.write_text(yaml.safe_dump(config_data(tmp_path)))
+    result = CliRunner().invoke(app, ["agent", "run", "--config", str(config_file), "--log-format", "xml"])
+    assert result.exit_code == 2
+    assert "--log-format must be auto, text or json" in result.output
+    assert not (tmp_path / "outbox.db").exists()
