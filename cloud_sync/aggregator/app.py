@@ -14,13 +14,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import uvicorn
 from fastapi import APIRouter
 
 from cloud_sync.aggregator.api import build_api, mount_dashboard
 from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.aggregator.commands import CommandDesk
+from cloud_sync.aggregator.broker_log import BrokerLogWatch
+from cloud_sync.aggregator.commands import CommandDesk, CommandSigner
 from cloud_sync.aggregator.events import EventBus
 from cloud_sync.aggregator.ingest import AlertHook, Ingest
 from cloud_sync.aggregator.metrics import IngestMetrics
@@ -37,7 +39,7 @@ class AggregatorConfig:
     sqlite_sync: str = "FULL"
     http_host: str = "127.0.0.1"
     http_port: int = 0
-    group: str | None = "s4edge-aggregator"
+    group: str | None = None  # a $share group name when several replicas share the fleet
     client_id: str | None = None
     issuer: str = "aggregator"
     session_expiry_s: int = 86400
@@ -46,6 +48,8 @@ class AggregatorConfig:
     stale_factor: float = 3.0
     batch_max: int = 500
     sse_ping_s: float = 15.0
+    command_key: str | Path | None = None  # Ed25519 private key (PEM): every command published is signed
+    broker_log: str | Path | None = None  # mosquitto's log file: refused connections become a metric
 
     @property
     def session_id(self) -> str:
@@ -56,6 +60,7 @@ class AggregatorConfig:
 class Aggregator:
     def __init__(self, config: AggregatorConfig, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.config = config
+        signer = CommandSigner.load(config.command_key) if config.command_key is not None else None
         self.store = Store(make_engine(config.db_url, config.db_schema, config.sqlite_sync), clock=clock)
         self.events = EventBus()
         self.metrics = IngestMetrics(nodes_online=self.store.count_online)
@@ -71,7 +76,7 @@ class Aggregator:
             events=self.events,
             clock=clock,
         )
-        self.commands = CommandDesk(self.store, self.ingest.publish, config.issuer)
+        self.commands = CommandDesk(self.store, self.ingest.publish, config.issuer, signer)
         self.api = build_api(
             self.store,
             self.events,
@@ -81,6 +86,11 @@ class Aggregator:
             stale_factor=config.stale_factor,
             sse_ping_s=config.sse_ping_s,
             connected=lambda: self.ingest.connected,
+        )
+        self.broker_log = (
+            BrokerLogWatch(config.broker_log, lambda reason: self.metrics.auth_failures.labels(reason).inc())
+            if config.broker_log is not None
+            else None
         )
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -106,8 +116,10 @@ class Aggregator:
 
     def start(self, timeout: float = 15.0) -> Aggregator:
         self.store.create_all()
-        self.ingest.start(timeout)
+        if self.broker_log is not None:
+            self.broker_log.start()  # before connecting: our own refusal, if any, is counted too
         try:
+            self.ingest.start(timeout)
             self._serve(timeout)
         except BaseException:
             self.stop()
@@ -143,6 +155,8 @@ class Aggregator:
         if self._thread is not None:
             self._thread.join(10)
         self.ingest.stop()
+        if self.broker_log is not None:
+            self.broker_log.stop()
         if self._socket is not None:
             self._socket.close()
         self.store.engine.dispose()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 
 import typer
+
+from cloud_sync.logfmt import json_handler
 
 aggregator_app = typer.Typer(help="The central aggregator: ingest, store, HTTP API, dashboard.", no_args_is_help=True)
 
@@ -32,7 +35,12 @@ def run(
         "FULL", "--sqlite-sync", help="FULL: commits survive a power cut; NORMAL: faster, survive a process crash"
     ),
     http: str = typer.Option("127.0.0.1:8080", "--http", help="HOST:PORT for the API and dashboard"),
-    group: str = typer.Option("s4edge-aggregator", "--group", help="Shared-subscription group of the replicas"),
+    group: str = typer.Option(
+        "",
+        "--group",
+        help="Run as one of several replicas sharing the fleet through MQTT v5 $share/GROUP/ subscriptions. "
+        "Without it the single aggregator holds a plain persistent subscription (see docs/emqx.md on restarts).",
+    ),
     client_id: str = typer.Option("", "--client-id", help="Stable MQTT client id of this replica"),
     protocol: str = typer.Option("auto", "--protocol", help="auto (5, then 3.1.1), 5 or 3.1.1"),
     ca_file: str = typer.Option("", "--ca-file", help="CA bundle that signed the broker's certificate"),
@@ -42,12 +50,32 @@ def run(
     password: str = typer.Option("", "--password", envvar="S4EDGE_BROKER_PASSWORD"),
     heartbeat_interval: float = typer.Option(30.0, "--heartbeat-interval", help="Assumed until two heartbeats show it"),
     stale_factor: float = typer.Option(3.0, "--stale-factor", help="Stale after this many silent intervals"),
+    ng112: Path | None = typer.Option(None, "--ng112", help="NG112 forwarding config (YAML); off when absent"),
+    command_key: Path | None = typer.Option(
+        None, "--command-key", help="Ed25519 private key (fleet command.key): sign every command"
+    ),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json (one object per line)"),
+    broker_log: Path | None = typer.Option(
+        None, "--broker-log", help="mosquitto's log file: count refused connections (s4edge_broker_auth_failures_total)"
+    ),
 ) -> None:
     """Run the aggregator until SIGINT/SIGTERM."""
     from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
     from cloud_sync.aggregator.broker import BrokerConfig, BrokerError
+    from cloud_sync.ng112.policy import Ng112ConfigError, load_config
+    from cloud_sync.ng112.service import attach
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter(f"{log_format!r}: text or json", param_hint="--log-format")
+    if log_format == "json":
+        logging.basicConfig(level=logging.INFO, handlers=[json_handler()], force=True)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        ng112_config = load_config(ng112) if ng112 is not None else None
+    except Ng112ConfigError as exc:
+        typer.echo(f"error: --ng112: {exc}\n(check it with `s4edge ng112 check-config FILE`)", err=True)
+        raise typer.Exit(2) from None
     host, port = _host_port(http)
     config = AggregatorConfig(
         broker=BrokerConfig(
@@ -68,11 +96,18 @@ def run(
         protocol=protocol,
         heartbeat_interval_s=heartbeat_interval,
         stale_factor=stale_factor,
+        command_key=command_key,
+        broker_log=broker_log,
     )
+    forwarder = None
     try:
         aggregator = Aggregator(config)
+        if ng112_config is not None:
+            forwarder = attach(aggregator, ng112_config)
         aggregator.start()
     except (BrokerError, OSError, RuntimeError, ValueError) as exc:
+        if forwarder is not None:
+            forwarder.stop()
         typer.echo(f"aggregator did not start: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"aggregator: {aggregator.url} (dashboard at /, API at /api, metrics at /metrics)", err=True)
@@ -80,6 +115,8 @@ def run(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
     done.wait()
+    if forwarder is not None:
+        forwarder.stop()
     aggregator.stop()
 
 

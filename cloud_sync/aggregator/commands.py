@@ -1,4 +1,9 @@
-"""Commands to nodes: build a ``Command`` naming the aggregator as issuer, record it, publish it.
+"""Commands to nodes: build a ``Command`` naming the aggregator as issuer, sign it, record it,
+publish it.
+
+With a command key (``s4edge fleet command-key init``), every command carries an Ed25519
+signature (RFC 8032) over ``messages.signing_bytes``; a node configured with the public key
+(``commands.verify_key``) runs nothing else, so a broker account alone cannot command it.
 
 The node's answer arrives as a ``cmd_result`` through ingest and is joined to the
 command by ``cmd_id`` when the API lists a node's commands.
@@ -6,14 +11,20 @@ command by ``cmd_id`` when the API lists a node's commands.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from cloud_sync.aggregator.store import Store
 from cloud_sync.aggregator.views import utc
-from cloud_sync.messages import Command, CommandName, Scalar, encode, topic_for
+from cloud_sync.messages import Command, CommandName, Scalar, encode, signing_bytes, topic_for
 
 Publish = Callable[[str, bytes, int], bool]
 
@@ -22,13 +33,44 @@ class CommandError(ValueError):
     pass
 
 
+class CommandSigner:
+    """Signs commands with the aggregator's Ed25519 command key."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self.key = key
+
+    @classmethod
+    def load(cls, path: str | Path) -> CommandSigner:
+        """Read the PEM private key; ValueError names the file and what to do."""
+        try:
+            pem = Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"command key {path}: cannot read it ({exc.strerror})") from None
+        try:
+            key = load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ValueError(
+                f"command key {path}: not an unencrypted PEM private key ({exc}); "
+                "create one with `s4edge fleet command-key init`"
+            ) from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"command key {path}: holds a {type(key).__name__}, not an Ed25519 private key")
+        return cls(key)
+
+    def sign(self, command: Command) -> Command:
+        # Standard base64 of the 64-byte signature (RFC 8032 §5.1.6), as the node decodes it.
+        signature = base64.b64encode(self.key.sign(signing_bytes(command))).decode()
+        return command.model_copy(update={"signature": signature})
+
+
 class CommandDesk:
     """Issues commands in the name of the aggregator's identity (``issuer``)."""
 
-    def __init__(self, store: Store, publish: Publish, issuer: str) -> None:
+    def __init__(self, store: Store, publish: Publish, issuer: str, signer: CommandSigner | None = None) -> None:
         self.store = store
         self.publish = publish
         self.issuer = issuer
+        self.signer = signer
         self._last_seq = 0
 
     def _next_seq(self) -> int:
@@ -49,6 +91,8 @@ class CommandDesk:
                 expires=now + timedelta(seconds=ttl_s),
                 args=args,
             )
+            if self.signer is not None:
+                command = self.signer.sign(command)
             payload = encode(command)
         except ValueError as exc:  # pydantic's ValidationError and MessageError are ValueErrors
             raise CommandError(str(exc)) from None

@@ -9,9 +9,9 @@ broker redeliver, and the primary key on ``alerts.id`` drops the copy.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,11 +46,12 @@ log = logging.getLogger("s4edge.aggregator")
 
 SUFFIXES = ("status", "heartbeat", "telemetry", "alert", "cmd_result")
 V5_PROBE_S = 3.0
+QOS0_BACKLOG = 20000  # heartbeats and telemetry held for the writer before new ones are shed
 
 AlertHook = Callable[[Alert], object]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Received:
     topic: str | None
     payload: bytes
@@ -121,7 +122,10 @@ class Ingest:
         self.clock = clock
         self.on_alert_stored: list[AlertHook] = []
         self.protocol_used: MQTTProtocolVersion | None = None
-        self._queue: queue.Queue[Received] = queue.Queue(maxsize=20000)
+        # paho's thread appends, the writer pops: deque operations are atomic, so the network
+        # thread pays no lock per message; ``_arrived`` wakes an idle writer.
+        self._pending: deque[Received] = deque()
+        self._arrived = threading.Event()
         self._generation = 0
         self._known_nodes: set[tuple[str, str]] = set()
         self._received = {s: metrics.received.labels(s) for s in (*SUFFIXES, "other")}  # labels() costs a lookup
@@ -250,30 +254,36 @@ class Ingest:
             topic: str | None = message.topic
         except UnicodeDecodeError:
             topic = None
-        item = Received(
-            topic, bytes(message.payload), message.qos, message.mid, self._generation, self.clock(), time.monotonic()
-        )
-        if message.qos == 0:
-            try:
-                self._queue.put_nowait(item)
-            except queue.Full:  # QoS 0 is best effort: shed it rather than stall the network loop
-                self._reject("overload", topic or "?", "ingest queue full")
+        if message.qos == 0 and len(self._pending) >= QOS0_BACKLOG:
+            # QoS 0 is best effort: shed it rather than let memory grow. QoS 1 is bounded by
+            # the broker's in-flight window (Receive Maximum) instead.
+            self._reject("overload", topic or "?", "ingest queue full")
             return
-        self._queue.put(item)  # QoS 1: bounded by the broker's in-flight window anyway
+        payload, at = bytes(message.payload), self.clock()
+        self._pending.append(Received(topic, payload, message.qos, message.mid, self._generation, at, time.monotonic()))
+        if not self._arrived.is_set():
+            self._arrived.set()
+
+    def _next_batch(self) -> list[Received]:
+        """Up to ``batch_max`` received messages; empty after 0.2 s without any."""
+        if not self._pending:
+            self._arrived.clear()
+            # Checked again after clear(): a message appended in between has set the event or is seen here.
+            if not self._pending and not self._arrived.wait(0.2):
+                return []
+        pending = self._pending
+        batch: list[Received] = []
+        while pending and len(batch) < self.batch_max:
+            batch.append(pending.popleft())
+        return batch
 
     def _write_loop(self) -> None:
         while True:
-            try:
-                batch = [self._queue.get(timeout=0.2)]
-            except queue.Empty:
+            batch = self._next_batch()
+            if not batch:
                 if self._stopping.is_set():
                     return
                 continue
-            while len(batch) < self.batch_max:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
             try:
                 self.process(batch)
             except Exception:  # a bug in one batch must not stop ingest
@@ -285,24 +295,30 @@ class Ingest:
 
     def process(self, received: Sequence[Received]) -> None:
         batch = Batch()
+        counts = dict.fromkeys(self._received, 0)  # one counter update per type per batch, not per message
         for item in received:
-            suffix = item.topic.rsplit("/", 1)[-1] if item.topic else "other"
-            self._received.get(suffix, self._received["other"]).inc()
             if item.topic is None:
+                counts["other"] += 1
                 self._reject("bad_topic", "?", "topic is not UTF-8")
                 continue
+            suffix = item.topic.rpartition("/")[2]
+            counts[suffix if suffix in counts else "other"] += 1
             try:
                 batch.add(decode_from(item.topic, item.payload), item.at)
             except MessageError as exc:
                 self._reject(exc.reason, item.topic, exc.detail)
+        for suffix, count in counts.items():
+            if count:
+                self._received[suffix].inc(count)
         new_ids = self._commit_with_retry(batch)
         if new_ids is None:
             return  # stopping during a store outage: leave unacked, the broker redelivers
         done = time.monotonic()
+        client, generation, observe = self._client, self._generation, self.metrics.latency.observe
         for item in received:
-            self.metrics.latency.observe(done - item.t0)
-            if item.qos > 0 and item.generation == self._generation and self._client is not None:
-                self._client.ack(item.mid, item.qos)
+            observe(done - item.t0)
+            if item.qos > 0 and item.generation == generation and client is not None:
+                client.ack(item.mid, item.qos)
         self._announce(batch, new_ids)
 
     def _commit_with_retry(self, batch: Batch) -> set[str] | None:
@@ -371,9 +387,12 @@ class Ingest:
         self.rejections.note(reason, topic, detail)
 
     def _announce(self, batch: Batch, new_ids: set[str]) -> None:
-        for alert_id in sorted(new_ids, key=lambda i: batch.alerts[i][0].ts):
+        # Building the live record costs as much as storing the row: only for someone watching.
+        live = self.events is not None and self.events.subscribers > 0
+        announced = new_ids if live or self.on_alert_stored else ()
+        for alert_id in sorted(announced, key=lambda i: batch.alerts[i][0].ts):
             alert, at = batch.alerts[alert_id]
-            if self.events is not None:
+            if live and self.events is not None:
                 self.events.publish("alert", alert_record(alert, at))
             for hook in self.on_alert_stored:
                 try:

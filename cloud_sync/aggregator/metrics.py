@@ -38,6 +38,12 @@ class IngestMetrics:
         self.store_errors = Counter(
             "s4edge_store_errors", "Batch commits that failed and were retried", registry=self.registry
         )
+        self.auth_failures = Counter(
+            "s4edge_broker_auth_failures",
+            "Connections the broker refused, by reason (from its log, with --broker-log)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.online = Gauge("s4edge_nodes_online", "Nodes whose retained status says online", registry=self.registry)
         if nodes_online is not None:
             self.online.set_function(nodes_online)

@@ -209,6 +209,7 @@ class Store:
     def __init__(self, engine: Engine, clock: Clock = lambda: datetime.now(UTC)) -> None:
         self.engine = engine
         self.clock = clock
+        self._alert_insert: dict[str, Any] = {}
 
     def create_all(self) -> None:
         """Create missing tables; safe when several replicas start at once."""
@@ -227,7 +228,10 @@ class Store:
         if not batch:
             return set()
         rows = [alert_row(alert, received_at) for alert, received_at in batch]
-        stmt = _insert(conn, alerts).on_conflict_do_nothing(index_elements=["id"]).returning(alerts.c.id)
+        stmt = self._alert_insert.get(conn.dialect.name)
+        if stmt is None:  # built once per dialect: the batch path runs for every commit
+            stmt = _insert(conn, alerts).on_conflict_do_nothing(index_elements=["id"]).returning(alerts.c.id)
+            self._alert_insert[conn.dialect.name] = stmt
         return {row[0] for row in conn.execute(stmt, rows)}
 
     def ensure_nodes(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> None:

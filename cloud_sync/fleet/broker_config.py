@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloud_sync.fleet.ca import CA_CERT
+from cloud_sync.fleet.crl import CRL_FILE
 from cloud_sync.fleet.registry import ACL, PASSWORDS
 
 SERVER_CERT = "server.crt"
@@ -28,6 +29,7 @@ class BrokerSettings:
     admin_port: int | None = None
     persistence_dir: Path = Path("/var/lib/mosquitto")
     user: str | None = None
+    crl: bool = False  # the fleet has revoked a certificate: check clients against crl.pem
 
 
 def _tls(settings: BrokerSettings) -> list[str]:
@@ -43,6 +45,9 @@ def _tls(settings: BrokerSettings) -> list[str]:
         # The CN of a certificate signed by the fleet CA becomes the username, so the
         # ACL's `user` blocks apply; mosquitto.conf(5): the password file is then unused.
         lines += ["require_certificate true", "use_identity_as_username true"]
+        if settings.crl:
+            # mosquitto.conf(5) crlfile: revoked client certificates fail the handshake.
+            lines.append(f"crlfile {d / CRL_FILE}")
     else:
         lines += ["require_certificate false"]
     return lines
@@ -64,10 +69,11 @@ def render(settings: BrokerSettings) -> str:
     out += [
         "",
         "# Nodes keep MQTT v5 sessions for up to 7 days (edge.config session_expiry_s):",
-        "# queued commands must survive a broker restart.",
+        "# queued commands and alerts must survive a broker restart. mosquitto saves its",
+        "# state every autosave_interval seconds, not per message: keep the window short.",
         "persistence true",
         f"persistence_location {settings.persistence_dir}/",
-        "autosave_interval 60",
+        "autosave_interval 1",
         "persistent_client_expiration 14d",
         "max_queued_messages 10000",
         "connection_messages true",

@@ -127,10 +127,16 @@ def load_ca(folder: Path) -> FleetCA:
 
 
 def _leaf(
-    ca: FleetCA, common_name: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName], days: int
+    ca: FleetCA,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    san: list[x509.GeneralName],
+    days: int,
+    not_after: dt.datetime | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
+    not_after = min(not_after or now + dt.timedelta(days=days), ca.cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
         .subject_name(
@@ -144,8 +150,8 @@ def _leaf(
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + dt.timedelta(days=days), ca.cert.not_valid_after_utc))
+        .not_valid_before(min(now - dt.timedelta(minutes=5), not_after - dt.timedelta(days=days)))
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -186,9 +192,14 @@ def issue_server_cert(
     return _write_pair(out, "server", cert, key)
 
 
-def issue_client_cert(ca: FleetCA, common_name: str, out: Path, stem: str, days: int = LEAF_DAYS) -> tuple[Path, Path]:
-    """A client certificate; mosquitto's ``use_identity_as_username`` takes the CN as the user."""
-    cert, key = _leaf(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], days)
+def issue_client_cert(
+    ca: FleetCA, common_name: str, out: Path, stem: str, days: int = LEAF_DAYS, not_after: dt.datetime | None = None
+) -> tuple[Path, Path]:
+    """A client certificate; mosquitto's ``use_identity_as_username`` takes the CN as the user.
+
+    ``not_after`` fixes the end of validity instead of ``days`` from now (a past one issues
+    an already-expired certificate, which tests use to check that the broker refuses it)."""
+    cert, key = _leaf(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], days, not_after)
     return _write_pair(out, stem, cert, key)
 
 

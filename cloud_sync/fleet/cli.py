@@ -8,17 +8,23 @@ import getpass
 from pathlib import Path
 
 import typer
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from rich.console import Console
 from rich.table import Table
 
 from cloud_sync.fleet.broker_config import BrokerSettings, render
-from cloud_sync.fleet.ca import CAError, init_ca, issue_server_cert, load_ca
+from cloud_sync.fleet.ca import CAError, FleetCA, init_ca, issue_server_cert, load_ca
+from cloud_sync.fleet.command_key import COMMAND_KEY, init_command_key
+from cloud_sync.fleet.crl import crl_path, revoke
 from cloud_sync.fleet.provision import NodeRequest, board_names, provision_aggregator, provision_node
 from cloud_sync.fleet.registry import Fleet, FleetError
 
 fleet_app = typer.Typer(help="The fleet: CA, broker config, identities.", no_args_is_help=True)
 ca_app = typer.Typer(help="The fleet's certificate authority.", no_args_is_help=True)
 fleet_app.add_typer(ca_app, name="ca")
+command_key_app = typer.Typer(help="The aggregator's command-signing key (Ed25519).", no_args_is_help=True)
+fleet_app.add_typer(command_key_app, name="command-key")
 console = Console()
 
 
@@ -34,12 +40,28 @@ def ca_init(
     days: int = typer.Option(3650, min=1, help="Validity of the CA certificate, days."),
     force: bool = typer.Option(False, help="Replace an existing CA (orphans every issued certificate)."),
 ) -> None:
-    """Create the fleet CA: EC P-256, CA:TRUE with path length 0, key written 0600."""
+    """Create the fleet CA (EC P-256, CA:TRUE with path length 0) and the command-signing key; keys 0600."""
     try:
         ca = init_ca(out, name, days, force)
+        if force or not (out / COMMAND_KEY).exists():
+            init_command_key(out, force=True)
     except CAError as exc:
         raise _fail(exc) from None
     typer.echo(f"fleet CA {ca.cert.subject.rfc4514_string()} in {ca.folder}")
+    typer.echo(f"command-signing key {out / COMMAND_KEY}: give it to `s4edge aggregator run --command-key`")
+
+
+@command_key_app.command("init")
+def command_key_init(
+    fleet_dir: Path = typer.Option(..., "--fleet-dir", help="Fleet folder (command.key, command.pub)."),
+    force: bool = typer.Option(False, help="Replace an existing key (nodes refuse commands until re-provisioned)."),
+) -> None:
+    """Create the aggregator's Ed25519 command-signing key pair; `provision` gives nodes the public half."""
+    try:
+        private, public = init_command_key(fleet_dir, force)
+    except CAError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{private}\n{public}")
 
 
 @ca_app.command("server-cert")
@@ -118,6 +140,7 @@ def broker_config(
             err=True,
         )
     settings = BrokerSettings(
+        crl=crl_path(fleet_dir).exists(),
         files_dir=(install_dir or fleet_dir).absolute(),
         port=port,
         bind=bind,
@@ -146,13 +169,52 @@ def fleet_list(fleet_dir: Path = typer.Option(..., "--fleet-dir")) -> None:
 
 
 @fleet_app.command("revoke")
-def fleet_revoke(name: str, fleet_dir: Path = typer.Option(..., "--fleet-dir")) -> None:
-    """Remove an identity from the password and ACL files (then SIGHUP mosquitto)."""
+def fleet_revoke(
+    name: str,
+    fleet_dir: Path = typer.Option(..., "--fleet-dir"),
+    ca_dir: Path | None = typer.Option(None, "--ca-dir", help="CA folder that signs the CRL (default: --fleet-dir)."),
+    cert: Path | None = typer.Option(None, "--cert", help="Also revoke this certificate (one issued elsewhere)."),
+) -> None:
+    """Remove an identity from the password and ACL files and put its client certificate on the CRL."""
     try:
-        gone = Fleet(fleet_dir).remove(name)
-    except FleetError as exc:
+        fleet = Fleet(fleet_dir)
+        identity = fleet.identities.get(name)
+        if identity is None and cert is None:
+            raise FleetError(f"{name!r} is not in {fleet_dir}; pass --cert FILE to revoke a certificate alone")
+        serials = [int(identity.cert_serial, 16)] if identity is not None and identity.cert_serial else []
+        if cert is not None or serials:
+            ca = load_ca(ca_dir or fleet_dir)
+            serials += [_serial_of(ca, cert)] if cert is not None else []
+            revoke(ca, fleet_dir, serials)
+        elif identity is not None and identity.client_cert:
+            typer.echo(
+                f"warning: the certificate of {name} predates recorded serials; pass --cert FILE to put it on the CRL",
+                err=True,
+            )
+        gone = fleet.remove(name) if identity is not None else None
+    except (CAError, FleetError) as exc:
         raise _fail(exc) from None
-    typer.echo(f"revoked {gone.describe()}; reload the broker: systemctl reload mosquitto")
+    what = gone.describe() if gone else name
+    on_crl = f"; {len(serials)} certificate(s) on {crl_path(fleet_dir)}" if serials else ""
+    typer.echo(f"revoked {what}{on_crl}")
+    typer.echo(
+        "reload the broker: systemctl reload mosquitto (SIGHUP rereads passwords, ACL and CRL); "
+        "a broker config without `crlfile` needs `s4edge fleet broker-config` again first"
+        if serials
+        else "reload the broker: systemctl reload mosquitto"
+    )
+
+
+def _serial_of(ca: FleetCA, path: Path) -> int:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CAError(f"--cert {path}: not a readable PEM certificate ({exc})") from None
+    try:
+        cert.verify_directly_issued_by(ca.cert)  # CAs may share a name; only the signature tells
+    except (ValueError, TypeError, InvalidSignature):
+        raise CAError(f"--cert {path} was not signed by the fleet CA in {ca.folder}") from None
+    return int(cert.serial_number)
 
 
 def provision(

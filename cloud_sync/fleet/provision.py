@@ -2,8 +2,9 @@
 technician's laptop from the fleet folder and a board profile.
 
 The node folder (``--out``) is what goes to ``/etc/s4edge/`` on the node: ``node.yaml``,
-``ca.crt``, and either ``mqtt.password`` or ``node.crt``/``node.key``. The config names
-the other files by relative path, which the node resolves against the config's folder.
+``ca.crt``, either ``mqtt.password`` or ``node.crt``/``node.key``, and ``command.pub``
+when the fleet has a command key. The config names the other files by relative path,
+which the node resolves against the config's folder.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from cryptography import x509
 
 from cloud_sync.fleet.ca import CA_CERT, FleetCA, issue_client_cert, write_private
+from cloud_sync.fleet.command_key import COMMAND_PUB, command_public_key
+from cloud_sync.fleet.crl import revoke
 from cloud_sync.fleet.mosquitto_files import new_password, password_hash
 from cloud_sync.fleet.registry import Fleet, FleetError, Identity
 from cloud_sync.messages import NAME_PATTERN
@@ -91,7 +95,9 @@ class Provisioned:
     config_path: Path | None = None
 
 
-def node_config(req: NodeRequest, profile: dict[str, Any], credential_files: dict[str, str]) -> dict[str, Any]:
+def node_config(
+    req: NodeRequest, profile: dict[str, Any], credential_files: dict[str, str], verify_key: str | None = None
+) -> dict[str, Any]:
     """The node config as plain data; edge.config.parse_config accepts it."""
     location: dict[str, Any] = {"lat": req.lat, "lon": req.lon}
     if req.zone:
@@ -103,6 +109,8 @@ def node_config(req: NodeRequest, profile: dict[str, Any], credential_files: dic
         "mqtt": {"url": req.broker, "client_id": req.node_id, "username": req.node_id, **credential_files},
     }
     fragment = copy.deepcopy(profile.get("node") or {})
+    if verify_key is not None:
+        config["commands"] = {**(fragment.get("commands") or {}), "verify_key": verify_key}
     config.update({key: value for key, value in fragment.items() if key not in config})
     return config
 
@@ -157,9 +165,15 @@ def provision_node(req: NodeRequest, ca: FleetCA, fleet: Fleet, out: Path, board
     check_broker_url(req.broker)
     profile = load_board(req.board, boards)
     fleet.check_free(req.node_id, "node", req.site)
-    hashed, files, credential_files = _credentials(req.node_id, req.client_cert, ca, out, "node")
-    fleet.put(Identity(req.node_id, "node", req.site, hashed, req.client_cert))
-    config = node_config(req, profile, credential_files)
+    previous = fleet.identities.get(req.node_id)
+    hashed, files, credential_files, serial = _credentials(req.node_id, req.client_cert, ca, out, "node")
+    if previous is not None and previous.cert_serial and previous.cert_serial != serial:
+        revoke(ca, fleet.folder, [int(previous.cert_serial, 16)])  # a replaced certificate must stop working
+    fleet.put(Identity(req.node_id, "node", req.site, hashed, req.client_cert, serial))
+    verify_key = _copy_command_key(fleet.folder, Path(out))
+    if verify_key is not None:
+        files.append(verify_key)
+    config = node_config(req, profile, credential_files, verify_key.name if verify_key else None)
     path = Path(out) / CONFIG_FILE
     path.write_text(render_node_file(req, profile, config))
     return Provisioned(fleet.identities[req.node_id], [path, *files], path)
@@ -168,30 +182,42 @@ def provision_node(req: NodeRequest, ca: FleetCA, fleet: Fleet, out: Path, board
 def provision_aggregator(name: str, ca: FleetCA, fleet: Fleet, out: Path, client_cert: bool = False) -> Provisioned:
     check_name("aggregator name", name)
     fleet.check_free(name, "aggregator", None)
-    hashed, files, _ = _credentials(name, client_cert, ca, out, "aggregator")
-    fleet.put(Identity(name, "aggregator", None, hashed, client_cert))
+    hashed, files, _, serial = _credentials(name, client_cert, ca, out, "aggregator")
+    fleet.put(Identity(name, "aggregator", None, hashed, client_cert, serial))
     return Provisioned(fleet.identities[name], files)
+
+
+def _copy_command_key(fleet_dir: Path, out: Path) -> Path | None:
+    """The fleet's command public key beside the node config (None: the fleet signs nothing)."""
+    source, target = command_public_key(fleet_dir), out / COMMAND_PUB
+    if source is None:
+        target.unlink(missing_ok=True)  # a key left from an earlier provisioning would lock the node out
+        return None
+    shutil.copyfile(source, target)
+    return target
 
 
 def _credentials(
     name: str, client_cert: bool, ca: FleetCA, out: Path, stem: str
-) -> tuple[str | None, list[Path], dict[str, str]]:
+) -> tuple[str | None, list[Path], dict[str, str], str | None]:
     """Write the CA certificate and a password file or a client key pair into ``out``.
 
-    Returns the password's mosquitto hash (None with a certificate), the files, and the
-    config's references to them."""
+    Returns the password's mosquitto hash (None with a certificate), the files, the
+    config's references to them, and the certificate's serial (hex; None with a password),
+    which ``s4edge fleet revoke`` puts on the CRL."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ca.cert_path, out / CA_CERT)
     files = [out / CA_CERT]
     refs = {"ca_file": CA_CERT}
-    hashed = None
+    hashed = serial = None
     secret = out / (PASSWORD_FILE if stem == "node" else f"{stem}.password")
     # Switching between password and certificate leaves no stale credential behind.
     for stale in (secret,) if client_cert else (out / f"{stem}.crt", out / f"{stem}.key"):
         stale.unlink(missing_ok=True)
     if client_cert:
         cert, key = issue_client_cert(ca, name, out, stem)
+        serial = format(x509.load_pem_x509_certificate(cert.read_bytes()).serial_number, "x")
         files += [cert, key]
         refs |= {"cert_file": cert.name, "key_file": key.name}
     else:
@@ -200,4 +226,4 @@ def _credentials(
         files.append(secret)
         refs["password_file"] = secret.name
         hashed = password_hash(password)
-    return hashed, files, refs
+    return hashed, files, refs, serial

@@ -32,6 +32,7 @@ class Identity:
     site: str | None = None
     password_hash: str | None = None
     client_cert: bool = False
+    cert_serial: str | None = None  # hex serial of the client certificate, for the CRL on revocation
 
     def topics(self) -> tuple[list[str], list[str]]:
         if self.role == "aggregator":

@@ -40,10 +40,29 @@ class Fleet:
     def node_dir(self, name: str) -> Path:
         return self.root / name
 
+    @property
+    def folder(self) -> Path:
+        return self.root / "fleet"
+
     def password(self, name: str) -> str:
         folder = self.node_dir(name)
         secret = folder / ("mqtt.password" if (folder / "mqtt.password").exists() else "aggregator.password")
         return secret.read_text().strip()
+
+    def reconfigure(self) -> str:
+        """Render the broker config again from the fleet folder (after a revocation) and
+        restart the broker on it; returns the config."""
+        conf = write_broker_config(self.root, self.port)
+        self.broker.stop()
+        self.broker.start(wait_port=self.port)
+        return conf
+
+
+def write_broker_config(root: Path, port: int) -> str:
+    conf = root / "mosquitto.conf"
+    options = f"--port {port} --bind 127.0.0.1 --user current --persistence-dir {root / 'broker'}".split()
+    cli("fleet", "broker-config", "--fleet-dir", root / "fleet", "--out", conf, *options)
+    return conf.read_text()
 
 
 def build_fleet(root: Path, client_certs: bool = False) -> Fleet:
@@ -58,11 +77,10 @@ def build_fleet(root: Path, client_certs: bool = False) -> Fleet:
         args = f"{node} --site {SITE} --lat 40.41 --lon {lon} --broker {url} --board x86 --out {root / node}"
         cli("provision", *args.split(), "--ca-dir", fleet_dir, *cert)
     cli("fleet", "aggregator-credentials", "--fleet-dir", fleet_dir, "--out", root / "aggregator", *cert)
-    conf = root / "mosquitto.conf"
-    options = f"--port {port} --bind 127.0.0.1 --user current --persistence-dir {root / 'broker'}".split()
-    cli("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf, *options)
+    write_broker_config(root, port)
     (root / "broker").mkdir()
-    return Fleet(root, Mosquitto(root / "broker", port=port, config_file=conf).start(wait_port=port), port)
+    broker = Mosquitto(root / "broker", port=port, config_file=root / "mosquitto.conf")
+    return Fleet(root, broker.start(wait_port=port), port)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Remote commands over the fleet's TLS broker: the real aggregator (shared subscription,
-its provisioned identity) commands a real node agent (its provisioned config); the ACL
-keeps a node identity from issuing commands at all."""
+its provisioned identity, the fleet's command key) commands a real node agent (its
+provisioned config, which names the command public key); the ACL keeps a node identity
+from issuing commands at all, and the signature keeps any other key from commanding it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
 from cloud_sync.aggregator.broker import BrokerConfig
+from cloud_sync.aggregator.commands import CommandSigner
 from cloud_sync.messages import Command, decode, encode, topic, topic_for, utc_now
 from edge.app import Node
 from edge.config import load_config
@@ -60,7 +63,12 @@ def aggregator(fleet: Fleet, tmp_path: Path) -> Iterator[Aggregator]:
         username="aggregator",
         password=fleet.password("aggregator"),
     )
-    config = AggregatorConfig(broker=broker, db_url=f"sqlite:///{tmp_path / 'agg.db'}", client_id="agg-test")
+    config = AggregatorConfig(
+        broker=broker,
+        db_url=f"sqlite:///{tmp_path / 'agg.db'}",
+        client_id="agg-test",
+        command_key=fleet.root / "fleet" / "command.key",
+    )
     with Aggregator(config) as running:
         yield running
 
@@ -80,6 +88,39 @@ def result_of(aggregator: Aggregator, cmd_id: str) -> Callable[[], Any]:
         return found[0]["result"] if found else None
 
     return probe
+
+
+def test_the_provisioned_node_requires_signed_commands(node: Node, fleet: Fleet) -> None:
+    assert node.config.commands.verify_key == fleet.node_dir("node-a") / "command.pub"
+    assert node.verifier is not None
+
+
+def test_a_signed_ping_is_answered_and_one_signed_with_another_key_is_refused(
+    fleet: Fleet, aggregator: Aggregator, node: Node
+) -> None:
+    issued = aggregator.commands.issue(SITE, "node-a", "ping", {}, 60)
+    assert issued["published"]
+    assert eventually(result_of(aggregator, issued["id"]), "the node's answer to a signed ping")["ok"] is True
+
+    watcher = login(fleet, "aggregator")  # the broker account alone: it may publish commands
+    try:
+        assert watcher.subscribe(topic(SITE, "node-a", "cmd_result")) < 0x80
+        unsigned = Command(
+            node_id="node-a",
+            site=SITE,
+            seq=1,
+            name="ping",
+            issuer="aggregator",
+            expires=utc_now() + timedelta(minutes=1),
+        )
+        forged = CommandSigner(Ed25519PrivateKey.generate()).sign(unsigned.model_copy(update={"id": "forged-ping-1"}))
+        for command, why in ((forged, "does not verify"), (unsigned, "unsigned")):
+            assert watcher.publish(topic_for(command), encode(command)) == 0
+            answer = decode(watcher.next_message()[1])
+            assert answer.type == "cmd_result" and answer.cmd_id == command.id
+            assert answer.ok is False and "bad signature" in (answer.detail or "") and why in (answer.detail or "")
+    finally:
+        watcher.close()
 
 
 def test_a_bad_remote_config_is_refused_and_the_running_one_stays(
@@ -117,7 +158,8 @@ def test_a_command_from_a_node_identity_is_refused_by_the_broker(fleet: Fleet, n
         )
         assert node_b.publish(topic_for(forged), encode(forged)) == MQTT5_NOT_AUTHORIZED
         # The aggregator's own ping, sent afterwards, is answered; the forged one never was.
-        genuine = forged.model_copy(update={"id": "genuine-ping-1", "seq": 2})
+        signer = CommandSigner.load(fleet.root / "fleet" / "command.key")
+        genuine = signer.sign(forged.model_copy(update={"id": "genuine-ping-1", "seq": 2}))
         assert watcher.publish(topic_for(genuine), encode(genuine)) == 0
         answer = decode(watcher.next_message()[1])
         assert answer.type == "cmd_result" and answer.cmd_id == "genuine-ping-1" and answer.ok

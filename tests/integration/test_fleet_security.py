@@ -3,16 +3,20 @@ ACL in a real mosquitto, exercised by paho clients acting as nodes and the aggre
 
 from __future__ import annotations
 
+import datetime as dt
+import queue
 import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
-from cloud_sync.fleet.ca import init_ca, issue_client_cert
+from cloud_sync.aggregator.broker_log import BrokerLogWatch
+from cloud_sync.fleet.ca import init_ca, issue_client_cert, load_ca
 from cloud_sync.messages import Alert, Location, decode, encode, topic, topic_for
-from s4edge.testing.fleet import SITE, TIMEOUT, Fleet, build_fleet, login, peer
+from s4edge.testing.fleet import SITE, TIMEOUT, Fleet, build_fleet, cli, login, peer
 
 MQTT5_NOT_AUTHORIZED = 0x87
 MQTT5_BAD_USER_OR_PASSWORD = 0x86
@@ -215,3 +219,50 @@ class TestClientCertificates:
         no_cert = peer(mtls, "node-a", username="node-a", password="any")
         assert no_cert.connect() == ("closed", None)
         no_cert.close()
+
+
+@pytest.fixture(scope="module")
+def revoking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """A client-certificate fleet of its own: revoking changes its broker for good."""
+    built = build_fleet(tmp_path_factory.mktemp("revoking"), client_certs=True)
+    yield built
+    built.broker.stop()
+
+
+class TestRevokedAndExpiredCertificates:
+    def test_a_revoked_node_certificate_is_refused_after_the_broker_restarts(self, revoking: Fleet) -> None:
+        login(revoking, "node-b").close()  # valid until revoked
+        output = cli("fleet", "revoke", "node-b", "--fleet-dir", revoking.folder)
+        assert "1 certificate(s) on" in output and (revoking.folder / "crl.pem").exists()
+        assert "node-b" not in (revoking.folder / "acl").read_text()
+        assert f"crlfile {revoking.folder.absolute() / 'crl.pem'}" in revoking.reconfigure()
+
+        node_b = revoking.node_dir("node-b")
+        refusals: queue.Queue[str] = queue.Queue()
+        watch = BrokerLogWatch(revoking.broker.log, refusals.put, poll_s=0.05)
+        watch.start()
+        try:
+            revoked = peer(revoking, "node-b", cert=node_b / "node.crt", key=node_b / "node.key")
+            assert revoked.connect() == ("closed", None)
+            revoked.close()
+            # The aggregator's --broker-log sees the refusal in mosquitto's log.
+            assert refusals.get(timeout=TIMEOUT) == "tls_certificate"
+        finally:
+            watch.stop()
+        # The CRL refuses only what it lists: node-a and the aggregator still log in.
+        login(revoking, "node-a").close()
+        login(revoking, "aggregator").close()
+
+    def test_an_expired_node_certificate_is_refused(self, revoking: Fleet, tmp_path: Path) -> None:
+        ca = load_ca(revoking.folder)
+        yesterday = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+        cert, key = issue_client_cert(ca, "node-a", tmp_path, "expired", not_after=yesterday)
+        assert x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc < dt.datetime.now(dt.UTC)
+        expired = peer(revoking, "node-a", cert=cert, key=key)
+        assert expired.connect() == ("closed", None)
+        expired.close()
+        # The same CA's current certificate for the same node is accepted.
+        fresh_cert, fresh_key = issue_client_cert(ca, "node-a", tmp_path, "fresh")
+        fresh = peer(revoking, "node-a", cert=fresh_cert, key=fresh_key)
+        assert fresh.connect() == ("connack", 0)
+        fresh.close()

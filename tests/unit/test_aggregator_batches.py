@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -98,14 +99,19 @@ def test_node_status_and_heartbeat_are_recorded(ingest: Ingest) -> None:
     assert metric(ingest, "s4edge_nodes_online") == 1
 
 
-def test_new_alerts_reach_the_event_bus(ingest: Ingest) -> None:
-    events = EventBus()
-    published: list[tuple[str, dict[str, object]]] = []
-    events.publish = lambda event, data: published.append((event, data))  # type: ignore[method-assign]
-    ingest.events = events
-    one = alert(1)
-    ingest.process([received(topic_for(one), encode(one))])
-    assert published == [("alert", ingest.store.alerts(AlertQuery())[0][0])]
+def test_new_alerts_reach_the_event_bus_subscribers(ingest: Ingest) -> None:
+    async def watch() -> tuple[str, str]:
+        subscription = ingest.events.subscribe() if ingest.events else None
+        assert subscription is not None
+        one = alert(1)
+        await asyncio.to_thread(ingest.process, [received(topic_for(one), encode(one))])
+        item = await asyncio.wait_for(subscription.queue.get(), 5)
+        assert item is not None
+        return item
+
+    ingest.events = EventBus()
+    event, data = asyncio.run(watch())
+    assert (event, json.loads(data)) == ("alert", ingest.store.alerts(AlertQuery())[0][0])
 
 
 def test_rejections_are_logged_once_per_reason_per_window(caplog: pytest.LogCaptureFixture) -> None:

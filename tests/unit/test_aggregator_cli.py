@@ -31,3 +31,39 @@ def test_a_broker_url_with_another_scheme_is_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["aggregator", "run", "--broker", "http://x:1", "--db", db, "--http", "127.0.0.1:0"])
     assert result.exit_code == 1
     assert "use mqtt://host:port or mqtts://host:port" in result.output
+
+
+def test_a_bad_ng112_file_stops_it_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "ng112.yaml"
+    bad.write_text("psap: not-a-sip-uri\nmax_attempts: many\n")
+    db = tmp_path / "agg.db"
+    result = runner.invoke(
+        app,
+        ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--db", f"sqlite:///{db}", "--ng112", str(bad)],
+    )
+    assert result.exit_code == 2
+    assert f"--ng112: {bad}: psap:" in result.output and "max_attempts" in result.output
+    assert "s4edge ng112 check-config" in result.output
+    assert not db.exists(), "nothing may start before the NG112 config is known to be good"
+
+
+def test_a_missing_ng112_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    result = runner.invoke(app, ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--ng112", str(missing)])
+    assert result.exit_code == 2 and f"{missing}: cannot read YAML" in result.output
+
+
+def test_the_log_format_is_text_or_json() -> None:
+    result = runner.invoke(app, ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--log-format", "xml"])
+    assert result.exit_code == 2 and "text or json" in result.output
+
+
+def test_a_command_key_that_is_not_ed25519_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "command.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    db = tmp_path / "agg.db"
+    args = ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--db", f"sqlite:///{db}", "--command-key", key]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1
+    assert f"command key {key}: not an unencrypted PEM private key" in result.output
+    assert "s4edge fleet command-key init" in result.output and not db.exists()

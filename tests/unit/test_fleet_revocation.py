@@ -1,0 +1,125 @@
+"""The fleet's command-signing key and certificate revocation, offline: what `ca init`,
+`command-key init`, `provision`, `revoke` and `broker-config` write."""
+
+from __future__ import annotations
+
+import base64
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from typer.testing import CliRunner
+
+from cloud_sync.aggregator.commands import CommandSigner
+from cloud_sync.fleet.ca import init_ca, issue_client_cert, load_ca
+from cloud_sync.fleet.registry import Fleet
+from cloud_sync.messages import Command, signing_bytes, utc_now
+from edge.config import load_config
+from s4edge.cli import app
+
+BROKER = "mqtts://broker.example:8883"
+
+
+def run(*args: str | Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def fleet_dir(tmp_path: Path) -> Path:
+    assert run("fleet", "ca", "init", "--out", tmp_path / "fleet")[0] == 0
+    return tmp_path / "fleet"
+
+
+def provision(fleet_dir: Path, node: str, *extra: str) -> Path:
+    args = ["--site", "plaza", "--lat", "40.4", "--lon", "-3.7", "--board", "x86", "--broker", BROKER]
+    code, output = run("provision", node, *args, "--ca-dir", fleet_dir, "--out", fleet_dir.parent / node, *extra)
+    assert code == 0, output
+    return fleet_dir.parent / node
+
+
+def crl(fleet_dir: Path) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl((fleet_dir / "crl.pem").read_bytes())
+
+
+def serial(cert: Path) -> int:
+    return int(x509.load_pem_x509_certificate(cert.read_bytes()).serial_number)
+
+
+def test_ca_init_makes_the_command_key_pair_with_a_private_key_0600(fleet_dir: Path) -> None:
+    assert stat.S_IMODE((fleet_dir / "command.key").stat().st_mode) == 0o600
+    public = load_pem_public_key((fleet_dir / "command.pub").read_bytes())
+    assert isinstance(public, Ed25519PublicKey)
+    code, output = run("fleet", "command-key", "init", "--fleet-dir", fleet_dir)
+    assert code == 2 and "already exists" in output and "--force" in output
+
+
+def test_a_provisioned_node_verifies_what_the_aggregator_signs(fleet_dir: Path) -> None:
+    node_dir = provision(fleet_dir, "node-a")
+    config = load_config(node_dir / "node.yaml")  # edge.config accepts commands.verify_key
+    assert config.commands.verify_key == node_dir / "command.pub"
+    command = Command(node_id="node-a", site="plaza", seq=1, name="ping", issuer="aggregator", expires=utc_now())
+    signed = CommandSigner.load(fleet_dir / "command.key").sign(command)
+    public = load_pem_public_key(config.commands.verify_key.read_bytes())
+    assert isinstance(public, Ed25519PublicKey) and signed.signature is not None
+    public.verify(base64.b64decode(signed.signature), signing_bytes(signed))
+
+
+def test_a_fleet_without_a_command_key_provisions_nodes_that_take_unsigned_commands(tmp_path: Path) -> None:
+    init_ca(tmp_path / "fleet")  # the library call makes the CA alone
+    node_dir = provision(tmp_path / "fleet", "node-a")
+    assert load_config(node_dir / "node.yaml").commands.verify_key is None
+    assert not (node_dir / "command.pub").exists()
+
+
+def test_revoking_a_certificate_node_puts_its_serial_on_a_crl_signed_by_the_ca(fleet_dir: Path) -> None:
+    node_a, node_b = provision(fleet_dir, "node-a", "--client-cert"), provision(fleet_dir, "node-b", "--client-cert")
+    code, output = run("fleet", "revoke", "node-a", "--fleet-dir", fleet_dir)
+    assert code == 0 and "1 certificate(s) on" in output
+    listed = crl(fleet_dir)
+    ca = load_ca(fleet_dir)
+    assert listed.is_signature_valid(ca.key.public_key())  # type: ignore[arg-type]
+    assert listed.get_revoked_certificate_by_serial_number(serial(node_a / "node.crt")) is not None
+    assert listed.get_revoked_certificate_by_serial_number(serial(node_b / "node.crt")) is None
+    assert listed.next_update_utc == ca.cert.not_valid_after_utc  # never lapses before the CA does
+    assert "node-a" not in Fleet(fleet_dir).identities and "user node-a" not in (fleet_dir / "acl").read_text()
+
+    run("fleet", "revoke", "node-b", "--fleet-dir", fleet_dir)
+    again = crl(fleet_dir)
+    assert len(again) == 2
+    number = again.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert number == 2  # RFC 5280 §5.2.3: increases with every CRL issued
+
+
+def test_the_broker_config_checks_the_crl_once_there_is_one(fleet_dir: Path, tmp_path: Path) -> None:
+    provision(fleet_dir, "node-a", "--client-cert")
+    provision(fleet_dir, "node-b", "--client-cert")
+    conf = tmp_path / "mosquitto.conf"
+    run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf)
+    assert "crlfile" not in conf.read_text()
+    run("fleet", "revoke", "node-a", "--fleet-dir", fleet_dir)
+    run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf)
+    assert f"crlfile {fleet_dir.absolute() / 'crl.pem'}" in conf.read_text().splitlines()
+
+
+def test_re_provisioning_a_certificate_node_revokes_its_old_certificate(fleet_dir: Path) -> None:
+    node_dir = provision(fleet_dir, "node-a", "--client-cert")
+    old = serial(node_dir / "node.crt")
+    provision(fleet_dir, "node-a", "--client-cert")
+    new = serial(node_dir / "node.crt")
+    assert old != new
+    assert crl(fleet_dir).get_revoked_certificate_by_serial_number(old) is not None
+    assert crl(fleet_dir).get_revoked_certificate_by_serial_number(new) is None
+    assert Fleet(fleet_dir).identities["node-a"].cert_serial == format(new, "x")
+
+
+def test_a_certificate_from_another_ca_cannot_be_revoked_here(fleet_dir: Path, tmp_path: Path) -> None:
+    other = init_ca(tmp_path / "other")
+    cert, _ = issue_client_cert(other, "node-x", tmp_path / "other", "node")
+    code, output = run("fleet", "revoke", "node-x", "--fleet-dir", fleet_dir, "--cert", cert)
+    assert code == 2 and "not signed by the fleet CA" in output and not (fleet_dir / "crl.pem").exists()
+    code, output = run("fleet", "revoke", "nobody", "--fleet-dir", fleet_dir)
+    assert code == 2 and "'nobody' is not in" in output
