@@ -101,10 +101,17 @@ class Capture:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
-        self.source.close()
         with self._cond:
             self._cond.notify_all()
-        if self._thread is not None:
+        if self._thread is None:
+            self.source.close()
+            return
+        # The capture thread closes its own source; closing it from here while it reads
+        # can hang OpenCV, so only a read still blocked after ``timeout`` (a stalled
+        # camera) is unblocked by closing under it.
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.source.close()
             self._thread.join(timeout)
 
     def _set_fault(self, reason: str | None) -> None:
