@@ -2,5 +2,6 @@
 benchmarks and drills (STYLE.md, "Ship the fixtures")."""
 
 from s4edge.testing.mosquitto import Mosquitto, free_port
+from s4edge.testing.waiting import eventually
 
-__all__ = ["Mosquitto", "free_port"]
+__all__ = ["Mosquitto", "eventually", "free_port"]

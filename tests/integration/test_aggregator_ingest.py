@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,11 @@ from cloud_sync.aggregator.store import Store, make_engine
 from cloud_sync.aggregator.store import alerts as alerts_table
 from cloud_sync.messages import Alert, Command, CommandResult, Location, Status, decode, encode, topic_for
 from s4edge.testing import Mosquitto
+from s4edge.testing import eventually as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def alert(seq: int, node: str = "n1") -> Alert:

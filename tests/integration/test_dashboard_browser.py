@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
 from cloud_sync.aggregator.broker import BrokerConfig
 from cloud_sync.messages import Alert, Heartbeat, Location, Status, encode, topic_for
 from s4edge.testing import Mosquitto
+from s4edge.testing import eventually as wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -29,15 +29,6 @@ pytestmark = [
 ]
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def text_of(browser: Any, selector: str) -> str:

@@ -5,7 +5,6 @@ from issuing commands at all, and the signature keeps any other key from command
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,19 +20,12 @@ from cloud_sync.aggregator.commands import CommandSigner
 from cloud_sync.messages import Command, decode, encode, topic, topic_for, utc_now
 from edge.app import Node
 from edge.config import load_config
+from s4edge.testing import eventually
 from s4edge.testing.fleet import SITE, TIMEOUT, Fleet, build_fleet, login
 
 MQTT5_NOT_AUTHORIZED = 0x87
 
 
-def eventually(probe: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    """Wait on a condition (the node's answer travels node → broker → aggregator → store)."""
-    deadline = time.monotonic() + timeout
-    while (value := probe()) is None or value is False:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +92,7 @@ def test_a_signed_ping_is_answered_and_one_signed_with_another_key_is_refused(
 ) -> None:
     issued = aggregator.commands.issue(SITE, "node-a", "ping", {}, 60)
     assert issued["published"]
-    assert eventually(result_of(aggregator, issued["id"]), "the node's answer to a signed ping")["ok"] is True
+    assert eventually(result_of(aggregator, issued["id"]), TIMEOUT, "the node's answer to a signed ping")["ok"] is True
 
     watcher = login(fleet, "aggregator")  # the broker account alone: it may publish commands
     try:
@@ -127,18 +119,18 @@ def test_a_bad_remote_config_is_refused_and_the_running_one_stays(
     aggregator: Aggregator, node: Node, node_config: Path
 ) -> None:
     # The node's retained `status` (and its will) pass the ACL: the aggregator sees it online.
-    eventually(lambda: aggregator.store.count_online() == 1, "node-a online at the aggregator")
+    eventually(lambda: aggregator.store.count_online() == 1, TIMEOUT, "node-a online at the aggregator")
     before = node.digest
     issued = aggregator.commands.issue(SITE, "node-a", "reload_config", {"config": "node_id: [unclosed"}, 60)
     assert issued["published"]
-    refused = eventually(result_of(aggregator, issued["id"]), "the node's answer to the bad config")
+    refused = eventually(result_of(aggregator, issued["id"]), TIMEOUT, "the node's answer to the bad config")
     assert refused["ok"] is False and "the running one stays" in refused["detail"]
     assert node.digest == before and node.uplink.connected.is_set()
 
     good = yaml.safe_load(node_config.read_text())
     good["heartbeat"] = {"interval_s": 12}
     issued = aggregator.commands.issue(SITE, "node-a", "reload_config", {"config": yaml.safe_dump(good)}, 60)
-    applied = eventually(result_of(aggregator, issued["id"]), "the node's answer to the good config")
+    applied = eventually(result_of(aggregator, issued["id"]), TIMEOUT, "the node's answer to the good config")
     assert applied["ok"] is True and applied["data"]["config_digest"] == node.digest != before
     assert node.config.heartbeat.interval_s == 12
 

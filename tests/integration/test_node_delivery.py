@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -24,18 +24,13 @@ from edge.alerts import AlertDraft
 from edge.app import Node
 from edge.config import parse_config
 from s4edge.testing import Mosquitto, free_port
+from s4edge.testing import eventually as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SIM = REPO / "firmware_configs" / "sim-node.yaml"
 NODE_TOPICS = "s4edge/v1/demo-city/sim-node-1/#"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Receiver:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,16 +22,11 @@ from cloud_sync.uplink import Backoff, Forwarder, MqttUplink, UplinkSettings
 from edge.app import Node
 from edge.config import parse_config
 from s4edge.testing import Mosquitto, free_port
+from s4edge.testing import eventually as wait_until
 
 SIM = Path(__file__).resolve().parents[2] / "firmware_configs" / "sim-node.yaml"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_backoff_doubles_to_the_cap_with_real_jitter() -> None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -21,19 +19,11 @@ from cloud_sync.aggregator.broker import BrokerConfig
 from cloud_sync.aggregator.store import Store, alerts, make_engine, telemetry
 from cloud_sync.messages import Alert, Heartbeat, Location, Measurement, Telemetry, encode, topic_for
 from s4edge.testing import Mosquitto
+from s4edge.testing import eventually as wait_until
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -19,6 +17,7 @@ from cloud_sync.messages import Alert, decode_from, fleet_filter
 from edge.app import Node
 from edge.config import parse_config
 from s4edge.testing import Mosquitto
+from s4edge.testing import eventually as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "firmware_configs" / "vision-demo.yaml"
@@ -27,13 +26,6 @@ FASTESTDET_SHA256 = "31cb14c017fce347cb4c846ec62fdf00d76bb3beecdf4be21e7116ac67f
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM6", b"RIFF")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 class Receiver:

@@ -14,6 +14,7 @@ import pytest
 from drivers.frames import FrameSourceError, GStreamerSource, OpenCVSource, Picamera2Source, ReplaySource, open_source
 from drivers.sim.frames import SimulatedCamera, moving_square
 from edge.vision.capture import Backoff, Capture
+from s4edge.testing import eventually as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,13 +27,6 @@ def write_clip(path: Path, frames: int = 12, fps: float = 10.0) -> Path:
     return path
 
 
-def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 @pytest.mark.parametrize(

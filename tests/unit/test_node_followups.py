@@ -4,8 +4,6 @@ the SoC temperature file from config, and Ed25519 command signatures."""
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from edge.vision.capture import Capture
 from edge.vision.pipeline import VisionPipeline
 from edge.vision.tracker import Tracker
 from edge.vision.types import Detection
+from s4edge.testing import eventually as wait_until
 from s4edge.testing import free_port
 
 SIM = Path(__file__).resolve().parents[2] / "firmware_configs" / "sim-node.yaml"
@@ -43,13 +42,6 @@ def config_data(tmp_path: Path, **changes: Any) -> dict[str, Any]:
     return data
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 @pytest.fixture

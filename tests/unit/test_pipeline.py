@@ -22,6 +22,7 @@ from edge.vision.motion import MotionConfig, MotionGate
 from edge.vision.pipeline import VisionPipeline
 from edge.vision.tracker import Tracker
 from edge.vision.types import Detection
+from s4edge.testing import eventually as wait_until
 
 OLD = ModelRef(name="scripted", version="1", sha256="1" * 64)
 NEW = ModelRef(name="scripted", version="2", sha256="2" * 64)
@@ -70,13 +71,6 @@ def context(stop: threading.Event, health: Health) -> SourceContext:
     return SourceContext(emit=lambda d: None, telemetry=lambda r: None, health=health, stop=stop, clock=time.monotonic)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_a_person_in_the_zone_raises_intrusion_with_the_model_ref() -> None:
