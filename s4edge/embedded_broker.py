@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from s4edge.testing.mosquitto import free_port, wait_for_port
+from s4edge.testing.mosquitto import free_port, stop_process, wait_for_port
 
 _CONFIG = """\
 listeners:
@@ -50,13 +50,7 @@ class EmbeddedBroker:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
         self._dir.cleanup()
 

@@ -30,6 +30,18 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
             time.sleep(0.02)
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 class Mosquitto:
     """Start, kill and restart a mosquitto that keeps its state in ``workdir``.
 
@@ -98,13 +110,7 @@ class Mosquitto:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def restart(self) -> Mosquitto:
