@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.vision.backends import BackendOptions
 from edge.vision.catalogue import Catalogue
 from edge.vision.detector import Detector, Geometry
 from edge.vision.evaluate import EVAL_SCORE_THRESHOLD, evaluate
@@ -155,3 +156,10 @@ def test_eval_on_coco8_gives_a_sane_map(catalogue: Catalogue) -> None:
     assert 0 < report.map50_95 < report.map50
     person = next(c for c in report.classes if c.label == "person")
     assert person.instances == 10 and person.ap50 > 0
+
+
+@pytest.mark.parametrize(("spin", "entry"), [(False, "0"), (True, "1")])
+def test_idle_onnxruntime_threads_busy_wait_only_when_asked(catalogue: Catalogue, spin: bool, entry: str) -> None:
+    detector = Detector.from_catalogue(catalogue, "fastestdet", BackendOptions(threads=2, spin=spin))
+    options = detector.backend.session.get_session_options()  # type: ignore[attr-defined]
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
