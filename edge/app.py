@@ -120,6 +120,7 @@ class Node:
         self._sources_stop = threading.Event()
         self._stop = threading.Event()
         self._telemetry_sent: dict[str, float] = {}
+        self._announced_degraded: list[str] = []
         self._commands: queue.Queue[Command] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self.uplink.on_connect(self.announce)
@@ -149,7 +150,9 @@ class Node:
         return config_digest(self.config.model_dump_json())
 
     def announce(self) -> None:
-        """Retained ``online`` status with the boot record; runs on every (re)connect."""
+        """Retained ``online`` status with the boot record; runs on every (re)connect,
+        and whenever the set of degraded parts changes."""
+        self._announced_degraded = self.health.degraded()
         status_topic, payload = self._status("online")
         self.uplink.publish(status_topic, payload, qos=1, retain=True)
 
@@ -414,6 +417,8 @@ class Node:
                 if self.clock() >= next_beat:
                     next_beat = self.clock() + self.config.heartbeat.interval_s
                     self.heartbeat()
+                if self.uplink.connected.is_set() and self.health.degraded() != self._announced_degraded:
+                    self.announce()  # a camera or sensor fault shows in the retained status too
             except Exception:  # expiry and heartbeats must outlive any one failure
                 log.exception("node tick failed")
                 continue

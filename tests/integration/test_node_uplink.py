@@ -164,6 +164,26 @@ def test_configured_311_node_publishes_retained_online_status(tmp_path: Path, br
         node.close()
 
 
+def test_a_fault_is_republished_in_the_retained_status_and_cleared(tmp_path: Path, broker: Mosquitto) -> None:
+    node = Node(parse_config(node_config(tmp_path, broker)))
+    node.start()
+    try:
+        wait_until(node.uplink.connected.is_set, 10, "connected")
+        client, got = collect(broker.host, broker.port, "s4edge/v1/demo-city/sim-node-1/status")
+
+        def last_status() -> Status:
+            return decode(got[-1][2]) if got else None
+
+        wait_until(lambda: last_status() and last_status().degraded == [], 10, "a healthy status")
+        node.health.set("cam0", "fault: camera stopped delivering frames")
+        wait_until(lambda: last_status().degraded == ["cam0"], 10, "the fault in the status")
+        node.health.set("cam0", "ok")
+        wait_until(lambda: last_status().degraded == [], 10, "the recovery in the status")
+        client.loop_stop()
+    finally:
+        node.close()
+
+
 def ping(node_id: str = "sim-node-1") -> Command:
     return Command(
         node_id=node_id,
