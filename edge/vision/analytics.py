@@ -136,7 +136,7 @@ class Intrusion:
         if len(inside) >= cfg.min_count:
             label = inside[0].label
             content = Content(
-                title=f"{len(inside)} {label} in restricted zone {self.zone.name}",
+                title=f"{len(inside)} × {label} in restricted zone {self.zone.name}",
                 zone=self.zone.name,
                 detection=detection_of(inside, label, self.scene.camera, cfg.name),
                 model=self.scene.model,
@@ -178,7 +178,7 @@ class Loitering:
         if dwelling:
             longest = max(now - self._entered[t.track_id] for t in dwelling)
             content = Content(
-                title=f"{len(dwelling)} {dwelling[0].label} loitering in {self.zone.name}",
+                title=f"{len(dwelling)} × {dwelling[0].label} loitering in {self.zone.name}",
                 zone=self.zone.name,
                 measurements=(Measurement(quantity="dwell", value=round(longest, 1), unit="s"),),
                 detection=detection_of(dwelling, dwelling[0].label, self.scene.camera, cfg.name),
@@ -261,7 +261,7 @@ class Crowd:
         where = self.zone.name if self.zone else "view"
         label = counted[0].label if counted else cfg.classes[0]
         content = Content(
-            title=f"{len(counted)} {label} in {where}",
+            title=f"{len(counted)} × {label} in {where}",
             zone=self.zone.name if self.zone else None,
             detection=detection_of(counted, label, self.scene.camera, cfg.name),
             model=self.scene.model,

@@ -34,12 +34,18 @@ function renderNodes(nodes) {
     const state = n.state || "unknown";
     const stateCell = el("td", {}, el("span", { class: `state-${state}` }, state));
     if (n.stale) stateCell.append(" ", el("span", { class: "stale", title: "heartbeats stopped" }, "stale"));
+    const figure = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(1) : v);
     const health = n.health ? Object.entries(n.health)
       .filter(([, v]) => v !== null && typeof v !== "object")
-      .map(([k, v]) => `${k}=${v}`).join(" ") : "";
+      .map(([k, v]) => `${k}=${figure(v)}`).join(" ") : "";
+    // sources and sensors report their own states (ok, warming up, fault: …): show them too
+    const sensors = n.health && n.health.sensors ? Object.entries(n.health.sensors)
+      .map(([k, v]) => el("span", { class: String(v).startsWith("fault") ? "sensor-fault" : "sensor" }, `${k}: ${v}`))
+      : [];
     return el("tr", { "data-node": `${n.site}/${n.node_id}`, class: n.stale ? "is-stale" : "" },
       el("td", {}, n.site), el("td", {}, n.node_id), stateCell,
-      el("td", { class: "heartbeat" }, when(n.heartbeat_at)), el("td", {}, health));
+      el("td", { class: "heartbeat" }, when(n.heartbeat_at)),
+      el("td", {}, health, el("div", { class: "sensors" }, ...sensors)));
   }));
   document.getElementById("node-count").textContent = `(${nodes.length})`;
 }
