@@ -130,25 +130,28 @@ class IncidentBook:
             model=content.model,
             status=self._status,
         )
+        # The book changes only after ``emit`` returned: an alert that could not be stored
+        # is raised again by the next report, never skipped.
         if found is None:
-            self._open[key] = _Incident(draft, opened_at=now, last_seen=now, last_emitted=now)
             self._emit(draft)
+            self._open[key] = _Incident(draft, opened_at=now, last_seen=now, last_emitted=now)
             return
         found.last_seen = now
         escalated = severity != found.draft.severity
         changed = replace(draft, state=found.draft.state) != found.draft
         due = now - found.last_emitted >= self._update_interval_s
         if escalated or (changed and due):
+            self._emit(draft)
             found.draft = draft
             found.last_emitted = now
-            self._emit(draft)
 
     def clear(self, key: str, now: float, detail: str | None = None) -> None:
         with self._lock:
-            found = self._open.pop(key, None)
+            found = self._open.get(key)
             if found is None:
                 return
             self._emit(replace(found.draft, state="end", detail=detail or found.draft.detail))
+            del self._open[key]
 
     def expire(self, now: float) -> None:
         with self._lock:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from edge.alerts import AlertDraft, Content, IncidentBook, Level, ThresholdRule, ValueAlarm
 
 
@@ -92,3 +94,37 @@ def test_exercise_status_is_carried_on_every_draft() -> None:
     book.raise_("k", "gas", "Minor", 0)
     book.clear("k", 1)
     assert {d.status for d in sent} == {"Exercise"}
+
+
+class FlakyStore:
+    """An emit that fails while ``broken`` is set, as a full disk or a closed outbox would."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.stored: list[AlertDraft] = []
+
+    def __call__(self, draft: AlertDraft) -> None:
+        if self.broken:
+            raise OSError("disk full")
+        self.stored.append(draft)
+
+
+def test_an_alert_that_could_not_be_stored_is_raised_again_not_skipped() -> None:
+    store = FlakyStore()
+    book = IncidentBook(store, update_interval_s=0)
+    store.broken = True
+    with pytest.raises(OSError):
+        book.raise_("gas", "gas", "Severe", now=0.0)
+    assert not book.is_open("gas")
+    store.broken = False
+    book.raise_("gas", "gas", "Severe", now=1.0)
+    assert [d.state for d in store.stored] == ["new"]
+
+    store.broken = True
+    with pytest.raises(OSError):
+        book.clear("gas", now=2.0)
+    assert book.is_open("gas"), "the end was not stored, so the incident stays open"
+    store.broken = False
+    book.clear("gas", now=3.0)
+    assert [d.state for d in store.stored] == ["new", "end"]
+    assert len({d.incident for d in store.stored}) == 1
