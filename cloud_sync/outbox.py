@@ -152,6 +152,9 @@ class Outbox:
 
     def _allocate_seq(self) -> tuple[int, _Op | None]:
         """Take the next seq; must be called with the queue lock held."""
+        failed = self._reserving is not None and self._reserving.done.is_set() and self._reserving.error is not None
+        if failed:
+            self._seq_reserved = self._seq  # that block never reached the disk: reserve again
         seq = self._seq
         self._seq += 1
         if seq >= self._seq_reserved:

@@ -147,7 +147,8 @@ class Node:
 
     @property
     def digest(self) -> str:
-        return config_digest(self.config.model_dump_json())
+        # published in the retained status: an inline password must not be guessable from it
+        return config_digest(self.config.model_dump_json(exclude={"mqtt": {"password"}}))
 
     def announce(self) -> None:
         """Retained ``online`` status with the boot record; runs on every (re)connect,
@@ -176,7 +177,6 @@ class Node:
             detection=draft.detection,
             model=draft.model,
         )
-        encode(alert)  # refuse an oversized alert here, before it takes a seq
         stored: list[Alert] = []
 
         def stamp(seq: int) -> bytes:
@@ -192,6 +192,9 @@ class Node:
         except (ValidationError, MessageError) as exc:
             log.error("alert %s/%s refused by the wire contract: %s", draft.kind, draft.state, exc)
             self.health.set("alerts", f"fault: alert refused ({draft.kind})")
+            return
+        if self.health.states().get("alerts", "ok") != "ok":
+            self.health.set("alerts", "ok")  # the fault clears with the next alert that goes through
 
     def _telemetry(self, source: str, readings: list[Measurement]) -> None:
         now = self.clock()
@@ -249,7 +252,7 @@ class Node:
         for source_config in config.sources:
             try:
                 built.append(self._plugins[source_config.type].build(source_config, book))
-            except (ValueError, OSError) as exc:
+            except Exception as exc:  # a model that will not pull, a GPIO pin in use, …: all refuse the config
                 name = getattr(source_config, "name", source_config.type)
                 raise ConfigError(f"sources: {source_config.type} source {name!r}: {exc}") from None
         return built
@@ -280,6 +283,7 @@ class Node:
         backoff = Backoff()
         while not ctx.stop.is_set():
             try:
+                self.health.set(source.name, "running")
                 source.run(ctx)
                 return
             except Exception as exc:

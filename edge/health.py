@@ -40,13 +40,17 @@ class Health:
 
     def __init__(self) -> None:
         self._states: dict[str, str] = {}
+        self._owners: dict[str, str] = {}  # state key → the source that wrote it
         self._figures: dict[str, dict[str, float]] = {}  # figure → source → value
         self._lock = threading.Lock()
 
-    def set(self, key: str, value: Any) -> None:
+    def set(self, key: str, value: Any, owner: str | None = None) -> None:
+        key = key[:128]
         with self._lock:
             if key in self._states or len(self._states) < MAX_STATES:
-                self._states[key[:128]] = str(value)[:128]
+                self._states[key] = str(value)[:128]
+                if owner is not None:
+                    self._owners[key] = owner
 
     def of_source(self, source: str) -> SourceHealth:
         """The view a source writes through: its vision figures are kept per source."""
@@ -57,10 +61,14 @@ class Health:
             self._figures.setdefault(figure, {})[source] = value
 
     def forget(self, source: str) -> None:
-        """A stopped source's figures no longer count (its states stay, as its last word)."""
+        """A stopped source's figures and states no longer count: a source removed by a
+        config reload must not keep the node degraded."""
         with self._lock:
             for values in self._figures.values():
                 values.pop(source, None)
+            for key in [k for k, owner in self._owners.items() if owner == source] + [source]:
+                self._states.pop(key, None)
+                self._owners.pop(key, None)
 
     def states(self) -> dict[str, str]:
         with self._lock:
@@ -90,7 +98,7 @@ class SourceHealth:
         if key in VISION_FIGURES and isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
             self._health.record(self._source, key, float(value))
         else:
-            self._health.set(key, value)
+            self._health.set(key, value, owner=self._source)
 
 
 def find_thermal_zone(root: Path = THERMAL_ROOT) -> Path | None:

@@ -189,3 +189,39 @@ def test_inbound_garbage_is_counted_not_queued(node: Node) -> None:
     node._on_command("s4edge/v1/demo-city/sim-node-1/cmd/ping", json.dumps({"schema": "s4edge/1"}).encode())
     assert node.rejected == {"bad_json": 1, "invalid": 1}
     assert node._commands.empty()
+
+
+def test_the_published_config_digest_does_not_depend_on_the_password(tmp_path: Path, clock: Clock) -> None:
+    digests = []
+    for password in ("hunter2", "correct horse battery staple"):
+        data = sim_config(tmp_path)
+        data["mqtt"]["password"] = password
+        other = Node(parse_config(data), base_dir=tmp_path, clock=clock)
+        digests.append(other.digest)
+        other.close(flush_s=0)
+    assert digests[0] == digests[1]
+
+
+def test_a_reload_whose_source_cannot_be_built_is_refused_and_answered(node: Node, tmp_path: Path) -> None:
+    new = sim_config(tmp_path)
+    # a vision source whose model is not in the catalogue: building it raises, not validating
+    new["sources"].append(
+        {
+            "type": "vision",
+            "name": "cam9",
+            "camera": {"url": "replay:/nonexistent.avi"},
+            "model": {"name": "no-such-model"},
+        }
+    )
+    result = node.execute(command("reload_config", config=yaml.safe_dump(new)))
+    assert result.ok is False and "cam9" in (result.detail or "")
+    assert [s.name for s in node.config.sources] == ["concourse"], "the old config keeps running"
+
+
+def test_a_removed_sources_states_do_not_keep_the_node_degraded() -> None:
+    health = Health()
+    view = health.of_source("cam0")
+    view.set("cam0", "fault: camera stopped delivering frames")
+    assert health.degraded() == ["cam0"]
+    health.forget("cam0")
+    assert health.degraded() == []
