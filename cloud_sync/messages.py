@@ -32,8 +32,9 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024
 NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 # A run of base64/hex alphabet this long cannot be a label, a URI or a sentence:
-# it is an encoded blob, and blobs never leave the node.
-_BLOB = re.compile(r"(data:[\w/+.-]+;base64,)|([A-Za-z0-9+/=_-]{200,})")
+# it is an encoded blob, and blobs never leave the node. Line breaks do not end a
+# run, so MIME-wrapped base64 (RFC 2045 §6.8, 76-character lines) is caught too.
+_BLOB = re.compile(r"(data:[\w/+.-]+;base64,)|([A-Za-z0-9+/=_\r\n-]{200,})")
 
 
 def _no_blob(value: str) -> str:
@@ -215,7 +216,7 @@ class CommandResult(_Envelope):
     name: ShortText
     ok: bool
     detail: Text | None = None
-    data: dict[ShortText, Scalar] = Field(default_factory=dict, max_length=32)
+    data: dict[ShortText, Text | int | float | bool | None] = Field(default_factory=dict, max_length=32)
 
 
 Message = Annotated[

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from cloud_sync.messages import (
     MAX_MESSAGE_BYTES,
     Alert,
+    CommandResult,
     Heartbeat,
     Location,
     Measurement,
@@ -25,6 +27,16 @@ from cloud_sync.messages import (
     topic_for,
 )
 
+_ALERT_FIELDS = {
+    "node_id": "n1",
+    "site": "s1",
+    "seq": 1,
+    "kind": "smoke",
+    "severity": "Severe",
+    "state": "new",
+    "incident": "incident-1",
+    "location": {"lat": 1.0, "lon": 2.0},
+}
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True)
@@ -141,6 +153,23 @@ def test_binary_blobs_in_strings_are_refused(alert: Alert, blob: bytes) -> None:
     raw["detail"] = "data:image/jpeg;base64,/9j/4AAQ"
     with pytest.raises(MessageError):
         decode(json.dumps(raw))
+
+
+@FUZZ
+@given(st.binary(min_size=300, max_size=600))
+def test_mime_wrapped_base64_is_refused(blob: bytes) -> None:
+    """base64 with a line break every 76 characters (RFC 2045) is still a blob."""
+    encoded = base64.encodebytes(blob).decode()
+    assert "\n" in encoded
+    with pytest.raises(ValidationError):
+        Alert.model_validate({**_ALERT_FIELDS, "detail": encoded[:1000]})
+
+
+def test_command_results_carry_no_blobs() -> None:
+    fields = {"node_id": "n1", "site": "s1", "seq": 1, "cmd_id": "c" * 16, "name": "ping", "ok": True}
+    CommandResult(**fields, data={"config_digest": "ab" * 32, "uptime_s": 12.5})
+    with pytest.raises(ValidationError):
+        CommandResult(**fields, data={"snapshot": base64.b64encode(bytes(range(256)) * 4).decode()})
 
 
 def test_oversize_payload_is_refused_before_parsing() -> None:
