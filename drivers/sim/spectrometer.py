@@ -62,9 +62,9 @@ class SimSpectrometer:
 class SpectrometerServer:
     """Serves one :class:`SimSpectrometer` on 127.0.0.1, one client at a time."""
 
-    def __init__(self, device: SimSpectrometer) -> None:
+    def __init__(self, device: SimSpectrometer, port: int = 0) -> None:
         self.device = device
-        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock = socket.create_server(("127.0.0.1", port))
         self._sock.settimeout(0.2)
         self.port = self._sock.getsockname()[1]
         self._stop = threading.Event()

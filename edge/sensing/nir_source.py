@@ -13,6 +13,7 @@ A spectrum the outlier gate rejects is "unknown": reported in telemetry, not ale
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_sync.messages import Measurement, ModelRef, Severity
-from drivers.errors import DriverError
+from drivers.errors import DriverError, SpectrometerTimeout
 from drivers.spectrometer import Spectrometer, Spectrum
 from edge.alerts import Content, IncidentBook
 from edge.sensing.chemometrics import UNKNOWN, PLSModel, Prediction, SpectrumError
@@ -75,6 +76,13 @@ class NIRSource:
         self._device: Spectrometer | None = None
         self.health = SensorHealth(config.name, book, config.health)
 
+    def _drop_device(self) -> None:
+        close = getattr(self._device, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):  # the port is already gone
+                close()
+        self._device = None
+
     def scan(self, now: float) -> Prediction | None:
         try:
             if self._device is None:
@@ -82,7 +90,8 @@ class NIRSource:
             spectrum = self._device.acquire()
             prediction = self.model.predict(align(spectrum, self.model))[0]
         except (DriverError, SpectrumError, OSError) as exc:
-            self._device = None if isinstance(exc, OSError) else self._device
+            if isinstance(exc, OSError | DriverError) and not isinstance(exc, SpectrometerTimeout):
+                self._drop_device()  # an unplugged cable: reopen the port on the next scan
             self.health.failed(now, str(exc))
             return None
         self.health.succeeded(now, None)

@@ -61,3 +61,18 @@ def test_spectrometer_gone_is_a_sensor_fault(model_path: Path) -> None:
     assert [(d.kind, d.state) for d in drafts] == [("sensor_fault", "new")]
     with pytest.raises(ValueError, match="PLS-DA model with classes"):
         build(config.model_copy(update={"alert_classes": ["tnt"]}), IncidentBook(drafts.append))
+
+
+def test_a_replugged_spectrometer_is_reopened_and_the_fault_clears(model_path: Path) -> None:
+    drafts: list[AlertDraft] = []
+    with SpectrometerServer(SimSpectrometer()) as first:
+        port = first.port
+        config = Config(type="nir", url=first.url, model=model_path, alert_classes=["urea"], timeout_s=0.2)
+        source = build(config, IncidentBook(drafts.append))
+        assert source.scan(0.0) is not None
+    for t in (1.0, 2.0, 3.0):  # unplugged: the open port is dead
+        assert source.scan(t) is None
+    assert [(d.kind, d.state) for d in drafts] == [("sensor_fault", "new")]
+    with SpectrometerServer(SimSpectrometer(), port=port):  # plugged back in
+        assert source.scan(4.0) is not None, "the source reopened the port"
+    assert [(d.kind, d.state) for d in drafts] == [("sensor_fault", "new"), ("sensor_fault", "end")]
