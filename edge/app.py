@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -202,14 +203,16 @@ class Node:
         if not readings or (last is not None and now - last < self.config.telemetry.interval_s):
             return
         self._telemetry_sent[source] = now
-        self.outbox.put_next(
-            self._topic("telemetry"),
-            lambda seq: encode(
-                Telemetry(node_id=self.config.node_id, site=self.config.site, seq=seq, readings=readings[:64])
-            ),
-            qos=0,
-            kind=TELEMETRY,
-        )
+        for start in range(0, len(readings), 64):  # a Telemetry message holds at most 64 readings
+            self.outbox.put_next(
+                self._topic("telemetry"),
+                partial(self._telemetry_payload, readings[start : start + 64]),
+                qos=0,
+                kind=TELEMETRY,
+            )
+
+    def _telemetry_payload(self, readings: list[Measurement], seq: int) -> bytes:
+        return encode(Telemetry(node_id=self.config.node_id, site=self.config.site, seq=seq, readings=readings))
 
     def _telemetry_of(self, source: str) -> Callable[[list[Measurement]], None]:
         return lambda readings: self._telemetry(source, readings)

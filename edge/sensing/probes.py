@@ -103,8 +103,8 @@ class SCD4xProbe:
 
     def poll(self, now: float) -> Sample | None:
         if self._last_data is None:
+            self.chip.start_periodic_measurement()  # raises on a bus error: retried at the next poll
             self._last_data = now
-            self.chip.start_periodic_measurement()
         if not self.chip.data_ready():
             if now - self._last_data > self.stale_after_s:
                 self._last_data = None  # restart periodic mode next time (the chip may have lost power)

@@ -165,8 +165,7 @@ class SensorsSource:
                 self.world.apply((now - start) * self.config.scenario_speed)
             readings = self.poll_once(now)
             if readings:
-                for i in range(0, len(readings), 64):  # Telemetry holds at most 64 readings
-                    ctx.telemetry(readings[i : i + 64])
+                ctx.telemetry(readings)
             for name, health in self.health.items():
                 ctx.health.set(f"{self.name}.{name}", health.state)
             ctx.stop.wait(max(0.0, self.next_due() - ctx.clock()))

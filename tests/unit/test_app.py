@@ -102,6 +102,13 @@ def test_telemetry_is_rate_limited_per_source(node: Node, clock: Clock) -> None:
     assert telemetry[0].readings[0].value == 3.0
 
 
+def test_a_poll_of_more_than_64_readings_is_sent_whole_in_several_messages(node: Node) -> None:
+    readings = [Measurement(quantity=f"q{i}", value=float(i), unit="1") for i in range(150)]
+    node._telemetry("rig", readings)
+    sent = [r for message in stored(node, "telemetry") for r in message.readings]
+    assert [r.value for r in sent] == [float(i) for i in range(150)]
+
+
 def test_heartbeat_reports_outbox_and_sensor_states(node: Node, clock: Clock) -> None:
     node.publish_alert(AlertDraft(kind="gas", severity="Minor", state="new", incident="inc-00003"))
     node.health.set("mq4", "ok")
