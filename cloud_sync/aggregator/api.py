@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,14 @@ from cloud_sync.aggregator.store import AlertQuery, Store
 from cloud_sync.messages import NAME_PATTERN, SEVERITIES, CommandName, Scalar
 
 STATIC = Path(__file__).with_name("static")
+# Reading is open; anything that acts (ack, commands, NG112 decisions) needs the operator token.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def bearer_matches(header: str | None, token: str) -> bool:
+    """``Authorization: Bearer <token>`` (RFC 6750 §2.1), compared in constant time."""
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 class AckRequest(BaseModel):
@@ -48,8 +57,23 @@ def build_api(
     stale_factor: float = 3.0,
     sse_ping_s: float = 15.0,
     connected: Callable[[], bool] = lambda: True,
+    operator_token: str | None = None,
 ) -> FastAPI:
     app = FastAPI(title="s4edge aggregator", version="1")
+
+    if operator_token:
+        token = operator_token
+
+        # A middleware, not a dependency: it also guards routers included later (NG112).
+        @app.middleware("http")
+        async def operators_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            if request.method in SAFE_METHODS or bearer_matches(request.headers.get("authorization"), token):
+                return await call_next(request)
+            return JSONResponse(
+                {"detail": "this action needs the operator token: Authorization: Bearer <token>"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="s4edge"'},
+            )
 
     @app.get("/healthz")
     def healthz() -> Any:

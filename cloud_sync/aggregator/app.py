@@ -50,6 +50,7 @@ class AggregatorConfig:
     sse_ping_s: float = 15.0
     command_key: str | Path | None = None  # Ed25519 private key (PEM): every command published is signed
     broker_log: str | Path | None = None  # mosquitto's log file: refused connections become a metric
+    operator_token: str | None = None  # when set, the API's POSTs need Authorization: Bearer <token>
 
     @property
     def session_id(self) -> str:
@@ -86,6 +87,7 @@ class Aggregator:
             stale_factor=config.stale_factor,
             sse_ping_s=config.sse_ping_s,
             connected=lambda: self.ingest.connected,
+            operator_token=config.operator_token,
         )
         self.broker_log = (
             BrokerLogWatch(config.broker_log, lambda reason: self.metrics.auth_failures.labels(reason).inc())

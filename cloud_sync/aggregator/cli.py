@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import threading
@@ -24,6 +25,28 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise typer.BadParameter(f"{value!r}: give HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks a free one)")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may well resolve to a public address
+
+
+def _operator_token(token: str, token_file: Path | None) -> str | None:
+    if token and token_file is not None:
+        raise typer.BadParameter("give --operator-token or --operator-token-file, not both")
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"{token_file}: cannot read: {exc.strerror}") from None
+        if not token:
+            raise typer.BadParameter(f"{token_file}: the file is empty", param_hint="--operator-token-file")
+    return token or None
 
 
 @aggregator_app.command("run")
@@ -54,6 +77,15 @@ def run(
     command_key: Path | None = typer.Option(
         None, "--command-key", help="Ed25519 private key (fleet command.key): sign every command"
     ),
+    operator_token: str = typer.Option(
+        "",
+        "--operator-token",
+        envvar="S4EDGE_OPERATOR_TOKEN",
+        help="Operators send it as Authorization: Bearer <token> to ack, command nodes or decide NG112 calls",
+    ),
+    operator_token_file: Path | None = typer.Option(
+        None, "--operator-token-file", help="Read the operator token from this file (keeps it out of `ps`)"
+    ),
     log_format: str = typer.Option("text", "--log-format", help="text, or json (one object per line)"),
     broker_log: Path | None = typer.Option(
         None, "--broker-log", help="mosquitto's log file: count refused connections (s4edge_broker_auth_failures_total)"
@@ -77,6 +109,13 @@ def run(
         typer.echo(f"error: --ng112: {exc}\n(check it with `s4edge ng112 check-config FILE`)", err=True)
         raise typer.Exit(2) from None
     host, port = _host_port(http)
+    token = _operator_token(operator_token, operator_token_file)
+    if token is None and not _loopback(host):
+        typer.echo(
+            f"warning: --http {http} is reachable from the network and has no operator token: anyone who can "
+            "reach it can acknowledge alerts and send signed commands; set --operator-token-file",
+            err=True,
+        )
     config = AggregatorConfig(
         broker=BrokerConfig(
             broker,
@@ -98,6 +137,7 @@ def run(
         stale_factor=stale_factor,
         command_key=command_key,
         broker_log=broker_log,
+        operator_token=token,
     )
     forwarder = None
     try:

@@ -44,11 +44,18 @@ def write_private(path: Path, data: bytes) -> None:
     """Create or replace ``path`` with mode 0600 from the first byte on (no umask window)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    # A leftover tmp file would keep its old mode, and a symlink planted there would aim the
+    # key elsewhere: remove it, then create a fresh file that follows no link.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)  # the mode given to open() is narrowed by the umask only
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

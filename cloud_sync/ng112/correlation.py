@@ -2,16 +2,25 @@
 one escalated incident (e.g. gas + flame within 120 s → Extreme).
 
 Time is the alerts' own ``ts``, so the outcome does not depend on arrival jitter.
+
+Replicas sharing the fleet through ``$share`` each see only some of a site's alerts, so
+the forwarder passes a ``recall`` that reads the site's recent alerts from the shared
+store: whichever replica commits the second part last sees both and escalates. The
+escalated alert's id derives from its parts, so two replicas that both escalate the same
+parts create one forward (its alert id is the de-dup key). What stays per process is
+the memory of an escalation already open: after its window another replica may open a
+second escalated incident for the same ongoing event (docs/emqx.md §4).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cloud_sync.messages import Alert, Measurement, new_id
+from cloud_sync.messages import Alert, Measurement
 from cloud_sync.ng112.policy import CorrelationRule
 
 
@@ -21,9 +30,14 @@ class _Open:
     last: datetime
 
 
+# The site's stored alerts with ``ts`` between the two moments (other replicas' included).
+Recall = Callable[[str, datetime, datetime], list[Alert]]
+
+
 class Correlator:
-    def __init__(self, rules: list[CorrelationRule]) -> None:
+    def __init__(self, rules: list[CorrelationRule], recall: Recall | None = None) -> None:
         self.rules = rules
+        self.recall = recall
         self._horizon = timedelta(seconds=max((r.within_s for r in rules), default=0.0))
         self._recent: dict[str, deque[Alert]] = {}
         self._open: dict[tuple[str, str, str | None], _Open] = {}
@@ -33,7 +47,15 @@ class Correlator:
         if alert.state == "end" or alert.kind == "escalation" or not self.rules:
             return []
         recent = self._recent.setdefault(alert.site, deque())
-        recent.append(alert)
+        known = {seen.id for seen in recent}
+        if alert.id not in known:
+            recent.append(alert)
+            known.add(alert.id)
+        if self.recall is not None:
+            recalled = self.recall(alert.site, alert.ts - self._horizon, alert.ts + self._horizon)
+            recent.extend(a for a in recalled if a.id not in known and a.state != "end" and a.kind != "escalation")
+            # In time order (ties by id), so every replica picks the same first alert of a kind.
+            self._recent[alert.site] = recent = deque(sorted(recent, key=lambda a: (a.ts, a.id)))
         while recent and alert.ts - recent[0].ts > self._horizon:
             recent.popleft()
         return [found for rule in self.rules if (found := self._match(rule, alert, recent)) is not None]
@@ -65,10 +87,12 @@ class Correlator:
         contributing = sorted(first_of_kind.values(), key=lambda a: a.ts)
         digest = hashlib.sha256("|".join([rule.name, alert.site, *(a.id for a in contributing)]).encode())
         incident = f"esc-{rule.name}-{digest.hexdigest()[:16]}"[:64]
+        # The same parts give the same id on every replica: one forward however many escalate.
+        escalation_id = f"esc-{digest.hexdigest()[:40]}"
         self._open[key] = _Open(incident, alert.ts)
         measurements: list[Measurement] = [m for a in contributing for m in a.measurements][:32]
         return Alert(
-            id=new_id(),
+            id=escalation_id,
             node_id=alert.node_id,
             site=alert.site,
             seq=alert.seq,

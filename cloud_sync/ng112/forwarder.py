@@ -27,7 +27,16 @@ from cloud_sync.ng112.cap import CapError, CapRef, MsgType
 from cloud_sync.ng112.correlation import Correlator
 from cloud_sync.ng112.pidf import LocationError
 from cloud_sync.ng112.policy import Ng112Config
-from cloud_sync.ng112.records import OPEN_STATES, claim, forward_dict, forwards, incidents, new_token
+from cloud_sync.ng112.reconcile import site_alerts, unforwarded
+from cloud_sync.ng112.records import (
+    OPEN_STATES,
+    claim,
+    forward_dict,
+    forwards,
+    incidents,
+    new_token,
+    take_back_lapsed,
+)
 from cloud_sync.ng112.sip import parse_target
 from cloud_sync.ng112.transport import Delivery, Transaction
 
@@ -35,6 +44,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 # Worth another try: the network or the PSAP's load, not the content (RFC 3261 §21.5, §21.4.9).
 RETRY_CODES = frozenset({408, 480, 500, 503, 504})
+# Beyond Timer F, time to compose the message and record the outcome before a claim lapses.
+CLAIM_MARGIN_S = 30.0
 
 
 def _retryable(delivery: Delivery) -> bool:
@@ -69,12 +80,13 @@ class Forwarder:
             location_method=config.location_method,
             language=config.language,
         )
-        self.correlator = Correlator(list(config.correlation))
+        self.correlator = Correlator(list(config.correlation), recall=self._recall)
         self._correlate = threading.Lock()
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._sending = 0  # rows handed to the pool and not finished yet
 
     # -- intake -----------------------------------------------------------------------
     def submit(self, alert: Alert) -> list[str]:
@@ -88,6 +100,13 @@ class Forwarder:
         if created:
             self._notify()
         return created
+
+    def _recall(self, site: str, since: datetime, until: datetime) -> list[Alert]:
+        try:
+            return site_alerts(self.engine, site, since, until)
+        except Exception:  # correlation then uses what this process saw; the alert still goes
+            log.exception("ng112: could not read the recent alerts of site %s", site)
+            return []
 
     def _accept(self, alert: Alert) -> str | None:
         # A replica that opened the same incident at the same moment makes the first try fail;
@@ -205,9 +224,17 @@ class Forwarder:
                 )
             self._changed_row(forward_id)
 
-    def _claim_due(self) -> list[Any]:
+    def _take_back_lapsed(self, now: datetime) -> None:
+        for forward_id, state in take_back_lapsed(self.engine, now, self.config.max_attempts):
+            log.warning("ng112: forward %s was claimed but never finished (sender died?); now %s", forward_id, state)
+            self._changed_row(forward_id)
+
+    def _claim_due(self, limit: int | None = None) -> list[Any]:
         now = self.clock()
         self._expire_confirmations(now)
+        self._take_back_lapsed(now)
+        # A send ends within Timer F (RFC 3261 §17.1.2.2), so a claim held well past it is lost.
+        held_until = now + timedelta(seconds=self.config.timers.f + CLAIM_MARGIN_S)
         with self.engine.connect() as conn:
             due = conn.execute(
                 select(forwards)
@@ -220,12 +247,14 @@ class Forwarder:
                     select(forwards.c.incident, forwards.c.ordinal).where(forwards.c.state.in_(OPEN_STATES))
                 )
             }
-        claimed = []
+        claimed: list[Any] = []
         for row in due:
+            if limit is not None and len(claimed) >= limit:
+                break
             # Messages of one incident go in order: the Alert first, each Update after it.
             if any(inc == row.incident and ordinal < row.ordinal for inc, ordinal in busy):
                 continue
-            if claim(self.engine, row.id, ("pending", "retrying"), "sending"):
+            if claim(self.engine, row.id, ("pending", "retrying"), "sending", due_at=held_until):
                 claimed.append(row)
         return claimed
 
@@ -341,9 +370,25 @@ class Forwarder:
         finally:
             timer.cancel()
 
+    def reconcile(self) -> int:
+        """Submit stored alerts that the after-commit hook never delivered here (a crash
+        between commit and ``submit``, or a failed ``submit``). Returns how many."""
+        horizon = self.config.reconcile_horizon_s
+        if horizon <= 0:
+            return 0
+        missed = unforwarded(self.engine, self.config, self.clock() - timedelta(seconds=horizon))
+        for alert in missed:
+            log.warning("ng112: alert %s (%s) was stored but never submitted; submitting it", alert.id, alert.incident)
+            self.submit(alert)
+        return len(missed)
+
     def start(self) -> None:
         if self._loop is not None:
             return
+        try:
+            self.reconcile()
+        except Exception:  # forwarding new alerts matters more than the look back
+            log.exception("ng112: could not look for stored alerts that were never submitted")
         self._stop.clear()
         self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="ng112-send")
         self._loop = threading.Thread(target=self._run, name="ng112-forwarder", daemon=True)
@@ -361,13 +406,19 @@ class Forwarder:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                claimed = self._claim_due()
-            except Exception:  # a database hiccup must not end forwarding for good
-                log.exception("ng112: could not read due forwards; trying again")
-                claimed = []
+            # Claim only what a free worker sends at once: a claim queued behind slow sends
+            # could lapse and be taken back while still waiting its turn.
+            free = self.config.workers - self._sending
+            claimed = []
+            if free > 0:
+                try:
+                    claimed = self._claim_due(free)
+                except Exception:  # a database hiccup must not end forwarding for good
+                    log.exception("ng112: could not read due forwards; trying again")
             assert self._pool is not None
             for row in claimed:
+                with self._changed:
+                    self._sending += 1
                 self._pool.submit(self._send_logged, row)
             with self._changed:
                 if not claimed and not self._stop.is_set():
@@ -375,8 +426,16 @@ class Forwarder:
 
     def _send_logged(self, row: Any) -> None:
         try:
+            self._send_or_record(row)
+        finally:
+            with self._changed:
+                self._sending -= 1
+                self._changed.notify_all()
+
+    def _send_or_record(self, row: Any) -> None:
+        try:
             self._send(row)
-        except Exception as exc:  # never leave a row stuck in "sending", never drop it
+        except Exception as exc:  # never drop a row; if even this fails, its claim lapses
             log.exception("ng112: sending forward %s failed", row.id)
             attempts = row.attempts + 1
             final = attempts >= self.config.max_attempts

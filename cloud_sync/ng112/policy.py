@@ -52,6 +52,8 @@ class Ng112Config(_Config):
     backoff_s: float = Field(default=2.0, ge=0)
     backoff_max_s: float = Field(default=60.0, ge=0)
     workers: int = Field(default=4, ge=1, le=64)
+    # On start, stored alerts this recent with no forward (missed by a crash) are submitted; 0: off.
+    reconcile_horizon_s: float = Field(default=3600.0, ge=0)
     readings_base_url: str | None = Field(
         default=None, description="Public base URL of the aggregator, for the PSAP data request link"
     )

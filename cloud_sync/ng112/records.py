@@ -16,7 +16,9 @@ from sqlalchemy import JSON, Column, DateTime, Engine, Float, Index, Integer, St
 
 from cloud_sync.aggregator.store import metadata
 
-# pending → sending → delivered | retrying → … | failed; awaiting_confirm → pending | dismissed | unconfirmed
+# pending → sending → delivered | retrying → … | failed; awaiting_confirm → pending | dismissed | unconfirmed.
+# While a row is "sending", its due_at is the end of the claim: a claim that outlives it (the
+# process died mid-send) is taken back by the next claim step, as a failed attempt.
 STATES: Final = (
     "awaiting_confirm",
     "pending",
@@ -118,12 +120,38 @@ def get_forward(engine: Engine, forward_id: str) -> dict[str, Any] | None:
     return forward_dict(row) if row else None
 
 
-def claim(engine: Engine, forward_id: str, expected: tuple[str, ...], new_state: str, **values: Any) -> bool:
-    """Move a forward from one of ``expected`` to ``new_state``; False if another worker won."""
+def claim(
+    engine: Engine,
+    forward_id: str,
+    expected: tuple[str, ...],
+    new_state: str,
+    *,
+    due_by: datetime | None = None,
+    **values: Any,
+) -> bool:
+    """Move a forward from one of ``expected`` to ``new_state``; False if another worker won.
+
+    With ``due_by``, only a row whose ``due_at`` is not later than it moves (a lapsed claim)."""
+    condition = [forwards.c.id == forward_id, forwards.c.state.in_(expected)]
+    if due_by is not None:
+        condition.append(forwards.c.due_at <= due_by)
     with engine.begin() as conn:
-        done = conn.execute(
-            update(forwards)
-            .where(forwards.c.id == forward_id, forwards.c.state.in_(expected))
-            .values(state=new_state, **values)
-        )
+        done = conn.execute(update(forwards).where(*condition).values(state=new_state, **values))
     return bool(done.rowcount)
+
+
+def take_back_lapsed(engine: Engine, now: datetime, max_attempts: int) -> list[tuple[str, str]]:
+    """Rows still "sending" after their claim ended were lost mid-send (the process died, or
+    recording the outcome failed): each counts as a failed attempt and goes again, or ends
+    ``failed`` on its last attempt. Returns (id, new state) for each row taken back."""
+    with engine.connect() as conn:
+        lapsed = conn.execute(
+            select(forwards.c.id, forwards.c.attempts).where(forwards.c.state == "sending", forwards.c.due_at <= now)
+        ).all()
+    taken = []
+    for forward_id, attempts in lapsed:
+        state = "failed" if attempts + 1 >= max_attempts else "retrying"
+        reason = "the sender stopped before recording an outcome (claim lapsed)"
+        if claim(engine, forward_id, ("sending",), state, due_by=now, attempts=attempts + 1, due_at=now, reason=reason):
+            taken.append((forward_id, state))
+    return taken

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
 from cloud_sync.aggregator.api import build_api, mount_dashboard
@@ -115,3 +116,54 @@ def test_dashboard_and_metrics_are_served(client: TestClient) -> None:
         or "s4edge_nodes_online" in client.get("/metrics").text
     )
     assert client.get("/healthz").json()["ok"] is True
+
+
+def guarded(store: Store, published: list[tuple[str, bytes, int]]) -> TestClient:
+    def publish(topic: str, payload: bytes, qos: int) -> bool:
+        published.append((topic, payload, qos))
+        return True
+
+    app = build_api(
+        store, EventBus(), IngestMetrics(), CommandDesk(store, publish, "aggregator"), operator_token="s3cret-token"
+    )
+    extra = APIRouter()
+
+    @extra.post("/ng112/forwards/{forward_id}/confirm")  # a router included later, as NG112's is
+    def confirm(forward_id: str) -> dict[str, str]:
+        return {"confirmed": forward_id}
+
+    app.include_router(extra)
+    mount_dashboard(app)
+    return TestClient(app)
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong-token", "Basic s3cret-token", "Bearer s3cret-token-and-more", "Bearer "]
+)
+def test_with_an_operator_token_actions_need_it(
+    store: Store, published: list[tuple[str, bytes, int]], authorization: str | None
+) -> None:
+    client = guarded(store, published)
+    headers = {"Authorization": authorization} if authorization else {}
+    command = client.post("/api/nodes/s1/n1/commands", json={"name": "reload_config"}, headers=headers)
+    assert command.status_code == 401 and "operator token" in command.json()["detail"]
+    assert command.headers["www-authenticate"].startswith("Bearer")
+    assert client.post("/api/alerts/alert-0001/ack", json={"by": "eve"}, headers=headers).status_code == 401
+    assert client.post("/ng112/forwards/f1/confirm", headers=headers).status_code == 401
+    assert published == [] and store.alert("alert-0001")["acked_at"] is None  # type: ignore[index]
+    assert client.get("/api/alerts").status_code == 200  # reading stays open
+    assert client.get("/").status_code == 200
+
+
+def test_the_right_token_lets_the_operator_act(store: Store, published: list[tuple[str, bytes, int]]) -> None:
+    client = guarded(store, published)
+    auth = {"Authorization": "Bearer s3cret-token"}
+    assert client.post("/api/nodes/s1/n1/commands", json={"name": "ping"}, headers=auth).status_code == 202
+    assert client.post("/api/alerts/alert-0001/ack", json={"by": "alice"}, headers=auth).json()["acked_by"] == "alice"
+    assert client.post("/ng112/forwards/f1/confirm", headers=auth).json() == {"confirmed": "f1"}
+    assert len(published) == 1
+
+
+def test_the_dashboard_asks_for_the_token_when_told_401(client: TestClient) -> None:
+    script = client.get("/app.js").text
+    assert "status === 401" in script and "sessionStorage" in script and "Bearer" in script

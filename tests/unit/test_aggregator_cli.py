@@ -67,3 +67,30 @@ def test_a_command_key_that_is_not_ed25519_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"command key {key}: not an unencrypted PEM private key" in result.output
     assert "s4edge fleet command-key init" in result.output and not db.exists()
+
+
+def test_a_network_address_without_an_operator_token_is_warned_about(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'agg.db'}"
+    args = ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--db", db]
+    open_to_all = runner.invoke(app, [*args, "--http", "0.0.0.0:0"], env={"S4EDGE_OPERATOR_TOKEN": ""})
+    assert "no operator token" in open_to_all.output
+    local = runner.invoke(app, [*args, "--http", "127.0.0.1:0"], env={"S4EDGE_OPERATOR_TOKEN": ""})
+    assert "no operator token" not in local.output
+    with_env = runner.invoke(app, [*args, "--http", "0.0.0.0:0"], env={"S4EDGE_OPERATOR_TOKEN": "t0ken"})
+    assert "no operator token" not in with_env.output and with_env.exit_code == 1  # the broker, not the token
+
+
+def test_the_operator_token_file_must_be_readable_and_not_empty(tmp_path: Path) -> None:
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    db = f"sqlite:///{tmp_path / 'agg.db'}"
+    base = ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--db", db, "--http", "0.0.0.0:0"]
+    wide = {"COLUMNS": "400", "S4EDGE_OPERATOR_TOKEN": ""}  # rich wraps the error box at the terminal width
+    result = runner.invoke(app, [*base, "--operator-token-file", str(empty)], env=wide)
+    assert result.exit_code == 2 and "the file is empty" in result.output
+    result = runner.invoke(app, [*base, "--operator-token-file", str(tmp_path / "nope")], env=wide)
+    assert result.exit_code == 2 and "cannot read" in result.output
+    good = tmp_path / "good"
+    good.write_text("t0ken\n")
+    result = runner.invoke(app, [*base, "--operator-token-file", str(good)], env={"S4EDGE_OPERATOR_TOKEN": ""})
+    assert result.exit_code == 1 and "no operator token" not in result.output

@@ -252,3 +252,85 @@ def test_the_dashboard_panel_is_served(engine, clock, psap):
     panel = TestClient(app).get("/ng112/panel.js")
     assert panel.status_code == 200 and panel.headers["content-type"].startswith("text/javascript")
     assert "/ng112/forwards" in panel.text
+
+
+def test_a_claim_lost_mid_send_is_taken_back_and_delivered(engine, clock, psap):
+    # A replica claimed the Alert and died before sending: its Update must not stay blocked.
+    dead = forwarder(engine, clock, uri(psap))
+    (first,) = dead.submit(alert())
+    (later,) = dead.submit(alert(state="update"))
+    assert [row.id for row in dead._claim_due()] == [first]
+    assert get_forward(engine, first)["state"] == "sending"
+    fwd = forwarder(engine, clock, uri(psap))  # the process that comes up afterwards
+    lapse = fwd.config.timers.f + 30
+    clock.advance(lapse - 1)
+    assert fwd.run_due() == 0  # the claim may still be alive: no second copy
+    clock.advance(2)
+    assert fwd.run_due() == 1
+    row = get_forward(engine, first)
+    assert (row["state"], row["attempts"], row["msg_type"]) == ("delivered", 2, "Alert")
+    assert fwd.run_due() == 1  # and the Update follows it
+    assert get_forward(engine, later)["state"] == "delivered"
+    assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update"]
+
+
+def test_a_lapsed_claim_on_the_last_attempt_ends_failed(engine, clock, psap):
+    fwd = forwarder(engine, clock, uri(psap), max_attempts=1)
+    (first,) = fwd.submit(alert())
+    fwd._claim_due()
+    clock.advance(fwd.config.timers.f + 31)
+    assert fwd.run_due() == 0
+    row = get_forward(engine, first)
+    assert (row["state"], row["attempts"]) == ("failed", 1) and "lapsed" in row["reason"]
+    assert psap.calls == []
+
+
+def test_stored_alerts_the_hook_never_submitted_are_forwarded_on_start(engine, clock, psap):
+    # Stored through the aggregator's store only: the process died before the hook ran.
+    missed, minor, old = alert(), alert(severity="Minor", incident="inc-minor-02"), alert(incident="inc-old-0001")
+    store = Store(engine)
+    with engine.begin() as conn:
+        store.insert_alerts(conn, [(missed, T0 - timedelta(minutes=10)), (minor, T0 - timedelta(minutes=5))])
+        store.insert_alerts(conn, [(old, T0 - timedelta(hours=2))])  # beyond the 1 h horizon
+    fwd = forwarder(engine, clock, uri(psap))
+    fwd.start()
+    try:
+        row = fwd.wait_for(("delivered", "failed"), 10, alert_id=missed.id)
+    finally:
+        fwd.stop()
+    assert row is not None and row["state"] == "delivered"
+    assert [c.cap["incidents"] for c in psap.calls] == ["inc-gas-0001"]
+    assert fwd.reconcile() == 0  # forwarded once; the others stay as policy and horizon say
+
+
+def test_the_update_of_a_forwarded_incident_is_recovered_too(engine, clock, psap):
+    fwd = forwarder(engine, clock, uri(psap))
+    first = alert()
+    fwd.submit(first)
+    fwd.run_due()
+    update = alert(state="update", severity="Minor")  # below policy, but its incident is open
+    with engine.begin() as conn:
+        Store(engine).insert_alerts(conn, [(first, T0), (update, T0)])
+    assert fwd.reconcile() == 1
+    assert fwd.run_due() == 1
+    assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update"]
+
+
+def test_gas_and_flame_on_two_replicas_escalate_once(engine, clock, psap):
+    # $share put gas on one replica and flame on the other; both alerts are in the shared store.
+    rules = [{"name": "gas-flame", "kinds": ["gas", "flame"], "within_s": 120}]
+    policy = {"kinds": ["escalation"]}  # only the escalation itself opens a call
+    one, two = (forwarder(engine, clock, uri(psap), correlation=rules, default=policy) for _ in range(2))
+    gas, flame = alert(kind="gas", incident="inc-gas-0200"), alert(kind="flame", incident="inc-flame-0200")
+    store = Store(engine)
+    with engine.begin() as conn:
+        store.insert_alerts(conn, [(gas, T0)])
+    assert one.submit(gas) == []  # alone so far
+    with engine.begin() as conn:
+        store.insert_alerts(conn, [(flame, T0)])
+    assert len(two.submit(flame)) == 1  # the replica that got flame sees gas in the store
+    assert one.submit(gas) == []  # a replica escalating the same parts again adds nothing
+    while one.run_due() or two.run_due():
+        pass
+    escalations = [c for c in psap.calls if c.cap["event"] == "escalation"]
+    assert len(escalations) == 1 and escalations[0].cap["severity"] == "Extreme"

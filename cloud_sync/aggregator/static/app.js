@@ -22,8 +22,29 @@ function when(iso) {
   return d.toLocaleString(undefined, { hour12: false });
 }
 
+const TOKEN_KEY = "s4edge-operator-token";
+
+// Actions need the operator token when the aggregator has one: asked once, kept for this tab.
+async function authorisedFetch(path, options = {}) {
+  const send = () => {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = { ...(options.headers || {}), ...(token ? { Authorization: `Bearer ${token}` } : {}) };
+    return fetch(path, { ...options, headers });
+  };
+  let response = await send();
+  if (response.status === 401) {
+    const token = window.prompt("Operator token for this aggregator:");
+    if (!token) return response;
+    sessionStorage.setItem(TOKEN_KEY, token.trim());
+    response = await send();
+    if (response.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+  }
+  return response;
+}
+window.s4edgeFetch = authorisedFetch;
+
 async function api(path, options) {
-  const response = await fetch(path, options);
+  const response = await authorisedFetch(path, options);
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
 }
