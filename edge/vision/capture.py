@@ -12,6 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+# The uplink's backoff: doubling delays, reset by the first good frame, with jitter that
+# keeps cameras sharing an RTSP server from reconnecting in lock-step. edge.vision.source
+# imports it from here.
+from cloud_sync.uplink import Backoff as Backoff
 from drivers.frames import Frame, FrameSource, FrameSourceError
 
 Prepare = Callable[[Frame, float, Any], Any]
@@ -32,23 +36,6 @@ class CameraState:
     ok: bool
     reason: str | None = None
     ended: bool = False
-
-
-class Backoff:
-    """Exponential delays between reopen attempts, reset by the first good frame."""
-
-    def __init__(self, first_s: float = 0.5, max_s: float = 30.0) -> None:
-        self.first_s = first_s
-        self.max_s = max_s
-        self._next = first_s
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.max_s, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first_s
 
 
 class Capture:
@@ -72,7 +59,7 @@ class Capture:
     ) -> None:
         self.source = source
         self.stall_after_s = stall_after_s
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(0.5, 30.0)
         self.finite = finite
         self.lossless = lossless
         self.prepare = prepare
@@ -122,21 +109,32 @@ class Capture:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.source.open()
-            except FrameSourceError as exc:
-                self._set_fault(str(exc))
-                self._stop.wait(self.backoff.next())
-                continue
-            self._read_until_failure()
-            self.source.close()
-            if self.finite and self._fault is None:
-                with self._cond:
-                    self._ended = True
-                    self._cond.notify_all()
-                return
+                if self._cycle():
+                    return
+            except Exception as exc:  # cv2.error from a GStreamer pipeline, driver errors: the thread must survive them
+                self._set_fault(f"{self.source.name}: {type(exc).__name__}: {exc}")
             if not self._stop.is_set():
                 self.reopens += 1
                 self._stop.wait(self.backoff.next())
+
+    def _cycle(self) -> bool:
+        """Open the source, read until it fails, close it; True when a finite source ended."""
+        try:
+            self.source.open()
+        except FrameSourceError as exc:
+            self._set_fault(str(exc))
+            return False
+        self._read_until_failure()
+        finished = self.finite and self._fault is None
+        try:
+            self.source.close()
+        except Exception as exc:  # a failed release must neither end the thread nor pass unseen
+            self._set_fault(f"{self.source.name}: close failed ({type(exc).__name__}: {exc})")
+        if finished:
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+        return finished
 
     def _read_until_failure(self) -> None:
         while not self._stop.is_set():

@@ -7,7 +7,7 @@ that silently detects nothing.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -108,6 +108,23 @@ class Manifest(_Strict):
     def _bare_name(cls, value: str) -> str:
         if Path(value).name != value or value in {".", ".."}:
             raise ValueError("must be a bare file name, without folders")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_in_models_folder(cls, value: str | list[str]) -> str | list[str]:
+        # beside the manifest, or beside a sibling model's (the LiteRT variants share
+        # fastestdet's labels): any other path could read a file outside the models folder
+        if isinstance(value, list):
+            return value
+        parts = PurePosixPath(value).parts
+        sibling = len(parts) == 3 and parts[0] == ".."
+        named = parts[1:] if sibling else parts  # the folder and file, or the file alone
+        if not (sibling or len(parts) == 1) or {"..", "/"} & set(named):
+            raise ValueError(
+                "must name a file beside the manifest (labels.txt) or in a sibling model's folder "
+                "(../fastestdet/labels.txt)"
+            )
         return value
 
     @property

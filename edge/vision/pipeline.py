@@ -66,6 +66,21 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class LoadedModel:
+    """A detector with what each frame needs of it, found out once at load or swap: its
+    ref (``model_ref`` builds a new pydantic object on every read) and whether it splits
+    (a runtime Protocol check reads every member, ``model_ref`` included)."""
+
+    detector: FrameDetector
+    ref: ModelRef
+    split: SplitDetector | None
+
+    @classmethod
+    def of(cls, detector: FrameDetector) -> LoadedModel:
+        return cls(detector, detector.model_ref, detector if isinstance(detector, SplitDetector) else None)
+
+
+@dataclass(frozen=True)
 class SwapResult:
     ok: bool
     detail: str
@@ -122,7 +137,7 @@ class VisionPipeline:
         local_time: Callable[[], time_of_day] = lambda: datetime.now().time(),
     ) -> None:
         self.name = name
-        self._detector = detector
+        self._loaded = LoadedModel.of(detector)  # replaced whole: a frame never mixes two models
         self.tracker = tracker
         self.analytics = analytics
         self.book = book
@@ -142,7 +157,7 @@ class VisionPipeline:
 
     @property
     def detector(self) -> FrameDetector:
-        return self._detector
+        return self._loaded.detector
 
     def prepare(self, image: Any, ts: float, replaces: Prepared | None = None) -> Prepared:
         """Motion check and preprocessing: the part of a frame's work that may run in
@@ -153,38 +168,43 @@ class VisionPipeline:
             infer = self.gate is None or self.gate.check(image, ts, force=carried).infer
             t1 = time.perf_counter()
             self.clock.add("motion", t1 - t0)
-        detector = self._detector
-        if not infer or not isinstance(detector, SplitDetector):
+        split = self._loaded.split
+        if not infer or split is None:
             return Prepared(infer)
-        tensor, geometry = detector.preprocess(image)
+        tensor, geometry = split.preprocess(image)
         self.clock.add("preprocess", time.perf_counter() - t1)
-        return Prepared(True, detector, tensor, geometry)
+        return Prepared(True, split, tensor, geometry)
 
     def process(self, image: Any, ts: float, prepared: Prepared | None = None) -> list[Track]:
         """Run one frame through every stage; ``ts`` is the frame's capture time and
         ``prepared`` what ``prepare`` made of it (done here when absent)."""
-        detector = self._detector  # one reference per frame: a swap lands between frames
+        loaded = self._loaded  # one reference per frame: a swap lands between frames
         if prepared is None:
             prepared = self.prepare(image, ts)
         infer = prepared.infer
         t1 = time.perf_counter()
         if infer:
-            if prepared.detector is detector and isinstance(detector, SplitDetector):
-                self._last_detections = detector.decode(detector.infer(prepared.tensor), prepared.geometry)
+            split = loaded.split
+            if split is not None and prepared.detector is split:
+                self._last_detections = split.decode(split.infer(prepared.tensor), prepared.geometry)
             else:  # no split, or prepared by the model just swapped out
-                self._last_detections = detector.detect(image)
+                self._last_detections = loaded.detector.detect(image)
             self.inferences += 1
         # on a static scene the last detections still stand: tracks age, not vanish
         t2 = time.perf_counter()
         tracks = self.tracker.update(self._last_detections, ts)
         t3 = time.perf_counter()
-        self.analytics.model = detector.model_ref
-        opened_before = set(self._my_incidents())
+        self.analytics.model = loaded.ref
+        snapshots_on = self.snapshots is not None and self.snapshots.config.enabled
+        opened_before = set(self._my_incidents()) if snapshots_on else set()
         self.analytics.update(tracks, ts, self._local_time())
         t4 = time.perf_counter()
-        fresh = set(self._my_incidents()) - opened_before
+        fresh = set(self._my_incidents()) - opened_before if snapshots_on else set()
         if fresh and self.snapshots is not None:
-            self.snapshots.save(image, [(t.label, t.box) for t in tracks], sorted(fresh)[0].split(":")[0])
+            # raw detections too: a person not yet confirmed by the tracker, or just lost
+            # by it, is in the frame all the same and must be blurred
+            boxes = [(t.label, t.box) for t in tracks] + [(d.label, d.box) for d in self._last_detections]
+            self.snapshots.save(image, boxes, sorted(fresh)[0].split(":")[0])
         if infer:
             self.clock.add("inference", t2 - t1)
         self.clock.add("track", t3 - t2)
@@ -201,15 +221,16 @@ class VisionPipeline:
         if self._factory is None:
             return SwapResult(False, "this pipeline was built without a model catalogue")
         with self._swap_lock:
-            old = self._detector.model_ref
+            old = self._loaded.ref
             try:
                 new = self._factory(name)
             except Exception as exc:  # a bad model of any kind must not stop the camera
                 self.swap_status = f"swap to {name} failed, kept {old.name}: {exc}"
                 return SwapResult(False, self.swap_status, old)
-            self._detector = new
-            self.swap_status = f"swapped {old.name} {old.version} → {new.model_ref.name} {new.model_ref.version}"
-            return SwapResult(True, self.swap_status, new.model_ref)
+            self._loaded = LoadedModel.of(new)
+            ref = self._loaded.ref
+            self.swap_status = f"swapped {old.name} {old.version} → {ref.name} {ref.version}"
+            return SwapResult(True, self.swap_status, ref)
 
     def run(self, ctx: SourceContext, capture: Capture) -> None:
         """Process the newest frames until ``ctx.stop``; camera loss becomes a
@@ -259,7 +280,7 @@ class VisionPipeline:
             ctx.health.set("inference_ms", inference_ms)
         ctx.health.set("dropped_frames", capture.dropped)
         ctx.health.set(f"{self.name}.stages_ms", self.clock.medians())
-        ctx.health.set(f"{self.name}.model", self._detector.model_ref.name)
+        ctx.health.set(f"{self.name}.model", self._loaded.ref.name)
         if self.gate is not None:
             ctx.health.set(f"{self.name}.motion_skipped", self.gate.skipped)
         if self.swap_status:

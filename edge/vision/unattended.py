@@ -2,9 +2,10 @@
 
 When an object track first appears, its owner is the nearest person within
 ``distance`` (or nobody). The object is stationary while its centre stays within
-``still_tolerance`` of where it settled. It is unattended once it has been stationary
-for ``after_s`` and its owner is not within ``distance`` of it; an object that came
-with no owner counts as attended while anyone is within ``distance``.
+``still_tolerance`` of where it settled. It raises once it has been both stationary
+and without its owner within ``distance`` for ``after_s`` (the clock starts when the
+owner steps away, not when the bag was put down); an object that came with no owner
+counts as attended while anyone is within ``distance``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class _Object:
     anchor: tuple[float, float]
     still_since: float
     last_seen: float
+    unattended_since: float | None = None  # stationary and alone since; None while attended
 
 
 class UnattendedObjects:
@@ -78,18 +80,27 @@ class UnattendedObjects:
                 state = _Object(self._nearest_owner(obj, people), obj.centre, now, now)
                 self._objects[obj.track_id] = state
             state.last_seen = now
-            if math.dist(obj.centre, state.anchor) > cfg.still_tolerance:
+            moved = math.dist(obj.centre, state.anchor) > cfg.still_tolerance
+            if moved:
                 state.anchor, state.still_since = obj.centre, now
             near = [p for p in people if distance_to_box(obj.centre, p.box) <= cfg.distance]
             attended = any(p.track_id == state.owner for p in near) if state.owner is not None else bool(near)
+            if attended:
+                state.unattended_since = None
+            elif moved or state.unattended_since is None:
+                state.unattended_since = now
             key = self.key(obj.track_id)
-            still_s = now - state.still_since
-            if not attended and still_s >= cfg.after_s:
+            alone_s = now - state.unattended_since if state.unattended_since is not None else 0.0
+            if not attended and alone_s >= cfg.after_s:
+                still_s = now - state.still_since
                 content = Content(
                     title=f"unattended {obj.label}",
-                    detail=f"stationary for {still_s:.0f} s; "
+                    detail=f"stationary for {still_s:.0f} s, unattended for {alone_s:.0f} s; "
                     + ("its owner left" if state.owner is not None else "nobody with it"),
-                    measurements=(Measurement(quantity="stationary", value=round(still_s, 1), unit="s"),),
+                    measurements=(
+                        Measurement(quantity="stationary", value=round(still_s, 1), unit="s"),
+                        Measurement(quantity="unattended", value=round(alone_s, 1), unit="s"),
+                    ),
                     detection=self._describe([obj], obj.label, self.camera, cfg.name),
                     model=model,
                 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import time
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Point = tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]]
 
@@ -82,6 +82,17 @@ class TimeWindow(BaseModel):
 
     start: time
     end: time
+
+    @field_validator("end")
+    @classmethod
+    def _not_empty(cls, end: time, info: ValidationInfo) -> time:
+        # start inclusive, end exclusive: equal times would arm the rule at no moment at all
+        if info.data.get("start") == end:
+            raise ValueError(
+                f"equals start ({end.isoformat()}), which makes an empty window that never arms the rule; "
+                "give a different end, or drop the window to arm the rule all day"
+            )
+        return end
 
     def contains(self, moment: time) -> bool:
         if self.start <= self.end:

@@ -246,3 +246,11 @@ def test_a_zone_without_area_or_outside_the_frame_is_refused() -> None:
         SceneConfig.model_validate({"zones": [{"name": "flat", "polygon": [[0, 0], [0.5, 0.5], [1, 1]]}]})
     with pytest.raises(ValidationError):
         SceneConfig.model_validate({"zones": [{"name": "big", "polygon": [[0, 0], [2, 0], [0, 1]]}]})
+
+
+def test_a_time_window_that_starts_where_it_ends_is_refused_naming_the_field() -> None:
+    rule = {"type": "intrusion", "name": "x", "zone": "door", "window": {"start": "07:00", "end": "07:00"}}
+    with pytest.raises(ValidationError, match="empty window") as caught:
+        SceneConfig.model_validate({"zones": [ZONE], "rules": [rule]})
+    (error,) = caught.value.errors()
+    assert error["loc"][0] == "rules" and error["loc"][-2:] == ("window", "end")

@@ -34,17 +34,31 @@ def test_owner_present_no_alert() -> None:
     assert drafts == []
 
 
-def test_owner_left_alert_after_the_stationary_time() -> None:
+def test_owner_left_alert_after_the_unattended_time() -> None:
     analytics, drafts = scene()
     owner = person(1, 0.56)
     play(analytics, [(float(t), [owner, BAG]) for t in range(0, 5)])
-    play(analytics, [(float(t), [person(1, 0.9), BAG]) for t in range(5, 19)])  # owner walked off
-    assert drafts == []  # stationary for 18 s < 20 s
-    play(analytics, [(float(t), [person(1, 0.9), BAG]) for t in range(19, 22)])
+    play(analytics, [(float(t), [person(1, 0.9), BAG]) for t in range(5, 25)])  # owner walked off
+    assert drafts == []  # stationary 24 s, but unattended only 19 s < 20 s
+    play(analytics, [(float(t), [person(1, 0.9), BAG]) for t in range(25, 28)])
     (new,) = drafts
     assert (new.kind, new.state, new.severity) == ("unattended_object", "new", "Severe")
     assert new.detection is not None and new.detection.label == "backpack" and new.detection.track_ids == [50]
     assert "owner left" in (new.detail or "")
+
+
+def test_a_bag_long_stationary_beside_its_owner_waits_after_s_once_the_owner_steps_away() -> None:
+    analytics, drafts = scene()
+    play(analytics, [(float(t), [person(1, 0.56), BAG]) for t in range(0, 60)])  # 60 s beside its owner
+    just_out = person(1, 0.56 + 0.1 + 0.001)  # one step past ``distance`` from the bag
+    assert distance_to_box(BAG.centre, just_out.box) > 0.1
+    play(analytics, [(float(t), [just_out, BAG]) for t in range(60, 80)])
+    assert drafts == []  # unattended 19 s < after_s, though stationary for 79 s
+    play(analytics, [(float(t), [just_out, BAG]) for t in range(80, 84)])
+    (new,) = drafts
+    assert new.state == "new"
+    units = {m.quantity: m.value for m in new.measurements}
+    assert units == {"stationary": 80.0, "unattended": 20.0}
 
 
 def test_a_stranger_near_the_bag_does_not_count_as_its_owner() -> None:

@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
+from cloud_sync.uplink import Backoff
 from drivers.frames import FrameSourceError, GStreamerSource, OpenCVSource, Picamera2Source, ReplaySource, open_source
 from drivers.sim.frames import SimulatedCamera, moving_square
-from edge.vision.capture import Backoff, Capture
+from edge.vision.capture import Capture
 from s4edge.testing import eventually as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,8 +26,6 @@ def write_clip(path: Path, frames: int = 12, fps: float = 10.0) -> Path:
         writer.write(moving_square(i))
     writer.release()
     return path
-
-
 
 
 @pytest.mark.parametrize(
@@ -128,7 +127,7 @@ def test_capture_keeps_only_the_newest_frame_and_counts_the_dropped() -> None:
 
 def test_a_lost_camera_is_reopened_with_backoff_and_recovers() -> None:
     camera = SimulatedCamera(period_s=0.002)
-    capture = Capture(camera, backoff=Backoff(first_s=0.01, max_s=0.05))
+    capture = Capture(camera, backoff=Backoff(0.01, 0.05))
     capture.start()
     try:
         assert capture.wait_frame(timeout=2.0) is not None
@@ -146,9 +145,63 @@ def test_a_lost_camera_is_reopened_with_backoff_and_recovers() -> None:
         capture.stop()
 
 
+class BrokenPipelineCamera(SimulatedCamera):
+    """A camera whose backend raises its own error (as OpenCV's GStreamer backend raises
+    ``cv2.error``), not a FrameSourceError, from ``open`` or ``close`` while ``broken``."""
+
+    def __init__(self, *, open_fails: bool = False, close_fails: bool = False) -> None:
+        super().__init__(period_s=0.002)
+        self.open_fails, self.close_fails = open_fails, close_fails
+        self.raised = 0
+
+    def open(self) -> None:
+        if self.open_fails:
+            self.raised += 1
+            raise cv2.error("gst_element_set_state failed (simulated)")
+        super().open()
+
+    def close(self) -> None:
+        super().close()
+        if self.close_fails:
+            self.raised += 1
+            raise RuntimeError("release failed (simulated)")
+
+
+def test_an_open_that_raises_a_backend_error_is_a_fault_and_retried() -> None:
+    camera = BrokenPipelineCamera(open_fails=True)
+    capture = Capture(camera, backoff=Backoff(0.01, 0.05))
+    capture.start()
+    try:
+        assert wait_until(lambda: camera.raised >= 3)  # the thread survived and keeps trying
+        state = capture.state()
+        assert not state.ok and "gst_element_set_state" in (state.reason or "")
+        camera.open_fails = False
+        assert wait_until(lambda: capture.state().ok)
+        assert capture.wait_frame(timeout=2.0) is not None
+    finally:
+        capture.stop()
+
+
+def test_a_close_that_raises_is_a_fault_and_the_camera_is_reopened() -> None:
+    camera = BrokenPipelineCamera(close_fails=True)
+    capture = Capture(camera, backoff=Backoff(0.01, 0.05))
+    capture.start()
+    try:
+        assert capture.wait_frame(timeout=2.0) is not None
+        camera.unplug()
+        assert wait_until(lambda: camera.raised >= 1)
+        assert wait_until(lambda: camera.failed_opens >= 2)  # the thread outlived the failed close
+        camera.close_fails = False
+        camera.replug()
+        assert wait_until(lambda: capture.state().ok)
+        assert capture.wait_frame(timeout=2.0) is not None
+    finally:
+        capture.stop()
+
+
 def test_a_stalled_camera_is_a_fault_and_is_reopened() -> None:
     camera = SimulatedCamera(period_s=0.002)
-    capture = Capture(camera, stall_after_s=0.1, backoff=Backoff(first_s=0.01, max_s=0.05))
+    capture = Capture(camera, stall_after_s=0.1, backoff=Backoff(0.01, 0.05))
     capture.start()
     try:
         assert capture.wait_frame(timeout=2.0) is not None

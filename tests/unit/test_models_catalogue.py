@@ -146,6 +146,31 @@ def test_a_manifest_that_does_not_fit_the_model_is_refused(own_models, mutate, f
     assert caught.value.source.endswith("mine/manifest.yaml")
 
 
+@pytest.mark.parametrize(
+    "labels", ["../../labels.txt", "../fastestdet/../../x.txt", "/etc/passwd", "/", "..", "sub/labels.txt", "."]
+)
+def test_a_labels_path_outside_the_models_folder_is_refused(own_models, labels: str) -> None:
+    catalogue, data = own_models
+    data["labels"] = labels
+    write(catalogue, data)
+    with pytest.raises(ManifestError, match="beside the manifest") as caught:
+        catalogue.get("mine")
+    assert caught.value.field == "labels"
+
+
+def test_a_labels_file_beside_the_manifest_is_read(own_models) -> None:
+    catalogue, data = own_models
+    data["labels"] = "labels.txt"
+    write(catalogue, data)
+    (catalogue.models_dir / "mine/labels.txt").write_text("person\n\nbicycle\n")
+    assert catalogue.get("mine").labels() == ["person", "bicycle"]
+    data["labels"] = "../theirs/labels.txt"  # a sibling model's, as the LiteRT variants share fastestdet's
+    write(catalogue, data)
+    (catalogue.models_dir / "theirs").mkdir()
+    (catalogue.models_dir / "theirs/labels.txt").write_text("car\n")
+    assert catalogue.get("mine").labels() == ["car"]
+
+
 def test_a_corrupt_weight_file_is_a_clear_error(own_models: tuple[Catalogue, dict]) -> None:
     catalogue, data = own_models
     garbage = catalogue.cache_dir / "mine/FastestDet.onnx"

@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 
 from cloud_sync.messages import ModelRef
+from cloud_sync.uplink import Backoff
 from drivers.sim.frames import SimulatedCamera, moving_square
 from edge.alerts import AlertDraft, IncidentBook
 from edge.sources import SourceContext
 from edge.vision.analytics import SceneAnalytics, SceneConfig
-from edge.vision.capture import Backoff, Capture
+from edge.vision.capture import Capture
 from edge.vision.motion import MotionConfig, MotionGate
 from edge.vision.pipeline import VisionPipeline
-from edge.vision.tracker import Tracker
+from edge.vision.snapshots import SnapshotConfig, SnapshotWriter
+from edge.vision.tracker import Tracker, TrackerConfig
 from edge.vision.types import Detection
 from s4edge.testing import eventually as wait_until
 
@@ -71,8 +73,6 @@ def context(stop: threading.Event, health: Health) -> SourceContext:
     return SourceContext(emit=lambda d: None, telemetry=lambda r: None, health=health, stop=stop, clock=time.monotonic)
 
 
-
-
 def test_a_person_in_the_zone_raises_intrusion_with_the_model_ref() -> None:
     drafts: list[AlertDraft] = []
     pipe = pipeline(ScriptedDetector(), drafts)
@@ -101,7 +101,7 @@ def test_camera_loss_is_a_camera_fault_that_ends_on_recovery() -> None:
     drafts: list[AlertDraft] = []
     pipe = pipeline(ScriptedDetector(), drafts)
     camera = SimulatedCamera(period_s=0.01)
-    capture = Capture(camera, backoff=Backoff(first_s=0.02, max_s=0.1))
+    capture = Capture(camera, backoff=Backoff(0.02, 0.1))
     stop, health = threading.Event(), Health()
     runner = threading.Thread(target=pipe.run, args=(context(stop, health), capture), daemon=True)
     runner.start()
@@ -269,3 +269,103 @@ def test_a_dropped_frame_that_needed_inference_passes_the_need_on() -> None:
     # with the new reference it looks static, but it inherits the need to infer
     assert not pipe.prepare(moved, 0.2).infer
     assert pipe.prepare(moved, 0.3, replaces=dropped).infer
+
+
+class FrameByFrame(ScriptedDetector):
+    """Returns ``script[i]`` on its i-th call."""
+
+    def __init__(self, script: list[list[Detection]]) -> None:
+        super().__init__()
+        self.script = script
+
+    def detect(self, frame_bgr: Any) -> list[Detection]:
+        self.calls += 1
+        return list(self.script[self.calls - 1])
+
+
+def test_a_snapshot_blurs_a_person_the_tracker_has_not_confirmed_yet(tmp_path: Path) -> None:
+    import cv2
+
+    frame = np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    passer_by = Detection(0, "person", 0.9, (0.80, 0.20, 0.95, 0.90))  # outside the zone, first seen on frame 1
+    detector = FrameByFrame([[PERSON], [PERSON, passer_by]])
+    drafts: list[AlertDraft] = []
+    book = IncidentBook(drafts.append, update_interval_s=0.0)
+    config = SceneConfig.model_validate(
+        {"zones": [ZONE], "rules": [{"type": "intrusion", "name": "in", "zone": "centre"}]}
+    )
+    writer = SnapshotWriter(SnapshotConfig(enabled=True, folder=tmp_path, jpeg_quality=100), "cam0", wall=lambda: 1e9)
+    pipe = VisionPipeline(
+        "cam0",
+        detector,
+        Tracker(TrackerConfig(min_hits=2)),
+        SceneAnalytics("cam0", config, book),
+        book,
+        snapshots=writer,
+    )
+    pipe.process(frame, 0.0)
+    tracks = pipe.process(frame, 1 / 15)  # PERSON is confirmed and intrudes; the passer-by is still tentative
+    assert [t.track_id for t in tracks] == [1] and [d.state for d in drafts] == ["new"]
+    (path,) = tmp_path.glob("cam0-*.jpg")
+    saved = cv2.imread(str(path))
+    assert saved is not None
+    region = (slice(60, 200), slice(262, 298))  # inside the passer-by's box
+    assert frame[region].astype(float).std() > 50  # random texture
+    assert saved[region].astype(float).std() < 15  # blurred beyond recognition
+
+
+class RefCounting(ScriptedDetector):
+    """Builds its ModelRef on each read, as ``Detector.model_ref`` does, and counts the reads."""
+
+    def __init__(self, ref: ModelRef = OLD) -> None:
+        super().__init__()
+        self._ref, self.ref_reads = ref, 0
+
+    @property
+    def model_ref(self) -> ModelRef:
+        self.ref_reads += 1
+        return self._ref.model_copy()
+
+    @model_ref.setter
+    def model_ref(self, value: ModelRef) -> None:
+        self._ref = value
+
+
+class CountingBook(IncidentBook):
+    scans = 0
+
+    def open_keys(self) -> list[str]:
+        self.scans += 1
+        return super().open_keys()
+
+
+def test_the_model_ref_is_read_at_load_and_swap_not_every_frame() -> None:
+    drafts: list[AlertDraft] = []
+    old, new = RefCounting(OLD), RefCounting(NEW)
+    pipe = pipeline(old, drafts, factory=lambda name: new)
+    at_load = old.ref_reads
+    for i in range(10):
+        pipe.process(moving_square(i), i / 15)
+    assert old.ref_reads == at_load
+    assert pipe.swap_model("scripted").model == NEW
+    at_swap = new.ref_reads
+    for i in range(10, 20):
+        pipe.process(moving_square(i), i / 15)
+    assert new.ref_reads == at_swap
+    assert {d.model for d in drafts} == {OLD, NEW}  # each frame's alerts carry the model that ran it
+
+
+def test_with_snapshots_off_the_open_incidents_are_not_scanned_per_frame(tmp_path: Path) -> None:
+    drafts: list[AlertDraft] = []
+    book = CountingBook(drafts.append, update_interval_s=0.0)
+    config = SceneConfig.model_validate(
+        {"zones": [ZONE], "rules": [{"type": "intrusion", "name": "in", "zone": "centre"}]}
+    )
+    off = SnapshotWriter(SnapshotConfig(enabled=False, folder=tmp_path), "cam0")
+    pipe = VisionPipeline(
+        "cam0", ScriptedDetector(), Tracker(), SceneAnalytics("cam0", config, book), book, snapshots=off
+    )
+    for i in range(5):
+        pipe.process(moving_square(i), i / 15)
+    assert [d.state for d in drafts][:1] == ["new"]
+    assert book.scans == 0
