@@ -17,10 +17,12 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
 from cloud_sync.aggregator.broker import BrokerConfig
+from cloud_sync.aggregator.ingest import Ingest
+from cloud_sync.aggregator.metrics import IngestMetrics
 from cloud_sync.aggregator.store import Store, make_engine
 from cloud_sync.aggregator.store import alerts as alerts_table
 from cloud_sync.messages import Alert, Command, CommandResult, Location, Status, decode, encode, topic_for
@@ -28,8 +30,6 @@ from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
 
 
 def alert(seq: int, node: str = "n1") -> Alert:
@@ -224,3 +224,35 @@ def test_the_stream_pings_while_idle_and_forgets_a_client_that_left(broker: Mosq
         assert aggregator.events.subscribers == 1
         response.close()
         wait_until(lambda: aggregator.events.subscribers == 0, what="the subscription to be dropped")
+
+
+def test_a_burst_is_batched_and_a_full_in_flight_window_ends_the_linger(broker: Mosquitto, tmp_path: Path) -> None:
+    """MQTT 3.1.1: the broker caps unacked deliveries (here mosquitto's max_inflight_messages
+    100). Once the window is full nothing more arrives until we commit and ack, so lingering
+    on for ``linger_s`` (20 s here) would stall every window; the writer must notice the quiet."""
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'agg.db'}"))
+    store.create_all()
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    ingest = Ingest(
+        BrokerConfig(broker.url), store, IngestMetrics(), client_id="agg-burst", protocol="3.1.1", linger_s=20.0
+    )
+    ingest.start()
+    node = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-burst", protocol=mqtt.MQTTv311)
+    node.max_inflight_messages_set(1000)
+    node.connect(broker.host, broker.port)
+    node.loop_start()
+    total = 400
+    try:
+        infos = [node.publish(topic_for(alert(s)), encode(alert(s)), qos=1) for s in range(total)]
+        for info in infos:
+            info.wait_for_publish(10)
+        # Several windows of 100: lingering out 20 s on the first alone would fail this wait.
+        wait_until(lambda: store.count_alerts() >= total, 12, f"all {total} alerts")
+        assert store.count_alerts() == total
+        assert len(commits) <= total // 2, f"{len(commits)} commits for {total} alerts: not batched"
+    finally:
+        node.disconnect()
+        node.loop_stop()
+        ingest.stop()
+        store.engine.dispose()

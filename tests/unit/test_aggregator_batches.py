@@ -5,18 +5,38 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import OperationalError
 
+from cloud_sync.aggregator.alert_rows import AlertRows
 from cloud_sync.aggregator.broker import BrokerConfig, BrokerError
 from cloud_sync.aggregator.events import EventBus
 from cloud_sync.aggregator.ingest import Ingest, Received
 from cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
 from cloud_sync.aggregator.store import AlertQuery, Store, make_engine
-from cloud_sync.messages import Alert, Heartbeat, Location, Status, encode, topic_for
+from cloud_sync.aggregator.store import alerts as alerts_table
+from cloud_sync.aggregator.views import utc
+from cloud_sync.messages import (
+    Alert,
+    Box,
+    Detection,
+    Heartbeat,
+    Location,
+    Measurement,
+    ModelRef,
+    Status,
+    encode,
+    topic_for,
+)
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -129,3 +149,123 @@ def test_rejections_are_logged_once_per_reason_per_window(caplog: pytest.LogCapt
 def test_an_unreachable_broker_is_a_clear_error(ingest: Ingest) -> None:
     with pytest.raises(BrokerError, match=r"could not connect to mqtt://127\.0\.0\.1:1"):
         ingest.start(timeout=2)
+
+
+# -- the batch INSERT (alert_rows) against SQLAlchemy's own path, on SQLite and PostgreSQL ------------
+
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def rich_alert(seq: int) -> Alert:
+    """Every column filled, JSON sub-models included, a non-UTC timestamp to normalise."""
+    return Alert(
+        id=f"rich-alert-{seq:05d}", node_id="n1", site="s1", seq=seq, kind="intrusion", severity="Severe",
+        state="new", incident="incident-0002", location=Location(lat=48.1, lon=11.5, zone="gate"),
+        ts=datetime(2026, 5, 1, 14, 0, seq % 60, 123456, tzinfo=timezone(timedelta(hours=2))),
+        title="person at the gate", detail="seen twice", status="Exercise",
+        measurements=[Measurement(quantity="co", value=61.5, unit="ppm"),
+                      Measurement(quantity="t", value=-1e-3, unit="C", sensor="s")],
+        detection=Detection(label="person", count=2, track_ids=[4, 7], boxes=[Box(x1=0.1, y1=0.2, x2=0.3, y2=0.4)]),
+        model=ModelRef(name="yolo", version="8n", sha256="a" * 64),
+    )  # fmt: skip
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Store]]:
+    """One store written by ``AlertRows``, one by ``Store.insert_alerts``; a small page forces chunking."""
+    probe = create_engine(POSTGRES, connect_args={"connect_timeout": 3})
+    schemas: list[str] = []
+    if request.param == "sqlite":
+        made = [Store(make_engine(f"sqlite:///{tmp_path / f'{name}.db'}")) for name in ("fast", "core")]
+    else:
+        try:
+            with probe.connect():
+                pass
+        except OperationalError as exc:
+            pytest.skip(f"PostgreSQL is unreachable at {POSTGRES} ({type(exc.orig).__name__}); start it to run this")
+        schemas = [f"s4edge_rows_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+        made = [Store(make_engine(POSTGRES, schema=schema)) for schema in schemas]
+    for store in made:
+        store.create_all()
+    # 7 rows per statement: a batch of 20 takes three statements.
+    made[0].engine.dialect.insertmanyvalues_page_size = 7
+    yield made[0], made[1]
+    for store in made:
+        store.engine.dispose()
+    for schema in schemas:
+        with probe.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    probe.dispose()
+
+
+def test_batch_insert_stores_what_sqlalchemy_stores_and_names_only_new_ids(two_stores: tuple[Store, Store]) -> None:
+    fast, core = two_stores
+    rows = AlertRows(fast)
+    plain = [(alert(i), T0) for i in range(3)]
+    rich = [(rich_alert(i), T0 + timedelta(microseconds=i)) for i in range(20)]
+    with fast.engine.begin() as conn:
+        assert rows._statement(conn) is not None  # the batch INSERT, not the fallback to SQLAlchemy's path
+        assert rows.insert(conn, plain[:2]) == {a.id for a, _ in plain[:2]}
+    with fast.engine.begin() as conn:
+        # Two already stored, spread over chunks with new ones: only the new are reported.
+        assert rows.insert(conn, plain + rich) == {plain[2][0].id} | {a.id for a, _ in rich}
+    with core.engine.begin() as conn:
+        core.insert_alerts(conn, plain + rich)
+
+    def everything(store: Store) -> list[dict[str, Any]]:
+        with store.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(alerts_table).order_by(alerts_table.c.id))]
+
+    stored = everything(fast)
+    assert len(stored) == 23
+    assert stored == everything(core)
+    first_rich = next(r for r in stored if r["id"] == rich[0][0].id)
+    assert first_rich["measurements"][1] == {"quantity": "t", "value": -1e-3, "unit": "C", "sensor": "s"}
+    assert first_rich["detection"]["boxes"] == [{"x1": 0.1, "y1": 0.2, "x2": 0.3, "y2": 0.4}]
+    assert utc(first_rich["ts"]) == datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def test_a_row_the_store_refuses_is_rejected_alone(ingest: Ingest) -> None:
+    """The batch INSERT raises like SQLAlchemy's would, so one bad row does not sink its batch."""
+    good, too_long = alert(1), alert(2)
+    # Valid on the wire, refused by the store: a trigger stands in for a constraint the model does not know.
+    with ingest.store.engine.begin() as conn:
+        conn.execute(text(f"CREATE TRIGGER refuse BEFORE INSERT ON alerts WHEN NEW.id = '{too_long.id}' "
+                          "BEGIN SELECT RAISE(ABORT, 'refused by test'); END"))  # fmt: skip
+    ingest.process([received(topic_for(a), encode(a)) for a in (good, too_long)])
+    assert ingest.store.count_alerts() == 1
+    assert metric(ingest, "s4edge_messages_rejected_total", reason="store_refused") == 1
+
+
+# -- lingering: a burst becomes one batch, a lone message still goes promptly ---------------------------
+
+
+def test_a_full_batch_is_taken_without_lingering(ingest: Ingest) -> None:
+    ingest.linger_s, ingest.batch_max = 60.0, 5
+    one = alert(1)
+    for _ in range(7):
+        ingest._pending.append(received(topic_for(one), encode(one)))
+    started = time.monotonic()
+    assert len(ingest._next_batch()) == 5
+    assert time.monotonic() - started < 30  # did not wait out the 60 s linger
+
+
+def test_a_lone_message_is_taken_once_nothing_more_arrives(ingest: Ingest) -> None:
+    """Not after ``linger_s``: a 3.1.1 broker's in-flight window may be full until we ack."""
+    ingest.linger_s, ingest.batch_max = 60.0, 500
+    one = alert(1)
+    ingest._pending.append(received(topic_for(one), encode(one)))
+    started = time.monotonic()
+    assert len(ingest._next_batch()) == 1
+    assert time.monotonic() - started < 30
+
+
+def test_messages_arriving_while_lingering_join_the_batch(ingest: Ingest) -> None:
+    ingest.linger_s, ingest.linger_quiet_s, ingest.batch_max = 10.0, 2.0, 500
+    one = alert(1)
+    item = received(topic_for(one), encode(one))
+    ingest._pending.append(item)
+    later = threading.Timer(0.05, lambda: ingest._pending.extend([item] * 3))
+    later.start()
+    assert len(ingest._next_batch()) == 4
+    later.join()
