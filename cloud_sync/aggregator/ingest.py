@@ -351,17 +351,26 @@ class Ingest:
         self._announce(batch, new_ids)
 
     def _commit_with_retry(self, batch: Batch) -> set[str] | None:
+        """Commit, retrying through a store outage; None when stopping mid-outage (nothing is
+        then acked, and the broker redelivers)."""
         delay = 0.5
+        stored: set[str] = set()  # new alert ids already committed one by one before an outage
+        refused: set[str] = set()  # and those already rejected: a retry does not count them twice
         while True:
             try:
-                return self._commit(batch)
-            except DBAPIError as exc:
+                try:
+                    return stored | self._commit(batch)
+                except DBAPIError as exc:
+                    if _transient(exc):
+                        raise
+                    return self._commit_one_by_one(batch, stored, refused)
+                except SQLAlchemyError:
+                    return self._commit_one_by_one(batch, stored, refused)
+            except DBAPIError as exc:  # an outage, in the batch or in one of its single rows
                 if not _transient(exc):
-                    return self._commit_one_by_one(batch)
+                    raise
                 self.metrics.store_errors.inc()
                 log.warning("store unavailable (%s); retrying in %.1f s", type(exc.orig).__name__, delay)
-            except SQLAlchemyError:
-                return self._commit_one_by_one(batch)
             if self._stopping.wait(delay):
                 return None
             delay = min(delay * 2, 10.0)
@@ -392,12 +401,13 @@ class Ingest:
                 self.metrics.stored.labels(kind).inc(count)
         return new_ids
 
-    def _commit_one_by_one(self, batch: Batch) -> set[str]:
-        """The store refused the batch (not an outage): find and reject the message it refuses."""
-        new_ids: set[str] = set()
+    def _commit_one_by_one(self, batch: Batch, new_ids: set[str], refused: set[str]) -> set[str]:
+        """The store refused the batch (not an outage): find and reject the message it refuses.
+        An outage meanwhile is raised, never taken for a refusal: the row would be acked unstored."""
         singles: list[Batch] = []
         for alert, at in batch.alerts.values():
-            singles.append(Batch(alerts={alert.id: (alert, at)}))
+            if alert.id not in new_ids and alert.id not in refused:
+                singles.append(Batch(alerts={alert.id: (alert, at)}))
         for slot, name in ((batch.statuses, "statuses"), (batch.beats, "beats"), (batch.readings, "readings")):
             for key, value in slot.items():
                 single = Batch()
@@ -408,6 +418,9 @@ class Ingest:
             try:
                 new_ids |= self._commit(single)
             except SQLAlchemyError as exc:
+                if isinstance(exc, DBAPIError) and _transient(exc):
+                    raise
+                refused.update(single.alerts)
                 self._reject("store_refused", "store", str(exc)[:300])
         return new_ids
 

@@ -237,6 +237,32 @@ def test_a_row_the_store_refuses_is_rejected_alone(ingest: Ingest) -> None:
     assert metric(ingest, "s4edge_messages_rejected_total", reason="store_refused") == 1
 
 
+def test_an_outage_while_isolating_a_refused_row_is_retried_not_taken_for_a_refusal(ingest: Ingest) -> None:
+    """A refusal sends the batch row by row; if the store then goes away, the rows not yet
+    stored must be retried, never acked unstored as 'refused'."""
+    first, refused, third = alert(1), alert(2), alert(3)
+    with ingest.store.engine.begin() as conn:
+        conn.execute(text(f"CREATE TRIGGER refuse BEFORE INSERT ON alerts WHEN NEW.id = '{refused.id}' "
+                          "BEGIN SELECT RAISE(ABORT, 'refused by test'); END"))  # fmt: skip
+    real_commit, outages = ingest._commit, [third.id]
+
+    def commit_with_one_outage(batch):  # the store is away once, when the third row goes alone
+        if list(batch.alerts) == outages:
+            outages.clear()
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return real_commit(batch)
+
+    told: list[str] = []
+    ingest._commit = commit_with_one_outage  # type: ignore[method-assign]
+    ingest.on_alert_stored.append(lambda a: told.append(a.id))
+    ingest.process([received(topic_for(a), encode(a)) for a in (first, refused, third)])
+
+    stored = {a["id"] for a in ingest.store.alerts(AlertQuery(limit=10))[0]}
+    assert stored == {first.id, third.id}
+    assert metric(ingest, "s4edge_messages_rejected_total", reason="store_refused") == 1
+    assert sorted(told) == sorted([first.id, third.id]), "hooks hear of every alert stored, retried or not"
+
+
 # -- lingering: a burst becomes one batch, a lone message still goes promptly ---------------------------
 
 
