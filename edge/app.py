@@ -279,6 +279,9 @@ class Node:
         self._sources_stop.set()
         for running in self._running:
             running.thread.join(10)
+            close = getattr(running.source, "close", None)  # a source holding a bus or GPIO lines
+            if close is not None:
+                close()
             self.health.forget(running.source.name)
         self._running = []
 

@@ -51,7 +51,10 @@ class AlertSource(Protocol):
 
     def run(self, ctx: SourceContext) -> None:
         """Loop until ``ctx.stop`` is set. Must never raise for bad input: faults
-        become ``sensor_fault``/``camera_fault`` alerts and the loop goes on."""
+        become ``sensor_fault``/``camera_fault`` alerts and the loop goes on.
+
+        A source that holds a device (an I2C bus, GPIO lines) also has ``close()``,
+        which the node calls once ``run`` has returned."""
 
 
 class SourcePlugin(Protocol):

@@ -120,6 +120,7 @@ def build_source(
     calibration_file: Path | None = None,
 ) -> SensorsSource:
     bus, world = open_bus(config, clock)
+    closers: list[Callable[[], None]] = [bus.close] if isinstance(bus, SMBus2Bus) else []
     if world is not None and config.scenario is not None:
         world.scenario = Scenario.load(config.scenario)
         missing = {s.sim.signal for s in config.sensors if s.sim} - world.scenario.signals.keys()
@@ -184,7 +185,9 @@ def build_source(
                 world.pins[s.name] = (pin, s)
             else:
                 assert s.pin is not None  # Config refuses a detector without a pin on real hardware
-                pin = GpioInput(s.pin, active_high=s.active_high)
+                gpio = GpioInput(s.pin, active_high=s.active_high)
+                closers.append(gpio.close)
+                pin = gpio
             severity: Severity = "Extreme" if s.kind == "flame" else "Severe"
             probes.append(DetectorProbe(s.name, pin, detector_alarm(key, s.kind, book, severity, s.debounce_s)))
-    return SensorsSource(config, book, probes, world)
+    return SensorsSource(config, book, probes, world, closers)

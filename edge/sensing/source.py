@@ -21,6 +21,8 @@ Extreme; smoke Severe; flame Extreme; heat (EN 54-5 A1R) Severe; sensor_fault Mi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -115,8 +117,16 @@ class World(Protocol):
 
 
 class SensorsSource:
-    def __init__(self, config: Config, book: IncidentBook, probes: list[Probe], world: World | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        book: IncidentBook,
+        probes: list[Probe],
+        world: World | None = None,
+        closers: list[Callable[[], None]] | None = None,
+    ) -> None:
         self.name = config.name
+        self.closers = closers or []  # the bus and GPIO lines this source opened
         self.config = config
         self.book = book
         self.probes = probes
@@ -153,6 +163,13 @@ class SensorsSource:
             elif sample.note:
                 health.state = sample.note
         return telemetry
+
+    def close(self) -> None:
+        """Release the bus and GPIO lines, so that a reloaded config can open them again."""
+        for close in self.closers:
+            with contextlib.suppress(Exception):  # a device already gone has nothing to release
+                close()
+        self.closers = []
 
     def next_due(self) -> float:
         return min(self.due.values())

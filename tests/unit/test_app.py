@@ -232,3 +232,12 @@ def test_a_removed_sources_states_do_not_keep_the_node_degraded() -> None:
     assert health.degraded() == ["cam0"]
     health.forget("cam0")
     assert health.degraded() == []
+
+
+def test_stopped_sources_release_their_devices(node: Node) -> None:
+    node.start()
+    released: list[str] = []
+    (running,) = node._running
+    running.source.close = lambda: released.append(running.source.name)  # type: ignore[attr-defined]
+    node._stop_sources()
+    assert released == ["concourse"]

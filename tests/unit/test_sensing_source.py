@@ -161,3 +161,16 @@ def test_sgp30_gets_absolute_humidity_from_the_bme280(tmp_path: Path) -> None:
     bme.temperature_c, bme.humidity_rh = 25.0, 50.0
     run(source, clock, 3)
     assert sgp.absolute_humidity == pytest.approx(11.5 * 256, abs=0.2 * 256)  # 25 °C, 50 %RH ≈ 11.5 g/m³
+
+
+def test_close_releases_what_the_source_opened_even_when_one_device_is_gone(tmp_path: Path) -> None:
+    source, _, _ = make(tmp_path)
+    released: list[str] = []
+
+    def gone() -> None:
+        raise OSError("No such device")
+
+    source.closers = [gone, lambda: released.append("bus")]
+    source.close()
+    source.close()  # closing twice releases once
+    assert released == ["bus"]
