@@ -380,8 +380,18 @@ class Node:
         lifecycle_changed = (new.alerts, new.status) != (self.config.alerts, self.config.status)
         book = self._new_book(new) if lifecycle_changed else self.book
         verifier = self._load_verifier(new)
-        sources = self._build_sources(new, book)
-        self._stop_sources()
+        try:
+            sources = self._build_sources(new, book)
+            self._stop_sources()
+        except ConfigError:
+            # A device the running sources hold (a GPIO line) opens only once they let go:
+            # stop them and try again; if the new config still fails, the old one comes back.
+            self._stop_sources()
+            try:
+                sources = self._build_sources(new, book)
+            except ConfigError:
+                self._start_sources(self._build_sources(self.config, self.book))
+                raise
         self.verifier = verifier
         self.vitals = Vitals(new.heartbeat.thermal_zone)
         if lifecycle_changed:

@@ -12,7 +12,7 @@ import yaml
 from cloud_sync.messages import Command, Measurement, decode
 from edge.alerts import AlertDraft
 from edge.app import Node
-from edge.config import parse_config
+from edge.config import ConfigError, parse_config
 from edge.health import Health, soc_temp_c
 from s4edge.testing import free_port
 
@@ -241,3 +241,40 @@ def test_stopped_sources_release_their_devices(node: Node) -> None:
     running.source.close = lambda: released.append(running.source.name)  # type: ignore[attr-defined]
     node._stop_sources()
     assert released == ["concourse"]
+
+
+def test_a_reload_that_needs_the_devices_the_old_sources_hold_gets_them(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node.start()
+    real_build = node._build_sources
+
+    def build_once_freed(config, book):  # a GPIO line: busy while the running source holds it
+        if node._running:
+            raise ConfigError("sources: sensors source 'rig': GPIO17 is in use")
+        return real_build(config, book)
+
+    monkeypatch.setattr(node, "_build_sources", build_once_freed)
+    new = sim_config(tmp_path)
+    new["sources"][0]["name"] = "concourse-b"
+    assert node.execute(command("reload_config", config=yaml.safe_dump(new))).ok
+    assert [r.source.name for r in node._running] == ["concourse-b"]
+
+
+def test_a_reload_that_fails_even_with_the_devices_free_restores_the_old_sources(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node.start()
+    real_build = node._build_sources
+
+    def only_the_old_config(config, book):
+        if config is not node.config:
+            raise ConfigError("sources: sensors source 'rig': no such I2C bus /dev/i2c-9")
+        return real_build(config, book)
+
+    monkeypatch.setattr(node, "_build_sources", only_the_old_config)
+    new = sim_config(tmp_path)
+    new["sources"][0]["name"] = "concourse-b"
+    result = node.execute(command("reload_config", config=yaml.safe_dump(new)))
+    assert not result.ok and "i2c-9" in (result.detail or "")
+    assert [r.source.name for r in node._running] == ["concourse"], "the old sources run again"
