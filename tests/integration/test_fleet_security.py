@@ -162,7 +162,7 @@ def test_a_node_delivers_alerts_through_the_outbox_and_uplink_over_tls(fleet: Fl
     node_dir = fleet.node_dir("node-a")
     settings = UplinkSettings(
         url=f"mqtts://127.0.0.1:{fleet.port}",
-        client_id="node-a",
+        client_id="node-a-uplink",  # other tests' "node-a" peers must not take this session over
         username="node-a",
         password=fleet.password("node-a"),
         ca_file=node_dir / "ca.crt",

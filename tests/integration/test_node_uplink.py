@@ -153,7 +153,12 @@ def test_configured_311_node_publishes_retained_online_status(tmp_path: Path, br
     node.start()
     try:
         wait_until(node.uplink.connected.is_set, 10, "connected")
-        client, got = collect(broker.host, broker.port, "s4edge/v1/demo-city/sim-node-1/status", mqtt.MQTTv311)
+        status_topic = "s4edge/v1/demo-city/sim-node-1/status"
+        # the first subscriber may see the node's publish live (retain flag 0), if it subscribed first
+        first, seen = collect(broker.host, broker.port, status_topic, mqtt.MQTTv311)
+        wait_until(lambda: bool(seen), 10, "the node's status")
+        first.loop_stop()
+        client, got = collect(broker.host, broker.port, status_topic, mqtt.MQTTv311)
         wait_until(lambda: bool(got), 10, "retained status")
         _, retained, payload = got[0]
         status = decode(payload)
