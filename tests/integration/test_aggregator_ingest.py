@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,8 +95,12 @@ def test_alerts_are_stored_once_listed_and_streamed(aggregator: Aggregator, node
     )
     assert [a["id"] for a in listed] == [alert(2).id, alert(1).id, alert(0).id]
     wait_until(lambda: len([e for e in events if e[0] == "alert"]) >= 3, what="three streamed alerts")
-    time.sleep(0.3)  # let a wrongly streamed duplicate arrive, if there were one
-    assert sorted(data["id"] for kind, data in events if kind == "alert") == sorted(a["id"] for a in listed)
+    # One publisher, one ingest writer: a wrongly streamed duplicate would come before this marker.
+    marker = alert(3)
+    publish(node, marker)
+    wait_until(lambda: any(data["id"] == marker.id for kind, data in events if kind == "alert"), what="the marker")
+    streamed = sorted(data["id"] for kind, data in events if kind == "alert" and data["id"] != marker.id)
+    assert streamed == sorted(a["id"] for a in listed)
     one = httpx.get(f"{aggregator.url}/api/alerts/{alert(1).id}").json()
     assert one["title"] == "smoke #1" and one["zone"] == "hall"
     assert httpx.get(f"{aggregator.url}/api/alerts/nope-0000").status_code == 404
@@ -141,8 +144,10 @@ def test_a_command_reaches_the_node_and_its_result_is_shown(aggregator: Aggregat
         client.publish(topic_for(reply), encode(reply), qos=1)
 
     node.on_message = answer
+    subscribed = threading.Event()
+    node.on_subscribe = lambda *_: subscribed.set()
     node.subscribe("s4edge/v1/s1/n1/cmd/+", qos=1)
-    time.sleep(0.2)  # SUBACK; a command published before it would be lost to this node
+    assert subscribed.wait(10), "no SUBACK: a command published before it would be lost to this node"
     sent = httpx.post(f"{aggregator.url}/api/nodes/s1/n1/commands", json={"name": "ping", "ttl_s": 60}).json()
     assert sent["published"] is True and sent["topic"] == "s4edge/v1/s1/n1/cmd/ping"
     shown = wait_until(

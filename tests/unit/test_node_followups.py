@@ -140,7 +140,7 @@ def test_the_vision_pipelines_own_keys_reach_the_heartbeat_fields(make_node) -> 
     node._start_sources([CameraSource("cam0")])
     assert wait_until(lambda: (node.heartbeat().camera_fps or 0) > 0 and node.heartbeat().inference_ms is not None)
     beat = node.heartbeat()
-    assert beat.dropped_frames is not None and beat.dropped_frames >= 0
+    assert beat.dropped_frames is not None, "the pipeline's dropped-frame count reaches the heartbeat"
     assert beat.sensors["cam0"] == "ok" and beat.sensors["cam0.model"] == "scripted"
 
 
