@@ -15,7 +15,6 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from cloud_sync.aggregator.ingest import LINGER_S, SUFFIXES, Ingest
 from cloud_sync.aggregator.metrics import IngestMetrics
 from cloud_sync.aggregator.store import Store, make_engine
 from cloud_sync.messages import QOS, Alert, Location, Measurement, encode, fleet_filter, topic_for
-from s4edge.testing import Mosquitto
+from s4edge.testing import Mosquitto, eventually
 
 TARGET_RATIO = 0.70
 
@@ -64,14 +63,6 @@ def publish_all(broker: Mosquitto, payloads: list[tuple[str, bytes]]) -> None:
     client.loop_stop()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.002) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"benchmark stalled: {what} after {timeout} s")
-        time.sleep(every)
-
-
 class BareSubscriber:
     """The peer: paho, the same shared subscriptions and persistent session, counting only."""
 
@@ -99,14 +90,14 @@ class BareSubscriber:
 def bare_rate(broker: Mosquitto, payloads: list[tuple[str, bytes]]) -> float:
     subscriber = BareSubscriber(broker, "bench-bare")
     client = subscriber.connect()
-    wait_for(client.is_connected, 10, "bare subscriber connect")
+    eventually(client.is_connected, 10, "bare subscriber connect", every=0.002)
     time.sleep(0.2)  # SUBACK
     client.disconnect()
     client.loop_stop()
     publish_all(broker, payloads)
     started = time.perf_counter()
     client = subscriber.connect()
-    wait_for(lambda: subscriber.count >= len(payloads), 120, "bare subscriber drain")
+    eventually(lambda: subscriber.count >= len(payloads), 120, "bare subscriber drain", every=0.002)
     elapsed = time.perf_counter() - started
     client.disconnect()
     client.loop_stop()

@@ -33,8 +33,8 @@ from sqlalchemy import Engine, create_engine, select, text
 
 from cloud_sync.aggregator.store import alerts, make_engine
 from cloud_sync.messages import Alert, Heartbeat, Location, Measurement, encode, topic_for
-from s4edge.bench.ingest import alert_payloads, publish_all, wait_for
-from s4edge.testing import Mosquitto
+from s4edge.bench.ingest import alert_payloads, publish_all
+from s4edge.testing import Mosquitto, eventually
 
 # The fleet the sizing assumes: one heartbeat per node per 30 s and one alert per node per minute.
 MSGS_PER_NODE_PER_S = 1 / 30 + 1 / 60
@@ -58,7 +58,7 @@ def _url(log: Path) -> str:
 
 
 def _wait_started(proc: subprocess.Popen[bytes], log: Path) -> None:
-    wait_for(lambda: bool(_url(log)) or proc.poll() is not None, 60, "replica start")
+    eventually(lambda: bool(_url(log)) or proc.poll() is not None, 60, "replica start", every=0.002)
     if proc.poll() is not None:
         raise RuntimeError(f"a replica exited: {log.read_text()[-2000:]}")
 
@@ -120,7 +120,7 @@ def one_run(db_url: str, replicas: int, payloads: list[tuple[str, bytes]], root:
                 return sum(_metric(url, RECEIVED_HEARTBEATS) for url in urls) >= heartbeats
 
             # Polled every 50 ms: asking the replicas more often would take their CPU.
-            wait_for(done, 600, f"{len(payloads)} messages handled", every=0.05)
+            eventually(done, 600, f"{len(payloads)} messages handled", every=0.05)
             elapsed = time.perf_counter() - started
             with engine.connect() as conn:
                 ids = [row.id for row in conn.execute(select(alerts.c.id))]

@@ -173,16 +173,7 @@ def test_command_results_carry_no_blobs() -> None:
 
 
 def test_oversize_payload_is_refused_before_parsing() -> None:
-    alert = Alert(
-        node_id="n1",
-        site="s1",
-        seq=1,
-        kind="gas",
-        severity="Minor",
-        state="new",
-        incident="incident-1",
-        location=Location(lat=0, lon=0),
-    )
+    alert = Alert.model_validate(_ALERT_FIELDS)
     raw = json.loads(encode(alert))
     raw["detail"] = "x " * MAX_MESSAGE_BYTES
     with pytest.raises(MessageError) as refused:
@@ -191,16 +182,7 @@ def test_oversize_payload_is_refused_before_parsing() -> None:
 
 
 def test_topic_must_agree_with_payload() -> None:
-    alert = Alert(
-        node_id="n1",
-        site="s1",
-        seq=1,
-        kind="gas",
-        severity="Minor",
-        state="new",
-        incident="incident-1",
-        location=Location(lat=0, lon=0),
-    )
+    alert = Alert.model_validate(_ALERT_FIELDS)
     with pytest.raises(MessageError) as wrong_node:
         decode_from("s4edge/v1/s1/n2/alert", encode(alert))
     assert wrong_node.value.reason == "topic_mismatch"
