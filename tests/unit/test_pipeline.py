@@ -20,7 +20,7 @@ from edge.sources import SourceContext
 from edge.vision.analytics import SceneAnalytics, SceneConfig
 from edge.vision.capture import Capture
 from edge.vision.motion import MotionConfig, MotionGate
-from edge.vision.pipeline import VisionPipeline
+from edge.vision.pipeline import TrackingThread, VisionPipeline
 from edge.vision.snapshots import SnapshotConfig, SnapshotWriter
 from edge.vision.tracker import Tracker, TrackerConfig
 from edge.vision.types import Detection
@@ -369,3 +369,45 @@ def test_with_snapshots_off_the_open_incidents_are_not_scanned_per_frame(tmp_pat
         pipe.process(moving_square(i), i / 15)
     assert [d.state for d in drafts][:1] == ["new"]
     assert book.scans == 0
+
+
+class RecordingTracker(Tracker):
+    """The real tracker, noting the timestamps it is given, in the order it gets them."""
+
+    def __init__(self, fail_at: float | None = None) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+        self.fail_at = fail_at
+
+    def update(self, detections: list[Detection], now: float) -> Any:
+        if now == self.fail_at:
+            raise RuntimeError("scripted tracker failure")
+        self.seen.append(now)
+        return super().update(detections, now)
+
+
+def test_the_tracking_thread_keeps_frame_order_and_finishes_what_it_was_handed() -> None:
+    drafts: list[AlertDraft] = []
+    pipe = pipeline(ScriptedDetector(), drafts)
+    pipe.tracker = tracker = RecordingTracker(fail_at=7 / 15)
+    tracking = TrackingThread(pipe)
+    stamps = [i / 15 for i in range(40)]
+    for ts in stamps:
+        tracking.submit(pipe.infer(moving_square(0), ts))
+    tracking.close()
+    # every frame but the failing one, in order; the failure is counted, not fatal
+    assert tracker.seen == [ts for ts in stamps if ts != 7 / 15]
+    assert pipe.frames == 39 and pipe.errors == 1 and "scripted tracker failure" in (pipe.last_error or "")
+    assert any(d.kind == "intrusion" for d in drafts)
+
+
+def test_a_frame_keeps_the_model_that_saw_it_when_a_swap_lands_before_its_tracking() -> None:
+    drafts: list[AlertDraft] = []
+    pipe = pipeline(ScriptedDetector(), drafts, factory=lambda name: ScriptedDetector(NEW))
+    pipe.process(moving_square(0), 0.0)
+    inferred = pipe.infer(moving_square(0), 1 / 15)  # OLD saw this frame
+    assert pipe.swap_model("scripted-v2").ok
+    pipe.track(inferred)
+    assert drafts and {d.model for d in drafts} == {OLD}
+    pipe.process(moving_square(0), 2 / 15)
+    assert drafts[-1].model == NEW
