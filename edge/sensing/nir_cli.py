@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 nir_app = typer.Typer(help="NIR spectroscopy: train and run PLS / PLS-DA models.", no_args_is_help=True)
@@ -16,7 +17,8 @@ console = Console()
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    # unwrapped and unstyled inside: a path or a hint must survive a narrow terminal and a grep
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=2)
 
 
