@@ -27,6 +27,7 @@ from cloud_sync.aggregator.events import EventBus
 from cloud_sync.aggregator.ingest import AlertHook, Ingest
 from cloud_sync.aggregator.metrics import IngestMetrics
 from cloud_sync.aggregator.store import Store, make_engine
+from cloud_sync.aggregator.writer import StoreSpec
 
 log = logging.getLogger("s4edge.aggregator")
 
@@ -37,6 +38,7 @@ class AggregatorConfig:
     db_url: str = "sqlite:///s4edge-aggregator.db"
     db_schema: str | None = None
     sqlite_sync: str = "FULL"
+    writer: str = "thread"  # or "process": validation and commits in a child process (cloud_sync/aggregator/writer.py)
     http_host: str = "127.0.0.1"
     http_port: int = 0
     group: str | None = None  # a $share group name when several replicas share the fleet
@@ -76,6 +78,9 @@ class Aggregator:
             protocol=config.protocol,
             events=self.events,
             clock=clock,
+            writer_process=StoreSpec(config.db_url, config.db_schema, config.sqlite_sync)
+            if config.writer == "process"
+            else None,
         )
         self.commands = CommandDesk(self.store, self.ingest.publish, config.issuer, signer)
         self.api = build_api(

@@ -57,6 +57,11 @@ def run(
     sqlite_sync: str = typer.Option(
         "FULL", "--sqlite-sync", help="FULL: commits survive a power cut; NORMAL: faster, survive a process crash"
     ),
+    writer: str = typer.Option(
+        "process",
+        "--writer",
+        help="Validate and commit in a child process (another core: `s4edge bench ingest`) or in a thread",
+    ),
     http: str = typer.Option("127.0.0.1:8080", "--http", help="HOST:PORT for the API and dashboard"),
     group: str = typer.Option(
         "",
@@ -99,6 +104,8 @@ def run(
 
     if log_format not in ("text", "json"):
         raise typer.BadParameter(f"{log_format!r}: text or json", param_hint="--log-format")
+    if writer not in ("process", "thread"):
+        raise typer.BadParameter(f"{writer!r}: process or thread", param_hint="--writer")
     if log_format == "json":
         logging.basicConfig(level=logging.INFO, handlers=[json_handler()], force=True)
     else:
@@ -128,6 +135,7 @@ def run(
         db_url=db,
         db_schema=db_schema or None,
         sqlite_sync=sqlite_sync,
+        writer=writer,
         http_host=host,
         http_port=port,
         group=group or None,

@@ -1,8 +1,9 @@
 """Broker → store: subscribe, validate, de-duplicate, commit, then acknowledge.
 
 paho's network thread only queues what arrives; one writer thread takes what is queued
-(up to ``batch_max``, gathering a burst for up to ``linger_s``), validates it, commits
-it in one transaction and only then sends the PUBACKs (``manual_ack``). A crash between
+(up to ``batch_max``, gathering a burst for up to ``linger_s``), has it validated and
+committed in one transaction (``writer.BatchWriter``, here or, with ``writer_process``,
+in a child process) and only then sends the PUBACKs (``manual_ack``). A crash between
 commit and ack makes the broker redeliver, and the primary key on ``alerts.id`` drops the copy.
 """
 
@@ -13,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,29 +24,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from cloud_sync.aggregator.alert_rows import AlertRows
 from cloud_sync.aggregator.broker import BrokerConfig, BrokerError
 from cloud_sync.aggregator.events import EventBus
 from cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
 from cloud_sync.aggregator.store import Store
 from cloud_sync.aggregator.views import alert_record
-from cloud_sync.messages import (
-    Alert,
-    Command,
-    CommandResult,
-    Heartbeat,
-    MessageError,
-    Status,
-    Telemetry,
-    decode_from,
-    fleet_filter,
-)
+from cloud_sync.aggregator.writer import SUFFIXES, BatchWriter, Outcome, StoreSpec, WriterGone, WriterProcess
+from cloud_sync.messages import Alert, MessageError, decode_from, fleet_filter
 
 log = logging.getLogger("s4edge.aggregator")
 
-SUFFIXES = ("status", "heartbeat", "telemetry", "alert", "cmd_result")
 V5_PROBE_S = 3.0
 LINGER_S = 0.02  # the most a burst's first message waits for the rest of its batch
 LINGER_QUIET_S = 0.002  # a batch stops gathering when nothing arrived for this long
@@ -65,35 +54,6 @@ class Received:
     t0: float
 
 
-@dataclass
-class Batch:
-    alerts: dict[str, tuple[Alert, datetime]] = field(default_factory=dict)
-    statuses: dict[tuple[str, str], tuple[Status, datetime]] = field(default_factory=dict)
-    beats: dict[tuple[str, str], tuple[Heartbeat, datetime]] = field(default_factory=dict)
-    readings: dict[tuple[str, str], tuple[Telemetry, datetime]] = field(default_factory=dict)
-    results: list[tuple[CommandResult, datetime]] = field(default_factory=list)
-    duplicates_in_batch: int = 0
-
-    def add(self, message: Status | Heartbeat | Telemetry | Alert | Command | CommandResult, at: datetime) -> None:
-        key = (message.site, message.node_id)
-        if isinstance(message, Alert):
-            if message.id in self.alerts:
-                self.duplicates_in_batch += 1  # the first copy wins, as it would across batches
-            else:
-                self.alerts[message.id] = (message, at)
-        elif isinstance(message, CommandResult):
-            self.results.append((message, at))
-        # Only the newest status/heartbeat/telemetry per node matters.
-        elif isinstance(message, Status):
-            if key not in self.statuses or self.statuses[key][0].ts <= message.ts:
-                self.statuses[key] = (message, at)
-        elif isinstance(message, Heartbeat):
-            if key not in self.beats or self.beats[key][0].ts <= message.ts:
-                self.beats[key] = (message, at)
-        elif isinstance(message, Telemetry) and (key not in self.readings or self.readings[key][0].ts <= message.ts):
-            self.readings[key] = (message, at)
-
-
 class Ingest:
     def __init__(
         self,
@@ -110,7 +70,10 @@ class Ingest:
         events: EventBus | None = None,
         rejection_log: RejectionLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        writer_process: StoreSpec | None = None,
     ) -> None:
+        """``writer_process``: validate and commit in a child process that opens this
+        store by its spec (what ``store`` is opened from); otherwise in this process."""
         if protocol not in ("auto", "5", "3.1.1"):
             raise ValueError("protocol: auto, 5 or 3.1.1")
         self.broker = broker
@@ -134,16 +97,26 @@ class Ingest:
         self._arrived = threading.Event()
         self._full = threading.Event()  # ``batch_max`` are waiting: stop lingering
         self._generation = 0
-        self._known_nodes: set[tuple[str, str]] = set()
-        self._alert_rows = AlertRows(store)
         self._received = {s: metrics.received.labels(s) for s in (*SUFFIXES, "other")}  # labels() costs a lookup
         self._stopping = threading.Event()
+        self.writer = BatchWriter(store, stopping=self._stopping, on_store_error=self._store_error)
+        self.writer_process = writer_process
+        self._child: WriterProcess | None = None
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    def open_writer(self) -> None:
+        """Start the writer process, if there is to be one (``start`` does it too)."""
+        if self.writer_process is not None and not self.writer_process.shareable:
+            log.warning("the store is an in-memory SQLite database, which no other process can open: writing here")
+            self.writer_process = None
+        if self.writer_process is not None and self._child is None:
+            self._child = WriterProcess(self.writer_process, on_store_error=self._store_error)
+
     def start(self, timeout: float = 10.0) -> None:
+        self.open_writer()
         order: list[MQTTProtocolVersion] = {
             "auto": [mqtt.MQTTv5, mqtt.MQTTv311],
             "5": [mqtt.MQTTv5],
@@ -161,6 +134,7 @@ class Ingest:
             if not any(word in failure for word in ("protocol", "Protocol", "closed", "no CONNACK")):
                 break  # refused for another reason (credentials, ACL): a fallback would not help
         if self._client is None:
+            self._close_writer()
             raise BrokerError(f"could not connect to {self.broker.url}: {failure}")
         self._stopping.clear()
         self._writer = threading.Thread(target=self._write_loop, name="aggregator-ingest", daemon=True)
@@ -233,12 +207,20 @@ class Ingest:
     def stop(self) -> None:
         """Commit and acknowledge what has arrived, then disconnect cleanly (the session stays)."""
         self._stopping.set()
+        if self._child is not None:
+            self._child.stopping.set()
         if self._writer is not None:
             self._writer.join(30)
+        self._close_writer()
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
         self._client = None
+
+    def _close_writer(self) -> None:
+        if self._child is not None:
+            self._child.close()
+            self._child = None
 
     @property
     def connected(self) -> bool:
@@ -323,130 +305,79 @@ class Ingest:
     # -- validate, commit, acknowledge -------------------------------------------------------------
 
     def process(self, received: Sequence[Received]) -> None:
-        batch = Batch()
-        counts = dict.fromkeys(self._received, 0)  # one counter update per type per batch, not per message
-        for item in received:
-            if item.topic is None:
-                counts["other"] += 1
-                self._reject("bad_topic", "?", "topic is not UTF-8")
-                continue
-            suffix = item.topic.rpartition("/")[2]
-            counts[suffix if suffix in counts else "other"] += 1
-            try:
-                batch.add(decode_from(item.topic, item.payload), item.at)
-            except MessageError as exc:
-                self._reject(exc.reason, item.topic, exc.detail)
-        for suffix, count in counts.items():
-            if count:
-                self._received[suffix].inc(count)
-        new_ids = self._commit_with_retry(batch)
-        if new_ids is None:
+        outcome = self._write([(item.topic, item.payload, item.at) for item in received])
+        if outcome is None:
             return  # stopping during a store outage: leave unacked, the broker redelivers
+        self._count(outcome)
         done = time.monotonic()
         client, generation, observe = self._client, self._generation, self.metrics.latency.observe
         for item in received:
             observe(done - item.t0)
             if item.qos > 0 and item.generation == generation and client is not None:
                 client.ack(item.mid, item.qos)
-        self._announce(batch, new_ids)
+        self._announce(outcome, received)
 
-    def _commit_with_retry(self, batch: Batch) -> set[str] | None:
-        """Commit, retrying through a store outage; None when stopping mid-outage (nothing is
-        then acked, and the broker redelivers)."""
-        delay = 0.5
-        stored: set[str] = set()  # new alert ids already committed one by one before an outage
-        refused: set[str] = set()  # and those already rejected: a retry does not count them twice
-        while True:
-            try:
-                try:
-                    return stored | self._commit(batch)
-                except DBAPIError as exc:
-                    if _transient(exc):
-                        raise
-                    return self._commit_one_by_one(batch, stored, refused)
-                except SQLAlchemyError:
-                    return self._commit_one_by_one(batch, stored, refused)
-            except DBAPIError as exc:  # an outage, in the batch or in one of its single rows
-                if not _transient(exc):
-                    raise
-                self.metrics.store_errors.inc()
-                log.warning("store unavailable (%s); retrying in %.1f s", type(exc.orig).__name__, delay)
-            if self._stopping.wait(delay):
+    def _write(self, items: list[tuple[str | None, bytes, datetime]]) -> Outcome | None:
+        child = self._child
+        if child is None:
+            return self.writer.write(items)
+        try:
+            return child.write(items)
+        except WriterGone as exc:
+            if self._stopping.is_set():
                 return None
-            delay = min(delay * 2, 10.0)
+            log.warning("%s; starting another and writing the batch again", exc)
+            child.restart()
+            return child.write(items)  # a second loss is the loop's to log: the batch stays unacked
 
-    def _commit(self, batch: Batch) -> set[str]:
-        keys = {(a.site, a.node_id) for a, _ in batch.alerts.values()}
-        keys |= {(r.site, r.node_id) for r, _ in batch.results} | set(batch.readings)
-        keys -= self._known_nodes  # node rows are never deleted: once seen, no need to ask again
-        with self.store.engine.begin() as conn:
-            self.store.ensure_nodes(conn, keys)
-            new_ids = self._alert_rows.insert(conn, list(batch.alerts.values()))
-            for status, at in batch.statuses.values():
-                self.store.record_status(conn, status, at)
-            self.store.record_heartbeats(conn, list(batch.beats.values()))
-            self.store.record_telemetry_batch(conn, list(batch.readings.values()))
-            for result, at in batch.results:
-                self.store.record_cmd_result(conn, result, at)
-        self._known_nodes |= keys | set(batch.statuses) | set(batch.beats)
-        self.metrics.duplicates.inc(len(batch.alerts) - len(new_ids) + batch.duplicates_in_batch)
-        for kind, count in (
-            ("alert", len(new_ids)),
-            ("status", len(batch.statuses)),
-            ("heartbeat", len(batch.beats)),
-            ("telemetry", len(batch.readings)),
-            ("cmd_result", len(batch.results)),
-        ):
-            if count:
-                self.metrics.stored.labels(kind).inc(count)
-        return new_ids
+    def _count(self, outcome: Outcome) -> None:
+        """One counter update per type per batch, not per message."""
+        for suffix, count in outcome.received.items():
+            self._received[suffix].inc(count)
+        for reason, topic, detail in outcome.rejects:
+            self._reject(reason, topic, detail)
+        if outcome.duplicates:
+            self.metrics.duplicates.inc(outcome.duplicates)
+        for kind, count in outcome.stored.items():
+            self.metrics.stored.labels(kind).inc(count)
 
-    def _commit_one_by_one(self, batch: Batch, new_ids: set[str], refused: set[str]) -> set[str]:
-        """The store refused the batch (not an outage): find and reject the message it refuses.
-        An outage meanwhile is raised, never taken for a refusal: the row would be acked unstored."""
-        singles: list[Batch] = []
-        for alert, at in batch.alerts.values():
-            if alert.id not in new_ids and alert.id not in refused:
-                singles.append(Batch(alerts={alert.id: (alert, at)}))
-        for slot, name in ((batch.statuses, "statuses"), (batch.beats, "beats"), (batch.readings, "readings")):
-            for key, value in slot.items():
-                single = Batch()
-                getattr(single, name)[key] = value
-                singles.append(single)
-        singles += [Batch(results=[r]) for r in batch.results]
-        for single in singles:
-            try:
-                new_ids |= self._commit(single)
-            except SQLAlchemyError as exc:
-                if isinstance(exc, DBAPIError) and _transient(exc):
-                    raise
-                refused.update(single.alerts)
-                self._reject("store_refused", "store", str(exc)[:300])
-        return new_ids
+    def _store_error(self, reason: str) -> None:
+        self.metrics.store_errors.inc()
 
     def _reject(self, reason: str, topic: str, detail: str) -> None:
         self.metrics.rejected.labels(reason).inc()
         self.rejections.note(reason, topic, detail)
 
-    def _announce(self, batch: Batch, new_ids: set[str]) -> None:
+    def _announce(self, outcome: Outcome, received: Sequence[Received]) -> None:
         # Building the live record costs as much as storing the row: only for someone watching.
         live = self.events is not None and self.events.subscribers > 0
-        announced = new_ids if live or self.on_alert_stored else ()
-        for alert_id in sorted(announced, key=lambda i: batch.alerts[i][0].ts):
-            alert, at = batch.alerts[alert_id]
-            if live and self.events is not None:
-                self.events.publish("alert", alert_record(alert, at))
-            for hook in self.on_alert_stored:
-                try:
-                    hook(alert)
-                except Exception:  # a subscriber's bug must not stop ingest
-                    log.exception("on_alert_stored hook %r failed for alert %s", hook, alert.id)
+        if (live or self.on_alert_stored) and outcome.new_alerts:
+            for alert, at in self._new_alerts(outcome, received):
+                if live and self.events is not None:
+                    self.events.publish("alert", alert_record(alert, at))
+                for hook in self.on_alert_stored:
+                    try:
+                        hook(alert)
+                    except Exception:  # a subscriber's bug must not stop ingest
+                        log.exception("on_alert_stored hook %r failed for alert %s", hook, alert.id)
         if self.events is not None:
-            for site, node_id in {*batch.statuses, *batch.beats}:
-                change = "status" if (site, node_id) in batch.statuses else "heartbeat"
+            for site, node_id, change in outcome.nodes:
                 self.events.publish("node", {"site": site, "node_id": node_id, "change": change})
 
-
-def _transient(exc: DBAPIError) -> bool:
-    """An outage (connection lost, database locked) is retried; bad data is not."""
-    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    @staticmethod
+    def _new_alerts(outcome: Outcome, received: Sequence[Received]) -> list[tuple[Alert, datetime]]:
+        batch = outcome.batch
+        if batch is not None:
+            id_at = {index: alert_id for alert_id, index in batch.alert_index.items()}
+            return [batch.alerts[id_at[index]] for index in outcome.new_alerts]
+        # Written in the child: it validated these payloads, so decoding them again cannot fail.
+        new = []
+        for index in outcome.new_alerts:
+            item = received[index]
+            try:
+                message = decode_from(item.topic or "", item.payload)
+            except MessageError:
+                continue
+            if isinstance(message, Alert):
+                new.append((message, item.at))
+        return new

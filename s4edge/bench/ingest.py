@@ -25,11 +25,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.aggregator.ingest import LINGER_S, SUFFIXES, Ingest
+from cloud_sync.aggregator.ingest import LINGER_S, Ingest
 from cloud_sync.aggregator.metrics import IngestMetrics
 from cloud_sync.aggregator.store import Store, make_engine
+from cloud_sync.aggregator.writer import SUFFIXES, StoreSpec
 from cloud_sync.messages import QOS, Alert, Location, Measurement, encode, fleet_filter, topic_for
-from s4edge.testing import Mosquitto, eventually
+from s4edge.testing import Mosquitto
 
 TARGET_RATIO = 0.70
 
@@ -66,10 +67,13 @@ def publish_all(broker: Mosquitto, payloads: list[tuple[str, bytes]]) -> None:
 class BareSubscriber:
     """The peer: paho, the same shared subscriptions and persistent session, counting only."""
 
-    def __init__(self, broker: Mosquitto, group: str) -> None:
+    def __init__(self, broker: Mosquitto, group: str, expect: int) -> None:
         self.broker = broker
         self.group = group
         self.count = 0
+        self.expect = expect
+        self.subscribed = threading.Event()
+        self.done = threading.Event()  # set from the network thread, as the aggregator's count is
 
     def connect(self) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=mqtt.MQTTv5)
@@ -77,9 +81,12 @@ class BareSubscriber:
 
         def on_message(_c: mqtt.Client, _u: Any, _m: mqtt.MQTTMessage) -> None:
             self.count += 1
+            if self.count >= self.expect:
+                self.done.set()
 
         client.on_message = on_message
         client.on_connect = lambda c, *_: c.subscribe(filters)
+        client.on_subscribe = lambda *_: self.subscribed.set()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = 3600
         client.connect(self.broker.host, self.broker.port, clean_start=False, properties=properties)
@@ -88,16 +95,17 @@ class BareSubscriber:
 
 
 def bare_rate(broker: Mosquitto, payloads: list[tuple[str, bytes]]) -> float:
-    subscriber = BareSubscriber(broker, "bench-bare")
+    subscriber = BareSubscriber(broker, "bench-bare", len(payloads))
     client = subscriber.connect()
-    eventually(client.is_connected, 10, "bare subscriber connect", every=0.002)
-    time.sleep(0.2)  # SUBACK
+    if not subscriber.subscribed.wait(10):
+        raise RuntimeError("the bare subscriber got no SUBACK within 10 s")
     client.disconnect()
     client.loop_stop()
     publish_all(broker, payloads)
     started = time.perf_counter()
     client = subscriber.connect()
-    eventually(lambda: subscriber.count >= len(payloads), 120, "bare subscriber drain", every=0.002)
+    if not subscriber.done.wait(120):
+        raise RuntimeError(f"the bare subscriber got {subscriber.count} of {len(payloads)}")
     elapsed = time.perf_counter() - started
     client.disconnect()
     client.loop_stop()
@@ -105,12 +113,17 @@ def bare_rate(broker: Mosquitto, payloads: list[tuple[str, bytes]]) -> float:
 
 
 def aggregator_rate(
-    broker: Mosquitto, payloads: list[tuple[str, bytes]], store: Store, batch_max: int, linger_s: float
+    broker: Mosquitto,
+    payloads: list[tuple[str, bytes]],
+    store: Store,
+    batch_max: int,
+    linger_s: float,
+    writer_process: StoreSpec | None,
 ) -> float:
     def ingest() -> Ingest:
         return Ingest(
             BrokerConfig(broker.url), store, IngestMetrics(), client_id="bench-aggregator",
-            group="bench-aggregator", batch_max=batch_max, linger_s=linger_s,
+            group="bench-aggregator", batch_max=batch_max, linger_s=linger_s, writer_process=writer_process,
         )  # fmt: skip
 
     first = ingest()
@@ -128,6 +141,7 @@ def aggregator_rate(
 
     second = ingest()
     second.on_alert_stored.append(count)
+    second.open_writer()  # a running aggregator has its writer process up before a backlog comes
     started = time.perf_counter()
     second.start()
     if not done.wait(300):
@@ -139,20 +153,26 @@ def aggregator_rate(
     return len(payloads) / elapsed
 
 
-def run_ingest(messages: int, runs: int, batch_max: int, sync_modes: list[str], linger_s: float) -> dict[str, Any]:
+def run_ingest(
+    messages: int, runs: int, batch_max: int, sync_modes: list[str], writers: list[str], linger_s: float
+) -> dict[str, Any]:
+    variants = [(writer, mode) for writer in writers for mode in sync_modes]
     bare: list[float] = []
-    aggregated: dict[str, list[float]] = {mode: [] for mode in sync_modes}
+    aggregated: dict[tuple[str, str], list[float]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory(prefix="s4edge-bench-") as tmp:
         # Interleave peer and aggregator runs so that a busy spell on the machine hits both.
         for run in range(runs):
             root = Path(tmp) / f"run{run}"
             with Mosquitto(root / "broker") as broker:
                 bare.append(bare_rate(broker, alert_payloads(messages, f"bare{run}")))
-                for mode in sync_modes:
-                    store = Store(make_engine(f"sqlite:///{root / f'agg-{mode}.db'}", sqlite_sync=mode))
+                for writer, mode in variants:
+                    url = f"sqlite:///{root / f'agg-{writer}-{mode}.db'}"
+                    store = Store(make_engine(url, sqlite_sync=mode))
                     store.create_all()
-                    payloads = alert_payloads(messages, f"agg{run}{mode}")
-                    aggregated[mode].append(aggregator_rate(broker, payloads, store, batch_max, linger_s))
+                    spec = StoreSpec(url, sqlite_sync=mode) if writer == "process" else None
+                    payloads = alert_payloads(messages, f"agg{run}{writer}{mode}")
+                    rate = aggregator_rate(broker, payloads, store, batch_max, linger_s, spec)
+                    aggregated[(writer, mode)].append(rate)
                     store.engine.dispose()
     bare_median = statistics.median(bare)
     result: dict[str, Any] = {
@@ -165,9 +185,9 @@ def run_ingest(messages: int, runs: int, batch_max: int, sync_modes: list[str], 
         "bare_paho_msgs_per_s": {"median": round(bare_median), "all": [round(r) for r in bare]},
         "target_ratio": TARGET_RATIO,
     }
-    for mode, rates in aggregated.items():
+    for (writer, mode), rates in aggregated.items():
         median = statistics.median(rates)
-        result[f"aggregator_sqlite_{mode.lower()}"] = {
+        result[f"aggregator_{writer}_writer_sqlite_{mode.lower()}"] = {
             "msgs_per_s": {"median": round(median), "all": [round(r) for r in rates]},
             "ratio_to_bare": round(median / bare_median, 3),
             "meets_target": median / bare_median >= TARGET_RATIO,
@@ -181,9 +201,18 @@ def register(bench_app: typer.Typer) -> None:
         messages: int = typer.Option(5000, help="Alerts per run"),
         runs: int = typer.Option(3, help="Runs (the median is quoted)"),
         batch_max: int = typer.Option(500, help="Most messages per commit"),
-        sqlite_sync: str = typer.Option("FULL,NORMAL", help="SQLite synchronous modes to measure, comma-separated"),
+        sqlite_sync: str = typer.Option(
+            "FULL", help="SQLite synchronous modes to measure (FULL, NORMAL), comma-separated"
+        ),
+        writer: str = typer.Option(
+            "process,thread",
+            help="Where validation and commit run: process (aggregator run's default) or thread; comma-separated",
+        ),
         linger_s: float = typer.Option(LINGER_S, help="How long a batch may gather while messages keep coming"),
     ) -> None:
         """Aggregator ingest rate (validate + de-dup + commit, SQLite) vs a bare paho subscriber."""
         modes = [m.strip().upper() for m in sqlite_sync.split(",") if m.strip()]
-        typer.echo(json.dumps(run_ingest(messages, runs, batch_max, modes, linger_s), indent=2))
+        writers = [w.strip().lower() for w in writer.split(",") if w.strip()]
+        if not set(writers) <= {"process", "thread"}:
+            raise typer.BadParameter(f"--writer {writer!r}: process and/or thread")
+        typer.echo(json.dumps(run_ingest(messages, runs, batch_max, modes, writers, linger_s), indent=2))

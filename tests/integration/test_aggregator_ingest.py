@@ -54,9 +54,12 @@ def publish(client: mqtt.Client, message: Any, retain: bool = False) -> None:
     client.publish(topic_for(message), encode(message), qos=1, retain=retain).wait_for_publish(5)
 
 
-@pytest.fixture
-def aggregator(broker: Mosquitto, tmp_path: Path) -> Iterator[Aggregator]:
-    config = AggregatorConfig(BrokerConfig(broker.url), db_url=f"sqlite:///{tmp_path / 'agg.db'}", client_id="agg-1")
+@pytest.fixture(params=["thread", "process"])
+def aggregator(broker: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Aggregator]:
+    """Validation and commits in the ingest's thread, or in its writer process."""
+    config = AggregatorConfig(
+        BrokerConfig(broker.url), db_url=f"sqlite:///{tmp_path / 'agg.db'}", client_id="agg-1", writer=request.param
+    )
     with Aggregator(config) as running:
         yield running
 
@@ -261,3 +264,25 @@ def test_a_burst_is_batched_and_a_full_in_flight_window_ends_the_linger(broker: 
         node.loop_stop()
         ingest.stop()
         store.engine.dispose()
+
+
+def test_a_killed_writer_process_is_replaced_and_its_batch_written_again(
+    broker: Mosquitto, node: mqtt.Client, tmp_path: Path
+) -> None:
+    config = AggregatorConfig(
+        BrokerConfig(broker.url), db_url=f"sqlite:///{tmp_path / 'agg.db'}", client_id="agg-w", writer="process"
+    )
+    total = 600
+    with Aggregator(config) as running:
+        child = running.ingest._child
+        assert child is not None
+        first_pid = child.pid
+        for seq in range(total):
+            node.publish(topic_for(alert(seq)), encode(alert(seq)), qos=1)
+            if seq == 100:
+                wait_until(lambda: running.store.count_alerts() > 0, what="the first batch")
+                os.kill(first_pid, signal.SIGKILL)
+        wait_until(lambda: running.store.count_alerts() >= total, 30, f"all {total} alerts")
+        assert child.pid != first_pid
+        ids = [row.id for row in running.store.engine.connect().execute(select(alerts_table.c.id))]
+    assert len(ids) == total and set(ids) == {alert(s).id for s in range(total)}

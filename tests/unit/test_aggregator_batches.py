@@ -25,6 +25,7 @@ from cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
 from cloud_sync.aggregator.store import AlertQuery, Store, make_engine
 from cloud_sync.aggregator.store import alerts as alerts_table
 from cloud_sync.aggregator.views import utc
+from cloud_sync.aggregator.writer import StoreSpec, WriterProcess
 from cloud_sync.messages import (
     Alert,
     Box,
@@ -244,16 +245,16 @@ def test_an_outage_while_isolating_a_refused_row_is_retried_not_taken_for_a_refu
     with ingest.store.engine.begin() as conn:
         conn.execute(text(f"CREATE TRIGGER refuse BEFORE INSERT ON alerts WHEN NEW.id = '{refused.id}' "
                           "BEGIN SELECT RAISE(ABORT, 'refused by test'); END"))  # fmt: skip
-    real_commit, outages = ingest._commit, [third.id]
+    real_commit, outages = ingest.writer._commit, [third.id]
 
-    def commit_with_one_outage(batch):  # the store is away once, when the third row goes alone
+    def commit_with_one_outage(batch, outcome):  # the store is away once, when the third row goes alone
         if list(batch.alerts) == outages:
             outages.clear()
             raise OperationalError("INSERT", {}, Exception("database is locked"))
-        return real_commit(batch)
+        return real_commit(batch, outcome)
 
     told: list[str] = []
-    ingest._commit = commit_with_one_outage  # type: ignore[method-assign]
+    ingest.writer._commit = commit_with_one_outage  # type: ignore[method-assign]
     ingest.on_alert_stored.append(lambda a: told.append(a.id))
     ingest.process([received(topic_for(a), encode(a)) for a in (first, refused, third)])
 
@@ -295,3 +296,52 @@ def test_messages_arriving_while_lingering_join_the_batch(ingest: Ingest) -> Non
     later.start()
     assert len(ingest._next_batch()) == 4
     later.join()
+
+
+# -- the writer process ---------------------------------------------------------------------------------
+
+
+def test_the_writer_process_reports_an_outage_and_is_ended_when_stopping(tmp_path: Path) -> None:
+    """A store it cannot open is an outage: each retry is reported to the parent (which counts
+    it) and a parent that is stopping ends the child instead of waiting; nothing is acked."""
+    errors: list[str] = []
+    writer = WriterProcess(StoreSpec(f"sqlite:///{tmp_path / 'no-such-dir' / 'agg.db'}"), on_store_error=errors.append)
+
+    def stop_after_two(reason: str) -> None:
+        errors.append(reason)
+        if len(errors) == 2:
+            writer.stopping.set()
+
+    writer.on_store_error = stop_after_two
+    one = alert(1)
+    assert writer.write([(topic_for(one), encode(one), T0)]) is None
+    assert errors == ["OperationalError", "OperationalError"]
+    assert writer._child.poll() is not None  # ended, not left retrying
+
+
+def test_the_writer_process_answers_what_the_thread_writer_answers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'agg.db'}"
+    Store(make_engine(url)).create_all()
+    one, two = alert(1), alert(2)
+    beat = Heartbeat(node_id="n1", site="s1", seq=3, uptime_s=5.0)
+    items = [
+        (topic_for(two), encode(two), T0),
+        (topic_for(one), encode(one), T0),
+        (topic_for(one), encode(one), T0),  # a copy in the same batch
+        ("s4edge/v1/s1/n1/alert", b"{not json", T0),
+        (None, b"{}", T0),
+        (topic_for(beat), encode(beat), T0),
+    ]
+    writer = WriterProcess(StoreSpec(url))
+    try:
+        outcome = writer.write(items)
+        again = writer.write(items[:2])
+    finally:
+        writer.close()
+    assert outcome is not None and again is not None
+    assert outcome.new_alerts == [1, 0]  # where they were in the batch, oldest first
+    assert outcome.stored == {"alert": 2, "heartbeat": 1} and outcome.duplicates == 1
+    assert [r[0] for r in outcome.rejects] == ["bad_json", "bad_topic"]
+    assert outcome.received == {"alert": 4, "other": 1, "heartbeat": 1}
+    assert outcome.nodes == [("s1", "n1", "heartbeat")]
+    assert again.new_alerts == [] and again.duplicates == 2

@@ -1,0 +1,408 @@
+"""The store side of ingest: validate, de-duplicate and commit one batch, and say what happened.
+
+``BatchWriter.write`` takes the batch as it came off the wire (topic, payload, time
+received) and returns an ``Outcome``: what was received, refused, stored and new. The
+ingest acks and announces from the outcome, and counts it into its metrics, so the
+writer runs the same in the ingest's writer thread or in a child process.
+
+Why a process (``WriterProcess``): paho's network loop, pydantic's validation and
+SQLAlchemy's statement handling all hold the GIL, so in one process they take turns.
+Handed to a child over a pipe, validation and the commit run on another core while
+the parent only receives, acks and announces (``s4edge bench ingest``).
+
+The pipe carries length-prefixed frames, no pickle. Parent → child: the store's spec
+once (JSON: its URL stays out of the process list), then per batch a JSON header line
+(topics, receive times, payload sizes) followed by the payloads. Child → parent: a JSON
+object per outage it is retrying through (``store_error``), then the batch's outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+
+from cloud_sync.aggregator.alert_rows import AlertRows
+from cloud_sync.aggregator.store import Store, make_engine
+from cloud_sync.messages import (
+    Alert,
+    Command,
+    CommandResult,
+    Heartbeat,
+    MessageError,
+    Status,
+    Telemetry,
+    decode_from,
+)
+
+log = logging.getLogger("s4edge.aggregator")
+
+SUFFIXES = ("status", "heartbeat", "telemetry", "alert", "cmd_result")
+Item = tuple[str | None, bytes, datetime]  # topic (None: not UTF-8), payload, when it was received
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass
+class Batch:
+    alerts: dict[str, tuple[Alert, datetime]] = field(default_factory=dict)
+    alert_index: dict[str, int] = field(default_factory=dict)  # alert id → its place in the batch received
+    statuses: dict[tuple[str, str], tuple[Status, datetime]] = field(default_factory=dict)
+    beats: dict[tuple[str, str], tuple[Heartbeat, datetime]] = field(default_factory=dict)
+    readings: dict[tuple[str, str], tuple[Telemetry, datetime]] = field(default_factory=dict)
+    results: list[tuple[CommandResult, datetime]] = field(default_factory=list)
+    duplicates_in_batch: int = 0
+
+    def add(
+        self, message: Status | Heartbeat | Telemetry | Alert | Command | CommandResult, at: datetime, index: int = 0
+    ) -> None:
+        key = (message.site, message.node_id)
+        if isinstance(message, Alert):
+            if message.id in self.alerts:
+                self.duplicates_in_batch += 1  # the first copy wins, as it would across batches
+            else:
+                self.alerts[message.id] = (message, at)
+                self.alert_index[message.id] = index
+        elif isinstance(message, CommandResult):
+            self.results.append((message, at))
+        # Only the newest status/heartbeat/telemetry per node matters.
+        elif isinstance(message, Status):
+            if key not in self.statuses or self.statuses[key][0].ts <= message.ts:
+                self.statuses[key] = (message, at)
+        elif isinstance(message, Heartbeat):
+            if key not in self.beats or self.beats[key][0].ts <= message.ts:
+                self.beats[key] = (message, at)
+        elif isinstance(message, Telemetry) and (key not in self.readings or self.readings[key][0].ts <= message.ts):
+            self.readings[key] = (message, at)
+
+
+@dataclass
+class Outcome:
+    """What one batch came to. ``new_alerts`` are the places, in the batch as received,
+    of the alerts stored for the first time, oldest first; ``batch`` is the decoded batch
+    when it was written in this process (a child's outcome comes without it)."""
+
+    received: dict[str, int] = field(default_factory=dict)  # messages per topic suffix, "other" for the rest
+    rejects: list[tuple[str, str, str]] = field(default_factory=list)  # (reason, topic, detail)
+    stored: dict[str, int] = field(default_factory=dict)  # rows committed per message type
+    duplicates: int = 0
+    new_alerts: list[int] = field(default_factory=list)
+    nodes: list[tuple[str, str, str]] = field(default_factory=list)  # (site, node_id, "status" | "heartbeat")
+    batch: Batch | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "received": self.received,
+                "rejects": self.rejects,
+                "stored": self.stored,
+                "duplicates": self.duplicates,
+                "new_alerts": self.new_alerts,
+                "nodes": self.nodes,
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        return cls(
+            received=data["received"],
+            rejects=[(r[0], r[1], r[2]) for r in data["rejects"]],
+            stored=data["stored"],
+            duplicates=data["duplicates"],
+            new_alerts=data["new_alerts"],
+            nodes=[(n[0], n[1], n[2]) for n in data["nodes"]],
+        )
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """How a child process opens the same store (``make_engine``'s arguments)."""
+
+    url: str
+    schema: str | None = None
+    sqlite_sync: str = "FULL"
+
+    @property
+    def shareable(self) -> bool:
+        """An in-memory SQLite database lives in one process only."""
+        return not (self.url.startswith("sqlite") and self.url.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://"))
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        stopping: threading.Event | None = None,
+        on_store_error: Callable[[str], object] = lambda reason: None,
+    ) -> None:
+        self.store = store
+        self.stopping = stopping or threading.Event()
+        self.on_store_error = on_store_error
+        self._known_nodes: set[tuple[str, str]] = set()
+        self._alert_rows = AlertRows(store)
+
+    def write(self, items: Sequence[Item]) -> Outcome | None:
+        """Validate and commit; None when stopping during a store outage (nothing is then
+        acked, and the broker redelivers)."""
+        batch, outcome = Batch(), Outcome()
+        received = outcome.received
+        for index, (topic, payload, at) in enumerate(items):
+            if topic is None:
+                received["other"] = received.get("other", 0) + 1
+                outcome.rejects.append(("bad_topic", "?", "topic is not UTF-8"))
+                continue
+            suffix = topic.rpartition("/")[2]
+            suffix = suffix if suffix in SUFFIXES else "other"
+            received[suffix] = received.get(suffix, 0) + 1
+            try:
+                batch.add(decode_from(topic, payload), at, index)
+            except MessageError as exc:
+                outcome.rejects.append((exc.reason, topic, exc.detail))
+        new_ids = self._commit_with_retry(batch, outcome)
+        if new_ids is None:
+            return None
+        outcome.duplicates += batch.duplicates_in_batch
+        new = sorted(new_ids, key=lambda i: batch.alerts[i][0].ts)
+        outcome.new_alerts = [batch.alert_index[i] for i in new]
+        outcome.nodes = [(site, node, "status") for site, node in batch.statuses]
+        outcome.nodes += [(site, node, "heartbeat") for site, node in batch.beats if (site, node) not in batch.statuses]
+        outcome.batch = batch
+        return outcome
+
+    def _commit_with_retry(self, batch: Batch, outcome: Outcome) -> set[str] | None:
+        delay = 0.5
+        stored: set[str] = set()  # new alert ids already committed one by one before an outage
+        refused: set[str] = set()  # and those already rejected: a retry does not count them twice
+        while True:
+            try:
+                try:
+                    return stored | self._commit(batch, outcome)
+                except DBAPIError as exc:
+                    if _transient(exc):
+                        raise
+                    return self._commit_one_by_one(batch, outcome, stored, refused)
+                except SQLAlchemyError:
+                    return self._commit_one_by_one(batch, outcome, stored, refused)
+            except DBAPIError as exc:  # an outage, in the batch or in one of its single rows
+                if not _transient(exc):
+                    raise
+                reason = type(exc.orig).__name__
+                self.on_store_error(reason)
+                log.warning("store unavailable (%s); retrying in %.1f s", reason, delay)
+            if self.stopping.wait(delay):
+                return None
+            delay = min(delay * 2, 10.0)
+
+    def _commit(self, batch: Batch, outcome: Outcome) -> set[str]:
+        keys = {(a.site, a.node_id) for a, _ in batch.alerts.values()}
+        keys |= {(r.site, r.node_id) for r, _ in batch.results} | set(batch.readings)
+        keys -= self._known_nodes  # node rows are never deleted: once seen, no need to ask again
+        with self.store.engine.begin() as conn:
+            self.store.ensure_nodes(conn, keys)
+            new_ids = self._alert_rows.insert(conn, list(batch.alerts.values()))
+            for status, at in batch.statuses.values():
+                self.store.record_status(conn, status, at)
+            self.store.record_heartbeats(conn, list(batch.beats.values()))
+            self.store.record_telemetry_batch(conn, list(batch.readings.values()))
+            for result, at in batch.results:
+                self.store.record_cmd_result(conn, result, at)
+        self._known_nodes |= keys | set(batch.statuses) | set(batch.beats)
+        outcome.duplicates += len(batch.alerts) - len(new_ids)
+        for kind, count in (
+            ("alert", len(new_ids)),
+            ("status", len(batch.statuses)),
+            ("heartbeat", len(batch.beats)),
+            ("telemetry", len(batch.readings)),
+            ("cmd_result", len(batch.results)),
+        ):
+            if count:
+                outcome.stored[kind] = outcome.stored.get(kind, 0) + count
+        return new_ids
+
+    def _commit_one_by_one(self, batch: Batch, outcome: Outcome, new_ids: set[str], refused: set[str]) -> set[str]:
+        """The store refused the batch (not an outage): find and reject the message it refuses.
+        An outage meanwhile is raised, never taken for a refusal: the row would be acked unstored."""
+        singles: list[Batch] = []
+        for alert, at in batch.alerts.values():
+            if alert.id not in new_ids and alert.id not in refused:
+                singles.append(Batch(alerts={alert.id: (alert, at)}))
+        for slot, name in ((batch.statuses, "statuses"), (batch.beats, "beats"), (batch.readings, "readings")):
+            for key, value in slot.items():
+                single = Batch()
+                getattr(single, name)[key] = value
+                singles.append(single)
+        singles += [Batch(results=[r]) for r in batch.results]
+        for single in singles:
+            try:
+                new_ids |= self._commit(single, outcome)
+            except SQLAlchemyError as exc:
+                if isinstance(exc, DBAPIError) and _transient(exc):
+                    raise
+                refused.update(single.alerts)
+                outcome.rejects.append(("store_refused", "store", str(exc)[:300]))
+        return new_ids
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """An outage (connection lost, database locked) is retried; bad data is not."""
+    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+
+
+# -- the child process -------------------------------------------------------------------------
+
+
+class WriterGone(RuntimeError):
+    """The writer process exited or stopped answering; its batch was not acknowledged."""
+
+
+def _send(stream: IO[bytes], body: bytes) -> None:
+    stream.write(_LENGTH.pack(len(body)) + body)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> bytes | None:
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+def _encode_batch(items: Sequence[Item]) -> bytes:
+    header = json.dumps(
+        {
+            "topics": [t for t, _, _ in items],
+            "at": [a.isoformat() for _, _, a in items],
+            "sizes": [len(p) for _, p, _ in items],
+        }
+    ).encode()
+    return b"".join([header, b"\n", *(p for _, p, _ in items)])
+
+
+def _decode_batch(body: bytes) -> list[Item]:
+    newline = body.index(b"\n")
+    header = json.loads(body[:newline])
+    items: list[Item] = []
+    offset = newline + 1
+    for topic, at, size in zip(header["topics"], header["at"], header["sizes"], strict=True):
+        items.append((topic, body[offset : offset + size], datetime.fromisoformat(at)))
+        offset += size
+    return items
+
+
+class WriterProcess:
+    """A ``BatchWriter`` in a child process; ``write`` blocks until the child answers."""
+
+    def __init__(self, spec: StoreSpec, on_store_error: Callable[[str], object] = lambda reason: None) -> None:
+        self.spec = spec
+        self.on_store_error = on_store_error
+        self.stopping = threading.Event()  # set: the next outage report ends the child
+        self._child = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "cloud_sync.aggregator.writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert child.stdin is not None
+        assert child.stdout is not None
+        spec = {"url": self.spec.url, "schema": self.spec.schema, "sqlite_sync": self.spec.sqlite_sync}
+        with contextlib.suppress(OSError):  # a child gone already is reported below
+            _send(child.stdin, json.dumps(spec).encode())
+        if _receive(child.stdout) is None:  # it answers once it has its store
+            child.kill()
+            raise WriterGone(f"writer process could not start (exit code {child.wait(10)}); see its log above")
+        return child
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+    def write(self, items: Sequence[Item]) -> Outcome | None:
+        """The child's outcome; None when stopping during an outage (the child is ended).
+        Raises WriterGone when the child died: start a new one with ``restart``."""
+        child = self._child
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            _send(child.stdin, _encode_batch(items))
+        except (BrokenPipeError, ValueError, OSError) as exc:
+            raise WriterGone(f"writer process {child.pid} is gone ({type(exc).__name__})") from None
+        while True:
+            body = _receive(child.stdout)
+            if body is None:
+                raise WriterGone(f"writer process {child.pid} exited ({child.poll()})")
+            reply = json.loads(body)
+            if "error" in reply:  # a bug met on this batch: the child lives on, the batch stays unacked
+                raise RuntimeError(f"writer process: {reply['error']}")
+            if "store_error" not in reply:
+                return Outcome.from_json(reply)
+            self.on_store_error(reply["store_error"])
+            if self.stopping.is_set():
+                self.kill()
+                return None
+
+    def restart(self) -> None:
+        self.kill()
+        self._child = self._spawn()
+
+    def kill(self) -> None:
+        self._child.kill()
+        self._child.wait(10)
+        self._close_pipes()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End of input: the child finishes and exits; killed if it does not."""
+        try:
+            if self._child.stdin is not None:
+                self._child.stdin.close()
+            self._child.wait(timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            self._child.kill()
+            self._child.wait(10)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for stream in (self._child.stdin, self._child.stdout):
+            if stream is not None and not stream.closed:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
+    first = _receive(stdin)
+    if first is None:
+        return 1
+    spec = json.loads(first)
+    store = Store(make_engine(spec["url"], spec["schema"], spec["sqlite_sync"]))
+    writer = BatchWriter(store, on_store_error=lambda why: _send(stdout, json.dumps({"store_error": why}).encode()))
+    _send(stdout, b'{"ready": true}')
+    while (body := _receive(stdin)) is not None:
+        try:
+            outcome = writer.write(_decode_batch(body))
+        except Exception as exc:  # a bug in one batch must not end the writer
+            log.exception("batch failed")
+            _send(stdout, json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]}).encode())
+            continue
+        if outcome is None:  # only when stopping, which a child is not told: it is killed instead
+            return 1
+        _send(stdout, outcome.to_json())
+    store.engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group: the parent decides when its writer ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s writer %(levelname)s %(message)s")
+    sys.exit(_serve(sys.stdin.buffer, sys.stdout.buffer))
