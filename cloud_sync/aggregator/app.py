@@ -24,7 +24,7 @@ from cloud_sync.aggregator.broker import BrokerConfig
 from cloud_sync.aggregator.broker_log import BrokerLogWatch
 from cloud_sync.aggregator.commands import CommandDesk, CommandSigner
 from cloud_sync.aggregator.events import EventBus
-from cloud_sync.aggregator.ingest import AlertHook, Ingest
+from cloud_sync.aggregator.ingest import AlertHook, Ingest, relax_gc
 from cloud_sync.aggregator.metrics import IngestMetrics
 from cloud_sync.aggregator.store import Store, make_engine
 from cloud_sync.aggregator.writer import StoreSpec
@@ -128,6 +128,7 @@ class Aggregator:
         try:
             self.ingest.start(timeout)
             self._serve(timeout)
+            relax_gc()
         except BaseException:
             self.stop()
             raise

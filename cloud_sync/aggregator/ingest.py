@@ -9,6 +9,7 @@ commit and ack makes the broker redeliver, and the primary key on ``alerts.id`` 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -41,6 +42,22 @@ LINGER_QUIET_S = 0.002  # a batch stops gathering when nothing arrived for this 
 QOS0_BACKLOG = 20000  # heartbeats and telemetry held for the writer before new ones are shed
 
 AlertHook = Callable[[Alert], object]
+
+
+def relax_gc(young: int = 10_000) -> None:
+    """Tune the cyclic garbage collector of a process that ingests.
+
+    Every message allocates a few container objects (paho's message and properties, the
+    decoded alert) that plain reference counting frees. The collector's default still runs
+    a young-generation pass every 700 net allocations, and every hundredth pass scans the
+    whole heap, each holding the GIL that paho's network thread needs. ``gc.freeze`` takes
+    what is alive now (modules, the app) out of those scans. Measured with ``s4edge bench
+    ingest --messages 20000 --writer process``, in A/B runs on a noisy 2-core machine:
+    0.63 and 0.75 of the bare peer without it, 0.82 with it.
+    Process-wide, as the collector is; an aggregator calls it once it has started.
+    """
+    gc.freeze()
+    gc.set_threshold(young, 20, 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,12 +274,12 @@ class Ingest:
         if len(pending) >= self.batch_max and not self._full.is_set():
             self._full.set()
 
-    def _next_batch(self) -> list[Received]:
-        """Up to ``batch_max`` received messages; empty after 0.2 s without any."""
+    def _next_batch(self, idle_wait: float = 0.2) -> list[Received]:
+        """Up to ``batch_max`` received messages; empty after ``idle_wait`` without any."""
         if not self._pending:
             self._arrived.clear()
             # Checked again after clear(): a message appended in between has set the event or is seen here.
-            if not self._pending and not self._arrived.wait(0.2):
+            if not self._pending and not self._arrived.wait(idle_wait):
                 return []
         pending = self._pending
         # Messages arrive one by one: taken as they come, a burst becomes hundreds of tiny
@@ -289,25 +306,83 @@ class Ingest:
         return batch
 
     def _write_loop(self) -> None:
+        # With a writer process, a batch it has committed is acked and announced while it
+        # writes the next one, so that it does not wait for this thread between batches.
+        held: Committed | None = None
         while True:
-            batch = self._next_batch()
+            batch = self._next_batch(idle_wait=0.2 if held is None else 0.0)
             if not batch:
-                if self._stopping.is_set():
+                if held is not None:
+                    self._finish(held)
+                    held = None
+                elif self._stopping.is_set():
                     return
                 continue
+            previous, held = held, None
             try:
-                self.process(batch)
+                held = self._commit(batch, previous)
+                if self._child is None and held is not None:
+                    self._finish(held)
+                    held = None
             except Exception:  # a bug in one batch must not stop ingest
                 log.exception(
                     "ingest batch of %d failed; left unacked, the broker redelivers it on reconnect", len(batch)
                 )
+            finally:
+                if previous is not None and not previous.finished:
+                    self._finish(previous)
 
     # -- validate, commit, acknowledge -------------------------------------------------------------
 
     def process(self, received: Sequence[Received]) -> None:
-        outcome = self._write([(item.topic, item.payload, item.at) for item in received])
-        if outcome is None:
-            return  # stopping during a store outage: leave unacked, the broker redelivers
+        """Validate, commit, acknowledge and announce one batch."""
+        committed = self._commit(received)
+        if committed is not None:
+            self._finish(committed)
+
+    def _commit(self, received: Sequence[Received], previous: Committed | None = None) -> Committed | None:
+        """Have the batch validated and committed; None when stopping during a store outage
+        (nothing is then acked: the broker redelivers). ``previous`` is finished while the
+        writer process commits this one."""
+        # Building the live record costs as much as storing the row: only for someone watching.
+        live = self.events is not None and self.events.subscribers > 0
+        announcing = live or bool(self.on_alert_stored)
+        items = [(item.topic, item.payload, item.at) for item in received]
+        child = self._child
+        if child is None:
+            outcome = self.writer.write(items)
+            if outcome is None:
+                return None
+            batch = outcome.batch
+            decoded = {batch.alert_index[i]: pair for i, pair in batch.alerts.items()} if batch else {}
+            return Committed(received, outcome, decoded, live)
+        try:
+            child.submit(items)
+        except WriterGone as exc:
+            if self._stopping.is_set():
+                return None
+            log.warning("%s; starting another and writing the batch again", exc)
+            child.restart()
+            child.submit(items)  # a second loss is the loop's to log: the batch stays unacked
+        if previous is not None:
+            self._finish(previous)
+        # The child validates these payloads too; decoding them again here, while it commits,
+        # gives the hooks their Alert objects without lengthening the batch.
+        decoded = _alerts_of(received) if announcing else {}
+        try:
+            outcome = child.result()
+        except WriterGone as exc:
+            if self._stopping.is_set():
+                return None
+            log.warning("%s; starting another and writing the batch again", exc)
+            child.restart()
+            outcome = child.write(items)
+        return Committed(received, outcome, decoded, live) if outcome is not None else None
+
+    def _finish(self, committed: Committed) -> None:
+        """Count, acknowledge, then announce a committed batch."""
+        committed.finished = True
+        outcome, received = committed.outcome, committed.received
         self._count(outcome)
         done = time.monotonic()
         client, generation, observe = self._client, self._generation, self.metrics.latency.observe
@@ -315,20 +390,11 @@ class Ingest:
             observe(done - item.t0)
             if item.qos > 0 and item.generation == generation and client is not None:
                 client.ack(item.mid, item.qos)
-        self._announce(outcome, received)
-
-    def _write(self, items: list[tuple[str | None, bytes, datetime]]) -> Outcome | None:
-        child = self._child
-        if child is None:
-            return self.writer.write(items)
-        try:
-            return child.write(items)
-        except WriterGone as exc:
-            if self._stopping.is_set():
-                return None
-            log.warning("%s; starting another and writing the batch again", exc)
-            child.restart()
-            return child.write(items)  # a second loss is the loop's to log: the batch stays unacked
+        if committed.live or self.on_alert_stored:
+            self._announce_alerts(outcome, committed.decoded, committed.live)
+        if self.events is not None:
+            for site, node_id, change in outcome.nodes:
+                self.events.publish("node", {"site": site, "node_id": node_id, "change": change})
 
     def _count(self, outcome: Outcome) -> None:
         """One counter update per type per batch, not per message."""
@@ -348,36 +414,45 @@ class Ingest:
         self.metrics.rejected.labels(reason).inc()
         self.rejections.note(reason, topic, detail)
 
-    def _announce(self, outcome: Outcome, received: Sequence[Received]) -> None:
-        # Building the live record costs as much as storing the row: only for someone watching.
-        live = self.events is not None and self.events.subscribers > 0
-        if (live or self.on_alert_stored) and outcome.new_alerts:
-            for alert, at in self._new_alerts(outcome, received):
-                if live and self.events is not None:
-                    self.events.publish("alert", alert_record(alert, at))
-                for hook in self.on_alert_stored:
-                    try:
-                        hook(alert)
-                    except Exception:  # a subscriber's bug must not stop ingest
-                        log.exception("on_alert_stored hook %r failed for alert %s", hook, alert.id)
-        if self.events is not None:
-            for site, node_id, change in outcome.nodes:
-                self.events.publish("node", {"site": site, "node_id": node_id, "change": change})
-
-    @staticmethod
-    def _new_alerts(outcome: Outcome, received: Sequence[Received]) -> list[tuple[Alert, datetime]]:
-        batch = outcome.batch
-        if batch is not None:
-            id_at = {index: alert_id for alert_id, index in batch.alert_index.items()}
-            return [batch.alerts[id_at[index]] for index in outcome.new_alerts]
-        # Written in the child: it validated these payloads, so decoding them again cannot fail.
-        new = []
+    def _announce_alerts(self, outcome: Outcome, decoded: Decoded, live: bool) -> None:
         for index in outcome.new_alerts:
-            item = received[index]
-            try:
-                message = decode_from(item.topic or "", item.payload)
-            except MessageError:
+            if index not in decoded:
                 continue
-            if isinstance(message, Alert):
-                new.append((message, item.at))
-        return new
+            alert, at = decoded[index]
+            if live and self.events is not None:
+                self.events.publish("alert", alert_record(alert, at))
+            for hook in self.on_alert_stored:
+                try:
+                    hook(alert)
+                except Exception:  # a subscriber's bug must not stop ingest
+                    log.exception("on_alert_stored hook %r failed for alert %s", hook, alert.id)
+
+
+Decoded = dict[int, tuple[Alert, datetime]]  # place in the batch → the alert there, and when it came
+
+
+@dataclass
+class Committed:
+    """A batch the store has, not yet acknowledged and announced."""
+
+    received: Sequence[Received]
+    outcome: Outcome
+    decoded: Decoded
+    live: bool
+    finished: bool = False
+
+
+def _alerts_of(received: Sequence[Received]) -> Decoded:
+    decoded: Decoded = {}
+    for index, item in enumerate(received):
+        if index % 32 == 31:
+            time.sleep(0)  # hand the GIL to paho's thread now and then: it reads on while we decode
+        if item.topic is None or not item.topic.endswith("/alert"):
+            continue
+        try:
+            message = decode_from(item.topic, item.payload)
+        except MessageError:
+            continue  # refused by the writer too
+        if isinstance(message, Alert):
+            decoded[index] = (message, item.at)
+    return decoded

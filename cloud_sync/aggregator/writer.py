@@ -332,12 +332,21 @@ class WriterProcess:
     def write(self, items: Sequence[Item]) -> Outcome | None:
         """The child's outcome; None when stopping during an outage (the child is ended).
         Raises WriterGone when the child died: start a new one with ``restart``."""
+        self.submit(items)
+        return self.result()
+
+    def submit(self, items: Sequence[Item]) -> None:
+        """Hand a batch over; ``result`` waits for its outcome."""
         child = self._child
-        assert child.stdin is not None and child.stdout is not None
+        assert child.stdin is not None
         try:
             _send(child.stdin, _encode_batch(items))
         except (BrokenPipeError, ValueError, OSError) as exc:
             raise WriterGone(f"writer process {child.pid} is gone ({type(exc).__name__})") from None
+
+    def result(self) -> Outcome | None:
+        child = self._child
+        assert child.stdout is not None
         while True:
             body = _receive(child.stdout)
             if body is None:

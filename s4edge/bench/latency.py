@@ -29,7 +29,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def measure(count: int, workdir: Path) -> list[float]:
+def measure(count: int, workdir: Path, writer: str = "process") -> list[float]:
     from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
     from cloud_sync.aggregator.broker import BrokerConfig
     from edge.alerts import Level, ThresholdRule, ValueAlarm
@@ -55,7 +55,9 @@ def measure(count: int, workdir: Path) -> list[float]:
             "outbox": {"path": str(workdir / "outbox.db")},
             "alerts": {"update_interval_s": 0},
         }
-        aggregator = Aggregator(AggregatorConfig(BrokerConfig(broker.url), db_url=f"sqlite:///{workdir}/agg.db"))
+        aggregator = Aggregator(
+            AggregatorConfig(BrokerConfig(broker.url), db_url=f"sqlite:///{workdir}/agg.db", writer=writer)
+        )
         aggregator.on_alert_stored.append(on_stored)
         with aggregator:
             node = Node(parse_config(config, "bench node"))
@@ -83,15 +85,19 @@ def measure(count: int, workdir: Path) -> list[float]:
 
 def latency(
     count: int = typer.Option(1000, "--count", help="Alerts to time (≥ 1,000 for a stable p99)."),
+    writer: str = typer.Option("process", "--writer", help="The aggregator's writer: process (its default) or thread"),
 ) -> None:
     """Threshold crossing → row committed at the aggregator (p50/p99, ms)."""
+    if writer not in ("process", "thread"):
+        raise typer.BadParameter(f"{writer!r}: process or thread", param_hint="--writer")
     with tempfile.TemporaryDirectory(prefix="s4edge-bench-") as tmp:
-        values = measure(count, Path(tmp))
+        values = measure(count, Path(tmp), writer)
     p99 = percentile(values, 99)
     typer.echo(
         json.dumps(
             {
                 "bench": "latency",
+                "writer": writer,
                 "alerts": len(values),
                 "p50_ms": round(statistics.median(values), 2),
                 "p90_ms": round(percentile(values, 90), 2),
