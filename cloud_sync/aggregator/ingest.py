@@ -31,7 +31,7 @@ from cloud_sync.aggregator.events import EventBus
 from cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
 from cloud_sync.aggregator.store import Store
 from cloud_sync.aggregator.views import alert_record
-from cloud_sync.aggregator.writer import SUFFIXES, BatchWriter, Outcome, StoreSpec, WriterGone, WriterProcess
+from cloud_sync.aggregator.writer import SUFFIXES, BatchWriter, Item, Outcome, StoreSpec, WriterGone, WriterProcess
 from cloud_sync.messages import Alert, MessageError, decode_from, fleet_filter
 
 log = logging.getLogger("s4edge.aggregator")
@@ -364,20 +364,29 @@ class Ingest:
             log.warning("%s; starting another and writing the batch again", exc)
             child.restart()
             child.submit(items)  # a second loss is the loop's to log: the batch stays unacked
-        if previous is not None:
-            self._finish(previous)
-        # The child validates these payloads too; decoding them again here, while it commits,
-        # gives the hooks their Alert objects without lengthening the batch.
-        decoded = _alerts_of(received) if announcing else {}
         try:
-            outcome = child.result()
+            if previous is not None:
+                self._finish(previous)
+            # The child validates these payloads too; decoding them again here, while it
+            # commits, gives the hooks their Alert objects without lengthening the batch.
+            decoded = _alerts_of(received) if announcing else {}
+        except Exception:
+            self._result(child, items)  # read this batch's answer all the same: the next is the next's
+            raise
+        outcome = self._result(child, items)
+        return Committed(received, outcome, decoded, live) if outcome is not None else None
+
+    def _result(self, child: WriterProcess, items: list[Item]) -> Outcome | None:
+        try:
+            return child.result()
         except WriterGone as exc:
             if self._stopping.is_set():
                 return None
+            # Alerts it committed before it died come back as duplicates: stored, not announced
+            # (NG112 reconciles what it missed when it next starts).
             log.warning("%s; starting another and writing the batch again", exc)
             child.restart()
-            outcome = child.write(items)
-        return Committed(received, outcome, decoded, live) if outcome is not None else None
+            return child.write(items)
 
     def _finish(self, committed: Committed) -> None:
         """Count, acknowledge, then announce a committed batch."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import select
 import signal
 import struct
 import subprocess
@@ -51,6 +52,7 @@ log = logging.getLogger("s4edge.aggregator")
 SUFFIXES = ("status", "heartbeat", "telemetry", "alert", "cmd_result")
 Item = tuple[str | None, bytes, datetime]  # topic (None: not UTF-8), payload, when it was received
 _LENGTH = struct.Struct(">I")
+READY_TIMEOUT_S = 30.0  # importing, and opening the store (a PostgreSQL schema takes a lock)
 
 
 @dataclass
@@ -320,9 +322,16 @@ class WriterProcess:
         spec = {"url": self.spec.url, "schema": self.spec.schema, "sqlite_sync": self.spec.sqlite_sync}
         with contextlib.suppress(OSError):  # a child gone already is reported below
             _send(child.stdin, json.dumps(spec).encode())
-        if _receive(child.stdout) is None:  # it answers once it has its store
+        ready, _, _ = select.select([child.stdout], [], [], READY_TIMEOUT_S)
+        if not ready or _receive(child.stdout) is None:  # it answers once it has its store
             child.kill()
-            raise WriterGone(f"writer process could not start (exit code {child.wait(10)}); see its log above")
+            code = child.wait(10)
+            for stream in (child.stdin, child.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()
+            raise WriterGone(
+                f"writer process did not start within {READY_TIMEOUT_S:.0f} s (exit code {code}); see its log above"
+            )
         return child
 
     @property

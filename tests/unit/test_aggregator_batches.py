@@ -345,3 +345,28 @@ def test_the_writer_process_answers_what_the_thread_writer_answers(tmp_path: Pat
     assert outcome.received == {"alert": 4, "other": 1, "heartbeat": 1}
     assert outcome.nodes == [("s1", "n1", "heartbeat")]
     assert again.new_alerts == [] and again.duplicates == 2
+
+
+def test_a_failure_while_the_writer_process_commits_does_not_shift_the_answers(tmp_path: Path) -> None:
+    """Batch k is finished while the child commits batch k+1. If finishing k fails, k+1's
+    answer must still be read, or every later batch would be acked on its predecessor's."""
+    url = f"sqlite:///{tmp_path / 'agg.db'}"
+    store = Store(make_engine(url))
+    store.create_all()
+    ingest = Ingest(
+        BrokerConfig("mqtt://127.0.0.1:1"), store, IngestMetrics(), client_id="t", writer_process=StoreSpec(url)
+    )
+    ingest.open_writer()
+    try:
+        first = ingest._commit([received(topic_for(alert(1)), encode(alert(1)))])
+        assert first is not None
+        first.outcome.rejects.append(("no_such_reason", "t", "finishing this batch fails"))
+        ingest._reject = lambda *args: (_ for _ in ()).throw(RuntimeError("a bug while finishing"))  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="a bug while finishing"):
+            ingest._commit([received(topic_for(alert(2)), encode(alert(2)))], first)
+        three = [received(topic_for(alert(s)), encode(alert(s))) for s in (3, 4, 5)]
+        third = ingest._commit(three)
+    finally:
+        ingest.stop()
+    assert third is not None and third.outcome.stored == {"alert": 3} and third.outcome.new_alerts == [0, 1, 2]
+    assert store.count_alerts() == 5
