@@ -313,7 +313,7 @@ class Ingest:
             batch = self._next_batch(idle_wait=0.2 if held is None else 0.0)
             if not batch:
                 if held is not None:
-                    self._finish(held)
+                    self._finish_logged(held)
                     held = None
                 elif self._stopping.is_set():
                     return
@@ -321,16 +321,21 @@ class Ingest:
             previous, held = held, None
             try:
                 held = self._commit(batch, previous)
-                if self._child is None and held is not None:
-                    self._finish(held)
-                    held = None
             except Exception:  # a bug in one batch must not stop ingest
                 log.exception(
                     "ingest batch of %d failed; left unacked, the broker redelivers it on reconnect", len(batch)
                 )
-            finally:
-                if previous is not None and not previous.finished:
-                    self._finish(previous)
+            if previous is not None and not previous.finished:
+                self._finish_logged(previous)
+            if held is not None and self._child is None:
+                self._finish_logged(held)
+                held = None
+
+    def _finish_logged(self, committed: Committed) -> None:
+        try:
+            self._finish(committed)
+        except Exception:  # stored all the same; a bug in acking or announcing must not stop ingest
+            log.exception("finishing a stored batch of %d failed", len(committed.received))
 
     # -- validate, commit, acknowledge -------------------------------------------------------------
 

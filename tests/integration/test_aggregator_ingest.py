@@ -286,3 +286,32 @@ def test_a_killed_writer_process_is_replaced_and_its_batch_written_again(
         assert child.pid != first_pid
         ids = [row.id for row in running.store.engine.connect().execute(select(alerts_table.c.id))]
     assert len(ids) == total and set(ids) == {alert(s).id for s in range(total)}
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_bug_while_acking_a_stored_batch_does_not_stop_ingest(
+    broker: Mosquitto, node: mqtt.Client, tmp_path: Path, writer: str
+) -> None:
+    config = AggregatorConfig(
+        BrokerConfig(broker.url), db_url=f"sqlite:///{tmp_path / 'agg.db'}", client_id="agg-b", writer=writer
+    )
+    told: list[str] = []
+    with Aggregator(config) as running:
+        ingest = running.ingest
+        real_count, failures = ingest._count, [1]
+
+        def count_once_broken(outcome: Any) -> None:
+            if failures:
+                failures.clear()
+                raise RuntimeError("a bug while finishing a batch")
+            real_count(outcome)
+
+        ingest._count = count_once_broken  # type: ignore[method-assign]
+        running.on_alert_stored.append(lambda a: told.append(a.id))
+        publish(node, alert(1))
+        wait_until(
+            lambda: not failures and running.store.count_alerts() == 1, what="the first batch, finished with a bug"
+        )
+        publish(node, alert(2))
+        wait_until(lambda: told == [alert(2).id], what="the next batch, stored and announced")
+    assert running.store.count_alerts() == 2
