@@ -18,6 +18,9 @@ from typing import Any, TextIO
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+LOG_FORMAT_ENV = "S4EDGE_LOG_FORMAT"  # "json": child processes log as their parent was told to
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

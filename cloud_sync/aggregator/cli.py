@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
 
 import typer
 
-from cloud_sync.logfmt import json_handler
+from cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
 
 aggregator_app = typer.Typer(help="The central aggregator: ingest, store, HTTP API, dashboard.", no_args_is_help=True)
 
@@ -108,6 +109,7 @@ def run(
         raise typer.BadParameter(f"{writer!r}: process or thread", param_hint="--writer")
     if log_format == "json":
         logging.basicConfig(level=logging.INFO, handlers=[json_handler()], force=True)
+        os.environ[LOG_FORMAT_ENV] = "json"  # for the writer process, which inherits it
     else:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import select
 import signal
 import struct
@@ -36,6 +37,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 
 from cloud_sync.aggregator.alert_rows import AlertRows
 from cloud_sync.aggregator.store import Store, make_engine
+from cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
 from cloud_sync.messages import (
     Alert,
     Command,
@@ -200,8 +202,8 @@ class BatchWriter:
                 if not _transient(exc):
                     raise
                 reason = type(exc.orig).__name__
-                self.on_store_error(reason)
                 log.warning("store unavailable (%s); retrying in %.1f s", reason, delay)
+                self.on_store_error(reason)
             if self.stopping.wait(delay):
                 return None
             delay = min(delay * 2, 10.0)
@@ -422,5 +424,8 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
 if __name__ == "__main__":
     # Ctrl-C reaches the whole process group: the parent decides when its writer ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s writer %(levelname)s %(message)s")
+    if os.environ.get(LOG_FORMAT_ENV) == "json":
+        logging.basicConfig(level=logging.WARNING, handlers=[json_handler()])
+    else:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s writer %(levelname)s %(message)s")
     sys.exit(_serve(sys.stdin.buffer, sys.stdout.buffer))

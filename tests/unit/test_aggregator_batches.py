@@ -26,6 +26,7 @@ from cloud_sync.aggregator.store import AlertQuery, Store, make_engine
 from cloud_sync.aggregator.store import alerts as alerts_table
 from cloud_sync.aggregator.views import utc
 from cloud_sync.aggregator.writer import StoreSpec, WriterProcess
+from cloud_sync.logfmt import LOG_FORMAT_ENV
 from cloud_sync.messages import (
     Alert,
     Box,
@@ -370,3 +371,16 @@ def test_a_failure_while_the_writer_process_commits_does_not_shift_the_answers(t
         ingest.stop()
     assert third is not None and third.outcome.stored == {"alert": 3} and third.outcome.new_alerts == [0, 1, 2]
     assert store.count_alerts() == 5
+
+
+def test_the_writer_process_logs_in_the_format_its_parent_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(LOG_FORMAT_ENV, "json")
+    writer = WriterProcess(StoreSpec(f"sqlite:///{tmp_path / 'no-such-dir' / 'agg.db'}"))
+    writer.on_store_error = lambda reason: writer.stopping.set()
+    one = alert(1)
+    assert writer.write([(topic_for(one), encode(one), T0)]) is None
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line the child wrote is one JSON object
+    assert any("store unavailable" in r["msg"] for r in records)
