@@ -6,6 +6,12 @@ reconnects and the clock runs until it has handled all N. The bare subscriber
 only counts (paho auto-acks); the aggregator validates, de-duplicates, commits
 to SQLite and only then acks. Both see the same broker, in-flight window and
 subscriptions, so the ratio isolates the aggregator's own cost.
+
+Each run measures the bare peer and then every variant on one fresh broker; a variant's
+ratio is the median over runs of its rate over that run's bare rate. Variants: the
+writer in a process (``aggregator run``'s default) or a thread, each without and with
+one after-commit hook (NG112 forwarding attaches one; it makes the aggregator build
+every new alert as an object in its own process).
 """
 
 from __future__ import annotations
