@@ -74,6 +74,7 @@ class Capture:
         self._fault: str | None = None
         self._ended = False
         self._reading_since: float | None = None
+        self._unblocking = threading.Event()  # a closer thread is releasing a stalled read
         self.dropped = 0
         self.reopens = 0
 
@@ -146,6 +147,7 @@ class Capture:
                 return
             finally:
                 self._reading_since = None
+                self._unblocking.clear()
             if not ok or image is None:
                 if not (self.finite and self._fault is None and self._seq > 0):
                     self._set_fault(f"{self.source.name}: camera stopped delivering frames")
@@ -180,14 +182,23 @@ class Capture:
     def state(self) -> CameraState:
         """The camera as the pipeline should report it. A read blocked for longer than
         ``stall_after_s`` is a stall: the source is closed, which unblocks the read
-        (as ``VideoCapture.release`` does) and makes the thread reopen it."""
+        (as ``VideoCapture.release`` does) and makes the thread reopen it. The close runs
+        in a thread of its own, once per stall: a backend may block in it too, and the
+        pipeline that asks must go on reporting the fault."""
         since = self._reading_since
-        if since is not None and self._clock() - since > self.stall_after_s:
+        if since is not None and self._clock() - since > self.stall_after_s and not self._unblocking.is_set():
             self._set_fault(f"{self.source.name}: no frame for {self.stall_after_s:g} s (stalled)")
-            self.source.close()
+            self._unblocking.set()
+            threading.Thread(target=self._close_stalled, name=f"unstall-{self.source.name}", daemon=True).start()
         with self._cond:
             drained = self._latest is None or self._latest.seq <= self._consumed_seq
             return CameraState(ok=self._fault is None, reason=self._fault, ended=self._ended and drained)
+
+    def _close_stalled(self) -> None:
+        try:
+            self.source.close()
+        except Exception as exc:  # reported, not raised: this thread has no caller
+            self._set_fault(f"{self.source.name}: stalled, and close failed ({type(exc).__name__}: {exc})")
 
     def wait_frame(self, timeout: float) -> CapturedFrame | None:
         """The newest frame not yet handed out, waiting up to ``timeout`` seconds."""

@@ -263,3 +263,42 @@ def test_make_demo_clip_builds_a_replayable_clip_with_a_still_stretch(shared: Pa
     still = decoded[10:15]  # after the second photo (index len // 2 == 1)
     assert all(np.abs(f.astype(int) - still[0].astype(int)).max() <= 2 for f in still)
     assert np.abs(decoded[0].astype(int) - decoded[4].astype(int)).mean() > 1  # the pan moves
+
+
+class SlowToClose(SimulatedCamera):
+    """A backend whose release blocks while a read hangs, until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__(period_s=0.002)
+        self.release = threading.Event()
+        self.closing = threading.Event()  # a close has begun and is blocked
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+        self.closing.set()
+        self.release.wait(10.0)
+        self.closing.clear()
+        super().close()
+
+
+def test_a_stall_is_reported_at_once_even_when_closing_the_camera_blocks() -> None:
+    camera = SlowToClose()
+    capture = Capture(camera, stall_after_s=0.1, backoff=Backoff(0.01, 0.05))
+    capture.start()
+    try:
+        assert capture.wait_frame(timeout=2.0) is not None
+        camera.stall()
+        assert wait_until(lambda: not capture.state().ok)
+        assert wait_until(camera.closing.is_set)
+        for _ in range(20):  # the pipeline asks every frame: it must not wait on the close
+            assert "stalled" in (capture.state().reason or "")
+        assert camera.closing.is_set(), "the answers came while the close was still blocked"
+        assert camera.closes == 1  # one close per stall, not one per question
+        camera.release.set()
+        camera.unstall()
+        assert wait_until(lambda: capture.state().ok)
+        assert camera.opens >= 2
+    finally:
+        camera.release.set()
+        capture.stop()
