@@ -42,9 +42,14 @@ def pg_schema() -> Iterator[str]:
     engine.dispose()
 
 
-def replica(broker: Mosquitto, schema: str, name: str) -> Aggregator:
+def replica(broker: Mosquitto, schema: str, name: str, writer: str = "thread") -> Aggregator:
     config = AggregatorConfig(
-        BrokerConfig(broker.url), db_url=POSTGRES, db_schema=schema, client_id=name, group="replicas-test"
+        BrokerConfig(broker.url),
+        db_url=POSTGRES,
+        db_schema=schema,
+        client_id=name,
+        group="replicas-test",
+        writer=writer,
     )
     return Aggregator(config)
 
@@ -74,7 +79,8 @@ def stored(aggregator: Aggregator) -> float:
 def test_two_replicas_split_the_load_and_store_each_alert_once(
     broker: Mosquitto, pg_schema: str, node: mqtt.Client, tmp_path: Path
 ) -> None:
-    first, second = replica(broker, pg_schema, "replica-a"), replica(broker, pg_schema, "replica-b")
+    # one commits in its ingest thread, the other in a writer process (aggregator run's default)
+    first, second = replica(broker, pg_schema, "replica-a"), replica(broker, pg_schema, "replica-b", "process")
     first.start()
     second.start()
     try:
