@@ -462,8 +462,6 @@ def _alerts_of(received: Sequence[Received]) -> Decoded:
     decoded: Decoded = {}
     validate = Alert.model_validate_json
     for index, item in enumerate(received):
-        if index % 32 == 31:
-            time.sleep(0)  # hand the GIL to paho's thread now and then: it reads on while we decode
         if item.topic is None or not item.topic.endswith("/alert"):
             continue
         try:
