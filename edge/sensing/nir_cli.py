@@ -134,15 +134,21 @@ def predict(
         raise _fail(str(exc)) from None
     if not spectra:
         raise _fail("nothing to predict: give --csv, --url or --sim")
-    table = Table(title=f"{meta['name']} ({meta['kind']}, {model.n_components} LV)")
-    for col in ("spectrum", "prediction", "confidence", "T²/limit", "Q/limit"):
-        table.add_column(col)
+    rows: list[tuple[str, str, str, str, str]] = []
     for origin, spectrum in spectra:
         try:
             p = model.predict(align(spectrum, model))[0]
         except SpectrumError as exc:
-            table.add_row(origin, f"[red]{exc}[/red]", "", "", "")
+            rows.append((origin, f"[red]{escape(str(exc))}[/red]", "", "", ""))
             continue
         shown = p.label if p.label is not None else ", ".join(f"{v:.4g}" for v in p.values)
-        table.add_row(origin, shown, f"{p.confidence:.2f}", f"{p.t2 / p.t2_limit:.2f}", f"{p.q / p.q_limit:.2f}")
+        rows.append((origin, shown, f"{p.confidence:.2f}", f"{p.t2 / p.t2_limit:.2f}", f"{p.q / p.q_limit:.2f}"))
+    table = Table(title=f"{meta['name']} ({meta['kind']}, {model.n_components} LV)")
+    # A narrow terminal folds a long spectrum path; it never cuts the prediction short.
+    table.add_column("spectrum", overflow="fold")
+    table.add_column("prediction", overflow="fold", min_width=min(40, max(len(r[1]) for r in rows)))
+    for col in ("confidence", "T²/limit", "Q/limit"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
