@@ -32,7 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_sync.outbox import Outbox
+from s4edge.cloud_sync.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from drivers.errors import ConversionTimeout, I2CError
-from drivers.i2c import I2CBus
+from s4edge.drivers.errors import ConversionTimeout, I2CError
+from s4edge.drivers.i2c import I2CBus
 
 DEFAULT_ADDRESS: Final = 0x48  # ADDR pin to GND (datasheet table 4)
 

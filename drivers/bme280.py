@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from drivers.errors import ConversionTimeout, I2CError, WrongDevice
-from drivers.i2c import I2CBus
+from s4edge.drivers.errors import ConversionTimeout, I2CError, WrongDevice
+from s4edge.drivers.i2c import I2CBus
 
 DEFAULT_ADDRESS: Final = 0x77  # SDO to VDDIO; 0x76 with SDO to GND (§6.2)
 CHIP_ID: Final = 0x60

@@ -33,8 +33,8 @@ from typing import Final
 
 import numpy as np
 
-from drivers.errors import SpectrometerError
-from drivers.spectrometer import Spectrum
+from s4edge.drivers.errors import SpectrometerError
+from s4edge.drivers.spectrometer import Spectrum
 
 SYNC: Final = b"\xa5\x5a"
 HEADER: Final = 5  # sync, length, type

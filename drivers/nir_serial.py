@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drivers.errors import SpectrometerError, SpectrometerTimeout
-from drivers.nir_frame import ACQUIRE, ERROR, INFO, INFO_REPLY, SPECTRUM, Frame, FrameReader, decode_spectrum
-from drivers.spectrometer import Spectrum
+from s4edge.drivers.errors import SpectrometerError, SpectrometerTimeout
+from s4edge.drivers.nir_frame import ACQUIRE, ERROR, INFO, INFO_REPLY, SPECTRUM, Frame, FrameReader, decode_spectrum
+from s4edge.drivers.spectrometer import Spectrum
 
 
 class SerialSpectrometer:

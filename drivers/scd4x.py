@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from drivers.i2c import I2CBus
-from drivers.sensirion import SensirionLink
+from s4edge.drivers.i2c import I2CBus
+from s4edge.drivers.sensirion import SensirionLink
 
 DEFAULT_ADDRESS: Final = 0x62  # datasheet, "I2C Communication"
 

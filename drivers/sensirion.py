@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from drivers.errors import CRCError, I2CError
-from drivers.i2c import I2CBus
+from s4edge.drivers.errors import CRCError, I2CError
+from s4edge.drivers.i2c import I2CBus
 
 CRC_POLYNOMIAL = 0x31
 CRC_INIT = 0xFF

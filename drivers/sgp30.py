@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from drivers.errors import WrongDevice
-from drivers.i2c import I2CBus
-from drivers.sensirion import SensirionLink
+from s4edge.drivers.errors import WrongDevice
+from s4edge.drivers.i2c import I2CBus
+from s4edge.drivers.sensirion import SensirionLink
 
 DEFAULT_ADDRESS: Final = 0x58  # datasheet, "I2C Communication"
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from cloud_sync.messages import (
+from s4edge.cloud_sync.messages import (
     SEVERITIES,
     AlertState,
     AlertStatus,

@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
-from cloud_sync.messages import (
+from s4edge.cloud_sync.messages import (
     Alert,
     Command,
     CommandResult,
@@ -39,13 +39,13 @@ from cloud_sync.messages import (
     topic,
     utc_now,
 )
-from cloud_sync.outbox import TELEMETRY, Outbox
-from cloud_sync.uplink import Backoff, Forwarder, MqttUplink, Uplink, UplinkSettings
-from edge.alerts import AlertDraft, IncidentBook
-from edge.config import ConfigError, config_digest, parse_config_text
-from edge.health import Health, ServiceNotifier, Vitals
-from edge.signatures import CommandVerifier
-from edge.sources import AlertSource, SourceContext, load_plugins
+from s4edge.cloud_sync.outbox import TELEMETRY, Outbox
+from s4edge.cloud_sync.uplink import Backoff, Forwarder, MqttUplink, Uplink, UplinkSettings
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.config import ConfigError, config_digest, parse_config_text
+from s4edge.edge.health import Health, ServiceNotifier, Vitals
+from s4edge.edge.signatures import CommandVerifier
+from s4edge.edge.sources import AlertSource, SourceContext, load_plugins
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import typer
 
-from cloud_sync.logfmt import json_handler
-from edge.config import ConfigError, load_config
+from s4edge.cloud_sync.logfmt import json_handler
+from s4edge.edge.config import ConfigError, load_config
 
 agent_app = typer.Typer(help="Run the node agent.", no_args_is_help=True)
 
@@ -63,7 +63,7 @@ def run(
     """Run the node until SIGTERM or SIGINT, then publish ``offline`` and stop cleanly."""
     node_config = _load(config)
     configure_logging(log_level, log_format)
-    from edge.app import Node
+    from s4edge.edge.app import Node
 
     try:
         node = Node(node_config, base_dir=config.resolve().parent)

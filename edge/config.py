@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from cloud_sync.messages import NAME_PATTERN, AlertStatus
-from edge.sources import load_plugins
+from s4edge.cloud_sync.messages import NAME_PATTERN, AlertStatus
+from s4edge.edge.sources import load_plugins
 
 
 class Strict(BaseModel):

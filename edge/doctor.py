@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import typer
 
-from edge.config import ConfigError, load_config
+from s4edge.edge.config import ConfigError, load_config
 
 Status = Literal["PASS", "WARN", "FAIL"]
 BROKER_TIMEOUT_S = 8.0
@@ -97,7 +97,7 @@ def _sources(config: Any, kind: str) -> Iterator[Any]:
 
 
 def _open_smbus(device: str) -> Any:
-    from drivers.i2c import SMBus2Bus
+    from s4edge.drivers.i2c import SMBus2Bus
 
     return SMBus2Bus(device)
 
@@ -110,7 +110,7 @@ def check_i2c(config: Any, open_bus: Callable[[str], Any] = _open_smbus) -> list
         if source.bus == "sim":
             checks.append(Check(name, "PASS", "simulated bus: no hardware to check"))
             continue
-        from edge.sensing.rig import DEFAULT_ADDRESS, address_of
+        from s4edge.edge.sensing.rig import DEFAULT_ADDRESS, address_of
 
         expected = {address_of(s): f"{s.name} ({s.kind})" for s in source.sensors if s.kind in DEFAULT_ADDRESS}
         try:
@@ -175,7 +175,7 @@ def check_camera(config: Any, frames: int = CAMERA_FRAMES) -> list[Check]:
     """The camera opens and delivers frames; the rate is compared with ``camera.fps`` when set."""
     checks = []
     for source in _sources(config, "vision"):
-        from drivers.frames import FrameSourceError, open_source
+        from s4edge.drivers.frames import FrameSourceError, open_source
 
         cam, name = source.camera, f"camera {source.name}"
         size = (cam.width, cam.height) if cam.width and cam.height else None
@@ -209,9 +209,9 @@ def check_model(config: Any, catalogue: Any = None) -> list[Check]:
     for source in _sources(config, "vision"):
         import numpy as np
 
-        from edge.vision.catalogue import Catalogue, CatalogueError
-        from edge.vision.detector import Detector
-        from edge.vision.manifest import ManifestError
+        from s4edge.edge.vision.catalogue import Catalogue, CatalogueError
+        from s4edge.edge.vision.detector import Detector
+        from s4edge.edge.vision.manifest import ManifestError
 
         cat = catalogue or Catalogue.from_env()
         model, name = source.model.name, f"model {source.model.name}"
@@ -268,7 +268,7 @@ def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> Check:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge.app import uplink_settings
+    from s4edge.edge.app import uplink_settings
 
     try:
         s = uplink_settings(config)

@@ -19,9 +19,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cloud_sync.messages import Measurement, Severity
-from edge.alerts import Content, IncidentBook, Level, ThresholdRule, ValueAlarm
-from edge.sources import SourceContext
+from s4edge.cloud_sync.messages import Measurement, Severity
+from s4edge.edge.alerts import Content, IncidentBook, Level, ThresholdRule, ValueAlarm
+from s4edge.edge.sources import SourceContext
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 

@@ -13,8 +13,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from cloud_sync.messages import Command, signing_bytes
-from edge.config import ConfigError
+from s4edge.cloud_sync.messages import Command, signing_bytes
+from s4edge.edge.config import ConfigError
 
 SIGNATURE_BYTES = 64  # RFC 8032 §5.1.6: R || S, 32 bytes each
 

@@ -17,14 +17,14 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from cloud_sync.messages import Measurement
-from edge.alerts import Emit, IncidentBook
+from s4edge.cloud_sync.messages import Measurement
+from s4edge.edge.alerts import Emit, IncidentBook
 
 BUILTIN_SOURCES: tuple[str, ...] = (
-    "edge.scenario",
-    "edge.vision.source",
-    "edge.sensing.source",
-    "edge.sensing.nir_source",
+    "s4edge.edge.scenario",
+    "s4edge.edge.vision.source",
+    "s4edge.edge.sensing.source",
+    "s4edge.edge.sensing.nir_source",
 )
 
 

@@ -21,13 +21,13 @@ app.add_typer(schema_app, name="schema")
 
 # Each module exposes register(app); built-ins use the path a third-party plugin would.
 SURFACES = (
-    "edge.cli",
-    "edge.doctor",
-    "edge.vision.cli",
-    "edge.sensing.cli",
-    "cloud_sync.aggregator.cli",
-    "cloud_sync.ng112.cli",
-    "cloud_sync.fleet.cli",
+    "s4edge.edge.cli",
+    "s4edge.edge.doctor",
+    "s4edge.edge.vision.cli",
+    "s4edge.edge.sensing.cli",
+    "s4edge.cloud_sync.aggregator.cli",
+    "s4edge.cloud_sync.ng112.cli",
+    "s4edge.cloud_sync.fleet.cli",
     "s4edge.demo",
     "s4edge.bench",
 )
@@ -38,7 +38,7 @@ def schema_export(
     out_dir: Path = typer.Argument(..., help="Folder to write one JSON Schema per message type."),
 ) -> None:
     """Write the JSON Schema of every message type, for systems that validate without Python."""
-    from cloud_sync.messages import json_schemas
+    from s4edge.cloud_sync.messages import json_schemas
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, schema in json_schemas().items():

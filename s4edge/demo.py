@@ -87,7 +87,7 @@ def _broker(url: str | None) -> Iterator[tuple[str, str]]:
 @contextlib.contextmanager
 def _psap(calls: list[str]) -> Iterator[str]:
     """The built-in PSAP receiver on a free port; yields its SIP URI."""
-    from cloud_sync.ng112.receiver import PsapReceiver
+    from s4edge.cloud_sync.ng112.receiver import PsapReceiver
 
     def on_call(call: Any) -> None:
         calls.append(call.summary())
@@ -103,7 +103,7 @@ def _psap(calls: list[str]) -> Iterator[str]:
 
 def ng112_config(psap_uri: str, readings_base_url: str) -> Any:
     """Forward fire and gas alarms, and gas + flame escalated as one incident."""
-    from cloud_sync.ng112.policy import Ng112Config
+    from s4edge.cloud_sync.ng112.policy import Ng112Config
 
     return Ng112Config.model_validate(
         {
@@ -116,7 +116,7 @@ def ng112_config(psap_uri: str, readings_base_url: str) -> Any:
 
 
 def summary(aggregator: Any, calls: list[str]) -> dict[str, Any]:
-    from cloud_sync.aggregator.store import AlertQuery
+    from s4edge.cloud_sync.aggregator.store import AlertQuery
 
     alerts, _ = aggregator.store.alerts(AlertQuery(limit=100_000))
     nodes = aggregator.store.nodes(default_interval_s=5, stale_factor=3)
@@ -132,11 +132,11 @@ def summary(aggregator: Any, calls: list[str]) -> dict[str, Any]:
 def run_demo(
     broker_url: str | None, duration: float | None, http_port: int, vision: bool, stop: threading.Event
 ) -> dict[str, Any]:
-    from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-    from cloud_sync.aggregator.broker import BrokerConfig
-    from cloud_sync.ng112.service import attach
-    from edge.app import Node
-    from edge.config import parse_config
+    from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+    from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+    from s4edge.cloud_sync.ng112.service import attach
+    from s4edge.edge.app import Node
+    from s4edge.edge.config import parse_config
     from s4edge.testing.mosquitto import free_port
 
     calls: list[str] = []

@@ -21,9 +21,9 @@ from pydantic import TypeAdapter
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from cloud_sync.aggregator.store import Store, alerts
-from cloud_sync.aggregator.views import utc
-from cloud_sync.messages import Alert, Measurement
+from s4edge.cloud_sync.aggregator.store import Store, alerts
+from s4edge.cloud_sync.aggregator.views import utc
+from s4edge.cloud_sync.messages import Alert, Measurement
 
 _MEASUREMENTS = TypeAdapter(list[Measurement])
 _NAMED = re.compile(r"%\((\w+)\)s")  # a pyformat placeholder

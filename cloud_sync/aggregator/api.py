@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud_sync.aggregator.commands import CommandDesk, CommandError
-from cloud_sync.aggregator.events import EventBus, sse_frame
-from cloud_sync.aggregator.metrics import IngestMetrics
-from cloud_sync.aggregator.store import AlertQuery, Store
-from cloud_sync.messages import NAME_PATTERN, SEVERITIES, CommandName, Scalar
+from s4edge.cloud_sync.aggregator.commands import CommandDesk, CommandError
+from s4edge.cloud_sync.aggregator.events import EventBus, sse_frame
+from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
+from s4edge.cloud_sync.aggregator.store import AlertQuery, Store
+from s4edge.cloud_sync.messages import NAME_PATTERN, SEVERITIES, CommandName, Scalar
 
 STATIC = Path(__file__).with_name("static")
 # Reading is open; anything that acts (ack, commands, NG112 decisions) needs the operator token.

@@ -19,15 +19,15 @@ from pathlib import Path
 import uvicorn
 from fastapi import APIRouter
 
-from cloud_sync.aggregator.api import build_api, mount_dashboard
-from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.aggregator.broker_log import BrokerLogWatch
-from cloud_sync.aggregator.commands import CommandDesk, CommandSigner
-from cloud_sync.aggregator.events import EventBus
-from cloud_sync.aggregator.ingest import AlertHook, Ingest, relax_gc
-from cloud_sync.aggregator.metrics import IngestMetrics
-from cloud_sync.aggregator.store import Store, make_engine
-from cloud_sync.aggregator.writer import StoreSpec
+from s4edge.cloud_sync.aggregator.api import build_api, mount_dashboard
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+from s4edge.cloud_sync.aggregator.broker_log import BrokerLogWatch
+from s4edge.cloud_sync.aggregator.commands import CommandDesk, CommandSigner
+from s4edge.cloud_sync.aggregator.events import EventBus
+from s4edge.cloud_sync.aggregator.ingest import AlertHook, Ingest, relax_gc
+from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
+from s4edge.cloud_sync.aggregator.store import Store, make_engine
+from s4edge.cloud_sync.aggregator.writer import StoreSpec
 
 log = logging.getLogger("s4edge.aggregator")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
+from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
 
 aggregator_app = typer.Typer(help="The central aggregator: ingest, store, HTTP API, dashboard.", no_args_is_help=True)
 
@@ -98,10 +98,10 @@ def run(
     ),
 ) -> None:
     """Run the aggregator until SIGINT/SIGTERM."""
-    from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-    from cloud_sync.aggregator.broker import BrokerConfig, BrokerError
-    from cloud_sync.ng112.policy import Ng112ConfigError, load_config
-    from cloud_sync.ng112.service import attach
+    from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+    from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError
+    from s4edge.cloud_sync.ng112.policy import Ng112ConfigError, load_config
+    from s4edge.cloud_sync.ng112.service import attach
 
     if log_format not in ("text", "json"):
         raise typer.BadParameter(f"{log_format!r}: text or json", param_hint="--log-format")

@@ -22,9 +22,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from cloud_sync.aggregator.store import Store
-from cloud_sync.aggregator.views import utc
-from cloud_sync.messages import Command, CommandName, Scalar, encode, signing_bytes, topic_for
+from s4edge.cloud_sync.aggregator.store import Store
+from s4edge.cloud_sync.aggregator.views import utc
+from s4edge.cloud_sync.messages import Command, CommandName, Scalar, encode, signing_bytes, topic_for
 
 Publish = Callable[[str, bytes, int], bool]
 

@@ -26,13 +26,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from cloud_sync.aggregator.broker import BrokerConfig, BrokerError
-from cloud_sync.aggregator.events import EventBus
-from cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
-from cloud_sync.aggregator.store import Store
-from cloud_sync.aggregator.views import alert_record
-from cloud_sync.aggregator.writer import SUFFIXES, BatchWriter, Item, Outcome, StoreSpec, WriterGone, WriterProcess
-from cloud_sync.messages import Alert, fleet_filter
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError
+from s4edge.cloud_sync.aggregator.events import EventBus
+from s4edge.cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
+from s4edge.cloud_sync.aggregator.store import Store
+from s4edge.cloud_sync.aggregator.views import alert_record
+from s4edge.cloud_sync.aggregator.writer import SUFFIXES, BatchWriter, Item, Outcome, StoreSpec, WriterGone, WriterProcess
+from s4edge.cloud_sync.messages import Alert, fleet_filter
 
 log = logging.getLogger("s4edge.aggregator")
 

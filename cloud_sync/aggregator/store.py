@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
-from cloud_sync.aggregator.views import (
+from s4edge.cloud_sync.aggregator.views import (
     alert_dict,
     alert_row,
     command_dict,
@@ -48,7 +48,7 @@ from cloud_sync.aggregator.views import (
     node_dict,
     utc,
 )
-from cloud_sync.messages import Alert, CommandResult, Heartbeat, Status, Telemetry
+from s4edge.cloud_sync.messages import Alert, CommandResult, Heartbeat, Status, Telemetry
 
 Clock = Callable[[], datetime]
 

@@ -6,7 +6,7 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
-from cloud_sync.messages import Alert
+from s4edge.cloud_sync.messages import Alert
 
 
 def utc(value: datetime) -> datetime:

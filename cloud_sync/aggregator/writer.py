@@ -35,10 +35,10 @@ from typing import IO, Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from cloud_sync.aggregator.alert_rows import AlertRows
-from cloud_sync.aggregator.store import Store, make_engine
-from cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
-from cloud_sync.messages import (
+from s4edge.cloud_sync.aggregator.alert_rows import AlertRows
+from s4edge.cloud_sync.aggregator.store import Store, make_engine
+from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
+from s4edge.cloud_sync.messages import (
     Alert,
     Command,
     CommandResult,
@@ -317,7 +317,7 @@ class WriterProcess:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
-            [sys.executable, "-m", "cloud_sync.aggregator.writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-m", "s4edge.cloud_sync.aggregator.writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         assert child.stdin is not None
         assert child.stdout is not None

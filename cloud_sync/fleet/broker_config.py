@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud_sync.fleet.ca import CA_CERT
-from cloud_sync.fleet.crl import CRL_FILE
-from cloud_sync.fleet.registry import ACL, PASSWORDS
+from s4edge.cloud_sync.fleet.ca import CA_CERT
+from s4edge.cloud_sync.fleet.crl import CRL_FILE
+from s4edge.cloud_sync.fleet.registry import ACL, PASSWORDS
 
 SERVER_CERT = "server.crt"
 SERVER_KEY = "server.key"

@@ -13,12 +13,12 @@ from cryptography.exceptions import InvalidSignature
 from rich.console import Console
 from rich.table import Table
 
-from cloud_sync.fleet.broker_config import BrokerSettings, render
-from cloud_sync.fleet.ca import CAError, FleetCA, init_ca, issue_server_cert, load_ca
-from cloud_sync.fleet.command_key import COMMAND_KEY, init_command_key
-from cloud_sync.fleet.crl import crl_path, revoke
-from cloud_sync.fleet.provision import NodeRequest, board_names, provision_aggregator, provision_node
-from cloud_sync.fleet.registry import Fleet, FleetError
+from s4edge.cloud_sync.fleet.broker_config import BrokerSettings, render
+from s4edge.cloud_sync.fleet.ca import CAError, FleetCA, init_ca, issue_server_cert, load_ca
+from s4edge.cloud_sync.fleet.command_key import COMMAND_KEY, init_command_key
+from s4edge.cloud_sync.fleet.crl import crl_path, revoke
+from s4edge.cloud_sync.fleet.provision import NodeRequest, board_names, provision_aggregator, provision_node
+from s4edge.cloud_sync.fleet.registry import Fleet, FleetError
 
 fleet_app = typer.Typer(help="The fleet: CA, broker config, identities.", no_args_is_help=True)
 ca_app = typer.Typer(help="The fleet's certificate authority.", no_args_is_help=True)

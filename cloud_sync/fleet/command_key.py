@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_sync.fleet.ca import CAError, write_private
+from s4edge.cloud_sync.fleet.ca import CAError, write_private
 
 COMMAND_KEY = "command.key"
 COMMAND_PUB = "command.pub"

@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from cloud_sync.fleet.ca import CAError, FleetCA
+from s4edge.cloud_sync.fleet.ca import CAError, FleetCA
 
 CRL_FILE = "crl.pem"
 

@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import secrets
 
-from cloud_sync.messages import SUFFIX, TOPIC_ROOT
+from s4edge.cloud_sync.messages import SUFFIX, TOPIC_ROOT
 
 # mosquitto_passwd's own defaults for the $7$ (PBKDF2-HMAC-SHA512) format:
 # 12-byte salt, 64-byte digest, 101 iterations. The fleet's passwords are 256-bit random

@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 import yaml
 from cryptography import x509
 
-from cloud_sync.fleet.ca import CA_CERT, FleetCA, issue_client_cert, write_private
-from cloud_sync.fleet.command_key import COMMAND_PUB, command_public_key
-from cloud_sync.fleet.crl import revoke
-from cloud_sync.fleet.mosquitto_files import new_password, password_hash
-from cloud_sync.fleet.registry import Fleet, FleetError, Identity
-from cloud_sync.messages import NAME_PATTERN
+from s4edge.cloud_sync.fleet.ca import CA_CERT, FleetCA, issue_client_cert, write_private
+from s4edge.cloud_sync.fleet.command_key import COMMAND_PUB, command_public_key
+from s4edge.cloud_sync.fleet.crl import revoke
+from s4edge.cloud_sync.fleet.mosquitto_files import new_password, password_hash
+from s4edge.cloud_sync.fleet.registry import Fleet, FleetError, Identity
+from s4edge.cloud_sync.messages import NAME_PATTERN
 
 BOARDS_ENV = "S4EDGE_BOARDS_DIR"
 PASSWORD_FILE = "mqtt.password"  # noqa: S105 - a file name, not a password

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from cloud_sync.fleet.ca import write_private
-from cloud_sync.fleet.mosquitto_files import ACL_HEADER, acl_block, aggregator_topics, node_topics
+from s4edge.cloud_sync.fleet.ca import write_private
+from s4edge.cloud_sync.fleet.mosquitto_files import ACL_HEADER, acl_block, aggregator_topics, node_topics
 
 REGISTRY = "fleet.json"
 PASSWORDS = "passwords"

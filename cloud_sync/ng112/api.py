@@ -13,9 +13,9 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from cloud_sync.ng112.forwarder import Forwarder
-from cloud_sync.ng112.readings import last_readings
-from cloud_sync.ng112.records import STATES, get_forward, list_forwards, token_matches
+from s4edge.cloud_sync.ng112.forwarder import Forwarder
+from s4edge.cloud_sync.ng112.readings import last_readings
+from s4edge.cloud_sync.ng112.records import STATES, get_forward, list_forwards, token_matches
 
 PANEL = Path(__file__).with_name("static") / "panel.js"
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from cloud_sync.messages import Alert
-from cloud_sync.ng112.cap import CAP_MIME, CapMessage, CapRef, MsgType, build_cap, node_sip_uri
-from cloud_sync.ng112.pidf import DEVICE_INFO_MIME, PIDF_MIME, build_device_info, build_pidf
-from cloud_sync.ng112.sip import SOS, BodyPart, EmergencyMessage
+from s4edge.cloud_sync.messages import Alert
+from s4edge.cloud_sync.ng112.cap import CAP_MIME, CapMessage, CapRef, MsgType, build_cap, node_sip_uri
+from s4edge.cloud_sync.ng112.pidf import DEVICE_INFO_MIME, PIDF_MIME, build_device_info, build_pidf
+from s4edge.cloud_sync.ng112.sip import SOS, BodyPart, EmergencyMessage
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Final, Literal
 
 from lxml import etree
 
-from cloud_sync.messages import Alert
+from s4edge.cloud_sync.messages import Alert
 
 CAP_NS: Final = "urn:oasis:names:tc:emergency:cap:1.2"
 CAP_MIME: Final = "application/cap+xml"

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import typer
 
-from cloud_sync.messages import Alert, Location, Measurement
-from cloud_sync.ng112.call import Caller, compose
-from cloud_sync.ng112.cap import CapError
-from cloud_sync.ng112.pidf import LocationError
-from cloud_sync.ng112.policy import Ng112ConfigError, load_config
-from cloud_sync.ng112.receiver import PsapReceiver, ReceivedCall
-from cloud_sync.ng112.sip import SipError, parse_target
-from cloud_sync.ng112.transport import Timers, Transaction
+from s4edge.cloud_sync.messages import Alert, Location, Measurement
+from s4edge.cloud_sync.ng112.call import Caller, compose
+from s4edge.cloud_sync.ng112.cap import CapError
+from s4edge.cloud_sync.ng112.pidf import LocationError
+from s4edge.cloud_sync.ng112.policy import Ng112ConfigError, load_config
+from s4edge.cloud_sync.ng112.receiver import PsapReceiver, ReceivedCall
+from s4edge.cloud_sync.ng112.sip import SipError, parse_target
+from s4edge.cloud_sync.ng112.transport import Timers, Transaction
 
 ng112_app = typer.Typer(help="NG112: forward critical alerts to a PSAP (RFC 8876).", no_args_is_help=True)
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cloud_sync.messages import Alert, Measurement
-from cloud_sync.ng112.policy import CorrelationRule
+from s4edge.cloud_sync.messages import Alert, Measurement
+from s4edge.cloud_sync.ng112.policy import CorrelationRule
 
 
 @dataclass

@@ -21,14 +21,14 @@ from lxml import etree
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from cloud_sync.messages import Alert
-from cloud_sync.ng112.call import Caller, compose
-from cloud_sync.ng112.cap import CapError, CapRef, MsgType
-from cloud_sync.ng112.correlation import Correlator
-from cloud_sync.ng112.pidf import LocationError
-from cloud_sync.ng112.policy import Ng112Config
-from cloud_sync.ng112.reconcile import site_alerts, unforwarded
-from cloud_sync.ng112.records import (
+from s4edge.cloud_sync.messages import Alert
+from s4edge.cloud_sync.ng112.call import Caller, compose
+from s4edge.cloud_sync.ng112.cap import CapError, CapRef, MsgType
+from s4edge.cloud_sync.ng112.correlation import Correlator
+from s4edge.cloud_sync.ng112.pidf import LocationError
+from s4edge.cloud_sync.ng112.policy import Ng112Config
+from s4edge.cloud_sync.ng112.reconcile import site_alerts, unforwarded
+from s4edge.cloud_sync.ng112.records import (
     OPEN_STATES,
     claim,
     forward_dict,
@@ -37,8 +37,8 @@ from cloud_sync.ng112.records import (
     new_token,
     take_back_lapsed,
 )
-from cloud_sync.ng112.sip import parse_target
-from cloud_sync.ng112.transport import Delivery, Transaction
+from s4edge.cloud_sync.ng112.sip import parse_target
+from s4edge.cloud_sync.ng112.transport import Delivery, Transaction
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]

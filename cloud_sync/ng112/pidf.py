@@ -8,7 +8,7 @@ from typing import Final
 
 from lxml import etree
 
-from cloud_sync.messages import Location
+from s4edge.cloud_sync.messages import Location
 
 PIDF_MIME: Final = "application/pidf+xml"
 DEVICE_INFO_MIME: Final = "application/EmergencyCallData.DeviceInfo+xml"

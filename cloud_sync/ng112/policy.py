@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cloud_sync.messages import SEVERITIES, Alert, Kind, Severity
-from cloud_sync.ng112.sip import SOS, SipError, parse_target
-from cloud_sync.ng112.transport import Timers
+from s4edge.cloud_sync.messages import SEVERITIES, Alert, Kind, Severity
+from s4edge.cloud_sync.ng112.sip import SOS, SipError, parse_target
+from s4edge.cloud_sync.ng112.transport import Timers
 
 Mode = Literal["auto", "confirm"]
 RuleName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]

@@ -12,8 +12,8 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, select
 
-from cloud_sync.aggregator.store import alerts, telemetry
-from cloud_sync.ng112.records import incidents
+from s4edge.cloud_sync.aggregator.store import alerts, telemetry
+from s4edge.cloud_sync.ng112.records import incidents
 
 LAST_READINGS: Final = 15
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from lxml import etree
 
-from cloud_sync.ng112.cap import CAP_MIME, cap_text, parse_cap
-from cloud_sync.ng112.pidf import GML_NS, PIDF_MIME
-from cloud_sync.ng112.sip import SipError, split_head
+from s4edge.cloud_sync.ng112.cap import CAP_MIME, cap_text, parse_cap
+from s4edge.cloud_sync.ng112.pidf import GML_NS, PIDF_MIME
+from s4edge.cloud_sync.ng112.sip import SipError, split_head
 
 log = logging.getLogger(__name__)
 _LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d{1,9})[ \t]*$", re.IGNORECASE | re.MULTILINE)

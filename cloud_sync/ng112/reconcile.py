@@ -14,11 +14,11 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from cloud_sync.aggregator.store import alerts
-from cloud_sync.aggregator.views import utc
-from cloud_sync.messages import Alert
-from cloud_sync.ng112.policy import Ng112Config
-from cloud_sync.ng112.records import forwards, incidents
+from s4edge.cloud_sync.aggregator.store import alerts
+from s4edge.cloud_sync.aggregator.views import utc
+from s4edge.cloud_sync.messages import Alert
+from s4edge.cloud_sync.ng112.policy import Ng112Config
+from s4edge.cloud_sync.ng112.records import forwards, incidents
 
 
 def alert_from_row(row: Any) -> Alert:

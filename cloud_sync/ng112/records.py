@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from sqlalchemy import JSON, Column, DateTime, Engine, Float, Index, Integer, String, Table, Text, select, update
 
-from cloud_sync.aggregator.store import metadata
+from s4edge.cloud_sync.aggregator.store import metadata
 
 # pending → sending → delivered | retrying → … | failed; awaiting_confirm → pending | dismissed | unconfirmed.
 # While a row is "sending", its due_at is the end of the claim: a claim that outlives it (the

@@ -16,12 +16,12 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING
 
-from cloud_sync.ng112.api import build_router
-from cloud_sync.ng112.forwarder import Forwarder
-from cloud_sync.ng112.policy import Ng112Config
+from s4edge.cloud_sync.ng112.api import build_router
+from s4edge.cloud_sync.ng112.forwarder import Forwarder
+from s4edge.cloud_sync.ng112.policy import Ng112Config
 
 if TYPE_CHECKING:
-    from cloud_sync.aggregator.app import Aggregator
+    from s4edge.cloud_sync.aggregator.app import Aggregator
 
 
 def attach(aggregator: Aggregator, config: Ng112Config, tls_context: ssl.SSLContext | None = None) -> Forwarder:

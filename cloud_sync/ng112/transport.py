@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from cloud_sync.ng112.sip import (
+from s4edge.cloud_sync.ng112.sip import (
     EmergencyMessage,
     Proto,
     SipError,

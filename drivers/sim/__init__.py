@@ -8,12 +8,12 @@ importable fixtures (STYLE.md: gpiozero didn't, and its users asked).
     ADS1115(bus).read_voltage(2)  # ≈ 1.65
 """
 
-from drivers.sim.ads1115 import SimADS1115
-from drivers.sim.bme280 import SimBME280
-from drivers.sim.bus import SimBus, SimDevice
-from drivers.sim.pin import SimPin
-from drivers.sim.sensirion import SimSCD4x, SimSGP30
-from drivers.sim.spectrometer import SimSpectrometer, SpectrometerServer
+from s4edge.drivers.sim.ads1115 import SimADS1115
+from s4edge.drivers.sim.bme280 import SimBME280
+from s4edge.drivers.sim.bus import SimBus, SimDevice
+from s4edge.drivers.sim.pin import SimPin
+from s4edge.drivers.sim.sensirion import SimSCD4x, SimSGP30
+from s4edge.drivers.sim.spectrometer import SimSpectrometer, SpectrometerServer
 
 __all__ = [
     "SimADS1115",

@@ -7,8 +7,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from drivers.ads1115 import CODE_FULL_SCALE, FULL_SCALE_BITS, OS_SINGLE, REG_CONFIG, REG_CONVERSION
-from drivers.sim.bus import nack
+from s4edge.drivers.ads1115 import CODE_FULL_SCALE, FULL_SCALE_BITS, OS_SINGLE, REG_CONFIG, REG_CONVERSION
+from s4edge.drivers.sim.bus import nack
 
 # MUX[2:0] → (positive input, negative input or None for GND), table 8
 MUX_INPUTS: dict[int, tuple[int, int | None]] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from drivers.bme280 import (
+from s4edge.drivers.bme280 import (
     CHIP_ID,
     MODE_FORCED,
     REG_CALIB_00,
@@ -24,7 +24,7 @@ from drivers.bme280 import (
     STATUS_MEASURING,
     Calibration,
 )
-from drivers.sim.bus import nack
+from s4edge.drivers.sim.bus import nack
 
 # Trimming values of the order a real part carries (T and P as in Bosch's BMP280 example).
 TYPICAL_CALIBRATION = Calibration(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from drivers.frames import Frame, FrameSourceError
+from s4edge.drivers.frames import Frame, FrameSourceError
 
 
 def moving_square(index: int, size: tuple[int, int] = (64, 48)) -> Frame:

@@ -12,10 +12,10 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-from drivers import scd4x, sgp30
-from drivers.errors import CRCError
-from drivers.sensirion import crc8, pack_words, unpack_words
-from drivers.sim.bus import nack
+from s4edge.drivers import scd4x, sgp30
+from s4edge.drivers.errors import CRCError
+from s4edge.drivers.sensirion import crc8, pack_words, unpack_words
+from s4edge.drivers.sim.bus import nack
 
 
 class SimSensirion:

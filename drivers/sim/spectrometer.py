@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from drivers.nir_frame import ACQUIRE, ERROR, INFO, INFO_REPLY, SPECTRUM, Frame, FrameReader, encode_spectrum
-from drivers.spectrometer import Spectrum
+from s4edge.drivers.nir_frame import ACQUIRE, ERROR, INFO, INFO_REPLY, SPECTRUM, Frame, FrameReader, encode_spectrum
+from s4edge.drivers.spectrometer import Spectrum
 
 # The InnoSpectra NIR-F320's range and a typical point count (1600–2400 nm)
 DEFAULT_WAVELENGTHS = np.linspace(1600.0, 2400.0, 228)

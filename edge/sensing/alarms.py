@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from cloud_sync.messages import Measurement, Severity
-from edge.alerts import Content, IncidentBook, Level, ThresholdRule, ValueAlarm
+from s4edge.cloud_sync.messages import Measurement, Severity
+from s4edge.edge.alerts import Content, IncidentBook, Level, ThresholdRule, ValueAlarm
 
 # Lower explosive limits in %vol in air (NIOSH Pocket Guide to Chemical Hazards).
 # IEC 60079-20-1 lists lower values for some (methane 4.4, propane 1.7): set

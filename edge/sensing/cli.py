@@ -15,8 +15,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from edge.alerts import AlertDraft, IncidentBook
-from edge.sensing.nir_cli import nir_app
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.sensing.nir_cli import nir_app
 
 sensors_app = typer.Typer(help="Gas, CO, smoke/flame and climate sensors.", no_args_is_help=True)
 console = Console()
@@ -37,8 +37,8 @@ def _fail(message: str) -> typer.Exit:
 
 def load_sensors_config(path: Path, sim: bool = False) -> Any:
     """A sensors source config: a bare one, or the first ``type: sensors`` of a node config."""
-    from edge.config import ConfigError, load_config
-    from edge.sensing.source import Config
+    from s4edge.edge.config import ConfigError, load_config
+    from s4edge.edge.sensing.source import Config
 
     try:
         data = yaml.safe_load(path.read_text())
@@ -66,9 +66,9 @@ def load_sensors_config(path: Path, sim: bool = False) -> Any:
 
 
 def _build(config: Any, book: IncidentBook, heater_on_s: float) -> Any:
-    from edge.sensing.calibration import CalibrationError
-    from edge.sensing.probes import MQProbe
-    from edge.sensing.rig import build_source
+    from s4edge.edge.sensing.calibration import CalibrationError
+    from s4edge.edge.sensing.probes import MQProbe
+    from s4edge.edge.sensing.rig import build_source
 
     try:
         source = build_source(config, book)
@@ -88,13 +88,13 @@ def scan(
     """List I2C addresses that answer, and the serial ports that exist."""
     from serial.tools import list_ports
 
-    from drivers.i2c import scan as scan_bus
+    from s4edge.drivers.i2c import scan as scan_bus
 
     if sim:
         source = _build(load_sensors_config(EXAMPLE, sim=True), IncidentBook(lambda d: None), 0.0)
         addresses = scan_bus(source.world.bus)
     else:
-        from drivers.i2c import SMBus2Bus
+        from s4edge.drivers.i2c import SMBus2Bus
 
         try:
             real = SMBus2Bus(bus)
@@ -174,9 +174,9 @@ def calibrate(
     sim: bool = typer.Option(False, "--sim"),
 ) -> None:
     """Measure R0 in clean air and store it, with the date, in the calibration file."""
-    from edge.sensing.calibration import SensorCalibration, save_calibration
-    from edge.sensing.mq import WarmingUp
-    from edge.sensing.probes import BME280Probe, MQProbe
+    from s4edge.edge.sensing.calibration import SensorCalibration, save_calibration
+    from s4edge.edge.sensing.mq import WarmingUp
+    from s4edge.edge.sensing.probes import BME280Probe, MQProbe
 
     cfg = load_sensors_config(config, sim)
     source = _build(cfg, IncidentBook(lambda d: None), heater_on_s)

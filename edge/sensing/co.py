@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from cloud_sync.messages import Measurement, Severity
-from edge.alerts import Content, IncidentBook, Level, ThresholdRule
+from s4edge.cloud_sync.messages import Measurement, Severity
+from s4edge.edge.alerts import Content, IncidentBook, Level, ThresholdRule
 
 ProfileName = Literal["en50291", "ul2034"]
 

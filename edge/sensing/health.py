@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from cloud_sync.messages import Measurement
-from edge.alerts import Content, IncidentBook
+from s4edge.cloud_sync.messages import Measurement
+from s4edge.edge.alerts import Content, IncidentBook
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ def _fail(message: str) -> typer.Exit:
 def _training_data(data: Path | None, sim: bool, x_key: str, y_key: str) -> tuple[Any, Any, Any, str]:
     """(spectra, y or labels, wavelengths, kind) from a .mat file, a folder of class
     folders of InnoSpectra CSV exports, or the synthetic library (--sim)."""
-    from edge.sensing.nir_io import NIRFileError, read_innospectra
-    from edge.sensing.nir_synthetic import synthetic_library
+    from s4edge.edge.sensing.nir_io import NIRFileError, read_innospectra
+    from s4edge.edge.sensing.nir_synthetic import synthetic_library
 
     if sim:
         x, labels, wl = synthetic_library(per_class=20)
@@ -78,8 +78,8 @@ def train(
     max_components: int = typer.Option(12, min=1),
 ) -> None:
     """Train PLS (regression) or PLS-DA (classes), latent variables by cross-validation."""
-    from edge.sensing.chemometrics import Preprocess, SpectrumError, fit
-    from edge.sensing.nir_model import save_model
+    from s4edge.edge.sensing.chemometrics import Preprocess, SpectrumError, fit
+    from s4edge.edge.sensing.nir_model import save_model
 
     x, y, wl, kind = _training_data(data, sim, x_key, y_key)
     try:
@@ -102,14 +102,14 @@ def predict(
     sim: str | None = typer.Option(None, "--sim", help="Acquire from a simulated spectrometer showing this class."),
 ) -> None:
     """Predict from CSV exports, a spectrometer, or a simulated one."""
-    from drivers.errors import SpectrometerError
-    from drivers.nir_serial import SerialSpectrometer
-    from drivers.sim import SimSpectrometer, SpectrometerServer
-    from edge.sensing.chemometrics import SpectrumError
-    from edge.sensing.nir_io import NIRFileError, read_innospectra
-    from edge.sensing.nir_model import ModelFileError, load_model
-    from edge.sensing.nir_source import align
-    from edge.sensing.nir_synthetic import BANDS, synthetic_spectrum
+    from s4edge.drivers.errors import SpectrometerError
+    from s4edge.drivers.nir_serial import SerialSpectrometer
+    from s4edge.drivers.sim import SimSpectrometer, SpectrometerServer
+    from s4edge.edge.sensing.chemometrics import SpectrumError
+    from s4edge.edge.sensing.nir_io import NIRFileError, read_innospectra
+    from s4edge.edge.sensing.nir_model import ModelFileError, load_model
+    from s4edge.edge.sensing.nir_source import align
+    from s4edge.edge.sensing.nir_synthetic import BANDS, synthetic_spectrum
 
     try:
         model, meta = load_model(model_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from drivers.spectrometer import Spectrum
+from s4edge.drivers.spectrometer import Spectrum
 
 SCAN_DATA_MARK = "***Scan Data***"
 

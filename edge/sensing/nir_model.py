@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.sensing.chemometrics import PLSModel, Preprocess
+from s4edge.edge.sensing.chemometrics import PLSModel, Preprocess
 
 FORMAT = "s4edge-pls/1"
 ARRAYS = ("wavelengths_nm", "x_mean", "coef", "intercept", "rotations", "loadings", "score_var")

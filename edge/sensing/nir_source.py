@@ -21,13 +21,13 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_sync.messages import Measurement, ModelRef, Severity
-from drivers.errors import DriverError, SpectrometerTimeout
-from drivers.spectrometer import Spectrometer, Spectrum
-from edge.alerts import Content, IncidentBook
-from edge.sensing.chemometrics import UNKNOWN, PLSModel, Prediction, SpectrumError
-from edge.sensing.health import HealthPolicy, SensorHealth
-from edge.sources import SourceContext
+from s4edge.cloud_sync.messages import Measurement, ModelRef, Severity
+from s4edge.drivers.errors import DriverError, SpectrometerTimeout
+from s4edge.drivers.spectrometer import Spectrometer, Spectrum
+from s4edge.edge.alerts import Content, IncidentBook
+from s4edge.edge.sensing.chemometrics import UNKNOWN, PLSModel, Prediction, SpectrumError
+from s4edge.edge.sensing.health import HealthPolicy, SensorHealth
+from s4edge.edge.sources import SourceContext
 
 
 class Config(BaseModel):
@@ -130,8 +130,8 @@ class NIRSource:
 
 
 def build(config: Config, book: IncidentBook) -> NIRSource:
-    from drivers.nir_serial import SerialSpectrometer
-    from edge.sensing.nir_model import load_model
+    from s4edge.drivers.nir_serial import SerialSpectrometer
+    from s4edge.edge.sensing.nir_model import load_model
 
     model, meta = load_model(config.model)
     ref = ModelRef(name=str(meta["name"]), version=str(meta["version"]), sha256=str(meta["sha256"]))

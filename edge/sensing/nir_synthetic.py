@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from drivers.spectrometer import Spectrum
+from s4edge.drivers.spectrometer import Spectrum
 
 WAVELENGTHS_NM = np.linspace(1600.0, 2400.0, 228)
 # class → (centre nm, width nm, depth AU) bands

@@ -9,16 +9,16 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cloud_sync.messages import Measurement
-from drivers.bme280 import BME280
-from drivers.digital_input import DigitalInput
-from drivers.errors import DriverError, I2CError
-from drivers.scd4x import SCD4x
-from drivers.sgp30 import SGP30
-from edge.alerts import Content, ValueAlarm
-from edge.sensing.alarms import HeatAlarm, lel_percent
-from edge.sensing.co import COAlarm
-from edge.sensing.mq import Climate, MQSensor
+from s4edge.cloud_sync.messages import Measurement
+from s4edge.drivers.bme280 import BME280
+from s4edge.drivers.digital_input import DigitalInput
+from s4edge.drivers.errors import DriverError, I2CError
+from s4edge.drivers.scd4x import SCD4x
+from s4edge.drivers.sgp30 import SGP30
+from s4edge.edge.alerts import Content, ValueAlarm
+from s4edge.edge.sensing.alarms import HeatAlarm, lel_percent
+from s4edge.edge.sensing.co import COAlarm
+from s4edge.edge.sensing.mq import Climate, MQSensor
 
 
 class MissedRead(DriverError):

@@ -9,23 +9,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cloud_sync.messages import Severity
-from drivers import ads1115, bme280, scd4x, sgp30
-from drivers.ads1115 import ADS1115, AnalogIn
-from drivers.bme280 import BME280
-from drivers.digital_input import DigitalInput, GpioInput
-from drivers.i2c import I2CBus, SMBus2Bus
-from drivers.scd4x import SCD4x
-from drivers.sgp30 import SGP30
-from drivers.sim import SimADS1115, SimBME280, SimBus, SimPin, SimSCD4x, SimSGP30
-from edge.alerts import IncidentBook, Level
-from edge.scenario import Scenario
-from edge.sensing.alarms import DEFAULT_GAS_LEVELS, LEL_PERCENT_VOL, HeatAlarm, detector_alarm, gas_alarm
-from edge.sensing.calibration import load_calibrations
-from edge.sensing.co import PROFILES, COAlarm
-from edge.sensing.mq import MODELS, Climate, MQSensor
-from edge.sensing.probes import BME280Probe, DetectorProbe, MQProbe, Probe, SCD4xProbe, SGP30Probe
-from edge.sensing.source import Config, SensorConfig, SensorsSource
+from s4edge.cloud_sync.messages import Severity
+from s4edge.drivers import ads1115, bme280, scd4x, sgp30
+from s4edge.drivers.ads1115 import ADS1115, AnalogIn
+from s4edge.drivers.bme280 import BME280
+from s4edge.drivers.digital_input import DigitalInput, GpioInput
+from s4edge.drivers.i2c import I2CBus, SMBus2Bus
+from s4edge.drivers.scd4x import SCD4x
+from s4edge.drivers.sgp30 import SGP30
+from s4edge.drivers.sim import SimADS1115, SimBME280, SimBus, SimPin, SimSCD4x, SimSGP30
+from s4edge.edge.alerts import IncidentBook, Level
+from s4edge.edge.scenario import Scenario
+from s4edge.edge.sensing.alarms import DEFAULT_GAS_LEVELS, LEL_PERCENT_VOL, HeatAlarm, detector_alarm, gas_alarm
+from s4edge.edge.sensing.calibration import load_calibrations
+from s4edge.edge.sensing.co import PROFILES, COAlarm
+from s4edge.edge.sensing.mq import MODELS, Climate, MQSensor
+from s4edge.edge.sensing.probes import BME280Probe, DetectorProbe, MQProbe, Probe, SCD4xProbe, SGP30Probe
+from s4edge.edge.sensing.source import Config, SensorConfig, SensorsSource
 
 DEFAULT_ADDRESS = {
     "mq2": ads1115.DEFAULT_ADDRESS, "mq7": ads1115.DEFAULT_ADDRESS, "mq135": ads1115.DEFAULT_ADDRESS,

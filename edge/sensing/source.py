@@ -28,13 +28,13 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cloud_sync.messages import Measurement, Severity
-from drivers.errors import DriverError
-from edge.alerts import IncidentBook
-from edge.sensing.co import ProfileName
-from edge.sensing.health import HealthPolicy, SensorHealth
-from edge.sensing.probes import Probe
-from edge.sources import SourceContext
+from s4edge.cloud_sync.messages import Measurement, Severity
+from s4edge.drivers.errors import DriverError
+from s4edge.edge.alerts import IncidentBook
+from s4edge.edge.sensing.co import ProfileName
+from s4edge.edge.sensing.health import HealthPolicy, SensorHealth
+from s4edge.edge.sensing.probes import Probe
+from s4edge.edge.sources import SourceContext
 
 SensorKind = Literal["mq2", "mq7", "mq135", "scd4x", "sgp30", "bme280", "smoke", "flame"]
 DEFAULT_GAS = {"mq2": "methane", "mq7": "co", "mq135": "co2"}
@@ -189,6 +189,6 @@ class SensorsSource:
 
 
 def build(config: Config, book: IncidentBook) -> SensorsSource:
-    from edge.sensing.rig import build_source
+    from s4edge.edge.sensing.rig import build_source
 
     return build_source(config, book)

@@ -15,12 +15,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cloud_sync.messages import Box, Detection, Measurement, ModelRef, Severity
-from edge.alerts import Content, IncidentBook, Level, ThresholdRule, ValueAlarm
-from edge.scenario import LevelConfig
-from edge.vision.tracker import Track
-from edge.vision.unattended import UnattendedObjectConfig, UnattendedObjects
-from edge.vision.zones import Line, TimeWindow, Zone
+from s4edge.cloud_sync.messages import Box, Detection, Measurement, ModelRef, Severity
+from s4edge.edge.alerts import Content, IncidentBook, Level, ThresholdRule, ValueAlarm
+from s4edge.edge.scenario import LevelConfig
+from s4edge.edge.vision.tracker import Track
+from s4edge.edge.vision.unattended import UnattendedObjectConfig, UnattendedObjects
+from s4edge.edge.vision.zones import Line, TimeWindow, Zone
 
 Direction = Literal["a_to_b", "b_to_a"]
 DIRECTIONS: tuple[Direction, ...] = ("a_to_b", "b_to_a")

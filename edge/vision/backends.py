@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.vision.manifest import Manifest, ManifestError
+from s4edge.edge.vision.manifest import Manifest, ManifestError
 
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
 

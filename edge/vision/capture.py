@@ -15,8 +15,8 @@ from typing import Any
 # The uplink's backoff: doubling delays, reset by the first good frame, with jitter that
 # keeps cameras sharing an RTSP server from reconnecting in lock-step. edge.vision.source
 # imports it from here.
-from cloud_sync.uplink import Backoff as Backoff
-from drivers.frames import Frame, FrameSource, FrameSourceError
+from s4edge.cloud_sync.uplink import Backoff as Backoff
+from s4edge.drivers.frames import Frame, FrameSource, FrameSourceError
 
 Prepare = Callable[[Frame, float, Any], Any]
 """``prepare(image, ts, replaces)``: per-frame work done in the capture thread;

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 import edge
-from edge.vision.manifest import Manifest, ManifestError, ModelEntry, load_manifest
+from s4edge.edge.vision.manifest import Manifest, ManifestError, ModelEntry, load_manifest
 
 MODELS_DIR_ENV = "S4EDGE_MODELS_DIR"
 CACHE_ENV = "S4EDGE_MODEL_CACHE"

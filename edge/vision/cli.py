@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edge.vision.backends import BackendError, BackendOptions
-from edge.vision.catalogue import Catalogue, CatalogueError
-from edge.vision.evaluate import IMAGE_SUFFIXES, DatasetError
-from edge.vision.manifest import ManifestError
-from edge.vision.types import Detection
+from s4edge.edge.vision.backends import BackendError, BackendOptions
+from s4edge.edge.vision.catalogue import Catalogue, CatalogueError
+from s4edge.edge.vision.evaluate import IMAGE_SUFFIXES, DatasetError
+from s4edge.edge.vision.manifest import ManifestError
+from s4edge.edge.vision.types import Detection
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".mjpg", ".mjpeg"}
 
@@ -127,8 +127,8 @@ def bench(
     """Latency percentiles of the raw model run (infer) and of the whole detect()."""
     import numpy as np
 
-    from edge.vision.detector import Detector
-    from edge.vision.evaluate import time_detector
+    from s4edge.edge.vision.detector import Detector
+    from s4edge.edge.vision.evaluate import time_detector
 
     with _clear_errors():
         detector = Detector.from_catalogue(Catalogue.from_env(), name, _options(threads))
@@ -170,8 +170,8 @@ def eval_model(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """mAP@0.5 and mAP@0.5:0.95, overall and per class (COCO evaluation)."""
-    from edge.vision.detector import Detector
-    from edge.vision.evaluate import EVAL_SCORE_THRESHOLD, evaluate
+    from s4edge.edge.vision.detector import Detector
+    from s4edge.edge.vision.evaluate import EVAL_SCORE_THRESHOLD, evaluate
 
     with _clear_errors():
         detector = Detector.from_catalogue(Catalogue.from_env(), name, _options(threads), EVAL_SCORE_THRESHOLD)
@@ -198,7 +198,7 @@ def quantize(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Static INT8 (QDQ, per-channel) quantization into the cache, with a generated manifest."""
-    from edge.vision.quantize import quantize_model
+    from s4edge.edge.vision.quantize import quantize_model
 
     with _clear_errors():
         report = quantize_model(Catalogue.from_env(), name, calib, out_name, data, runs)
@@ -272,7 +272,7 @@ def detect(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run a detector on images or a video and print class, score and box (normalised x1 y1 x2 y2)."""
-    from edge.vision.detector import Detector
+    from s4edge.edge.vision.detector import Detector
 
     results = []
     with _clear_errors():

@@ -14,13 +14,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cloud_sync.messages import ModelRef
-from edge.vision.backends import Backend, BackendOptions, load_backend
-from edge.vision.catalogue import Catalogue
-from edge.vision.decoders import Candidates, DecodeContext, bind
-from edge.vision.manifest import ManifestError, ModelEntry
-from edge.vision.nms import nms
-from edge.vision.types import Detection
+from s4edge.cloud_sync.messages import ModelRef
+from s4edge.edge.vision.backends import Backend, BackendOptions, load_backend
+from s4edge.edge.vision.catalogue import Catalogue
+from s4edge.edge.vision.decoders import Candidates, DecodeContext, bind
+from s4edge.edge.vision.manifest import ManifestError, ModelEntry
+from s4edge.edge.vision.nms import nms
+from s4edge.edge.vision.types import Detection
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.vision.detector import Detector
+from s4edge.edge.vision.detector import Detector
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 # Low enough to trace the whole precision/recall curve, as COCO evaluation expects.

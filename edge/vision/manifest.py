@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cloud_sync.messages import ModelRef
+from s4edge.cloud_sync.messages import ModelRef
 
 
 class ManifestError(ValueError):

@@ -20,15 +20,15 @@ from datetime import time as time_of_day
 from functools import partial
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from cloud_sync.messages import ModelRef
-from edge.alerts import Content, IncidentBook
-from edge.sources import SourceContext
-from edge.vision.analytics import SceneAnalytics
-from edge.vision.capture import Capture
-from edge.vision.motion import MotionGate
-from edge.vision.snapshots import SnapshotWriter
-from edge.vision.tracker import Track, Tracker
-from edge.vision.types import Detection
+from s4edge.cloud_sync.messages import ModelRef
+from s4edge.edge.alerts import Content, IncidentBook
+from s4edge.edge.sources import SourceContext
+from s4edge.edge.vision.analytics import SceneAnalytics
+from s4edge.edge.vision.capture import Capture
+from s4edge.edge.vision.motion import MotionGate
+from s4edge.edge.vision.snapshots import SnapshotWriter
+from s4edge.edge.vision.tracker import Track, Tracker
+from s4edge.edge.vision.types import Detection
 
 HEALTH_EVERY_S = 1.0
 _T = TypeVar("_T")

@@ -18,9 +18,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.vision.catalogue import Catalogue, CatalogueError, sha256_file
-from edge.vision.detector import Detector
-from edge.vision.evaluate import EVAL_SCORE_THRESHOLD, IMAGE_SUFFIXES, Latency, evaluate, time_detector
+from s4edge.edge.vision.catalogue import Catalogue, CatalogueError, sha256_file
+from s4edge.edge.vision.detector import Detector
+from s4edge.edge.vision.evaluate import EVAL_SCORE_THRESHOLD, IMAGE_SUFFIXES, Latency, evaluate, time_detector
 
 MAX_CALIBRATION_IMAGES = 200
 

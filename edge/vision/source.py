@@ -21,15 +21,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.alerts import IncidentBook
-from edge.sources import SourceContext
-from edge.vision.analytics import SceneAnalytics, SceneConfig
-from edge.vision.backends import BackendOptions
-from edge.vision.capture import Backoff, Capture
-from edge.vision.motion import MotionConfig, MotionGate
-from edge.vision.pipeline import FrameDetector, SwapResult, VisionPipeline
-from edge.vision.snapshots import SnapshotConfig, SnapshotWriter
-from edge.vision.tracker import Tracker, TrackerConfig
+from s4edge.edge.alerts import IncidentBook
+from s4edge.edge.sources import SourceContext
+from s4edge.edge.vision.analytics import SceneAnalytics, SceneConfig
+from s4edge.edge.vision.backends import BackendOptions
+from s4edge.edge.vision.capture import Backoff, Capture
+from s4edge.edge.vision.motion import MotionConfig, MotionGate
+from s4edge.edge.vision.pipeline import FrameDetector, SwapResult, VisionPipeline
+from s4edge.edge.vision.snapshots import SnapshotConfig, SnapshotWriter
+from s4edge.edge.vision.tracker import Tracker, TrackerConfig
 
 
 class CameraConfig(BaseModel):
@@ -73,8 +73,8 @@ class Config(BaseModel):
 
 def load_detector(config: ModelConfig, name: str | None = None) -> FrameDetector:
     """Pull (sha256-checked) and load a catalogue model as a Detector."""
-    from edge.vision.catalogue import Catalogue
-    from edge.vision.detector import Detector
+    from s4edge.edge.vision.catalogue import Catalogue
+    from s4edge.edge.vision.detector import Detector
 
     catalogue = Catalogue.from_env()
     model = name or config.name
@@ -90,7 +90,7 @@ class VisionSource:
         self.pipeline = pipeline
 
     def capture(self) -> Capture:
-        from drivers.frames import open_source
+        from s4edge.drivers.frames import open_source
 
         cam = self.config.camera
         size = (cam.width, cam.height) if cam.width and cam.height else None

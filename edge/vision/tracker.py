@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import linear_sum_assignment
 
-from edge.vision.types import Detection
+from s4edge.edge.vision.types import Detection
 
 Box = tuple[float, float, float, float]
 

@@ -17,9 +17,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_sync.messages import Detection, Measurement, ModelRef, Severity
-from edge.alerts import Content, IncidentBook
-from edge.vision.tracker import Track
+from s4edge.cloud_sync.messages import Detection, Measurement, ModelRef, Severity
+from s4edge.edge.alerts import Content, IncidentBook
+from s4edge.edge.vision.tracker import Track
 
 Describe = Callable[[Sequence[Track], str, str, str], Detection]
 

@@ -30,12 +30,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.aggregator.ingest import LINGER_S, Ingest, relax_gc
-from cloud_sync.aggregator.metrics import IngestMetrics
-from cloud_sync.aggregator.store import Store, make_engine
-from cloud_sync.aggregator.writer import SUFFIXES, StoreSpec
-from cloud_sync.messages import QOS, Alert, Location, Measurement, encode, fleet_filter, topic_for
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+from s4edge.cloud_sync.aggregator.ingest import LINGER_S, Ingest, relax_gc
+from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
+from s4edge.cloud_sync.aggregator.store import Store, make_engine
+from s4edge.cloud_sync.aggregator.writer import SUFFIXES, StoreSpec
+from s4edge.cloud_sync.messages import QOS, Alert, Location, Measurement, encode, fleet_filter, topic_for
 from s4edge.testing import Mosquitto, eventually
 
 TARGET_RATIO = 0.70

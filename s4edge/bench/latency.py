@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 from rich.progress import track
 
-from cloud_sync.messages import Alert
+from s4edge.cloud_sync.messages import Alert
 
 TARGET_P99_MS = 50.0
 
@@ -30,11 +30,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure(count: int, workdir: Path, writer: str = "process") -> list[float]:
-    from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-    from cloud_sync.aggregator.broker import BrokerConfig
-    from edge.alerts import Level, ThresholdRule, ValueAlarm
-    from edge.app import Node
-    from edge.config import parse_config
+    from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+    from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+    from s4edge.edge.alerts import Level, ThresholdRule, ValueAlarm
+    from s4edge.edge.app import Node
+    from s4edge.edge.config import parse_config
     from s4edge.testing import Mosquitto
 
     committed: dict[tuple[str, str], float] = {}

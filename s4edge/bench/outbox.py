@@ -18,9 +18,9 @@ from pathlib import Path
 
 import typer
 
-from cloud_sync.messages import Alert, Location, encode
-from cloud_sync.outbox import Outbox
-from cloud_sync.uplink import Delivery, Forwarder, MqttUplink, UplinkSettings
+from s4edge.cloud_sync.messages import Alert, Location, encode
+from s4edge.cloud_sync.outbox import Outbox
+from s4edge.cloud_sync.uplink import Delivery, Forwarder, MqttUplink, UplinkSettings
 from s4edge.testing import Mosquitto
 
 TARGET_PER_S = 1000.0

@@ -31,8 +31,8 @@ import httpx
 import typer
 from sqlalchemy import Engine, create_engine, select, text
 
-from cloud_sync.aggregator.store import alerts, make_engine
-from cloud_sync.messages import Alert, Heartbeat, Location, Measurement, encode, topic_for
+from s4edge.cloud_sync.aggregator.store import alerts, make_engine
+from s4edge.cloud_sync.messages import Alert, Heartbeat, Location, Measurement, encode, topic_for
 from s4edge.bench.ingest import alert_payloads, publish_all
 from s4edge.testing import Mosquitto, eventually
 
@@ -44,7 +44,7 @@ RECEIVED_HEARTBEATS = 's4edge_messages_received_total{type="heartbeat"}'
 
 def _replica(broker: Mosquitto, db_url: str, schema: str, name: str, log: Path) -> subprocess.Popen[bytes]:
     argv = [
-        sys.executable, "-m", "cloud_sync.aggregator", "run", "--broker", broker.url, "--db", db_url,
+        sys.executable, "-m", "s4edge.cloud_sync.aggregator", "run", "--broker", broker.url, "--db", db_url,
         "--db-schema", schema, "--http", "127.0.0.1:0", "--client-id", name, "--group", "bench-replicas",
     ]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("ab"), env=dict(os.environ))

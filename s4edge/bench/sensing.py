@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import typer
 
-from cloud_sync.messages import Alert, Location, encode
-from cloud_sync.outbox import Outbox
-from edge.alerts import AlertDraft, IncidentBook
-from edge.sensing.cli import EXAMPLE, load_sensors_config
-from edge.sensing.rig import SimWorld, build_source
-from edge.sensing.source import Config
-from edge.sources import SourceContext
+from s4edge.cloud_sync.messages import Alert, Location, encode
+from s4edge.cloud_sync.outbox import Outbox
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.sensing.cli import EXAMPLE, load_sensors_config
+from s4edge.edge.sensing.rig import SimWorld, build_source
+from s4edge.edge.sensing.source import Config
+from s4edge.edge.sources import SourceContext
 
 NIR_TARGET_MS = 5.0
 LATENCY_SLACK_S = 0.010
@@ -149,7 +149,7 @@ def bench_alert_latency(trials: int, period_s: float) -> dict[str, Any]:
     return {
         "trials": trials,
         "period_s": period_s,
-        "to": "cloud_sync.outbox.Outbox (durable put)",
+        "to": "s4edge.cloud_sync.outbox.Outbox (durable put)",
         "latency_ms_median": round(statistics.median(latencies) * 1e3, 2),
         "latency_ms_p95": round(p95 * 1e3, 2),
         "latency_ms_max": round(max(latencies) * 1e3, 2),
@@ -181,8 +181,8 @@ def _time_predictions(model: Any, spectrum: Any, iterations: int) -> dict[str, A
 
 def bench_nir(iterations: int) -> dict[str, Any]:
     """SNV + Savitzky-Golay + PLS(-DA) + T²/Q gate, one spectrum at a time."""
-    from edge.sensing.chemometrics import Preprocess, fit
-    from edge.sensing.nir_synthetic import synthetic_library
+    from s4edge.edge.sensing.chemometrics import Preprocess, fit
+    from s4edge.edge.sensing.nir_synthetic import synthetic_library
 
     x, labels, wl = synthetic_library(per_class=15)
     plsda = fit(x, labels, wl, kind="classification", preprocess=Preprocess(sg_window=11), max_components=6)

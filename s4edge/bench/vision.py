@@ -32,7 +32,7 @@ RAW_TARGET, GATE_TARGET, RSS_TARGET_MB = 0.90, 0.15, 200.0
 
 
 def _frames(source: Path, limit: int | None = None) -> list[Any]:
-    from drivers.frames import ReplaySource
+    from s4edge.drivers.frames import ReplaySource
 
     replay = ReplaySource(source, realtime=False)
     replay.open()
@@ -47,7 +47,7 @@ def _frames(source: Path, limit: int | None = None) -> list[Any]:
 
 
 def _scene(book: Any) -> Any:
-    from edge.vision.analytics import SceneAnalytics, SceneConfig
+    from s4edge.edge.vision.analytics import SceneAnalytics, SceneConfig
 
     config = SceneConfig.model_validate(
         {
@@ -68,13 +68,13 @@ class _OutboxPublisher:
     """Alerts stamped as the node stamps them (edge.app.Node.publish_alert), into SQLite."""
 
     def __init__(self, folder: Path) -> None:
-        from cloud_sync.outbox import Outbox
+        from s4edge.cloud_sync.outbox import Outbox
 
         self.outbox = Outbox(folder / "outbox.db")
         self.count = 0
 
     def __call__(self, draft: Any) -> None:
-        from cloud_sync.messages import Alert, Location, encode
+        from s4edge.cloud_sync.messages import Alert, Location, encode
 
         alert = Alert(
             node_id="bench",
@@ -96,9 +96,9 @@ class _OutboxPublisher:
 
 
 def _pipeline(detector: Any, emit: Any, gate: Any = None) -> Any:
-    from edge.alerts import IncidentBook
-    from edge.vision.pipeline import VisionPipeline
-    from edge.vision.tracker import Tracker
+    from s4edge.edge.alerts import IncidentBook
+    from s4edge.edge.vision.pipeline import VisionPipeline
+    from s4edge.edge.vision.tracker import Tracker
 
     book = IncidentBook(emit)
     return VisionPipeline("cam0", detector, Tracker(), _scene(book), book, gate=gate)
@@ -117,9 +117,9 @@ def pipeline_round(detector: Any, source: Path, limit: int, publisher: _OutboxPu
     lossless capture thread decodes, gates and preprocesses the next frame, and a
     tracking thread decodes, tracks and raises alerts for the last one, while this
     thread infers the current one."""
-    from drivers.frames import ReplaySource
-    from edge.vision.capture import Capture
-    from edge.vision.pipeline import TrackingThread
+    from s4edge.drivers.frames import ReplaySource
+    from s4edge.edge.vision.capture import Capture
+    from s4edge.edge.vision.pipeline import TrackingThread
 
     pipe = _pipeline(detector, publisher)
     capture = Capture(ReplaySource(source, realtime=False), finite=True, lossless=True, prepare=pipe.prepare)
@@ -181,7 +181,7 @@ def throughput(detector: Any, all_cores: Any, source: Path, frames: list[Any], r
 
 def gate_cpu(detector: Any, frames: list[Any], rounds: int) -> dict[str, Any]:
     """CPU seconds per frame over the static stretch, gated against inferring every frame."""
-    from edge.vision.motion import MotionConfig, MotionGate
+    from s4edge.edge.vision.motion import MotionConfig, MotionGate
 
     static = frames[STATIC.start : STATIC.stop]
     lead_in = frames[STATIC.start - 15 : STATIC.start]  # the gate and tracker arrive warm, as in a live run
@@ -232,8 +232,8 @@ def agent_rss(model: str, source: Path, seconds: float) -> dict[str, Any]:
 def _agent_child(model: str, source: str, seconds: float) -> None:
     import psutil
 
-    from edge.app import Node
-    from edge.config import parse_config
+    from s4edge.edge.app import Node
+    from s4edge.edge.config import parse_config
     from s4edge.testing.mosquitto import free_port
 
     folder = Path(tempfile.mkdtemp(prefix="s4edge-bench-"))
@@ -310,8 +310,8 @@ def register(bench_app: typer.Typer) -> None:
         ),
     ) -> None:
         """Raw model vs full pipeline throughput, motion-gate CPU, agent memory (JSON)."""
-        from edge.vision.backends import BackendOptions, default_threads
-        from edge.vision.source import ModelConfig, load_detector
+        from s4edge.edge.vision.backends import BackendOptions, default_threads
+        from s4edge.edge.vision.source import ModelConfig, load_detector
 
         if not source.is_file():
             raise typer.BadParameter(f"{source}: no such video; build one with scripts/make_demo_clip.py")

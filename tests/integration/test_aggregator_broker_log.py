@@ -11,10 +11,10 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.aggregator.broker_log import LogClassifier
-from cloud_sync.fleet.mosquitto_files import password_hash
+from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+from s4edge.cloud_sync.aggregator.broker_log import LogClassifier
+from s4edge.cloud_sync.fleet.mosquitto_files import password_hash
 from s4edge.testing import Mosquitto
 
 TIMEOUT = 10.0

@@ -18,13 +18,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import event, select
 
-from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.aggregator.ingest import Ingest
-from cloud_sync.aggregator.metrics import IngestMetrics
-from cloud_sync.aggregator.store import Store, make_engine
-from cloud_sync.aggregator.store import alerts as alerts_table
-from cloud_sync.messages import Alert, Command, CommandResult, Location, Status, decode, encode, topic_for
+from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+from s4edge.cloud_sync.aggregator.ingest import Ingest
+from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
+from s4edge.cloud_sync.aggregator.store import Store, make_engine
+from s4edge.cloud_sync.aggregator.store import alerts as alerts_table
+from s4edge.cloud_sync.messages import Alert, Command, CommandResult, Location, Status, decode, encode, topic_for
 from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
 
@@ -164,7 +164,7 @@ def test_a_command_reaches_the_node_and_its_result_is_shown(aggregator: Aggregat
 
 def _start_subprocess(broker: Mosquitto, db: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-m", "cloud_sync.aggregator", "run", "--broker", broker.url, "--db", f"sqlite:///{db}",
+    argv = [sys.executable, "-m", "s4edge.cloud_sync.aggregator", "run", "--broker", broker.url, "--db", f"sqlite:///{db}",
             "--http", "127.0.0.1:0", "--client-id", "agg-killed"]  # fmt: skip
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
     wait_until(lambda: "aggregator: http://" in log.read_text() or proc.poll() is not None, 20, "the aggregator")

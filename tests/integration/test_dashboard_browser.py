@@ -11,9 +11,9 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.messages import Alert, Heartbeat, Location, Status, encode, topic_for
+from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+from s4edge.cloud_sync.messages import Alert, Heartbeat, Location, Status, encode, topic_for
 from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_sync.messages import MessageError, decode
+from s4edge.cloud_sync.messages import MessageError, decode
 from s4edge.testing import Mosquitto
 
 pytestmark = pytest.mark.slow

@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.messages import new_id
-from edge.alerts import AlertDraft
-from edge.app import Node
-from edge.config import parse_config
+from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+from s4edge.cloud_sync.messages import new_id
+from s4edge.edge.alerts import AlertDraft
+from s4edge.edge.app import Node
+from s4edge.edge.config import parse_config
 from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_for
 

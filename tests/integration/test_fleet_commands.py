@@ -14,12 +14,12 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.aggregator.commands import CommandSigner
-from cloud_sync.messages import Command, decode, encode, topic, topic_for, utc_now
-from edge.app import Node
-from edge.config import load_config
+from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+from s4edge.cloud_sync.aggregator.commands import CommandSigner
+from s4edge.cloud_sync.messages import Command, decode, encode, topic, topic_for, utc_now
+from s4edge.edge.app import Node
+from s4edge.edge.config import load_config
 from s4edge.testing import eventually
 from s4edge.testing.fleet import SITE, TIMEOUT, Fleet, build_fleet, login
 

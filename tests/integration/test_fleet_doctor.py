@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cloud_sync.fleet.ca import init_ca
+from s4edge.cloud_sync.fleet.ca import init_ca
 from s4edge.cli import app
 from s4edge.testing.fleet import Fleet, build_fleet
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from cloud_sync.aggregator.broker_log import BrokerLogWatch
-from cloud_sync.fleet.ca import init_ca, issue_client_cert, load_ca
-from cloud_sync.messages import Alert, Location, decode, encode, topic, topic_for
+from s4edge.cloud_sync.aggregator.broker_log import BrokerLogWatch
+from s4edge.cloud_sync.fleet.ca import init_ca, issue_client_cert, load_ca
+from s4edge.cloud_sync.messages import Alert, Location, decode, encode, topic, topic_for
 from s4edge.testing.fleet import SITE, TIMEOUT, Fleet, build_fleet, cli, login, peer
 
 MQTT5_NOT_AUTHORIZED = 0x87
@@ -154,8 +154,8 @@ def test_a_broker_certificate_from_another_ca_is_not_trusted(fleet: Fleet, tmp_p
 
 
 def test_a_node_delivers_alerts_through_the_outbox_and_uplink_over_tls(fleet: Fleet, tmp_path: Path) -> None:
-    from cloud_sync.outbox import Outbox
-    from cloud_sync.uplink import Forwarder, MqttUplink, UplinkSettings
+    from s4edge.cloud_sync.outbox import Outbox
+    from s4edge.cloud_sync.uplink import Forwarder, MqttUplink, UplinkSettings
 
     aggregator = login(fleet, "aggregator")
     aggregator.subscribe(topic(SITE, "node-a", "alert"))

@@ -11,12 +11,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from lxml import etree
 
-from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.messages import Alert, Location, Measurement, encode, topic_for
-from cloud_sync.ng112.cap import CAP_NS
-from cloud_sync.ng112.policy import Ng112Config
-from cloud_sync.ng112.service import attach
+from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+from s4edge.cloud_sync.messages import Alert, Location, Measurement, encode, topic_for
+from s4edge.cloud_sync.ng112.cap import CAP_NS
+from s4edge.cloud_sync.ng112.policy import Ng112Config
+from s4edge.cloud_sync.ng112.service import attach
 from s4edge.testing import Mosquitto, free_port
 from s4edge.testing.sipp import SippPsap
 

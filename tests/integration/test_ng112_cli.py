@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import cloud_sync.ng112
-from cloud_sync.messages import Alert, Location
-from cloud_sync.ng112.call import Caller, compose
-from cloud_sync.ng112.sip import parse_target
-from cloud_sync.ng112.transport import Timers, Transaction
+import s4edge.cloud_sync.ng112
+from s4edge.cloud_sync.messages import Alert, Location
+from s4edge.cloud_sync.ng112.call import Caller, compose
+from s4edge.cloud_sync.ng112.sip import parse_target
+from s4edge.cloud_sync.ng112.transport import Timers, Transaction
 from s4edge.cli import app
 from s4edge.testing import free_port
 from s4edge.testing.sipp import SippPsap

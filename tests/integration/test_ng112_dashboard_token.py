@@ -12,12 +12,12 @@ import pytest
 from test_dashboard_browser import browser as browser  # the same headless Chromium
 from test_dashboard_browser import pytestmark as pytestmark  # and the same skip
 
-from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.messages import Alert, Location
-from cloud_sync.ng112.policy import Ng112Config
-from cloud_sync.ng112.receiver import PsapReceiver
-from cloud_sync.ng112.service import attach
+from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+from s4edge.cloud_sync.messages import Alert, Location
+from s4edge.cloud_sync.ng112.policy import Ng112Config
+from s4edge.cloud_sync.ng112.receiver import PsapReceiver
+from s4edge.cloud_sync.ng112.service import attach
 from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
 

@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 import pytest
 from lxml import etree
 
-from cloud_sync.messages import Alert, Location, Measurement, ModelRef
-from cloud_sync.ng112.call import Caller, compose
-from cloud_sync.ng112.cap import CAP_NS, CapError, load_schema
-from cloud_sync.ng112.pidf import DM_NS, GML_NS, GP_NS, PIDF_NS, LocationError
-from cloud_sync.ng112.sip import parse_target
-from cloud_sync.ng112.transport import Timers, Transaction
+from s4edge.cloud_sync.messages import Alert, Location, Measurement, ModelRef
+from s4edge.cloud_sync.ng112.call import Caller, compose
+from s4edge.cloud_sync.ng112.cap import CAP_NS, CapError, load_schema
+from s4edge.cloud_sync.ng112.pidf import DM_NS, GML_NS, GP_NS, PIDF_NS, LocationError
+from s4edge.cloud_sync.ng112.sip import parse_target
+from s4edge.cloud_sync.ng112.transport import Timers, Transaction
 from s4edge.testing.sipp import SippPsap
 
 pytestmark = pytest.mark.skipif(

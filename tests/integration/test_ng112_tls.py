@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cloud_sync.messages import Alert, Location
-from cloud_sync.ng112.call import Caller, compose
-from cloud_sync.ng112.receiver import answer, read_call
-from cloud_sync.ng112.sip import parse_target, split_head
-from cloud_sync.ng112.transport import Timers, Transaction
+from s4edge.cloud_sync.messages import Alert, Location
+from s4edge.cloud_sync.ng112.call import Caller, compose
+from s4edge.cloud_sync.ng112.receiver import answer, read_call
+from s4edge.cloud_sync.ng112.sip import parse_target, split_head
+from s4edge.cloud_sync.ng112.transport import Timers, Transaction
 
 
 def self_signed(tmp_path):

@@ -19,10 +19,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_sync.messages import Alert, Status, decode
-from edge.alerts import AlertDraft
-from edge.app import Node
-from edge.config import parse_config
+from s4edge.cloud_sync.messages import Alert, Status, decode
+from s4edge.edge.alerts import AlertDraft
+from s4edge.edge.app import Node
+from s4edge.edge.config import parse_config
 from s4edge.testing import Mosquitto, free_port
 from s4edge.testing import eventually as wait_until
 
@@ -164,9 +164,9 @@ def test_broker_outage_loses_nothing_and_keeps_seq_order(tmp_path: Path, broker:
 
 _BURST = """
 import sys, yaml
-from edge.alerts import AlertDraft
-from edge.app import Node
-from edge.config import parse_config
+from s4edge.edge.alerts import AlertDraft
+from s4edge.edge.app import Node
+from s4edge.edge.config import parse_config
 node = Node(parse_config(yaml.safe_load(open(sys.argv[1]))))
 node.start()
 i = 0

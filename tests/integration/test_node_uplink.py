@@ -16,11 +16,11 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_sync.messages import Command, CommandResult, Status, decode, encode, topic_for
-from cloud_sync.outbox import Outbox
-from cloud_sync.uplink import Backoff, Forwarder, MqttUplink, UplinkSettings
-from edge.app import Node
-from edge.config import parse_config
+from s4edge.cloud_sync.messages import Command, CommandResult, Status, decode, encode, topic_for
+from s4edge.cloud_sync.outbox import Outbox
+from s4edge.cloud_sync.uplink import Backoff, Forwarder, MqttUplink, UplinkSettings
+from s4edge.edge.app import Node
+from s4edge.edge.config import parse_config
 from s4edge.testing import Mosquitto, free_port
 from s4edge.testing import eventually as wait_until
 
@@ -228,7 +228,7 @@ def test_command_sent_while_the_node_is_away_is_answered_after_it_returns(tmp_pa
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, int, Path]]:
     """mosquitto with a second listener that requires TLS and a client certificate."""
-    from cloud_sync.fleet.ca import init_ca, issue_client_cert, issue_server_cert
+    from s4edge.cloud_sync.fleet.ca import init_ca, issue_client_cert, issue_server_cert
 
     pki = tmp_path / "pki"
     ca = init_ca(pki / "ca")

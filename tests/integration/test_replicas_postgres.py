@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError
 
-from cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-from cloud_sync.aggregator.broker import BrokerConfig
-from cloud_sync.aggregator.store import Store, alerts, make_engine, telemetry
-from cloud_sync.messages import Alert, Heartbeat, Location, Measurement, Telemetry, encode, topic_for
+from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig
+from s4edge.cloud_sync.aggregator.store import Store, alerts, make_engine, telemetry
+from s4edge.cloud_sync.messages import Alert, Heartbeat, Location, Measurement, Telemetry, encode, topic_for
 from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
 

@@ -14,9 +14,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_sync.messages import decode_from
-from edge.app import Node
-from edge.config import parse_config
+from s4edge.cloud_sync.messages import decode_from
+from s4edge.edge.app import Node
+from s4edge.edge.config import parse_config
 from s4edge.testing import Mosquitto
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from cloud_sync.messages import Alert, decode_from, fleet_filter
-from edge.app import Node
-from edge.config import parse_config
+from s4edge.cloud_sync.messages import Alert, decode_from, fleet_filter
+from s4edge.edge.app import Node
+from s4edge.edge.config import parse_config
 from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
 

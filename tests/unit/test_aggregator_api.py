@@ -9,12 +9,12 @@ import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from cloud_sync.aggregator.api import build_api, mount_dashboard
-from cloud_sync.aggregator.commands import CommandDesk
-from cloud_sync.aggregator.events import EventBus
-from cloud_sync.aggregator.metrics import IngestMetrics
-from cloud_sync.aggregator.store import Store, make_engine
-from cloud_sync.messages import Alert, Command, Location, decode
+from s4edge.cloud_sync.aggregator.api import build_api, mount_dashboard
+from s4edge.cloud_sync.aggregator.commands import CommandDesk
+from s4edge.cloud_sync.aggregator.events import EventBus
+from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
+from s4edge.cloud_sync.aggregator.store import Store, make_engine
+from s4edge.cloud_sync.messages import Alert, Command, Location, decode
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -17,17 +17,17 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError
 
-from cloud_sync.aggregator.alert_rows import AlertRows
-from cloud_sync.aggregator.broker import BrokerConfig, BrokerError
-from cloud_sync.aggregator.events import EventBus
-from cloud_sync.aggregator.ingest import Ingest, Received
-from cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
-from cloud_sync.aggregator.store import AlertQuery, Store, make_engine
-from cloud_sync.aggregator.store import alerts as alerts_table
-from cloud_sync.aggregator.views import utc
-from cloud_sync.aggregator.writer import StoreSpec, WriterProcess
-from cloud_sync.logfmt import LOG_FORMAT_ENV
-from cloud_sync.messages import (
+from s4edge.cloud_sync.aggregator.alert_rows import AlertRows
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError
+from s4edge.cloud_sync.aggregator.events import EventBus
+from s4edge.cloud_sync.aggregator.ingest import Ingest, Received
+from s4edge.cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
+from s4edge.cloud_sync.aggregator.store import AlertQuery, Store, make_engine
+from s4edge.cloud_sync.aggregator.store import alerts as alerts_table
+from s4edge.cloud_sync.aggregator.views import utc
+from s4edge.cloud_sync.aggregator.writer import StoreSpec, WriterProcess
+from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV
+from s4edge.cloud_sync.messages import (
     Alert,
     Box,
     Detection,

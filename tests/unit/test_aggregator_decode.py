@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from cloud_sync.messages import SCHEMA, Alert, Location, Measurement, Message, MessageError, decode, encode
+from s4edge.cloud_sync.messages import SCHEMA, Alert, Location, Measurement, Message, MessageError, decode, encode
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TWO_STEP: TypeAdapter[Any] = TypeAdapter(Message)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_sync.aggregator.store import AlertQuery, Store, make_engine
-from cloud_sync.messages import Alert, CommandResult, Heartbeat, Location, Status
+from s4edge.cloud_sync.aggregator.store import AlertQuery, Store, make_engine
+from s4edge.cloud_sync.messages import Alert, CommandResult, Heartbeat, Location, Status
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from edge.alerts import AlertDraft, Content, IncidentBook, Level, ThresholdRule, ValueAlarm
+from s4edge.edge.alerts import AlertDraft, Content, IncidentBook, Level, ThresholdRule, ValueAlarm
 
 
 def make_book(**kwargs) -> tuple[IncidentBook, list[AlertDraft]]:

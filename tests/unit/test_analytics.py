@@ -8,10 +8,10 @@ from datetime import time
 import pytest
 from pydantic import ValidationError
 
-from cloud_sync.messages import ModelRef
-from edge.alerts import AlertDraft, IncidentBook
-from edge.vision.analytics import SceneAnalytics, SceneConfig
-from edge.vision.tracker import Track
+from s4edge.cloud_sync.messages import ModelRef
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.vision.analytics import SceneAnalytics, SceneConfig
+from s4edge.edge.vision.tracker import Track
 
 MODEL = ModelRef(name="fastestdet", version="1.0.0", sha256="a" * 64)
 ZONE = {"name": "door", "polygon": [[0.4, 0.4], [0.8, 0.4], [0.8, 1.0], [0.4, 1.0]]}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from edge.alerts import AlertDraft, IncidentBook
-from edge.vision.analytics import SceneAnalytics, SceneConfig
-from edge.vision.tracker import Track
-from edge.vision.unattended import distance_to_box
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.vision.analytics import SceneAnalytics, SceneConfig
+from s4edge.edge.vision.tracker import Track
+from s4edge.edge.vision.unattended import distance_to_box
 
 BAG = Track(50, 24, "backpack", (0.50, 0.80, 0.55, 0.88), 0.8, 0.0, 0.0, 5)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloud_sync.messages import Command, Measurement, decode
-from edge.alerts import AlertDraft
-from edge.app import Node
-from edge.config import ConfigError, parse_config
-from edge.health import Health, soc_temp_c
+from s4edge.cloud_sync.messages import Command, Measurement, decode
+from s4edge.edge.alerts import AlertDraft
+from s4edge.edge.app import Node
+from s4edge.edge.config import ConfigError, parse_config
+from s4edge.edge.health import Health, soc_temp_c
 from s4edge.testing import free_port
 
 SIM = Path(__file__).resolve().parents[2] / "firmware_configs" / "sim-node.yaml"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.vision.decoders import DecodeContext, bind
-from edge.vision.decoders.mediapipe_pose import anchor_centres
-from edge.vision.decoders.yolox import grids
-from edge.vision.manifest import DecoderSpec, ManifestError
-from edge.vision.nms import nms, weighted_nms
+from s4edge.edge.vision.decoders import DecodeContext, bind
+from s4edge.edge.vision.decoders.mediapipe_pose import anchor_centres
+from s4edge.edge.vision.decoders.yolox import grids
+from s4edge.edge.vision.manifest import DecoderSpec, ManifestError
+from s4edge.edge.vision.nms import nms, weighted_nms
 
 
 def decoder(family: str, **options):

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.vision.backends import BackendOptions
-from edge.vision.catalogue import Catalogue
-from edge.vision.detector import Detector, Geometry
-from edge.vision.evaluate import EVAL_SCORE_THRESHOLD, evaluate
+from s4edge.edge.vision.backends import BackendOptions
+from s4edge.edge.vision.catalogue import Catalogue
+from s4edge.edge.vision.detector import Detector, Geometry
+from s4edge.edge.vision.evaluate import EVAL_SCORE_THRESHOLD, evaluate
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from drivers.sim import SimADS1115, SimBus
-from edge.doctor import (
+from s4edge.drivers.sim import SimADS1115, SimBus
+from s4edge.edge.doctor import (
     check_camera,
     check_clock,
     check_disk,
@@ -21,9 +21,9 @@ from edge.doctor import (
     check_model,
     check_serial,
 )
-from edge.sensing.source import Config as SensorsConfig
-from edge.vision.catalogue import Catalogue, default_models_dir
-from edge.vision.source import Config as VisionConfig
+from s4edge.edge.sensing.source import Config as SensorsConfig
+from s4edge.edge.vision.catalogue import Catalogue, default_models_dir
+from s4edge.edge.vision.source import Config as VisionConfig
 from s4edge.cli import app
 from s4edge.testing import free_port
 
@@ -96,7 +96,7 @@ def test_i2c_reports_the_sensor_that_does_not_answer() -> None:
 
 
 def test_i2c_passes_when_every_address_answers() -> None:
-    from drivers.sim import SimBME280
+    from s4edge.drivers.sim import SimBME280
 
     bus = SimBus()
     bus.attach(0x48, SimADS1115(0x48))

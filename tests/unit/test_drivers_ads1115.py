@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.ads1115 import ADS1115, REG_CONFIG, AnalogIn
-from drivers.errors import ConversionTimeout, I2CError
-from drivers.i2c import scan
-from drivers.sim import SimADS1115, SimBus
+from s4edge.drivers.ads1115 import ADS1115, REG_CONFIG, AnalogIn
+from s4edge.drivers.errors import ConversionTimeout, I2CError
+from s4edge.drivers.i2c import scan
+from s4edge.drivers.sim import SimADS1115, SimBus
 
 
 class FakeClock:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.bme280 import BME280
-from drivers.errors import ConversionTimeout, WrongDevice
-from drivers.sim import SimBME280, SimBus
-from drivers.sim.bme280 import TYPICAL_CALIBRATION
+from s4edge.drivers.bme280 import BME280
+from s4edge.drivers.errors import ConversionTimeout, WrongDevice
+from s4edge.drivers.sim import SimBME280, SimBus
+from s4edge.drivers.sim.bme280 import TYPICAL_CALIBRATION
 
 
 def no_wait(_s: float) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.digital_input import GpioInput
-from drivers.sim import SimPin
+from s4edge.drivers.digital_input import GpioInput
+from s4edge.drivers.sim import SimPin
 
 
 def test_active_low_relay_with_pull_up() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.errors import CRCError, I2CError
-from drivers.scd4x import SCD4x
-from drivers.sensirion import crc8, pack_words, unpack_words
-from drivers.sgp30 import SGP30
-from drivers.sim import SimBus, SimSCD4x, SimSGP30
+from s4edge.drivers.errors import CRCError, I2CError
+from s4edge.drivers.scd4x import SCD4x
+from s4edge.drivers.sensirion import crc8, pack_words, unpack_words
+from s4edge.drivers.sgp30 import SGP30
+from s4edge.drivers.sim import SimBus, SimSCD4x, SimSGP30
 
 
 class Clock:

@@ -13,11 +13,11 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
-from cloud_sync.fleet.ca import CAError, issue_client_cert, issue_server_cert, load_ca
-from cloud_sync.fleet.mosquitto_files import password_hash, verify_password
-from cloud_sync.fleet.provision import board_names, load_board
-from cloud_sync.fleet.registry import Fleet, FleetError, Identity
-from edge.config import load_config, parse_config
+from s4edge.cloud_sync.fleet.ca import CAError, issue_client_cert, issue_server_cert, load_ca
+from s4edge.cloud_sync.fleet.mosquitto_files import password_hash, verify_password
+from s4edge.cloud_sync.fleet.provision import board_names, load_board
+from s4edge.cloud_sync.fleet.registry import Fleet, FleetError, Identity
+from s4edge.edge.config import load_config, parse_config
 from s4edge.cli import app
 
 
@@ -230,8 +230,8 @@ def test_a_corrupt_registry_is_reported_not_overwritten(fleet_dir: Path, tmp_pat
 
 
 def test_the_commented_source_templates_fit_the_board_and_the_plugins(fleet_dir: Path, tmp_path: Path) -> None:
-    from edge.sensing.source import Config as SensorsConfig
-    from edge.vision.source import Config as VisionConfig
+    from s4edge.edge.sensing.source import Config as SensorsConfig
+    from s4edge.edge.vision.source import Config as VisionConfig
 
     plugin = {"vision": VisionConfig, "sensors": SensorsConfig}
     for board in board_names():

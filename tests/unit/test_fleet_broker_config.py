@@ -99,8 +99,8 @@ def test_mosquitto_accepts_the_generated_config(fleet_dir: Path, tmp_path: Path)
 
 
 def test_the_shipped_mosquitto_examples_match_what_the_cli_renders(tmp_path: Path) -> None:
-    from cloud_sync.fleet.broker_config import BrokerSettings, render
-    from cloud_sync.fleet.registry import Fleet, Identity
+    from s4edge.cloud_sync.fleet.broker_config import BrokerSettings, render
+    from s4edge.cloud_sync.fleet.registry import Fleet, Identity
 
     shipped = Path(__file__).resolve().parents[2] / "firmware_configs" / "mosquitto"
     assert (shipped / "s4edge.conf").read_text() == render(BrokerSettings(files_dir=Path("/etc/mosquitto/s4edge")))

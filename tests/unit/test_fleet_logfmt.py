@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from cloud_sync.logfmt import json_handler
+from s4edge.cloud_sync.logfmt import json_handler
 
 
 def test_each_record_is_one_json_line_with_extras_and_exceptions() -> None:

@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from cloud_sync.fleet.ca import CA_KEY, init_ca, write_private
+from s4edge.cloud_sync.fleet.ca import CA_KEY, init_ca, write_private
 
 
 def mode(path: Path) -> int:

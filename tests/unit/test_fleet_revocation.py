@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from typer.testing import CliRunner
 
-from cloud_sync.aggregator.commands import CommandSigner
-from cloud_sync.fleet.ca import init_ca, issue_client_cert, load_ca
-from cloud_sync.fleet.registry import Fleet
-from cloud_sync.messages import Command, signing_bytes, utc_now
-from edge.config import load_config
+from s4edge.cloud_sync.aggregator.commands import CommandSigner
+from s4edge.cloud_sync.fleet.ca import init_ca, issue_client_cert, load_ca
+from s4edge.cloud_sync.fleet.registry import Fleet
+from s4edge.cloud_sync.messages import Command, signing_bytes, utc_now
+from s4edge.edge.config import load_config
 from s4edge.cli import app
 
 BROKER = "mqtts://broker.example:8883"

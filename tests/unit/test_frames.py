@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cloud_sync.uplink import Backoff
-from drivers.frames import FrameSourceError, GStreamerSource, OpenCVSource, Picamera2Source, ReplaySource, open_source
-from drivers.sim.frames import SimulatedCamera, moving_square
-from edge.vision.capture import Capture
+from s4edge.cloud_sync.uplink import Backoff
+from s4edge.drivers.frames import FrameSourceError, GStreamerSource, OpenCVSource, Picamera2Source, ReplaySource, open_source
+from s4edge.drivers.sim.frames import SimulatedCamera, moving_square
+from s4edge.edge.vision.capture import Capture
 from s4edge.testing import eventually as wait_until
 
 REPO = Path(__file__).resolve().parents[2]

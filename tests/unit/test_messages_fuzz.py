@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from cloud_sync.messages import (
+from s4edge.cloud_sync.messages import (
     MAX_MESSAGE_BYTES,
     Alert,
     CommandResult,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.vision.catalogue import Catalogue, CatalogueError, sha256_file
-from edge.vision.detector import Detector
-from edge.vision.manifest import ManifestError, load_manifest
+from s4edge.edge.vision.catalogue import Catalogue, CatalogueError, sha256_file
+from s4edge.edge.vision.detector import Detector
+from s4edge.edge.vision.manifest import ManifestError, load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 FASTESTDET_SHA = "31cb14c017fce347cb4c846ec62fdf00d76bb3beecdf4be21e7116ac67feb880"
@@ -183,7 +183,7 @@ def test_a_corrupt_weight_file_is_a_clear_error(own_models: tuple[Catalogue, dic
 
 
 def test_missing_execution_provider_lists_the_available_ones(own_models) -> None:
-    from edge.vision.backends import BackendError, BackendOptions
+    from s4edge.edge.vision.backends import BackendError, BackendOptions
 
     catalogue, data = own_models
     write(catalogue, data)
@@ -207,7 +207,7 @@ def test_declared_int8_input_quantization_must_match_the_model(tmp_path: Path, s
 def test_int8_tensors_round_trip_through_their_quantization() -> None:
     import numpy as np
 
-    from edge.vision.backends import TensorInfo, dequantize, quantize
+    from s4edge.edge.vision.backends import TensorInfo, dequantize, quantize
 
     info = TensorInfo("x", (4,), "int8", scale=1 / 255, zero_point=-128)
     pixels = np.array([0.0, 0.4, 1.0, 2.0], np.float32)

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.frames import ReplaySource
-from drivers.sim.frames import moving_square
-from edge.vision.motion import MotionConfig, MotionGate
+from s4edge.drivers.frames import ReplaySource
+from s4edge.drivers.sim.frames import moving_square
+from s4edge.edge.vision.motion import MotionConfig, MotionGate
 
 CLIP = "data/video/bench_people_640x480_15fps.avi"
 STATIC = range(113, 173)  # data/video/SOURCE.md: frames 113–172 are one identical frame

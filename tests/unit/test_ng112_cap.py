@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from lxml import etree
 
-from cloud_sync.messages import Alert, Detection, Location, Measurement, ModelRef
-from cloud_sync.ng112.cap import CAP_NS, CapError, CapRef, build_cap, cap_text, find_xsd, load_schema, parse_cap
+from s4edge.cloud_sync.messages import Alert, Detection, Location, Measurement, ModelRef
+from s4edge.cloud_sync.ng112.cap import CAP_NS, CapError, CapRef, build_cap, cap_text, find_xsd, load_schema, parse_cap
 
 SENDER = "sip:n1@plaza.s4edge.invalid"
 

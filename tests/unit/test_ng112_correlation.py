@@ -7,9 +7,9 @@ from itertools import count
 
 import pytest
 
-from cloud_sync.messages import Alert, Location
-from cloud_sync.ng112.correlation import Correlator
-from cloud_sync.ng112.policy import CorrelationRule, Ng112ConfigError, load_config
+from s4edge.cloud_sync.messages import Alert, Location
+from s4edge.cloud_sync.ng112.correlation import Correlator
+from s4edge.cloud_sync.ng112.policy import CorrelationRule, Ng112ConfigError, load_config
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 _seq = count()

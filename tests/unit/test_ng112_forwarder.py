@@ -11,13 +11,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from cloud_sync.aggregator.store import Store, make_engine, metadata
-from cloud_sync.messages import Alert, Location, Measurement, Telemetry
-from cloud_sync.ng112.api import build_router
-from cloud_sync.ng112.forwarder import Forwarder
-from cloud_sync.ng112.policy import Ng112Config
-from cloud_sync.ng112.receiver import PsapReceiver
-from cloud_sync.ng112.records import get_forward, incidents
+from s4edge.cloud_sync.aggregator.store import Store, make_engine, metadata
+from s4edge.cloud_sync.messages import Alert, Location, Measurement, Telemetry
+from s4edge.cloud_sync.ng112.api import build_router
+from s4edge.cloud_sync.ng112.forwarder import Forwarder
+from s4edge.cloud_sync.ng112.policy import Ng112Config
+from s4edge.cloud_sync.ng112.receiver import PsapReceiver
+from s4edge.cloud_sync.ng112.records import get_forward, incidents
 from s4edge.testing import free_port
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from lxml import etree
 
-from cloud_sync.messages import Location
-from cloud_sync.ng112.pidf import (
+from s4edge.cloud_sync.messages import Location
+from s4edge.cloud_sync.ng112.pidf import (
     DEV_NS,
     DM_NS,
     GML_NS,

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from cloud_sync.ng112.sip import (
+from s4edge.cloud_sync.ng112.sip import (
     BodyPart,
     EmergencyMessage,
     SipError,

@@ -11,8 +11,8 @@ import pytest
 import scipy.io
 from sklearn.cross_decomposition import PLSRegression
 
-from edge.sensing.chemometrics import UNKNOWN, Preprocess, SpectrumError, fit
-from edge.sensing.nir_model import ModelFileError, load_model, save_model
+from s4edge.edge.sensing.chemometrics import UNKNOWN, Preprocess, SpectrumError, fit
+from s4edge.edge.sensing.nir_model import ModelFileError, load_model, save_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.sensing.nir_io import NIRFileError, read_innospectra
+from s4edge.edge.sensing.nir_io import NIRFileError, read_innospectra
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.errors import SpectrometerError, SpectrometerTimeout
-from drivers.nir_frame import MAX_PAYLOAD, SPECTRUM, Frame, FrameReader, crc16_ccitt, decode_spectrum
-from drivers.nir_serial import SerialSpectrometer
-from drivers.sim import SimSpectrometer, SpectrometerServer
-from drivers.spectrometer import Spectrum
+from s4edge.drivers.errors import SpectrometerError, SpectrometerTimeout
+from s4edge.drivers.nir_frame import MAX_PAYLOAD, SPECTRUM, Frame, FrameReader, crc16_ccitt, decode_spectrum
+from s4edge.drivers.nir_serial import SerialSpectrometer
+from s4edge.drivers.sim import SimSpectrometer, SpectrometerServer
+from s4edge.drivers.spectrometer import Spectrum
 
 frames = st.builds(Frame, st.integers(0, 255), st.binary(max_size=64))
 

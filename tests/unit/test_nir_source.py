@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.sim import SimSpectrometer, SpectrometerServer
-from drivers.spectrometer import Spectrum
-from edge.alerts import AlertDraft, IncidentBook
-from edge.sensing.chemometrics import UNKNOWN, Preprocess, fit
-from edge.sensing.nir_model import save_model
-from edge.sensing.nir_source import Config, build
-from edge.sensing.nir_synthetic import WAVELENGTHS_NM, synthetic_library, synthetic_spectrum
+from s4edge.drivers.sim import SimSpectrometer, SpectrometerServer
+from s4edge.drivers.spectrometer import Spectrum
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.sensing.chemometrics import UNKNOWN, Preprocess, fit
+from s4edge.edge.sensing.nir_model import save_model
+from s4edge.edge.sensing.nir_source import Config, build
+from s4edge.edge.sensing.nir_synthetic import WAVELENGTHS_NM, synthetic_library, synthetic_spectrum
 
 
 @pytest.fixture(scope="module")

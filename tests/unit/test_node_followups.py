@@ -14,19 +14,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from cloud_sync.fleet.provision import NodeRequest, board_names, load_board, node_config
-from cloud_sync.messages import Command, ModelRef, encode, signing_bytes, topic_for
-from drivers.sim.frames import SimulatedCamera
-from edge.alerts import IncidentBook
-from edge.app import Node
-from edge.config import ConfigError, parse_config, parse_config_text
-from edge.health import Health, find_thermal_zone
-from edge.sources import SourceContext
-from edge.vision.analytics import SceneAnalytics, SceneConfig
-from edge.vision.capture import Capture
-from edge.vision.pipeline import VisionPipeline
-from edge.vision.tracker import Tracker
-from edge.vision.types import Detection
+from s4edge.cloud_sync.fleet.provision import NodeRequest, board_names, load_board, node_config
+from s4edge.cloud_sync.messages import Command, ModelRef, encode, signing_bytes, topic_for
+from s4edge.drivers.sim.frames import SimulatedCamera
+from s4edge.edge.alerts import IncidentBook
+from s4edge.edge.app import Node
+from s4edge.edge.config import ConfigError, parse_config, parse_config_text
+from s4edge.edge.health import Health, find_thermal_zone
+from s4edge.edge.sources import SourceContext
+from s4edge.edge.vision.analytics import SceneAnalytics, SceneConfig
+from s4edge.edge.vision.capture import Capture
+from s4edge.edge.vision.pipeline import VisionPipeline
+from s4edge.edge.vision.tracker import Tracker
+from s4edge.edge.vision.types import Detection
 from s4edge.testing import eventually as wait_until
 from s4edge.testing import free_port
 

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.vision.catalogue import Catalogue
-from edge.vision.detector import Detector
+from s4edge.edge.vision.catalogue import Catalogue
+from s4edge.edge.vision.detector import Detector
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from edge.app import Node
-from edge.config import parse_config
-from edge.health import ServiceNotifier
+from s4edge.edge.app import Node
+from s4edge.edge.config import parse_config
+from s4edge.edge.health import ServiceNotifier
 from s4edge.cli import app
 from s4edge.testing import free_port
 
@@ -147,8 +147,8 @@ def test_agent_logs_json_lines_under_systemd(tmp_path: Path) -> None:
     assert child.returncode == 0, stderr
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert lines and all({"ts", "level", "logger", "msg"} <= set(entry) for entry in lines)
-    assert {"level": "INFO", "logger": "edge.cli", "msg": "signal 15: stopping"}.items() <= next(
-        entry for entry in lines if entry["logger"] == "edge.cli"
+    assert {"level": "INFO", "logger": "s4edge.edge.cli", "msg": "signal 15: stopping"}.items() <= next(
+        entry for entry in lines if entry["logger"] == "s4edge.edge.cli"
     ).items()
 
 

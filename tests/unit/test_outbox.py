@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_sync.outbox import SEQ_BLOCK, Outbox, OutboxClosed
+from s4edge.cloud_sync.outbox import SEQ_BLOCK, Outbox, OutboxClosed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ def test_put_after_close_is_refused(tmp_path: Path) -> None:
 
 _BURST = """
 import sys
-from cloud_sync.outbox import Outbox
+from s4edge.cloud_sync.outbox import Outbox
 outbox = Outbox(sys.argv[1])
 print("ready", flush=True)
 i = 0

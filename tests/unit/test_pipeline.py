@@ -12,18 +12,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud_sync.messages import ModelRef
-from cloud_sync.uplink import Backoff
-from drivers.sim.frames import SimulatedCamera, moving_square
-from edge.alerts import AlertDraft, IncidentBook
-from edge.sources import SourceContext
-from edge.vision.analytics import SceneAnalytics, SceneConfig
-from edge.vision.capture import Capture
-from edge.vision.motion import MotionConfig, MotionGate
-from edge.vision.pipeline import TrackingThread, VisionPipeline
-from edge.vision.snapshots import SnapshotConfig, SnapshotWriter
-from edge.vision.tracker import Tracker, TrackerConfig
-from edge.vision.types import Detection
+from s4edge.cloud_sync.messages import ModelRef
+from s4edge.cloud_sync.uplink import Backoff
+from s4edge.drivers.sim.frames import SimulatedCamera, moving_square
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.sources import SourceContext
+from s4edge.edge.vision.analytics import SceneAnalytics, SceneConfig
+from s4edge.edge.vision.capture import Capture
+from s4edge.edge.vision.motion import MotionConfig, MotionGate
+from s4edge.edge.vision.pipeline import TrackingThread, VisionPipeline
+from s4edge.edge.vision.snapshots import SnapshotConfig, SnapshotWriter
+from s4edge.edge.vision.tracker import Tracker, TrackerConfig
+from s4edge.edge.vision.types import Detection
 from s4edge.testing import eventually as wait_until
 
 OLD = ModelRef(name="scripted", version="1", sha256="1" * 64)
@@ -197,7 +197,7 @@ def catalogue_env(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_hot_swap_to_the_real_fastestdet(catalogue_env: Path) -> None:
     import cv2
 
-    from edge.vision.source import ModelConfig, load_detector
+    from s4edge.edge.vision.source import ModelConfig, load_detector
 
     drafts: list[AlertDraft] = []
     old = ScriptedDetector(detections=[])

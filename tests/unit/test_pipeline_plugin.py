@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import ConfigError, load_config, parse_config
-from edge.sources import load_plugins
-from edge.vision.snapshots import SnapshotConfig, SnapshotWriter, blur_boxes
+from s4edge.edge.config import ConfigError, load_config, parse_config
+from s4edge.edge.sources import load_plugins
+from s4edge.edge.vision.snapshots import SnapshotConfig, SnapshotWriter, blur_boxes
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "firmware_configs" / "vision-demo.yaml"
@@ -109,12 +109,12 @@ def test_snapshot_retention_keeps_the_newest(tmp_path: Path) -> None:
 
 
 def test_the_swap_model_command_names_the_model_and_reports_failures() -> None:
-    from cloud_sync.messages import ModelRef
-    from edge.alerts import IncidentBook
-    from edge.vision.analytics import SceneAnalytics, SceneConfig
-    from edge.vision.pipeline import VisionPipeline
-    from edge.vision.source import Config, VisionSource
-    from edge.vision.tracker import Tracker
+    from s4edge.cloud_sync.messages import ModelRef
+    from s4edge.edge.alerts import IncidentBook
+    from s4edge.edge.vision.analytics import SceneAnalytics, SceneConfig
+    from s4edge.edge.vision.pipeline import VisionPipeline
+    from s4edge.edge.vision.source import Config, VisionSource
+    from s4edge.edge.vision.tracker import Tracker
 
     class Fixed:
         def __init__(self, name: str) -> None:

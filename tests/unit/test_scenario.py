@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud_sync.messages import Measurement
-from edge.alerts import AlertDraft, IncidentBook
-from edge.scenario import Config, Scenario, ScenarioSource, builtins, resolve
-from edge.sources import SourceContext
+from s4edge.cloud_sync.messages import Measurement
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.scenario import Config, Scenario, ScenarioSource, builtins, resolve
+from s4edge.edge.sources import SourceContext
 
 
 class RecordingHealth:

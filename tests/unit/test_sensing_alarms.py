@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge.alerts import AlertDraft, IncidentBook
-from edge.sensing.alarms import LEL_PERCENT_VOL, HeatAlarm, detector_alarm, gas_alarm, lel_percent
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.sensing.alarms import LEL_PERCENT_VOL, HeatAlarm, detector_alarm, gas_alarm, lel_percent
 
 
 def test_lel_computation() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from edge.sensing.cli import EXAMPLE
+from s4edge.edge.sensing.cli import EXAMPLE
 from s4edge.cli import app
 
 runner = CliRunner()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge.alerts import AlertDraft, IncidentBook
-from edge.sensing.co import PROFILES, COAlarm
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.sensing.co import PROFILES, COAlarm
 
 
 def minutes_to_alarm(profile: str, ppm: float, horizon_min: float) -> float | None:

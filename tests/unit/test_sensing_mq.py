@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers.ads1115 import ADS1115, AnalogIn
-from drivers.sim import SimADS1115, SimBus
-from edge.sensing.calibration import CalibrationError, SensorCalibration, load_calibrations, save_calibration
-from edge.sensing.mq import MODELS, Climate, MQSensor, WarmingUp, climate_factor
+from s4edge.drivers.ads1115 import ADS1115, AnalogIn
+from s4edge.drivers.sim import SimADS1115, SimBus
+from s4edge.edge.sensing.calibration import CalibrationError, SensorCalibration, load_calibrations, save_calibration
+from s4edge.edge.sensing.mq import MODELS, Climate, MQSensor, WarmingUp, climate_factor
 
 
 def no_wait(_s: float) -> None:

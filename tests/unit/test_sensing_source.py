@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from drivers.sim import SimBME280, SimSCD4x, SimSGP30
-from edge.alerts import AlertDraft, IncidentBook
-from edge.sensing.rig import build_source
-from edge.sensing.source import Config, SensorsSource
+from s4edge.drivers.sim import SimBME280, SimSCD4x, SimSGP30
+from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.sensing.rig import build_source
+from s4edge.edge.sensing.source import Config, SensorsSource
 
 
 class Clock:

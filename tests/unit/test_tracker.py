@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from edge.vision.tracker import Tracker, TrackerConfig, iou_matrix
-from edge.vision.types import Detection
+from s4edge.edge.vision.tracker import Tracker, TrackerConfig, iou_matrix
+from s4edge.edge.vision.types import Detection
 
 FPS = 15.0
 

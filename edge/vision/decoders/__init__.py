@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edge.vision.manifest import DecoderSpec, ManifestError
+from s4edge.edge.vision.manifest import DecoderSpec, ManifestError
 
 
 class DecoderOptions(BaseModel):
@@ -63,7 +63,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _families() -> dict[str, Family]:
-    from edge.vision.decoders import fastestdet, mediapipe_pose, ssd, yolov8, yolox
+    from s4edge.edge.vision.decoders import fastestdet, mediapipe_pose, ssd, yolov8, yolox
 
     return {
         "fastestdet": fastestdet.FAMILY,

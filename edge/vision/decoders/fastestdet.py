@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from edge.vision.decoders import Candidates, DecodeContext, DecoderOptions, Family, cxcywh_to_xyxy, sigmoid
+from s4edge.edge.vision.decoders import Candidates, DecodeContext, DecoderOptions, Family, cxcywh_to_xyxy, sigmoid
 
 
 class Options(DecoderOptions):

@@ -21,8 +21,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from edge.vision.decoders import Candidates, DecodeContext, DecoderOptions, Family, cxcywh_to_xyxy, sigmoid
-from edge.vision.nms import weighted_nms
+from s4edge.edge.vision.decoders import Candidates, DecodeContext, DecoderOptions, Family, cxcywh_to_xyxy, sigmoid
+from s4edge.edge.vision.nms import weighted_nms
 
 
 class Options(DecoderOptions):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge.vision.decoders import Candidates, DecodeContext, DecoderOptions, Family
+from s4edge.edge.vision.decoders import Candidates, DecodeContext, DecoderOptions, Family
 
 
 class Options(DecoderOptions):
