@@ -19,7 +19,8 @@ class DigitalInput(Protocol):
 
 class GpioInput:
     def __init__(self, pin: int | str, *, active_high: bool = False, pin_factory: Any = None) -> None:
-        from gpiozero import DigitalInputDevice  # hardware library: imported lazily (DESIGN.md)
+        # a hardware library: imported lazily (docs/architecture.md, "Import rules")
+        from gpiozero import DigitalInputDevice
 
         # Detector relays usually pull the line low in alarm: active-low with the pull-up on.
         self._device: Any = DigitalInputDevice(pin, pull_up=not active_high, pin_factory=pin_factory)

@@ -37,7 +37,8 @@ class SMBus2Bus:
     """A Linux ``/dev/i2c-N`` adapter through smbus2, imported only when opened."""
 
     def __init__(self, device: str | int) -> None:
-        from smbus2 import SMBus  # hardware library: imported lazily (DESIGN.md)
+        # a hardware library: imported lazily (docs/architecture.md, "Import rules")
+        from smbus2 import SMBus
 
         number = device if isinstance(device, int) else int(str(device).rsplit("-", 1)[-1])
         self.device = device

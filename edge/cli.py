@@ -13,7 +13,6 @@ from typing import Any
 import typer
 
 from s4edge.cloud_sync.logfmt import json_handler
-from s4edge.edge.config import ConfigError, load_config
 
 agent_app = typer.Typer(help="Run the node agent.", no_args_is_help=True)
 
@@ -22,6 +21,8 @@ CONFIG_OPTION = typer.Option(..., "--config", "-c", help="Node config YAML (see 
 
 
 def _load(path: Path) -> Any:
+    from s4edge.edge.config import ConfigError, load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -34,6 +35,14 @@ def check(config: Path = CONFIG_OPTION) -> None:
     """Validate a node config without starting anything."""
     node_config = _load(config)
     typer.echo(f"{config}: ok ({node_config.site}/{node_config.node_id}, {len(node_config.sources)} source(s))")
+
+
+@agent_app.command("unit")
+def unit() -> None:
+    """Print the shipped systemd unit: s4edge agent unit | sudo tee /etc/systemd/system/s4edge-agent.service"""
+    from s4edge.resources import packaged
+
+    typer.echo(packaged("firmware_configs", "systemd", "s4edge-agent.service").read_text(), nl=False)
 
 
 def configure_logging(level: str, log_format: str) -> None:
@@ -64,6 +73,7 @@ def run(
     node_config = _load(config)
     configure_logging(log_level, log_format)
     from s4edge.edge.app import Node
+    from s4edge.edge.config import ConfigError
 
     try:
         node = Node(node_config, base_dir=config.resolve().parent)
@@ -79,7 +89,3 @@ def run(
     except ConfigError as exc:
         typer.echo(f"error: {config}: {exc}", err=True)
         raise typer.Exit(2) from None
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(agent_app, name="agent")

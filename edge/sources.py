@@ -1,16 +1,16 @@
 """Alert sources are plugins (STYLE.md, Frigate's detectors): one module per source type
-holds its pydantic config (``type: Literal[...]``) and a ``build`` function. Built-ins
-are listed here and go through the same path a third-party source would.
+holds its pydantic config (``type: Literal[...]``) and a ``build`` function. Each is an
+entry point of the ``s4edge.sources`` group, named by its type; built-ins go through the
+same path a third-party source would, and only the types a config uses are imported.
 
-A plugin module that fails to import is a startup error, never a log line. Plugin
-modules import heavy or hardware libraries lazily, inside ``build`` or the source.
+A plugin that fails to import is a startup error, never a log line. Plugin modules
+import heavy or hardware libraries lazily, inside ``build`` or the source.
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -19,13 +19,11 @@ from pydantic import BaseModel
 
 from s4edge.cloud_sync.messages import Measurement
 from s4edge.edge.alerts import Emit, IncidentBook
+from s4edge.plugins import SOURCES, MissingExtra, load, missing_extra, plugins
 
-BUILTIN_SOURCES: tuple[str, ...] = (
-    "s4edge.edge.scenario",
-    "s4edge.edge.vision.source",
-    "s4edge.edge.sensing.source",
-    "s4edge.edge.sensing.nir_source",
-)
+
+class PluginError(Exception):
+    """A source type that cannot be used: unknown, or its plugin does not import."""
 
 
 class Health(Protocol):
@@ -63,12 +61,37 @@ class SourcePlugin(Protocol):
     def build(self, config: Any, book: IncidentBook) -> AlertSource: ...
 
 
-def load_plugins(names: tuple[str, ...] = BUILTIN_SOURCES) -> dict[str, ModuleType]:
-    """Import every source plugin; returns them by their config's ``type`` value."""
-    plugins: dict[str, ModuleType] = {}
-    for name in names:
-        module = importlib.import_module(name)
-        type_field = module.Config.model_fields["type"]
-        (key,) = type_field.annotation.__args__
-        plugins[key] = module
-    return plugins
+def source_types() -> list[str]:
+    """Every installed source type; nothing is imported."""
+    return sorted(plugins(SOURCES))
+
+
+def load_plugins(types: Iterable[str] | None = None) -> dict[str, ModuleType]:
+    """Import the plugins of these config ``type`` values (every installed one when None), by type."""
+    known = plugins(SOURCES)
+    loaded: dict[str, ModuleType] = {}
+    for key in sorted(known if types is None else set(types)):
+        if key not in known:
+            raise PluginError(f"unknown source type {key!r} (known: {', '.join(source_types())})")
+        try:
+            module = load(known[key], f"source type {key!r}")
+        except MissingExtra as exc:
+            raise PluginError(str(exc)) from None
+        declared = module.Config.model_fields["type"].annotation.__args__
+        if declared != (key,):
+            raise PluginError(f"source plugin {known[key].value}: its Config is type {declared}, not {key!r}")
+        loaded[key] = module
+    return loaded
+
+
+def build_source(config: Any, book: IncidentBook) -> AlertSource:
+    """Build a source from its validated config. A third-party package that ``build`` needs and
+    does not find (onnxruntime, cv2) is a ``PluginError`` naming the extra that installs it."""
+    try:
+        source: AlertSource = load_plugins([config.type])[config.type].build(config, book)
+    except ModuleNotFoundError as exc:
+        missing = missing_extra(exc, f"source type {config.type!r}", plugins(SOURCES)[config.type])
+        if missing is None:
+            raise
+        raise PluginError(str(missing)) from None
+    return source

@@ -1,36 +1,152 @@
-"""The ``s4edge`` command. Every surface registers itself through the same path."""
+"""The ``s4edge`` command. Its commands are entry points (``s4edge.commands``), built-in or
+third-party alike: ``s4edge --help`` lists them without importing them, and a command's
+module is imported only when that command runs, so that start-up stays fast and a
+node without the aggregator's libraries runs its own commands.
+"""
 
 from __future__ import annotations
 
-import importlib
+import ast
+import contextlib
+import importlib.util
 import json
+import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from s4edge import __version__
 
+
+class Listed(TyperCommand):
+    """A command as a listing shows it: its name and the help its source declares.
+    ``load`` imports it when it runs."""
+
+    def __init__(self, name: str, help: str, load: Callable[[], Any]) -> None:
+        super().__init__(name, help=help)
+        self.load = load
+
+
+class LazyGroup(TyperGroup):
+    """A group that imports a command only when it is resolved to run (or show its own help)."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self._listed = False
+
+    def catalogue(self) -> dict[str, Listed]:
+        raise NotImplementedError
+
+    def _all(self) -> Any:
+        if not self._listed:
+            self._listed = True
+            for name, listed in self.catalogue().items():
+                self.commands.setdefault(name, listed)
+        return self.commands
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted(self._all())
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        return self._all().get(cmd_name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name is not None and isinstance(command, Listed):
+            command = self.commands[name] = command.load()
+        return name, command, rest
+
+
+def click_command(name: str, target: Any) -> Any:
+    """A Typer app becomes a group and a function a command, as ``add_typer`` and ``command`` make them."""
+    if isinstance(target, typer.Typer):
+        return typer.main.get_group(target)
+    single = typer.Typer(add_completion=False)
+    single.command(name)(target)
+    return typer.main.get_command(single)
+
+
+def declared_help(module: str, attr: str | None = None) -> str:
+    """The help a module's source declares for ``attr`` (``Typer(help=...)`` or the function's
+    docstring), or its own docstring; read, not imported, so that a listing neither pays for
+    a command's imports nor fails on a missing extra."""
+    try:
+        spec = importlib.util.find_spec(module)
+        get_source = getattr(spec.loader, "get_source", None) if spec else None
+        source = (get_source(module) if get_source else None) or ""
+        tree = ast.parse(source) if attr is None else _definition(source, attr)
+    except (ImportError, ValueError, SyntaxError):  # ValueError: a module without a spec
+        return ""
+    if attr is None:
+        return ast.get_docstring(tree) or ""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == attr:
+            return ast.get_docstring(node) or ""
+        if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Call):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == attr for t in targets):
+                helps = [k.value for k in node.value.keywords if k.arg == "help" and isinstance(k.value, ast.Constant)]
+                return str(helps[0].value) if helps else ""
+    return ""
+
+
+def _definition(source: str, attr: str) -> ast.Module:
+    """The top-level statement that defines ``attr``, parsed alone: parsing every command's whole
+    module would cost ``--help`` more than the rest of it. The whole module if that fails."""
+    lines = source.splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(rf"(def {attr}\b|{attr}\s*[:=])", line)]
+    if starts:
+        # the statement ends where the next one starts at the margin (a closing bracket does not)
+        end = next((j for j in range(starts[0] + 1, len(lines)) if lines[j][:1] not in "\t #)]}"), len(lines))
+        with contextlib.suppress(SyntaxError):
+            return ast.parse("\n".join(lines[starts[0] : end]))
+    return ast.parse(source)
+
+
+class Commands(LazyGroup):
+    """The root group: one command per ``s4edge.commands`` entry point. A command whose extra
+    is not installed says which, in one line, and exits 2."""
+
+    def catalogue(self) -> dict[str, Listed]:
+        from s4edge.plugins import COMMANDS, load, plugins
+
+        def loader(name: str, entry_point: Any) -> Callable[[], Any]:
+            return lambda: click_command(name, load(entry_point, f"'s4edge {name}'"))
+
+        return {
+            name: Listed(name, declared_help(ep.module, ep.attr), loader(name, ep))
+            for name, ep in plugins(COMMANDS).items()
+        }
+
+    def invoke(self, ctx: Any) -> Any:
+        from s4edge.plugins import COMMANDS, MissingExtra, missing_extra, plugins
+
+        try:
+            return super().invoke(ctx)
+        except MissingExtra as exc:
+            missing: MissingExtra | None = exc
+        except ModuleNotFoundError as exc:  # a lazy import inside the command
+            name = ctx.invoked_subcommand
+            entry_point = plugins(COMMANDS).get(name) if name else None
+            missing = missing_extra(exc, f"'s4edge {name}'", entry_point) if entry_point else None
+            if missing is None:
+                raise
+        typer.echo(f"error: {missing}", err=True)
+        raise typer.Exit(2)
+
+
 app = typer.Typer(
     name="s4edge",
+    cls=Commands,
     help="Edge runtime for smart-city safety nodes: metadata-only alerts, never pixels.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 schema_app = typer.Typer(help="The wire contract (s4edge/1).", no_args_is_help=True)
-app.add_typer(schema_app, name="schema")
-
-# Each module exposes register(app); built-ins use the path a third-party plugin would.
-SURFACES = (
-    "s4edge.edge.cli",
-    "s4edge.edge.doctor",
-    "s4edge.edge.vision.cli",
-    "s4edge.edge.sensing.cli",
-    "s4edge.cloud_sync.aggregator.cli",
-    "s4edge.cloud_sync.ng112.cli",
-    "s4edge.cloud_sync.fleet.cli",
-    "s4edge.demo",
-    "s4edge.bench",
-)
 
 
 @schema_app.command("export")
@@ -54,9 +170,10 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
         raise typer.Exit()
 
 
-for _surface in SURFACES:
-    importlib.import_module(_surface).register(app)
-
-
 def main() -> None:
+    # Answered before typer parses anything: its option parsing imports pydantic (0.1 s), and
+    # scripts and installers ask for the version more than anything else.
+    if sys.argv[1:] == ["--version"]:
+        print(__version__)
+        return
     app()

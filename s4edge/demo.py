@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 from collections import Counter
@@ -24,50 +21,33 @@ from typing import Any
 import typer
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "firmware_configs"
-SHARED = REPO.parent / "shared"
-VIDEO = SHARED / "data" / "video" / "bench_people_640x480_15fps.avi"
+from s4edge.resources import packaged
 
 
-def _example(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
+def _example(*parts: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(packaged(*parts).read_text())
     return data
-
-
-def demo_clip(workdir: Path) -> Path | None:
-    """The shared benchmark clip, or one built from the shared photos when it is absent."""
-    if VIDEO.exists():
-        return VIDEO
-    images = SHARED / "data" / "images"
-    if not images.is_dir():
-        return None
-    out = workdir / "demo_clip.avi"
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_demo_clip.py"), "--images", str(images), "--out", str(out)],
-        check=True,
-    )
-    return out
 
 
 def node_config(broker_url: str, protocol: str, workdir: Path, vision: bool) -> dict[str, Any]:
     """The demo node: real sensor drivers on simulated chips playing the gas_leak scenario
     (edge/sensing/examples/sensors-sim.yaml), plus the camera of vision-demo.yaml."""
-    config = _example("sim-node.yaml")
+    config = _example("firmware_configs", "sim-node.yaml")
     config["node_id"] = "demo-node-1"
     config["mqtt"] = {"url": broker_url, "protocol": protocol, "keepalive_s": 15}
     config["outbox"] = {"path": str(workdir / "node-outbox.db")}
     config["heartbeat"] = {"interval_s": 5}
-    sensors: dict[str, Any] = yaml.safe_load((REPO / "edge/sensing/examples/sensors-sim.yaml").read_text())
+    sensors = _example("edge", "sensing", "examples", "sensors-sim.yaml")
     sensors["calibration_file"] = str(workdir / "sensor_calibration.json")
     for sensor in sensors["sensors"]:
         if sensor["kind"].startswith("mq"):
             sensor["warmup_s"] = 2  # a simulated heater needs no 3-minute warm-up
     config["sources"] = [sensors]
-    clip = demo_clip(workdir) if vision else None
-    if clip is not None:
-        camera = _example("vision-demo.yaml")["sources"][0]
-        camera["camera"]["url"] = f"replay:{clip}"
+    if vision:
+        from s4edge.demo_clip import demo_clip
+
+        camera = _example("firmware_configs", "vision-demo.yaml")["sources"][0]
+        camera["camera"]["url"] = f"replay:{demo_clip(workdir / 'demo_clip.avi')}"
         config["sources"].append(camera)
     return config
 
@@ -160,7 +140,7 @@ def run_demo(
         aggregator.start()
         try:
             typer.echo(f"dashboard: {aggregator.url}/", err=True)
-            node = Node(parse_config(node_config(url, protocol, workdir, vision), "demo node"), base_dir=REPO)
+            node = Node(parse_config(node_config(url, protocol, workdir, vision), "demo node"), base_dir=workdir)
             node.start()
             try:
                 stop.wait(duration)
@@ -180,14 +160,9 @@ def demo(
     vision: bool = typer.Option(True, "--vision/--no-vision", help="Run the camera with real detection."),
 ) -> None:
     """Run broker, aggregator + dashboard, and a simulated node playing an incident."""
-    os.environ.setdefault("S4EDGE_MODEL_MIRROR", str(SHARED / "models"))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     result = run_demo(broker, duration, http_port, vision, stop)
     if as_json:
         typer.echo(json.dumps(result))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)

@@ -12,7 +12,7 @@ from s4edge.testing import Mosquitto
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-# Models come from the shared mirror (DESIGN.md, Models) into a cache private to this run.
+# Models come from the shared mirror (docs/architecture.md, "Models") into a cache private to this run.
 if (SHARED / "models").is_dir():
     os.environ.setdefault("S4EDGE_MODEL_MIRROR", str(SHARED / "models"))
 os.environ.setdefault("S4EDGE_MODEL_CACHE", tempfile.mkdtemp(prefix="s4edge-models-"))

@@ -1,7 +1,7 @@
 """CAP 1.2 (OASIS) messages from s4edge alerts, validated against the OASIS schema.
 
-The schema is never copied into the repo: it is read from ``S4EDGE_CAP_XSD`` or from
-``../shared/standards/cap12.xsd`` beside the repository, or from a path the caller gives.
+The OASIS schema ships with the package (``schema/cap12.xsd``, with its OASIS notice);
+``S4EDGE_CAP_XSD`` or a path the caller gives replaces it.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Final, Literal
 from lxml import etree
 
 from s4edge.cloud_sync.messages import Alert
+from s4edge.resources import packaged
 
 CAP_NS: Final = "urn:oasis:names:tc:emergency:cap:1.2"
 CAP_MIME: Final = "application/cap+xml"
 XSD_ENV: Final = "S4EDGE_CAP_XSD"
-_REPO_XSD: Final = Path(__file__).resolve().parents[2].parent / "shared" / "standards" / "cap12.xsd"
 
 MsgType = Literal["Alert", "Update", "Cancel"]
 
@@ -94,13 +94,11 @@ def node_sip_uri(node_id: str, site: str, domain: str = "s4edge.invalid") -> str
 
 
 def find_xsd(path: str | Path | None = None) -> Path:
-    """The CAP 1.2 schema: an explicit path, else ``$S4EDGE_CAP_XSD``, else ../shared beside the repo."""
-    candidate = Path(path) if path else Path(os.environ[XSD_ENV]) if os.environ.get(XSD_ENV) else _REPO_XSD
+    """The CAP 1.2 schema: an explicit path, else ``$S4EDGE_CAP_XSD``, else the packaged one."""
+    override = path or os.environ.get(XSD_ENV)
+    candidate = Path(override) if override else packaged("cloud_sync", "ng112", "schema", "cap12.xsd")
     if not candidate.is_file():
-        raise FileNotFoundError(
-            f"CAP 1.2 schema not found at {candidate}: set {XSD_ENV} to the OASIS cap12.xsd "
-            "(../shared/standards/cap12.xsd in development)"
-        )
+        raise FileNotFoundError(f"CAP 1.2 schema not found at {candidate}: set {XSD_ENV} to the OASIS cap12.xsd")
     return candidate
 
 

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from s4edge.cloud_sync.messages import Alert, Location, Measurement
-from s4edge.cloud_sync.ng112.call import Caller, compose
-from s4edge.cloud_sync.ng112.cap import CapError
-from s4edge.cloud_sync.ng112.pidf import LocationError
-from s4edge.cloud_sync.ng112.policy import Ng112ConfigError, load_config
-from s4edge.cloud_sync.ng112.receiver import PsapReceiver, ReceivedCall
-from s4edge.cloud_sync.ng112.sip import SipError, parse_target
-from s4edge.cloud_sync.ng112.transport import Timers, Transaction
+if TYPE_CHECKING:
+    from s4edge.cloud_sync.ng112.receiver import ReceivedCall
 
 ng112_app = typer.Typer(help="NG112: forward critical alerts to a PSAP (RFC 8876).", no_args_is_help=True)
 
@@ -25,6 +20,8 @@ def psap(
     count: int = typer.Option(0, help="Stop after this many calls (0: run until Ctrl-C)."),
 ) -> None:
     """Run a small PSAP that prints every call it receives and answers 200 OK."""
+    from s4edge.cloud_sync.ng112.receiver import PsapReceiver
+
     done = threading.Event()
     seen = 0
 
@@ -63,6 +60,13 @@ def send_test(
     t1: float = typer.Option(0.5, help="RFC 3261 T1 in seconds; Timer F is 64·T1."),
 ) -> None:
     """Send one CAP message with status Test (never Actual) and print how the PSAP answered."""
+    from s4edge.cloud_sync.messages import Alert, Location, Measurement
+    from s4edge.cloud_sync.ng112.call import Caller, compose
+    from s4edge.cloud_sync.ng112.cap import CapError
+    from s4edge.cloud_sync.ng112.pidf import LocationError
+    from s4edge.cloud_sync.ng112.sip import SipError, parse_target
+    from s4edge.cloud_sync.ng112.transport import Timers, Transaction
+
     try:
         target = parse_target(psap_uri)
         alert = Alert(
@@ -99,6 +103,8 @@ def send_test(
 @ng112_app.command("check-config")
 def check_config(path: Path = typer.Argument(..., help="NG112 YAML config (policy, PSAP, correlation).")) -> None:
     """Validate an NG112 config file and summarise what it forwards."""
+    from s4edge.cloud_sync.ng112.policy import Ng112ConfigError, load_config
+
     try:
         config = load_config(path)
     except Ng112ConfigError as exc:
@@ -109,8 +115,3 @@ def check_config(path: Path = typer.Argument(..., help="NG112 YAML config (polic
         typer.echo(f"  {site}: {policy.mode}, {','.join(policy.kinds)} at >= {policy.min_severity}")
     for rule in config.correlation:
         typer.echo(f"  rule {rule.name}: {' + '.join(rule.kinds)} within {rule.within_s:g} s -> {rule.severity}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``s4edge ng112`` to the root app."""
-    app.add_typer(ng112_app, name="ng112")

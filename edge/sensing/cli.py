@@ -1,12 +1,13 @@
-"""``s4edge sensors`` and ``s4edge nir``: find, read and calibrate sensors; train and
-run NIR models. Every command has ``--sim`` so that it works with no hardware."""
+"""``s4edge sensors``: find, read and calibrate sensors (``s4edge nir`` is in nir_cli).
+Every command has ``--sim`` so that it works with no hardware."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
@@ -15,18 +16,12 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from s4edge.edge.alerts import AlertDraft, IncidentBook
-from s4edge.edge.sensing.nir_cli import nir_app
+if TYPE_CHECKING:
+    from s4edge.edge.alerts import AlertDraft
 
 sensors_app = typer.Typer(help="Gas, CO, smoke/flame and climate sensors.", no_args_is_help=True)
 console = Console()
 EXAMPLE = Path(__file__).parent / "examples" / "sensors-sim.yaml"
-
-
-def register(app: typer.Typer) -> None:
-    """Add this surface's commands to the root ``s4edge`` app."""
-    app.add_typer(sensors_app, name="sensors")
-    app.add_typer(nir_app, name="nir")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -65,13 +60,14 @@ def load_sensors_config(path: Path, sim: bool = False) -> Any:
     return config.model_copy(update=updates)
 
 
-def _build(config: Any, book: IncidentBook, heater_on_s: float) -> Any:
+def _build(config: Any, on_alert: Callable[[AlertDraft], None], heater_on_s: float) -> Any:
+    from s4edge.edge.alerts import IncidentBook
     from s4edge.edge.sensing.calibration import CalibrationError
     from s4edge.edge.sensing.probes import MQProbe
     from s4edge.edge.sensing.rig import build_source
 
     try:
-        source = build_source(config, book)
+        source = build_source(config, IncidentBook(on_alert))
     except (CalibrationError, ValueError, OSError, ImportError) as exc:
         raise _fail(str(exc)) from None
     for probe in source.probes:
@@ -91,7 +87,7 @@ def scan(
     from s4edge.drivers.i2c import scan as scan_bus
 
     if sim:
-        source = _build(load_sensors_config(EXAMPLE, sim=True), IncidentBook(lambda d: None), 0.0)
+        source = _build(load_sensors_config(EXAMPLE, sim=True), lambda d: None, 0.0)
         addresses = scan_bus(source.world.bus)
     else:
         from s4edge.drivers.i2c import SMBus2Bus
@@ -139,7 +135,7 @@ def read(
     """Poll the configured sensors and print what they read."""
     cfg = load_sensors_config(config, sim)
     alerts: list[AlertDraft] = []
-    source = _build(cfg, IncidentBook(alerts.append), heater_on_s)
+    source = _build(cfg, alerts.append, heater_on_s)
     start = time.monotonic()
 
     def poll() -> list[Any]:
@@ -179,7 +175,7 @@ def calibrate(
     from s4edge.edge.sensing.probes import BME280Probe, MQProbe
 
     cfg = load_sensors_config(config, sim)
-    source = _build(cfg, IncidentBook(lambda d: None), heater_on_s)
+    source = _build(cfg, lambda d: None, heater_on_s)
     probe = next((p for p in source.probes if p.name == sensor), None)
     if not isinstance(probe, MQProbe):
         names = [p.name for p in source.probes if isinstance(p, MQProbe)]

@@ -1,6 +1,6 @@
 """Sensor health: failed reads, stuck values and impossible values become one
 ``sensor_fault`` incident per sensor, which ends by itself when the sensor recovers.
-Failed reads are retried with exponential backoff (DESIGN.md, "Bad input").
+Failed reads are retried with exponential backoff (docs/architecture.md, "Bad input").
 """
 
 from __future__ import annotations

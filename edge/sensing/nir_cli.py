@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -25,6 +24,8 @@ def _fail(message: str) -> typer.Exit:
 def _training_data(data: Path | None, sim: bool, x_key: str, y_key: str) -> tuple[Any, Any, Any, str]:
     """(spectra, y or labels, wavelengths, kind) from a .mat file, a folder of class
     folders of InnoSpectra CSV exports, or the synthetic library (--sim)."""
+    import numpy as np
+
     from s4edge.edge.sensing.nir_io import NIRFileError, read_innospectra
     from s4edge.edge.sensing.nir_synthetic import synthetic_library
 
@@ -102,6 +103,8 @@ def predict(
     sim: str | None = typer.Option(None, "--sim", help="Acquire from a simulated spectrometer showing this class."),
 ) -> None:
     """Predict from CSV exports, a spectrometer, or a simulated one."""
+    import numpy as np
+
     from s4edge.drivers.errors import SpectrometerError
     from s4edge.drivers.nir_serial import SerialSpectrometer
     from s4edge.drivers.sim import SimSpectrometer, SpectrometerServer

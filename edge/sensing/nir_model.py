@@ -1,4 +1,4 @@
-"""Saving and loading PLS models without pickle (DESIGN.md, Models): the arrays go to
+"""Saving and loading PLS models without pickle (docs/architecture.md, "Models"): the arrays go to
 an ``.npz`` (loaded with ``allow_pickle=False``), everything else to a ``.json`` that
 records the npz's sha256. A model whose npz does not match is refused.
 """

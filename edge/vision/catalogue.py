@@ -1,6 +1,8 @@
-"""The model catalogue: manifests in the repo's ``models/``, weights in a local cache.
+"""The model catalogue: manifests shipped in the package's ``models/``, weights in a local cache.
 
-Weights never live in the repo (DESIGN.md, "Models"). ``pull`` fills the cache from a
+Only the default model's weights ship beside its manifest, so that a fresh install
+detects people offline; every other model's weights live in the cache
+(docs/architecture.md, "Models"). ``pull`` fills the cache from a
 mirror folder (air-gapped sites) or from the manifest's URL, and refuses any file whose
 sha256 differs from the manifest's: a refused file never reaches the cache.
 """
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-import edge
 from s4edge.edge.vision.manifest import Manifest, ManifestError, ModelEntry, load_manifest
+from s4edge.resources import packaged
 
 MODELS_DIR_ENV = "S4EDGE_MODELS_DIR"
 CACHE_ENV = "S4EDGE_MODEL_CACHE"
@@ -40,7 +42,7 @@ def sha256_file(path: Path) -> str:
 
 def default_models_dir() -> Path:
     override = os.environ.get(MODELS_DIR_ENV)
-    return Path(override) if override else Path(edge.__file__).resolve().parents[1] / "models"
+    return Path(override) if override else packaged("models")
 
 
 def default_cache_dir() -> Path:
@@ -56,9 +58,10 @@ def default_mirror() -> Path | None:
 @dataclass(frozen=True)
 class Verification:
     name: str
-    cached: bool
+    cached: bool  # weights are present, shipped or in the cache
     ok: bool
     actual_sha256: str | None
+    shipped: bool = False
 
 
 @dataclass
@@ -97,7 +100,9 @@ class Catalogue:
         raise CatalogueError(f"unknown model {name!r}; known models: {known}")
 
     def weights_path(self, manifest: Manifest) -> Path:
-        return self.cache_dir / manifest.name / manifest.file
+        """The weights shipped beside the manifest (the default model), else the cache's copy."""
+        shipped = self.models_dir / manifest.name / manifest.file
+        return shipped if shipped.is_file() else self.cache_dir / manifest.name / manifest.file
 
     def verify(self, name: str) -> Verification:
         manifest = self.get(name).manifest
@@ -105,21 +110,23 @@ class Catalogue:
         if not path.is_file():
             return Verification(name, cached=False, ok=False, actual_sha256=None)
         actual = sha256_file(path)
-        return Verification(name, cached=True, ok=actual == manifest.sha256, actual_sha256=actual)
+        ok = actual == manifest.sha256
+        return Verification(name, cached=True, ok=ok, actual_sha256=actual, shipped=self._shipped(path))
 
     def weights(self, name: str) -> Path:
-        """The cached weight file, checked against the manifest's sha256 before anyone loads it."""
+        """The shipped or cached weight file, checked against the manifest's sha256 before anyone loads it."""
         manifest = self.get(name).manifest
         path = self.weights_path(manifest)
         if not path.is_file():
             raise CatalogueError(f"model {name!r} is not in the cache ({path}); run `s4edge models pull {name}`")
         actual = sha256_file(path)
         if actual != manifest.sha256:
-            raise CatalogueError(
-                f"cached {path} has sha256 {actual}, the manifest says {manifest.sha256}; "
-                f"run `s4edge models pull {name}` to replace it"
-            )
+            remedy = "reinstall s4edge" if self._shipped(path) else f"run `s4edge models pull {name}` to replace it"
+            raise CatalogueError(f"{path} has sha256 {actual}, the manifest says {manifest.sha256}; {remedy}")
         return path
+
+    def _shipped(self, path: Path) -> bool:
+        return path.is_relative_to(self.models_dir)
 
     def pull(self, name: str, source: Path | None = None) -> Path:
         """Fill the cache from ``source`` (or the mirror), else from the manifest URL; sha256-checked."""
@@ -127,6 +134,8 @@ class Catalogue:
         target = self.weights_path(manifest)
         if target.is_file() and sha256_file(target) == manifest.sha256:
             return target
+        if self._shipped(target):
+            raise CatalogueError(f"the packaged weights {target} do not match the manifest's sha256; reinstall s4edge")
         folder = source or default_mirror()
         target.parent.mkdir(parents=True, exist_ok=True)
         # Stage inside the cache folder so the final rename is atomic on the same filesystem.

@@ -7,18 +7,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from s4edge.edge.vision.backends import BackendError, BackendOptions
-from s4edge.edge.vision.catalogue import Catalogue, CatalogueError
-from s4edge.edge.vision.evaluate import IMAGE_SUFFIXES, DatasetError
-from s4edge.edge.vision.manifest import ManifestError
-from s4edge.edge.vision.types import Detection
+if TYPE_CHECKING:
+    from s4edge.edge.vision.backends import BackendOptions
+    from s4edge.edge.vision.catalogue import Catalogue
+    from s4edge.edge.vision.types import Detection
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".mjpg", ".mjpeg"}
 
@@ -26,16 +24,30 @@ models_app = typer.Typer(help="The model catalogue: manifests in models/, weight
 
 
 @contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Every expected failure becomes one line saying what was wrong, and exit status 1."""
+def _clear_errors(*expected: type[Exception]) -> Iterator[None]:
+    """Every expected failure becomes one line saying what was wrong, and exit status 1.
+    ``expected`` adds the errors of modules only some commands import (a dataset's)."""
+    from s4edge.edge.vision.backends import BackendError
+    from s4edge.edge.vision.catalogue import CatalogueError
+    from s4edge.edge.vision.manifest import ManifestError
+
+    errors: tuple[type[Exception], ...] = (CatalogueError, ManifestError, BackendError, *expected)
     try:
         yield
-    except (CatalogueError, ManifestError, BackendError, DatasetError) as exc:
+    except errors as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 
 
+def _catalogue() -> Catalogue:
+    from s4edge.edge.vision.catalogue import Catalogue
+
+    return Catalogue.from_env()
+
+
 def _options(threads: int | None) -> BackendOptions:
+    from s4edge.edge.vision.backends import BackendOptions
+
     return BackendOptions(threads=threads)
 
 
@@ -46,7 +58,7 @@ def _print_json(data: Any) -> None:
 @models_app.command("list")
 def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List every model: runtime, decoder family, whether it is cached and its sha256 matches."""
-    catalogue = Catalogue.from_env()
+    catalogue = _catalogue()
     entries, problems = catalogue.scan()
     rows: list[dict[str, Any]] = []
     for name, entry in sorted(entries.items()):
@@ -59,6 +71,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON i
                 "family": manifest.decoder.family,
                 "quantization": manifest.quantization,
                 "cached": check.cached,
+                "shipped": check.shipped,
                 "sha_ok": check.ok,
             }
         )
@@ -66,13 +79,13 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON i
         _print_json({"models": rows, "errors": [str(p) for p in problems]})
         return
     table = Table(title=f"models ({catalogue.models_dir}; cache {catalogue.cache_dir})")
-    for column in ("name", "runtime", "family", "quantization", "cached?", "sha ok?"):
+    table.add_column("name", no_wrap=True)  # the name is what a user types next: never cut it
+    for column in ("runtime", "family", "quantization", "weights", "sha256"):
         table.add_column(column)
     for row in rows:
-        sha = "yes" if row["sha_ok"] else ("-" if not row["cached"] else "[red]MISMATCH[/red]")
-        table.add_row(
-            row["name"], row["runtime"], row["family"], row["quantization"], "yes" if row["cached"] else "no", sha
-        )
+        weights = "shipped" if row["shipped"] else "cached" if row["cached"] else "not pulled"
+        sha = "verified" if row["sha_ok"] else ("-" if not row["cached"] else "[red]MISMATCH[/red]")
+        table.add_row(row["name"], row["runtime"], row["family"], row["quantization"], weights, sha)
     console = Console()
     console.print(table)
     for problem in problems:
@@ -88,14 +101,14 @@ def pull(
 ) -> None:
     """Copy (or download) a model's weights into the cache; a sha256 mismatch is refused."""
     with _clear_errors():
-        path = Catalogue.from_env().pull(name, source)
+        path = _catalogue().pull(name, source)
     typer.echo(f"{name}: {path} (sha256 ok)")
 
 
 @models_app.command("verify")
 def verify(name: str | None = typer.Argument(None, help="One model; all cached models when absent.")) -> None:
     """Check cached weights against their manifests' sha256. Exit 1 on a mismatch."""
-    catalogue = Catalogue.from_env()
+    catalogue = _catalogue()
     with _clear_errors():
         names = [name] if name else sorted(catalogue.scan()[0])
         checks = [catalogue.verify(n) for n in names]
@@ -126,12 +139,13 @@ def bench(
 ) -> None:
     """Latency percentiles of the raw model run (infer) and of the whole detect()."""
     import numpy as np
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from s4edge.edge.vision.detector import Detector
-    from s4edge.edge.vision.evaluate import time_detector
+    from s4edge.edge.vision.evaluate import DatasetError, time_detector
 
-    with _clear_errors():
-        detector = Detector.from_catalogue(Catalogue.from_env(), name, _options(threads))
+    with _clear_errors(DatasetError):
+        detector = Detector.from_catalogue(_catalogue(), name, _options(threads))
         frame = _read_image(image) if image else np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
         with Progress(
             TextColumn(f"bench {name}"),
@@ -171,10 +185,10 @@ def eval_model(
 ) -> None:
     """mAP@0.5 and mAP@0.5:0.95, overall and per class (COCO evaluation)."""
     from s4edge.edge.vision.detector import Detector
-    from s4edge.edge.vision.evaluate import EVAL_SCORE_THRESHOLD, evaluate
+    from s4edge.edge.vision.evaluate import EVAL_SCORE_THRESHOLD, DatasetError, evaluate
 
-    with _clear_errors():
-        detector = Detector.from_catalogue(Catalogue.from_env(), name, _options(threads), EVAL_SCORE_THRESHOLD)
+    with _clear_errors(DatasetError):
+        detector = Detector.from_catalogue(_catalogue(), name, _options(threads), EVAL_SCORE_THRESHOLD)
         report = evaluate(detector, data)
     if as_json:
         _print_json(report.to_dict())
@@ -198,10 +212,11 @@ def quantize(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Static INT8 (QDQ, per-channel) quantization into the cache, with a generated manifest."""
+    from s4edge.edge.vision.evaluate import DatasetError
     from s4edge.edge.vision.quantize import quantize_model
 
-    with _clear_errors():
-        report = quantize_model(Catalogue.from_env(), name, calib, out_name, data, runs)
+    with _clear_errors(DatasetError):
+        report = quantize_model(_catalogue(), name, calib, out_name, data, runs)
     summary = report.to_dict()
     if as_json:
         _print_json(summary)
@@ -218,6 +233,8 @@ def quantize(
 def _read_image(path: Path) -> Any:
     import cv2
 
+    from s4edge.edge.vision.evaluate import DatasetError
+
     frame = cv2.imread(str(path))
     if frame is None:
         raise DatasetError(f"{path}: not a readable image")
@@ -227,6 +244,8 @@ def _read_image(path: Path) -> Any:
 def _frames(path: Path, every: int) -> Iterator[tuple[str, int | None, Any]]:
     """(source, frame index or None, BGR frame) for an image, a folder of images or a video."""
     import cv2
+
+    from s4edge.edge.vision.evaluate import IMAGE_SUFFIXES, DatasetError
 
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -273,10 +292,11 @@ def detect(
 ) -> None:
     """Run a detector on images or a video and print class, score and box (normalised x1 y1 x2 y2)."""
     from s4edge.edge.vision.detector import Detector
+    from s4edge.edge.vision.evaluate import DatasetError
 
     results = []
-    with _clear_errors():
-        detector = Detector.from_catalogue(Catalogue.from_env(), model, score_threshold=threshold)
+    with _clear_errors(DatasetError):
+        detector = Detector.from_catalogue(_catalogue(), model, score_threshold=threshold)
         for source, index, frame in _frames(path, every):
             found = detector.detect(frame)
             results.append({"source": source, "frame": index, "detections": [_detection_dict(d) for d in found]})
@@ -287,9 +307,3 @@ def detect(
                     typer.echo(f"{where}\t{d.label}\t{d.score:.2f}\t{box}")
     if as_json:
         _print_json({"model": detector.model_ref.model_dump(), "results": results})
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``models`` and ``detect`` to the root ``s4edge`` app."""
-    app.add_typer(models_app, name="models")
-    app.command("detect")(detect)

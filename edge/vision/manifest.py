@@ -1,4 +1,4 @@
-"""A model's manifest: everything needed to run and trust one weight file (DESIGN.md, "Models").
+"""A model's manifest: everything needed to run and trust one weight file (docs/architecture.md, "Models").
 
 A researcher adds a model by adding ``models/<name>/manifest.yaml``. Unknown keys are
 refused, and every error names the manifest field, so a typo never becomes a model

@@ -1,6 +1,6 @@
 """sipp as a PSAP on a free loopback port, for NG112 tests, benchmarks and drills.
 
-The scenario files live in ``tests/sipp/``. sipp logs every message it receives
+The scenario files ship beside this module, in ``sipp/``. sipp logs every message it receives
 (``-trace_msg``); ``received()`` gives back the MESSAGE requests from that log.
 """
 
@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from s4edge.resources import packaged
 from s4edge.testing.mosquitto import free_port
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "tests" / "sipp"
+SCENARIOS = packaged("testing", "sipp")
 # -trace_msg: each entry is a dashed line with a timestamp, "<proto> message received [N] bytes :",
 # a blank line, then the N bytes verbatim.
 _SEPARATOR = re.compile(rb"^-{20,} \d{4}-\d\d-\d\d [\d:.]+\r?\n", re.MULTILINE)

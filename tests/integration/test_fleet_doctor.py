@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from s4edge.cloud_sync.fleet.ca import init_ca
 from s4edge.cli import app
+from s4edge.cloud_sync.fleet.ca import init_ca
 from s4edge.testing.fleet import Fleet, build_fleet
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from s4edge.cli import app
 from s4edge.drivers.sim import SimADS1115, SimBus
 from s4edge.edge.doctor import (
     check_camera,
@@ -24,7 +25,6 @@ from s4edge.edge.doctor import (
 from s4edge.edge.sensing.source import Config as SensorsConfig
 from s4edge.edge.vision.catalogue import Catalogue, default_models_dir
 from s4edge.edge.vision.source import Config as VisionConfig
-from s4edge.cli import app
 from s4edge.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,8 +154,16 @@ def test_a_camera_delivering_frames_at_its_rate_passes(shared: Path) -> None:
     assert check.status == "PASS" and "5 frames" in check.detail
 
 
+def test_the_shipped_default_model_passes_with_no_cache(tmp_path: Path) -> None:
+    config = SimpleNamespace(sources=[vision("0", fps=1)])
+    (shipped,) = check_model(config, Catalogue(default_models_dir(), tmp_path / "empty-cache"))
+    assert shipped.status == "PASS" and "sha256 ok" in shipped.detail
+
+
 def test_the_model_must_be_cached_with_the_right_sha256_and_run(shared: Path, tmp_path: Path) -> None:
-    catalogue = Catalogue(default_models_dir(), tmp_path / "cache")
+    models = tmp_path / "models"  # the catalogue without the shipped weights: as for any other model
+    shutil.copytree(default_models_dir() / "fastestdet", models / "fastestdet", ignore=shutil.ignore_patterns("*.onnx"))
+    catalogue = Catalogue(models, tmp_path / "cache")
     config = SimpleNamespace(sources=[vision("0", fps=1)])
     (missing,) = check_model(config, catalogue)
     assert missing.status == "FAIL" and "s4edge models pull fastestdet" in missing.hint

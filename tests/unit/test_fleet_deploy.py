@@ -8,8 +8,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from s4edge.cli import app
 
 UNIT = Path(__file__).resolve().parents[2] / "firmware_configs" / "systemd" / "s4edge-agent.service"
+
+
+def test_agent_unit_prints_the_shipped_unit_for_an_install_without_a_checkout() -> None:
+    result = CliRunner().invoke(app, ["agent", "unit"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == UNIT.read_text()
 
 
 def settings() -> dict[str, list[str]]:

@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 
 from s4edge.cloud_sync.uplink import Backoff
-from s4edge.drivers.frames import FrameSourceError, GStreamerSource, OpenCVSource, Picamera2Source, ReplaySource, open_source
+from s4edge.drivers.frames import (
+    FrameSourceError,
+    GStreamerSource,
+    OpenCVSource,
+    Picamera2Source,
+    ReplaySource,
+    open_source,
+)
 from s4edge.drivers.sim.frames import SimulatedCamera, moving_square
 from s4edge.edge.vision.capture import Capture
 from s4edge.testing import eventually as wait_until
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def write_clip(path: Path, frames: int = 12, fps: float = 10.0) -> Path:
@@ -242,18 +247,14 @@ def test_capture_stop_unblocks_a_stalled_read() -> None:
     assert stopped.wait(3.0)
 
 
-def test_make_demo_clip_builds_a_replayable_clip_with_a_still_stretch(shared: Path, tmp_path: Path) -> None:
-    import importlib.util
+def test_the_demo_clip_is_built_from_the_packaged_photos_with_a_still_stretch(tmp_path: Path) -> None:
+    from s4edge.demo_clip import build, photos
+    from s4edge.resources import packaged
 
-    spec = importlib.util.spec_from_file_location("make_demo_clip", REPO / "scripts" / "make_demo_clip.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    photos = sorted((shared / "data" / "images").glob("fastestdet_*.jpg"))[:2]
-    if len(photos) < 2:
-        pytest.skip("the shared photos are absent")
+    shipped = photos(packaged("demo_frames"))
+    assert [p.name for p in shipped] == [f"fastestdet_{i}.jpg" for i in range(5)]
     out = tmp_path / "cache" / "clip.avi"
-    frames = script.build(photos, out, (160, 120), 10.0, seconds_per_image=0.5, static_s=0.5)
+    frames = build(shipped[:2], out, (160, 120), 10.0, seconds_per_image=0.5, static_s=0.5)
     assert frames == 5 + 5 + 5
     source = ReplaySource(out, realtime=False, clock=lambda: 0.0)
     source.open()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from s4edge.edge.vision.catalogue import Catalogue, CatalogueError, sha256_file
+from s4edge.edge.vision.catalogue import Catalogue, CatalogueError, default_models_dir, sha256_file
 from s4edge.edge.vision.detector import Detector
 from s4edge.edge.vision.manifest import ManifestError, load_manifest
 
@@ -18,8 +18,35 @@ FASTESTDET_SHA = "31cb14c017fce347cb4c846ec62fdf00d76bb3beecdf4be21e7116ac67feb8
 
 @pytest.fixture
 def catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Catalogue:
+    """The shipped manifests without the shipped weights: fastestdet is pulled like any other model."""
     monkeypatch.delenv("S4EDGE_MODEL_MIRROR", raising=False)
-    return Catalogue(models_dir=REPO / "models", cache_dir=tmp_path / "cache")
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "models", models, ignore=shutil.ignore_patterns("*.onnx"))
+    return Catalogue(models_dir=models, cache_dir=tmp_path / "cache")
+
+
+def test_the_shipped_default_model_is_verified_with_no_cache_and_no_mirror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("S4EDGE_MODEL_MIRROR", raising=False)
+    shipped = Catalogue(models_dir=default_models_dir(), cache_dir=tmp_path / "empty-cache")
+    check = shipped.verify("fastestdet")
+    assert check.shipped and check.ok and check.actual_sha256 == FASTESTDET_SHA
+    assert shipped.pull("fastestdet") == default_models_dir() / "fastestdet" / "FastestDet.onnx"
+    assert not (tmp_path / "empty-cache").exists()  # nothing fetched, nothing copied
+    assert Detector.from_catalogue(shipped, "fastestdet").model_ref.sha256 == FASTESTDET_SHA
+
+
+def test_damaged_shipped_weights_are_refused_at_load(tmp_path: Path) -> None:
+    models = tmp_path / "site-packages-models"
+    shutil.copytree(default_models_dir() / "fastestdet", models / "fastestdet")
+    weights = models / "fastestdet" / "FastestDet.onnx"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    damaged = Catalogue(models_dir=models, cache_dir=tmp_path / "cache")
+    with pytest.raises(CatalogueError, match=r"the manifest says .*; reinstall s4edge"):
+        Detector.from_catalogue(damaged, "fastestdet")
+    with pytest.raises(CatalogueError, match="reinstall s4edge"):
+        damaged.pull("fastestdet")
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from s4edge.edge.sensing.cli import EXAMPLE
 from s4edge.cli import app
+from s4edge.edge.sensing.cli import EXAMPLE
 
 runner = CliRunner()
 

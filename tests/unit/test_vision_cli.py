@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from s4edge.cli import app
+from s4edge.edge.vision.catalogue import default_models_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -20,10 +21,24 @@ runner = CliRunner()
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shipped manifests without the shipped weights, so fastestdet is pulled like any other model."""
+    models = tmp_path / "models"
+    shutil.copytree(default_models_dir(), models, ignore=shutil.ignore_patterns("*.onnx"))
+    monkeypatch.setenv("S4EDGE_MODELS_DIR", str(models))
     monkeypatch.setenv("S4EDGE_MODEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("S4EDGE_MODEL_MIRROR", str(SHARED / "models"))
-    monkeypatch.delenv("S4EDGE_MODELS_DIR", raising=False)
     return tmp_path / "cache"
+
+
+def test_list_shows_the_shipped_default_model_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("S4EDGE_MODELS_DIR", raising=False)
+    monkeypatch.delenv("S4EDGE_MODEL_MIRROR", raising=False)
+    monkeypatch.setenv("S4EDGE_MODEL_CACHE", str(tmp_path / "empty-cache"))
+    rows = {r["name"]: r for r in json.loads(run("models", "list", "--json").stdout)["models"]}
+    assert rows["fastestdet"]["shipped"] and rows["fastestdet"]["sha_ok"]
+    assert not rows["mediapipe-pose"]["cached"]
+    table = runner.invoke(app, ["models", "list"], env={"COLUMNS": "120"}).stdout
+    assert "fastestdet " in table and "shipped" in table and "verified" in table
 
 
 def run(*args: str):
@@ -39,6 +54,7 @@ def test_list_shows_cached_and_sha_status(cache: Path) -> None:
         "family": "fastestdet",
         "quantization": "none",
         "cached": False,
+        "shipped": False,
         "sha_ok": False,
     }
     assert run("models", "pull", "fastestdet").exit_code == 0

@@ -1,12 +1,13 @@
-"""Build a short MJPG demo clip from the real photos in ../shared/data/images, for a
-machine where ../shared/data/video is absent.
+"""The demo's replay clip, built at run time from real photos of people.
 
-Each photo gets a slow pan and zoom (a virtual camera moving over it); one photo is
-held still for a stretch, so the motion gate has a static scene to skip. The clip goes
-to a cache folder, never into the repo (the photos are third-party data)::
+The package ships FastestDet's sample photos (``demo_frames/``, BSD-3-Clause); the
+demo turns them into a short MJPG clip in its working folder. Each photo gets a slow
+pan and zoom (a virtual camera moving over it); one photo is held still for a stretch,
+so the motion gate has a static scene to skip. Run as a module to build a clip from
+any folder of photos::
 
-    .venv/bin/python scripts/make_demo_clip.py            # → ~/.cache/s4edge/demo/…avi
-    .venv/bin/python scripts/make_demo_clip.py --out /tmp/clip.avi --seconds-per-image 3
+    python -m s4edge.demo_clip --out /tmp/clip.avi                 # the packaged photos
+    python -m s4edge.demo_clip --images DIR --out /tmp/clip.avi --seconds-per-image 3
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES = REPO.parent / "shared" / "data" / "images"
-DEFAULT_OUT = Path.home() / ".cache" / "s4edge" / "demo" / "demo_people_640x480_15fps.avi"
+from s4edge.resources import packaged
+
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -42,7 +42,7 @@ def build(
     images: list[Path], out: Path, size: tuple[int, int], fps: float, seconds_per_image: float, static_s: float
 ) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
     if not writer.isOpened():
         raise SystemExit(f"{out}: OpenCV cannot write an MJPG .avi here")
     frames = 0
@@ -69,21 +69,32 @@ def build(
     return frames
 
 
+def photos(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+
+
+def demo_clip(out: Path) -> Path:
+    """The demo clip from the packaged photos: 640×480 at 15 fps, about 14 s."""
+    build(photos(packaged("demo_frames")), out, (640, 480), 15.0, seconds_per_image=2.0, static_s=4.0)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=IMAGES, help="Folder of photos (default: ../shared/data/images)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Output .avi (default: the user cache)")
+    parser.add_argument("--images", type=Path, default=None, help="Folder of photos (default: the packaged ones)")
+    parser.add_argument("--out", type=Path, required=True, help="Output .avi")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--fps", type=float, default=15.0)
     parser.add_argument("--seconds-per-image", type=float, default=2.0)
     parser.add_argument("--static-seconds", type=float, default=4.0, help="A motionless stretch for the motion gate")
     args = parser.parse_args()
-    if not args.images.is_dir():
-        raise SystemExit(f"{args.images}: no such folder of photos")
-    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in SUFFIXES)
+    folder = args.images or packaged("demo_frames")
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: no such folder of photos")
+    images = photos(folder)
     if not images:
-        raise SystemExit(f"{args.images}: no {'/'.join(SUFFIXES)} photos in it")
+        raise SystemExit(f"{folder}: no {'/'.join(SUFFIXES)} photos in it")
     frames = build(images, args.out, (args.width, args.height), args.fps, args.seconds_per_image, args.static_seconds)
     print(f"{args.out}: {frames} frames, {frames / args.fps:.1f} s at {args.fps:g} fps")
 
