@@ -4,6 +4,9 @@
 
 Fields: ``ts`` (UTC, ISO-8601), ``level``, ``logger``, ``msg``, plus ``exc`` for an
 exception and any ``extra={...}`` keys the caller passes.
+
+``FailureLog`` is how a loop that must not die (the node's uplink, tick and source
+threads) logs the errors it survives.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import datetime as dt
 import json
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 # Attributes every LogRecord has; anything else came in through ``extra=``.
@@ -41,3 +47,49 @@ def json_handler(stream: TextIO | None = None) -> logging.Handler:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     return handler
+
+
+class FailureLog:
+    """A loop's failures with a rate limit: the first with its traceback, then at most one
+    line per ``every_s`` that counts the failures since, and one line when the loop works
+    again. A loop failing on every turn (a full disk, a broken driver) must neither flood
+    the journal nor go quiet about it. Thread-safe: the sources share the telemetry's."""
+
+    def __init__(
+        self, logger: logging.Logger, what: str, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.what = what
+        self.every_s = every_s
+        self._clock = clock
+        self.failures = 0  # in the current run of failures
+        self._unlogged = 0
+        self._logged_at = 0.0
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            now = self._clock()
+            self.failures += 1
+            if self.failures == 1:
+                self.logger.error("%s failed: %s: %s", self.what, type(exc).__name__, exc, exc_info=exc)
+            elif now - self._logged_at >= self.every_s:
+                self.logger.error(
+                    "%s still failing: %d more failures in %.0f s, the last: %s: %s",
+                    self.what, self._unlogged + 1, now - self._logged_at, type(exc).__name__, exc,
+                )  # fmt: skip
+            else:
+                self._unlogged += 1
+                return
+            self._logged_at = now
+            self._unlogged = 0
+
+    def ok(self) -> None:
+        """The loop's last turn worked: ends a run of failures."""
+        if not self.failures:  # the common case, on every turn: no lock
+            return
+        with self._lock:
+            if self.failures:
+                self.logger.warning("%s works again after %d failures", self.what, self.failures)
+                self.failures = 0
+                self._unlogged = 0

@@ -1,4 +1,4 @@
-"""The s4edge wire contract (DESIGN.md, "The wire contract").
+"""The s4edge wire contract (docs/architecture.md, "The wire contract").
 
 Every message is a small JSON object under ``s4edge/v1/{site}/{node_id}/{suffix}``.
 Privacy is a property of this schema: there is no bytes field, every string is
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
@@ -47,6 +48,7 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 ShortText = Annotated[str, Field(max_length=128), AfterValidator(_no_blob)]
 Text = Annotated[str, Field(max_length=1024), AfterValidator(_no_blob)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+MessageId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Scalar = str | int | float | bool | None
 
@@ -125,9 +127,7 @@ class ModelRef(_Strict):
 
 class _Envelope(_Strict):
     schema_: Literal["s4edge/1"] = Field(default=SCHEMA, alias="schema")
-    id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = Field(
-        default_factory=new_id
-    )
+    id: MessageId = Field(default_factory=new_id)
     node_id: Name
     site: Name
     ts: AwareDatetime = Field(default_factory=utc_now)
@@ -219,10 +219,38 @@ class CommandResult(_Envelope):
     data: dict[ShortText, Text | int | float | bool | None] = Field(default_factory=dict, max_length=32)
 
 
-Message = Annotated[
-    Status | Heartbeat | Telemetry | Alert | Command | CommandResult,
-    Field(discriminator="type"),
-]
+# A receipt's ids stay under MAX_MESSAGE_BYTES: 200 ids of 64 characters, quoted and
+# comma-separated, take 13.4 KB, and the envelope adds well under 1 KB.
+MAX_RECEIPT_IDS: Final = 200
+
+
+class Receipt(_Envelope):
+    """Inbound to the node on ``receipt``: the aggregator (replica) ``issuer`` has committed
+    these alerts, new or already stored, so the node may forget them. node_id and site name
+    the node that sent them."""
+
+    type: Literal["receipt"] = "receipt"
+    issuer: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    alert_ids: list[MessageId] = Field(min_length=1, max_length=MAX_RECEIPT_IDS)
+
+
+def receipts_for(site: str, node_id: str, issuer: str, alert_ids: Sequence[str], seq: int) -> list[Receipt]:
+    """The receipts for one node's stored alerts, ``MAX_RECEIPT_IDS`` to a message, numbered
+    from ``seq``."""
+    return [
+        Receipt(
+            site=site,
+            node_id=node_id,
+            seq=seq + n,
+            issuer=issuer,
+            alert_ids=list(alert_ids[start : start + MAX_RECEIPT_IDS]),
+        )
+        for n, start in enumerate(range(0, len(alert_ids), MAX_RECEIPT_IDS))
+    ]
+
+
+AnyMessage = Status | Heartbeat | Telemetry | Alert | Command | CommandResult | Receipt
+Message = Annotated[AnyMessage, Field(discriminator="type")]
 MESSAGE_TYPES: Final[dict[str, type[_Envelope]]] = {
     "status": Status,
     "heartbeat": Heartbeat,
@@ -230,12 +258,11 @@ MESSAGE_TYPES: Final[dict[str, type[_Envelope]]] = {
     "alert": Alert,
     "cmd": Command,
     "cmd_result": CommandResult,
+    "receipt": Receipt,
 }
-_MESSAGE: TypeAdapter[Status | Heartbeat | Telemetry | Alert | Command | CommandResult] = TypeAdapter(
-    Message
-)
+_MESSAGE: TypeAdapter[AnyMessage] = TypeAdapter(Message)
 
-# topic suffix per message type (DESIGN.md topic table); cmd carries its name.
+# topic suffix per message type (docs/architecture.md, "The wire contract"); cmd carries its name.
 SUFFIX: Final[dict[str, str]] = {
     "status": "status",
     "heartbeat": "heartbeat",
@@ -243,11 +270,14 @@ SUFFIX: Final[dict[str, str]] = {
     "alert": "alert",
     "cmd": "cmd",
     "cmd_result": "cmd_result",
+    "receipt": "receipt",
 }
 QOS: Final[dict[str, int]] = {
-    "status": 1, "heartbeat": 0, "telemetry": 0, "alert": 1, "cmd": 1, "cmd_result": 1,
+    "status": 1, "heartbeat": 0, "telemetry": 0, "alert": 1, "cmd": 1, "cmd_result": 1, "receipt": 1,
 }
 RETAINED: Final = frozenset({"status"})
+# What the centre sends a node; a node sends every other type (the broker's ACL follows this).
+TO_NODE: Final = frozenset({"cmd", "receipt"})
 
 
 class MessageError(ValueError):
@@ -291,7 +321,7 @@ def encode(message: _Envelope) -> bytes:
     return data
 
 
-def decode(payload: bytes | bytearray | str) -> Status | Heartbeat | Telemetry | Alert | Command | CommandResult:
+def decode(payload: bytes | bytearray | str) -> AnyMessage:
     """Parse and validate one payload. Raises MessageError, never anything else."""
     if isinstance(payload, str):
         payload = payload.encode("utf-8", "surrogatepass")
@@ -322,9 +352,7 @@ def decode(payload: bytes | bytearray | str) -> Status | Heartbeat | Telemetry |
         raise MessageError("invalid", str(exc)[:300]) from None
 
 
-def decode_from(
-    topic_name: str, payload: bytes | bytearray | str
-) -> Status | Heartbeat | Telemetry | Alert | Command | CommandResult:
+def decode_from(topic_name: str, payload: bytes | bytearray | str) -> AnyMessage:
     """Decode, and check that the topic's site/node/suffix agree with the payload."""
     site, node_id, suffix = parse_topic(topic_name)
     message = decode(payload)

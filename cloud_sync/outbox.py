@@ -1,9 +1,13 @@
-"""The node's store-and-forward queue (DESIGN.md, "Delivery guarantees").
+"""The node's store-and-forward queue (docs/architecture.md, "Delivery guarantees").
 
 Every outbound message that must not be lost goes into SQLite first. ``put`` returns
 only after the row is committed with ``synchronous=FULL`` in WAL mode, i.e. after the
-WAL is fsynced, so SIGKILL or a power cut cannot lose it. A row leaves only through
-``ack``, which the forwarder calls once the broker has acknowledged the publish.
+WAL is fsynced, so SIGKILL or a power cut cannot lose it. A row leaves through ``ack``,
+which the forwarder calls once the broker has acknowledged the publish, or, when it was
+put with a ``receipt_id`` (an alert), only through ``confirm``: the broker's PUBACK then
+just marks it in flight until a time to send it again (``mark_in_flight``), and the
+aggregator's receipt naming that id, sent after its commit, deletes it. The in-flight
+marks are rows on disk, so they outlive a restart.
 
 Throughput comes from group commit: one writer thread commits every operation that is
 waiting at that moment in a single transaction (one fsync) and then releases all their
@@ -14,6 +18,7 @@ monotonic across restarts, and the set of command ids already executed (replay g
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -40,6 +45,15 @@ CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_command (id TEXT PRIMARY KEY, until REAL NOT NULL);
 """
+# Added for receipts; an outbox written before them gets the columns when it is opened.
+# receipt_id: the message id a receipt will name (NULL: the row goes at PUBACK);
+# resend_at: UNIX time an in-flight row is sent again (NULL: not yet acknowledged by the broker).
+_RECEIPT_COLUMNS = {"receipt_id": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 0", "resend_at": "REAL"}
+_RECEIPT_INDEXES = """
+CREATE INDEX IF NOT EXISTS outbox_receipt ON outbox (receipt_id) WHERE receipt_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_resend ON outbox (resend_at) WHERE resend_at IS NOT NULL;
+"""
+_COLUMNS = "id, topic, payload, qos, retain, kind, receipt_id, attempts"
 
 
 class OutboxClosed(RuntimeError):
@@ -54,6 +68,8 @@ class Row:
     qos: int
     retain: bool
     kind: str
+    receipt_id: str | None = None
+    attempts: int = 0  # how often the broker acknowledged it without a receipt following
 
 
 Write = Callable[[sqlite3.Connection], Any]
@@ -82,15 +98,19 @@ class Outbox:
         self.telemetry_max = telemetry_max
         self._writer_db = self._connect()
         self._writer_db.executescript(_SCHEMA)
+        _add_receipt_columns(self._writer_db)
         self._reader_db = self._connect()
         self._read_lock = threading.Lock()
         counters = dict(self._reader_db.execute("SELECT name, value FROM counter").fetchall())
         self._seq: int = counters.get("seq_reserved", 0)
         self._seq_reserved: int = self._seq
         self._reserving: _Op | None = None
+        self._marking: _Op | None = None  # the last mark_in_flight, which ``due`` reads after
         self._queue: list[_Op] = []
         self._queue_cond = threading.Condition()
         self._put_event = threading.Event()
+        # the last commit's error, None once one succeeds: the node reports it (disk_full)
+        self.failure: BaseException | None = None
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
         self._writer.start()
@@ -133,9 +153,13 @@ class Outbox:
             db.execute("COMMIT")
         except BaseException as exc:  # every waiter must learn that its write is not durable
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # a failing disk may fail this too: the writer lives on
+                    db.execute("ROLLBACK")
             for op in batch:
                 op.error = exc
+            self.failure = exc
+        else:
+            self.failure = None
         for op in batch:
             op.done.set()
         self._put_event.set()
@@ -163,20 +187,39 @@ class Outbox:
             self._reserving = self._submit(lambda db: _set_counter(db, "seq_reserved", reserved))
         return seq, self._reserving
 
-    def next_seq(self) -> int:
-        """The node's next message ``seq``; never repeats, even across restarts."""
+    def next_seq(self, durable: bool = True) -> int:
+        """The node's next message ``seq``; never repeats, even across restarts.
+
+        ``durable=False`` is for a message that is never stored (heartbeat, status) when
+        the disk is full: it does not wait for the seq's block to be reserved on disk, so
+        a restart before space returns may hand out the same seq again."""
         with self._queue_cond:
             seq, reserving = self._allocate_seq()
-        if reserving is not None:
+        if durable and reserving is not None:
             reserving.wait()
         return seq
 
-    def put(self, topic: str, payload: bytes, qos: int = 1, kind: str = "alert", retain: bool = False) -> int:
-        """Store one message; returns its row id once it is on disk."""
-        return int(self._submit(_insert(topic, payload, qos, kind, retain)).wait())
+    def put(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        kind: str = "alert",
+        retain: bool = False,
+        receipt_id: str | None = None,
+    ) -> int:
+        """Store one message; returns its row id once it is on disk. With ``receipt_id`` it
+        stays until a receipt names that id (``confirm``), not just until its PUBACK."""
+        return int(self._submit(_insert(topic, payload, qos, kind, retain, receipt_id)).wait())
 
     def put_next(
-        self, topic: str, make: Callable[[int], bytes], qos: int = 1, kind: str = "alert", retain: bool = False
+        self,
+        topic: str,
+        make: Callable[[int], bytes],
+        qos: int = 1,
+        kind: str = "alert",
+        retain: bool = False,
+        receipt_id: str | None = None,
     ) -> int:
         """Stamp the next ``seq`` (``make(seq)`` returns the payload) and store it.
 
@@ -184,7 +227,7 @@ class Outbox:
         order and the forwarder sends them in seq order."""
         with self._queue_cond:
             seq, _ = self._allocate_seq()
-            op = self._submit(_insert(topic, make(seq), qos, kind, retain))
+            op = self._submit(_insert(topic, make(seq), qos, kind, retain, receipt_id))
         return int(op.wait())
 
     def ack(self, row_ids: Iterable[int], wait: bool = True) -> None:
@@ -193,6 +236,27 @@ class Outbox:
         ids = [(row_id,) for row_id in row_ids]
         if ids:
             op = self._submit(lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", ids))
+            if wait:
+                op.wait()
+
+    def mark_in_flight(self, marks: Iterable[tuple[int, int, float]], wait: bool = True) -> None:
+        """Rows awaiting a receipt that the broker acknowledged: (row id, attempts, UNIX time
+        to send it again). A mark lost in a crash only means an earlier resend."""
+        rows = [(attempts, resend_at, row_id) for row_id, attempts, resend_at in marks]
+        if rows:
+            op = self._submit(
+                lambda db: db.executemany("UPDATE outbox SET attempts = ?, resend_at = ? WHERE id = ?", rows)
+            )
+            self._marking = op
+            if wait:
+                op.wait()
+
+    def confirm(self, receipt_ids: Iterable[str], wait: bool = True) -> None:
+        """Delete the rows a receipt names; ids of no row (confirmed before, or never ours)
+        change nothing. A delete lost in a crash only means a resend and another receipt."""
+        ids = [(receipt_id,) for receipt_id in receipt_ids]
+        if ids:
+            op = self._submit(lambda db: db.executemany("DELETE FROM outbox WHERE receipt_id = ?", ids))
             if wait:
                 op.wait()
 
@@ -209,17 +273,41 @@ class Outbox:
     # -- reading -------------------------------------------------------------------
 
     def pending(self, limit: int = 100, after: int = 0) -> list[Row]:
-        """Stored rows with id greater than ``after``, oldest first."""
+        """Rows not in flight with id greater than ``after``, oldest first."""
         with self._read_lock:
             rows = self._reader_db.execute(
-                "SELECT id, topic, payload, qos, retain, kind FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                f"SELECT {_COLUMNS} FROM outbox WHERE id > ? AND resend_at IS NULL ORDER BY id LIMIT ?",  # noqa: S608
                 (after, limit),
             ).fetchall()
-        return [Row(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
+        return [_row(r) for r in rows]
+
+    def due(self, now: float, horizon: float, limit: int = 100) -> list[Row]:
+        """Rows in flight whose time to be sent again has come, oldest first. One marked
+        further than ``horizon`` ahead is due as well: the clock was set back since (a board
+        without a battery-backed clock boots in the past), and it must not wait for years.
+
+        Read after the last ``mark_in_flight`` is on disk: a row marked just before must not
+        look due on an older snapshot, or it would be sent again at once."""
+        marking = self._marking
+        if marking is not None:
+            marking.done.wait()
+        with self._read_lock:
+            rows = self._reader_db.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE resend_at IS NOT NULL"  # noqa: S608
+                " AND (resend_at <= ? OR resend_at > ?) ORDER BY id LIMIT ?",
+                (now, now + horizon, limit),
+            ).fetchall()
+        return [_row(r) for r in rows]
 
     def depth(self) -> int:
         with self._read_lock:
             (count,) = self._reader_db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return int(count)
+
+    def unsent(self) -> int:
+        """Rows the broker has not acknowledged yet (in flight ones are on their way)."""
+        with self._read_lock:
+            (count,) = self._reader_db.execute("SELECT COUNT(*) FROM outbox WHERE resend_at IS NULL").fetchone()
         return int(count)
 
     def dropped(self) -> int:
@@ -250,15 +338,37 @@ class Outbox:
         self.close()
 
 
-def _insert(topic: str, payload: bytes, qos: int, kind: str, retain: bool) -> Write:
+def _insert(topic: str, payload: bytes, qos: int, kind: str, retain: bool, receipt_id: str | None) -> Write:
     def write(db: sqlite3.Connection) -> int | None:
         cursor = db.execute(
-            "INSERT INTO outbox (topic, payload, qos, retain, kind) VALUES (?, ?, ?, ?, ?)",
-            (topic, payload, qos, int(retain), kind),
+            "INSERT INTO outbox (topic, payload, qos, retain, kind, receipt_id) VALUES (?, ?, ?, ?, ?, ?)",
+            (topic, payload, qos, int(retain), kind, receipt_id),
         )
         return cursor.lastrowid
 
     return write
+
+
+def _row(r: tuple[Any, ...]) -> Row:
+    return Row(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6], r[7])
+
+
+def _add_receipt_columns(db: sqlite3.Connection) -> None:
+    """Bring an outbox from before receipts up to date. Its alerts were stored without a
+    receipt id: their message id is taken from the payload, so they too wait for a receipt."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+    missing = [name for name in _RECEIPT_COLUMNS if name not in present]
+    if missing:
+        db.execute("BEGIN IMMEDIATE")
+        for name in missing:
+            db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {_RECEIPT_COLUMNS[name]}")
+        if "receipt_id" in missing:
+            db.execute(
+                "UPDATE outbox SET receipt_id = json_extract(CAST(payload AS TEXT), '$.id')"
+                " WHERE kind = 'alert' AND json_valid(CAST(payload AS TEXT))"
+            )
+        db.execute("COMMIT")
+    db.executescript(_RECEIPT_INDEXES)
 
 
 def _set_counter(db: sqlite3.Connection, name: str, value: int) -> None:

@@ -7,9 +7,13 @@ every connect, and ``on_connect`` hooks run after every CONNACK (the node republ
 its retained ``online`` status there).
 
 ``Forwarder`` drains the outbox: it publishes rows in order while connected, keeps a
-bounded window in flight, and deletes a row only when its ``MQTTMessageInfo`` says the
-broker acknowledged it. After a reconnect it starts again from the oldest row:
-duplicates are fine (the aggregator de-duplicates by ``id``), loss is not.
+bounded window in flight, and acts on a row only when its ``MQTTMessageInfo`` says the
+broker acknowledged it. After a reconnect it starts again from the oldest row not yet
+acknowledged: duplicates are fine (the aggregator de-duplicates by ``id``), loss is not.
+An acknowledged row goes, unless it awaits a receipt (an alert): a broker may lose what
+it acknowledged (mosquitto saves its state only periodically), so the row stays, marked
+in flight, and is sent again after ``receipt_timeout_s`` (doubling up to
+``receipt_backoff_max_s``) until the aggregator's receipt deletes it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from s4edge.cloud_sync.outbox import Outbox
+from s4edge.cloud_sync.logfmt import FailureLog
+from s4edge.cloud_sync.outbox import Outbox, Row
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,10 @@ class Uplink(Protocol):
     def on_connect(self, hook: Callable[[], None]) -> None: ...
 
     def close(self, last: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None: ...
+
+    def progress(self) -> float | None:
+        """When the connection thread last made progress (``time.monotonic()``); None when
+        it is not running. The node's watchdog asks."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,7 @@ class MqttUplink:
         self._connack: ReasonCode | None = None
         self._client = self._new_client()
         self._thread: threading.Thread | None = None
+        self._progressed_at = time.monotonic()
         self.backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
 
     @property
@@ -197,6 +207,10 @@ class MqttUplink:
     def on_connect(self, hook: Callable[[], None]) -> None:
         self._hooks.append(hook)
 
+    def progress(self) -> float | None:
+        thread = self._thread
+        return self._progressed_at if thread is not None and thread.is_alive() else None
+
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Delivery:
         return _PahoDelivery(self._client.publish(topic, payload, qos=qos, retain=retain))
 
@@ -222,28 +236,44 @@ class MqttUplink:
     # -- the connect loop ------------------------------------------------------------
 
     def _run(self) -> None:
+        failures = FailureLog(log, f"MQTT connection loop to {self._host}:{self._port}")
         while not self._closing.is_set():
-            client = self._client
-            self._connack = None
+            self._progressed_at = time.monotonic()
             try:
-                self._connect(client)
-            except (OSError, ValueError) as exc:
-                log.warning("cannot reach MQTT broker %s:%s: %s", self._host, self._port, exc)
-                reached = False
+                again_now = self._attempt()
+            except Exception as exc:  # no error ends this thread: the Last Will on a full disk, a TLS file, paho
+                self.connected.clear()
+                failures.failed(exc)
+                again_now = False
             else:
-                reached = True
-                self._serve(client)
-            if self._closing.is_set():
-                break
-            if reached and self._switch_protocol():
-                continue
-            self._closing.wait(self.backoff.next())
+                failures.ok()
+            if not again_now:
+                self._pause(self.backoff.next())
+
+    def _attempt(self) -> bool:
+        """One connection, from CONNECT until it ends; True to try again at once (the 3.1.1 fallback)."""
+        client = self._client
+        self._connack = None
+        try:
+            self._connect(client)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot reach MQTT broker %s:%s: %s", self._host, self._port, exc)
+            return False
+        self._serve(client)
+        return not self._closing.is_set() and self._switch_protocol()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait out a backoff, stamping progress each second: a long wait is no stall."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not self._closing.wait(min(left, 1.0)):
+            self._progressed_at = time.monotonic()
 
     def _serve(self, client: mqtt.Client) -> None:
         """Run the network loop until the connection ends. Some 3.1.1-only brokers never
         answer a v5 CONNECT at all, hence the CONNACK deadline."""
         deadline = time.monotonic() + self.settings.connack_timeout_s
         while not self._closing.is_set() and client.loop(timeout=0.2) == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._progressed_at = time.monotonic()
             if self._connack is None and time.monotonic() > deadline:
                 log.warning(
                     "no CONNACK from %s:%s within %g s", self._host, self._port, self.settings.connack_timeout_s
@@ -252,9 +282,10 @@ class MqttUplink:
         self.connected.clear()
 
     def _switch_protocol(self) -> bool:
-        """MQTT v5 is the default and 3.1.1 the fallback (DESIGN.md). A 3.1.1-only broker
-        answers a v5 CONNECT with return code 1 or just closes the socket; either way we
-        retry at once with 3.1.1. If the fallback fails as well, v5 gets the next try."""
+        """MQTT v5 is the default and 3.1.1 the fallback (docs/architecture.md, "Delivery
+        guarantees"). A 3.1.1-only broker answers a v5 CONNECT with return code 1 or just
+        closes the socket; either way we retry at once with 3.1.1. If the fallback fails as
+        well, v5 gets the next try."""
         if self.settings.protocol != "5":
             return False
         refused = self._connack is None or self._connack.value in _REFUSED_PROTOCOL
@@ -320,13 +351,31 @@ def _dispatch(handler: Handler) -> Callable[[mqtt.Client, object, mqtt.MQTTMessa
     return on_message
 
 
-class Forwarder:
-    """Drains an ``Outbox`` through an ``Uplink`` in order, deleting only acknowledged rows."""
+RESEND_CHECK_S = 1.0  # how often the forwarder looks for rows whose receipt is overdue
 
-    def __init__(self, outbox: Outbox, uplink: Uplink, window: int = 100) -> None:
+
+class Forwarder:
+    """Drains an ``Outbox`` through an ``Uplink`` in order; a row leaves once acknowledged,
+    by the broker or, when it awaits a receipt, by the aggregator."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        uplink: Uplink,
+        window: int = 100,
+        receipt_timeout_s: float = 30.0,
+        receipt_backoff_max_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``clock``: UNIX time, as the in-flight marks on disk outlive this process."""
         self.outbox = outbox
         self.uplink = uplink
         self.window = window
+        self.receipt_timeout_s = receipt_timeout_s
+        self.receipt_backoff_max_s = receipt_backoff_max_s
+        self.clock = clock
+        self._rng = rng or random.Random()  # jitter, not cryptography
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -344,9 +393,10 @@ class Forwarder:
         return self._thread is not None and self._thread.is_alive()
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the outbox is empty (True) or ``timeout`` passes (False)."""
+        """Wait until the broker has acknowledged every row (True) or ``timeout`` passes
+        (False). Rows in flight stay in the outbox for their receipts, across a restart."""
         deadline = time.monotonic() + timeout
-        while self.outbox.depth() > 0:
+        while self.outbox.unsent() > 0:
             if time.monotonic() > deadline:
                 return False
             self._stop.wait(0.02)
@@ -363,25 +413,60 @@ class Forwarder:
                 self._stop.wait(1.0)
 
     def _drain(self, session: int) -> None:
-        """Send from the oldest row for as long as this connection lasts."""
-        inflight: deque[tuple[int, Delivery]] = deque()
+        """Send from the oldest row for as long as this connection lasts, and again what
+        waited too long for its receipt."""
+        inflight: deque[tuple[Row, Delivery]] = deque()
         last = 0
+        next_resend_check = 0.0
         while not self._stop.is_set() and self.uplink.connected.is_set() and self.uplink.session == session:
             sent = 0
-            if len(inflight) < self.window:
-                for row in self.outbox.pending(self.window - len(inflight), after=last):
+            room = self.window - len(inflight)
+            if room > 0:
+                rows = self.outbox.pending(room, after=last)
+                last = rows[-1].id if rows else last
+                if len(rows) < room and time.monotonic() >= next_resend_check:
+                    overdue = self._overdue(room - len(rows), {row.id for row, _ in inflight})
+                    if len(overdue) < room - len(rows):  # all that is due: look again in a while
+                        next_resend_check = time.monotonic() + RESEND_CHECK_S
+                    rows += overdue
+                for row in rows:
                     delivery = self.uplink.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
                     if delivery.failed():
                         return  # connection lost under us; start over on the next one
-                    inflight.append((row.id, delivery))
-                    last = row.id
+                    inflight.append((row, delivery))
                     sent += 1
-            done = [row_id for row_id, delivery in inflight if delivery.acked()]
+            done = [row for row, delivery in inflight if delivery.acked()]
             if done:
-                self.outbox.ack(done, wait=False)
-                finished = set(done)
-                inflight = deque(item for item in inflight if item[0] not in finished)
+                self._acknowledged(done)
+                finished = {row.id for row in done}
+                inflight = deque(item for item in inflight if item[0].id not in finished)
             elif inflight:
                 inflight[0][1].wait(0.05)
             elif not sent:
                 self.outbox.wait_for_put(0.2)
+
+    def _overdue(self, limit: int, sending: set[int]) -> list[Row]:
+        """Up to ``limit`` rows whose receipt is overdue, but for those on their way again."""
+        # Every wait is at most 1.25 × the cap: a mark twice as far ahead predates a clock set back.
+        due = self.outbox.due(self.clock(), 2 * self.receipt_backoff_max_s, limit + len(sending))
+        return [row for row in due if row.id not in sending][:limit]
+
+    def _acknowledged(self, rows: list[Row]) -> None:
+        """PUBACK: a row goes, or, awaiting a receipt, is marked to be sent again if none
+        comes. Neither waits for the disk: a lost delete or mark only means a resend."""
+        self.outbox.ack([row.id for row in rows if row.receipt_id is None], wait=False)
+        now = self.clock()
+        timeout, cap, rng = self.receipt_timeout_s, self.receipt_backoff_max_s, self._rng
+        marks = [
+            (row.id, row.attempts + 1, now + receipt_wait(row.attempts, timeout, cap, rng))
+            for row in rows
+            if row.receipt_id is not None
+        ]
+        self.outbox.mark_in_flight(marks, wait=False)
+
+
+def receipt_wait(attempts: int, timeout_s: float, max_s: float, rng: random.Random) -> float:
+    """How long a row the broker acknowledged for the ``attempts + 1``-th time waits for its
+    receipt: the timeout, doubled per earlier attempt up to the cap, plus up to a quarter
+    of jitter, so that a fleet whose aggregator was away does not resend in lock-step."""
+    return min(timeout_s * 2.0 ** min(attempts, 32), max_s) * rng.uniform(1.0, 1.25)

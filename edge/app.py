@@ -5,13 +5,16 @@ sends them when the uplink is connected. Each source runs in its own thread thro
 the plugin registry; a source that raises is restarted with backoff and the node
 keeps running. Commands arrive on ``cmd/+`` and are answered on ``cmd_result``.
 Under systemd (Type=notify) the node says READY=1 once started, WATCHDOG=1 from its tick
-loop while its loops are alive, and STOPPING=1 on the way out.
+loop while every thread it needs is alive and making progress (``edge.supervision``),
+and STOPPING=1 on the way out. No exception ends a thread: each loop logs what it
+survives with a rate limit and goes on, with backoff where retrying at once is futile.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +26,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
+from s4edge.cloud_sync.logfmt import FailureLog
 from s4edge.cloud_sync.messages import (
     Alert,
     Command,
@@ -31,6 +35,7 @@ from s4edge.cloud_sync.messages import (
     Location,
     Measurement,
     MessageError,
+    Receipt,
     Status,
     Telemetry,
     decode_from,
@@ -44,8 +49,9 @@ from s4edge.cloud_sync.uplink import Backoff, Forwarder, MqttUplink, Uplink, Upl
 from s4edge.edge.alerts import AlertDraft, IncidentBook
 from s4edge.edge.config import ConfigError, config_digest, parse_config_text
 from s4edge.edge.health import Health, ServiceNotifier, Vitals
-from s4edge.edge.signatures import CommandVerifier
-from s4edge.edge.sources import AlertSource, SourceContext, load_plugins
+from s4edge.edge.signatures import CommandVerifier, expiry_problem
+from s4edge.edge.sources import AlertSource, SourceContext, build_source
+from s4edge.edge.supervision import Watchdog, alive
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,11 @@ def _version() -> str:
 class _Running:
     source: AlertSource
     thread: threading.Thread
+    ended: threading.Event  # run() returned (a replay that finished) or the sources were stopped
+
+    def progress(self) -> float | None:
+        """A source stamps no progress of its own: it is well while its thread runs."""
+        return time.monotonic() if self.ended.is_set() or self.thread.is_alive() else None
 
 
 class Node:
@@ -112,20 +123,28 @@ class Node:
         self.health = Health()
         self.vitals = Vitals(config.heartbeat.thermal_zone)
         self.notifier = ServiceNotifier.from_environment()
+        self.watchdog = Watchdog(self.notifier)
         self.uplink: Uplink = uplink or MqttUplink(uplink_settings(config), will=lambda: self._status("offline"))
-        self.forwarder = Forwarder(self.outbox, self.uplink)
+        self.forwarder = Forwarder(
+            self.outbox,
+            self.uplink,
+            receipt_timeout_s=config.outbox.receipt_timeout_s,
+            receipt_backoff_max_s=config.outbox.receipt_backoff_max_s,
+        )
         self.book = self._new_book(config)
         self.rejected: dict[str, int] = {}
-        self._plugins = load_plugins()
         self._running: list[_Running] = []
         self._sources_stop = threading.Event()
         self._stop = threading.Event()
         self._telemetry_sent: dict[str, float] = {}
+        self._telemetry_failures = FailureLog(log, "storing telemetry (dropped meanwhile)")
         self._announced_degraded: list[str] = []
+        self._next_beat = float("-inf")
         self._commands: queue.Queue[Command] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self.uplink.on_connect(self.announce)
         self.uplink.subscribe(self._topic("cmd/+"), self._on_command)
+        self.uplink.subscribe(self._topic("receipt"), self._on_receipt)
 
     # -- messages --------------------------------------------------------------------
 
@@ -136,7 +155,7 @@ class Node:
         status = Status(
             node_id=self.config.node_id,
             site=self.config.site,
-            seq=self.outbox.next_seq(),
+            seq=self._unstored_seq(),
             state=state,
             boot_id=self.boot_id,
             started_at=self.started_at,
@@ -145,6 +164,16 @@ class Node:
             degraded=self.health.degraded(),
         )
         return self._topic("status"), encode(status)
+
+    def _unstored_seq(self) -> int:
+        """The seq of a status or heartbeat, which are never stored: when the disk is full,
+        one that cannot be reserved on disk comes from memory, so that they still go out."""
+        try:
+            return self.outbox.next_seq()
+        except sqlite3.Error:
+            return self.outbox.next_seq(durable=False)
+        finally:
+            self.health.set_outbox(self.outbox.failure)  # the reservation probes the disk now and then
 
     @property
     def digest(self) -> str:
@@ -184,8 +213,23 @@ class Node:
             stored.append(alert.model_copy(update={"seq": seq}))
             return encode(stored[0])
 
-        self.outbox.put_next(self._topic("alert"), stamp, qos=1, kind="alert")
+        # it leaves the outbox only when the aggregator's receipt names its id
+        self.outbox.put_next(self._topic("alert"), stamp, qos=1, kind="alert", receipt_id=alert.id)
         return stored[0]
+
+    def _on_receipt(self, topic_name: str, payload: bytes) -> None:
+        """The aggregator stored these alerts: they may leave the outbox. Ids of alerts
+        confirmed before (a receipt sent twice) or never ours delete nothing."""
+        try:
+            message = decode_from(topic_name, payload)
+        except MessageError as exc:
+            self._reject(exc.reason, f"{topic_name}: {exc.detail}")
+            return
+        if not isinstance(message, Receipt):
+            self._reject("not_a_receipt", f"{topic_name}: {message.type} message")
+            return
+        # paho's network thread must not wait for an fsync; a delete lost in a crash only means a resend
+        self.outbox.confirm(message.alert_ids, wait=False)
 
     def _emit(self, draft: AlertDraft) -> None:
         try:
@@ -204,12 +248,17 @@ class Node:
             return
         self._telemetry_sent[source] = now
         for start in range(0, len(readings), 64):  # a Telemetry message holds at most 64 readings
-            self.outbox.put_next(
-                self._topic("telemetry"),
-                partial(self._telemetry_payload, readings[start : start + 64]),
-                qos=0,
-                kind=TELEMETRY,
-            )
+            try:
+                self.outbox.put_next(
+                    self._topic("telemetry"),
+                    partial(self._telemetry_payload, readings[start : start + 64]),
+                    qos=0,
+                    kind=TELEMETRY,
+                )
+            except sqlite3.Error as exc:  # fire-and-forget: a full disk drops it, the source goes on
+                self._telemetry_failures.failed(exc)
+                return
+        self._telemetry_failures.ok()
 
     def _telemetry_payload(self, readings: list[Measurement], seq: int) -> bytes:
         return encode(Telemetry(node_id=self.config.node_id, site=self.config.site, seq=seq, readings=readings))
@@ -223,7 +272,7 @@ class Node:
         beat = Heartbeat(
             node_id=self.config.node_id,
             site=self.config.site,
-            seq=self.outbox.next_seq(),
+            seq=self._unstored_seq(),
             uptime_s=self.clock() - self._started,
             cpu_percent=vitals.cpu_percent,
             mem_mb=vitals.mem_mb,
@@ -231,8 +280,8 @@ class Node:
             camera_fps=vision.camera_fps,
             inference_ms=vision.inference_ms,
             dropped_frames=vision.dropped_frames,
-            outbox_depth=self.outbox.depth(),
-            telemetry_dropped=self.outbox.dropped(),
+            outbox_depth=_unless_failing(self.outbox.depth),
+            telemetry_dropped=_unless_failing(self.outbox.dropped),
             sensors=self.health.states(),
         )
         if self.uplink.connected.is_set():  # a stale heartbeat is worthless: never queued
@@ -254,7 +303,7 @@ class Node:
         built = []
         for source_config in config.sources:
             try:
-                built.append(self._plugins[source_config.type].build(source_config, book))
+                built.append(build_source(source_config, book))
             except Exception as exc:  # a model that will not pull, a GPIO pin in use, …: all refuse the config
                 name = getattr(source_config, "name", source_config.type)
                 raise ConfigError(f"sources: {source_config.type} source {name!r}: {exc}") from None
@@ -270,32 +319,39 @@ class Node:
                 stop=self._sources_stop,
                 clock=self.clock,
             )
-            thread = threading.Thread(target=self._supervise, args=(source, ctx), name=f"source-{source.name}")
-            thread.daemon = True
+            ended = threading.Event()
+            thread = threading.Thread(
+                target=self._supervise, args=(source, ctx, ended), name=f"source-{source.name}", daemon=True
+            )
+            running = _Running(source, thread, ended)
+            self.watchdog.watch(thread.name, running.progress)
             thread.start()
-            self._running.append(_Running(source, thread))
+            self._running.append(running)
 
     def _stop_sources(self) -> None:
         self._sources_stop.set()
         for running in self._running:
             running.thread.join(10)
+            self.watchdog.forget(running.thread.name)
             close = getattr(running.source, "close", None)  # a source holding a bus or GPIO lines
             if close is not None:
                 close()
             self.health.forget(running.source.name)
         self._running = []
 
-    def _supervise(self, source: AlertSource, ctx: SourceContext) -> None:
+    def _supervise(self, source: AlertSource, ctx: SourceContext, ended: threading.Event) -> None:
         backoff = Backoff()
+        failures = FailureLog(log, f"source {source.name} (restarted with backoff)")
         while not ctx.stop.is_set():
             try:
                 self.health.set(source.name, "running")
                 source.run(ctx)
-                return
+                break
             except Exception as exc:
-                log.exception("source %s failed; restarting with backoff", source.name)
+                failures.failed(exc)
                 self.health.set(source.name, f"failed: {exc}")
                 ctx.stop.wait(backoff.next())
+        ended.set()
 
     # -- commands --------------------------------------------------------------------
 
@@ -343,8 +399,8 @@ class Node:
         if problem is not None:
             self._reject("bad_signature", f"{command.name} {command.id} from {command.issuer!r}: {problem}")
             return False, f"bad signature: {problem}", {}
-        if command.expires <= utc_now():
-            return False, f"expired at {command.expires.isoformat()}", {}
+        if (expiry := expiry_problem(command, self.config.commands.max_expiry_s, utc_now())) is not None:
+            return False, expiry, {}
         if command.issuer not in self.config.commands.issuers:
             return False, f"issuer {command.issuer!r} is not in commands.issuers {self.config.commands.issuers}", {}
         if not self.outbox.remember_command(command.id, command.expires.timestamp()):
@@ -418,33 +474,47 @@ class Node:
         sources = self._build_sources(self.config, self.book)
         self.uplink.start()
         self.forwarder.start()
-        for target, name in ((self._command_loop, "commands"), (self._tick_loop, "node-tick")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        commands = threading.Thread(target=self._command_loop, name="commands", daemon=True)
+        tick = threading.Thread(target=self._tick_loop, name="node-tick", daemon=True)
+        self.watchdog.watch("mqtt-uplink", self.uplink.progress)
+        self.watchdog.watch("outbox-forwarder", alive(self.forwarder.alive))
+        # a command may pull a model for minutes: watched for being alive, not for progress
+        self.watchdog.watch("commands", alive(commands.is_alive))
+        for thread in (commands, tick):  # the tick loop sends the ping: it counts by sending it
             thread.start()
             self._threads.append(thread)
         self._start_sources(sources)
         self.notifier.ready()
 
-    def loops_alive(self) -> bool:
-        """The forwarder and the command loop are running (the tick loop asks, so it runs too)."""
-        return self.forwarder.alive() and all(thread.is_alive() for thread in self._threads)
-
     def _tick_loop(self) -> None:
-        next_beat = self.clock()
+        # Each duty fails on its own: a broken incident book or a full disk must stop
+        # neither the heartbeat nor the watchdog ping.
+        duties: list[tuple[FailureLog, Callable[[], None]]] = [
+            (FailureLog(log, "incident expiry"), lambda: self.book.expire(self.clock())),
+            (FailureLog(log, "heartbeat"), self._heartbeat_when_due),
+            (FailureLog(log, "status update"), self._announce_faults),
+        ]
         while not self._stop.wait(min(1.0, self.config.heartbeat.interval_s)):
-            try:
-                self.book.expire(self.clock())
-                if self.clock() >= next_beat:
-                    next_beat = self.clock() + self.config.heartbeat.interval_s
-                    self.heartbeat()
-                if self.uplink.connected.is_set() and self.health.degraded() != self._announced_degraded:
-                    self.announce()  # a camera or sensor fault shows in the retained status too
-            except Exception:  # expiry and heartbeats must outlive any one failure
-                log.exception("node tick failed")
-                continue
+            for failures, duty in duties:
+                try:
+                    duty()
+                except Exception as exc:
+                    failures.failed(exc)
+                else:
+                    failures.ok()
             # systemd restarts the agent when these stop (WatchdogSec in the unit)
-            if self.loops_alive():
-                self.notifier.watchdog()
+            self.watchdog.ping()
+
+    def _heartbeat_when_due(self) -> None:
+        if self.clock() >= self._next_beat:
+            self._next_beat = self.clock() + self.config.heartbeat.interval_s
+            self.heartbeat()
+
+    def _announce_faults(self) -> None:
+        """A camera, sensor or outbox fault shows in the retained status too."""
+        self.health.set_outbox(self.outbox.failure)
+        if self.uplink.connected.is_set() and self.health.degraded() != self._announced_degraded:
+            self.announce()
 
     def close(self, flush_s: float = 5.0) -> None:
         """Stop sources, send what is queued (up to ``flush_s``), publish ``offline``, disconnect."""
@@ -466,3 +536,11 @@ class Node:
                 pass
         finally:
             self.close()
+
+
+def _unless_failing(read: Callable[[], int]) -> int | None:
+    """A heartbeat figure read from the outbox, or None while the outbox cannot be read."""
+    try:
+        return read()
+    except sqlite3.Error:
+        return None

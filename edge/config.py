@@ -1,11 +1,21 @@
 """The node config: one YAML file, validated by pydantic with unknown keys refused.
 
 Validation never touches hardware or the network (STYLE.md, Frigate's mistakes).
+
+Every file or folder a config names (a ``NodeFile`` field, the sources' included) must lie in
+the node's own folders: the config's, the state folder holding the outbox, and the model
+folders. A signed ``reload_config`` can then aim no source at another secret of the machine
+(/etc/shadow), and no error quotes what a file holds, only its name and the key at fault.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -13,11 +23,22 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from s4edge.cloud_sync.messages import NAME_PATTERN, AlertStatus
-from s4edge.edge.sources import load_plugins
+from s4edge.edge.health import THERMAL_ROOT
+from s4edge.edge.sources import PluginError, load_plugins, source_types
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """Marks a field that names a file or folder (``Annotated[Path, NodeFile()]``). A relative
+    path is taken relative to the config's folder, or to the state folder for what the node
+    writes; ``also`` names further folders allowed, compared without following links (sysfs)."""
+
+    relative_to: Literal["config", "state"] = "config"
+    also: tuple[Path, ...] = ()
 
 
 class LocationConfig(Strict):
@@ -31,10 +52,10 @@ class MqttConfig(Strict):
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    password_file: Annotated[Path | None, NodeFile()] = None
+    ca_file: Annotated[Path | None, NodeFile()] = None
+    cert_file: Annotated[Path | None, NodeFile()] = None
+    key_file: Annotated[Path | None, NodeFile()] = None
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
@@ -48,8 +69,20 @@ class MqttConfig(Strict):
 
 
 class OutboxConfig(Strict):
-    path: Path = Field(default=Path("outbox.db"), description="SQLite file of the store-and-forward queue")
+    path: Annotated[Path, NodeFile()] = Field(
+        default=Path("outbox.db"),
+        description="SQLite file of the store-and-forward queue; its folder is the node's state folder",
+    )
     telemetry_max: int = Field(default=10_000, ge=10, description="Telemetry rows kept during an outage")
+    receipt_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="An alert the broker acknowledged but the aggregator has not confirmed storing "
+        "is sent again after this long",
+    )
+    receipt_backoff_max_s: float = Field(
+        default=600.0, gt=0, description="The wait before each further resend doubles up to this"
+    )
 
 
 class LifecycleConfig(Strict):
@@ -60,7 +93,7 @@ class LifecycleConfig(Strict):
 
 class HeartbeatConfig(Strict):
     interval_s: float = Field(default=30.0, gt=0)
-    thermal_zone: Path | None = Field(
+    thermal_zone: Annotated[Path | None, NodeFile(also=(THERMAL_ROOT,))] = Field(
         default=None,
         description="SoC temperature file (sysfs thermal zone, millidegrees C), as the board profile's "
         "hardware.thermal_zone; when absent the lowest-numbered /sys/class/thermal/thermal_zone*/temp",
@@ -75,10 +108,16 @@ class CommandsConfig(Strict):
     issuers: list[str] = Field(
         default_factory=lambda: ["aggregator"], description="Who may send this node commands (Command.issuer)"
     )
-    verify_key: Path | None = Field(
+    verify_key: Annotated[Path | None, NodeFile()] = Field(
         default=None,
         description="Ed25519 public key (PEM) of the aggregator's command key; when set, "
         "only commands signed with it are executed",
+    )
+    max_expiry_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="A command whose expiry lies further ahead than this is refused: the node keeps "
+        "each command id until it expires, to refuse replays",
     )
 
 
@@ -97,17 +136,19 @@ class _NodeBase(Strict):
     )
 
 
-def _node_model() -> type[_NodeBase]:
-    """NodeConfig with ``sources`` as a union discriminated by each plugin's ``type``."""
-    configs = tuple(module.Config for module in load_plugins().values())
-    source: Any = configs[0] if len(configs) == 1 else Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007
+@functools.cache
+def _node_model(types: tuple[str, ...]) -> type[_NodeBase]:
+    """NodeConfig with ``sources`` as a union discriminated by the ``type`` of the plugins a config uses."""
+    configs = tuple(module.Config for module in load_plugins(types).values())
+    source: Any = Any  # no sources at all
+    if len(configs) == 1:
+        source = configs[0]
+    elif configs:
+        source = Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007
     model: type[_NodeBase] = create_model(
         "NodeConfig", __base__=_NodeBase, sources=(list[source], Field(default_factory=list))
     )
     return model
-
-
-NodeConfig = _node_model()
 
 
 class ConfigError(ValueError):
@@ -118,7 +159,9 @@ def parse_config(data: Any, origin: str = "<config>") -> _NodeBase:
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a YAML mapping of settings at the top level")
     try:
-        return NodeConfig.model_validate(data)
+        return _node_model(_source_types(data, origin)).model_validate(data)
+    except PluginError as exc:
+        raise ConfigError(f"{origin}: sources: {exc}") from None
     except ValidationError as exc:
         lines = [f"{origin}: {exc.error_count()} problem(s):"]
         for err in exc.errors():
@@ -127,6 +170,20 @@ def parse_config(data: Any, origin: str = "<config>") -> _NodeBase:
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
             lines.append(f"  - {key}: {err['msg']}{shown}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def _source_types(data: dict[str, Any], origin: str) -> tuple[str, ...]:
+    """The ``type`` of every source, so that only those plugins are imported."""
+    sources = data.get("sources")
+    if not isinstance(sources, list):
+        return ()  # absent, or not a list: pydantic says so
+    types = set()
+    for i, source in enumerate(sources):
+        kind = source.get("type") if isinstance(source, dict) else None
+        if not isinstance(kind, str):
+            raise ConfigError(f"{origin}: sources.{i}: each source needs a type ({', '.join(source_types())})")
+        types.add(kind)
+    return tuple(sorted(types))
 
 
 def load_config(path: Path) -> _NodeBase:
@@ -142,18 +199,65 @@ def parse_config_text(text: str, origin: str, base: Path) -> _NodeBase:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{origin}: {yaml_problem(exc)}") from None
     config = parse_config(data, origin)
-    _resolve_paths(config, base)
+    _place_files(config, base, origin)
     return config
 
 
-def _resolve_paths(config: _NodeBase, base: Path) -> None:
-    """Relative file paths in a config are relative to the config file."""
-    for section in (config.mqtt, config.outbox, config.heartbeat, config.commands):
-        for name, value in section:
-            if isinstance(value, Path) and not value.is_absolute():
-                setattr(section, name, base / value)
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where YAML text breaks, never the text itself: PyYAML's message quotes the line."""
+    mark = getattr(exc, "problem_mark", None)
+    return f"not valid YAML (line {mark.line + 1}, column {mark.column + 1})" if mark else "not valid YAML"
+
+
+def problems_by_key(exc: ValidationError) -> str:
+    """What a file fails on, by key, without the values read from it: the file may be a secret.
+    An unknown key is counted, not named: /etc/shadow reads as a mapping whose keys are its lines."""
+    problems, unknown = [], Counter[str]()
+    for err in exc.errors(include_url=False, include_input=False):
+        if err["type"] == "extra_forbidden":
+            unknown[".".join(map(str, err["loc"][:-1])) or "top level"] += 1
+        else:
+            problems.append(f"{'.'.join(map(str, err['loc'])) or 'top level'}: {err['msg']}")
+    return "; ".join([*problems, *(f"{where}: {n} unknown key(s)" for where, n in unknown.items())])
+
+
+def _own_folders(base: Path, outbox: Path) -> list[Path]:
+    """The node's own folders: its config's, its state's (the outbox's), its models'."""
+    from s4edge.edge.vision.catalogue import default_cache_dir, default_models_dir
+
+    return [base, outbox.parent, default_models_dir(), default_cache_dir()]
+
+
+def _node_files(model: BaseModel, key: str = "") -> Iterator[tuple[BaseModel, str, str, NodeFile]]:
+    """(owner, field, dotted key, marker) of every NodeFile field set in ``model``, nested ones included."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        marker = next((m for m in field.metadata if isinstance(m, NodeFile)), None)
+        if marker is not None and isinstance(value, Path):
+            yield model, name, f"{key}{name}", marker
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, BaseModel):
+                yield from _node_files(item, f"{key}{name}." + ("" if i is None else f"{i}."))
+
+
+def _place_files(config: _NodeBase, base: Path, origin: str) -> None:
+    """Make each named file absolute, and refuse one outside the node's own folders."""
+    outbox = config.outbox.path if config.outbox.path.is_absolute() else base / config.outbox.path
+    roots = [root.resolve() for root in _own_folders(base, outbox)]
+    for owner, name, key, marker in _node_files(config):
+        path = getattr(owner, name)
+        if not path.is_absolute():
+            path = (base if marker.relative_to == "config" else outbox.parent) / path
+            setattr(owner, name, path)
+        lexical = Path(os.path.normpath(path))  # no ".." left; links are the machine's own (sysfs)
+        if not any(path.resolve().is_relative_to(root) for root in roots) and not any(
+            lexical.is_relative_to(root) for root in marker.also
+        ):
+            folders = ", ".join(str(root) for root in [*roots, *marker.also])
+            raise ConfigError(f"{origin}: {key}: {path} is outside the node's own folders ({folders})")
 
 
 def config_digest(text: str) -> str:

@@ -19,8 +19,6 @@ from typing import Any, Literal
 
 import typer
 
-from s4edge.edge.config import ConfigError, load_config
-
 Status = Literal["PASS", "WARN", "FAIL"]
 BROKER_TIMEOUT_S = 8.0
 CAMERA_FRAMES = 10
@@ -85,6 +83,8 @@ class Check:
 
 
 def check_config(path: Path) -> tuple[Check, Any]:
+    from s4edge.edge.config import ConfigError, load_config
+
     try:
         config: Any = load_config(path)  # NodeConfig's sources are a plugin-built union
     except ConfigError as exc:
@@ -267,16 +267,23 @@ def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> Check:
     """A real MQTT connect with the node's TLS settings and credentials; reports the CONNACK."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
 
     from s4edge.edge.app import uplink_settings
+    from s4edge.edge.config import ConfigError
 
     try:
         s = uplink_settings(config)
         host, port, tls = s.endpoint
     except (ConfigError, ValueError) as exc:
         return Check("broker", "FAIL", str(exc), HINT["broker_config"])
-    # A client id of its own: reusing the agent's would take over (or wipe) its persistent session.
+    # The fleet's broker ties the client id to the username (use_username_as_clientid), so this
+    # connect is the node's own: keep its persistent session (clean_start=False, the agent's
+    # expiry) rather than wiping it, should an agent be running; it reconnects within seconds.
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{s.client_id}-doctor", protocol=mqtt.MQTTv5)
+    session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    session.SessionExpiryInterval = s.session_expiry_s
     if s.username is not None:
         client.username_pw_set(s.username, s.password)
     if tls:
@@ -293,7 +300,7 @@ def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> Check:
     client.on_connect = on_connect
     where = f"{host}:{port} ({'TLS' if tls else 'plaintext'}) as {s.username or 'anonymous'}"
     try:
-        client.connect(host, port, keepalive=10)
+        client.connect(host, port, keepalive=10, clean_start=False, properties=session)
     except ssl.SSLCertVerificationError as exc:
         return Check("broker", "FAIL", f"{where}: {exc.verify_message}", HINT["broker_cert"])
     except (OSError, ssl.SSLError) as exc:
@@ -397,8 +404,3 @@ def doctor(
         _print_table(checks)
     if any(c.status == "FAIL" for c in checks):
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``s4edge doctor`` to the root app."""
-    app.command("doctor")(doctor)

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import statistics
 import threading
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ THERMAL_ROOT = Path("/sys/class/thermal")
 MAX_STATES = 64  # Heartbeat.sensors holds at most 64 entries
 # Numbers a vision pipeline reports per camera; the heartbeat has a field for each.
 VISION_FIGURES = ("camera_fps", "inference_ms", "dropped_frames")
+# The outbox's own faults: a full disk (SQLite's SQLITE_FULL, https://sqlite.org/rescode.html#full),
+# or any other error that keeps it from storing.
+DISK_FULL = "disk_full"
+OUTBOX_FAULT = "outbox"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,16 @@ class Health:
         with self._lock:
             return dict(self._states)
 
+    def set_outbox(self, failure: BaseException | None) -> None:
+        """The outbox's last write: a full disk is a ``disk_full`` fault, any other error an
+        ``outbox`` fault, and a write that succeeds again clears both."""
+        key = DISK_FULL if is_disk_full(failure) else OUTBOX_FAULT
+        with self._lock:
+            for stale in {DISK_FULL, OUTBOX_FAULT} - ({key} if failure is not None else set()):
+                self._states.pop(stale, None)
+        if failure is not None:
+            self.set(key, f"fault: {failure}")
+
     def vision(self) -> VisionFigures:
         with self._lock:
             fps, ms, dropped = (list(self._figures.get(f, {}).values()) for f in VISION_FIGURES)
@@ -85,6 +100,12 @@ class Health:
 
     def degraded(self) -> list[str]:
         return [key for key, value in self.states().items() if value.startswith(("fault", "failed"))][:32]
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    # the primary result code is the low byte of an extended one
+    code = getattr(error, "sqlite_errorcode", None)  # absent on an error not raised by SQLite itself
+    return isinstance(error, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_FULL
 
 
 class SourceHealth:

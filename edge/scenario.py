@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import bisect
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from s4edge.cloud_sync.messages import Measurement, Severity
 from s4edge.edge.alerts import Content, IncidentBook, Level, ThresholdRule, ValueAlarm
+from s4edge.edge.config import NodeFile, problems_by_key, yaml_problem
 from s4edge.edge.sources import SourceContext
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
@@ -60,8 +61,12 @@ class Scenario(BaseModel):
         path = resolve(path)
         try:
             return cls.model_validate(yaml.safe_load(path.read_text()))
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
-            raise ValueError(f"{path}: not a valid scenario file: {exc}") from None
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read the scenario file ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not a valid scenario file: {yaml_problem(exc)}") from None
+        except ValidationError as exc:
+            raise ValueError(f"{path}: not a valid scenario file: {problems_by_key(exc)}") from None
 
 
 def resolve(path: Path) -> Path:
@@ -102,7 +107,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["scenario"]
     name: str = "scenario"
-    file: Path = Field(description="Scenario YAML, or a built-in name such as gas_leak")
+    file: Annotated[Path, NodeFile()] = Field(description="Scenario YAML, or a built-in name such as gas_leak")
     period_s: float = Field(default=1.0, gt=0, description="Poll period of the simulated sensors")
     speed: float = Field(default=1.0, gt=0, description="Scenario seconds per wall second")
     loop: bool = False

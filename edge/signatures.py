@@ -1,12 +1,15 @@
 """Command signatures, node side: with ``commands.verify_key`` set, a command runs only if
 its ``signature`` is an Ed25519 signature (RFC 8032) by the aggregator's command key over
 ``cloud_sync.messages.signing_bytes`` — a broker account alone can no longer command a node.
+A command also runs only before its expiry, and only if that lies at most
+``commands.max_expiry_s`` ahead.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -17,6 +20,22 @@ from s4edge.cloud_sync.messages import Command, signing_bytes
 from s4edge.edge.config import ConfigError
 
 SIGNATURE_BYTES = 64  # RFC 8032 §5.1.6: R || S, 32 bytes each
+# The aggregator's clock may run this far ahead of the node's: a command issued with the
+# longest lifetime is still accepted.
+EXPIRY_SKEW_S = 300.0
+
+
+def expiry_problem(command: Command, max_expiry_s: float, now: datetime) -> str | None:
+    """None when ``command`` is still valid and expires within ``max_expiry_s``. The node keeps
+    each command id until its expiry to refuse replays: one dated year 9999 would stay forever."""
+    if command.expires <= now:
+        return f"expired at {command.expires.isoformat()}"
+    if command.expires > now + timedelta(seconds=max_expiry_s + EXPIRY_SKEW_S):
+        return (
+            f"expires at {command.expires.isoformat()}, further ahead than commands.max_expiry_s "
+            f"({max_expiry_s:g} s) allows"
+        )
+    return None
 
 
 class CommandVerifier:

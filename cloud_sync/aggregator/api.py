@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
@@ -25,8 +27,18 @@ from s4edge.cloud_sync.aggregator.store import AlertQuery, Store
 from s4edge.cloud_sync.messages import NAME_PATTERN, SEVERITIES, CommandName, Scalar
 
 STATIC = Path(__file__).with_name("static")
-# Reading is open; anything that acts (ack, commands, NG112 decisions) needs the operator token.
+# Reading is open; anything that acts (ack, commands, NG112 decisions) needs the operator token,
+# and so does command history: its arguments and results describe a node's configuration.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+COMMAND_HISTORY = re.compile(r"/api/nodes/[^/]+/[^/]+/commands/?")
+
+
+def same_origin(request: Request) -> bool:
+    """False for a request another site's page made a browser send. A browser names the page in
+    ``Origin`` on every POST (RFC 6454 §7.3, Fetch §3.1) or at least in ``Referer``; a client that
+    sends neither (curl, a script) is no browser to be tricked, and a form cannot add a bearer token."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    return source is None or urlsplit(source).netloc == request.headers.get("host")
 
 
 def bearer_matches(header: str | None, token: str) -> bool:
@@ -57,30 +69,35 @@ def build_api(
     stale_factor: float = 3.0,
     sse_ping_s: float = 15.0,
     connected: Callable[[], bool] = lambda: True,
+    store_failure: Callable[[], str | None] = lambda: None,
     operator_token: str | None = None,
 ) -> FastAPI:
     app = FastAPI(title="s4edge aggregator", version="1")
 
-    if operator_token:
-        token = operator_token
-
-        # A middleware, not a dependency: it also guards routers included later (NG112).
-        @app.middleware("http")
-        async def operators_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            if request.method in SAFE_METHODS or bearer_matches(request.headers.get("authorization"), token):
-                return await call_next(request)
+    # A middleware, not a dependency: it also guards routers included later (NG112).
+    @app.middleware("http")
+    async def operators_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        acts = request.method not in SAFE_METHODS
+        if acts and not same_origin(request):  # a cross-site form: no token to stop it when none is set
+            return JSONResponse({"detail": "cross-site request refused (Origin is not this host)"}, status_code=403)
+        private = acts or COMMAND_HISTORY.fullmatch(request.url.path) is not None
+        if private and operator_token and not bearer_matches(request.headers.get("authorization"), operator_token):
             return JSONResponse(
-                {"detail": "this action needs the operator token: Authorization: Bearer <token>"},
+                {"detail": "this request needs the operator token: Authorization: Bearer <token>"},
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="s4edge"'},
             )
+        return await call_next(request)
 
     @app.get("/healthz")
     def healthz() -> Any:
+        # Unhealthy while ingest cannot commit, though the store may still answer reads
+        # (a read-only file, a full disk): it recovers without a restart, and says so here.
         try:
             with store.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            db = "ok"
+            failure = store_failure()
+            db = "ok" if failure is None else f"cannot commit: {failure}"
         except SQLAlchemyError as exc:
             db = f"error: {type(exc).__name__}"
         broker = "ok" if connected() else "disconnected"

@@ -24,10 +24,10 @@ from s4edge.cloud_sync.aggregator.broker import BrokerConfig
 from s4edge.cloud_sync.aggregator.broker_log import BrokerLogWatch
 from s4edge.cloud_sync.aggregator.commands import CommandDesk, CommandSigner
 from s4edge.cloud_sync.aggregator.events import EventBus
-from s4edge.cloud_sync.aggregator.ingest import AlertHook, Ingest, relax_gc
+from s4edge.cloud_sync.aggregator.ingest import Ingest, relax_gc
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
-from s4edge.cloud_sync.aggregator.writer import StoreSpec
+from s4edge.cloud_sync.aggregator.writer import StoreSpec, WriterRules
 
 log = logging.getLogger("s4edge.aggregator")
 
@@ -53,6 +53,7 @@ class AggregatorConfig:
     command_key: str | Path | None = None  # Ed25519 private key (PEM): every command published is signed
     broker_log: str | Path | None = None  # mosquitto's log file: refused connections become a metric
     operator_token: str | None = None  # when set, the API's POSTs need Authorization: Bearer <token>
+    max_clock_skew_s: float = 300.0  # a message dated further ahead of our clock is refused and counted
 
     @property
     def session_id(self) -> str:
@@ -81,6 +82,7 @@ class Aggregator:
             writer_process=StoreSpec(config.db_url, config.db_schema, config.sqlite_sync)
             if config.writer == "process"
             else None,
+            rules=WriterRules(max_skew_s=config.max_clock_skew_s),
         )
         self.commands = CommandDesk(self.store, self.ingest.publish, config.issuer, signer)
         self.api = build_api(
@@ -92,6 +94,7 @@ class Aggregator:
             stale_factor=config.stale_factor,
             sse_ping_s=config.sse_ping_s,
             connected=lambda: self.ingest.connected,
+            store_failure=lambda: self.ingest.store_failure,
             operator_token=config.operator_token,
         )
         self.broker_log = (
@@ -103,10 +106,12 @@ class Aggregator:
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
 
-    @property
-    def on_alert_stored(self) -> list[AlertHook]:
-        """Append a callable to be told of each newly stored alert (NG112, correlation)."""
-        return self.ingest.on_alert_stored
+    def forward_jobs(self, kinds: frozenset[str]) -> None:
+        """Store a forward job with each new alert of these kinds, in the commit that stores it,
+        for a forwarder (NG112) to drain from the store; call before ``start()``."""
+        if self._server is not None:
+            raise RuntimeError("turn forward jobs on before start()")
+        self.ingest.forward_jobs(kinds)
 
     def include_router(self, router: APIRouter) -> None:
         """Add another module's HTTP routes (NG112 forwards, …); call before ``start()``."""

@@ -67,6 +67,6 @@ class BrokerConfig:
             if self.cert_file:
                 context.load_cert_chain(self.cert_file, self.key_file)
             client.tls_set_context(context)
-        # Reconnect with backoff from 1 s up to 60 s (DESIGN.md, Delivery guarantees).
+        # Reconnect with backoff from 1 s up to 60 s (docs/architecture.md, "Delivery guarantees").
         client.reconnect_delay_set(min_delay=1, max_delay=60)
         return client

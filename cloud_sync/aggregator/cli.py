@@ -79,6 +79,9 @@ def run(
     password: str = typer.Option("", "--password", envvar="S4EDGE_BROKER_PASSWORD"),
     heartbeat_interval: float = typer.Option(30.0, "--heartbeat-interval", help="Assumed until two heartbeats show it"),
     stale_factor: float = typer.Option(3.0, "--stale-factor", help="Stale after this many silent intervals"),
+    max_clock_skew: float = typer.Option(
+        300.0, "--max-clock-skew", help="Refuse (and count) messages dated more than this many seconds ahead of ours"
+    ),
     ng112: Path | None = typer.Option(None, "--ng112", help="NG112 forwarding config (YAML); off when absent"),
     command_key: Path | None = typer.Option(
         None, "--command-key", help="Ed25519 private key (fleet command.key): sign every command"
@@ -145,6 +148,7 @@ def run(
         protocol=protocol,
         heartbeat_interval_s=heartbeat_interval,
         stale_factor=stale_factor,
+        max_clock_skew_s=max_clock_skew,
         command_key=command_key,
         broker_log=broker_log,
         operator_token=token,
@@ -168,8 +172,3 @@ def run(
     if forwarder is not None:
         forwarder.stop()
     aggregator.stop()
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``s4edge aggregator …`` to the root app."""
-    app.add_typer(aggregator_app, name="aggregator")

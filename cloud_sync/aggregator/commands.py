@@ -6,7 +6,10 @@ signature (RFC 8032) over ``messages.signing_bytes``; a node configured with the
 (``commands.verify_key``) runs nothing else, so a broker account alone cannot command it.
 
 The node's answer arrives as a ``cmd_result`` through ingest and is joined to the
-command by ``cmd_id`` when the API lists a node's commands.
+command by ``cmd_id`` when the API lists a node's commands, and only when it came on the
+topic of the node the command was addressed to (``Store.commands_for``): no node can
+answer for another. Both are stored redacted of
+credentials (``redaction``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.cloud_sync.aggregator.store import Store
 from s4edge.cloud_sync.aggregator.views import utc
 from s4edge.cloud_sync.messages import Command, CommandName, Scalar, encode, signing_bytes, topic_for
@@ -102,7 +106,7 @@ class CommandDesk:
                 "site": site,
                 "node_id": node_id,
                 "name": name,
-                "args": dict(command.args),
+                "args": redact(dict(command.args)),  # the node gets them whole; history never does
                 "issuer": self.issuer,
                 "issued_at": utc(command.ts),
                 "expires": utc(command.expires),

@@ -5,17 +5,23 @@ paho's network thread only queues what arrives; one writer thread takes what is 
 committed in one transaction (``writer.BatchWriter``, here or, with ``writer_process``,
 in a child process) and only then sends the PUBACKs (``manual_ack``). A crash between
 commit and ack makes the broker redeliver, and the primary key on ``alerts.id`` drops the copy.
+
+After the commit it also sends each node a receipt naming its alerts the store now holds,
+new or stored before (``s4edge/v1/{site}/{node}/receipt``, QoS 1): the node keeps an alert
+until then, since a broker may lose what it acknowledged. Each replica of a shared
+subscription confirms what it committed itself.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,8 +37,17 @@ from s4edge.cloud_sync.aggregator.events import EventBus
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
 from s4edge.cloud_sync.aggregator.store import Store
 from s4edge.cloud_sync.aggregator.views import alert_record
-from s4edge.cloud_sync.aggregator.writer import SUFFIXES, BatchWriter, Item, Outcome, StoreSpec, WriterGone, WriterProcess
-from s4edge.cloud_sync.messages import Alert, fleet_filter
+from s4edge.cloud_sync.aggregator.writer import (
+    SUFFIXES,
+    BatchWriter,
+    Item,
+    Outcome,
+    StoreSpec,
+    WriterGone,
+    WriterProcess,
+    WriterRules,
+)
+from s4edge.cloud_sync.messages import Alert, encode, fleet_filter, receipts_for, topic_for
 
 log = logging.getLogger("s4edge.aggregator")
 
@@ -40,8 +55,6 @@ V5_PROBE_S = 3.0
 LINGER_S = 0.02  # the most a burst's first message waits for the rest of its batch
 LINGER_QUIET_S = 0.002  # a batch stops gathering when nothing arrived for this long
 QOS0_BACKLOG = 20000  # heartbeats and telemetry held for the writer before new ones are shed
-
-AlertHook = Callable[[Alert], object]
 
 
 def relax_gc(young: int = 10_000) -> None:
@@ -88,9 +101,12 @@ class Ingest:
         rejection_log: RejectionLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         writer_process: StoreSpec | None = None,
+        rules: WriterRules = WriterRules(),
+        receipts: bool = True,
     ) -> None:
         """``writer_process``: validate and commit in a child process that opens this
-        store by its spec (what ``store`` is opened from); otherwise in this process."""
+        store by its spec (what ``store`` is opened from); otherwise in this process.
+        ``receipts``: confirm stored alerts to their nodes; off only to measure their cost."""
         if protocol not in ("auto", "5", "3.1.1"):
             raise ValueError("protocol: auto, 5 or 3.1.1")
         self.broker = broker
@@ -106,7 +122,11 @@ class Ingest:
         self.events = events
         self.rejections = rejection_log or RejectionLog()
         self.clock = clock
-        self.on_alert_stored: list[AlertHook] = []
+        self.receipts = receipts
+        # the receipts' issuer: this replica, by its client id as far as the contract allows
+        self.issuer = re.sub(r"[^A-Za-z0-9_.:-]", "-", client_id)[:64] or "aggregator"
+        self._receipt_seq = 0
+        self.store_failure: str | None = None  # why commits fail, until one succeeds (``/healthz``)
         self.protocol_used: MQTTProtocolVersion | None = None
         # paho's thread appends, the writer pops: deque operations are atomic, so the network
         # thread pays no lock per message; ``_arrived`` wakes an idle writer.
@@ -116,7 +136,7 @@ class Ingest:
         self._generation = 0
         self._received = {s: metrics.received.labels(s) for s in (*SUFFIXES, "other")}  # labels() costs a lookup
         self._stopping = threading.Event()
-        self.writer = BatchWriter(store, stopping=self._stopping, on_store_error=self._store_error)
+        self.writer = BatchWriter(store, rules=rules, stopping=self._stopping, on_store_error=self._store_error)
         self.writer_process = writer_process
         self._child: WriterProcess | None = None
         self._client: mqtt.Client | None = None
@@ -130,7 +150,14 @@ class Ingest:
             log.warning("the store is an in-memory SQLite database, which no other process can open: writing here")
             self.writer_process = None
         if self.writer_process is not None and self._child is None:
-            self._child = WriterProcess(self.writer_process, on_store_error=self._store_error)
+            self._child = WriterProcess(self.writer_process, self.writer.rules, on_store_error=self._store_error)
+
+    def forward_jobs(self, kinds: frozenset[str]) -> None:
+        """New alerts of these kinds get a forward job in the commit that stores them; before
+        the writer process starts (``open_writer``), which is told its rules once."""
+        if self._child is not None:
+            raise RuntimeError("set forward jobs before the writer process starts")
+        self.writer.rules = replace(self.writer.rules, forward_kinds=kinds)
 
     def start(self, timeout: float = 10.0) -> None:
         self.open_writer()
@@ -351,15 +378,15 @@ class Ingest:
         writer process commits this one."""
         # Building the live record costs as much as storing the row: only for someone watching.
         live = self.events is not None and self.events.subscribers > 0
-        announcing = live or bool(self.on_alert_stored)
         items = [(item.topic, item.payload, item.at) for item in received]
         child = self._child
         if child is None:
             outcome = self.writer.write(items)
             if outcome is None:
                 return None
+            self.store_failure = None
             batch = outcome.batch
-            decoded = {batch.alert_index[i]: pair for i, pair in batch.alerts.items()} if batch else {}
+            decoded = {batch.alert_index[i]: pair for i, pair in batch.alerts.items()} if batch and live else {}
             return Committed(received, outcome, decoded, live)
         try:
             child.submit(items)
@@ -373,13 +400,16 @@ class Ingest:
             if previous is not None:
                 self._finish(previous)
             # The child validates these payloads too; decoding them again here, while it
-            # commits, gives the hooks their Alert objects without lengthening the batch.
-            decoded = _alerts_of(received) if announcing else {}
+            # commits, gives the live stream its alerts without lengthening the batch.
+            decoded = _alerts_of(received) if live else {}
         except Exception:
             self._result(child, items)  # read this batch's answer all the same: the next is the next's
             raise
         outcome = self._result(child, items)
-        return Committed(received, outcome, decoded, live) if outcome is not None else None
+        if outcome is None:
+            return None
+        self.store_failure = None
+        return Committed(received, outcome, decoded, live)
 
     def _result(self, child: WriterProcess, items: list[Item]) -> Outcome | None:
         try:
@@ -387,8 +417,8 @@ class Ingest:
         except WriterGone as exc:
             if self._stopping.is_set():
                 return None
-            # Alerts it committed before it died come back as duplicates: stored, not announced
-            # (NG112 reconciles what it missed when it next starts).
+            # Alerts it committed before it died come back as duplicates: stored, not streamed
+            # live; their forward jobs, if any, were committed with them.
             log.warning("%s; starting another and writing the batch again", exc)
             child.restart()
             return child.write(items)
@@ -404,11 +434,24 @@ class Ingest:
             observe(done - item.t0)
             if item.qos > 0 and item.generation == generation and client is not None:
                 client.ack(item.mid, item.qos)
-        if committed.live or self.on_alert_stored:
-            self._announce_alerts(outcome, committed.decoded, committed.live)
+        if self.receipts and client is not None:
+            self._send_receipts(client, outcome.confirmed)
+        if committed.live:
+            self._announce_alerts(outcome, committed.decoded)
         if self.events is not None:
             for site, node_id, change in outcome.nodes:
                 self.events.publish("node", {"site": site, "node_id": node_id, "change": change})
+
+    def _send_receipts(self, client: mqtt.Client, confirmed: dict[tuple[str, str], set[str]]) -> None:
+        """QoS 1, queued by paho across a reconnect. A receipt lost all the same costs only
+        a resend after the node's timeout, which the store drops as a duplicate and confirms."""
+        # milliseconds since the epoch: seq keeps increasing across restarts without a counter on disk
+        seq = max(self._receipt_seq, time.time_ns() // 1_000_000)
+        for (site, node_id), ids in confirmed.items():
+            for receipt in receipts_for(site, node_id, self.issuer, list(ids), seq):
+                client.publish(topic_for(receipt), encode(receipt), qos=1)
+                seq += 1
+        self._receipt_seq = seq
 
     def _count(self, outcome: Outcome) -> None:
         """One counter update per type per batch, not per message."""
@@ -422,24 +465,19 @@ class Ingest:
             self.metrics.stored.labels(kind).inc(count)
 
     def _store_error(self, reason: str) -> None:
+        self.store_failure = reason
         self.metrics.store_errors.inc()
 
     def _reject(self, reason: str, topic: str, detail: str) -> None:
         self.metrics.rejected.labels(reason).inc()
         self.rejections.note(reason, topic, detail)
 
-    def _announce_alerts(self, outcome: Outcome, decoded: Decoded, live: bool) -> None:
+    def _announce_alerts(self, outcome: Outcome, decoded: Decoded) -> None:
+        if self.events is None:
+            return
         for index in outcome.new_alerts:
-            if index not in decoded:
-                continue
-            alert, at = decoded[index]
-            if live and self.events is not None:
-                self.events.publish("alert", alert_record(alert, at))
-            for hook in self.on_alert_stored:
-                try:
-                    hook(alert)
-                except Exception:  # a subscriber's bug must not stop ingest
-                    log.exception("on_alert_stored hook %r failed for alert %s", hook, alert.id)
+            if index in decoded:
+                self.events.publish("alert", alert_record(*decoded[index]))
 
 
 Decoded = dict[int, tuple[Alert, datetime]]  # place in the batch → the alert there, and when it came

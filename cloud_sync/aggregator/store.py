@@ -36,9 +36,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.exc import OperationalError
 
+from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.cloud_sync.aggregator.views import (
     alert_dict,
     alert_row,
@@ -76,7 +77,7 @@ nodes = Table(
 alerts = Table(
     "alerts",
     metadata,
-    Column("id", String(64), primary_key=True),  # the de-dup key (DESIGN.md, Delivery guarantees)
+    Column("id", String(64), primary_key=True),  # the de-dup key (docs/architecture.md, "Delivery guarantees")
     Column("node_id", String(64), nullable=False),
     Column("site", String(64), nullable=False),
     Column("seq", BigInteger, nullable=False),
@@ -143,6 +144,21 @@ cmd_results = Table(
 )
 
 
+# Alerts stored for forwarding (NG112) that the forwarder has not taken yet. Ingest writes a
+# job in the commit that stores its alert; the forwarder deletes it in the commit that records
+# what the alert means for the PSAP. So no crash between the two loses or repeats a forward.
+forward_jobs = Table(
+    "forward_jobs",
+    metadata,
+    Column("alert_id", String(64), primary_key=True),
+)
+
+# SQLite opens a file it may not write read-only, and that connection stays read-only after
+# the file becomes writable; an I/O error or a file it cannot open is no better. Each is taken
+# for a lost connection, so that the pool opens new ones (SQLite result codes, sqlite.org/rescode.html).
+_SQLITE_REOPEN = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+
+
 def make_engine(url: str, schema: str | None = None, sqlite_sync: str = "FULL") -> Engine:
     """An engine for ``sqlite:///path`` or ``postgresql+psycopg://…``.
 
@@ -160,6 +176,7 @@ def make_engine(url: str, schema: str | None = None, sqlite_sync: str = "FULL") 
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         pragmas = ("PRAGMA journal_mode=WAL", f"PRAGMA synchronous={sqlite_sync.upper()}")
         event.listen(engine, "connect", lambda dbapi_conn, _record: _run(dbapi_conn, pragmas))
+        event.listen(engine, "handle_error", _reopen_sqlite)
         return engine
     engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
     if schema:
@@ -176,6 +193,12 @@ def _run(dbapi_conn: Any, statements: Sequence[str]) -> None:
     for statement in statements:
         cursor.execute(statement)
     cursor.close()
+
+
+def _reopen_sqlite(context: ExceptionContext) -> None:
+    name = getattr(context.original_exception, "sqlite_errorname", "")
+    if name.startswith(_SQLITE_REOPEN):
+        context.is_disconnect = True  # the pool is emptied, and the error is retried as an outage
 
 
 def _serialise_ddl(conn: Connection) -> None:
@@ -234,6 +257,11 @@ class Store:
             self._alert_insert[conn.dialect.name] = stmt
         return {row[0] for row in conn.execute(stmt, rows)}
 
+    def add_forward_jobs(self, conn: Connection, alert_ids: Iterable[str]) -> None:
+        rows = [{"alert_id": alert_id} for alert_id in alert_ids]
+        if rows:
+            conn.execute(forward_jobs.insert(), rows)
+
     def ensure_nodes(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> None:
         rows = [{"site": site, "node_id": node} for site, node in sorted(set(keys))]
         if rows:
@@ -250,20 +278,22 @@ class Store:
             "changed_at": received_at,
         }
         stmt = _insert(conn, nodes).values(site=status.site, node_id=status.node_id, **values)
-        # A retained status redelivered after a newer one must not roll the state back.
+        # Arrival order, never the node's clock (a status dated 9999 would freeze the record); the
+        # guard keeps a replica that commits late from rolling back what another received later.
         stmt = stmt.on_conflict_do_update(
             index_elements=["site", "node_id"],
             set_=values,
-            where=or_(nodes.c.status_ts.is_(None), nodes.c.status_ts <= stmt.excluded.status_ts),
+            where=or_(nodes.c.changed_at.is_(None), nodes.c.changed_at <= stmt.excluded.changed_at),
         )
         conn.execute(stmt)
 
     def record_heartbeats(self, conn: Connection, beats: Sequence[tuple[Heartbeat, datetime]]) -> None:
-        """The newest heartbeat per node (one per node in ``beats``), in two statements for the batch."""
+        """The latest heartbeat to arrive per node (one per node in ``beats``), in two statements
+        for the batch. Arrival order, on our clock: a heartbeat dated 9999 must not freeze the record."""
         if not beats:
             return
         keys = [(beat.site, beat.node_id) for beat, _ in beats]
-        columns = select(nodes.c.site, nodes.c.node_id, nodes.c.heartbeat_ts, nodes.c.heartbeat_interval_s)
+        columns = select(nodes.c.site, nodes.c.node_id, nodes.c.heartbeat_at, nodes.c.heartbeat_interval_s)
         previous = {
             (row.site, row.node_id): row
             for row in conn.execute(columns.where(tuple_(nodes.c.site, nodes.c.node_id).in_(keys)))
@@ -272,12 +302,12 @@ class Store:
         for beat, received_at in beats:
             before = previous.get((beat.site, beat.node_id))
             interval = before.heartbeat_interval_s if before else None
-            if before is not None and before.heartbeat_ts is not None:
-                gap = (utc(beat.ts) - utc(before.heartbeat_ts)).total_seconds()
-                if gap <= 0:
-                    continue  # an older heartbeat, redelivered: keep the newer one
-                if gap <= 3600:
-                    interval = gap  # the node's interval, learnt from consecutive heartbeats
+            if before is not None and before.heartbeat_at is not None:
+                gap = (received_at - utc(before.heartbeat_at)).total_seconds()
+                if gap < 0:
+                    continue  # another replica stored one that arrived later: keep it
+                if 0 < gap <= 3600:
+                    interval = gap  # the node's interval, learnt from consecutive arrivals
             health = beat.model_dump(
                 mode="json", exclude_none=True, exclude={"schema_", "id", "node_id", "site", "ts", "seq", "type"}
             )
@@ -306,7 +336,7 @@ class Store:
         self.record_telemetry_batch(conn, [(reading, received_at)])
 
     def record_telemetry_batch(self, conn: Connection, readings: Sequence[tuple[Telemetry, datetime]]) -> None:
-        """The newest telemetry per node (one per node in ``readings``)."""
+        """The latest telemetry to arrive per node (one per node in ``readings``)."""
         if not readings:
             return
         rows = [
@@ -323,7 +353,7 @@ class Store:
         stmt = stmt.on_conflict_do_update(
             index_elements=["site", "node_id"],
             set_={c: stmt.excluded[c] for c in ("ts", "received_at", "readings")},
-            where=telemetry.c.ts <= stmt.excluded.ts,
+            where=telemetry.c.received_at <= stmt.excluded.received_at,
         )
         conn.execute(stmt, rows)
 
@@ -335,8 +365,8 @@ class Store:
             "node_id": result.node_id,
             "name": result.name,
             "ok": result.ok,
-            "detail": result.detail,
-            "data": dict(result.data),
+            "detail": redact(result.detail),  # a refused config may quote an inline password
+            "data": redact(dict(result.data)),
             "ts": utc(result.ts),
             "received_at": received_at,
         }
@@ -423,8 +453,18 @@ class Store:
         with self.engine.connect() as conn:
             cmds = [dict(r) for r in conn.execute(stmt).mappings()]
             ids = [c["id"] for c in cmds]
+            # Only the addressee's answer counts: a result's site and node are those of the topic
+            # it came on (ingest refuses a mismatch), so another node cannot answer for this one.
             results = (
-                conn.execute(select(cmd_results).where(cmd_results.c.cmd_id.in_(ids))).mappings().all() if ids else []
+                conn.execute(
+                    select(cmd_results).where(
+                        cmd_results.c.cmd_id.in_(ids), cmd_results.c.site == site, cmd_results.c.node_id == node_id
+                    )
+                )
+                .mappings()
+                .all()
+                if ids
+                else []
             )
         by_cmd = {r["cmd_id"]: r for r in sorted(results, key=lambda r: utc(r["received_at"]))}
         return [command_dict(c, by_cmd.get(c["id"])) for c in cmds]

@@ -10,10 +10,14 @@ SQLAlchemy's statement handling all hold the GIL, so in one process they take tu
 Handed to a child over a pipe, validation and the commit run on another core while
 the parent only receives, acks and announces (``s4edge bench ingest``).
 
-The pipe carries length-prefixed frames, no pickle. Parent → child: the store's spec
-once (JSON: its URL stays out of the process list), then per batch a JSON header line
-(topics, receive times, payload sizes) followed by the payloads. Child → parent: a JSON
-object per outage it is retrying through (``store_error``), then the batch's outcome.
+The pipe carries length-prefixed frames, no pickle. Parent → child: the store's spec and
+the ``WriterRules`` once (JSON: the store's URL stays out of the process list), then per
+batch a JSON header line (topics, receive times, payload sizes) followed by the payloads.
+Child → parent: a JSON object per outage it is retrying through (``store_error``), then
+the batch's outcome.
+
+With forward jobs on (``WriterRules.forward_kinds``, set by NG112 forwarding), the commit
+that stores a new alert of those kinds writes its row in ``forward_jobs`` too.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
 from s4edge.cloud_sync.messages import (
     Alert,
-    Command,
+    AnyMessage,
     CommandResult,
     Heartbeat,
     MessageError,
@@ -67,9 +71,7 @@ class Batch:
     results: list[tuple[CommandResult, datetime]] = field(default_factory=list)
     duplicates_in_batch: int = 0
 
-    def add(
-        self, message: Status | Heartbeat | Telemetry | Alert | Command | CommandResult, at: datetime, index: int = 0
-    ) -> None:
+    def add(self, message: AnyMessage, at: datetime, index: int = 0) -> None:
         key = (message.site, message.node_id)
         if isinstance(message, Alert):
             if message.id in self.alerts:
@@ -79,14 +81,13 @@ class Batch:
                 self.alert_index[message.id] = index
         elif isinstance(message, CommandResult):
             self.results.append((message, at))
-        # Only the newest status/heartbeat/telemetry per node matters.
+        # Only the last status/heartbeat/telemetry per node to arrive matters: arrival order,
+        # since the node's clock may be wrong or forged (a heartbeat dated 9999).
         elif isinstance(message, Status):
-            if key not in self.statuses or self.statuses[key][0].ts <= message.ts:
-                self.statuses[key] = (message, at)
+            self.statuses[key] = (message, at)
         elif isinstance(message, Heartbeat):
-            if key not in self.beats or self.beats[key][0].ts <= message.ts:
-                self.beats[key] = (message, at)
-        elif isinstance(message, Telemetry) and (key not in self.readings or self.readings[key][0].ts <= message.ts):
+            self.beats[key] = (message, at)
+        elif isinstance(message, Telemetry):
             self.readings[key] = (message, at)
 
 
@@ -102,6 +103,8 @@ class Outcome:
     duplicates: int = 0
     new_alerts: list[int] = field(default_factory=list)
     nodes: list[tuple[str, str, str]] = field(default_factory=list)  # (site, node_id, "status" | "heartbeat")
+    # (site, node_id) → ids of its alerts the store now holds, new or stored before: the receipts
+    confirmed: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     batch: Batch | None = None
 
     def to_json(self) -> bytes:
@@ -113,6 +116,7 @@ class Outcome:
                 "duplicates": self.duplicates,
                 "new_alerts": self.new_alerts,
                 "nodes": self.nodes,
+                "confirmed": [[site, node, list(ids)] for (site, node), ids in self.confirmed.items()],
             }
         ).encode()
 
@@ -125,6 +129,7 @@ class Outcome:
             duplicates=data["duplicates"],
             new_alerts=data["new_alerts"],
             nodes=[(n[0], n[1], n[2]) for n in data["nodes"]],
+            confirmed={(c[0], c[1]): set(c[2]) for c in data["confirmed"]},
         )
 
 
@@ -142,15 +147,34 @@ class StoreSpec:
         return not (self.url.startswith("sqlite") and self.url.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://"))
 
 
+@dataclass(frozen=True)
+class WriterRules:
+    """What the writer refuses and what it queues, alike in a thread and in a child process."""
+
+    max_skew_s: float = 300.0  # a ts further ahead of our clock is refused: a broken clock, or a forgery
+    forward_kinds: frozenset[str] | None = None  # new alerts of these kinds get a forward job in their commit
+
+    def to_json(self) -> dict[str, Any]:
+        kinds = sorted(self.forward_kinds) if self.forward_kinds is not None else None
+        return {"max_skew_s": self.max_skew_s, "forward_kinds": kinds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WriterRules:
+        kinds = data["forward_kinds"]
+        return cls(data["max_skew_s"], frozenset(kinds) if kinds is not None else None)
+
+
 class BatchWriter:
     def __init__(
         self,
         store: Store,
         *,
+        rules: WriterRules = WriterRules(),
         stopping: threading.Event | None = None,
         on_store_error: Callable[[str], object] = lambda reason: None,
     ) -> None:
         self.store = store
+        self.rules = rules
         self.stopping = stopping or threading.Event()
         self.on_store_error = on_store_error
         self._known_nodes: set[tuple[str, str]] = set()
@@ -170,9 +194,16 @@ class BatchWriter:
             suffix = suffix if suffix in SUFFIXES else "other"
             received[suffix] = received.get(suffix, 0) + 1
             try:
-                batch.add(decode_from(topic, payload), at, index)
+                message = decode_from(topic, payload)
             except MessageError as exc:
                 outcome.rejects.append((exc.reason, topic, exc.detail))
+                continue
+            ahead = (message.ts - at).total_seconds()
+            if ahead > self.rules.max_skew_s:
+                detail = f"ts {message.ts.isoformat()} is {ahead:.0f} s ahead of our clock"
+                outcome.rejects.append(("future_ts", topic, f"{detail} (allowed: {self.rules.max_skew_s:g} s)"))
+                continue
+            batch.add(message, at, index)
         new_ids = self._commit_with_retry(batch, outcome)
         if new_ids is None:
             return None
@@ -212,9 +243,12 @@ class BatchWriter:
         keys = {(a.site, a.node_id) for a, _ in batch.alerts.values()}
         keys |= {(r.site, r.node_id) for r, _ in batch.results} | set(batch.readings)
         keys -= self._known_nodes  # node rows are never deleted: once seen, no need to ask again
+        forward_kinds = self.rules.forward_kinds
         with self.store.engine.begin() as conn:
             self.store.ensure_nodes(conn, keys)
             new_ids = self._alert_rows.insert(conn, list(batch.alerts.values()))
+            if forward_kinds is not None:
+                self.store.add_forward_jobs(conn, (i for i in new_ids if batch.alerts[i][0].kind in forward_kinds))
             for status, at in batch.statuses.values():
                 self.store.record_status(conn, status, at)
             self.store.record_heartbeats(conn, list(batch.beats.values()))
@@ -222,6 +256,8 @@ class BatchWriter:
             for result, at in batch.results:
                 self.store.record_cmd_result(conn, result, at)
         self._known_nodes |= keys | set(batch.statuses) | set(batch.beats)
+        for alert, _ in batch.alerts.values():  # committed: stored now, whether new or not
+            outcome.confirmed.setdefault((alert.site, alert.node_id), set()).add(alert.id)
         outcome.duplicates += len(batch.alerts) - len(new_ids)
         for kind, count in (
             ("alert", len(new_ids)),
@@ -309,19 +345,31 @@ def _decode_batch(body: bytes) -> list[Item]:
 class WriterProcess:
     """A ``BatchWriter`` in a child process; ``write`` blocks until the child answers."""
 
-    def __init__(self, spec: StoreSpec, on_store_error: Callable[[str], object] = lambda reason: None) -> None:
+    # What the interpreter runs; a test may put a wrapper here that fails at a chosen moment.
+    program: tuple[str, ...] = ("-m", "s4edge.cloud_sync.aggregator.writer")
+
+    def __init__(
+        self,
+        spec: StoreSpec,
+        rules: WriterRules = WriterRules(),
+        on_store_error: Callable[[str], object] = lambda reason: None,
+    ) -> None:
         self.spec = spec
+        self.rules = rules
         self.on_store_error = on_store_error
         self.stopping = threading.Event()  # set: the next outage report ends the child
         self._child = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "s4edge.cloud_sync.aggregator.writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
+        child = subprocess.Popen([sys.executable, *self.program], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert child.stdin is not None
         assert child.stdout is not None
-        spec = {"url": self.spec.url, "schema": self.spec.schema, "sqlite_sync": self.spec.sqlite_sync}
+        spec = {
+            "url": self.spec.url,
+            "schema": self.spec.schema,
+            "sqlite_sync": self.spec.sqlite_sync,
+            "rules": self.rules.to_json(),
+        }
         with contextlib.suppress(OSError):  # a child gone already is reported below
             _send(child.stdin, json.dumps(spec).encode())
         ready, _, _ = select.select([child.stdout], [], [], READY_TIMEOUT_S)
@@ -405,7 +453,11 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         return 1
     spec = json.loads(first)
     store = Store(make_engine(spec["url"], spec["schema"], spec["sqlite_sync"]))
-    writer = BatchWriter(store, on_store_error=lambda why: _send(stdout, json.dumps({"store_error": why}).encode()))
+    writer = BatchWriter(
+        store,
+        rules=WriterRules.from_json(spec["rules"]),
+        on_store_error=lambda why: _send(stdout, json.dumps({"store_error": why}).encode()),
+    )
     _send(stdout, b'{"ready": true}')
     while (body := _receive(stdin)) is not None:
         try:

@@ -13,10 +13,16 @@ from cryptography.exceptions import InvalidSignature
 from rich.console import Console
 from rich.table import Table
 
-from s4edge.cloud_sync.fleet.broker_config import BrokerSettings, render
+from s4edge.cloud_sync.fleet.broker_config import (
+    LOCAL_STATE_DIR,
+    SYSTEM_STATE_DIR,
+    BrokerSettings,
+    missing_tls_files,
+    render,
+)
 from s4edge.cloud_sync.fleet.ca import CAError, FleetCA, init_ca, issue_server_cert, load_ca
 from s4edge.cloud_sync.fleet.command_key import COMMAND_KEY, init_command_key
-from s4edge.cloud_sync.fleet.crl import crl_path, revoke
+from s4edge.cloud_sync.fleet.crl import crl_path, init_crl, revoke
 from s4edge.cloud_sync.fleet.provision import NodeRequest, board_names, provision_aggregator, provision_node
 from s4edge.cloud_sync.fleet.registry import Fleet, FleetError
 
@@ -40,9 +46,11 @@ def ca_init(
     days: int = typer.Option(3650, min=1, help="Validity of the CA certificate, days."),
     force: bool = typer.Option(False, help="Replace an existing CA (orphans every issued certificate)."),
 ) -> None:
-    """Create the fleet CA (EC P-256, CA:TRUE with path length 0) and the command-signing key; keys 0600."""
+    """Create the fleet CA (EC P-256, CA:TRUE with path length 0), its empty CRL and the command-signing
+    key; keys 0600."""
     try:
         ca = init_ca(out, name, days, force)
+        init_crl(ca, out)  # the broker config names it from the start: a revocation then needs only SIGHUP
         if force or not (out / COMMAND_KEY).exists():
             init_command_key(out, force=True)
     except CAError as exc:
@@ -88,7 +96,7 @@ def aggregator_credentials(
     name: str = typer.Option("aggregator", help="The aggregator's broker username."),
     client_cert: bool = typer.Option(False, "--client-cert", help="Issue a client certificate instead of a password."),
 ) -> None:
-    """Provision the aggregator's identity: reads s4edge/v1/#, writes s4edge/v1/+/+/cmd/# only."""
+    """Provision the aggregator's identity: reads s4edge/v1/#, writes only commands and receipts."""
     try:
         done = provision_aggregator(name, load_ca(ca_dir or fleet_dir), Fleet(fleet_dir), out, client_cert)
     except (CAError, FleetError) as exc:
@@ -109,49 +117,87 @@ def broker_config(
     client_certs: bool | None = typer.Option(
         None,
         "--client-certs/--passwords",
-        help="Require client certificates (CN = username). Default: if any identity was issued one.",
+        help="Require client certificates (CN = username), or passwords. Default: as the fleet's identities "
+        "were issued; a fleet with both kinds gets a certificate listener on --cert-port too.",
+    ),
+    cert_port: int = typer.Option(
+        8885, min=1, max=65535, help="Port of the certificate listener of a fleet with both kinds of identity."
     ),
     install_dir: Path | None = typer.Option(
-        None, help="Where the fleet files sit on the broker host (default: --fleet-dir)."
+        None,
+        help="Where the fleet files sit on the broker host. Default: --fleet-dir, read in place by a mosquitto "
+        "on this machine.",
     ),
-    persistence_dir: Path = typer.Option(Path("/var/lib/mosquitto"), help="mosquitto's persistence folder."),
+    persistence_dir: Path | None = typer.Option(
+        None,
+        help="mosquitto's persistence folder. Default: /var/lib/mosquitto with --install-dir, "
+        "else mosquitto-state/ beside --out (created).",
+    ),
     user: str | None = typer.Option(
-        None, help="User mosquitto runs as (mosquitto.conf `user`); `--user current` for the user running this command."
+        None,
+        help="User mosquitto runs as (mosquitto.conf `user`); `current` for you. Default: you when it reads "
+        "--fleet-dir in place (the keys there are yours, mode 0600), else mosquitto's own user.",
     ),
 ) -> None:
     """Write a complete mosquitto config: TLS only, no anonymous clients, the fleet's passwords and ACL."""
-    try:
-        fleet = Fleet(fleet_dir)
-    except FleetError as exc:
-        raise _fail(exc) from None
-    if not fleet.identities:
+    missing, make = missing_tls_files(fleet_dir)
+    if missing:
         raise _fail(
             FleetError(
-                f"{fleet_dir} has no identities yet: run `s4edge provision` and "
-                "`s4edge fleet aggregator-credentials` first"
+                f"{', '.join(map(str, missing))} missing, and mosquitto cannot start without them: "
+                f"run `{' && '.join(make)}` (BROKER_HOST: the name nodes connect to)"
             )
         )
-    certs = fleet.uses_client_certs if client_certs is None else client_certs
-    without = [n for n, i in fleet.identities.items() if i.client_cert != certs]
+    in_place = install_dir is None
+    state = persistence_dir or (out.parent / LOCAL_STATE_DIR if in_place else SYSTEM_STATE_DIR)
+    try:
+        fleet = Fleet(fleet_dir)
+        created = [path for path in (fleet.passwords_path, fleet.acl_path) if not path.exists()]
+        if created:
+            fleet.save()  # rendered from fleet.json: empty until the first `s4edge provision`
+        if in_place:  # mosquitto does not create its persistence folder
+            state = state.absolute()
+            state.mkdir(parents=True, exist_ok=True)
+    except FleetError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        raise _fail(FleetError(f"cannot write {exc.filename}: {exc.strerror}")) from None
+    kinds = {identity.client_cert for identity in fleet.identities.values()}
+    mixed = client_certs is None and kinds == {True, False}  # a listener of each kind
+    certs = (fleet.uses_client_certs and not mixed) if client_certs is None else client_certs
+    without = [n for n, i in fleet.identities.items() if i.client_cert != certs and not mixed]
     if without:
         typer.echo(
             f"warning: {', '.join(sorted(without))} cannot log in to a "
             f"{'certificate' if certs else 'password'} listener; re-provision them",
             err=True,
         )
+    if mixed:
+        certified = ", ".join(sorted(n for n, i in fleet.identities.items() if i.client_cert))
+        typer.echo(
+            f"{certified}: certificate identities, connect on port {cert_port} (--broker mqtts://HOST:{cert_port})"
+        )
+    if (certs or mixed) and not crl_path(fleet_dir).exists():
+        try:  # a fleet from before `ca init` wrote one; mosquitto does not start without its crlfile
+            init_crl(load_ca(fleet_dir), fleet_dir)
+        except CAError as exc:
+            raise _fail(FleetError(f"{crl_path(fleet_dir)} is missing and cannot be signed here: {exc}")) from None
     settings = BrokerSettings(
-        crl=crl_path(fleet_dir).exists(),
         files_dir=(install_dir or fleet_dir).absolute(),
         port=port,
         bind=bind,
         client_certs=certs,
+        cert_port=cert_port if mixed else None,
         ws_port=ws_port if ws else None,
         admin_port=admin_port,
-        persistence_dir=persistence_dir,
-        user=getpass.getuser() if user == "current" else user,
+        persistence_dir=state,
+        user=getpass.getuser() if user == "current" or (user is None and in_place) else user,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(settings))
+    if created:
+        nobody = "" if fleet.identities else " (nobody may log in until `s4edge provision`, then reload mosquitto)"
+        typer.echo(f"created {' and '.join(map(str, created))}{nobody}")
     typer.echo(str(out))
 
 
@@ -199,7 +245,7 @@ def fleet_revoke(
     typer.echo(f"revoked {what}{on_crl}")
     typer.echo(
         "reload the broker: systemctl reload mosquitto (SIGHUP rereads passwords, ACL and CRL); "
-        "a broker config without `crlfile` needs `s4edge fleet broker-config` again first"
+        "a broker config written before `crlfile` was in it needs `s4edge fleet broker-config` and a restart"
         if serials
         else "reload the broker: systemctl reload mosquitto"
     )
@@ -229,9 +275,16 @@ def provision(
     ca_dir: Path = typer.Option(..., "--ca-dir", help="Folder holding ca.crt and ca.key."),
     fleet_dir: Path | None = typer.Option(None, "--fleet-dir", help="Fleet folder (default: --ca-dir)."),
     out: Path = typer.Option(..., "--out", help="Folder for the node's files (copy to /etc/s4edge/)."),
+    outbox: Path | None = typer.Option(
+        None,
+        "--outbox",
+        help="The node's outbox file. Default: the board profile's, /var/lib/s4edge/outbox.db, which the "
+        "systemd unit creates; give a writable path to run `s4edge agent run` by hand.",
+    ),
 ) -> None:
     """Provision a node: its config, credentials, and its password and ACL entries on the broker."""
-    request = NodeRequest(node_id, site, lat, lon, broker, board, zone, client_cert)
+    where = outbox.absolute() if outbox else None
+    request = NodeRequest(node_id, site, lat, lon, broker, board, zone, client_cert, where)
     try:
         done = provision_node(request, load_ca(ca_dir), Fleet(fleet_dir or ca_dir), out)
     except (CAError, FleetError) as exc:
@@ -239,9 +292,3 @@ def provision(
     for path in done.files:
         typer.echo(str(path))
     typer.echo(f"next: copy {out}/ to the node's /etc/s4edge/, then `systemctl reload mosquitto` on the broker")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``provision`` and the ``fleet`` group to the root ``s4edge`` app."""
-    app.command("provision")(provision)
-    app.add_typer(fleet_app, name="fleet")

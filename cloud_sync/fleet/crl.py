@@ -1,9 +1,11 @@
 """The fleet's certificate revocation list (RFC 5280 §5), signed by the fleet CA and kept in
 the fleet folder as ``crl.pem``; the broker's TLS listener reads it (mosquitto ``crlfile``).
 
-Every revocation re-signs the whole list. Its nextUpdate is the CA's own expiry: OpenSSL
-refuses every client once a CRL it checks has expired, and a private fleet has no
-distribution point to fetch a fresh one from.
+``ca init`` writes an empty list, so that the broker config names it from the start:
+mosquitto rereads a configured ``crlfile`` on SIGHUP, but takes a new ``crlfile`` line only
+on a restart. Every revocation re-signs the whole list. Its nextUpdate is the CA's own
+expiry: OpenSSL refuses every client once a CRL it checks has expired, and a private fleet
+has no distribution point to fetch a fresh one from.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def revoked_serials(folder: Path) -> set[int]:
     return {entry.serial_number for entry in crl} if crl is not None else set()
 
 
+def init_crl(ca: FleetCA, folder: Path, now: dt.datetime | None = None) -> Path:
+    """Write an empty CRL (number 0) signed by ``ca``, replacing any other: a new CA's."""
+    return _issue(ca, folder, [], 0, now or dt.datetime.now(dt.UTC))
+
+
 def revoke(ca: FleetCA, folder: Path, serials: list[int], now: dt.datetime | None = None) -> Path:
     """Add ``serials`` to the fleet CRL (created on first use) and re-sign it with the CA."""
     now = now or dt.datetime.now(dt.UTC)
@@ -56,7 +63,10 @@ def revoke(ca: FleetCA, folder: Path, serials: list[int], now: dt.datetime | Non
                 .build()
             )
             known.add(serial)
-    number = _crl_number(previous) + 1
+    return _issue(ca, folder, entries, _crl_number(previous) + 1, now)
+
+
+def _issue(ca: FleetCA, folder: Path, entries: list[x509.RevokedCertificate], number: int, now: dt.datetime) -> Path:
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.cert.subject)

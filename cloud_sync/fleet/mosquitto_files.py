@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import secrets
 
-from s4edge.cloud_sync.messages import SUFFIX, TOPIC_ROOT
+from s4edge.cloud_sync.messages import SUFFIX, TO_NODE, TOPIC_ROOT
 
 # mosquitto_passwd's own defaults for the $7$ (PBKDF2-HMAC-SHA512) format:
 # 12-byte salt, 64-byte digest, 101 iterations. The fleet's passwords are 256-bit random
@@ -44,19 +44,20 @@ def verify_password(encoded: str, password: str) -> bool:
 
 
 def node_topics(site: str, node_id: str) -> tuple[list[str], list[str]]:
-    """(write, read) topics of one node: its own outbound suffixes, and its own commands.
+    """(write, read) topics of one node: its own outbound suffixes, and its own commands and
+    receipts. No node may write a receipt: it would make another node forget unstored alerts.
 
     The write list names every outbound suffix instead of ``{node}/#`` because mosquitto's
     ``topic deny`` refuses read as well as write, so ``#`` minus ``cmd/#`` cannot be said.
     """
     base = f"{TOPIC_ROOT}/{site}/{node_id}"
-    write = [f"{base}/{suffix}" for kind, suffix in sorted(SUFFIX.items()) if kind != "cmd"]
-    return write, [f"{base}/cmd/#"]
+    write = [f"{base}/{suffix}" for kind, suffix in sorted(SUFFIX.items()) if kind not in TO_NODE]
+    return write, [f"{base}/cmd/#", f"{base}/{SUFFIX['receipt']}"]
 
 
 def aggregator_topics() -> tuple[list[str], list[str]]:
-    """The aggregator reads the whole fleet and writes commands only."""
-    return [f"{TOPIC_ROOT}/+/+/cmd/#"], [f"{TOPIC_ROOT}/#"]
+    """The aggregator reads the whole fleet and writes commands and receipts only."""
+    return [f"{TOPIC_ROOT}/+/+/cmd/#", f"{TOPIC_ROOT}/+/+/{SUFFIX['receipt']}"], [f"{TOPIC_ROOT}/#"]
 
 
 def acl_block(username: str, comment: str, write: list[str], read: list[str]) -> str:

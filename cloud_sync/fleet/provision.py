@@ -27,6 +27,7 @@ from s4edge.cloud_sync.fleet.crl import revoke
 from s4edge.cloud_sync.fleet.mosquitto_files import new_password, password_hash
 from s4edge.cloud_sync.fleet.registry import Fleet, FleetError, Identity
 from s4edge.cloud_sync.messages import NAME_PATTERN
+from s4edge.resources import packaged
 
 BOARDS_ENV = "S4EDGE_BOARDS_DIR"
 PASSWORD_FILE = "mqtt.password"  # noqa: S105 - a file name, not a password
@@ -34,9 +35,9 @@ CONFIG_FILE = "node.yaml"
 
 
 def boards_dir() -> Path:
-    """``$S4EDGE_BOARDS_DIR``, else ``firmware_configs/boards`` of the source checkout."""
+    """``$S4EDGE_BOARDS_DIR``, else the board profiles shipped in the package."""
     env = os.environ.get(BOARDS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "firmware_configs" / "boards"
+    return Path(env) if env else packaged("firmware_configs", "boards")
 
 
 def board_names(folder: Path | None = None) -> list[str]:
@@ -86,6 +87,7 @@ class NodeRequest:
     board: str = "rpi5"
     zone: str | None = None
     client_cert: bool = False
+    outbox: Path | None = None  # None: the board profile's (the systemd unit's StateDirectory)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ def node_config(
     if verify_key is not None:
         config["commands"] = {**(fragment.get("commands") or {}), "verify_key": verify_key}
     config.update({key: value for key, value in fragment.items() if key not in config})
+    if req.outbox is not None:
+        config["outbox"] = {**(config.get("outbox") or {}), "path": str(req.outbox)}
     return config
 
 

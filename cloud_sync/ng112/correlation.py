@@ -60,6 +60,11 @@ class Correlator:
             recent.popleft()
         return [found for rule in self.rules if (found := self._match(rule, alert, recent)) is not None]
 
+    def forget(self, escalations: list[Alert]) -> None:
+        """Escalations that were never recorded: the next look at their parts raises them again."""
+        lost = {escalation.incident for escalation in escalations}
+        self._open = {key: opened for key, opened in self._open.items() if opened.incident not in lost}
+
     def _match(self, rule: CorrelationRule, alert: Alert, recent: deque[Alert]) -> Alert | None:
         if alert.kind not in rule.kinds or (rule.sites is not None and alert.site not in rule.sites):
             return None

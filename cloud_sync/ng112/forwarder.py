@@ -1,9 +1,12 @@
 """Forward alerts to the PSAP: policy, confirm-or-auto, one call per incident (Alert, then
 Update/Cancel referencing it), retries with backoff, and a record of every outcome.
 
-``submit`` only writes rows; sending happens in ``run_due`` (called inline by tests with an
-injected clock, or by the background loop that ``start`` runs). A row is claimed with a
-conditional UPDATE, so several aggregator replicas may share one database.
+The forwarder is fed from the store: ingest commits a forward job with each alert of a
+kind NG112 forwards, and ``drain`` takes the jobs, records the forwards they come to and
+deletes them, in one transaction. ``submit`` records one alert's forwards directly.
+Neither sends; sending happens in ``run_due`` (called inline by tests with an injected
+clock, or by the background loop that ``start`` runs, which drains as well). A row is
+claimed with a conditional UPDATE, so several aggregator replicas may share one database.
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lxml import etree
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from s4edge.cloud_sync.aggregator.store import forward_jobs
 from s4edge.cloud_sync.messages import Alert
 from s4edge.cloud_sync.ng112.call import Caller, compose
 from s4edge.cloud_sync.ng112.cap import CapError, CapRef, MsgType
 from s4edge.cloud_sync.ng112.correlation import Correlator
+from s4edge.cloud_sync.ng112.jobs import alert_from_row, queued, site_alerts
 from s4edge.cloud_sync.ng112.pidf import LocationError
 from s4edge.cloud_sync.ng112.policy import Ng112Config
-from s4edge.cloud_sync.ng112.reconcile import site_alerts, unforwarded
 from s4edge.cloud_sync.ng112.records import (
     OPEN_STATES,
     claim,
@@ -46,6 +50,9 @@ Clock = Callable[[], datetime]
 RETRY_CODES = frozenset({408, 480, 500, 503, 504})
 # Beyond Timer F, time to compose the message and record the outcome before a claim lapses.
 CLAIM_MARGIN_S = 30.0
+JOB_BATCH = 100  # forward jobs taken in one transaction
+# How often an idle forwarder looks for new jobs: the most this adds to an alert's way to the PSAP.
+JOB_POLL_S = 0.05
 
 
 def _retryable(delivery: Delivery) -> bool:
@@ -89,17 +96,98 @@ class Forwarder:
         self._sending = 0  # rows handed to the pool and not finished yet
 
     # -- intake -----------------------------------------------------------------------
+    def drain(self, limit: int = JOB_BATCH) -> int:
+        """Take up to ``limit`` forward jobs, oldest first: record what each job's alert means
+        for the PSAP and delete the jobs, in one transaction. Returns how many were taken."""
+        rows = queued(self.engine, limit)
+        batch: list[Alert] = []
+        for row in rows:
+            try:
+                batch.append(alert_from_row(row))
+            except ValueError as exc:  # would stop every job behind it: an operator must see it instead
+                self._record_unreadable(row, exc)
+        if batch:
+            self._take(batch, jobs=[alert.id for alert in batch])
+        return len(rows)
+
+    def _record_unreadable(self, row: Any, exc: ValueError) -> None:
+        log.error("ng112: stored alert %s cannot be read back (%s); its forward is marked failed", row.id, exc)
+        now, forward_id = self.clock(), str(uuid.uuid4())
+        with self.engine.begin() as conn:
+            recorded = conn.execute(select(forwards.c.id).where(forwards.c.alert_id == row.id)).first()
+            if recorded is None:
+                ordinal = conn.execute(
+                    select(func.count()).select_from(forwards).where(forwards.c.incident == row.incident)
+                ).scalar_one()
+                conn.execute(
+                    insert(forwards).values(
+                        id=forward_id, incident=row.incident, alert_id=row.id, ordinal=ordinal, site=row.site,
+                        node_id=row.node_id, kind=row.kind, severity=row.severity, alert_state=row.state,
+                        status=row.status, alert={}, state="failed", created_at=now, due_at=now, attempts=0,
+                        reason=f"the stored alert cannot be read back: {exc}"[:1000],
+                    )
+                )  # fmt: skip
+            conn.execute(delete(forward_jobs).where(forward_jobs.c.alert_id == row.id))
+        if recorded is None:
+            self._changed_row(forward_id)
+
     def submit(self, alert: Alert) -> list[str]:
         """Record what this alert (and any escalation it completes) means for the PSAP.
 
         Returns the ids of the forwards created; none when policy says no or it is a repeat.
         """
+        return self._take([alert])
+
+    def _take(self, batch: list[Alert], jobs: list[str] | None = None) -> list[str]:
         with self._correlate:
-            escalations = self.correlator.observe(alert)
-        created = [fid for item in (alert, *escalations) if (fid := self._accept(item)) is not None]
+            escalations = [found for alert in batch for found in self.correlator.observe(alert)]
+        try:
+            created = self._record_all([*batch, *escalations], jobs or [])
+        except Exception:
+            with self._correlate:  # so that taking these jobs again raises the escalations again
+                self.correlator.forget(escalations)
+            raise
         if created:
-            self._notify()
+            self._changed_rows(created)
         return created
+
+    def _record_all(self, items: list[Alert], jobs: list[str]) -> list[str]:
+        try:
+            return self._record_once(items, jobs)
+        except IntegrityError:
+            # A replica opened the same incident at the same moment: this second try sees its
+            # incident (or its copy of these very alerts).
+            return self._record_once(items, jobs)
+
+    def _record_once(self, items: list[Alert], jobs: list[str]) -> list[str]:
+        """One transaction for the lot, in a few statements whatever its size: a backlog of
+        jobs must not cost a round of queries per alert."""
+        with self.engine.begin() as conn:
+            now = self.clock()
+            ids, named = [item.id for item in items], {item.incident for item in items}
+            # the same alert again (MQTT redelivery, a job taken twice): one forward only
+            done = set(conn.execute(select(forwards.c.alert_id).where(forwards.c.alert_id.in_(ids))).scalars())
+            known = set(conn.execute(select(incidents.c.incident).where(incidents.c.incident.in_(named))).scalars())
+            count = select(forwards.c.incident, func.count()).where(forwards.c.incident.in_(named))
+            ordinals = {incident: n for incident, n in conn.execute(count.group_by(forwards.c.incident))}
+            new_incidents: list[dict[str, Any]] = []
+            new_forwards: list[dict[str, Any]] = []
+            for alert in items:
+                if alert.id in done:
+                    continue
+                done.add(alert.id)
+                row = self._forward(alert, now, known, new_incidents)
+                if row is not None:
+                    row["ordinal"] = ordinals.get(alert.incident, 0)
+                    ordinals[alert.incident] = row["ordinal"] + 1
+                    new_forwards.append(row)
+            if new_incidents:
+                conn.execute(insert(incidents), new_incidents)
+            if new_forwards:
+                conn.execute(insert(forwards), new_forwards)
+            if jobs:
+                conn.execute(delete(forward_jobs).where(forward_jobs.c.alert_id.in_(jobs)))
+        return [row["id"] for row in new_forwards]
 
     def _recall(self, site: str, since: datetime, until: datetime) -> list[Alert]:
         try:
@@ -108,70 +196,51 @@ class Forwarder:
             log.exception("ng112: could not read the recent alerts of site %s", site)
             return []
 
-    def _accept(self, alert: Alert) -> str | None:
-        # A replica that opened the same incident at the same moment makes the first try fail;
-        # the second try then sees its incident (or its copy of this very alert).
-        for _ in range(2):
-            try:
-                return self._record(alert)
-            except IntegrityError:
-                continue
-        return None
-
-    def _record(self, alert: Alert) -> str | None:
-        now = self.clock()
-        forward_id = str(uuid.uuid4())
-        with self.engine.begin() as conn:
-            if conn.execute(select(forwards.c.id).where(forwards.c.alert_id == alert.id)).first():
-                return None  # the same alert again (MQTT redelivery): one forward only
-            known = conn.execute(select(incidents).where(incidents.c.incident == alert.incident)).first()
-            confirm_by = None
-            if known is None:
-                wanted, why = self.config.wants(alert)
-                if alert.state == "end" or not wanted:
-                    log.debug("not forwarded: %s", why)
-                    return None
-                policy = self.config.policy_for(alert.site)
-                conn.execute(
-                    insert(incidents).values(
-                        incident=alert.incident,
-                        site=alert.site,
-                        node_id=alert.node_id,
-                        token=new_token(),
-                        mode=policy.mode,
-                        created_at=now,
-                    )
-                )
-                state = "awaiting_confirm" if policy.mode == "confirm" else "pending"
-                if state == "awaiting_confirm":
-                    confirm_by = now + timedelta(seconds=policy.confirm_timeout_s)
-            else:
-                state = "pending"  # an incident already on its way: its updates and end follow it
-            ordinal = conn.execute(
-                select(func.count()).select_from(forwards).where(forwards.c.incident == alert.incident)
-            ).scalar_one()
-            conn.execute(
-                insert(forwards).values(
-                    id=forward_id,
-                    incident=alert.incident,
-                    alert_id=alert.id,
-                    ordinal=ordinal,
-                    site=alert.site,
-                    node_id=alert.node_id,
-                    kind=alert.kind,
-                    severity=alert.severity,
-                    alert_state=alert.state,
-                    status=alert.status,
-                    alert=alert.model_dump(mode="json", by_alias=True),
-                    state=state,
-                    created_at=now,
-                    due_at=now,
-                    confirm_by=confirm_by,
-                    attempts=0,
-                )
+    def _forward(
+        self, alert: Alert, now: datetime, known: set[str], new_incidents: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """The forward row this alert comes to (its ordinal still to set), or None when policy
+        says no; a new incident it opens joins ``known`` and ``new_incidents``."""
+        confirm_by = None
+        if alert.incident not in known:
+            wanted, why = self.config.wants(alert)
+            if alert.state == "end" or not wanted:
+                log.debug("not forwarded: %s", why)
+                return None
+            policy = self.config.policy_for(alert.site)
+            known.add(alert.incident)
+            new_incidents.append(
+                {
+                    "incident": alert.incident,
+                    "site": alert.site,
+                    "node_id": alert.node_id,
+                    "token": new_token(),
+                    "mode": policy.mode,
+                    "created_at": now,
+                }
             )
-        self._changed_row(forward_id)
-        return forward_id
+            state = "awaiting_confirm" if policy.mode == "confirm" else "pending"
+            if state == "awaiting_confirm":
+                confirm_by = now + timedelta(seconds=policy.confirm_timeout_s)
+        else:
+            state = "pending"  # an incident already on its way: its updates and end follow it
+        return {
+            "id": str(uuid.uuid4()),
+            "incident": alert.incident,
+            "alert_id": alert.id,
+            "site": alert.site,
+            "node_id": alert.node_id,
+            "kind": alert.kind,
+            "severity": alert.severity,
+            "alert_state": alert.state,
+            "status": alert.status,
+            "alert": alert.model_dump(mode="json", by_alias=True),
+            "state": state,
+            "created_at": now,
+            "due_at": now,
+            "confirm_by": confirm_by,
+            "attempts": 0,
+        }
 
     # -- operator decisions -------------------------------------------------------------
     def confirm(self, forward_id: str, by: str) -> bool:
@@ -235,28 +304,25 @@ class Forwarder:
         self._take_back_lapsed(now)
         # A send ends within Timer F (RFC 3261 §17.1.2.2), so a claim held well past it is lost.
         held_until = now + timedelta(seconds=self.config.timers.f + CLAIM_MARGIN_S)
+        # Messages of one incident go in order, the Alert first and each Update after it: only
+        # an incident's first open forward may go, and only once it is due. The database picks
+        # those, so a backlog of thousands costs one query here, not a scan per row.
+        head = (
+            select(forwards.c.incident, func.min(forwards.c.ordinal).label("ordinal"))
+            .where(forwards.c.state.in_(OPEN_STATES))
+            .group_by(forwards.c.incident)
+            .subquery()
+        )
+        query = (
+            select(forwards)
+            .join(head, and_(forwards.c.incident == head.c.incident, forwards.c.ordinal == head.c.ordinal))
+            .where(forwards.c.state.in_(("pending", "retrying")), forwards.c.due_at <= now)
+            .order_by(forwards.c.incident)
+            .limit(limit)
+        )
         with self.engine.connect() as conn:
-            due = conn.execute(
-                select(forwards)
-                .where(forwards.c.state.in_(("pending", "retrying")), forwards.c.due_at <= now)
-                .order_by(forwards.c.incident, forwards.c.ordinal)
-            ).all()
-            busy = {
-                (row.incident, row.ordinal)
-                for row in conn.execute(
-                    select(forwards.c.incident, forwards.c.ordinal).where(forwards.c.state.in_(OPEN_STATES))
-                )
-            }
-        claimed: list[Any] = []
-        for row in due:
-            if limit is not None and len(claimed) >= limit:
-                break
-            # Messages of one incident go in order: the Alert first, each Update after it.
-            if any(inc == row.incident and ordinal < row.ordinal for inc, ordinal in busy):
-                continue
-            if claim(self.engine, row.id, ("pending", "retrying"), "sending", due_at=held_until):
-                claimed.append(row)
-        return claimed
+            due = conn.execute(query).all()
+        return [row for row in due if claim(self.engine, row.id, ("pending", "retrying"), "sending", due_at=held_until)]
 
     def _send(self, row: Any) -> None:
         alert = Alert.model_validate(row.alert)
@@ -337,12 +403,15 @@ class Forwarder:
         self._changed_row(forward_id)
 
     def _changed_row(self, forward_id: str) -> None:
+        self._changed_rows([forward_id])
+
+    def _changed_rows(self, forward_ids: list[str]) -> None:
         with self._changed:
             self._changed.notify_all()
         if self.on_change is not None:
             with self.engine.connect() as conn:
-                row = conn.execute(select(forwards).where(forwards.c.id == forward_id)).first()
-            if row is not None:
+                rows = conn.execute(select(forwards).where(forwards.c.id.in_(forward_ids))).all()
+            for row in rows:
                 self.on_change(forward_dict(row))
 
     # -- background loop ----------------------------------------------------------------
@@ -370,25 +439,10 @@ class Forwarder:
         finally:
             timer.cancel()
 
-    def reconcile(self) -> int:
-        """Submit stored alerts that the after-commit hook never delivered here (a crash
-        between commit and ``submit``, or a failed ``submit``). Returns how many."""
-        horizon = self.config.reconcile_horizon_s
-        if horizon <= 0:
-            return 0
-        missed = unforwarded(self.engine, self.config, self.clock() - timedelta(seconds=horizon))
-        for alert in missed:
-            log.warning("ng112: alert %s (%s) was stored but never submitted; submitting it", alert.id, alert.incident)
-            self.submit(alert)
-        return len(missed)
-
     def start(self) -> None:
+        """Start draining jobs and sending; jobs left by a crash are the first taken."""
         if self._loop is not None:
             return
-        try:
-            self.reconcile()
-        except Exception:  # forwarding new alerts matters more than the look back
-            log.exception("ng112: could not look for stored alerts that were never submitted")
         self._stop.clear()
         self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="ng112-send")
         self._loop = threading.Thread(target=self._run, name="ng112-forwarder", daemon=True)
@@ -406,6 +460,11 @@ class Forwarder:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            taken = 0
+            try:
+                taken = self.drain()
+            except Exception:  # a database hiccup must not end forwarding for good; the jobs stay
+                log.exception("ng112: could not take forward jobs; trying again")
             # Claim only what a free worker sends at once: a claim queued behind slow sends
             # could lapse and be taken back while still waiting its turn.
             free = self.config.workers - self._sending
@@ -421,8 +480,8 @@ class Forwarder:
                     self._sending += 1
                 self._pool.submit(self._send_logged, row)
             with self._changed:
-                if not claimed and not self._stop.is_set():
-                    self._changed.wait(0.25)
+                if not claimed and taken < JOB_BATCH and not self._stop.is_set():
+                    self._changed.wait(JOB_POLL_S)
 
     def _send_logged(self, row: Any) -> None:
         try:

@@ -52,8 +52,6 @@ class Ng112Config(_Config):
     backoff_s: float = Field(default=2.0, ge=0)
     backoff_max_s: float = Field(default=60.0, ge=0)
     workers: int = Field(default=4, ge=1, le=64)
-    # On start, stored alerts this recent with no forward (missed by a crash) are submitted; 0: off.
-    reconcile_horizon_s: float = Field(default=3600.0, ge=0)
     readings_base_url: str | None = Field(
         default=None, description="Public base URL of the aggregator, for the PSAP data request link"
     )
@@ -73,6 +71,14 @@ class Ng112Config(_Config):
     @property
     def timers(self) -> Timers:
         return Timers(self.t1_s, self.t2_s)
+
+    @property
+    def job_kinds(self) -> frozenset[str]:
+        """The kinds whose new alerts get a forward job at ingest: any a site's policy forwards
+        or a correlation rule combines. Severity is judged when the job is taken, since the
+        update of an incident already forwarded goes whatever its severity."""
+        kinds = {*self.default.kinds, *(k for p in self.sites.values() for k in p.kinds)}
+        return frozenset(kinds | {k for rule in self.correlation for k in rule.kinds})
 
     def policy_for(self, site: str) -> SitePolicy:
         return self.sites.get(site, self.default)

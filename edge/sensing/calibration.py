@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from s4edge.edge.config import problems_by_key
+
 
 class SensorCalibration(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -41,9 +43,11 @@ def load_calibrations(path: Path) -> CalibrationFile:
         return CalibrationFile()
     try:
         return CalibrationFile.model_validate(json.loads(path.read_text()))
-    except (OSError, ValueError, ValidationError) as exc:
+    except (OSError, ValueError) as exc:
+        # a ValidationError would quote the values read: the file may be anything, a secret included
+        problem = problems_by_key(exc) if isinstance(exc, ValidationError) else str(exc)
         raise CalibrationError(
-            f"{path}: not a valid sensor calibration file ({exc}); fix it or move it away and recalibrate"
+            f"{path}: not a valid sensor calibration file ({problem}); fix it or move it away and recalibrate"
         ) from None
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +25,7 @@ from s4edge.cloud_sync.messages import Measurement, ModelRef, Severity
 from s4edge.drivers.errors import DriverError, SpectrometerTimeout
 from s4edge.drivers.spectrometer import Spectrometer, Spectrum
 from s4edge.edge.alerts import Content, IncidentBook
+from s4edge.edge.config import NodeFile
 from s4edge.edge.sensing.chemometrics import UNKNOWN, PLSModel, Prediction, SpectrumError
 from s4edge.edge.sensing.health import HealthPolicy, SensorHealth
 from s4edge.edge.sources import SourceContext
@@ -35,7 +36,7 @@ class Config(BaseModel):
     type: Literal["nir"]
     name: str = "nir"
     url: str = Field(description="pyserial URL of the spectrometer: /dev/ttyUSB0, socket://host:port, loop://")
-    model: Path = Field(description="PLS-DA model .json written by `s4edge nir train`")
+    model: Annotated[Path, NodeFile()] = Field(description="PLS-DA model .json written by `s4edge nir train`")
     period_s: float = Field(default=10.0, gt=0)
     alert_classes: list[str] = Field(min_length=1, description="Classes that raise nir_match")
     min_confidence: float = Field(default=0.6, ge=0, le=1)

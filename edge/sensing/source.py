@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from s4edge.cloud_sync.messages import Measurement, Severity
 from s4edge.drivers.errors import DriverError
 from s4edge.edge.alerts import IncidentBook
+from s4edge.edge.config import NodeFile
 from s4edge.edge.sensing.co import ProfileName
 from s4edge.edge.sensing.health import HealthPolicy, SensorHealth
 from s4edge.edge.sensing.probes import Probe
@@ -90,10 +91,12 @@ class Config(BaseModel):
     type: Literal["sensors"]
     name: str = "sensors"
     bus: str = Field(default="sim", description="'sim', or an I2C adapter such as /dev/i2c-1")
-    scenario: Path | None = Field(default=None, description="sim only: scenario file or built-in name")
+    scenario: Annotated[Path | None, NodeFile()] = Field(
+        default=None, description="sim only: scenario file or built-in name"
+    )
     scenario_speed: float = Field(default=1.0, gt=0)
     period_s: float = Field(default=1.0, gt=0, description="Poll period per sensor")
-    calibration_file: Path = Path("sensor_calibration.json")
+    calibration_file: Annotated[Path, NodeFile()] = Path("sensor_calibration.json")
     health: HealthPolicy = HealthPolicy()
     sensors: list[SensorConfig] = Field(min_length=1)
 

@@ -6,6 +6,7 @@ is for the pipeline to turn into a ``camera_fault`` alert and degraded health.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,8 +16,11 @@ from typing import Any
 # The uplink's backoff: doubling delays, reset by the first good frame, with jitter that
 # keeps cameras sharing an RTSP server from reconnecting in lock-step. edge.vision.source
 # imports it from here.
+from s4edge.cloud_sync.logfmt import FailureLog
 from s4edge.cloud_sync.uplink import Backoff as Backoff
 from s4edge.drivers.frames import Frame, FrameSource, FrameSourceError
+
+log = logging.getLogger(__name__)
 
 Prepare = Callable[[Frame, float, Any], Any]
 """``prepare(image, ts, replaces)``: per-frame work done in the capture thread;
@@ -75,6 +79,7 @@ class Capture:
         self._ended = False
         self._reading_since: float | None = None
         self._unblocking = threading.Event()  # a closer thread is releasing a stalled read
+        self._failures = FailureLog(log, f"capture from {source.name}")
         self.dropped = 0
         self.reopens = 0
 
@@ -114,6 +119,7 @@ class Capture:
                     return
             except Exception as exc:  # cv2.error from a GStreamer pipeline, driver errors: the thread must survive them
                 self._set_fault(f"{self.source.name}: {type(exc).__name__}: {exc}")
+                self._failures.failed(exc)
             if not self._stop.is_set():
                 self.reopens += 1
                 self._stop.wait(self.backoff.next())
@@ -163,6 +169,7 @@ class Capture:
                 self._fault = None
                 self._cond.notify_all()
             self.backoff.reset()
+            self._failures.ok()
 
     def _prepare(self, image: Frame, ts: float) -> Any:
         """Run the consumer's per-frame preparation here, in parallel with its work on

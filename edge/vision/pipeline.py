@@ -8,6 +8,7 @@ a swap that fails leaves the old one in place and says why.
 
 from __future__ import annotations
 
+import logging
 import queue
 import statistics
 import threading
@@ -20,6 +21,7 @@ from datetime import time as time_of_day
 from functools import partial
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from s4edge.cloud_sync.logfmt import FailureLog
 from s4edge.cloud_sync.messages import ModelRef
 from s4edge.edge.alerts import Content, IncidentBook
 from s4edge.edge.sources import SourceContext
@@ -32,6 +34,7 @@ from s4edge.edge.vision.types import Detection
 
 HEALTH_EVERY_S = 1.0
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 class FrameDetector(Protocol):
@@ -158,6 +161,7 @@ class TrackingThread:
     def __init__(self, pipeline: VisionPipeline) -> None:
         self._pipeline = pipeline
         self._slot: queue.Queue[Inferred | None] = queue.Queue(maxsize=1)
+        self._failures = FailureLog(log, f"tracking on camera {pipeline.name}")
         self._thread = threading.Thread(target=self._loop, name=f"track-{pipeline.name}", daemon=True)
         self._thread.start()
 
@@ -177,7 +181,7 @@ class TrackingThread:
 
     def _loop(self) -> None:
         while (frame := self._slot.get()) is not None:
-            self._pipeline.guarded(self._pipeline.track, frame)
+            self._pipeline.guarded(self._failures, self._pipeline.track, frame)
 
 
 class VisionPipeline:
@@ -311,6 +315,7 @@ class VisionPipeline:
         fault_key = f"camera_fault:{self.name}"
         last_health = float("-inf")
         tracking = TrackingThread(self)
+        inference = FailureLog(log, f"inference on camera {self.name}")
         capture.start()
         try:
             while not ctx.stop.is_set():
@@ -328,7 +333,7 @@ class VisionPipeline:
                 elif self.book.is_open(fault_key) and frame is not None:
                     self.book.clear(fault_key, now, detail=f"camera {self.name} recovered")
                 if frame is not None:
-                    inferred = self.guarded(self.infer, frame.image, frame.ts, frame.prepared)
+                    inferred = self.guarded(inference, self.infer, frame.image, frame.ts, frame.prepared)
                     if inferred is not None:
                         tracking.submit(inferred)
                 if now - last_health >= HEALTH_EVERY_S or state.ended:
@@ -342,13 +347,18 @@ class VisionPipeline:
             capture.stop()
             tracking.close()
 
-    def guarded(self, stage: Callable[..., _T], *args: Any) -> _T | None:
+    def guarded(self, failures: FailureLog, stage: Callable[..., _T], *args: Any) -> _T | None:
+        """``stage(*args)``; an error is counted, reported in health and logged by the
+        calling thread's ``failures``, and the frame is skipped."""
         try:
-            return stage(*args)
+            result = stage(*args)
         except Exception as exc:  # one bad frame or a model error must not end the loop
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            failures.failed(exc)
             return None
+        failures.ok()
+        return result
 
     def report(self, ctx: SourceContext, capture: Capture, camera_fault: str | None) -> None:
         problems = [p for p in (camera_fault, self.last_error) if p]

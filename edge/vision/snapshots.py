@@ -12,16 +12,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from s4edge.edge.config import NodeFile
 
 
 class SnapshotConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    folder: Path = Field(default=Path("snapshots"), description="Local folder; never uploaded")
+    folder: Annotated[Path, NodeFile(relative_to="state")] = Field(
+        default=Path("snapshots"), description="Local folder, relative to the outbox's; never uploaded"
+    )
     max_count: int = Field(default=100, ge=1, description="Keep at most this many files")
     max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0, description="Delete files older than this")
     blur_labels: list[str] = Field(default_factory=lambda: ["person"], min_length=1)

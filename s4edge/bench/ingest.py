@@ -10,17 +10,26 @@ subscriptions, so the ratio isolates the aggregator's own cost.
 Each run measures the bare peer and then every variant on one fresh broker; a variant's
 ratio is the median over runs of its rate over that run's bare rate. Variants: the
 writer in a process (``aggregator run``'s default) or a thread, each without and with
-one after-commit hook (NG112 forwarding attaches one; it makes the aggregator build
-every new alert as an object in its own process).
+NG112 forwarding on, as ``attach`` turns it on: every alert (all of them forwardable
+here) is committed with its forward job, and a forwarder in the aggregator's process
+drains the jobs and calls a PSAP (the built-in one, in a process of its own) while the
+backlog is ingested.
+The aggregator sends its receipts to the nodes after each commit, as it always does;
+``--receipts on,off`` adds variants without them (``_no_receipts``) to show their cost.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +45,9 @@ from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.aggregator.writer import SUFFIXES, StoreSpec
 from s4edge.cloud_sync.messages import QOS, Alert, Location, Measurement, encode, fleet_filter, topic_for
-from s4edge.testing import Mosquitto, eventually
+from s4edge.cloud_sync.ng112.forwarder import Forwarder
+from s4edge.cloud_sync.ng112.policy import Ng112Config
+from s4edge.testing import Mosquitto, eventually, free_port
 
 TARGET_RATIO = 0.70
 
@@ -125,16 +136,19 @@ def aggregator_rate(
     batch_max: int,
     linger_s: float,
     writer_process: StoreSpec | None,
-    hooked: bool,
+    psap_uri: str | None,
+    receipts: bool = True,
 ) -> float:
-    """``hooked``: an after-commit hook is attached (as NG112 forwarding attaches one), so
-    every new alert is also built as an object in the aggregator's own process."""
+    """``psap_uri``: NG112 forwarding on, to that PSAP (forward jobs in each commit, and a
+    forwarder draining them in this process while the clock runs). ``receipts``: the
+    aggregator confirms every stored alert to its node, as it does in service."""
     metrics = IngestMetrics()
 
     def ingest() -> Ingest:
         return Ingest(
             BrokerConfig(broker.url), store, metrics, client_id="bench-aggregator",
             group="bench-aggregator", batch_max=batch_max, linger_s=linger_s, writer_process=writer_process,
+            receipts=receipts,
         )  # fmt: skip
 
     first = ingest()
@@ -146,53 +160,86 @@ def aggregator_rate(
         return metrics.registry.get_sample_value("s4edge_messages_stored_total", {"type": "alert"}) or 0.0
 
     before = stored()
-    hooked_count = 0
-    done = threading.Event()
-
-    def count(_alert: Alert) -> None:
-        nonlocal hooked_count
-        hooked_count += 1
-        if hooked_count >= len(payloads):
-            done.set()
-
     second = ingest()
-    if hooked:
-        second.on_alert_stored.append(count)
+    forwarder = None
+    if psap_uri is not None:
+        config = Ng112Config(psap=psap_uri)
+        second.forward_jobs(config.job_kinds)
+        forwarder = Forwarder(store.engine, config)
+        forwarder.start()
     second.open_writer()  # a running aggregator has its writer process up before a backlog comes
     started = time.perf_counter()
     second.start()
-    if hooked:
-        finished = done.wait(300)
-    else:  # the stored-alerts counter, read every 5 ms: ±5 ms on a run of a second or so
-        finished = eventually(lambda: stored() - before >= len(payloads), 300, "ingest", every=0.005)
+    # the stored-alerts counter, read every 5 ms: ±5 ms on a run of a second or so
+    finished = eventually(lambda: stored() - before >= len(payloads), 300, "ingest", every=0.005)
     elapsed = time.perf_counter() - started
     second.stop()
+    if forwarder is not None:
+        forwarder.stop()
     if not finished or store.count_alerts() != len(payloads):
         raise RuntimeError(f"stored {store.count_alerts()} rows for {len(payloads)} alerts")
     return len(payloads) / elapsed
 
 
+@contextmanager
+def psap_process() -> Iterator[str]:
+    """The built-in PSAP (``s4edge ng112 psap``) in a process of its own, as a real PSAP is:
+    parsing the calls is not the aggregator's work. Yields its SIP URI."""
+    port = free_port()
+    argv = [sys.executable, "-m", "s4edge", "ng112", "psap", "--listen", f"tcp:127.0.0.1:{port}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    try:
+        eventually(lambda: proc.poll() is not None or _listening(port), 30, "the PSAP to listen")
+        if proc.poll() is not None:
+            raise RuntimeError(f"the PSAP exited ({proc.returncode})")
+        yield f"sip:psap@127.0.0.1:{port};transport=tcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 def run_ingest(
-    messages: int, runs: int, batch_max: int, sync_modes: list[str], writers: list[str], linger_s: float
+    messages: int,
+    runs: int,
+    batch_max: int,
+    sync_modes: list[str],
+    writers: list[str],
+    linger_s: float,
+    receipts: tuple[bool, ...] = (True,),
 ) -> dict[str, Any]:
-    variants = [(writer, mode, hooked) for writer in writers for mode in sync_modes for hooked in (False, True)]
+    variants = [
+        (writer, mode, ng112, on)
+        for writer in writers
+        for mode in sync_modes
+        for ng112 in (False, True)
+        for on in receipts
+    ]
     relax_gc()  # as a started Aggregator does; for the bare peer too, which runs in this process
     bare: list[float] = []
-    aggregated: dict[tuple[str, str, bool], list[float]] = {variant: [] for variant in variants}
-    with tempfile.TemporaryDirectory(prefix="s4edge-bench-") as tmp:
+    aggregated: dict[tuple[str, str, bool, bool], list[float]] = {variant: [] for variant in variants}
+    with tempfile.TemporaryDirectory(prefix="s4edge-bench-") as tmp, psap_process() as psap_uri:
         # Interleave peer and aggregator runs so that a busy spell on the machine hits both.
         for run in range(runs):
             root = Path(tmp) / f"run{run}"
             with Mosquitto(root / "broker") as broker:
                 bare.append(bare_rate(broker, alert_payloads(messages, f"bare{run}")))
-                for writer, mode, hooked in variants:
-                    url = f"sqlite:///{root / f'agg-{writer}-{mode}-{hooked}.db'}"
+                for writer, mode, ng112, on in variants:
+                    url = f"sqlite:///{root / f'agg-{writer}-{mode}-{ng112}-{on}.db'}"
                     store = Store(make_engine(url, sqlite_sync=mode))
                     store.create_all()
                     spec = StoreSpec(url, sqlite_sync=mode) if writer == "process" else None
-                    payloads = alert_payloads(messages, f"agg{run}{writer}{mode}{hooked}")
-                    rate = aggregator_rate(broker, payloads, store, batch_max, linger_s, spec, hooked)
-                    aggregated[(writer, mode, hooked)].append(rate)
+                    payloads = alert_payloads(messages, f"agg{run}{writer}{mode}{ng112}{on}")
+                    forwarding = psap_uri if ng112 else None
+                    rate = aggregator_rate(broker, payloads, store, batch_max, linger_s, spec, forwarding, on)
+                    aggregated[(writer, mode, ng112, on)].append(rate)
                     store.engine.dispose()
     bare_median = statistics.median(bare)
     result: dict[str, Any] = {
@@ -205,12 +252,13 @@ def run_ingest(
         "bare_paho_msgs_per_s": {"median": round(bare_median), "all": [round(r) for r in bare]},
         "target_ratio": TARGET_RATIO,
     }
-    for (writer, mode, hooked), rates in aggregated.items():
+    for (writer, mode, ng112, on), rates in aggregated.items():
         # Each run's aggregator against the bare peer of the same run, on the same broker:
         # a busy spell on this shared machine then weighs on both sides of a ratio.
         ratios = [rate / peer for rate, peer in zip(rates, bare, strict=True)]
         ratio = statistics.median(ratios)
-        name = f"aggregator_{writer}_writer_sqlite_{mode.lower()}{'_with_hook' if hooked else ''}"
+        name = f"aggregator_{writer}_writer_sqlite_{mode.lower()}{'_ng112' if ng112 else ''}"
+        name += "" if on else "_no_receipts"
         result[name] = {
             "msgs_per_s": {"median": round(statistics.median(rates)), "all": [round(r) for r in rates]},
             "ratio_to_bare": round(ratio, 3),
@@ -234,10 +282,18 @@ def register(bench_app: typer.Typer) -> None:
             help="Where validation and commit run: process (aggregator run's default) or thread; comma-separated",
         ),
         linger_s: float = typer.Option(LINGER_S, help="How long a batch may gather while messages keep coming"),
+        receipts: str = typer.Option(
+            "on", help="Receipts to the nodes after each commit: on (as in service) and/or off; comma-separated"
+        ),
     ) -> None:
         """Aggregator ingest rate (validate + de-dup + commit, SQLite) vs a bare paho subscriber."""
         modes = [m.strip().upper() for m in sqlite_sync.split(",") if m.strip()]
         writers = [w.strip().lower() for w in writer.split(",") if w.strip()]
         if not set(writers) <= {"process", "thread"}:
             raise typer.BadParameter(f"--writer {writer!r}: process and/or thread")
-        typer.echo(json.dumps(run_ingest(messages, runs, batch_max, modes, writers, linger_s), indent=2))
+        switches = [r.strip().lower() for r in receipts.split(",") if r.strip()]
+        if not switches or not set(switches) <= {"on", "off"}:
+            raise typer.BadParameter(f"--receipts {receipts!r}: on and/or off")
+        confirming = tuple(switch == "on" for switch in switches)
+        result = run_ingest(messages, runs, batch_max, modes, writers, linger_s, confirming)
+        typer.echo(json.dumps(result, indent=2))

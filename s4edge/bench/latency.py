@@ -3,30 +3,53 @@ committed at the aggregator, through a real mosquitto, one alert at a time.
 
 The path timed is the production one: ThresholdRule → IncidentBook → the node's
 publisher → fsync'd outbox → forwarder → paho → mosquitto → aggregator ingest
-(validate, de-dup, commit) → its after-commit hook.
+(validate, de-dup, commit, ack) → the alert on its live event stream (what the dashboard's
+SSE shows).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import track
 
-from s4edge.cloud_sync.messages import Alert
+if TYPE_CHECKING:
+    from s4edge.cloud_sync.aggregator.events import EventBus
 
 TARGET_P99_MS = 50.0
+Stored = Callable[[dict[str, object]], None]
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def watch(events: EventBus, on_alert: Stored) -> None:
+    """Call ``on_alert`` with each alert record the aggregator streams live, from a thread of
+    its own (an SSE client's event loop), until the bus closes; returns once subscribed."""
+    subscribed = threading.Event()
+
+    async def listen() -> None:
+        subscription = events.subscribe()
+        subscribed.set()
+        while (item := await subscription.queue.get()) is not None:
+            if item[0] == "alert":
+                on_alert(json.loads(item[1]))
+
+    threading.Thread(target=asyncio.run, args=(listen(),), name="bench-stream", daemon=True).start()
+    if not subscribed.wait(10):
+        raise RuntimeError("could not subscribe to the aggregator's live events")
 
 
 def measure(count: int, workdir: Path, writer: str = "process") -> list[float]:
@@ -40,9 +63,9 @@ def measure(count: int, workdir: Path, writer: str = "process") -> list[float]:
     committed: dict[tuple[str, str], float] = {}
     arrived = threading.Condition()
 
-    def on_stored(alert: Alert) -> None:
+    def on_stored(alert: dict[str, object]) -> None:
         with arrived:
-            committed[(alert.incident, alert.state)] = time.perf_counter()
+            committed[(str(alert["incident"]), str(alert["state"]))] = time.perf_counter()
             arrived.notify_all()
 
     latencies: list[float] = []
@@ -58,8 +81,8 @@ def measure(count: int, workdir: Path, writer: str = "process") -> list[float]:
         aggregator = Aggregator(
             AggregatorConfig(BrokerConfig(broker.url), db_url=f"sqlite:///{workdir}/agg.db", writer=writer)
         )
-        aggregator.on_alert_stored.append(on_stored)
         with aggregator:
+            watch(aggregator.events, on_stored)
             node = Node(parse_config(config, "bench node"))
             node.start()
             try:

@@ -31,9 +31,9 @@ import httpx
 import typer
 from sqlalchemy import Engine, create_engine, select, text
 
+from s4edge.bench.ingest import alert_payloads, publish_all
 from s4edge.cloud_sync.aggregator.store import alerts, make_engine
 from s4edge.cloud_sync.messages import Alert, Heartbeat, Location, Measurement, encode, topic_for
-from s4edge.bench.ingest import alert_payloads, publish_all
 from s4edge.testing import Mosquitto, eventually
 
 # The fleet the sizing assumes: one heartbeat per node per 30 s and one alert per node per minute.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
@@ -66,7 +66,10 @@ def write_broker_config(root: Path, port: int) -> str:
 
 
 def build_fleet(root: Path, client_certs: bool = False) -> Fleet:
-    """CA, broker certificate, nodes node-a and node-b, the aggregator, and the broker config."""
+    """CA, broker certificate, nodes node-a and node-b, the aggregator, and the broker config.
+
+    ``operator`` is a second aggregator identity, for a test's own client beside a running
+    aggregator: the broker makes a client's id its username, so each connection needs its own."""
     fleet_dir = root / "fleet"
     port = free_port()
     cli("fleet", "ca", "init", "--out", fleet_dir)
@@ -76,9 +79,9 @@ def build_fleet(root: Path, client_certs: bool = False) -> Fleet:
     for node, lon in (("node-a", "-3.70"), ("node-b", "-3.71")):
         args = f"{node} --site {SITE} --lat 40.41 --lon {lon} --broker {url} --board x86 --out {root / node}"
         cli("provision", *args.split(), "--ca-dir", fleet_dir, *cert)
-    cli("fleet", "aggregator-credentials", "--fleet-dir", fleet_dir, "--out", root / "aggregator", *cert)
-    write_broker_config(root, port)
-    (root / "broker").mkdir()
+    for name in ("aggregator", "operator"):
+        cli("fleet", "aggregator-credentials", "--fleet-dir", fleet_dir, "--name", name, "--out", root / name, *cert)
+    write_broker_config(root, port)  # creates root/broker, the broker's persistence folder
     broker = Mosquitto(root / "broker", port=port, config_file=root / "mosquitto.conf")
     return Fleet(root, broker.start(wait_port=port), port)
 
@@ -136,10 +139,12 @@ def peer(
     ca: Path | None = None,
     cert: Path | None = None,
     key: Path | None = None,
+    port: int | None = None,
+    protocol: MQTTProtocolVersion = mqtt.MQTTv5,
 ) -> Peer:
     """A TLS client trusting ``ca`` (default: the fleet CA); call ``connect()`` next."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    p = Peer(client, fleet.port)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    p = Peer(client, port or fleet.port)
     if username is not None:
         client.username_pw_set(username, password)
     context = ssl.create_default_context(cafile=str(ca or fleet.ca))
@@ -175,13 +180,13 @@ def peer(
     return p
 
 
-def login(fleet: Fleet, name: str) -> Peer:
+def login(fleet: Fleet, name: str, port: int | None = None) -> Peer:
     """Connect as a provisioned identity and require a successful CONNACK."""
     folder = fleet.node_dir(name)
-    stem = "aggregator" if name == "aggregator" else "node"
+    stem = "node" if (folder / "node.yaml").exists() else "aggregator"
     if (folder / f"{stem}.crt").exists():
-        p = peer(fleet, name, cert=folder / f"{stem}.crt", key=folder / f"{stem}.key")
+        p = peer(fleet, name, cert=folder / f"{stem}.crt", key=folder / f"{stem}.key", port=port)
     else:
-        p = peer(fleet, name, username=name, password=fleet.password(name))
+        p = peer(fleet, name, username=name, password=fleet.password(name), port=port)
     assert p.connect() == ("connack", 0), f"{name} was refused"
     return p

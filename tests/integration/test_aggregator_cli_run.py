@@ -20,8 +20,8 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from typer.testing import CliRunner
 
-from s4edge.cloud_sync.messages import decode, signing_bytes, topic
 from s4edge.cli import app
+from s4edge.cloud_sync.messages import decode, signing_bytes, topic
 from s4edge.testing import Mosquitto, free_port
 
 TIMEOUT = 20.0

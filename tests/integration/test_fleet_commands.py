@@ -26,8 +26,6 @@ from s4edge.testing.fleet import SITE, TIMEOUT, Fleet, build_fleet, login
 MQTT5_NOT_AUTHORIZED = 0x87
 
 
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     built = build_fleet(tmp_path_factory.mktemp("cmd-fleet"))
@@ -94,7 +92,9 @@ def test_a_signed_ping_is_answered_and_one_signed_with_another_key_is_refused(
     assert issued["published"]
     assert eventually(result_of(aggregator, issued["id"]), TIMEOUT, "the node's answer to a signed ping")["ok"] is True
 
-    watcher = login(fleet, "aggregator")  # the broker account alone: it may publish commands
+    # A broker account alone, which may publish commands: an aggregator identity of its own, since
+    # the running aggregator holds "aggregator" (one connection per identity).
+    watcher = login(fleet, "operator")
     try:
         assert watcher.subscribe(topic(SITE, "node-a", "cmd_result")) < 0x80
         unsigned = Command(

@@ -15,7 +15,7 @@ from cryptography import x509
 
 from s4edge.cloud_sync.aggregator.broker_log import BrokerLogWatch
 from s4edge.cloud_sync.fleet.ca import init_ca, issue_client_cert, load_ca
-from s4edge.cloud_sync.messages import Alert, Location, decode, encode, topic, topic_for
+from s4edge.cloud_sync.messages import Alert, Location, Receipt, decode, encode, topic, topic_for
 from s4edge.testing.fleet import SITE, TIMEOUT, Fleet, build_fleet, cli, login, peer
 
 MQTT5_NOT_AUTHORIZED = 0x87
@@ -116,6 +116,30 @@ def test_the_aggregator_cannot_speak_for_a_node(fleet: Fleet) -> None:
         assert aggregator.publish(topic_for(forged), encode(forged)) == MQTT5_NOT_AUTHORIZED
     finally:
         aggregator.close()
+
+
+def test_only_the_aggregator_writes_receipts_and_a_node_reads_only_its_own(fleet: Fleet) -> None:
+    aggregator, node_a, node_b = login(fleet, "aggregator"), login(fleet, "node-a"), login(fleet, "node-b")
+    try:
+        assert node_a.subscribe(topic(SITE, "node-b", "receipt")) in (0, 1, MQTT5_NOT_AUTHORIZED)
+        assert node_a.subscribe(topic(SITE, "node-a", "receipt")) < 0x80
+        assert node_b.subscribe(topic(SITE, "node-b", "receipt")) < 0x80
+        # A forged receipt would make node-b forget alerts no aggregator stored.
+        forged = Receipt(node_id="node-b", site=SITE, seq=1, issuer="node-a", alert_ids=["alert-of-b-0001"])
+        assert node_a.publish(topic_for(forged), encode(forged)) == MQTT5_NOT_AUTHORIZED
+        own = Receipt(node_id="node-a", site=SITE, seq=2, issuer="node-a", alert_ids=["alert-of-a-0001"])
+        assert node_a.publish(topic_for(own), encode(own)) == MQTT5_NOT_AUTHORIZED
+        # The aggregator's receipt reaches its node; the forged one, refused before it, never did.
+        real = Receipt(node_id="node-b", site=SITE, seq=3, issuer="aggregator", alert_ids=["alert-of-b-0001"])
+        assert aggregator.publish(topic_for(real), encode(real)) == 0
+        assert decode(node_b.next_message()[1]) == real
+        for_a = Receipt(node_id="node-a", site=SITE, seq=4, issuer="aggregator", alert_ids=["alert-of-a-0001"])
+        assert aggregator.publish(topic_for(for_a), encode(for_a)) == 0
+        assert decode(node_a.next_message()[1]) == for_a, "node-a read node-b's receipt"
+        assert node_b.messages.empty()
+    finally:
+        for p in (aggregator, node_a, node_b):
+            p.close()
 
 
 def test_wrong_password_is_refused(fleet: Fleet) -> None:

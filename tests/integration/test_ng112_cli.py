@@ -5,17 +5,16 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-import s4edge.cloud_sync.ng112
+from s4edge.cli import app
 from s4edge.cloud_sync.messages import Alert, Location
 from s4edge.cloud_sync.ng112.call import Caller, compose
 from s4edge.cloud_sync.ng112.sip import parse_target
 from s4edge.cloud_sync.ng112.transport import Timers, Transaction
-from s4edge.cli import app
+from s4edge.resources import packaged
 from s4edge.testing import free_port
 from s4edge.testing.sipp import SippPsap
 
@@ -91,7 +90,7 @@ def test_check_config_summarises_or_names_the_error(tmp_path):
 
 
 def test_the_shipped_example_config_is_valid():
-    example = Path(cloud_sync.ng112.__file__).with_name("ng112.example.yaml")
+    example = packaged("cloud_sync", "ng112", "ng112.example.yaml")
     result = runner.invoke(app, ["ng112", "check-config", str(example)])
     assert result.exit_code == 0, result.output
     assert "school-north: confirm" in result.output and "rule smoke-crowd" in result.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -91,6 +92,27 @@ def test_rows_stay_in_the_outbox_while_the_broker_is_down(tmp_path: Path) -> Non
         finally:
             forwarder.stop()
             uplink.close()
+
+
+def test_the_connection_thread_survives_an_unexpected_error(broker: Mosquitto) -> None:
+    # the Last Will is built before each CONNECT; a node on a full disk once failed there
+    # with a database error, and the thread that keeps the node connected died of it
+    failures = iter([sqlite3.OperationalError("database or disk is full"), RuntimeError("anything else")])
+
+    def will() -> tuple[str, bytes]:
+        if (error := next(failures, None)) is not None:
+            raise error
+        return "s4edge/v1/demo-city/sim-node-1/status", b"offline"
+
+    settings = UplinkSettings(url=broker.url, client_id="survivor", reconnect_min_s=0.05, reconnect_max_s=0.1)
+    uplink = MqttUplink(settings, will=will)
+    uplink.start()
+    try:
+        assert uplink.connected.wait(10), "connected after the errors"
+        assert uplink.progress() is not None
+    finally:
+        uplink.close()
+    assert uplink.progress() is None
 
 
 @pytest.fixture

@@ -17,7 +17,17 @@ from sqlalchemy.exc import OperationalError
 from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig
 from s4edge.cloud_sync.aggregator.store import Store, alerts, make_engine, telemetry
-from s4edge.cloud_sync.messages import Alert, Heartbeat, Location, Measurement, Telemetry, encode, topic_for
+from s4edge.cloud_sync.messages import (
+    Alert,
+    Heartbeat,
+    Location,
+    Measurement,
+    Receipt,
+    Telemetry,
+    decode_from,
+    encode,
+    topic_for,
+)
 from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
 
@@ -162,3 +172,46 @@ def test_a_batch_of_fleet_heartbeats_and_telemetry_on_postgres(pg_schema: str) -
         values = {row.readings[0]["value"] for row in conn.execute(select(telemetry.c.readings))}
     assert values == {1.0}
     store.engine.dispose()
+
+
+@pytest.mark.slow
+def test_each_replica_confirms_to_the_nodes_what_it_stored(
+    broker: Mosquitto, pg_schema: str, node: mqtt.Client
+) -> None:
+    receipts: list[Receipt] = []
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="receipt-listener", protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    listener.on_message = lambda c, u, m: receipts.append(decode_from(m.topic, m.payload))
+    listener.on_subscribe = lambda *a: subscribed.set()
+    listener.connect(broker.host, broker.port)
+    listener.subscribe("s4edge/v1/+/+/receipt", qos=1)
+    listener.loop_start()
+    first, second = replica(broker, pg_schema, "replica-a"), replica(broker, pg_schema, "replica-b", "process")
+    first.start()
+    second.start()
+    try:
+        assert subscribed.wait(10)
+        total = 200
+        for info in [node.publish(topic_for(alert(s)), encode(alert(s)), qos=1) for s in range(total)]:
+            info.wait_for_publish(5)
+        by_issuer: dict[str, list[str]] = {}
+
+        def all_confirmed() -> bool:
+            by_issuer.clear()
+            for receipt in list(receipts):
+                assert isinstance(receipt, Receipt)
+                assert {alert(int(a[-6:])).node_id for a in receipt.alert_ids} == {receipt.node_id}
+                by_issuer.setdefault(receipt.issuer, []).extend(receipt.alert_ids)
+            return sum(map(len, by_issuer.values())) >= total
+
+        wait_until(all_confirmed, what=f"receipts for {total} alerts")
+        wait_until(lambda: stored(first) + stored(second) >= total, what="both replicas' counters")
+        assert sorted(by_issuer) == ["replica-a", "replica-b"]
+        a, b = set(by_issuer["replica-a"]), set(by_issuer["replica-b"])
+        assert a.isdisjoint(b) and a | b == {alert(s).id for s in range(total)}
+        assert (len(a), len(b)) == (stored(first), stored(second)), "each replica confirms what it stored"
+    finally:
+        first.stop()
+        second.stop()
+        listener.disconnect()
+        listener.loop_stop()

@@ -24,8 +24,9 @@ from s4edge.cloud_sync.aggregator.ingest import Ingest, Received
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
 from s4edge.cloud_sync.aggregator.store import AlertQuery, Store, make_engine
 from s4edge.cloud_sync.aggregator.store import alerts as alerts_table
+from s4edge.cloud_sync.aggregator.store import forward_jobs as jobs_table
 from s4edge.cloud_sync.aggregator.views import utc
-from s4edge.cloud_sync.aggregator.writer import StoreSpec, WriterProcess
+from s4edge.cloud_sync.aggregator.writer import StoreSpec, WriterProcess, WriterRules
 from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV
 from s4edge.cloud_sync.messages import (
     Alert,
@@ -40,7 +41,7 @@ from s4edge.cloud_sync.messages import (
     topic_for,
 )
 
-T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+T0 = datetime.now(UTC)  # when the messages are received: the writer refuses a ts far ahead of it
 
 
 @pytest.fixture
@@ -88,28 +89,66 @@ def test_bad_input_is_counted_by_reason_and_good_input_still_stored(ingest: Inge
     assert metric(ingest, "s4edge_messages_stored_total", type="alert") == 1
 
 
-def test_duplicates_are_stored_once_and_announced_once(ingest: Ingest) -> None:
-    told: list[str] = []
-    ingest.on_alert_stored.append(lambda a: told.append(a.id))
+def forward_jobs(store: Store) -> list[str]:
+    with store.engine.connect() as conn:
+        return sorted(conn.execute(select(jobs_table.c.alert_id)).scalars())
+
+
+def test_duplicates_are_stored_once_and_queued_for_forwarding_once(ingest: Ingest) -> None:
+    ingest.forward_jobs(frozenset({"smoke"}))
     first, second = alert(1), alert(2)
     ingest.process([received(topic_for(first), encode(first))] * 2)
     ingest.process([received(topic_for(first), encode(first)), received(topic_for(second), encode(second))])
-    assert told == [first.id, second.id]
+    assert forward_jobs(ingest.store) == sorted([first.id, second.id])
     assert ingest.store.count_alerts() == 2
     assert metric(ingest, "s4edge_messages_duplicate_total") == 2
 
 
-def test_a_failing_hook_does_not_stop_the_others(ingest: Ingest, caplog: pytest.LogCaptureFixture) -> None:
-    told: list[str] = []
+def test_only_the_kinds_asked_for_get_a_forward_job(ingest: Ingest) -> None:
+    smoke, loitering = alert(1), alert(2).model_copy(update={"kind": "loitering"})
+    ingest.process([received(topic_for(a), encode(a)) for a in (smoke, loitering)])
+    assert forward_jobs(ingest.store) == []  # forwarding off: no jobs at all
+    ingest.forward_jobs(frozenset({"smoke", "gas"}))
+    later = [alert(3), alert(4).model_copy(update={"kind": "loitering"})]
+    ingest.process([received(topic_for(a), encode(a)) for a in later])
+    assert forward_jobs(ingest.store) == [later[0].id]
 
-    def broken(_alert: Alert) -> None:
-        raise RuntimeError("subscriber bug")
 
-    ingest.on_alert_stored += [broken, lambda a: told.append(a.id)]
-    one = alert(1)
-    ingest.process([received(topic_for(one), encode(one))])
-    assert told == [one.id]
-    assert "subscriber bug" in caplog.text
+def test_an_alert_is_stored_only_with_its_forward_job(ingest: Ingest) -> None:
+    """One transaction: a job the store refuses takes its alert with it (refused, counted),
+    so no alert is ever stored with its forward job missing."""
+    ingest.forward_jobs(frozenset({"smoke"}))
+    good, jobless = alert(1), alert(2)
+    with ingest.store.engine.begin() as conn:
+        conn.execute(text(f"CREATE TRIGGER refuse BEFORE INSERT ON forward_jobs WHEN NEW.alert_id = '{jobless.id}' "
+                          "BEGIN SELECT RAISE(ABORT, 'refused by test'); END"))  # fmt: skip
+    ingest.process([received(topic_for(a), encode(a)) for a in (good, jobless)])
+    assert [a["id"] for a in ingest.store.alerts(AlertQuery())[0]] == [good.id]
+    assert forward_jobs(ingest.store) == [good.id]
+    assert metric(ingest, "s4edge_messages_rejected_total", reason="store_refused") == 1
+
+
+def test_a_message_dated_beyond_the_allowed_skew_is_refused_and_counted(ingest: Ingest) -> None:
+    ahead = alert(1).model_copy(update={"ts": T0 + timedelta(minutes=6)})
+    near = alert(2).model_copy(update={"ts": T0 + timedelta(minutes=4)})  # within the default 5 min
+    forged = Heartbeat(node_id="n1", site="s1", seq=3, ts=datetime(9999, 1, 1, tzinfo=UTC), uptime_s=5.0)
+    ingest.process([received(topic_for(m), encode(m)) for m in (ahead, near, forged)])
+    assert [a["id"] for a in ingest.store.alerts(AlertQuery())[0]] == [near.id]
+    assert metric(ingest, "s4edge_messages_rejected_total", reason="future_ts") == 2
+    assert ingest.store.nodes(30, 3)[0]["heartbeat_ts"] is None
+
+
+def test_the_last_status_and_heartbeat_to_arrive_win_whatever_their_dates(ingest: Ingest) -> None:
+    """Arrival order, not the node's clock: a node whose clock was reset still updates its record."""
+    later = Status(node_id="n1", site="s1", seq=1, ts=T0, state="offline")
+    reset = Status(node_id="n1", site="s1", seq=2, ts=datetime(2000, 1, 1, tzinfo=UTC), state="online")
+    beats = [
+        Heartbeat(node_id="n1", site="s1", seq=3, ts=T0, uptime_s=100.0),
+        Heartbeat(node_id="n1", site="s1", seq=4, ts=datetime(2000, 1, 1, tzinfo=UTC), uptime_s=5.0),
+    ]
+    ingest.process([received(topic_for(m), encode(m)) for m in (later, reset, *beats)])
+    node = ingest.store.nodes(30, 3)[0]
+    assert (node["state"], node["health"]["uptime_s"]) == ("online", 5.0)
 
 
 def test_node_status_and_heartbeat_are_recorded(ingest: Ingest) -> None:
@@ -254,15 +293,14 @@ def test_an_outage_while_isolating_a_refused_row_is_retried_not_taken_for_a_refu
             raise OperationalError("INSERT", {}, Exception("database is locked"))
         return real_commit(batch, outcome)
 
-    told: list[str] = []
+    ingest.forward_jobs(frozenset({"smoke"}))
     ingest.writer._commit = commit_with_one_outage  # type: ignore[method-assign]
-    ingest.on_alert_stored.append(lambda a: told.append(a.id))
     ingest.process([received(topic_for(a), encode(a)) for a in (first, refused, third)])
 
     stored = {a["id"] for a in ingest.store.alerts(AlertQuery(limit=10))[0]}
     assert stored == {first.id, third.id}
     assert metric(ingest, "s4edge_messages_rejected_total", reason="store_refused") == 1
-    assert sorted(told) == sorted([first.id, third.id]), "hooks hear of every alert stored, retried or not"
+    assert forward_jobs(ingest.store) == sorted([first.id, third.id]), "every alert stored has its job, retried or not"
 
 
 # -- lingering: a burst becomes one batch, a lone message still goes promptly ---------------------------
@@ -346,6 +384,22 @@ def test_the_writer_process_answers_what_the_thread_writer_answers(tmp_path: Pat
     assert outcome.received == {"alert": 4, "other": 1, "heartbeat": 1}
     assert outcome.nodes == [("s1", "n1", "heartbeat")]
     assert again.new_alerts == [] and again.duplicates == 2
+
+
+def test_the_writer_process_follows_the_rules_it_was_given(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'agg.db'}"
+    store = Store(make_engine(url))
+    store.create_all()
+    now, ahead = alert(1), alert(2).model_copy(update={"ts": T0 + timedelta(minutes=2)})
+    loitering = alert(3).model_copy(update={"kind": "loitering"})
+    writer = WriterProcess(StoreSpec(url), WriterRules(max_skew_s=60, forward_kinds=frozenset({"smoke"})))
+    try:
+        outcome = writer.write([(topic_for(a), encode(a), T0) for a in (now, ahead, loitering)])
+    finally:
+        writer.close()
+    assert outcome is not None and [r[0] for r in outcome.rejects] == ["future_ts"]
+    assert outcome.stored == {"alert": 2}
+    assert forward_jobs(store) == [now.id]
 
 
 def test_a_failure_while_the_writer_process_commits_does_not_shift_the_answers(tmp_path: Path) -> None:

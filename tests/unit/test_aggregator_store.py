@@ -88,13 +88,27 @@ def test_ack_keeps_the_first_operator(store: Store, clock: FrozenClock) -> None:
     assert store.alerts(AlertQuery(acked=False))[0] == []
 
 
-def test_an_older_status_does_not_roll_the_state_back(store: Store) -> None:
-    online = Status(node_id="n1", site="s1", seq=5, ts=T0 + timedelta(seconds=5), state="online")
-    offline_earlier = Status(node_id="n1", site="s1", seq=1, ts=T0, state="offline")
+def test_a_status_that_arrived_earlier_does_not_roll_the_state_back(store: Store) -> None:
+    """Another replica may commit late what it received first: arrival order, on our clock, decides."""
+    online = Status(node_id="n1", site="s1", seq=5, ts=T0, state="online")
+    offline_earlier = Status(node_id="n1", site="s1", seq=1, ts=T0 + timedelta(seconds=5), state="offline")
     with store.engine.begin() as conn:
-        store.record_status(conn, online, T0)
+        store.record_status(conn, online, T0 + timedelta(seconds=1))
         store.record_status(conn, offline_earlier, T0)
     assert store.nodes(30, 3)[0]["state"] == "online"
+
+
+def test_a_heartbeat_or_status_dated_9999_does_not_freeze_the_record(store: Store) -> None:
+    forged = datetime(9999, 12, 31, tzinfo=UTC)
+    with store.engine.begin() as conn:
+        store.record_status(conn, Status(node_id="n1", site="s1", seq=1, ts=forged, state="offline"), T0)
+        store.record_heartbeat(conn, Heartbeat(node_id="n1", site="s1", seq=2, ts=forged, uptime_s=1), T0)
+    later = T0 + timedelta(seconds=30)
+    with store.engine.begin() as conn:
+        store.record_status(conn, Status(node_id="n1", site="s1", seq=3, ts=later, state="online"), later)
+        store.record_heartbeat(conn, Heartbeat(node_id="n1", site="s1", seq=4, ts=later, uptime_s=30), later)
+    node = store.nodes(30, 3)[0]
+    assert (node["state"], node["health"]["uptime_s"], node["heartbeat_ts"]) == ("online", 30.0, later.isoformat())
 
 
 def test_a_node_goes_stale_when_heartbeats_stop(store: Store, clock: FrozenClock) -> None:
@@ -131,6 +145,21 @@ def test_a_command_shows_its_result(store: Store) -> None:
         store.record_cmd_result(conn, result, T0)  # redelivered: still one result
     shown = store.commands_for("s1", "n1")
     assert shown[0]["result"]["ok"] is True and shown[0]["result"]["detail"] == "pong"
+
+
+def test_only_the_addressed_node_can_answer_a_command(store: Store) -> None:
+    store.record_command(
+        {"id": "cmd-00000002", "site": "s1", "node_id": "n1", "name": "ping", "args": {}, "issuer": "aggregator",
+         "issued_at": T0, "expires": T0 + timedelta(minutes=5)}
+    )  # fmt: skip
+    # n2 answers n1's command, later than n1 does: it came on n2's topic, so it is not n1's answer.
+    for node, detail, at in (("n1", "pong", T0), ("n2", "forged", T0 + timedelta(seconds=1))):
+        answer = CommandResult(
+            node_id=node, site="s1", seq=9, cmd_id="cmd-00000002", name="ping", ok=True, detail=detail
+        )
+        with store.engine.begin() as conn:
+            store.record_cmd_result(conn, answer, at)
+    assert store.commands_for("s1", "n1")[0]["result"]["detail"] == "pong"
 
 
 def test_schema_is_refused_for_sqlite(tmp_path: Path) -> None:

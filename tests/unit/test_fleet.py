@@ -13,12 +13,12 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
+from s4edge.cli import app
 from s4edge.cloud_sync.fleet.ca import CAError, issue_client_cert, issue_server_cert, load_ca
 from s4edge.cloud_sync.fleet.mosquitto_files import password_hash, verify_password
 from s4edge.cloud_sync.fleet.provision import board_names, load_board
 from s4edge.cloud_sync.fleet.registry import Fleet, FleetError, Identity
 from s4edge.edge.config import load_config, parse_config
-from s4edge.cli import app
 
 
 def run(*args: str | Path) -> tuple[int, str]:
@@ -140,7 +140,9 @@ def test_with_a_client_certificate_the_config_names_key_and_cert(fleet_dir: Path
     assert "node-c:" not in (fleet_dir / "passwords").read_text()
 
 
-def test_the_acl_lets_a_node_write_its_own_topics_and_read_its_own_commands(fleet_dir: Path, tmp_path: Path) -> None:
+def test_the_acl_lets_a_node_write_its_own_topics_and_read_its_own_commands_and_receipts(
+    fleet_dir: Path, tmp_path: Path
+) -> None:
     assert provision(tmp_path, "node-a")[0] == 0
     acl = (fleet_dir / "acl").read_text()
     block = acl[acl.index("user node-a") :].split("\n\n")[0].splitlines()
@@ -152,6 +154,7 @@ def test_the_acl_lets_a_node_write_its_own_topics_and_read_its_own_commands(flee
         "topic write s4edge/v1/plaza/node-a/status",
         "topic write s4edge/v1/plaza/node-a/telemetry",
         "topic read s4edge/v1/plaza/node-a/cmd/#",
+        "topic read s4edge/v1/plaza/node-a/receipt",
     ]
 
 
@@ -202,11 +205,16 @@ def test_the_fleet_speaks_tls_only(fleet_dir: Path, tmp_path: Path) -> None:
     assert code == 2 and "mqtts://HOST:PORT" in output
 
 
-def test_the_aggregator_reads_the_fleet_and_writes_commands_only(fleet_dir: Path, tmp_path: Path) -> None:
+def test_the_aggregator_reads_the_fleet_and_writes_commands_and_receipts_only(fleet_dir: Path, tmp_path: Path) -> None:
     assert run("fleet", "aggregator-credentials", "--fleet-dir", fleet_dir, "--out", tmp_path / "agg")[0] == 0
     acl = (fleet_dir / "acl").read_text()
     block = acl[acl.index("user aggregator") :].split("\n\n")[0].splitlines()
-    assert block == ["user aggregator", "topic write s4edge/v1/+/+/cmd/#", "topic read s4edge/v1/#"]
+    assert block == [
+        "user aggregator",
+        "topic write s4edge/v1/+/+/cmd/#",
+        "topic write s4edge/v1/+/+/receipt",
+        "topic read s4edge/v1/#",
+    ]
     assert mode(tmp_path / "agg" / "aggregator.password") == 0o600
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 from pathlib import Path
 
@@ -67,10 +68,43 @@ def test_websockets_and_the_admin_port_are_opt_in(fleet_dir: Path, tmp_path: Pat
     assert "protocol websockets" in lines
 
 
-def test_an_empty_fleet_gets_no_broker_config(tmp_path: Path) -> None:
-    code, output = run("fleet", "broker-config", "--fleet-dir", tmp_path / "nothing", "--out", tmp_path / "m.conf")
-    assert code == 2 and "s4edge provision" in output
+def test_a_folder_without_the_tls_files_gets_no_broker_config(tmp_path: Path) -> None:
+    nothing = tmp_path / "nothing"
+    code, output = run("fleet", "broker-config", "--fleet-dir", nothing, "--out", tmp_path / "m.conf")
+    assert code == 2 and "Traceback" not in output
+    assert f"{nothing / 'ca.crt'}, {nothing / 'server.crt'}, {nothing / 'server.key'} missing" in output
+    assert f"`s4edge fleet ca init --out {nothing} && s4edge fleet ca server-cert --ca-dir {nothing} " in output
     assert not (tmp_path / "m.conf").exists()
+
+
+def test_the_command_it_names_makes_the_missing_certificate(tmp_path: Path) -> None:
+    fleet, conf = tmp_path / "fleet", tmp_path / "mosquitto.conf"
+    assert run("fleet", "ca", "init", "--out", fleet)[0] == 0
+    code, output = run("fleet", "broker-config", "--fleet-dir", fleet, "--out", conf)
+    assert code == 2 and f"{fleet / 'server.crt'}, {fleet / 'server.key'} missing" in output
+    command = output.split("`")[1].replace("BROKER_HOST", "localhost")
+    assert command.startswith("s4edge ") and run(*command.split()[1:])[0] == 0
+
+    code, output = run("fleet", "broker-config", "--fleet-dir", fleet, "--out", conf)
+    assert code == 0, output
+    assert f"created {fleet / 'passwords'} and {fleet / 'acl'} (nobody may log in until `s4edge provision`" in output
+    assert (fleet / "passwords").read_text() == ""
+    assert not [line for line in (fleet / "acl").read_text().splitlines() if line.startswith("user ")]
+
+
+def test_in_place_the_broker_runs_as_you_and_keeps_its_state_beside_the_config(fleet_dir: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "broker" / "mosquitto.conf"
+    assert run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf)[0] == 0
+    lines = directives(conf)
+    assert f"user {getpass.getuser()}" in lines  # it must read the fleet folder's 0600 files
+    assert f"persistence_location {tmp_path / 'broker' / 'mosquitto-state'}/" in lines
+    assert (tmp_path / "broker" / "mosquitto-state").is_dir()  # mosquitto does not create it
+
+    options = ["--install-dir", "/etc/mosquitto/s4edge"]
+    assert run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf, *options)[0] == 0
+    lines = directives(conf)
+    assert not [line for line in lines if line.startswith("user ")]
+    assert "persistence_location /var/lib/mosquitto/" in lines
 
 
 @pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto not installed (apt mosquitto)")
@@ -108,3 +142,29 @@ def test_the_shipped_mosquitto_examples_match_what_the_cli_renders(tmp_path: Pat
     fleet.put(Identity("aggregator", "aggregator"))
     fleet.put(Identity("node-01", "node", "plaza-mayor"))
     assert (shipped / "acl.example").read_text() == (tmp_path / "acl").read_text()
+
+
+def test_every_listener_ties_client_ids_to_usernames_and_the_payload_to_the_wire_limit(
+    fleet_dir: Path, tmp_path: Path
+) -> None:
+    from s4edge.cloud_sync.messages import MAX_MESSAGE_BYTES
+
+    conf = tmp_path / "mosquitto.conf"
+    options = ["--ws", "--admin-port", "1884"]
+    assert run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf, *options)[0] == 0
+    lines = directives(conf)
+    assert f"message_size_limit {MAX_MESSAGE_BYTES}" in lines
+    assert lines.count("use_username_as_clientid true") == len([line for line in lines if line.startswith("listener")])
+
+
+def test_a_fleet_of_both_kinds_gets_a_listener_for_each(fleet_dir: Path, tmp_path: Path) -> None:
+    args = ["node-b", "--site", "plaza", "--lat", "1", "--lon", "2", "--broker", "mqtts://localhost:8885"]
+    assert run("provision", *args, "--ca-dir", fleet_dir, "--out", tmp_path / "node-b", "--client-cert")[0] == 0
+    conf = tmp_path / "mosquitto.conf"
+    code, output = run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf)
+    assert code == 0 and "warning" not in output and "node-b: certificate identities, connect on port 8885" in output
+    text = conf.read_text()
+    password, certificate = text.split("\nlistener ")[1:]
+    assert password.startswith("8883\n") and "require_certificate false" in password
+    assert certificate.startswith("8885\n") and "use_identity_as_username true" in certificate
+    assert f"crlfile {fleet_dir.absolute() / 'crl.pem'}" in certificate.splitlines()

@@ -13,12 +13,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from typer.testing import CliRunner
 
+from s4edge.cli import app
 from s4edge.cloud_sync.aggregator.commands import CommandSigner
 from s4edge.cloud_sync.fleet.ca import init_ca, issue_client_cert, load_ca
 from s4edge.cloud_sync.fleet.registry import Fleet
 from s4edge.cloud_sync.messages import Command, signing_bytes, utc_now
 from s4edge.edge.config import load_config
-from s4edge.cli import app
 
 BROKER = "mqtts://broker.example:8883"
 
@@ -94,15 +94,25 @@ def test_revoking_a_certificate_node_puts_its_serial_on_a_crl_signed_by_the_ca(f
     assert number == 2  # RFC 5280 §5.2.3: increases with every CRL issued
 
 
-def test_the_broker_config_checks_the_crl_once_there_is_one(fleet_dir: Path, tmp_path: Path) -> None:
+def test_the_broker_config_names_the_empty_crl_of_ca_init_before_any_revocation(
+    fleet_dir: Path, tmp_path: Path
+) -> None:
+    # mosquitto rereads a crlfile it has on SIGHUP, but a new crlfile line only on a restart
+    empty = crl(fleet_dir)
+    assert len(empty) == 0 and empty.is_signature_valid(load_ca(fleet_dir).key.public_key())  # type: ignore[arg-type]
     provision(fleet_dir, "node-a", "--client-cert")
-    provision(fleet_dir, "node-b", "--client-cert")
+    assert run("fleet", "ca", "server-cert", "--ca-dir", fleet_dir, "--host", "localhost")[0] == 0
     conf = tmp_path / "mosquitto.conf"
-    run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf)
-    assert "crlfile" not in conf.read_text()
-    run("fleet", "revoke", "node-a", "--fleet-dir", fleet_dir)
-    run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf)
+    assert run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf)[0] == 0
     assert f"crlfile {fleet_dir.absolute() / 'crl.pem'}" in conf.read_text().splitlines()
+
+
+def test_a_fleet_from_before_ca_init_wrote_a_crl_gets_one_from_broker_config(fleet_dir: Path, tmp_path: Path) -> None:
+    provision(fleet_dir, "node-a", "--client-cert")
+    assert run("fleet", "ca", "server-cert", "--ca-dir", fleet_dir, "--host", "localhost")[0] == 0
+    (fleet_dir / "crl.pem").unlink()
+    assert run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", tmp_path / "mosquitto.conf")[0] == 0
+    assert len(crl(fleet_dir)) == 0  # mosquitto would not start on a crlfile that is missing
 
 
 def test_re_provisioning_a_certificate_node_revokes_its_old_certificate(fleet_dir: Path) -> None:
@@ -120,6 +130,6 @@ def test_a_certificate_from_another_ca_cannot_be_revoked_here(fleet_dir: Path, t
     other = init_ca(tmp_path / "other")
     cert, _ = issue_client_cert(other, "node-x", tmp_path / "other", "node")
     code, output = run("fleet", "revoke", "node-x", "--fleet-dir", fleet_dir, "--cert", cert)
-    assert code == 2 and "not signed by the fleet CA" in output and not (fleet_dir / "crl.pem").exists()
+    assert code == 2 and "not signed by the fleet CA" in output and len(crl(fleet_dir)) == 0
     code, output = run("fleet", "revoke", "nobody", "--fleet-dir", fleet_dir)
     assert code == 2 and "'nobody' is not in" in output

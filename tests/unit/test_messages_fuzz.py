@@ -13,17 +13,20 @@ from pydantic import ValidationError
 
 from s4edge.cloud_sync.messages import (
     MAX_MESSAGE_BYTES,
+    MAX_RECEIPT_IDS,
     Alert,
     CommandResult,
     Heartbeat,
     Location,
     Measurement,
     MessageError,
+    Receipt,
     Status,
     Telemetry,
     decode,
     decode_from,
     encode,
+    receipts_for,
     topic_for,
 )
 
@@ -75,6 +78,7 @@ def messages(draw: st.DrawFn) -> Any:
                 Telemetry(
                     node_id=node, site=site, seq=seq, readings=[Measurement(quantity="co", value=1.5, unit="ppm")]
                 ),
+                Receipt(node_id=node, site=site, seq=seq, issuer="agg-1.example", alert_ids=[f"alert-{seq:08d}"]),
             ]
         )
         | alerts()
@@ -189,3 +193,15 @@ def test_topic_must_agree_with_payload() -> None:
     with pytest.raises(MessageError) as wrong_suffix:
         decode_from("s4edge/v1/s1/n1/heartbeat", encode(alert))
     assert wrong_suffix.value.reason == "topic_mismatch"
+
+
+def test_receipts_stay_under_the_size_limit_however_many_ids() -> None:
+    ids = [f"{i:064d}" for i in range(2 * MAX_RECEIPT_IDS + 1)]  # the longest ids the contract allows
+    split = receipts_for("s" * 64, "n" * 64, "i" * 64, ids, seq=10)
+    assert [len(r.alert_ids) for r in split] == [MAX_RECEIPT_IDS, MAX_RECEIPT_IDS, 1]
+    assert [r.seq for r in split] == [10, 11, 12]
+    assert [a for r in split for a in r.alert_ids] == ids
+    for receipt in split:
+        assert decode_from(topic_for(receipt), encode(receipt)) == receipt  # encode refuses over 16 KiB
+    with pytest.raises(ValidationError):
+        Receipt(node_id="n1", site="s1", seq=1, issuer="agg", alert_ids=ids[: MAX_RECEIPT_IDS + 1])

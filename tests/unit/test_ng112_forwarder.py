@@ -9,15 +9,16 @@ from itertools import count
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
-from s4edge.cloud_sync.aggregator.store import Store, make_engine, metadata
+from s4edge.cloud_sync.aggregator.store import Store, forward_jobs, make_engine, metadata
 from s4edge.cloud_sync.messages import Alert, Location, Measurement, Telemetry
 from s4edge.cloud_sync.ng112.api import build_router
 from s4edge.cloud_sync.ng112.forwarder import Forwarder
 from s4edge.cloud_sync.ng112.policy import Ng112Config
 from s4edge.cloud_sync.ng112.receiver import PsapReceiver
-from s4edge.cloud_sync.ng112.records import get_forward, incidents
+from s4edge.cloud_sync.ng112.records import forwards, get_forward, incidents
 from s4edge.testing import free_port
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -285,13 +286,23 @@ def test_a_lapsed_claim_on_the_last_attempt_ends_failed(engine, clock, psap):
     assert psap.calls == []
 
 
-def test_stored_alerts_the_hook_never_submitted_are_forwarded_on_start(engine, clock, psap):
-    # Stored through the aggregator's store only: the process died before the hook ran.
-    missed, minor, old = alert(), alert(severity="Minor", incident="inc-minor-02"), alert(incident="inc-old-0001")
+def committed(engine, *batch: Alert) -> None:
+    """Store alerts with their forward jobs, in one transaction, as ingest does."""
     store = Store(engine)
     with engine.begin() as conn:
-        store.insert_alerts(conn, [(missed, T0 - timedelta(minutes=10)), (minor, T0 - timedelta(minutes=5))])
-        store.insert_alerts(conn, [(old, T0 - timedelta(hours=2))])  # beyond the 1 h horizon
+        store.insert_alerts(conn, [(a, T0) for a in batch])
+        store.add_forward_jobs(conn, [a.id for a in batch])
+
+
+def queued(engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(forward_jobs.c.alert_id)).scalars())
+
+
+def test_jobs_left_in_the_store_are_forwarded_when_the_forwarder_starts(engine, clock, psap):
+    # Committed with their jobs just before a crash: nothing in memory knows of them.
+    missed, minor = alert(), alert(severity="Minor", incident="inc-minor-02")
+    committed(engine, missed, minor)
     fwd = forwarder(engine, clock, uri(psap))
     fwd.start()
     try:
@@ -300,20 +311,67 @@ def test_stored_alerts_the_hook_never_submitted_are_forwarded_on_start(engine, c
         fwd.stop()
     assert row is not None and row["state"] == "delivered"
     assert [c.cap["incidents"] for c in psap.calls] == ["inc-gas-0001"]
-    assert fwd.reconcile() == 0  # forwarded once; the others stay as policy and horizon say
+    assert queued(engine) == []  # the Minor one's job is taken too: policy said no, once
 
 
-def test_the_update_of_a_forwarded_incident_is_recovered_too(engine, clock, psap):
+def test_a_job_taken_twice_is_forwarded_once(engine, clock, psap):
+    # Two replicas drain the same table: the second finds the forward the first recorded.
+    first = alert()
+    committed(engine, first)
+    one, two = forwarder(engine, clock, uri(psap)), forwarder(engine, clock, uri(psap))
+    assert one.drain() == 1
+    with engine.begin() as conn:
+        Store(engine).add_forward_jobs(conn, [first.id])  # as if the second took it before the first's commit
+    assert two.drain() == 1
+    assert one.run_due() + two.run_due() == 1
+    assert len(psap.calls) == 1 and queued(engine) == []
+
+
+def test_the_update_of_a_forwarded_incident_is_taken_below_policy(engine, clock, psap):
     fwd = forwarder(engine, clock, uri(psap))
     first = alert()
-    fwd.submit(first)
+    committed(engine, first)
+    fwd.drain()
     fwd.run_due()
-    update = alert(state="update", severity="Minor")  # below policy, but its incident is open
-    with engine.begin() as conn:
-        Store(engine).insert_alerts(conn, [(first, T0), (update, T0)])
-    assert fwd.reconcile() == 1
+    committed(engine, alert(state="update", severity="Minor"))  # below policy, but its incident is open
+    assert fwd.drain() == 1
     assert fwd.run_due() == 1
     assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update"]
+
+
+def test_a_drain_that_fails_keeps_its_jobs_and_raises_the_escalation_again(engine, clock, psap):
+    rules = [{"name": "gas-flame", "kinds": ["gas", "flame"], "within_s": 120}]
+    fwd = forwarder(engine, clock, uri(psap), correlation=rules)
+    gas, flame = alert(kind="gas", incident="inc-gas-0300"), alert(kind="flame", incident="inc-flame-0300")
+    committed(engine, gas, flame)
+    real, outage = fwd._record_once, [OperationalError("INSERT", {}, Exception("disk I/O error"))]
+
+    def once_unavailable(items, jobs):
+        if outage:
+            raise outage.pop()
+        return real(items, jobs)
+
+    fwd._record_once = once_unavailable  # type: ignore[method-assign]
+    with pytest.raises(OperationalError):
+        fwd.drain()
+    assert sorted(queued(engine)) == sorted([gas.id, flame.id])
+    assert fwd.drain() == 2 and queued(engine) == []
+    with engine.connect() as conn:
+        kinds = sorted(conn.execute(select(forwards.c.kind)).scalars())
+    assert kinds == ["escalation", "flame", "gas"]
+
+
+def test_a_job_whose_alert_cannot_be_read_fails_for_an_operator_and_blocks_nothing(engine, clock, psap):
+    broken, good = alert(incident="inc-broken-01"), alert(incident="inc-good-0001")
+    committed(engine, broken, good)
+    with engine.begin() as conn:  # stored by an older version, say, under rules this one refuses
+        conn.execute(text("UPDATE alerts SET severity = 'Bogus' WHERE id = :id"), {"id": broken.id})
+    fwd = forwarder(engine, clock, uri(psap))
+    assert fwd.drain() == 2 and queued(engine) == []
+    with engine.connect() as conn:
+        failed = conn.execute(select(forwards).where(forwards.c.alert_id == broken.id)).one()
+    assert failed.state == "failed" and "cannot be read back" in failed.reason
+    assert fwd.run_due() == 1 and [c.cap["incidents"] for c in psap.calls] == ["inc-good-0001"]
 
 
 def test_gas_and_flame_on_two_replicas_escalate_once(engine, clock, psap):

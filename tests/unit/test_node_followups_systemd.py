@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
+import sqlite3
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +19,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from s4edge.cli import app
 from s4edge.edge.app import Node
 from s4edge.edge.config import parse_config
 from s4edge.edge.health import ServiceNotifier
-from s4edge.cli import app
-from s4edge.testing import free_port
+from s4edge.testing import eventually, free_port
+from s4edge.testing.notify import NotifySocket
 
 REPO = Path(__file__).resolve().parents[2]
 SIM = REPO / "firmware_configs" / "sim-node.yaml"
@@ -36,39 +37,6 @@ def config_data(tmp_path: Path) -> dict[str, Any]:
     data["heartbeat"]["interval_s"] = 0.05  # the tick loop, and so the watchdog, every 50 ms
     data["sources"] = []
     return data
-
-
-class NotifySocket:
-    """What systemd listens on: a unix datagram socket."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.address = address
-
-    def next(self, timeout: float = 10.0) -> str | None:
-        self.sock.settimeout(max(timeout, 1e-3))
-        try:
-            return self.sock.recv(4096).decode()
-        except TimeoutError:
-            return None
-
-    def wait_for(self, state: str, timeout: float = 20.0) -> list[str]:
-        seen: list[str] = []
-        while (message := self.next(timeout)) is not None:
-            seen.append(message)
-            if message == state:
-                return seen
-        raise AssertionError(f"no {state} within {timeout} s; got {seen}")
-
-    def during(self, window_s: float) -> list[str]:
-        """Every message that arrives within the next ``window_s`` seconds."""
-        deadline = time.monotonic() + window_s
-        seen = []
-        while (left := deadline - time.monotonic()) > 0:
-            if (message := self.next(left)) is not None:
-                seen.append(message)
-        return seen
 
 
 @pytest.fixture
@@ -97,11 +65,74 @@ def test_the_watchdog_goes_silent_when_the_forwarder_dies(tmp_path: Path, notify
         node.start()
         notify.wait_for("WATCHDOG=1")
         node.forwarder.stop()
-        assert not node.loops_alive()
+        assert node.watchdog.problems() == ["outbox-forwarder: not running"]
         notify.during(0.2)  # a ping that passed its check just before the forwarder stopped
         # ten tick periods: a live node would have pinged about ten times
         assert "WATCHDOG=1" not in notify.during(0.5)
     finally:
+        node.close(flush_s=0)
+
+
+def test_a_failing_incident_book_stops_neither_heartbeats_nor_the_watchdog(
+    tmp_path: Path, notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = Node(parse_config(config_data(tmp_path)), base_dir=tmp_path)
+    beats = []
+    heartbeat = node.heartbeat
+
+    def expire(now: float) -> None:
+        raise sqlite3.OperationalError("database or disk is full")  # an incident's end that cannot be stored
+
+    monkeypatch.setattr(node.book, "expire", expire)
+    monkeypatch.setattr(node, "heartbeat", lambda: beats.append(heartbeat()))
+    try:
+        node.start()
+        for _ in range(3):
+            notify.wait_for("WATCHDOG=1")
+        eventually(lambda: len(beats) >= 3, 10, "heartbeats while the expiry fails")
+    finally:
+        node.close(flush_s=0)
+
+
+def test_the_watchdog_goes_silent_when_the_connection_thread_ends(tmp_path: Path, notify: NotifySocket) -> None:
+    node = Node(parse_config(config_data(tmp_path)), base_dir=tmp_path)
+    try:
+        node.start()
+        notify.wait_for("WATCHDOG=1")
+        node.uplink.close()
+        assert node.watchdog.problems() == ["mqtt-uplink: not running"]
+        notify.during(0.2)
+        assert "WATCHDOG=1" not in notify.during(0.5)
+    finally:
+        node.close(flush_s=0)
+
+
+def test_a_stalled_connection_thread_silences_the_watchdog_until_it_moves_again(
+    tmp_path: Path, notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = Node(parse_config(config_data(tmp_path)), base_dir=tmp_path)
+    node.watchdog.stall_after_s = 1.5  # above the thread's one stamp a second while it waits to reconnect
+    stalled, released = threading.Event(), threading.Event()
+    status = node._status
+
+    def hung_disk(state: str) -> tuple[str, bytes]:  # the Last Will's seq, behind an fsync that hangs
+        if stalled.is_set():
+            released.wait(30)
+        return status(state)
+
+    monkeypatch.setattr(node, "_status", hung_disk)
+    try:
+        node.start()
+        notify.wait_for("WATCHDOG=1")
+        stalled.set()  # the next connect attempt (one second of backoff away at most) hangs
+        problems = eventually(node.watchdog.problems, 10, "the stall noticed")
+        assert problems[0].startswith("mqtt-uplink: no progress for")
+        notify.during(0.2)
+        assert "WATCHDOG=1" not in notify.during(0.5)
+        released.set()
+        notify.wait_for("WATCHDOG=1", timeout=5)
+    finally:
+        released.set()
         node.close(flush_s=0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -139,3 +140,49 @@ def test_every_acknowledged_put_survives_sigkill(tmp_path: Path) -> None:
     with Outbox(db) as outbox:
         stored = {r.id for r in outbox.pending(limit=1_000_000)}
     assert set(printed) <= stored
+
+
+def test_an_alert_awaiting_its_receipt_stays_in_flight_until_confirmed(tmp_outbox: Outbox) -> None:
+    alert = tmp_outbox.put("t/alert", b"a", receipt_id="alert-0001")
+    telemetry = tmp_outbox.put("t/telemetry", b"t", qos=0, kind="telemetry")
+    assert [r.receipt_id for r in tmp_outbox.pending()] == ["alert-0001", None]
+    tmp_outbox.mark_in_flight([(alert, 1, 1000.0)])  # the broker's PUBACK
+    tmp_outbox.ack([telemetry])
+    assert tmp_outbox.pending() == [] and tmp_outbox.unsent() == 0 and tmp_outbox.depth() == 1
+    assert tmp_outbox.due(now=999.0, horizon=100.0) == []
+    (due,) = tmp_outbox.due(now=1000.0, horizon=100.0)
+    assert (due.id, due.attempts, due.payload) == (alert, 1, b"a")
+    tmp_outbox.confirm(["never-ours-0001", "alert-0001", "alert-0001"])  # unknown and repeated ids: harmless
+    assert tmp_outbox.depth() == 0
+
+
+def test_a_mark_far_ahead_of_the_clock_is_due_at_once(tmp_outbox: Outbox) -> None:
+    """A node without a battery-backed clock may boot years in the past."""
+    alert = tmp_outbox.put("t/alert", b"a", receipt_id="alert-0001")
+    tmp_outbox.mark_in_flight([(alert, 3, 1_800_000_000.0)])
+    assert tmp_outbox.due(now=1_000_000.0, horizon=1200.0, limit=10)[0].id == alert
+
+
+def test_in_flight_marks_survive_reopen(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as outbox:
+        row = outbox.put("t/alert", b"a", receipt_id="alert-0001")
+        outbox.mark_in_flight([(row, 2, 1000.0)])
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert outbox.pending() == [] and outbox.depth() == 1
+        assert [(r.id, r.attempts, r.receipt_id) for r in outbox.due(1000.0, 100.0)] == [(row, 2, "alert-0001")]
+
+
+def test_an_outbox_from_before_receipts_keeps_its_alerts_for_their_receipts(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "o.db")
+    old.executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,"
+        " qos INTEGER NOT NULL, retain INTEGER NOT NULL DEFAULT 0, kind TEXT NOT NULL);"
+        "INSERT INTO outbox (topic, payload, qos, kind) VALUES"
+        " ('t/alert', CAST('{\"id\": \"alert-0001\"}' AS BLOB), 1, 'alert'),"
+        " ('t/telemetry', CAST('{\"id\": \"tele-0001\"}' AS BLOB), 0, 'telemetry');"
+    )
+    old.close()
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert [r.receipt_id for r in outbox.pending()] == ["alert-0001", None]
+        outbox.confirm(["alert-0001"])
+        assert [r.kind for r in outbox.pending()] == ["telemetry"]

@@ -1,0 +1,72 @@
+"""The outbox on a disk with no byte left (a real tmpfs): writes fail with SQLITE_FULL,
+the outbox says so until a write succeeds again, and a seq for a message that is never
+stored still comes, from memory."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from s4edge.cloud_sync.outbox import Outbox
+from s4edge.edge.health import DISK_FULL, Health, is_disk_full
+from s4edge.testing.disk import DiskUnavailable, SmallDisk
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    small = SmallDisk(tmp_path / "disk", size="1m")
+    try:
+        small.mount()
+    except DiskUnavailable as exc:
+        pytest.skip(f"a full disk needs a tmpfs of its own, and this machine will not mount one ({exc}); run as root")
+    yield small
+    small.unmount()
+
+
+def test_a_full_disk_is_the_outbox_failure_until_a_write_succeeds(disk: SmallDisk) -> None:
+    with Outbox(disk.mountpoint / "outbox.db") as outbox:
+        first = outbox.next_seq()
+        outbox.put("t", b"before")
+        disk.fill()
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            for _ in range(100):  # the WAL may have room for a frame or two
+                outbox.put("t", b"x" * 4096)
+        assert is_disk_full(outbox.failure)
+        health = Health()
+        health.set_outbox(outbox.failure)
+        assert health.degraded() == [DISK_FULL]
+
+        seqs = [first]
+        for _ in range(1000):  # through a block boundary: that reservation cannot be stored
+            try:
+                seqs.append(outbox.next_seq())
+            except sqlite3.OperationalError:
+                break
+        seqs.append(outbox.next_seq(durable=False))  # a heartbeat's, from memory
+        assert outbox.depth() == 1  # what was stored is still there, and readable
+
+        disk.free()
+        seqs.append(outbox.next_seq())
+        assert outbox.failure is None
+        health.set_outbox(outbox.failure)
+        assert health.degraded() == []
+        assert seqs == sorted(set(seqs)), "seq only grows"
+        outbox.put("t", b"after")
+        assert outbox.depth() == 2
+
+
+def test_any_other_store_error_is_an_outbox_fault(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "store.db").execute("CREATE TABLE t (x)").connection.close()
+    read_only = sqlite3.connect(f"file:{tmp_path / 'store.db'}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        read_only.execute("INSERT INTO t VALUES (1)")
+    read_only.close()
+    health = Health()
+    health.set_outbox(raised.value)
+    assert health.degraded() == ["outbox"]
+    assert health.states()["outbox"] == "fault: attempt to write a readonly database"
+    health.set_outbox(None)
+    assert health.states() == {}
