@@ -390,8 +390,8 @@ def test_the_writer_process_follows_the_rules_it_was_given(tmp_path: Path) -> No
     url = f"sqlite:///{tmp_path / 'agg.db'}"
     store = Store(make_engine(url))
     store.create_all()
-    now, ahead = alert(1), alert(2).model_copy(update={"ts": T0 + timedelta(minutes=2)})
-    loitering = alert(3).model_copy(update={"kind": "loitering"})
+    now, ahead = alert(1).model_copy(update={"ts": T0}), alert(2).model_copy(update={"ts": T0 + timedelta(minutes=2)})
+    loitering = alert(3).model_copy(update={"kind": "loitering", "ts": T0})
     writer = WriterProcess(StoreSpec(url), WriterRules(max_skew_s=60, forward_kinds=frozenset({"smoke"})))
     try:
         outcome = writer.write([(topic_for(a), encode(a), T0) for a in (now, ahead, loitering)])
