@@ -11,7 +11,7 @@ import typer
 
 from s4edge.cli import LazyGroup, Listed, declared_help
 
-BENCHMARKS: tuple[str, ...] = ("ingest", "latency", "ng112", "outbox", "replicas", "sensing", "vision")
+BENCHMARKS: tuple[str, ...] = ("ingest", "latency", "ng112", "outbox", "replicas", "sensing", "soak", "vision")
 # a benchmark module's docstring opens with ``s4edge bench NAME``: then says what it measures
 _LEAD = re.compile(r"^``[^`]*``:\s*")
 
