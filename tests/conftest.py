@@ -2,12 +2,19 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from s4edge.testing import Mosquitto
+
+# the local PostgreSQL every development machine and CI run has (trust auth, database test)
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -23,6 +30,34 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     """A real mosquitto on a free port, that the test may kill and restart."""
     with Mosquitto(tmp_path / "broker") as running:
         yield running
+
+
+@pytest.fixture
+def node(broker: Mosquitto) -> Iterator[mqtt.Client]:
+    """A paho client on the test's broker that publishes the way a node does."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-under-test", protocol=mqtt.MQTTv5)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    yield client
+    client.disconnect()
+    client.loop_stop()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh schema on the local PostgreSQL (``POSTGRES``) per test, dropped afterwards, so
+    runs never see each other's rows; skips when the server is unreachable."""
+    engine = create_engine(POSTGRES, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        pytest.skip(f"PostgreSQL is unreachable at {POSTGRES} ({type(exc.orig).__name__}); start it to run this")
+    schema = f"s4edge_test_{uuid.uuid4().hex[:12]}"
+    yield schema
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
 
 
 @pytest.fixture

@@ -39,15 +39,6 @@ def alert(seq: int, node: str = "n1") -> Alert:
     )  # fmt: skip
 
 
-@pytest.fixture
-def node(broker: Mosquitto) -> Iterator[mqtt.Client]:
-    """A paho client that publishes the way a node does."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-n1", protocol=mqtt.MQTTv5)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    yield client
-    client.disconnect()
-    client.loop_stop()
 
 
 def publish(client: mqtt.Client, message: Any, retain: bool = False) -> None:

@@ -8,15 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+from conftest import POSTGRES
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig
@@ -26,7 +24,6 @@ from s4edge.cloud_sync.ng112 import records  # noqa: F401  (its tables join the 
 from s4edge.testing import Mosquitto, free_port
 from s4edge.testing import eventually as wait_until
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # root writes a read-only file all the same; without these capabilities it is held to the mode bits
 NO_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
 
@@ -45,14 +42,6 @@ def health(url: str) -> int:
         return 0
 
 
-@pytest.fixture
-def node(broker: Mosquitto) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-ro", protocol=mqtt.MQTTv5)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    yield client
-    client.disconnect()
-    client.loop_stop()
 
 
 @pytest.mark.parametrize("writer", ["process", "thread"])
@@ -93,19 +82,6 @@ def test_a_store_read_only_at_start_recovers_once_writable(
         proc.wait(20)
 
 
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    engine = create_engine(POSTGRES, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            pass
-    except OperationalError as exc:
-        pytest.skip(f"PostgreSQL is unreachable at {POSTGRES} ({type(exc.orig).__name__}); start it to run this")
-    schema = f"s4edge_test_{uuid.uuid4().hex[:12]}"
-    yield schema
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
 
 
 def test_postgres_connections_cut_under_the_aggregator_are_opened_again(

@@ -4,10 +4,8 @@ sipp PSAP answers 200 OK; the PSAP follows the CAP resource link for the reading
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
 from lxml import etree
 
@@ -17,7 +15,7 @@ from s4edge.cloud_sync.messages import Alert, Location, Measurement, encode, top
 from s4edge.cloud_sync.ng112.cap import CAP_NS
 from s4edge.cloud_sync.ng112.policy import Ng112Config
 from s4edge.cloud_sync.ng112.service import attach
-from s4edge.testing import Mosquitto, free_port
+from s4edge.testing import free_port
 from s4edge.testing.sipp import SippPsap
 
 pytestmark = pytest.mark.skipif(
@@ -25,14 +23,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def node(broker: Mosquitto) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-n9", protocol=mqtt.MQTTv5)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    yield client
-    client.disconnect()
-    client.loop_stop()
 
 
 def test_a_stored_alert_is_forwarded_and_its_readings_can_be_fetched(broker, node, tmp_path):

@@ -4,14 +4,13 @@ the next (real mosquitto, the built-in PSAP receiver, SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.exc import OperationalError
+from conftest import POSTGRES
+from sqlalchemy import select
 
 from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig
@@ -24,8 +23,6 @@ from s4edge.cloud_sync.ng112.records import forwards
 from s4edge.cloud_sync.ng112.service import attach
 from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
-
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 # The writer process, made to die once: after the commit that stored an alert, before its answer.
 DIES_AFTER_COMMIT = """
@@ -52,17 +49,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'agg.db'}", None
         return
-    engine = create_engine(POSTGRES, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            pass
-    except OperationalError as exc:
-        pytest.skip(f"PostgreSQL is unreachable at {POSTGRES} ({type(exc.orig).__name__}); start it to run this")
-    schema = f"s4edge_test_{uuid.uuid4().hex[:12]}"
-    yield POSTGRES, schema
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
+    yield POSTGRES, request.getfixturevalue("pg_schema")
 
 
 @pytest.fixture
@@ -75,14 +62,6 @@ def psap() -> Iterator[tuple[str, list[ReceivedCall]]]:
     receiver.stop()
 
 
-@pytest.fixture
-def node(broker: Mosquitto) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-sf", protocol=mqtt.MQTTv5)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    yield client
-    client.disconnect()
-    client.loop_stop()
 
 
 def gas(incident: str) -> Alert:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.exc import OperationalError
+from conftest import POSTGRES
+from sqlalchemy import select
 
 from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig
@@ -30,26 +28,6 @@ from s4edge.cloud_sync.messages import (
 )
 from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
-
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A fresh schema per test, dropped afterwards, so runs never see each other's rows."""
-    engine = create_engine(POSTGRES, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            pass
-    except OperationalError as exc:
-        pytest.skip(f"PostgreSQL is unreachable at {POSTGRES} ({type(exc.orig).__name__}); start it to run this")
-    schema = f"s4edge_test_{uuid.uuid4().hex[:12]}"
-    yield schema
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
 
 
 def replica(broker: Mosquitto, schema: str, name: str, writer: str = "thread") -> Aggregator:
@@ -71,14 +49,6 @@ def alert(seq: int, title: str | None = None) -> Alert:
     )  # fmt: skip
 
 
-@pytest.fixture
-def node(broker: Mosquitto) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-r", protocol=mqtt.MQTTv5)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    yield client
-    client.disconnect()
-    client.loop_stop()
 
 
 def stored(aggregator: Aggregator) -> float:

@@ -59,6 +59,7 @@ def alert(seq: int) -> Alert:
     return Alert(
         node_id="n1", site="s1", seq=seq, kind="smoke", severity="Extreme", state="new",
         incident="incident-0001", location=Location(lat=1.0, lon=2.0),
+        ts=T0 + timedelta(microseconds=seq),  # sent as they are received: never ahead of the receiver
     )  # fmt: skip
 
 
