@@ -1,13 +1,13 @@
 """The ``vision`` source plugin: one camera, one detector, its scene rules.
 
-Validation touches neither the camera nor the model (STYLE.md, Frigate's mistakes):
+Validation touches neither the camera nor the model:
 OpenCV and onnxruntime load inside ``build``'s collaborators, when the node starts.
 
 ```yaml
 sources:
   - type: vision
     name: cam0
-    camera: {url: "replay:../shared/data/video/bench_people_640x480_15fps.avi", loop: true}
+    camera: {url: "replay:/var/lib/s4edge/clip.avi", loop: true}
     model: {name: fastestdet}
     scene:
       zones: [{name: centre, polygon: [[0.3, 0.3], [0.7, 0.3], [0.7, 0.9], [0.3, 0.9]]}]
