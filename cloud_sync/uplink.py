@@ -1,4 +1,4 @@
-"""The node's MQTT link, behind a small interface (STYLE.md, "MQTT": paho 2.x stays here).
+"""The node's MQTT link, behind a small interface (paho 2.x stays here).
 
 ``MqttUplink`` runs its own connect loop so that reconnects use jittered backoff
 (1 s → 60 s) and a broker that refuses MQTT v5 gets a 3.1.1 retry. MQTT v5 sessions

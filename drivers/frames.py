@@ -1,4 +1,4 @@
-"""Camera frame sources behind one small protocol, chosen by URL (STYLE.md, pyserial).
+"""Camera frame sources behind one small protocol, chosen by URL, as pyserial chooses a port.
 
 ``open_source(url)`` understands:
 

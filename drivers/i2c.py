@@ -1,6 +1,6 @@
 """The I2C bus protocol that every chip driver takes, and its smbus2 backend.
 
-A driver never opens its bus (STYLE.md): the composition root opens an
+A driver never opens its bus: the composition root opens an
 :class:`SMBus2Bus` (or hands in ``drivers.sim.SimBus``) and passes it to the chip.
 Register access follows SMBus (``*_byte_data``, ``*_i2c_block_data``); chips that
 speak plain I2C commands instead of registers (Sensirion) use ``write``/``read``.

@@ -1,6 +1,6 @@
 """The node config: one YAML file, validated by pydantic with unknown keys refused.
 
-Validation never touches hardware or the network (STYLE.md, Frigate's mistakes).
+Validation never touches hardware or the network, so a config can be checked on a laptop.
 
 Every file or folder a config names (a ``NodeFile`` field, the sources' included) must lie in
 the node's own folders: the config's, the state folder holding the outbox, and the model

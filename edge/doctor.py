@@ -23,7 +23,7 @@ Status = Literal["PASS", "WARN", "FAIL"]
 BROKER_TIMEOUT_S = 8.0
 CAMERA_FRAMES = 10
 MIN_FREE_MB, LOW_FREE_MB = 50, 500
-# Serial transports pyserial opens by URL (STYLE.md: pyserial's URL handlers).
+# Serial transports pyserial opens by URL (pyserial's URL handlers).
 SERIAL_PREFIXES = ("/dev/tty", "/dev/serial", "socket://", "rfc2217://", "loop://", "spy://")
 # What to do about each finding: the wording a technician reads, in one place.
 HINT = {

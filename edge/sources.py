@@ -1,4 +1,4 @@
-"""Alert sources are plugins (STYLE.md, Frigate's detectors): one module per source type
+"""Alert sources are plugins, as Frigate's detectors are: one module per source type
 holds its pydantic config (``type: Literal[...]``) and a ``build`` function. Each is an
 entry point of the ``s4edge.sources`` group, named by its type; built-ins go through the
 same path a third-party source would, and only the types a config uses are imported.

@@ -1,4 +1,4 @@
-"""Plugins are entry points, built-in or third-party alike (STYLE.md): ``s4edge.commands``
+"""Plugins are entry points, built-in or third-party alike: ``s4edge.commands``
 names the CLI's commands, ``s4edge.sources`` the node's alert sources. Each is imported
 only when it is used, and one whose extra is not installed is a one-line error that
 names the extra to install, never a traceback.

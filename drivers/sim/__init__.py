@@ -1,5 +1,5 @@
 """Register- and wire-level simulators of the chips in ``drivers``, shipped as
-importable fixtures (STYLE.md: gpiozero didn't, and its users asked).
+importable fixtures (gpiozero's mocks were not, and its users asked for them).
 
     bus = SimBus()
     adc = SimADS1115()

@@ -1,4 +1,4 @@
-"""A simulated camera that a test can unplug, replug and stall (STYLE.md: behavioural
+"""A simulated camera that a test can unplug, replug and stall (behavioural
 simulators). It behaves like a V4L2/RTSP camera seen through OpenCV: unplugged, it
 refuses ``open`` and ``read`` returns ``(False, None, ts)``; stalled, ``read`` blocks
 until the stall ends or the source is closed from another thread (as
