@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import ValidationError
 
@@ -54,6 +54,7 @@ from s4edge.edge.sources import AlertSource, SourceContext, build_source
 from s4edge.edge.supervision import Watchdog, alive
 
 log = logging.getLogger(__name__)
+Inbound = TypeVar("Inbound", Command, Receipt)  # what the centre sends a node
 
 
 @runtime_checkable
@@ -220,13 +221,8 @@ class Node:
     def _on_receipt(self, topic_name: str, payload: bytes) -> None:
         """The aggregator stored these alerts: they may leave the outbox. Ids of alerts
         confirmed before (a receipt sent twice) or never ours delete nothing."""
-        try:
-            message = decode_from(topic_name, payload)
-        except MessageError as exc:
-            self._reject(exc.reason, f"{topic_name}: {exc.detail}")
-            return
-        if not isinstance(message, Receipt):
-            self._reject("not_a_receipt", f"{topic_name}: {message.type} message")
+        message = self._inbound(topic_name, payload, Receipt)
+        if message is None:
             return
         # paho's network thread must not wait for an fsync; a delete lost in a crash only means a resend
         self.outbox.confirm(message.alert_ids, wait=False)
@@ -356,15 +352,21 @@ class Node:
     # -- commands --------------------------------------------------------------------
 
     def _on_command(self, topic_name: str, payload: bytes) -> None:
+        message = self._inbound(topic_name, payload, Command)
+        if message is not None:
+            self._commands.put(message)
+
+    def _inbound(self, topic_name: str, payload: bytes, kind: type[Inbound]) -> Inbound | None:
+        """The ``kind`` message on an inbound topic, or None when it is refused (counted and logged)."""
         try:
             message = decode_from(topic_name, payload)
         except MessageError as exc:
             self._reject(exc.reason, f"{topic_name}: {exc.detail}")
-            return
-        if not isinstance(message, Command):
-            self._reject("not_a_command", f"{topic_name}: {message.type} message")
-            return
-        self._commands.put(message)
+            return None
+        if not isinstance(message, kind):
+            self._reject(f"not_a_{kind.__name__.lower()}", f"{topic_name}: {message.type} message")
+            return None
+        return message
 
     def _reject(self, reason: str, detail: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from s4edge.testing import Mosquitto
+from s4edge.testing.disk import DiskUnavailable, SmallDisk
 
 # the local PostgreSQL every development machine and CI run has (trust auth, database test)
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -58,6 +59,18 @@ def pg_schema() -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     engine.dispose()
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 2 MiB tmpfs of the test's own, to fill and free; skips where it cannot be mounted."""
+    small = SmallDisk(tmp_path / "disk", size="2m")
+    try:
+        small.mount()
+    except DiskUnavailable as exc:
+        pytest.skip(f"a full disk needs a tmpfs of its own, and this machine will not mount one ({exc}); run as root")
+    yield small
+    small.unmount()
 
 
 @pytest.fixture

@@ -10,10 +10,13 @@ subscriptions, so the ratio isolates the aggregator's own cost.
 Each run measures the bare peer and then every variant on one fresh broker; a variant's
 ratio is the median over runs of its rate over that run's bare rate. Variants: the
 writer in a process (``aggregator run``'s default) or a thread, each without and with
-NG112 forwarding on, as ``attach`` turns it on: every alert (all of them forwardable
-here) is committed with its forward job, and a forwarder in the aggregator's process
-drains the jobs and calls a PSAP (the built-in one, in a process of its own) while the
-backlog is ingested.
+NG112 forwarding on, as ``attach`` turns it on: every forwardable alert is committed with
+its forward job, and a forwarder in the aggregator's process drains the jobs and calls a
+PSAP (the built-in one, in a process of its own) while the backlog is ingested.
+``--forwardable-share`` sets how many of the alerts the policy forwards (CO readings at
+Severe, evenly spread); the rest are vision alerts it leaves alone. The default, 0.01,
+stands for a site where gas, fire and CO at Severe or worse are rare beside the loitering,
+crowd and intrusion alerts raised all day; 1.0 (every alert a call) is the worst case.
 The aggregator sends its receipts to the nodes after each commit, as it always does;
 ``--receipts on,off`` adds variants without them (``_no_receipts``) to show their cost.
 """
@@ -44,23 +47,31 @@ from s4edge.cloud_sync.aggregator.ingest import LINGER_S, Ingest, relax_gc
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.aggregator.writer import SUFFIXES, StoreSpec
-from s4edge.cloud_sync.messages import QOS, Alert, Location, Measurement, encode, fleet_filter, topic_for
+from s4edge.cloud_sync.messages import QOS, Alert, Location, Measurement, Severity, encode, fleet_filter, topic_for
 from s4edge.cloud_sync.ng112.forwarder import Forwarder
 from s4edge.cloud_sync.ng112.policy import Ng112Config
 from s4edge.testing import Mosquitto, eventually, free_port
 
 TARGET_RATIO = 0.70
+FORWARDABLE_SHARE = 0.01
+# What NG112's default policy forwards (its kinds at min_severity), and vision alerts it does not.
+FORWARDED: tuple[str, Severity] = ("gas", "Severe")
+ROUTINE: tuple[tuple[str, Severity], ...] = (("loitering", "Moderate"), ("crowd", "Minor"), ("intrusion", "Moderate"))
 
 
-def alert_payloads(count: int, run: str, nodes: int = 50) -> list[tuple[str, bytes]]:
-    """Realistic alerts from ``nodes`` nodes: a measurement, a location, a model reference."""
+def alert_payloads(count: int, run: str, nodes: int = 50, forwardable_share: float = 1.0) -> list[tuple[str, bytes]]:
+    """Realistic alerts from ``nodes`` nodes, with a location; ``forwardable_share`` of them,
+    evenly spread, CO readings the NG112 policy forwards, the rest vision alerts it does not."""
     out = []
     for seq in range(count):
         node = f"node-{seq % nodes:03d}"
+        forwardable = int((seq + 1) * forwardable_share) > int(seq * forwardable_share)
+        kind, severity = FORWARDED if forwardable else ROUTINE[seq % len(ROUTINE)]
         message = Alert(
-            id=f"{run}-{seq:07d}", node_id=node, site="bench", seq=seq, kind="gas", severity="Severe",
-            state="new", incident=f"{run}-{node}", location=Location(lat=48.137, lon=11.575, zone="entrance"),
-            title="CO above threshold", measurements=[Measurement(quantity="co", value=61.5, unit="ppm")],
+            id=f"{run}-{seq:07d}", node_id=node, site="bench", seq=seq, kind=kind, severity=severity,
+            state="new", incident=f"{run}-{node}-{kind}", location=Location(lat=48.137, lon=11.575, zone="entrance"),
+            title="CO above threshold" if forwardable else f"{kind} at the entrance",
+            measurements=[Measurement(quantity="co", value=61.5, unit="ppm")] if forwardable else [],
         )  # fmt: skip
         out.append((topic_for(message), encode(message)))
     return out
@@ -214,6 +225,7 @@ def run_ingest(
     writers: list[str],
     linger_s: float,
     receipts: tuple[bool, ...] = (True,),
+    forwardable_share: float = FORWARDABLE_SHARE,
 ) -> dict[str, Any]:
     variants = [
         (writer, mode, ng112, on)
@@ -230,13 +242,17 @@ def run_ingest(
         for run in range(runs):
             root = Path(tmp) / f"run{run}"
             with Mosquitto(root / "broker") as broker:
-                bare.append(bare_rate(broker, alert_payloads(messages, f"bare{run}")))
+                bare.append(
+                    bare_rate(broker, alert_payloads(messages, f"bare{run}", forwardable_share=forwardable_share))
+                )
                 for writer, mode, ng112, on in variants:
                     url = f"sqlite:///{root / f'agg-{writer}-{mode}-{ng112}-{on}.db'}"
                     store = Store(make_engine(url, sqlite_sync=mode))
                     store.create_all()
                     spec = StoreSpec(url, sqlite_sync=mode) if writer == "process" else None
-                    payloads = alert_payloads(messages, f"agg{run}{writer}{mode}{ng112}{on}")
+                    payloads = alert_payloads(
+                        messages, f"agg{run}{writer}{mode}{ng112}{on}", forwardable_share=forwardable_share
+                    )
                     forwarding = psap_uri if ng112 else None
                     rate = aggregator_rate(broker, payloads, store, batch_max, linger_s, spec, forwarding, on)
                     aggregated[(writer, mode, ng112, on)].append(rate)
@@ -248,6 +264,7 @@ def run_ingest(
         "runs": runs,
         "batch_max": batch_max,
         "linger_s": linger_s,
+        "forwardable_share": forwardable_share,
         "method": "drain a backlog of N QoS 1 alerts queued on a persistent session; rate = N / time to handle all",
         "bare_paho_msgs_per_s": {"median": round(bare_median), "all": [round(r) for r in bare]},
         "target_ratio": TARGET_RATIO,
@@ -285,6 +302,9 @@ def register(bench_app: typer.Typer) -> None:
         receipts: str = typer.Option(
             "on", help="Receipts to the nodes after each commit: on (as in service) and/or off; comma-separated"
         ),
+        forwardable_share: float = typer.Option(
+            FORWARDABLE_SHARE, min=0.0, max=1.0, help="Share of the alerts the NG112 policy forwards (1.0: all)"
+        ),
     ) -> None:
         """Aggregator ingest rate (validate + de-dup + commit, SQLite) vs a bare paho subscriber."""
         modes = [m.strip().upper() for m in sqlite_sync.split(",") if m.strip()]
@@ -295,5 +315,5 @@ def register(bench_app: typer.Typer) -> None:
         if not switches or not set(switches) <= {"on", "off"}:
             raise typer.BadParameter(f"--receipts {receipts!r}: on and/or off")
         confirming = tuple(switch == "on" for switch in switches)
-        result = run_ingest(messages, runs, batch_max, modes, writers, linger_s, confirming)
+        result = run_ingest(messages, runs, batch_max, modes, writers, linger_s, confirming, forwardable_share)
         typer.echo(json.dumps(result, indent=2))

@@ -25,7 +25,7 @@ from s4edge.edge.alerts import AlertDraft
 from s4edge.edge.app import Node
 from s4edge.edge.config import parse_config
 from s4edge.testing import Mosquitto, eventually
-from s4edge.testing.disk import DiskUnavailable, SmallDisk
+from s4edge.testing.disk import SmallDisk
 from s4edge.testing.notify import NotifySocket
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,15 +71,6 @@ class Receiver:
         self.client.disconnect()
 
 
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    small = SmallDisk(tmp_path / "disk", size="2m")
-    try:
-        small.mount()
-    except DiskUnavailable as exc:
-        pytest.skip(f"a full disk needs a tmpfs of its own, and this machine will not mount one ({exc}); run as root")
-    yield small
-    small.unmount()
 
 
 @pytest.fixture

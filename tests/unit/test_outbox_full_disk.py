@@ -5,25 +5,13 @@ stored still comes, from memory."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from s4edge.cloud_sync.outbox import Outbox
 from s4edge.edge.health import DISK_FULL, Health, is_disk_full
-from s4edge.testing.disk import DiskUnavailable, SmallDisk
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    small = SmallDisk(tmp_path / "disk", size="1m")
-    try:
-        small.mount()
-    except DiskUnavailable as exc:
-        pytest.skip(f"a full disk needs a tmpfs of its own, and this machine will not mount one ({exc}); run as root")
-    yield small
-    small.unmount()
+from s4edge.testing.disk import SmallDisk
 
 
 def test_a_full_disk_is_the_outbox_failure_until_a_write_succeeds(disk: SmallDisk) -> None:
