@@ -7,10 +7,8 @@ node without the aggregator's libraries runs its own commands.
 from __future__ import annotations
 
 import ast
-import contextlib
 import importlib.util
 import json
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -72,19 +70,20 @@ def click_command(name: str, target: Any) -> Any:
 
 def declared_help(module: str, attr: str | None = None) -> str:
     """The help a module's source declares for ``attr`` (``Typer(help=...)`` or the function's
-    docstring), or its own docstring; read, not imported, so that a listing neither pays for
-    a command's imports nor fails on a missing extra."""
+    docstring), or its own docstring. The module is parsed, not run (finding it imports only
+    its parent packages), so a listing neither pays for a command's imports nor fails on a
+    missing extra."""
     try:
         spec = importlib.util.find_spec(module)
         get_source = getattr(spec.loader, "get_source", None) if spec else None
         source = (get_source(module) if get_source else None) or ""
-        tree = ast.parse(source) if attr is None else _definition(source, attr)
+        tree = ast.parse(source)
     except (ImportError, ValueError, SyntaxError):  # ValueError: a module without a spec
         return ""
     if attr is None:
         return ast.get_docstring(tree) or ""
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == attr:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == attr:
             return ast.get_docstring(node) or ""
         if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Call):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -92,19 +91,6 @@ def declared_help(module: str, attr: str | None = None) -> str:
                 helps = [k.value for k in node.value.keywords if k.arg == "help" and isinstance(k.value, ast.Constant)]
                 return str(helps[0].value) if helps else ""
     return ""
-
-
-def _definition(source: str, attr: str) -> ast.Module:
-    """The top-level statement that defines ``attr``, parsed alone: parsing every command's whole
-    module would cost ``--help`` more than the rest of it. The whole module if that fails."""
-    lines = source.splitlines()
-    starts = [i for i, line in enumerate(lines) if re.match(rf"(def {attr}\b|{attr}\s*[:=])", line)]
-    if starts:
-        # the statement ends where the next one starts at the margin (a closing bracket does not)
-        end = next((j for j in range(starts[0] + 1, len(lines)) if lines[j][:1] not in "\t #)]}"), len(lines))
-        with contextlib.suppress(SyntaxError):
-            return ast.parse("\n".join(lines[starts[0] : end]))
-    return ast.parse(source)
 
 
 class Commands(LazyGroup):
