@@ -15,6 +15,8 @@ only the source that needs it, never an import.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,8 @@ Frame = npt.NDArray[np.uint8]
 """A BGR image, height × width × 3."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+_DEVICE = re.compile(r"/dev/video\d+|/dev/v4l/by-(id|path)/[^/]+")  # V4L2 nodes and udev's stable links
 
 
 class FrameSourceError(RuntimeError):
@@ -269,6 +273,16 @@ def open_source(
     if url.startswith("picamera2:") or url == "picamera2":
         index = url.partition(":")[2]
         return Picamera2Source(int(index or 0), size=size or (640, 480), clock=clock)
-    if url.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+    if url.startswith(STREAM_SCHEMES):
         return OpenCVSource(url, api="CAP_FFMPEG", clock=clock)
     return OpenCVSource(url, clock=clock)
+
+
+def named_file(url: str) -> tuple[str, str] | None:
+    """``(prefix, path)`` when ``url`` names a file, ``replay:<path>`` or a bare video file; None for
+    a device (index or /dev/video*), a stream, a ``gst:`` pipeline or the Pi camera."""
+    if url.startswith("replay:"):
+        return "replay:", url.removeprefix("replay:")
+    if url.isdigit() or url.startswith(("gst:", "picamera2:", *STREAM_SCHEMES)) or url == "picamera2":
+        return None
+    return None if _DEVICE.fullmatch(os.path.normpath(url)) else ("", url)

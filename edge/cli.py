@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -76,7 +77,11 @@ def run(
     from s4edge.edge.config import ConfigError
 
     try:
-        node = Node(node_config, base_dir=config.resolve().parent)
+        try:
+            node = Node(node_config, base_dir=config.resolve().parent)
+        except (sqlite3.Error, OSError) as exc:  # exit 1: systemd restarts the agent, the disk may come back
+            typer.echo(f"error: cannot open the outbox {node_config.outbox.path}: {exc}", err=True)
+            raise typer.Exit(1) from None
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

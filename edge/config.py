@@ -6,6 +6,7 @@ Every file or folder a config names (a ``NodeFile`` field, the sources' included
 the node's own folders: the config's, the state folder holding the outbox, and the model
 folders. A signed ``reload_config`` can then aim no source at another secret of the machine
 (/etc/shadow), and no error quotes what a file holds, only its name and the key at fault.
+A camera URL (``CameraURL``) that names a file is confined the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ class NodeFile:
 
     relative_to: Literal["config", "state"] = "config"
     also: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class CameraURL:
+    """Marks a camera URL field (``Annotated[str, CameraURL()]``): the file a ``replay:`` or bare-path
+    URL names is placed and confined as a NodeFile's; a ``gst:`` pipeline, which can name any file or
+    socket, is taken only from the config file installed on the node, never from ``reload_config``."""
 
 
 class LocationConfig(Strict):
@@ -191,17 +199,18 @@ def load_config(path: Path) -> _NodeBase:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
-    return parse_config_text(text, str(path), Path(path).resolve().parent)
+    return parse_config_text(text, str(path), Path(path).resolve().parent, pipelines=True)
 
 
-def parse_config_text(text: str, origin: str, base: Path) -> _NodeBase:
-    """Parse YAML text (a file's, or one sent with ``reload_config``); paths resolve against ``base``."""
+def parse_config_text(text: str, origin: str, base: Path, *, pipelines: bool = False) -> _NodeBase:
+    """Parse YAML text (a file's, or one sent with ``reload_config``); paths resolve against ``base``.
+    Only the installed file (``pipelines``) may give a camera a ``gst:`` pipeline."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: {yaml_problem(exc)}") from None
     config = parse_config(data, origin)
-    _place_files(config, base, origin)
+    _place_files(config, base, origin, pipelines)
     return config
 
 
@@ -230,12 +239,12 @@ def _own_folders(base: Path, outbox: Path) -> list[Path]:
     return [base, outbox.parent, default_models_dir(), default_cache_dir()]
 
 
-def _node_files(model: BaseModel, key: str = "") -> Iterator[tuple[BaseModel, str, str, NodeFile]]:
-    """(owner, field, dotted key, marker) of every NodeFile field set in ``model``, nested ones included."""
+def _node_files(model: BaseModel, key: str = "") -> Iterator[tuple[BaseModel, str, str, NodeFile | CameraURL]]:
+    """(owner, field, dotted key, marker) of every NodeFile or CameraURL field set in ``model``, nested ones too."""
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
-        marker = next((m for m in field.metadata if isinstance(m, NodeFile)), None)
-        if marker is not None and isinstance(value, Path):
+        marker = next((m for m in field.metadata if isinstance(m, NodeFile | CameraURL)), None)
+        if marker is not None and isinstance(value, Path | str):
             yield model, name, f"{key}{name}", marker
         items = enumerate(value) if isinstance(value, list) else [(None, value)]
         for i, item in items:
@@ -243,21 +252,34 @@ def _node_files(model: BaseModel, key: str = "") -> Iterator[tuple[BaseModel, st
                 yield from _node_files(item, f"{key}{name}." + ("" if i is None else f"{i}."))
 
 
-def _place_files(config: _NodeBase, base: Path, origin: str) -> None:
+def _place_files(config: _NodeBase, base: Path, origin: str, pipelines: bool) -> None:
     """Make each named file absolute, and refuse one outside the node's own folders."""
     outbox = config.outbox.path if config.outbox.path.is_absolute() else base / config.outbox.path
     roots = [root.resolve() for root in _own_folders(base, outbox)]
-    for owner, name, key, marker in _node_files(config):
-        path = getattr(owner, name)
+
+    def placed(path: Path, key: str, marker: NodeFile) -> Path:
         if not path.is_absolute():
             path = (base if marker.relative_to == "config" else outbox.parent) / path
-            setattr(owner, name, path)
         lexical = Path(os.path.normpath(path))  # no ".." left; links are the machine's own (sysfs)
         if not any(path.resolve().is_relative_to(root) for root in roots) and not any(
             lexical.is_relative_to(root) for root in marker.also
         ):
             folders = ", ".join(str(root) for root in [*roots, *marker.also])
             raise ConfigError(f"{origin}: {key}: {path} is outside the node's own folders ({folders})")
+        return path
+
+    for owner, name, key, marker in _node_files(config):
+        value = getattr(owner, name)
+        if isinstance(marker, NodeFile):
+            setattr(owner, name, placed(value, key, marker))
+            continue
+        from s4edge.drivers.frames import named_file  # numpy: only a node with a camera needs it
+
+        if value.startswith("gst:") and not pipelines:
+            raise ConfigError(f"{origin}: {key}: a gst: pipeline is taken only from the config file on the node")
+        if (named := named_file(value)) is not None:
+            prefix, file = named
+            setattr(owner, name, prefix + str(placed(Path(file), key, NodeFile())))
 
 
 def config_digest(text: str) -> str:

@@ -77,11 +77,16 @@ def load_plugins(types: Iterable[str] | None = None) -> dict[str, ModuleType]:
             module = load(known[key], f"source type {key!r}")
         except MissingExtra as exc:
             raise PluginError(str(exc)) from None
-        declared = module.Config.model_fields["type"].annotation.__args__
-        if declared != (key,):
-            raise PluginError(f"source plugin {known[key].value}: its Config is type {declared}, not {key!r}")
+        if _declared_type(module) != (key,):
+            raise PluginError(f"source plugin {known[key].value}: its Config needs the field type: Literal[{key!r}]")
         loaded[key] = module
     return loaded
+
+
+def _declared_type(module: ModuleType) -> Any:
+    """The values of ``module.Config``'s ``type`` Literal; None where a third-party plugin has none."""
+    field = getattr(getattr(module, "Config", None), "model_fields", {}).get("type")
+    return getattr(field.annotation, "__args__", None) if field is not None else None
 
 
 def build_source(config: Any, book: IncidentBook) -> AlertSource:

@@ -5,13 +5,17 @@ are redacted before they are stored, so command history never serves them.
 Redacted: the value of any key that names a credential (``password``, ``token``, ``secret``,
 ``api_key``, ``private_key``, …) in a mapping or in text (``key: value``, ``key=value``,
 ``"key": "value"``), the userinfo of URLs (RFC 3986 §3.2.1), PEM private key blocks, and
-``Bearer`` tokens (RFC 6750 §2.1).
+``Bearer`` tokens (RFC 6750 §2.1). Text that is a JSON or YAML mapping (a ``reload_config``'s
+config) is redacted as that mapping and written back; other text is redacted line by line.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+
+import yaml
 
 REDACTED = "***"
 CREDENTIAL = r"passw(?:or)?d|passphrase|secret|token|api[_-]?key|private[_-]?key|credentials?"
@@ -21,10 +25,19 @@ _TEXT = [
         re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.DOTALL),
         rf"-----BEGIN \1PRIVATE KEY----- {REDACTED} -----END \1PRIVATE KEY-----",
     ),
-    # key, then a separator, then a quoted value or the rest of the line up to a list separator:
-    # YAML allows a plain scalar with spaces (password: correct horse battery staple)
+    # a YAML block scalar (password: |): the lines indented deeper than its key (YAML 1.2 §8.1)
     (
-        re.compile(rf"(?i)([\w.-]*(?:{CREDENTIAL})[\"']?\s*[:=]\s*)(\"[^\"\n]*\"|'[^'\n]*'|[^\s\"'][^\n,;&}}\]]*)"),
+        re.compile(
+            rf"(?im)^([ \t]*)((?:- )?[\w.-]*(?:{CREDENTIAL})[\"']?[ \t]*:[ \t]*)[|>][^\n]*"
+            r"(?:\n[ \t]*(?=\n)|\n\1[ \t]+\S[^\n]*)*"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
+    # key, then a separator, then a quoted value ('' and \" escape a quote) or the rest of the line
+    (
+        re.compile(
+            rf"(?i)([\w.-]*(?:{CREDENTIAL})[\"']?\s*[:=]\s*)(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\n]|'')*'|[^\s\"'][^\n]*)"
+        ),
         rf"\1{REDACTED}",
     ),
     (re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^\s/?#@]+@"), rf"\1{REDACTED}@"),
@@ -35,6 +48,9 @@ _TEXT = [
 def redact(value: Any) -> Any:
     """``value`` (text, or JSON-like data) with every credential replaced by ``***``."""
     if isinstance(value, str):
+        mapping = _mapping(value)
+        if mapping is not None and (cleaned := redact(mapping)) != mapping:
+            return json.dumps(cleaned) if value.lstrip().startswith("{") else yaml.safe_dump(cleaned, sort_keys=False)
         for pattern, replacement in _TEXT:
             value = pattern.sub(replacement, value)
         return value
@@ -43,3 +59,15 @@ def redact(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact(item) for item in value]
     return value
+
+
+def _mapping(text: str) -> dict[Any, Any] | None:
+    """The mapping ``text`` holds as JSON or YAML, or None."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return None
+    return data if isinstance(data, dict) else None

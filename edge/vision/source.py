@@ -17,11 +17,12 @@ sources:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from s4edge.edge.alerts import IncidentBook
+from s4edge.edge.config import CameraURL
 from s4edge.edge.sources import SourceContext
 from s4edge.edge.vision.analytics import SceneAnalytics, SceneConfig
 from s4edge.edge.vision.backends import BackendOptions
@@ -35,9 +36,9 @@ from s4edge.edge.vision.tracker import Tracker, TrackerConfig
 class CameraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(
-        description="Device index (0), rtsp:// or http:// URL, video file, gst:<pipeline>, picamera2:, "
-        "or replay:<file or folder>"
+    url: Annotated[str, CameraURL()] = Field(
+        description="Device index (0) or /dev/videoN, rtsp:// or http:// URL, video file, gst:<pipeline>, "
+        "picamera2:, or replay:<file or folder>; a file relative to the config's folder"
     )
     fps: float | None = Field(default=None, gt=0, description="Replay rate; the file's own when absent")
     loop: bool = Field(default=False, description="Replay: start again at the end")
@@ -94,7 +95,7 @@ class VisionSource:
 
         cam = self.config.camera
         size = (cam.width, cam.height) if cam.width and cam.height else None
-        url = cam.url  # a relative path is relative to the agent's working directory
+        url = cam.url  # a file is already absolute: edge.config placed it
         replay = url.startswith("replay:")
         return Capture(
             open_source(url, fps=cam.fps, loop=cam.loop, realtime=cam.realtime, size=size),

@@ -7,12 +7,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from s4edge.cloud_sync.aggregator.api import build_api
 from s4edge.cloud_sync.aggregator.commands import CommandDesk
 from s4edge.cloud_sync.aggregator.events import EventBus
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
+from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.messages import Alert, Command, CommandResult, Location, decode
 
@@ -78,9 +80,41 @@ def test_credentials_never_reach_command_history(store: Store, published: list[b
     (listed,) = api.get("/api/nodes/s1/n1/commands").json()["commands"]
     shown = str(listed)
     assert PASSWORD not in shown and PASSWORD.replace(" ", "-") not in shown and "t0ken-value" not in shown
-    assert "password: ***" in listed["args"]["config"] and "mqtts://***@broker:8883" in listed["args"]["config"]
+    stored = yaml.safe_load(listed["args"]["config"])  # redacted as a config, still one
+    assert stored["mqtt"] == {"url": "mqtts://***@broker:8883", "password": "***"} and stored["node_id"] == "n1"
     assert listed["result"]["detail"] == "config refused: mqtt.password: ***"
-    assert listed["result"]["data"] == {"token": "***", "echo": "password=***&x=1"}
+    assert listed["result"]["data"] == {"token": "***", "echo": "password=***"}
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("refused: password: abc;defg&hij", "refused: password: ***"),  # to the end of the line
+        ("got password='it''s secret' here", "got password=*** here"),  # '' is a quote in YAML
+        ('got password="a \\"b\\" c" here', "got password=*** here"),
+        (
+            "- x\n- mqtt:\n    password: |\n      abc\n      defg\n    user: bob",
+            "- x\n- mqtt:\n    password: ***\n    user: bob",
+        ),
+        ("- a: 1\n- password: >-\n    abc\n\n    defg\n- b", "- a: 1\n- password: ***\n- b"),
+    ],
+)
+def test_free_text_is_redacted_to_the_end_of_a_value(text: str, kept: str) -> None:
+    assert redact(text) == kept
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "mqtt:\n  password: abc;defg&hij\n  username: bob\n",
+        "mqtt:\n  password: 'it''s secret'\n  username: bob\n",
+        "mqtt:\n  password: |\n    it's secret\n    on two lines\n  username: bob\n",
+        '{"mqtt": {"password": "it\'s secret\\non two lines", "username": "bob"}}',
+    ],
+)
+def test_a_config_is_redacted_as_the_mapping_it_parses_to(config: str) -> None:
+    assert yaml.safe_load(redact(config)) == {"mqtt": {"password": "***", "username": "bob"}}
+    assert "secret" not in redact(config) and "defg" not in redact(config)
 
 
 @pytest.mark.parametrize(

@@ -216,7 +216,7 @@ def test_a_reload_whose_source_cannot_be_built_is_refused_and_answered(node: Nod
         {
             "type": "vision",
             "name": "cam9",
-            "camera": {"url": "replay:/nonexistent.avi"},
+            "camera": {"url": "replay:nonexistent.avi"},
             "model": {"name": "no-such-model"},
         }
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -49,6 +50,23 @@ def test_run_with_a_bad_config_exits_2_before_starting(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert str(bad) in result.output and "not valid YAML" in result.output
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("blocker", ["a file where its folder should be", "a folder where the file should be"])
+def test_run_with_an_outbox_that_cannot_be_opened_exits_1_in_one_line(tmp_path: Path, blocker: str) -> None:
+    if blocker.startswith("a file"):
+        (tmp_path / "state").write_text("")
+        outbox = tmp_path / "state" / "outbox.db"  # its folder cannot be created: OSError
+    else:
+        outbox = tmp_path / "outbox.db"
+        outbox.mkdir()  # sqlite3 cannot open a folder: sqlite3.Error
+    data = yaml.safe_load(SIM.read_text())
+    data["outbox"] = {"path": str(outbox)}
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["agent", "run", "--config", str(tmp_path / "node.yaml"), "--log-format", "text"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"error: cannot open the outbox {outbox}: ") and result.output.count("\n") == 1
+    assert "Traceback" not in result.output
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -131,6 +131,52 @@ def test_node_files_resolve_into_the_nodes_folders_and_nowhere_else(etc: Path) -
         parse_config_text(yaml.safe_dump(data), "node.yaml", etc)
 
 
+JETSON = (
+    "gst:nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1 ! nvvidconv ! "
+    "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true"
+)
+
+
+def camera_config(etc: Path, url: str) -> str:
+    data = yaml.safe_load((etc / "node.yaml").read_text())
+    data["sources"] = [{"type": "vision", "camera": {"url": url}, "model": {"name": "fastestdet"}}]
+    return yaml.safe_dump(data)
+
+
+def load_config_text(etc: Path, text: str) -> Any:
+    (etc / "node.yaml").write_text(text)
+    return load_config(etc / "node.yaml")
+
+
+def test_a_camera_url_naming_a_file_is_placed_and_confined_like_any_node_file(etc: Path) -> None:
+    for url, placed in (
+        ("replay:clips/a.avi", f"replay:{etc / 'clips' / 'a.avi'}"),
+        ("clip.mp4", str(etc / "clip.mp4")),
+        *((same, same) for same in ("0", "/dev/video0", "/dev/v4l/by-id/usb-cam-index0", "rtsp://cam/1")),
+        *((same, same) for same in ("https://cam/mjpeg", "picamera2:", JETSON)),
+    ):
+        config = load_config_text(etc, camera_config(etc, url))
+        assert config.sources[0].camera.url == placed
+    for url in ("replay:/etc/shadow", "/etc/shadow", "replay:../elsewhere", "/dev/video0/../../etc/shadow"):
+        with pytest.raises(ConfigError, match=r"sources\.0\.camera\.url: .* outside the node's own folders"):
+            parse_config_text(camera_config(etc, url), "node.yaml", etc)
+
+
+def test_a_gst_pipeline_comes_only_from_the_installed_config_not_a_reload(
+    node: Node, etc: Path, key: Ed25519PrivateKey
+) -> None:
+    assert load_config_text(etc, camera_config(etc, JETSON)).sources[0].camera.url == JETSON
+    hostile = "gst:videotestsrc ! filesink location=/etc/cron.d/x"
+    for url in (JETSON, hostile):
+        result = node.execute(signed(key, "reload_config", config=camera_config(etc, url)))
+        assert not result.ok and "sources.0.camera.url: a gst: pipeline is taken only from the config file" in (
+            result.detail or ""
+        )
+    result = node.execute(signed(key, "reload_config", config=camera_config(etc, "replay:/etc/shadow")))
+    assert not result.ok and "outside the node's own folders" in (result.detail or "")
+    assert [s.name for s in node.config.sources] == ["concourse"]
+
+
 def test_a_config_error_names_the_line_of_broken_yaml_not_its_text(etc: Path) -> None:
     text = (etc / "node.yaml").read_text().replace("password_file: mqtt.password", f'password: "{SECRET}')
     with pytest.raises(ConfigError) as refused:

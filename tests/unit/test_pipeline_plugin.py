@@ -44,7 +44,8 @@ def test_the_demo_config_validates() -> None:
     config = load_config(DEMO)
     (vision,) = [s for s in config.sources if s.type == "vision"]
     assert vision.model.name == "fastestdet"
-    assert vision.camera.url == "replay:demo_clip.avi"  # the clip `python -m s4edge.demo_clip` builds
+    # the clip `python -m s4edge.demo_clip` builds, beside the config
+    assert vision.camera.url == f"replay:{DEMO.resolve().parent / 'demo_clip.avi'}"
     assert {r.type for r in vision.scene.rules} >= {"intrusion", "crowd"}
     assert vision.snapshots.enabled is False
 

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.metadata import EntryPoint
 from pathlib import Path
+from types import ModuleType
+from typing import Literal
 
 import pytest
+from pydantic import BaseModel
 
 from s4edge.edge.alerts import IncidentBook
 from s4edge.edge.config import ConfigError, load_config, parse_config
-from s4edge.edge.sources import PluginError, build_source, source_types
+from s4edge.edge.sources import PluginError, build_source, load_plugins, source_types
+from s4edge.plugins import SOURCES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,3 +79,29 @@ def test_a_runtime_missing_at_build_names_the_vision_extra(monkeypatch: pytest.M
     needs = r"^source type 'vision' needs the vision extra: pip install 's4edge\[vision\]' \(onnxruntime is not"
     with pytest.raises(PluginError, match=needs):
         build_source(camera, IncidentBook(lambda draft: None))
+
+
+class Untyped(BaseModel):
+    name: str = "x"
+
+
+class Typed(BaseModel):
+    type: str
+
+
+class Other(BaseModel):
+    type: Literal["thermal"]
+
+
+@pytest.mark.parametrize("config", [None, Untyped, Typed, Other])
+def test_a_plugin_without_its_type_literal_is_a_plugin_error(
+    monkeypatch: pytest.MonkeyPatch, config: type[BaseModel] | None
+) -> None:
+    plugin = ModuleType("third_party_lidar")
+    if config is not None:
+        plugin.Config = config  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, plugin.__name__, plugin)
+    entry = EntryPoint(name="lidar", value=plugin.__name__, group=SOURCES)
+    monkeypatch.setattr("s4edge.edge.sources.plugins", lambda group: {"lidar": entry})
+    with pytest.raises(PluginError, match=r"^source plugin third_party_lidar: its Config needs the field type: "):
+        load_plugins(["lidar"])
