@@ -106,12 +106,13 @@ class Aggregator:
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
 
-    def forward_jobs(self, kinds: frozenset[str]) -> None:
+    def forward_jobs(self, kinds: frozenset[str], on_jobs: Callable[[], object] | None = None) -> None:
         """Store a forward job with each new alert of these kinds, in the commit that stores it,
-        for a forwarder (NG112) to drain from the store; call before ``start()``."""
+        for a forwarder (NG112) to drain from the store; ``on_jobs`` is called after each commit
+        that wrote jobs (the forwarder's wake-up) and must return at once. Call before ``start()``."""
         if self._server is not None:
             raise RuntimeError("turn forward jobs on before start()")
-        self.ingest.forward_jobs(kinds)
+        self.ingest.forward_jobs(kinds, on_jobs)
 
     def include_router(self, router: APIRouter) -> None:
         """Add another module's HTTP routes (NG112 forwards, …); call before ``start()``."""

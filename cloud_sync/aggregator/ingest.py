@@ -139,6 +139,7 @@ class Ingest:
         self.writer = BatchWriter(store, rules=rules, stopping=self._stopping, on_store_error=self._store_error)
         self.writer_process = writer_process
         self._child: WriterProcess | None = None
+        self.on_jobs: Callable[[], object] | None = None  # see ``forward_jobs``
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
 
@@ -152,12 +153,15 @@ class Ingest:
         if self.writer_process is not None and self._child is None:
             self._child = WriterProcess(self.writer_process, self.writer.rules, on_store_error=self._store_error)
 
-    def forward_jobs(self, kinds: frozenset[str]) -> None:
+    def forward_jobs(self, kinds: frozenset[str], on_jobs: Callable[[], object] | None = None) -> None:
         """New alerts of these kinds get a forward job in the commit that stores them; before
-        the writer process starts (``open_writer``), which is told its rules once."""
+        the writer process starts (``open_writer``), which is told its rules once. ``on_jobs``
+        is called after each commit that wrote jobs (the forwarder's ``wake``), in the writer
+        thread: it must return at once."""
         if self._child is not None:
             raise RuntimeError("set forward jobs before the writer process starts")
         self.writer.rules = replace(self.writer.rules, forward_kinds=kinds)
+        self.on_jobs = on_jobs
 
     def start(self, timeout: float = 10.0) -> None:
         self.open_writer()
@@ -384,7 +388,7 @@ class Ingest:
             outcome = self.writer.write(items)
             if outcome is None:
                 return None
-            self.store_failure = None
+            self._committed(outcome)
             batch = outcome.batch
             decoded = {batch.alert_index[i]: pair for i, pair in batch.alerts.items()} if batch and live else {}
             return Committed(received, outcome, decoded, live)
@@ -408,8 +412,14 @@ class Ingest:
         outcome = self._result(child, items)
         if outcome is None:
             return None
-        self.store_failure = None
+        self._committed(outcome)
         return Committed(received, outcome, decoded, live)
+
+    def _committed(self, outcome: Outcome) -> None:
+        self.store_failure = None
+        # at once, not when the batch is acked: the forward should not wait for the next batch
+        if outcome.forward_jobs and self.on_jobs is not None:
+            self.on_jobs()
 
     def _result(self, child: WriterProcess, items: list[Item]) -> Outcome | None:
         try:

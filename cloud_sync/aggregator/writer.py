@@ -17,7 +17,8 @@ Child → parent: a JSON object per outage it is retrying through (``store_error
 the batch's outcome.
 
 With forward jobs on (``WriterRules.forward_kinds``, set by NG112 forwarding), the commit
-that stores a new alert of those kinds writes its row in ``forward_jobs`` too.
+that stores a new alert of those kinds writes its row in ``forward_jobs`` too, and the
+outcome counts them (``Outcome.forward_jobs``), so that ingest can wake the forwarder.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class Outcome:
     nodes: list[tuple[str, str, str]] = field(default_factory=list)  # (site, node_id, "status" | "heartbeat")
     # (site, node_id) → ids of its alerts the store now holds, new or stored before: the receipts
     confirmed: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    forward_jobs: int = 0  # forward jobs committed with the new alerts
     batch: Batch | None = None
 
     def to_json(self) -> bytes:
@@ -117,6 +119,7 @@ class Outcome:
                 "new_alerts": self.new_alerts,
                 "nodes": self.nodes,
                 "confirmed": [[site, node, list(ids)] for (site, node), ids in self.confirmed.items()],
+                "forward_jobs": self.forward_jobs,
             }
         ).encode()
 
@@ -130,6 +133,7 @@ class Outcome:
             new_alerts=data["new_alerts"],
             nodes=[(n[0], n[1], n[2]) for n in data["nodes"]],
             confirmed={(c[0], c[1]): set(c[2]) for c in data["confirmed"]},
+            forward_jobs=data["forward_jobs"],
         )
 
 
@@ -244,11 +248,13 @@ class BatchWriter:
         keys |= {(r.site, r.node_id) for r, _ in batch.results} | set(batch.readings)
         keys -= self._known_nodes  # node rows are never deleted: once seen, no need to ask again
         forward_kinds = self.rules.forward_kinds
+        jobs: list[str] = []
         with self.store.engine.begin() as conn:
             self.store.ensure_nodes(conn, keys)
             new_ids = self._alert_rows.insert(conn, list(batch.alerts.values()))
             if forward_kinds is not None:
-                self.store.add_forward_jobs(conn, (i for i in new_ids if batch.alerts[i][0].kind in forward_kinds))
+                jobs = [i for i in new_ids if batch.alerts[i][0].kind in forward_kinds]
+                self.store.add_forward_jobs(conn, jobs)
             for status, at in batch.statuses.values():
                 self.store.record_status(conn, status, at)
             self.store.record_heartbeats(conn, list(batch.beats.values()))
@@ -259,6 +265,7 @@ class BatchWriter:
         for alert, _ in batch.alerts.values():  # committed: stored now, whether new or not
             outcome.confirmed.setdefault((alert.site, alert.node_id), set()).add(alert.id)
         outcome.duplicates += len(batch.alerts) - len(new_ids)
+        outcome.forward_jobs += len(jobs)
         for kind, count in (
             ("alert", len(new_ids)),
             ("status", len(batch.statuses)),

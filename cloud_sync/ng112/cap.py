@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -102,13 +103,19 @@ def find_xsd(path: str | Path | None = None) -> Path:
     return candidate
 
 
+# lru_cache does not lock, and two send workers building the schema at once made libxml2
+# fail ("XMLSchemaParseError: Internal error"): it is built once, under this lock.
+_building = threading.Lock()
+
+
 @lru_cache(maxsize=4)
 def _schema(path: Path) -> etree.XMLSchema:
     return etree.XMLSchema(etree.parse(str(path)))
 
 
 def load_schema(path: str | Path | None = None) -> etree.XMLSchema:
-    return _schema(find_xsd(path).resolve())
+    with _building:
+        return _schema(find_xsd(path).resolve())
 
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None) -> etree._Element:

@@ -7,6 +7,11 @@ deletes them, in one transaction. ``submit`` records one alert's forwards direct
 Neither sends; sending happens in ``run_due`` (called inline by tests with an injected
 clock, or by the background loop that ``start`` runs, which drains as well). A row is
 claimed with a conditional UPDATE, so several aggregator replicas may share one database.
+
+The loop's queries hold the GIL that the ingest's network thread needs in the same process,
+so it looks when told there is something to look at (``wake``: ingest committed jobs, an
+operator confirmed, a send ended that others wait for) and otherwise once per ``JOB_POLL_S``,
+for jobs another replica committed or a crash left, retries come due and lapsed claims.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +31,7 @@ from sqlalchemy import Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from s4edge.cloud_sync.aggregator.store import forward_jobs
+from s4edge.cloud_sync.logfmt import FailureLog
 from s4edge.cloud_sync.messages import Alert
 from s4edge.cloud_sync.ng112.call import Caller, compose
 from s4edge.cloud_sync.ng112.cap import CapError, CapRef, MsgType
@@ -51,8 +58,10 @@ RETRY_CODES = frozenset({408, 480, 500, 503, 504})
 # Beyond Timer F, time to compose the message and record the outcome before a claim lapses.
 CLAIM_MARGIN_S = 30.0
 JOB_BATCH = 100  # forward jobs taken in one transaction
-# How often an idle forwarder looks for new jobs: the most this adds to an alert's way to the PSAP.
-JOB_POLL_S = 0.05
+# How often an idle forwarder looks for jobs nobody woke it for (another replica's, a crash's),
+# and for retries come due: the most this adds to such a forward's way to the PSAP.
+JOB_POLL_S = 1.0
+STOP_WAIT_S = 60.0  # beyond Timer F: the sends in flight finish before ``stop`` returns
 
 
 def _retryable(delivery: Delivery) -> bool:
@@ -72,6 +81,7 @@ class Forwarder:
         tls_context: ssl.SSLContext | None = None,
         schema: etree.XMLSchema | None = None,
         on_change: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = JOB_POLL_S,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -92,8 +102,18 @@ class Forwarder:
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        # Guarded by ``_changed``: what the loop has to look at before its next poll. There may be
+        # new jobs (ingest committed some), or a forward may have come due (a send ended: its
+        # worker is free, and its incident's next message may go).
+        self._jobs_woken = False
+        self._due_woken = False
+        self._polled_at = -float("inf")  # time.monotonic() of the loop's last full turn
         self._sending = 0  # rows handed to the pool and not finished yet
+        self._in_flight: set[str] = set()  # their incidents (one row each: only an incident's head goes)
+        self._followed: set[str] = set()  # of those, incidents that got another forward meanwhile
+        self.poll_s = poll_s
+        self._drain_failures = FailureLog(log, "ng112: taking forward jobs")
+        self._claim_failures = FailureLog(log, "ng112: claiming due forwards")
 
     # -- intake -----------------------------------------------------------------------
     def drain(self, limit: int = JOB_BATCH) -> int:
@@ -148,6 +168,8 @@ class Forwarder:
                 self.correlator.forget(escalations)
             raise
         if created:
+            with self._changed:  # an incident's next message, recorded while its last is sent
+                self._followed |= {item.incident for item in [*batch, *escalations]} & self._in_flight
             self._changed_rows(created)
         return created
 
@@ -247,7 +269,7 @@ class Forwarder:
         done = claim(self.engine, forward_id, ("awaiting_confirm",), "pending", decided_by=by, due_at=self.clock())
         if done:
             self._changed_row(forward_id)
-            self._notify()
+            self.wake()
         return done
 
     def dismiss(self, forward_id: str, by: str) -> bool:
@@ -298,23 +320,30 @@ class Forwarder:
             log.warning("ng112: forward %s was claimed but never finished (sender died?); now %s", forward_id, state)
             self._changed_row(forward_id)
 
-    def _claim_due(self, limit: int | None = None) -> list[Any]:
+    def _claim_due(self, limit: int | None = None, *, sweep: bool = True) -> list[Any]:
+        """``sweep``: first settle unanswered confirmations and take back lapsed claims, which
+        time alone brings about: the loop does it once per poll, not on every turn."""
         now = self.clock()
-        self._expire_confirmations(now)
-        self._take_back_lapsed(now)
+        if sweep:
+            self._expire_confirmations(now)
+            self._take_back_lapsed(now)
         # A send ends within Timer F (RFC 3261 §17.1.2.2), so a claim held well past it is lost.
         held_until = now + timedelta(seconds=self.config.timers.f + CLAIM_MARGIN_S)
         # Messages of one incident go in order, the Alert first and each Update after it: only
         # an incident's first open forward may go, and only once it is due. The database picks
         # those, so a backlog of thousands costs one query here, not a scan per row.
         head = (
-            select(forwards.c.incident, func.min(forwards.c.ordinal).label("ordinal"))
+            select(
+                forwards.c.incident,
+                func.min(forwards.c.ordinal).label("ordinal"),
+                func.count().label("open_in_incident"),  # more than 1: the next waits for this one
+            )
             .where(forwards.c.state.in_(OPEN_STATES))
             .group_by(forwards.c.incident)
             .subquery()
         )
         query = (
-            select(forwards)
+            select(forwards, head.c.open_in_incident)
             .join(head, and_(forwards.c.incident == head.c.incident, forwards.c.ordinal == head.c.ordinal))
             .where(forwards.c.state.in_(("pending", "retrying")), forwards.c.due_at <= now)
             .order_by(forwards.c.incident)
@@ -415,8 +444,11 @@ class Forwarder:
                 self.on_change(forward_dict(row))
 
     # -- background loop ----------------------------------------------------------------
-    def _notify(self) -> None:
+    def wake(self) -> None:
+        """There may be work now (ingest committed forward jobs, a forward came due): the
+        loop looks at once instead of at its next poll. Cheap; call it from any thread."""
         with self._changed:
+            self._jobs_woken = self._due_woken = True
             self._changed.notify_all()
 
     def wait_for(
@@ -444,51 +476,80 @@ class Forwarder:
         if self._loop is not None:
             return
         self._stop.clear()
-        self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="ng112-send")
         self._loop = threading.Thread(target=self._run, name="ng112-forwarder", daemon=True)
         self._loop.start()
 
     def stop(self) -> None:
+        """Stop claiming, and return once the sends in flight have finished."""
         self._stop.set()
-        self._notify()
+        self.wake()
         if self._loop is not None:
-            self._loop.join(timeout=5)
+            self._loop.join(STOP_WAIT_S)
+            if self._loop.is_alive():
+                log.warning("ng112: the forwarder did not stop within %.0f s; its claims lapse", STOP_WAIT_S)
             self._loop = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            taken = 0
-            try:
-                taken = self.drain()
-            except Exception:  # a database hiccup must not end forwarding for good; the jobs stay
-                log.exception("ng112: could not take forward jobs; trying again")
-            # Claim only what a free worker sends at once: a claim queued behind slow sends
-            # could lapse and be taken back while still waiting its turn.
-            free = self.config.workers - self._sending
-            claimed = []
-            if free > 0:
-                try:
-                    claimed = self._claim_due(free)
-                except Exception:  # a database hiccup must not end forwarding for good
-                    log.exception("ng112: could not read due forwards; trying again")
-            assert self._pool is not None
-            for row in claimed:
+        # The pool is the loop's own and ends with it: nothing is handed to it once it shuts down.
+        with ThreadPoolExecutor(self.config.workers, thread_name_prefix="ng112-send") as pool:
+            while not self._stop.is_set():
                 with self._changed:
-                    self._sending += 1
-                self._pool.submit(self._send_logged, row)
-            with self._changed:
-                if not claimed and taken < JOB_BATCH and not self._stop.is_set():
-                    self._changed.wait(JOB_POLL_S)
+                    jobs, self._jobs_woken, self._due_woken = self._jobs_woken, False, False
+                # A turn costs a few queries, each holding the GIL that ingest's network thread
+                # needs: a woken turn does only what it was woken for, a poll does it all (jobs
+                # nobody woke us for, retries come due, lapsed claims, unanswered confirmations).
+                poll = time.monotonic() - self._polled_at >= self.poll_s
+                if poll:
+                    self._polled_at = time.monotonic()
+                taken = self._drain_logged() if jobs or poll else 0
+                # Claim only what a free worker sends at once: a claim queued behind slow sends
+                # could lapse and be taken back while still waiting its turn.
+                free = self.config.workers - self._sending
+                claimed = self._claim_logged(free, poll) if free > 0 and not self._stop.is_set() else []
+                for row in claimed:
+                    with self._changed:
+                        self._sending += 1
+                        self._in_flight.add(row.incident)
+                    pool.submit(self._send_logged, row)
+                with self._changed:
+                    if taken >= JOB_BATCH:  # more jobs may be waiting
+                        self._jobs_woken = True
+                    else:
+                        self._changed.wait_for(
+                            lambda: self._jobs_woken or self._due_woken or self._stop.is_set(),
+                            max(0.0, self._polled_at + self.poll_s - time.monotonic()),
+                        )
+
+    def _drain_logged(self) -> int:
+        try:
+            taken = self.drain()
+        except Exception as exc:  # a database hiccup must not end forwarding for good; the jobs stay
+            self._drain_failures.failed(exc)
+            return 0
+        self._drain_failures.ok()
+        return taken
+
+    def _claim_logged(self, free: int, sweep: bool) -> list[Any]:
+        try:
+            claimed = self._claim_due(free, sweep=sweep)
+        except Exception as exc:  # a database hiccup must not end forwarding for good
+            self._claim_failures.failed(exc)
+            return []
+        self._claim_failures.ok()
+        return claimed
 
     def _send_logged(self, row: Any) -> None:
         try:
             self._send_or_record(row)
         finally:
             with self._changed:
+                # Another claim is worth its queries only if a due forward may have been left
+                # for want of a worker, or this incident's next message waits for this one.
+                if self._sending == self.config.workers or row.open_in_incident > 1 or row.incident in self._followed:
+                    self._due_woken = True
                 self._sending -= 1
+                self._in_flight.discard(row.incident)
+                self._followed.discard(row.incident)
                 self._changed.notify_all()
 
     def _send_or_record(self, row: Any) -> None:

@@ -7,9 +7,10 @@
     forwarder.stop(); aggregator.stop()
 
 ``attach`` mounts the /ng112 router on the aggregator's FastAPI app, has ingest commit a
-forward job with every alert of a kind the config forwards or correlates, publishes every
-change of a forward as an ``ng112`` live event for the dashboard, and starts the forwarder,
-which drains those jobs from the store and sends.
+forward job with every alert of a kind the config forwards or correlates and wake the
+forwarder after each commit that wrote one, publishes every change of a forward as an
+``ng112`` live event for the dashboard, and starts the forwarder, which drains those jobs
+from the store and sends.
 """
 
 from __future__ import annotations
@@ -34,6 +35,6 @@ def attach(aggregator: Aggregator, config: Ng112Config, tls_context: ssl.SSLCont
         on_change=lambda row: aggregator.events.publish("ng112", row),
     )
     aggregator.include_router(build_router(forwarder))
-    aggregator.forward_jobs(config.job_kinds)
+    aggregator.forward_jobs(config.job_kinds, on_jobs=forwarder.wake)
     forwarder.start()
     return forwarder

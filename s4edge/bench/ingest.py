@@ -175,8 +175,8 @@ def aggregator_rate(
     forwarder = None
     if psap_uri is not None:
         config = Ng112Config(psap=psap_uri)
-        second.forward_jobs(config.job_kinds)
         forwarder = Forwarder(store.engine, config)
+        second.forward_jobs(config.job_kinds, on_jobs=forwarder.wake)  # as ``ng112.service.attach`` does
         forwarder.start()
     second.open_writer()  # a running aggregator has its writer process up before a backlog comes
     started = time.perf_counter()

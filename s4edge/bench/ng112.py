@@ -4,7 +4,7 @@ Each alert goes through a real mosquitto and the real aggregator. The clock star
 the aggregator receives the alert (the stored row's ``received_at``, just before the
 commit that also writes its forward job) and stops when the PSAP's final response
 arrives (the forward's ``answered_at``), so it includes the forwarder's wait for the job
-(``JOB_POLL_S`` at most). One alert at a time, so the figure is latency, not queueing.
+(ingest wakes it after the commit). One alert at a time, so the figure is latency, not queueing.
 The target (p99 ≤ 200 ms on loopback) is quoted as a ratio.
 """
 

@@ -105,6 +105,25 @@ def test_duplicates_are_stored_once_and_queued_for_forwarding_once(ingest: Inges
     assert metric(ingest, "s4edge_messages_duplicate_total") == 2
 
 
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_commit_that_wrote_forward_jobs_wakes_the_forwarder(tmp_path: Path, writer: str) -> None:
+    url = f"sqlite:///{tmp_path / 'agg.db'}"
+    store = Store(make_engine(url))
+    store.create_all()
+    spec = StoreSpec(url) if writer == "process" else None
+    ingest = Ingest(BrokerConfig("mqtt://127.0.0.1:1"), store, IngestMetrics(), client_id="t", writer_process=spec)
+    wakes: list[None] = []
+    ingest.forward_jobs(frozenset({"smoke"}), on_jobs=lambda: wakes.append(None))
+    ingest.open_writer()
+    smoke, loitering = alert(1), alert(2).model_copy(update={"kind": "loitering"})
+    try:
+        ingest.process([received(topic_for(smoke), encode(smoke))] * 2)
+        ingest.process([received(topic_for(a), encode(a)) for a in (smoke, loitering)])  # a repeat, and no job
+    finally:
+        ingest.stop()
+    assert len(wakes) == 1 and forward_jobs(store) == [smoke.id]
+
+
 def test_only_the_kinds_asked_for_get_a_forward_job(ingest: Ingest) -> None:
     smoke, loitering = alert(1), alert(2).model_copy(update={"kind": "loitering"})
     ingest.process([received(topic_for(a), encode(a)) for a in (smoke, loitering)])
@@ -399,7 +418,7 @@ def test_the_writer_process_follows_the_rules_it_was_given(tmp_path: Path) -> No
     finally:
         writer.close()
     assert outcome is not None and [r[0] for r in outcome.rejects] == ["future_ts"]
-    assert outcome.stored == {"alert": 2}
+    assert outcome.stored == {"alert": 2} and outcome.forward_jobs == 1
     assert forward_jobs(store) == [now.id]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from threading import Event, Thread
 
 import pytest
 from fastapi import FastAPI
@@ -19,7 +20,7 @@ from s4edge.cloud_sync.ng112.forwarder import Forwarder
 from s4edge.cloud_sync.ng112.policy import Ng112Config
 from s4edge.cloud_sync.ng112.receiver import PsapReceiver
 from s4edge.cloud_sync.ng112.records import forwards, get_forward, incidents
-from s4edge.testing import free_port
+from s4edge.testing import eventually, free_port
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 _seq = count()
@@ -312,6 +313,63 @@ def test_jobs_left_in_the_store_are_forwarded_when_the_forwarder_starts(engine, 
     assert row is not None and row["state"] == "delivered"
     assert [c.cap["incidents"] for c in psap.calls] == ["inc-gas-0001"]
     assert queued(engine) == []  # the Minor one's job is taken too: policy said no, once
+
+
+def test_a_wake_takes_new_jobs_without_waiting_for_the_poll(engine, clock, psap, monkeypatch):
+    fwd = forwarder(engine, clock, uri(psap))
+    fwd.poll_s = 3600  # only a wake makes it look again
+    drained = []
+    drain = fwd.drain
+    monkeypatch.setattr(fwd, "drain", lambda: drained.append(drain()) or drained[-1])
+    fwd.start()
+    try:
+        eventually(lambda: drained, 10, "the first turn, which finds no job")
+        missed = alert()
+        committed(engine, missed)  # after that turn's drain: only the wake finds it
+        fwd.wake()
+        row = fwd.wait_for(("delivered", "failed"), 10, alert_id=missed.id)
+    finally:
+        fwd.stop()
+    assert row is not None and row["state"] == "delivered"
+    assert drained[:2] == [0, 1]
+
+
+def test_an_update_waiting_for_its_alert_goes_when_the_alert_is_through(engine, clock, psap):
+    first, update = alert(), alert(state="update", severity="Extreme")
+    committed(engine, first, update)
+    fwd = forwarder(engine, clock, uri(psap))
+    fwd.poll_s = 3600  # the first turn takes both jobs; only the Alert's end can let the Update go
+    fwd.start()
+    try:
+        row = fwd.wait_for(("delivered", "failed"), 10, alert_id=update.id)
+    finally:
+        fwd.stop()
+    assert row is not None and row["state"] == "delivered"
+    assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update"]
+
+
+def test_stop_during_a_turn_claims_nothing_more_and_waits_for_the_loop(engine, clock, psap, monkeypatch, caplog):
+    due = alert()
+    fwd = forwarder(engine, clock, uri(psap))
+    (forward_id,) = fwd.submit(due)  # pending, due now
+    inside, release = Event(), Event()
+
+    def slow_drain():
+        inside.set()
+        release.wait(10)
+        return 0
+
+    monkeypatch.setattr(fwd, "drain", slow_drain)
+    fwd.start()
+    assert inside.wait(10)
+    stopping = Thread(target=fwd.stop)
+    stopping.start()
+    eventually(fwd._stop.is_set, 10, "stop() asked")
+    release.set()
+    stopping.join(10)
+    assert not stopping.is_alive()
+    assert get_forward(engine, forward_id)["state"] == "pending" and psap.calls == []
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
 
 
 def test_a_job_taken_twice_is_forwarded_once(engine, clock, psap):
