@@ -6,11 +6,12 @@
 #     NG112 call with no traceback on stderr;
 #  3. a node install ('.[node,vision]'): none of the centre's packages, and `provision`
 #     followed by `agent check` works.
-# Prints one JSON line with the sizes it measured. Usage: scripts/check_install.sh [WORKDIR]
+# Prints one JSON line with the sizes it measured.
+# Usage: scripts/check_install.sh [WHEEL]   (without WHEEL it builds one from this checkout)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-work=${1:-$(mktemp -d /tmp/s4edge-install.XXXXXX)}
-mkdir -p "$work"
+given=${1:+$(realpath "$1")}
+work=$(mktemp -d /tmp/s4edge-install.XXXXXX)
 cd "$work"  # no checkout here, and no ../shared beside it
 [ ! -e "$work/../shared" ] || { echo "FAIL: $work/../shared exists; run this from a folder with no shared/ beside it" >&2; exit 1; }
 unset S4EDGE_MODEL_MIRROR S4EDGE_MODELS_DIR S4EDGE_CAP_XSD S4EDGE_BOARDS_DIR
@@ -18,8 +19,12 @@ export HOME="$work/home" PIP_DISABLE_PIP_VERSION_CHECK=1  # an empty model cache
 mkdir -p "$HOME"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
-python3 -m pip wheel -q --no-deps "$repo" -w "$work/dist"
-wheel=$(ls "$work"/dist/s4edge-*.whl)
+if [ -n "$given" ]; then
+  wheel=$given
+else
+  python3 -m pip wheel -q --no-deps "$repo" -w "$work/dist"
+  wheel=$(ls "$work"/dist/s4edge-*.whl)
+fi
 wheel_bytes=$(stat -c %s "$wheel")
 [ "$wheel_bytes" -lt $((8 * 1024 * 1024)) ] || fail "the wheel is $wheel_bytes bytes, over 8 MB"
 top=$(python3 -c 'import sys, zipfile; print(" ".join(sorted({n.split("/")[0] for n in zipfile.ZipFile(sys.argv[1]).namelist() if not n.split("/")[0].endswith(".dist-info")})))' "$wheel")
