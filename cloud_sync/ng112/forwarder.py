@@ -437,11 +437,17 @@ class Forwarder:
     def _changed_rows(self, forward_ids: list[str]) -> None:
         with self._changed:
             self._changed.notify_all()
-        if self.on_change is not None:
+        if self.on_change is None:
+            return
+        # The dashboard's view only: a failure here must not touch a forward's state, or a
+        # delivered call would be taken for a failed one and sent to the PSAP again.
+        try:
             with self.engine.connect() as conn:
                 rows = conn.execute(select(forwards).where(forwards.c.id.in_(forward_ids))).all()
             for row in rows:
                 self.on_change(forward_dict(row))
+        except Exception:
+            log.exception("ng112: could not announce the change of forwards %s", ", ".join(forward_ids))
 
     # -- background loop ----------------------------------------------------------------
     def wake(self) -> None:

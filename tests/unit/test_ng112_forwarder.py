@@ -104,6 +104,19 @@ def test_one_incident_is_one_call_alert_then_update_then_cancel(engine, clock, p
     assert {c.cap["incidents"] for c in psap.calls} == {"inc-gas-0001"}
 
 
+def test_a_dashboard_that_fails_to_hear_of_a_delivery_does_not_undo_it(engine, clock, psap):
+    fwd = forwarder(engine, clock, uri(psap))
+
+    def broken_dashboard(row):
+        raise RuntimeError("the event bus is gone")
+
+    fwd.on_change = broken_dashboard
+    (first,) = fwd.submit(alert())
+    assert fwd.run_due() == 1
+    assert get_forward(engine, first)["state"] == "delivered"
+    assert fwd.run_due() == 0 and len(psap.calls) == 1  # never sent again
+
+
 def test_a_repeated_alert_is_forwarded_once(engine, clock, psap):
     fwd = forwarder(engine, clock, uri(psap))
     same = alert()
