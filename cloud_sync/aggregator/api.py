@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -39,6 +40,20 @@ def same_origin(request: Request) -> bool:
     sends neither (curl, a script) is no browser to be tricked, and a form cannot add a bearer token."""
     source = request.headers.get("origin") or request.headers.get("referer")
     return source is None or urlsplit(source).netloc == request.headers.get("host")
+
+
+def rebindable(host: str | None) -> bool:
+    """A ``Host`` that DNS could point anywhere: any name but localhost. A page that rebinds its
+    own name to this server sends that name as both ``Host`` and ``Origin``, and so passes the
+    same-origin check; an IP literal cannot be rebound."""
+    name = urlsplit(f"//{host or ''}").hostname or ""
+    if name == "localhost":
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return True
+    return False
 
 
 def bearer_matches(header: str | None, token: str) -> bool:
@@ -80,6 +95,12 @@ def build_api(
         acts = request.method not in SAFE_METHODS
         if acts and not same_origin(request):  # a cross-site form: no token to stop it when none is set
             return JSONResponse({"detail": "cross-site request refused (Origin is not this host)"}, status_code=403)
+        if acts and not operator_token and rebindable(request.headers.get("host")):
+            return JSONResponse(
+                {"detail": "with no operator token, act through the server's IP address, not a host name "
+                 "(a name can be rebound by another site); or start it with --operator-token-file"},
+                status_code=403,
+            )
         private = acts or COMMAND_HISTORY.fullmatch(request.url.path) is not None
         if private and operator_token and not bearer_matches(request.headers.get("authorization"), operator_token):
             return JSONResponse(

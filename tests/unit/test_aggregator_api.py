@@ -49,7 +49,7 @@ def client(store: Store, published: list[tuple[str, bytes, int]]) -> TestClient:
 
     app = build_api(store, EventBus(), IngestMetrics(), CommandDesk(store, publish, "aggregator"))
     mount_dashboard(app)
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1:8080")  # no operator token: act by address
 
 
 def test_pages_through_every_alert_newest_first(client: TestClient) -> None:
@@ -134,7 +134,7 @@ def guarded(store: Store, published: list[tuple[str, bytes, int]]) -> TestClient
 
     app.include_router(extra)
     mount_dashboard(app)
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1:8080")  # no operator token: act by address
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,9 @@ def store(tmp_path: Path) -> Store:
     return created
 
 
+SERVER = "http://127.0.0.1:8080"  # the dashboard reached by the server's address
+
+
 @pytest.fixture
 def published() -> list[bytes]:
     return []
@@ -48,7 +51,7 @@ def client(store: Store, published: list[bytes], token: str | None = None) -> Te
         return True
 
     desk = CommandDesk(store, publish, "aggregator")
-    return TestClient(build_api(store, EventBus(), IngestMetrics(), desk, operator_token=token))
+    return TestClient(build_api(store, EventBus(), IngestMetrics(), desk, operator_token=token), base_url=SERVER)
 
 
 def test_command_history_needs_the_operator_token(store: Store, published: list[bytes]) -> None:
@@ -134,8 +137,23 @@ def test_without_a_token_a_cross_site_post_is_refused(store: Store, published: l
     assert store.alert("alert-0001")["acked_at"] is None and published == []  # type: ignore[index]
 
 
+@pytest.mark.parametrize("name", ["dashboard.evil.example", "s4edge.city.example:8080"])
+def test_without_a_token_a_post_through_a_host_name_is_refused(store: Store, published: list[bytes], name: str) -> None:
+    """DNS rebinding: another site points its own name at this server; Host and Origin then agree."""
+    api = client(store, published)
+    rebound = {"Host": name, "Origin": f"http://{name}"}
+    refused = api.post("/api/alerts/alert-0001/ack", json={"by": "eve"}, headers=rebound)
+    assert refused.status_code == 403 and "--operator-token-file" in refused.json()["detail"]
+    assert store.alert("alert-0001")["acked_at"] is None  # type: ignore[index]
+    local = {"Host": "localhost:8080", "Origin": "http://localhost:8080"}
+    assert api.post("/api/alerts/alert-0001/ack", json={"by": "alice"}, headers=local).status_code == 200
+    with_token = client(store, published, TOKEN)
+    named = {**rebound, "Authorization": f"Bearer {TOKEN}"}
+    assert with_token.post("/api/nodes/s1/n1/commands", json={"name": "ping"}, headers=named).status_code == 202
+
+
 @pytest.mark.parametrize(
-    "headers", [{"Origin": "http://testserver"}, {"Referer": "http://testserver/"}, {}]
+    "headers", [{"Origin": SERVER}, {"Referer": f"{SERVER}/"}, {}]
 )  # the dashboard's own fetch; a client that is no browser
 def test_a_same_origin_post_still_acts(store: Store, published: list[bytes], headers: dict) -> None:
     api = client(store, published)

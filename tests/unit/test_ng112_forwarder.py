@@ -235,7 +235,7 @@ def test_the_psap_data_request_needs_the_incident_token(engine, clock, psap):
         token = conn.execute(select(incidents.c.token).where(incidents.c.incident == "inc-data-0001")).scalar_one()
     app = FastAPI()
     app.include_router(build_router(fwd))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1:8080")
     good = client.get("/ng112/incidents/inc-data-0001/readings", params={"token": token})
     assert good.status_code == 200
     readings = good.json()["readings"]
@@ -252,7 +252,7 @@ def test_the_forwards_api_lists_and_decides(engine, clock, psap):
     (waiting,) = fwd.submit(alert())
     app = FastAPI()
     app.include_router(build_router(fwd))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1:8080")
     listed = client.get("/ng112/forwards").json()["forwards"]
     assert [f["id"] for f in listed] == [waiting] and listed[0]["state"] == "awaiting_confirm"
     assert client.get("/ng112/forwards", params={"state": "bogus"}).status_code == 422
