@@ -29,7 +29,6 @@ import logging
 import os
 import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -53,12 +52,12 @@ from s4edge.cloud_sync.messages import (
     Telemetry,
     decode_from,
 )
+from s4edge.cloud_sync.pipe import receive_frame, send_frame
 
 log = logging.getLogger("s4edge.aggregator")
 
 SUFFIXES = ("status", "heartbeat", "telemetry", "alert", "cmd_result")
 Item = tuple[str | None, bytes, datetime]  # topic (None: not UTF-8), payload, when it was received
-_LENGTH = struct.Struct(">I")
 READY_TIMEOUT_S = 30.0  # importing, and opening the store (a PostgreSQL schema takes a lock)
 
 
@@ -313,20 +312,6 @@ class WriterGone(RuntimeError):
     """The writer process exited or stopped answering; its batch was not acknowledged."""
 
 
-def _send(stream: IO[bytes], body: bytes) -> None:
-    stream.write(_LENGTH.pack(len(body)) + body)
-    stream.flush()
-
-
-def _receive(stream: IO[bytes]) -> bytes | None:
-    head = stream.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
-        return None
-    (size,) = _LENGTH.unpack(head)
-    body = stream.read(size)
-    return body if len(body) == size else None
-
-
 def _encode_batch(items: Sequence[Item]) -> bytes:
     header = json.dumps(
         {
@@ -378,9 +363,9 @@ class WriterProcess:
             "rules": self.rules.to_json(),
         }
         with contextlib.suppress(OSError):  # a child gone already is reported below
-            _send(child.stdin, json.dumps(spec).encode())
+            send_frame(child.stdin, json.dumps(spec).encode())
         ready, _, _ = select.select([child.stdout], [], [], READY_TIMEOUT_S)
-        if not ready or _receive(child.stdout) is None:  # it answers once it has its store
+        if not ready or receive_frame(child.stdout) is None:  # it answers once it has its store
             child.kill()
             code = child.wait(10)
             for stream in (child.stdin, child.stdout):
@@ -406,7 +391,7 @@ class WriterProcess:
         child = self._child
         assert child.stdin is not None
         try:
-            _send(child.stdin, _encode_batch(items))
+            send_frame(child.stdin, _encode_batch(items))
         except (BrokenPipeError, ValueError, OSError) as exc:
             raise WriterGone(f"writer process {child.pid} is gone ({type(exc).__name__})") from None
 
@@ -414,7 +399,7 @@ class WriterProcess:
         child = self._child
         assert child.stdout is not None
         while True:
-            body = _receive(child.stdout)
+            body = receive_frame(child.stdout)
             if body is None:
                 raise WriterGone(f"writer process {child.pid} exited ({child.poll()})")
             reply = json.loads(body)
@@ -455,7 +440,7 @@ class WriterProcess:
 
 
 def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
-    first = _receive(stdin)
+    first = receive_frame(stdin)
     if first is None:
         return 1
     spec = json.loads(first)
@@ -463,19 +448,19 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
     writer = BatchWriter(
         store,
         rules=WriterRules.from_json(spec["rules"]),
-        on_store_error=lambda why: _send(stdout, json.dumps({"store_error": why}).encode()),
+        on_store_error=lambda why: send_frame(stdout, json.dumps({"store_error": why}).encode()),
     )
-    _send(stdout, b'{"ready": true}')
-    while (body := _receive(stdin)) is not None:
+    send_frame(stdout, b'{"ready": true}')
+    while (body := receive_frame(stdin)) is not None:
         try:
             outcome = writer.write(_decode_batch(body))
         except Exception as exc:  # a bug in one batch must not end the writer
             log.exception("batch failed")
-            _send(stdout, json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]}).encode())
+            send_frame(stdout, json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]}).encode())
             continue
         if outcome is None:  # only when stopping, which a child is not told: it is killed instead
             return 1
-        _send(stdout, outcome.to_json())
+        send_frame(stdout, outcome.to_json())
     store.engine.dispose()
     return 0
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from s4edge.cloud_sync.ng112.forwarder import Forwarder
+from s4edge.cloud_sync.ng112.desk import ForwardDesk
 from s4edge.cloud_sync.ng112.readings import last_readings
 from s4edge.cloud_sync.ng112.records import STATES, get_forward, list_forwards, token_matches
 
@@ -24,7 +24,7 @@ class Decision(BaseModel):
     by: str = Field(default="operator", min_length=1, max_length=64)
 
 
-def build_router(forwarder: Forwarder) -> APIRouter:
+def build_router(forwarder: ForwardDesk) -> APIRouter:
     router = APIRouter(prefix="/ng112", tags=["ng112"])
     engine = forwarder.engine
 

@@ -21,7 +21,6 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,13 +35,13 @@ from s4edge.cloud_sync.messages import Alert
 from s4edge.cloud_sync.ng112.call import Caller, compose
 from s4edge.cloud_sync.ng112.cap import CapError, CapRef, MsgType
 from s4edge.cloud_sync.ng112.correlation import Correlator
+from s4edge.cloud_sync.ng112.desk import Clock, ForwardDesk, OnChange
 from s4edge.cloud_sync.ng112.jobs import alert_from_row, queued, site_alerts
 from s4edge.cloud_sync.ng112.pidf import LocationError
 from s4edge.cloud_sync.ng112.policy import Ng112Config
 from s4edge.cloud_sync.ng112.records import (
     OPEN_STATES,
     claim,
-    forward_dict,
     forwards,
     incidents,
     new_token,
@@ -52,7 +51,6 @@ from s4edge.cloud_sync.ng112.sip import parse_target
 from s4edge.cloud_sync.ng112.transport import Delivery, Transaction
 
 log = logging.getLogger(__name__)
-Clock = Callable[[], datetime]
 # Worth another try: the network or the PSAP's load, not the content (RFC 3261 §21.5, §21.4.9).
 RETRY_CODES = frozenset({408, 480, 500, 503, 504})
 # Beyond Timer F, time to compose the message and record the outcome before a claim lapses.
@@ -70,7 +68,7 @@ def _retryable(delivery: Delivery) -> bool:
     return delivery.code in RETRY_CODES
 
 
-class Forwarder:
+class Forwarder(ForwardDesk):
     def __init__(
         self,
         engine: Engine,
@@ -80,16 +78,14 @@ class Forwarder:
         transaction: Transaction | None = None,
         tls_context: ssl.SSLContext | None = None,
         schema: etree.XMLSchema | None = None,
-        on_change: Callable[[dict[str, Any]], None] | None = None,
+        on_change: OnChange | None = None,
         poll_s: float = JOB_POLL_S,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine, clock=clock, on_change=on_change)
         self.config = config
-        self.clock = clock
         self.target = parse_target(config.psap)
         self.transaction = transaction or Transaction(config.timers, tls_context)
         self.schema = schema
-        self.on_change = on_change
         self.caller = Caller(
             sender_domain=config.sender_domain,
             sender=config.sender,
@@ -99,7 +95,6 @@ class Forwarder:
         )
         self.correlator = Correlator(list(config.correlation), recall=self._recall)
         self._correlate = threading.Lock()
-        self._changed = threading.Condition()
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
         # Guarded by ``_changed``: what the loop has to look at before its next poll. There may be
@@ -170,7 +165,7 @@ class Forwarder:
         if created:
             with self._changed:  # an incident's next message, recorded while its last is sent
                 self._followed |= {item.incident for item in [*batch, *escalations]} & self._in_flight
-            self._changed_rows(created)
+            self.announce(created)
         return created
 
     def _record_all(self, items: list[Alert], jobs: list[str]) -> list[str]:
@@ -263,22 +258,6 @@ class Forwarder:
             "confirm_by": confirm_by,
             "attempts": 0,
         }
-
-    # -- operator decisions -------------------------------------------------------------
-    def confirm(self, forward_id: str, by: str) -> bool:
-        done = claim(self.engine, forward_id, ("awaiting_confirm",), "pending", decided_by=by, due_at=self.clock())
-        if done:
-            self._changed_row(forward_id)
-            self.wake()
-        return done
-
-    def dismiss(self, forward_id: str, by: str) -> bool:
-        done = claim(
-            self.engine, forward_id, ("awaiting_confirm",), "dismissed", decided_by=by, reason="dismissed by operator"
-        )
-        if done:
-            self._changed_row(forward_id)
-        return done
 
     # -- dispatch -----------------------------------------------------------------------
     def run_due(self) -> int:
@@ -432,22 +411,7 @@ class Forwarder:
         self._changed_row(forward_id)
 
     def _changed_row(self, forward_id: str) -> None:
-        self._changed_rows([forward_id])
-
-    def _changed_rows(self, forward_ids: list[str]) -> None:
-        with self._changed:
-            self._changed.notify_all()
-        if self.on_change is None:
-            return
-        # The dashboard's view only: a failure here must not touch a forward's state, or a
-        # delivered call would be taken for a failed one and sent to the PSAP again.
-        try:
-            with self.engine.connect() as conn:
-                rows = conn.execute(select(forwards).where(forwards.c.id.in_(forward_ids))).all()
-            for row in rows:
-                self.on_change(forward_dict(row))
-        except Exception:
-            log.exception("ng112: could not announce the change of forwards %s", ", ".join(forward_ids))
+        self.announce([forward_id])
 
     # -- background loop ----------------------------------------------------------------
     def wake(self) -> None:
@@ -456,26 +420,6 @@ class Forwarder:
         with self._changed:
             self._jobs_woken = self._due_woken = True
             self._changed.notify_all()
-
-    def wait_for(
-        self, states: tuple[str, ...], timeout: float, *, forward_id: str | None = None, alert_id: str | None = None
-    ) -> dict[str, Any] | None:
-        """Block until the forward (by its id or its alert's id) is in one of ``states``, or the
-        timeout passes; returns its row as it then is (None if there is no such forward)."""
-        which = forwards.c.id == forward_id if forward_id is not None else forwards.c.alert_id == alert_id
-        deadline = threading.Event()
-        timer = threading.Timer(timeout, deadline.set)
-        timer.start()
-        try:
-            with self._changed:
-                while True:
-                    with self.engine.connect() as conn:
-                        row = conn.execute(select(forwards).where(which)).first()
-                    if (row is not None and row.state in states) or deadline.is_set():
-                        return forward_dict(row) if row is not None else None
-                    self._changed.wait(0.05)
-        finally:
-            timer.cancel()
 
     def start(self) -> None:
         """Start draining jobs and sending; jobs left by a crash are the first taken."""

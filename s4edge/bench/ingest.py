@@ -11,8 +11,10 @@ Each run measures the bare peer and then every variant on one fresh broker; a va
 ratio is the median over runs of its rate over that run's bare rate. Variants: the
 writer in a process (``aggregator run``'s default) or a thread, each without and with
 NG112 forwarding on, as ``attach`` turns it on: every forwardable alert is committed with
-its forward job, and a forwarder in the aggregator's process drains the jobs and calls a
-PSAP (the built-in one, in a process of its own) while the backlog is ingested.
+its forward job, and a forwarder drains the jobs and calls a PSAP (the built-in one, in a
+process of its own) while the backlog is ingested. As in service, the forwarder runs in a
+process of its own beside the writer process, and in the aggregator's process beside the
+writer thread.
 ``--forwardable-share`` sets how many of the alerts the policy forwards (CO readings at
 Severe, evenly spread); the rest are vision alerts it leaves alone. The default, 0.01,
 stands for a site where gas, fire and CO at Severe or worse are rare beside the loitering,
@@ -50,6 +52,7 @@ from s4edge.cloud_sync.aggregator.writer import SUFFIXES, StoreSpec
 from s4edge.cloud_sync.messages import QOS, Alert, Location, Measurement, Severity, encode, fleet_filter, topic_for
 from s4edge.cloud_sync.ng112.forwarder import Forwarder
 from s4edge.cloud_sync.ng112.policy import Ng112Config
+from s4edge.cloud_sync.ng112.process import ForwarderProcess
 from s4edge.testing import Mosquitto, eventually, free_port
 
 TARGET_RATIO = 0.70
@@ -151,8 +154,9 @@ def aggregator_rate(
     receipts: bool = True,
 ) -> float:
     """``psap_uri``: NG112 forwarding on, to that PSAP (forward jobs in each commit, and a
-    forwarder draining them in this process while the clock runs). ``receipts``: the
-    aggregator confirms every stored alert to its node, as it does in service."""
+    forwarder draining them while the clock runs, in a process of its own beside a writer
+    process). ``receipts``: the aggregator confirms every stored alert to its node, as it
+    does in service."""
     metrics = IngestMetrics()
 
     def ingest() -> Ingest:
@@ -175,7 +179,12 @@ def aggregator_rate(
     forwarder = None
     if psap_uri is not None:
         config = Ng112Config(psap=psap_uri)
-        forwarder = Forwarder(store.engine, config)
+        # as ``ng112.service.attach`` does: with the writer in a process, the forwarder in one too
+        forwarder = (
+            ForwarderProcess(writer_process, store.engine, config)
+            if writer_process is not None
+            else Forwarder(store.engine, config)
+        )
         second.forward_jobs(config.job_kinds, on_jobs=forwarder.wake)  # as ``ng112.service.attach`` does
         forwarder.start()
     second.open_writer()  # a running aggregator has its writer process up before a backlog comes

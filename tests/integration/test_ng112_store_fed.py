@@ -30,7 +30,7 @@ import json, os, signal, sys
 from pathlib import Path
 from s4edge.cloud_sync.aggregator import writer
 
-marker, send = Path(sys.argv[1]), writer._send
+marker, send = Path(sys.argv[1]), writer.send_frame
 
 def send_or_die(stream, body):
     if not marker.exists() and json.loads(body).get("stored", {}).get("alert"):
@@ -38,7 +38,7 @@ def send_or_die(stream, body):
         os.kill(os.getpid(), signal.SIGKILL)
     send(stream, body)
 
-writer._send = send_or_die
+writer.send_frame = send_or_die
 sys.exit(writer._serve(sys.stdin.buffer, sys.stdout.buffer))
 """
 
