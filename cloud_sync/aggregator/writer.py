@@ -220,18 +220,22 @@ class BatchWriter:
 
     def _commit_with_retry(self, batch: Batch, outcome: Outcome) -> set[str] | None:
         delay = 0.5
-        stored: set[str] = set()  # new alert ids already committed one by one before an outage
-        refused: set[str] = set()  # and those already rejected: a retry does not count them twice
+        stored: set[str] = set()  # new alert ids committed one by one so far
+        # Once the store refused the batch: its messages one by one, those not yet committed or
+        # refused. An outage meanwhile resumes there, so nothing is written or counted twice.
+        singles: list[Batch] | None = None
         while True:
             try:
-                try:
-                    return stored | self._commit(batch, outcome)
-                except DBAPIError as exc:
-                    if _transient(exc):
-                        raise
-                    return self._commit_one_by_one(batch, outcome, stored, refused)
-                except SQLAlchemyError:
-                    return self._commit_one_by_one(batch, outcome, stored, refused)
+                if singles is None:
+                    try:
+                        return self._commit(batch, outcome)
+                    except DBAPIError as exc:
+                        if _transient(exc):
+                            raise
+                        singles = _singles(batch)
+                    except SQLAlchemyError:
+                        singles = _singles(batch)
+                return self._commit_one_by_one(singles, outcome, stored)
             except DBAPIError as exc:  # an outage, in the batch or in one of its single rows
                 if not _transient(exc):
                     raise
@@ -276,28 +280,30 @@ class BatchWriter:
                 outcome.stored[kind] = outcome.stored.get(kind, 0) + count
         return new_ids
 
-    def _commit_one_by_one(self, batch: Batch, outcome: Outcome, new_ids: set[str], refused: set[str]) -> set[str]:
+    def _commit_one_by_one(self, singles: list[Batch], outcome: Outcome, new_ids: set[str]) -> set[str]:
         """The store refused the batch (not an outage): find and reject the message it refuses.
-        An outage meanwhile is raised, never taken for a refusal: the row would be acked unstored."""
-        singles: list[Batch] = []
-        for alert, at in batch.alerts.values():
-            if alert.id not in new_ids and alert.id not in refused:
-                singles.append(Batch(alerts={alert.id: (alert, at)}))
-        for slot, name in ((batch.statuses, "statuses"), (batch.beats, "beats"), (batch.readings, "readings")):
-            for key, value in slot.items():
-                single = Batch()
-                getattr(single, name)[key] = value
-                singles.append(single)
-        singles += [Batch(results=[r]) for r in batch.results]
-        for single in singles:
+        An outage meanwhile is raised, never taken for a refusal: the row would be acked unstored.
+        ``singles`` loses each message as it is committed or refused."""
+        while singles:
             try:
-                new_ids |= self._commit(single, outcome)
+                new_ids |= self._commit(singles[0], outcome)
             except SQLAlchemyError as exc:
                 if isinstance(exc, DBAPIError) and _transient(exc):
                     raise
-                refused.update(single.alerts)
                 outcome.rejects.append(("store_refused", "store", str(exc)[:300]))
+            singles.pop(0)
         return new_ids
+
+
+def _singles(batch: Batch) -> list[Batch]:
+    """The batch's messages, each in a batch of its own."""
+    singles = [Batch(alerts={alert_id: pair}) for alert_id, pair in batch.alerts.items()]
+    for slot, name in ((batch.statuses, "statuses"), (batch.beats, "beats"), (batch.readings, "readings")):
+        for key, value in slot.items():
+            single = Batch()
+            getattr(single, name)[key] = value
+            singles.append(single)
+    return singles + [Batch(results=[r]) for r in batch.results]
 
 
 def _transient(exc: DBAPIError) -> bool:

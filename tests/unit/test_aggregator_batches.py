@@ -315,11 +315,17 @@ def test_an_outage_while_isolating_a_refused_row_is_retried_not_taken_for_a_refu
 
     ingest.forward_jobs(frozenset({"smoke"}))
     ingest.writer._commit = commit_with_one_outage  # type: ignore[method-assign]
-    ingest.process([received(topic_for(a), encode(a)) for a in (first, refused, third)])
+    beat = Heartbeat(node_id="n1", site="s1", seq=9, uptime_s=5.0)  # a non-alert, committed alone before the outage
+    items = [received(topic_for(a), encode(a)) for a in (first, refused, third)]
+    ingest.process([*items, received(topic_for(beat), encode(beat))])
 
     stored = {a["id"] for a in ingest.store.alerts(AlertQuery(limit=10))[0]}
     assert stored == {first.id, third.id}
     assert metric(ingest, "s4edge_messages_rejected_total", reason="store_refused") == 1
+    # The retry resumes where the outage struck: what was committed before it is not counted again.
+    assert metric(ingest, "s4edge_messages_stored_total", type="alert") == 2
+    assert metric(ingest, "s4edge_messages_stored_total", type="heartbeat") == 1
+    assert metric(ingest, "s4edge_messages_duplicate_total") == 0
     assert forward_jobs(ingest.store) == sorted([first.id, third.id]), "every alert stored has its job, retried or not"
 
 
