@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -85,10 +85,16 @@ def dequantize(tensor: np.ndarray, info: TensorInfo) -> np.ndarray:
 
 
 def load_backend(manifest: Manifest, path: Path, options: BackendOptions | None = None) -> Backend:
-    options = options or BackendOptions()
-    backend: _Loaded = _OnnxBackend(path, options) if manifest.runtime == "onnx" else _TfliteBackend(path, options)
+    backend = open_model(manifest.runtime, path, options)
     backend.check_against(manifest, str(path))
     return backend
+
+
+def open_model(runtime: Literal["onnx", "tflite"], path: Path, options: BackendOptions | None = None) -> _Loaded:
+    """A model with its real tensors, not yet checked against any manifest (``s4edge models add``
+    reads them to write one). An unreadable file is a ``ManifestError`` on ``file``."""
+    options = options or BackendOptions()
+    return _OnnxBackend(path, options) if runtime == "onnx" else _TfliteBackend(path, options)
 
 
 class _Loaded:

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,8 @@ class Verification:
 
 @dataclass
 class Catalogue:
-    """Manifests from ``models_dir`` plus those generated into the cache (e.g. by ``quantize``)."""
+    """Manifests from ``models_dir`` plus those generated into the cache (``quantize``) or added
+    by a researcher (``add``): the cache is the user's own catalogue."""
 
     models_dir: Path
     cache_dir: Path
@@ -192,6 +194,47 @@ class Catalogue:
         data = manifest.model_dump(mode="json", exclude_none=True)
         (folder / "manifest.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return load_manifest(folder / "manifest.yaml")
+
+    def ensure_addable(self, name: str, force: bool = False) -> None:
+        """A researcher's model may take a name no packaged model has, and replace its own only when forced."""
+        if (self.models_dir / name / "manifest.yaml").is_file():
+            raise CatalogueError(f"{name!r} is a packaged model (in {self.models_dir}); choose another --name")
+        folder = self.cache_dir / name
+        if folder.exists() and not force:
+            raise CatalogueError(f"model {name!r} is already in your catalogue ({folder}); pass --force to replace it")
+
+    def add_model(
+        self,
+        manifest: Manifest,
+        weights: Path,
+        labels: list[str] | None = None,
+        force: bool = False,
+        check: Callable[[ModelEntry, Path], None] | None = None,
+    ) -> ModelEntry:
+        """Copy a researcher's weight file (and labels, as ``labels.txt``) into the cache beside its
+        manifest. The folder is built aside, checked by ``check``, and renamed into place: a model
+        that fails the check, or a copy whose sha256 differs from the manifest's, leaves no trace."""
+        self.ensure_addable(manifest.name, force)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".add-", dir=self.cache_dir) as work:
+            staged = Path(work) / manifest.name
+            staged.mkdir()
+            shutil.copyfile(weights, staged / manifest.file)
+            actual = sha256_file(staged / manifest.file)
+            if actual != manifest.sha256:
+                raise CatalogueError(f"{weights} changed while being added (sha256 {actual}); add it again")
+            if labels is not None:
+                (staged / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+            data = manifest.model_dump(mode="json", exclude_none=True)
+            (staged / "manifest.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            entry = load_manifest(staged / "manifest.yaml")
+            if check is not None:
+                check(entry, staged / manifest.file)
+            target = self.cache_dir / manifest.name
+            if target.exists():  # --force: the old folder goes with the staging folder
+                os.replace(target, Path(work) / "replaced")
+            os.replace(staged, target)
+        return load_manifest(target / "manifest.yaml")
 
 
 def _find_in_mirror(folder: Path, manifest: Manifest) -> Path | None:

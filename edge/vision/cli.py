@@ -1,4 +1,4 @@
-"""``s4edge models …`` (the catalogue: list, pull, verify, bench, eval, quantize) and ``s4edge detect``."""
+"""``s4edge models …`` (the catalogue: list, pull, add, verify, bench, eval, quantize) and ``s4edge detect``."""
 
 from __future__ import annotations
 
@@ -228,6 +228,104 @@ def quantize(
             line += f", mAP@0.5 {report.map50[model]:.3f}, mAP@0.5:0.95 {report.map50_95[model]:.3f}"
         typer.echo(line)
     typer.echo(f"  speed-up (fp32 p50 / int8 p50): {report.speedup_infer_p50:.2f}x")
+
+
+@models_app.command("add")
+def add_model(
+    file: Path = typer.Argument(..., help="The weight file: .onnx or .tflite."),
+    name: str = typer.Option(..., "--name", help="The model's name in the catalogue (lower-case, digits, . _ -)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Class names, one per line."),
+    sets: list[str] = typer.Option(
+        [], "--set", help="FIELD=VALUE for a manifest field the graph cannot tell (--set input.colour=BGR); repeatable."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace a model of this name that you added before."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Inspect a model, guess its decoder family from the output shapes, and add it with a manifest to
+    your catalogue (the model cache). When it cannot tell, it lists what it found and the fields to --set."""
+    from s4edge.edge.vision import intake as intake_module
+    from s4edge.edge.vision.inspection import InspectionError
+
+    catalogue = _catalogue()
+    with _clear_errors(InspectionError, intake_module.IntakeError):
+        intake_module.check_name(name)
+        catalogue.ensure_addable(name, force)
+        intake = intake_module.draft(file, name, labels, intake_module.parse_sets(sets))
+        entry = None if intake.missing else intake_module.add(catalogue, intake, force)
+    report = _intake_report(intake, entry.folder if entry else None)
+    if as_json:
+        _print_json(report)
+    else:
+        _print_intake(report)
+    if entry is None:
+        typer.echo(f"error: cannot tell {', '.join(intake.missing)} of {file}; nothing was added", err=True)
+        raise typer.Exit(1)
+
+
+def _intake_report(intake: Any, folder: Path | None) -> dict[str, Any]:
+    graph = intake.graph
+
+    def tensor(info: Any) -> dict[str, Any]:
+        found = {"name": info.name, "shape": list(info.shape), "dtype": info.dtype}
+        return found | ({"scale": info.scale, "zero_point": info.zero_point} if info.scale else {})
+
+    return {
+        "name": intake.name,
+        "added": folder is not None,
+        "folder": str(folder) if folder else None,
+        "sha256": graph.sha256,
+        "runtime": graph.runtime,
+        "inputs": [tensor(i) for i in graph.inputs],
+        "layout": graph.layout,
+        "outputs": [tensor(o) for o in graph.outputs],
+        "quantization": graph.quantization,
+        "quantization_evidence": graph.quantization_evidence,
+        "family": intake.guess.family,
+        "evidence": intake.guess.evidence,
+        "labels": f"{len(intake.labels)} from {intake.labels_from}",
+        "assumed": intake.assumed,
+        "missing": intake.missing,
+        "manifest": intake.draft,
+    }
+
+
+def _print_intake(report: dict[str, Any]) -> None:
+    def shape(dims: list[int | None]) -> str:
+        return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+    def tensor(t: dict[str, Any]) -> str:
+        quantized = f" (scale {t['scale']:.6g}, zero point {t['zero_point']})" if "scale" in t else ""
+        return f"{t['name']} {shape(t['shape'])} {t['dtype']}{quantized}"
+
+    head = f"added to {report['folder']}" if report["added"] else "found, not added"
+    typer.echo(f"{report['name']}: {head} ({report['runtime']}, sha256 {report['sha256']})")
+    for info in report["inputs"]:
+        typer.echo(f"  input         {tensor(info)}, {report['layout'] or 'layout unknown'}")
+    for info in report["outputs"]:
+        typer.echo(f"  output        {tensor(info)}")
+    typer.echo(f"  quantization  {report['quantization']}: {report['quantization_evidence']}")
+    typer.echo(f"  family        {report['family'] or 'unknown'}: {report['evidence']}")
+    typer.echo(f"  labels        {report['labels']}")
+    for note in report["assumed"]:
+        typer.echo(f"  assumed       {note}")
+    for field in report["missing"]:
+        typer.echo(f"  fill in       {field}")
+    if report["missing"]:
+        families = "|".join(_known_families())
+        sets = " ".join(
+            f"--set {f}=" + (f"{{{families}}}" if f == "decoder.family" else "…") for f in report["missing"]
+        )
+        typer.echo(f"Run again with {sets} (and --set for any assumed field that is wrong).")
+    elif report["assumed"]:
+        typer.echo("Check the assumed fields; correct any with --set FIELD=VALUE and --force.")
+    if report["added"]:
+        typer.echo(f"Try it: s4edge detect IMAGE --model {report['name']}")
+
+
+def _known_families() -> list[str]:
+    from s4edge.edge.vision.decoders import known_families
+
+    return known_families()
 
 
 def _read_image(path: Path) -> Any:
