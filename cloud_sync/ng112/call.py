@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -11,6 +12,8 @@ from s4edge.cloud_sync.messages import Alert
 from s4edge.cloud_sync.ng112.cap import CAP_MIME, CapMessage, CapRef, MsgType, build_cap, node_sip_uri
 from s4edge.cloud_sync.ng112.pidf import DEVICE_INFO_MIME, PIDF_MIME, build_device_info, build_pidf
 from s4edge.cloud_sync.ng112.sip import SOS, BodyPart, EmergencyMessage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,20 @@ class Caller:
     request_uri: str = SOS
     location_method: str = "Manual"
     language: str = "en-US"
-    geolocation_routing: bool = False
+    # Geolocation-Routing (RFC 6442 §4.2): "yes" lets the ESRP route on the node's location.
+    geolocation_routing: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.geolocation_routing and self.request_uri.lower().startswith(SOS):
+            # Not refused: RFC 6442 leaves the choice to the sender. But a service URN is
+            # resolved to a PSAP from the caller's location (RFC 5222, RFC 6881 §8), which
+            # Geolocation-Routing: no forbids the routing proxies to use.
+            log.warning(
+                "Geolocation-Routing: no toward %s forbids the emergency routing proxies to route on "
+                "the node's location (RFC 6442 §4.2); the call may reach no PSAP or the wrong one. "
+                "Send yes, or give the PSAP's own SIP URI as request_uri.",
+                self.request_uri,
+            )
 
     def uri_for(self, alert: Alert) -> str:
         return self.sender or node_sip_uri(alert.node_id, alert.site, self.sender_domain)

@@ -21,7 +21,9 @@ from s4edge.cloud_sync.messages import Alert
 from s4edge.resources import packaged
 
 CAP_NS: Final = "urn:oasis:names:tc:emergency:cap:1.2"
-CAP_MIME: Final = "application/cap+xml"
+# RFC 8876 §4.1 and §10.1 (IANA media-type registry): the media type of a CAP body part in a
+# SIP message. "application/cap+xml" is not it; a PSAP answers that with 425 (RFC 8876 §5.1).
+CAP_MIME: Final = "application/EmergencyCallData.cap+xml"
 XSD_ENV: Final = "S4EDGE_CAP_XSD"
 
 MsgType = Literal["Alert", "Update", "Cancel"]

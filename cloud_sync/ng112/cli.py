@@ -19,7 +19,11 @@ def psap(
     listen: str = typer.Option("udp:127.0.0.1:5060", help="udp:HOST:PORT or tcp:HOST:PORT"),
     count: int = typer.Option(0, help="Stop after this many calls (0: run until Ctrl-C)."),
 ) -> None:
-    """Run a small PSAP that prints every call it receives and answers 200 OK."""
+    """Run a small PSAP that prints every call it receives.
+
+    It checks each call as a conformant PSAP does: 200 OK to a conformant one, 425 Bad Alert
+    Message with the AlertMsg-Error that says why (RFC 8876 §5) to one whose CAP it could not use.
+    """
     from s4edge.cloud_sync.ng112.receiver import PsapReceiver
 
     done = threading.Event()
@@ -28,7 +32,10 @@ def psap(
     def on_call(call: ReceivedCall) -> None:
         nonlocal seen
         seen += 1
-        typer.echo(f"{call.method} {call.summary()}", color=False)
+        if call.accepted:
+            typer.echo(f"{call.method} {call.summary()}", color=False)
+        else:
+            typer.echo(f"{call.method} answered {call.verdict}: {call.verdict.detail}", color=False)
         if count and seen >= count:
             done.set()
 

@@ -403,6 +403,12 @@ class Forwarder(ForwardDesk):
             self._finish(row.id, state="retrying", due_at=self.clock() + timedelta(seconds=delay), **values)
         else:
             self._finish(row.id, state="failed", **values)
+            if values["alertmsg_error"]:
+                # RFC 8876 §5.1: 425, the PSAP could not use the alert; the same content would fail again.
+                log.warning(
+                    "ng112 %s for %s refused by the PSAP: %s, AlertMsg-Error %s",
+                    msg_type, row.incident, delivery.detail, values["alertmsg_error"],
+                )  # fmt: skip
         log.info("ng112 %s %s for %s: %s %s", msg_type, values.get("reason"), row.incident, delivery.outcome, attempts)
 
     def _finish(self, forward_id: str, **values: Any) -> None:

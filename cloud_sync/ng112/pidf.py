@@ -10,10 +10,13 @@ from lxml import etree
 
 from s4edge.cloud_sync.messages import Location
 
+# IANA media-type registry: PIDF (RFC 3863, for PIDF-LO RFC 4119) and the RFC 7852 DeviceInfo block.
 PIDF_MIME: Final = "application/pidf+xml"
 DEVICE_INFO_MIME: Final = "application/EmergencyCallData.DeviceInfo+xml"
 PIDF_NS: Final = "urn:ietf:params:xml:ns:pidf"
 GP_NS: Final = "urn:ietf:params:xml:ns:pidf:geopriv10"
+# RFC 4119 §2.2.2: the basic usage rules live in their own namespace (locPolicyType).
+GBP_NS: Final = "urn:ietf:params:xml:ns:pidf:geopriv10:basicPolicy"
 DM_NS: Final = "urn:ietf:params:xml:ns:pidf:data-model"
 GML_NS: Final = "http://www.opengis.net/gml"
 DEV_NS: Final = "urn:ietf:params:xml:ns:EmergencyCallData:DeviceInfo"
@@ -57,7 +60,7 @@ def build_pidf(
         raise LocationError(f"method {method!r} is not one of {sorted(METHODS)} (RFC 4119 §2.2.3)")
     root = etree.Element(
         _q(PIDF_NS, "presence"),
-        nsmap={None: PIDF_NS, "gp": GP_NS, "dm": DM_NS, "gml": GML_NS},
+        nsmap={None: PIDF_NS, "gp": GP_NS, "gbp": GBP_NS, "dm": DM_NS, "gml": GML_NS},
         entity=entity,
     )
     device = etree.SubElement(root, _q(DM_NS, "device"), id="node")
@@ -66,8 +69,9 @@ def build_pidf(
     point = etree.SubElement(info, _q(GML_NS, "Point"), srsName=WGS84_2D)
     etree.SubElement(point, _q(GML_NS, "pos")).text = f"{where.lat:.6f} {where.lon:.6f}"
     rules = etree.SubElement(geopriv, _q(GP_NS, "usage-rules"))
-    # RFC 4119 §2.2.2: the PSAP may not pass the node's location on.
-    etree.SubElement(rules, _q(GP_NS, "retransmission-allowed")).text = "no"
+    # RFC 4119 §2.2.2: the PSAP may not pass the node's location on. The element is an
+    # xs:boolean in the basicPolicy schema, so "false": the "no" of some RFC examples is invalid.
+    etree.SubElement(rules, _q(GBP_NS, "retransmission-allowed")).text = "false"
     etree.SubElement(geopriv, _q(GP_NS, "method")).text = method
     etree.SubElement(device, _q(DM_NS, "deviceID")).text = device_id
     etree.SubElement(device, _q(DM_NS, "timestamp")).text = timestamp.isoformat(timespec="seconds")

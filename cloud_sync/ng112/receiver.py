@@ -1,8 +1,24 @@
 """A small built-in PSAP for demos and drills: receives RFC 8876 MESSAGEs over UDP or
-TCP, reads the CAP and PIDF-LO parts, tells a callback, and answers 200 OK."""
+TCP and checks them as a conformant PSAP does. A conformant call is told to a callback and
+answered 200 OK; a call whose alert payload a PSAP could not use is answered 425 (Bad Alert
+Message) with the AlertMsg-Error code that says why (RFC 8876 §5.1, §5.2).
+
+What it checks, in order (the first failure decides the answer):
+
+- the method is MESSAGE (else 405, RFC 3261 §8.2.1);
+- a Call-Info header field with purpose=EmergencyCallData.cap (RFC 8876 §4.1) whose cid:
+  URL (RFC 2392) names a body part (else 425 / 101 — this PSAP never fetches a CAP by reference);
+- that part is ``application/EmergencyCallData.cap+xml`` (RFC 8876 §10.1; else 425 / 100);
+- it is well-formed XML and valid against the OASIS CAP 1.2 schema (else 425 / 103);
+- it has an ``<info>`` block, the part that says what the alert is about (else 425 / 102);
+- a Geolocation cid: (RFC 6442 §4.1) names an ``application/pidf+xml`` PIDF-LO part
+  (else 424 Bad Location Information with Geolocation-Error 100, RFC 6442 §4.3). A call
+  without a Geolocation header is still taken: no emergency call is refused for lacking location.
+"""
 
 from __future__ import annotations
 
+import email.message
 import email.parser
 import email.policy
 import logging
@@ -13,16 +29,67 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from lxml import etree
 
-from s4edge.cloud_sync.ng112.cap import CAP_MIME, cap_text, parse_cap
-from s4edge.cloud_sync.ng112.pidf import GML_NS, PIDF_MIME
-from s4edge.cloud_sync.ng112.sip import SipError, split_head
+from s4edge.cloud_sync.ng112.cap import CAP_MIME, CAP_NS, cap_text, load_schema, parse_cap
+from s4edge.cloud_sync.ng112.pidf import GML_NS, PIDF_MIME, PIDF_NS
+from s4edge.cloud_sync.ng112.sip import (
+    BAD_ALERT_MESSAGE,
+    CAP_PURPOSE,
+    COMPACT_HEADERS,
+    SipError,
+    alertmsg_error,
+    split_head,
+)
 
 log = logging.getLogger(__name__)
 _LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d{1,9})[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _LISTEN = re.compile(r"^(udp|tcp):(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+# One value of Call-Info (RFC 3261 §20.9) or Geolocation (RFC 6442 §4.1): <uri> *(;param).
+# The ABNF wants the <>; a bare URI up to the first ';' is read too.
+_URI_VALUE = re.compile(r"^\s*(?:<([^>]*)>|([^;<>\s]+))(.*)$", re.DOTALL)
+_PARAM = re.compile(r'\s*;\s*([^=;\s]+)\s*(?:=\s*("[^"]*"|[^;\s]*))?')
+_VALUES = re.compile(r'(?:<[^>]*>|"[^"]*"|[^,<"])+')  # values split at commas outside <> and ""
+_SCHEMA_LOCK = threading.Lock()  # one schema object, validations one at a time
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How the PSAP answers: the status line and the headers that say why."""
+
+    code: int
+    reason: str
+    headers: tuple[str, ...] = ()
+    detail: str = ""  # for the PSAP's log, never sent
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+    def __str__(self) -> str:
+        why = "; ".join(self.headers)
+        return f"{self.code} {self.reason}" + (f" ({why})" if why else "")
+
+
+OK = Verdict(200, "OK")
+
+
+def bad_alert(code: int, detail: str) -> Verdict:
+    """RFC 8876 §5.1: 425 with one AlertMsg-Error (§5.2) carrying the registered phrase."""
+    return Verdict(BAD_ALERT_MESSAGE, "Bad Alert Message", (alertmsg_error(code).header(),), detail)
+
+
+def bad_location(detail: str) -> Verdict:
+    """RFC 6442 §4.3: 424 with Geolocation-Error 100 when the location cannot be used."""
+    return Verdict(424, "Bad Location Information", ('Geolocation-Error: 100 ;code="Cannot Process Location"',), detail)
+
+
+@dataclass(frozen=True)
+class Part:
+    content_type: str  # lower case, without parameters (RFC 2045: types are case-insensitive)
+    body: bytes
 
 
 @dataclass
@@ -30,8 +97,14 @@ class ReceivedCall:
     method: str
     headers: dict[str, str]
     parts: dict[str, bytes] = field(default_factory=dict)  # by content type
+    by_cid: dict[str, Part] = field(default_factory=dict)  # by Content-ID, without <>
     cap: dict[str, str | None] = field(default_factory=dict)
     position: tuple[float, float] | None = None
+    verdict: Verdict = OK
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict.accepted
 
     def summary(self) -> str:
         where = f"{self.position[0]:.6f},{self.position[1]:.6f}" if self.position else "no location"
@@ -49,8 +122,37 @@ def parse_listen(listen: str) -> tuple[str, str, int]:
     return found[1], found[2].strip("[]"), int(found[3])
 
 
-def read_call(raw: bytes) -> ReceivedCall:
-    """Parse one request; raises SipError when it is not a SIP request."""
+def uri_values(header: str) -> list[tuple[str, dict[str, str]]]:
+    """``<cid:a@b>;purpose=X, <https://…>`` → [("cid:a@b", {"purpose": "X"}), …]."""
+    values = []
+    for value in _VALUES.findall(header):
+        found = _URI_VALUE.match(value)
+        if found:
+            params = {name.lower(): raw.strip('"') for name, raw in _PARAM.findall(found[3])}
+            values.append(((found[1] or found[2]).strip(), params))
+    return values
+
+
+def _cid(uri: str) -> str | None:
+    """RFC 2392: ``cid:`` + the Content-ID's addr-spec, %-escaped."""
+    return unquote(uri[4:]) if uri[:4].lower() == "cid:" else None
+
+
+def _add_part(call: ReceivedCall, part: email.message.Message, content_id: str | None) -> None:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return
+    kind = part.get_content_type().lower()
+    call.parts[kind] = payload
+    if content_id:
+        call.by_cid[content_id.strip().strip("<>")] = Part(kind, payload)
+
+
+def read_call(raw: bytes, schema: etree.XMLSchema | None = None) -> ReceivedCall:
+    """Parse one request and decide its answer (``call.verdict``).
+
+    Raises SipError only when it is not a SIP request at all.
+    """
     parts = split_head(raw)
     if parts is None:
         raise SipError("no end of headers")
@@ -63,50 +165,99 @@ def read_call(raw: bytes) -> ReceivedCall:
         name, sep, value = line.partition(":")
         if sep:
             key = name.strip().lower()
+            key = COMPACT_HEADERS.get(key, key)  # RFC 3261 §7.3.3
             headers[key] = f"{headers[key]}, {value.strip()}" if key in headers and key != "via" else value.strip()
             if key == "via":
                 headers.setdefault("_vias", "")
                 headers["_vias"] += line + "\r\n"
     call = ReceivedCall(request[0], headers)
     content_type = headers.get("content-type", "")
-    if content_type.lower().startswith("multipart/"):
-        envelope = f"Content-Type: {content_type}\r\n\r\n".encode() + parts[1]
-        parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(envelope)
+    envelope = f"Content-Type: {content_type}\r\n\r\n".encode() + parts[1]
+    parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(envelope)
+    if parsed.is_multipart():
         for part in parsed.iter_parts():
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                call.parts[part.get_content_type()] = payload
-    cap = call.parts.get(CAP_MIME)
-    if cap is not None:
-        try:
-            root = parse_cap(cap)
-            call.cap = {
-                name.split("/")[-1]: cap_text(root, name)
-                for name in ("status", "msgType", "incidents", "info/event", "info/severity", "info/headline")
-            }
-        except etree.XMLSyntaxError as exc:
-            call.cap = {"error": str(exc)}
-    pidf = call.parts.get(PIDF_MIME)
-    if pidf is not None:
-        try:
-            pos = parse_cap(pidf).find(f".//{{{GML_NS}}}pos")
-            if pos is not None and pos.text:
-                lat, lon = (float(v) for v in pos.text.split())
-                call.position = (lat, lon)
-        except (etree.XMLSyntaxError, ValueError):
-            call.position = None
+            _add_part(call, part, part.get("Content-ID"))
+    elif content_type:
+        _add_part(call, parsed, headers.get("content-id"))  # a lone body: its Content-ID is a SIP header
+    call.verdict = judge(call, schema)
     return call
 
 
-def answer(call: ReceivedCall, code: int = 200, reason: str = "OK") -> bytes:
+def judge(call: ReceivedCall, schema: etree.XMLSchema | None = None) -> Verdict:
+    """What a conformant PSAP answers; fills ``call.cap`` and ``call.position`` on the way."""
+    if call.method != "MESSAGE":
+        return Verdict(405, "Method Not Allowed", ("Allow: MESSAGE",), f"{call.method} is not an RFC 8876 call")
+    # RFC 3261 §7.3.1: a token parameter value compares case-insensitively.
+    infos = uri_values(call.headers.get("call-info", ""))
+    refs = [uri for uri, params in infos if params.get("purpose", "").lower() == CAP_PURPOSE.lower()]
+    if not refs:
+        return bad_alert(101, f"no Call-Info header field with purpose={CAP_PURPOSE} (RFC 8876 §4.1)")
+    cid = _cid(refs[0])
+    if cid is None:
+        return bad_alert(101, f"the CAP is referenced as {refs[0]}; this PSAP reads it by value (cid:) only")
+    part = call.by_cid.get(cid)
+    if part is None:
+        return bad_alert(101, f"Call-Info <{refs[0]}> names no body part (no Content-ID <{cid}>)")
+    if part.content_type != CAP_MIME.lower():
+        return bad_alert(100, f"the CAP part is {part.content_type}, not {CAP_MIME} (RFC 8876 §10.1)")
+    try:
+        root = parse_cap(part.body)
+    except etree.XMLSyntaxError as exc:
+        return bad_alert(103, f"the CAP part is not well-formed XML: {exc}")
+    checker = schema if schema is not None else load_schema()
+    with _SCHEMA_LOCK:
+        valid = checker.validate(root)
+        first = checker.error_log[0].message if not valid and checker.error_log else ""
+    if not valid:
+        return bad_alert(103, f"the CAP part is not valid CAP 1.2 (OASIS schema): {first}")
+    call.cap = {
+        name.split("/")[-1]: cap_text(root, name)
+        for name in ("status", "msgType", "incidents", "info/event", "info/severity", "info/headline")
+    }
+    if root.find(f"{{{CAP_NS}}}info") is None:
+        # CAP 1.2 §3.2.2: event, urgency, severity and certainty are all in <info>.
+        return bad_alert(102, "the CAP alert has no <info> block: nothing says what it is about")
+    return _locate(call)
+
+
+def _locate(call: ReceivedCall) -> Verdict:
+    located = uri_values(call.headers.get("geolocation", ""))
+    if not located:
+        return OK  # a call without location is still an emergency call
+    cid = _cid(located[0][0])
+    if cid is None:
+        return OK  # location by reference: not dereferenced by this PSAP, the call is still taken
+    part = call.by_cid.get(cid)
+    if part is None or part.content_type != PIDF_MIME:
+        found = "no body part" if part is None else f"a {part.content_type} part"
+        return bad_location(f"Geolocation <{located[0][0]}> names {found}, not {PIDF_MIME} (RFC 6442 §4.1)")
+    try:
+        root = parse_cap(part.body)  # the same safe XML parser: no entities, no network
+    except etree.XMLSyntaxError as exc:
+        return bad_location(f"the PIDF-LO part is not well-formed XML: {exc}")
+    if root.tag != f"{{{PIDF_NS}}}presence":
+        return bad_location(f"the PIDF-LO part is a <{root.tag}>, not a PIDF <presence> (RFC 4119)")
+    pos = root.find(f".//{{{GML_NS}}}pos")
+    if pos is not None and pos.text:
+        try:
+            lat, lon = (float(v) for v in pos.text.split())
+        except ValueError:
+            return bad_location(f"gml:pos {pos.text[:40]!r} is not 'latitude longitude' (RFC 5491 §5.2.1)")
+        call.position = (lat, lon)
+    return OK
+
+
+def answer(call: ReceivedCall, verdict: Verdict | None = None) -> bytes:
     """RFC 3261 §8.2.6.2: the response copies Via, From, To (adding a tag), Call-ID and CSeq."""
+    verdict = verdict or call.verdict
     to = call.headers.get("to", "")
     if ";tag=" not in to:
         to += ";tag=psap"
+    extra = "".join(f"{line}\r\n" for line in verdict.headers)
     head = (
-        f"SIP/2.0 {code} {reason}\r\n{call.headers.get('_vias', '')}"
+        f"SIP/2.0 {verdict.code} {verdict.reason}\r\n{call.headers.get('_vias', '')}"
         f"From: {call.headers.get('from', '')}\r\nTo: {to}\r\nCall-ID: {call.headers.get('call-id', '')}\r\n"
-        f"CSeq: {call.headers.get('cseq', '')}\r\nContent-Length: 0\r\n\r\n"
+        f"CSeq: {call.headers.get('cseq', '')}\r\n{extra}Content-Length: 0\r\n\r\n"
     )
     return head.encode()
 
@@ -114,18 +265,47 @@ def answer(call: ReceivedCall, code: int = 200, reason: str = "OK") -> bytes:
 OnCall = Callable[[ReceivedCall], None]
 
 
+class _InFlight:
+    """Requests being handled, so that ``stop`` lets each one send its answer first."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._idle:
+            self._count -= 1
+            self._idle.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._count == 0, timeout)
+
+
+def _take(server: Any, raw: bytes) -> ReceivedCall:
+    call = read_call(raw, server.schema)
+    if not call.accepted:
+        log.warning("psap: answered %s to %s: %s", call.verdict, call.headers.get("call-id", "?"), call.verdict.detail)
+    server.on_call(call)
+    return call
+
+
 class _Udp(socketserver.BaseRequestHandler):
     server: Any
 
     def handle(self) -> None:
         data, sock = self.request
-        try:
-            call = read_call(data)
-        except SipError as exc:
-            log.warning("psap: dropped a datagram that is not SIP: %s", exc)
-            return
-        self.server.on_call(call)
-        sock.sendto(answer(call), self.client_address)
+        with self.server.in_flight:
+            try:
+                call = _take(self.server, data)
+            except SipError as exc:
+                log.warning("psap: dropped a datagram that is not SIP: %s", exc)
+                return
+            sock.sendto(answer(call), self.client_address)
 
 
 class _Tcp(socketserver.BaseRequestHandler):
@@ -141,13 +321,13 @@ class _Tcp(socketserver.BaseRequestHandler):
                 size = int(found[1]) if found else 0
                 if len(parts[1]) >= size:
                     raw, buffer = parts[0] + b"\r\n\r\n" + parts[1][:size], parts[1][size:]
-                    try:
-                        call = read_call(raw)
-                    except SipError as exc:
-                        log.warning("psap: closing a connection that sent garbage: %s", exc)
-                        return
-                    self.server.on_call(call)
-                    conn.sendall(answer(call))
+                    with self.server.in_flight:
+                        try:
+                            call = _take(self.server, raw)
+                        except SipError as exc:
+                            log.warning("psap: closing a connection that sent garbage: %s", exc)
+                            return
+                        conn.sendall(answer(call))
                     continue
             chunk = conn.recv(65536)
             if not chunk:
@@ -157,25 +337,34 @@ class _Tcp(socketserver.BaseRequestHandler):
 
 class _UdpServer(socketserver.ThreadingUDPServer):
     on_call: OnCall
+    schema: etree.XMLSchema | None
+    in_flight: _InFlight
     daemon_threads = True
     allow_reuse_address = True
 
 
 class _TcpServer(socketserver.ThreadingTCPServer):
     on_call: OnCall
+    schema: etree.XMLSchema | None
+    in_flight: _InFlight
     daemon_threads = True
     allow_reuse_address = True
 
 
 class PsapReceiver:
-    """``PsapReceiver("udp:127.0.0.1:5060", on_call=print).start()``; ``stop()`` ends it."""
+    """``PsapReceiver("udp:127.0.0.1:5060", on_call=print).start()``; ``stop()`` ends it.
 
-    def __init__(self, listen: str, on_call: OnCall) -> None:
+    ``on_call`` hears every request, the refused ones too: ``call.accepted`` tells them apart.
+    """
+
+    def __init__(self, listen: str, on_call: OnCall, schema: etree.XMLSchema | None = None) -> None:
         proto, host, port = parse_listen(listen)
         self.server: _UdpServer | _TcpServer = (
             _UdpServer((host, port), _Udp) if proto == "udp" else _TcpServer((host, port), _Tcp)
         )
         self.server.on_call = on_call
+        self.server.schema = schema if schema is not None else load_schema()
+        self.server.in_flight = _InFlight()
         self.proto = proto
         self._thread: threading.Thread | None = None
 
@@ -194,6 +383,8 @@ class PsapReceiver:
     def serve_forever(self) -> None:
         self.server.serve_forever()
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking requests; one being handled (``on_call`` may be what stops us) is answered first."""
         self.server.shutdown()
+        self.server.in_flight.wait(grace_s)
         self.server.server_close()

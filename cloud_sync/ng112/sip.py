@@ -1,5 +1,12 @@
 """The RFC 8876 non-interactive emergency call: one SIP MESSAGE carrying CAP, PIDF-LO
-and DeviceInfo as a multipart/mixed body, and the parsing of what comes back."""
+and DeviceInfo as a multipart/mixed body, and the parsing of what comes back.
+
+Names on the wire are the registered ones: the media types of the IANA media-type
+registry (RFC 8876 §10.1 ``application/EmergencyCallData.cap+xml``, RFC 7852
+``application/EmergencyCallData.DeviceInfo+xml``, RFC 4119 ``application/pidf+xml``),
+the Call-Info purposes of the Emergency Call Data Types registry (RFC 7852, RFC 8876
+§10.2), response code 425 and the AlertMsg-Error codes (RFC 8876 §10.3-§10.5).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,19 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, cast
 
 SOS: Final = "urn:service:sos"
+# RFC 8876 §4.1 / §10.2 and RFC 7852: Call-Info purpose = "EmergencyCallData." + the data
+# block's name in the Emergency Call Data Types registry.
+CAP_PURPOSE: Final = "EmergencyCallData.cap"
+DEVICE_INFO_PURPOSE: Final = "EmergencyCallData.DeviceInfo"
+# RFC 8876 §5.1 (registered in §10.3): the alert payload, not the SIP signalling, was wrong.
+BAD_ALERT_MESSAGE: Final = 425
+# RFC 8876 §5.2, the "SIP AlertMsg-Error Codes" registry (§10.5): code → default reason phrase.
+ALERTMSG_ERRORS: Final[dict[int, str]] = {
+    100: "Cannot process the alert payload",
+    101: "Alert payload was not present or could not be found",
+    102: "Not enough information to determine the purpose of the alert",
+    103: "Alert payload was corrupted",
+}
 Proto = Literal["udp", "tcp", "tls"]
 DEFAULT_PORT: Final[dict[str, int]] = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
@@ -70,11 +90,16 @@ class EmergencyMessage:
     call_id: str = field(default_factory=lambda: f"{secrets.token_hex(12)}@s4edge")
     from_tag: str = field(default_factory=lambda: secrets.token_hex(6))
     cseq: int = 1
-    geolocation_routing: bool = False
+    # RFC 6442 §4.2: "yes" lets the routing proxies (ESRP) route on the location, "no" or no
+    # header forbids it; an emergency call is routed by location (RFC 6881 §8), so "yes".
+    geolocation_routing: bool = True
 
     def body(self, boundary: str) -> bytes:
         chunks = []
         for part in (self.cap, self.pidf, self.device_info):
+            # RFC 8876 §8 (example) and RFC 7852: every part is referenced from a header by its
+            # Content-ID (RFC 2392 cid:), so its disposition is "by-reference" (RFC 5621); a PSAP
+            # that does not understand a part still takes the call: handling=optional (RFC 3261 §20.11).
             chunks.append(
                 f"--{boundary}\r\nContent-Type: {part.content_type}\r\nContent-ID: <{part.content_id}>\r\n"
                 "Content-Disposition: by-reference;handling=optional\r\n\r\n".encode()
@@ -95,15 +120,19 @@ class EmergencyMessage:
             f"To: <{self.request_uri}>",
             f"Call-ID: {self.call_id}",
             f"CSeq: {self.cseq} MESSAGE",
-            # RFC 8876 §3 (CAP) and RFC 7852 §4.1 (DeviceInfo): data blocks by cid reference.
-            f"Call-Info: <cid:{self.cap.content_id}>;purpose=EmergencyCallData.cap, "
-            f"<cid:{self.device_info.content_id}>;purpose=EmergencyCallData.DeviceInfo",
-            # RFC 6442 §4.1-4.2: location by value in the body.
+            # RFC 8876 §4.1 (CAP) and RFC 7852 (DeviceInfo): each data block by value, found
+            # through a Call-Info cid: URL (RFC 2392) and its purpose; <...> per RFC 3261 §20.9.
+            f"Call-Info: <cid:{self.cap.content_id}>;purpose={CAP_PURPOSE}, "
+            f"<cid:{self.device_info.content_id}>;purpose={DEVICE_INFO_PURPOSE}",
+            # RFC 6442 §4.1: location by value, the PIDF-LO part referenced by cid:. No Supported
+            # option tag: the registered ones, "geolocation-sip" and "geolocation-http" (RFC 6442),
+            # say a UA can dereference location URIs, which this sender never asks anyone to do.
             f"Geolocation: <cid:{self.pidf.content_id}>",
             f"Geolocation-Routing: {'yes' if self.geolocation_routing else 'no'}",
-            "Supported: geolocation",
-            "Accept: application/pidf+xml, application/cap+xml",
+            # RFC 8876 §8 (example): the bodies this UA understands in a response.
+            f"Accept: {self.pidf.content_type}, {self.cap.content_type}",
             "User-Agent: s4edge-ng112",
+            # RFC 8876 §4.1 / RFC 5621: the parts travel together in one multipart/mixed body.
             f'Content-Type: multipart/mixed; boundary="{boundary}"',
             f"Content-Length: {len(body)}",
         ]
@@ -124,15 +153,37 @@ class AlertMsgError:
     def __str__(self) -> str:
         return f"{self.code} {self.message}" if self.message else str(self.code)
 
+    def header(self) -> str:
+        """The header line a PSAP sends; without a message, the code's registered phrase."""
+        text = (self.message or ALERTMSG_ERRORS.get(self.code, "")).replace("\\", "\\\\").replace('"', '\\"')
+        return f'AlertMsg-Error: {self.code} ;message="{text}"' if text else f"AlertMsg-Error: {self.code}"
 
-_ALERTMSG = re.compile(r'^\s*(\d{3})\s*(?:;\s*message\s*=\s*"((?:[^"\\]|\\.)*)")?', re.IGNORECASE)
+
+def alertmsg_error(code: int) -> AlertMsgError:
+    """The error with its default reason phrase from the RFC 8876 §10.5 registry."""
+    return AlertMsgError(code, ALERTMSG_ERRORS[code])
+
+
+# RFC 8876 §5.2 ABNF: error-code *(SEMI error-params), the text a quoted-string parameter. The
+# IANA header-parameter registry lists that parameter as "code" (RFC 8876 §10.4), so a text
+# under either name is read.
+_ALERTMSG = re.compile(r"^\s*(\d{3})(?!\d)(.*)$", re.DOTALL)
+_PARAM = re.compile(r'\s*;\s*([A-Za-z0-9.!%*_+`\'~-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^;\s]*))?\s*')
 
 
 def parse_alertmsg_error(value: str) -> AlertMsgError | None:
     found = _ALERTMSG.match(value)
     if not found:
         return None
-    return AlertMsgError(int(found[1]), found[2].replace('\\"', '"') if found[2] else None)
+    text, rest = None, found[2]
+    while rest.strip():
+        param = _PARAM.match(rest)
+        if not param:
+            break
+        if param[1].lower() in ("message", "code") and (param[2] or "").startswith('"'):
+            text = re.sub(r"\\(.)", r"\1", param[2][1:-1])
+        rest = rest[param.end() :]
+    return AlertMsgError(int(found[1]), text)
 
 
 @dataclass(frozen=True)
@@ -159,7 +210,14 @@ class SipResponse:
 
 
 # RFC 3261 §7.3.3 compact forms of the headers we read.
-_COMPACT: Final = {"v": "via", "i": "call-id", "l": "content-length", "c": "content-type", "f": "from", "t": "to"}
+COMPACT_HEADERS: Final = {
+    "v": "via",
+    "i": "call-id",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "t": "to",
+}
 _STATUS = re.compile(rb"^SIP/2\.0 ([1-6]\d\d) ?([^\r\n]*)$")
 
 
@@ -184,7 +242,7 @@ def parse_head(head: bytes) -> tuple[int, str, dict[str, list[str]]]:
         if not sep or not name.strip():
             raise SipError(f"malformed header line: {raw[:80]!r}")
         key = name.strip().decode("ascii", "replace").lower()
-        key = _COMPACT.get(key, key)
+        key = COMPACT_HEADERS.get(key, key)
         headers.setdefault(key, []).append(value.strip().decode("utf-8", "replace"))
     return int(status[1]), status[2].decode("utf-8", "replace"), headers
 

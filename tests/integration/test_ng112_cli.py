@@ -16,7 +16,7 @@ from s4edge.cloud_sync.ng112.sip import parse_target
 from s4edge.cloud_sync.ng112.transport import Timers, Transaction
 from s4edge.resources import packaged
 from s4edge.testing import free_port
-from s4edge.testing.sipp import SippPsap
+from s4edge.testing.sipp import SippPsap, run_uac
 
 runner = CliRunner()
 
@@ -57,14 +57,44 @@ def test_the_builtin_psap_prints_the_call_and_answers_200(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp is not installed")
+def test_the_builtin_psap_answers_a_cap_sent_as_application_cap_xml_with_425(tmp_path):
+    port = free_port()
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault(
+            "r", runner.invoke(app, ["ng112", "psap", "--listen", f"udp:127.0.0.1:{port}", "--count", "1"])
+        )
+    )
+    thread.start()
+    # sipp retransmits over UDP (RFC 3261 Timer E) until the PSAP is bound and answers.
+    sipp = run_uac(("127.0.0.1", port), "udp", tmp_path, cap_type="application/cap+xml")
+    thread.join(10)
+    assert sipp.returncode == 0, sipp.errors
+    assert sipp.responses[-1].startswith(b"SIP/2.0 425 Bad Alert Message\r\n")
+    output = result["r"].output
+    assert result["r"].exit_code == 0, output
+    assert (
+        'MESSAGE answered 425 Bad Alert Message (AlertMsg-Error: 100 ;message="Cannot process the alert payload")'
+        in output
+    )
+    assert "application/cap+xml, not application/EmergencyCallData.cap+xml" in output
+
+
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp is not installed")
 @pytest.mark.parametrize(
-    ("scenario", "code", "expected"), [("psap_200.xml", 0, "ok: 200 OK"), ("psap_425.xml", 1, "AlertMsg-Error: 101")]
+    ("scenario", "code", "expected"),
+    [
+        ("psap_200.xml", 0, "ok: 200 OK"),
+        ("psap_rfc8876.xml", 0, "ok: 200 OK"),
+        ("psap_425.xml", 1, "AlertMsg-Error: 101 Alert payload was not present or could not be found"),
+    ],
 )
 def test_send_test_reports_how_the_psap_answered(tmp_path, scenario, code, expected):
     with SippPsap(scenario, "tcp", tmp_path, calls=1) as psap:
         result = runner.invoke(
             app, ["ng112", "send-test", "--psap", psap.uri, "--lat", "48.1", "--lon", "11.5", "--t1", "0.05"]
         )
+        assert psap.wait(10) == 0
     assert result.exit_code == code, result.output
     assert expected in result.output
     (raw,) = psap.received()

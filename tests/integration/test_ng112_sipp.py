@@ -1,5 +1,6 @@
-"""RFC 8876 calls against sipp as the PSAP (UDP and TCP), and against small socket peers
-that misbehave: silence (Timer F), garbage, a closed connection."""
+"""RFC 8876 calls against sipp as the PSAP (UDP and TCP), sipp as the caller against the
+built-in PSAP, and small socket peers that misbehave: silence (Timer F), garbage, a closed
+connection. Registered names are written out literally, as RFC 8876 and IANA spell them."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from s4edge.cloud_sync.messages import Alert, Location, Measurement, ModelRef
 from s4edge.cloud_sync.ng112.call import Caller, compose
 from s4edge.cloud_sync.ng112.cap import CAP_NS, CapError, load_schema
 from s4edge.cloud_sync.ng112.pidf import DM_NS, GML_NS, GP_NS, PIDF_NS, LocationError
-from s4edge.cloud_sync.ng112.sip import parse_target
+from s4edge.cloud_sync.ng112.receiver import PsapReceiver
+from s4edge.cloud_sync.ng112.sip import BodyPart, parse_target
 from s4edge.cloud_sync.ng112.transport import Timers, Transaction
-from s4edge.testing.sipp import SippPsap
+from s4edge.testing.sipp import SippPsap, run_uac
 
 pytestmark = pytest.mark.skipif(
     shutil.which("sipp") is None, reason="sipp is not installed (apt-get install sip-tester)"
@@ -53,7 +55,7 @@ def split_parts(raw: bytes) -> dict[str, bytes]:
     parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type + b"\r\n\r\n" + body
     )
-    return {p.get_content_type(): p.get_payload(decode=True) for p in parsed.iter_parts()}
+    return {p["Content-Type"]: p.get_payload(decode=True) for p in parsed.iter_parts()}
 
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
@@ -71,9 +73,9 @@ def test_sipp_psap_accepts_the_call_and_receives_valid_cap_and_pidf(tmp_path, sh
     assert delivery.ok and delivery.code == 200 and delivery.transport == proto
     (raw,) = psap.received()
     assert raw.startswith(b"MESSAGE urn:service:sos SIP/2.0\r\n")
-    assert b"purpose=EmergencyCallData.cap" in raw and b"Geolocation-Routing: no" in raw
+    assert b"purpose=EmergencyCallData.cap" in raw and b"\r\nGeolocation-Routing: yes\r\n" in raw
     parts = split_parts(raw)
-    cap = etree.fromstring(parts["application/cap+xml"])
+    cap = etree.fromstring(parts["application/EmergencyCallData.cap+xml"])
     assert schema.validate(cap), schema.error_log
     assert cap.findtext(f"{{{CAP_NS}}}status") == "Actual"
     assert cap.findtext(f"{{{CAP_NS}}}info/{{{CAP_NS}}}severity") == "Extreme"
@@ -82,7 +84,78 @@ def test_sipp_psap_accepts_the_call_and_receives_valid_cap_and_pidf(tmp_path, sh
     point = pidf.find(f"{{{DM_NS}}}device/{{{GP_NS}}}geopriv/{{{GP_NS}}}location-info/{{{GML_NS}}}Point")
     assert point.get("srsName") == "urn:ogc:def:crs:EPSG::4326"
     assert point.findtext(f"{{{GML_NS}}}pos") == "52.520008 13.404954"
-    assert b"no human caller" in parts["application/emergencycalldata.deviceinfo+xml"]
+    assert b"no human caller" in parts["application/EmergencyCallData.DeviceInfo+xml"]
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_sipp_checking_the_rfc_8876_names_accepts_our_call(tmp_path, proto):
+    with SippPsap("psap_rfc8876.xml", proto, tmp_path, calls=1) as psap:
+        delivery = Transaction(FAST).send(compose(alert(), Caller()).message, parse_target(psap.uri))
+        assert psap.wait(10) == 0, (tmp_path / f"sipp-{psap.port}-errors.log").read_text()
+    assert delivery.ok
+
+
+@pytest.mark.parametrize(
+    ("spoil", "failed_check"),
+    [
+        ("type", "application/EmergencyCallData"),  # the CAP part sent as application/cap+xml
+        ("routing", "yes"),  # Geolocation-Routing: no
+    ],
+)
+def test_sipp_checking_the_rfc_8876_names_catches_the_old_mistakes(tmp_path, spoil, failed_check):
+    message = compose(alert(), Caller()).message
+    if spoil == "type":
+        message.cap = BodyPart("application/cap+xml", message.cap.content_id, message.cap.body)
+    else:
+        message.geolocation_routing = False
+    with SippPsap("psap_rfc8876.xml", "tcp", tmp_path, calls=1) as psap:
+        Transaction(FAST).send(message, parse_target(psap.uri))
+        assert psap.wait(10) != 0
+    assert failed_check in (tmp_path / f"sipp-{psap.port}-errors.log").read_text()
+
+
+@pytest.fixture(params=["udp", "tcp"])
+def builtin_psap(request):
+    calls = []
+    receiver = PsapReceiver(f"{request.param}:127.0.0.1:0", calls.append).start()
+    receiver.calls = calls
+    yield receiver
+    receiver.stop()
+
+
+@pytest.mark.parametrize(
+    ("keys", "status", "alertmsg_error"),
+    [
+        ({}, "SIP/2.0 200 OK", None),
+        (
+            {"cap_type": "application/cap+xml"},
+            "SIP/2.0 425 Bad Alert Message",
+            b'AlertMsg-Error: 100 ;message="Cannot process the alert payload"',
+        ),
+        (
+            {"cap_ref": "cid:missing@sipp.invalid"},
+            "SIP/2.0 425 Bad Alert Message",
+            b'AlertMsg-Error: 101 ;message="Alert payload was not present or could not be found"',
+        ),
+        (
+            {"cap_status": "Maybe"},  # not a CAP 1.2 <status>: invalid against the OASIS schema
+            "SIP/2.0 425 Bad Alert Message",
+            b'AlertMsg-Error: 103 ;message="Alert payload was corrupted"',
+        ),
+    ],
+    ids=["conformant", "application-cap-xml", "broken-cid", "invalid-cap"],
+)
+def test_sipp_calling_the_builtin_psap(tmp_path, builtin_psap, keys, status, alertmsg_error):
+    result = run_uac(builtin_psap.address, builtin_psap.proto, tmp_path, **keys)
+    assert result.returncode == 0, result.errors
+    (response,) = result.responses
+    lines = response.split(b"\r\n")
+    assert lines[0] == status.encode()
+    assert [line for line in lines if line.startswith(b"AlertMsg-Error:")] == (
+        [alertmsg_error] if alertmsg_error else []
+    )
+    (call,) = builtin_psap.calls
+    assert call.accepted == (alertmsg_error is None)
 
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])

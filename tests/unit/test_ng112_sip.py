@@ -1,4 +1,7 @@
-"""The RFC 8876 SIP MESSAGE on the wire, and robust parsing of what comes back."""
+"""The RFC 8876 SIP MESSAGE on the wire, and robust parsing of what comes back.
+
+Names are written here as the RFCs and the IANA registries spell them, never taken from
+our own constants, so that a wrong constant fails a test."""
 
 from __future__ import annotations
 
@@ -8,21 +11,28 @@ import re
 
 import pytest
 
+from s4edge.cloud_sync.messages import Alert, Location
+from s4edge.cloud_sync.ng112.call import Caller, compose
 from s4edge.cloud_sync.ng112.sip import (
+    AlertMsgError,
     BodyPart,
     EmergencyMessage,
     SipError,
+    alertmsg_error,
     parse_alertmsg_error,
     parse_response,
     parse_target,
 )
+
+# IANA media-type registry, registered by RFC 8876 §10.1.
+CAP_TYPE = "application/EmergencyCallData.cap+xml"
 
 
 def message() -> EmergencyMessage:
     return EmergencyMessage(
         request_uri="urn:service:sos",
         from_uri="sip:n1@plaza.s4edge.invalid",
-        cap=BodyPart("application/cap+xml", "cap-1@plaza", b"<alert/>"),
+        cap=BodyPart(CAP_TYPE, "cap-1@plaza", b"<alert/>"),
         pidf=BodyPart("application/pidf+xml", "loc-1@plaza", b"<presence/>"),
         device_info=BodyPart("application/EmergencyCallData.DeviceInfo+xml", "dev-1@plaza", b"<dev/>"),
         call_id="call-1@s4edge",
@@ -43,16 +53,49 @@ def test_the_request_carries_every_rfc_8876_header():
     assert "<cid:cap-1@plaza>;purpose=EmergencyCallData.cap" in headers["Call-Info"]
     assert "<cid:dev-1@plaza>;purpose=EmergencyCallData.DeviceInfo" in headers["Call-Info"]
     assert headers["Geolocation"] == "<cid:loc-1@plaza>"
-    assert headers["Geolocation-Routing"] == "no"
-    assert headers["Supported"] == "geolocation"
+    # RFC 6442 §4.2: "yes" lets the emergency routing proxy route on the location.
+    assert headers["Geolocation-Routing"] == "yes"
+    # RFC 8876 §8: what the UA understands, under the registered names.
+    assert headers["Accept"] == "application/pidf+xml, application/EmergencyCallData.cap+xml"
+    assert "application/cap+xml" not in head.decode()
+    # The registered option tags are geolocation-sip/-http (RFC 6442); "geolocation" is none.
+    assert "Supported" not in headers
+    assert headers["Content-Type"].startswith("multipart/mixed; boundary=")
     assert int(headers["Content-Length"]) == len(body)
     parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         f"Content-Type: {headers['Content-Type']}\r\n\r\n".encode() + body
     )
-    parts = {p.get_content_type(): (p["Content-ID"], p.get_payload(decode=True)) for p in parsed.iter_parts()}
-    assert parts["application/cap+xml"] == ("<cap-1@plaza>", b"<alert/>")
+    parts = {p["Content-Type"]: (p["Content-ID"], p.get_payload(decode=True)) for p in parsed.iter_parts()}
+    assert parts["application/EmergencyCallData.cap+xml"] == ("<cap-1@plaza>", b"<alert/>")
     assert parts["application/pidf+xml"] == ("<loc-1@plaza>", b"<presence/>")
-    assert parts["application/emergencycalldata.deviceinfo+xml"][0] == "<dev-1@plaza>"
+    assert parts["application/EmergencyCallData.DeviceInfo+xml"][0] == "<dev-1@plaza>"
+    assert body.count(b"\r\nContent-Disposition: by-reference;handling=optional\r\n") == 3
+
+
+def test_composed_calls_use_the_registered_cap_type_and_allow_routing_on_location():
+    alert = Alert(
+        node_id="n1",
+        site="plaza",
+        seq=1,
+        kind="gas",
+        severity="Severe",
+        state="new",
+        incident="inc-gas-0001",
+        location=Location(lat=48.2, lon=16.37),
+    )
+    message = compose(alert, Caller()).message
+    assert message.cap.content_type == "application/EmergencyCallData.cap+xml"
+    assert message.pidf.content_type == "application/pidf+xml"
+    assert message.device_info.content_type == "application/EmergencyCallData.DeviceInfo+xml"
+    assert b"\r\nGeolocation-Routing: yes\r\n" in message.render("udp", "127.0.0.1:5060", "z9hG4bKx")
+
+
+def test_turning_routing_on_location_off_toward_sos_warns(caplog):
+    Caller(geolocation_routing=False)
+    assert "Geolocation-Routing: no toward urn:service:sos" in caplog.text
+    caplog.clear()
+    Caller(request_uri="sip:psap@192.0.2.1", geolocation_routing=False)  # a PSAP's own URI: no routing needed
+    assert caplog.text == ""
 
 
 @pytest.mark.parametrize(
@@ -113,3 +156,26 @@ def test_alertmsg_error_without_message_and_nonsense():
     assert parse_alertmsg_error("103").code == 103
     assert parse_alertmsg_error("103").message is None
     assert parse_alertmsg_error("no code") is None
+    assert parse_alertmsg_error("1034") is None
+
+
+def test_alertmsg_error_text_is_read_under_either_parameter_name():
+    # RFC 8876 §5.2 example text; §10.4 registers the header's parameter as "code".
+    assert parse_alertmsg_error('100 ;code="Cannot process the alert payload"') == AlertMsgError(
+        100, "Cannot process the alert payload"
+    )
+    assert parse_alertmsg_error('102;foo=bar ; message="a \\"b\\"; c"') == AlertMsgError(102, 'a "b"; c')
+
+
+@pytest.mark.parametrize(
+    ("code", "line"),
+    [  # RFC 8876 §10.5: the SIP AlertMsg-Error Codes registry and its default reason phrases
+        (100, 'AlertMsg-Error: 100 ;message="Cannot process the alert payload"'),
+        (101, 'AlertMsg-Error: 101 ;message="Alert payload was not present or could not be found"'),
+        (102, 'AlertMsg-Error: 102 ;message="Not enough information to determine the purpose of the alert"'),
+        (103, 'AlertMsg-Error: 103 ;message="Alert payload was corrupted"'),
+    ],
+)
+def test_alertmsg_errors_carry_the_registered_phrases(code, line):
+    assert alertmsg_error(code).header() == line
+    assert parse_alertmsg_error(line.split(": ", 1)[1]) == alertmsg_error(code)
