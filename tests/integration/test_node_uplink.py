@@ -74,7 +74,9 @@ def test_forwarder_drains_in_order_and_deletes_only_acknowledged(tmp_path: Path,
             forwarder.stop()
             uplink.close()
     client.loop_stop()
-    assert [int(p) for _, _, p in got][:500] == list(range(500))
+    # At least once, in order: a reconnect under load may resend what the broker took
+    # before its PUBACK reached us, so a copy may come again later; the first copies are in order.
+    assert list(dict.fromkeys(int(p) for _, _, p in got)) == list(range(500))
     assert len(ids) == 500
 
 
