@@ -65,6 +65,10 @@ KNOWN_KINDS: Final = frozenset(
         "sensor_fault", "camera_fault", "escalation",
     }
 )
+# A pre-alarm, a warning before a standard's alarm point (CO before EN 50291-1's alarm
+# time), carries a measurement of this quantity with value 1. It stays local: NG112 never
+# forwards it, whatever a site's min_severity (cloud_sync/ng112/policy.py).
+PRE_ALARM: Final = "pre_alarm"
 
 
 def utc_now() -> datetime:

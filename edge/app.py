@@ -48,7 +48,7 @@ from s4edge.cloud_sync.outbox import TELEMETRY, Outbox
 from s4edge.cloud_sync.uplink import Backoff, Forwarder, MqttUplink, Uplink, UplinkSettings
 from s4edge.edge.alerts import AlertDraft, IncidentBook
 from s4edge.edge.config import ConfigError, config_digest, parse_config_text
-from s4edge.edge.health import Health, ServiceNotifier, Vitals
+from s4edge.edge.health import FaultLog, Health, ServiceNotifier, Vitals
 from s4edge.edge.signatures import CommandVerifier, expiry_problem
 from s4edge.edge.sources import AlertSource, SourceContext, build_source
 from s4edge.edge.supervision import Watchdog, alive
@@ -122,6 +122,7 @@ class Node:
         self.verifier = self._load_verifier(config)  # a bad key file stops the node before it opens anything
         self.outbox = Outbox(config.outbox.path, config.outbox.telemetry_max)
         self.health = Health()
+        self.faults = FaultLog()  # every fault and recovery published goes to the log too
         self.vitals = Vitals(config.heartbeat.thermal_zone)
         self.notifier = ServiceNotifier.from_environment()
         self.watchdog = Watchdog(self.notifier)
@@ -236,6 +237,7 @@ class Node:
             return
         if self.health.states().get("alerts", "ok") != "ok":
             self.health.set("alerts", "ok")  # the fault clears with the next alert that goes through
+        self.faults.alert(draft)  # stored: a camera or sensor fault shows on the console as well
 
     def _telemetry(self, source: str, readings: list[Measurement]) -> None:
         now = self.clock()
@@ -495,6 +497,7 @@ class Node:
             (FailureLog(log, "incident expiry"), lambda: self.book.expire(self.clock())),
             (FailureLog(log, "heartbeat"), self._heartbeat_when_due),
             (FailureLog(log, "status update"), self._announce_faults),
+            (FailureLog(log, "fault log"), self._log_degraded),
         ]
         while not self._stop.wait(min(1.0, self.config.heartbeat.interval_s)):
             for failures, duty in duties:
@@ -511,6 +514,10 @@ class Node:
         if self.clock() >= self._next_beat:
             self._next_beat = self.clock() + self.config.heartbeat.interval_s
             self.heartbeat()
+
+    def _log_degraded(self) -> None:
+        """The parts the status lists as degraded, on the console whether or not it is connected."""
+        self.faults.parts(self.health.degraded_states(), self.health.states())
 
     def _announce_faults(self) -> None:
         """A camera, sensor or outbox fault shows in the retained status too."""

@@ -1,6 +1,7 @@
 """What the heartbeat reports: per-sensor states that sources write, each camera's
-vision figures, and the board's own vitals (CPU, memory, SoC temperature); and the
-node's liveness towards systemd (sd_notify)."""
+vision figures, and the board's own vitals (CPU, memory, SoC temperature); the node's
+liveness towards systemd (sd_notify); and the fault log, which puts every fault and
+recovery the node publishes on its console too."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Any
 
 import psutil
 
+from s4edge.edge.alerts import AlertDraft
+
 log = logging.getLogger(__name__)
 
 # Linux thermal sysfs ABI: /sys/class/thermal/thermal_zone<N>/temp, millidegrees Celsius.
@@ -28,6 +31,9 @@ VISION_FIGURES = ("camera_fps", "inference_ms", "dropped_frames")
 # or any other error that keeps it from storing.
 DISK_FULL = "disk_full"
 OUTBOX_FAULT = "outbox"
+# The alert kinds that report a node's own part failing (docs/architecture.md, "Bad input").
+FAULT_KINDS = frozenset({"sensor_fault", "camera_fault"})
+DEGRADED_PREFIXES = ("fault", "failed")  # a state that marks its part degraded in the status
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,62 @@ class Health:
         )
 
     def degraded(self) -> list[str]:
-        return [key for key, value in self.states().items() if value.startswith(("fault", "failed"))][:32]
+        return list(self.degraded_states())[:32]
+
+    def degraded_states(self) -> dict[str, str]:
+        """The parts the retained status lists as degraded, with their states."""
+        return {key: value for key, value in self.states().items() if value.startswith(DEGRADED_PREFIXES)}
+
+
+class FaultLog:
+    """What the node publishes about its own faults goes through the log as well, so that
+    ``agent run`` shows it on the console (or as JSON lines with ``--log-format json``):
+    each fault alert (``sensor_fault``, ``camera_fault``) at WARNING when it opens or its
+    reason changes and at INFO when it ends; each part the status lists as degraded (a
+    camera, a source that failed, a full disk) at WARNING when it becomes degraded and at
+    INFO when it is well again. JSON lines carry ``event`` (fault, fault_changed,
+    recovered), ``part`` or ``fault_kind`` and ``incident``."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or log.getChild("faults")
+        self._open: dict[str, str | None] = {}  # fault incident → the reason last logged
+        self._degraded: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def alert(self, draft: AlertDraft) -> None:
+        """An alert the node has just stored; only fault kinds are logged."""
+        if draft.kind not in FAULT_KINDS:
+            return
+        extra = {"fault_kind": draft.kind, "incident": draft.incident}
+        with self._lock:
+            if draft.state == "end":
+                self._open.pop(draft.incident, None)
+                self._log.info(
+                    "%s over: %s — %s", draft.kind, draft.title, draft.detail, extra={"event": "recovered", **extra}
+                )
+            elif draft.incident not in self._open:
+                self._open[draft.incident] = draft.detail
+                self._log.warning(
+                    "%s: %s — %s", draft.kind, draft.title, draft.detail, extra={"event": "fault", **extra}
+                )
+            elif self._open[draft.incident] != draft.detail:
+                self._open[draft.incident] = draft.detail
+                self._log.warning(
+                    "%s continues: %s — %s", draft.kind, draft.title, draft.detail,
+                    extra={"event": "fault_changed", **extra},
+                )  # fmt: skip
+
+    def parts(self, degraded: dict[str, str], states: dict[str, str]) -> None:
+        """The degraded parts now (``Health.degraded_states``) against those last seen;
+        ``states`` says what a part that recovered reports now."""
+        with self._lock:
+            for part, state in degraded.items():
+                if part not in self._degraded:
+                    self._log.warning("degraded: %s — %s", part, state, extra={"event": "fault", "part": part})
+            for part in self._degraded.keys() - degraded.keys():
+                now = states.get(part, "no longer reported")
+                self._log.info("recovered: %s — now %s", part, now, extra={"event": "recovered", "part": part})
+            self._degraded = dict(degraded)
 
 
 def is_disk_full(error: BaseException | None) -> bool:

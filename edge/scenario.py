@@ -8,6 +8,11 @@ Scenario file (YAML)::
     duration_s: 60
     signals:                      # (seconds, value) points, linearly interpolated
       methane_lel: [[0, 0], [10, 30], [20, 50], [45, 50], [55, 0]]
+
+A sensor alarms by threshold ``levels``, except CO, which alarms by exposure after
+EN 50291-1 or UL 2034 (``profile``, edge/sensing/co.py) as a real CO sensor does. The
+source's ``speed`` is its scenario clock (scenario seconds per wall second); the CO
+exposure runs on that clock too, and a CO alert on a clock other than ×1 names it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s4edge.cloud_sync.messages import Measurement, Severity
 from s4edge.edge.alerts import Content, IncidentBook, Level, ThresholdRule, ValueAlarm
 from s4edge.edge.config import NodeFile, problems_by_key, yaml_problem
+from s4edge.edge.sensing.co import PROFILES, COAlarm, ProfileName
 from s4edge.edge.sources import SourceContext
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
@@ -98,9 +104,28 @@ class SimulatedSensor(BaseModel):
     quantity: str
     unit: str
     direction: Literal["above", "below"] = "above"
-    levels: list[LevelConfig] = Field(min_length=1)
+    levels: list[LevelConfig] | None = Field(default=None, min_length=1, description="Threshold alarm levels")
+    profile: ProfileName | None = Field(
+        default=None, description="co only: alarm by exposure after en50291 (EN 50291-1) or ul2034 (UL 2034)"
+    )
     raise_after_s: float = Field(default=0.0, ge=0)
     clear_after_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_alarm_model(self) -> SimulatedSensor:
+        if self.kind == "co" and self.profile is None:
+            # a CO threshold would alarm at 50 ppm at once; EN 50291-1 forbids any alarm before 60 min
+            raise ValueError(
+                f"sensor {self.signal}: CO alarms by exposure, not by threshold: "
+                "set 'profile: en50291' (or ul2034) instead of 'levels'"
+            )
+        if self.profile is not None and self.kind != "co":
+            raise ValueError(f"sensor {self.signal}: 'profile' is for kind co only; give 'levels' instead")
+        if self.profile is not None and self.levels is not None:
+            raise ValueError(f"sensor {self.signal}: give either 'profile' (CO exposure) or 'levels', not both")
+        if self.profile is None and self.levels is None:
+            raise ValueError(f"sensor {self.signal}: give the alarm 'levels'")
+        return self
 
 
 class Config(BaseModel):
@@ -109,7 +134,9 @@ class Config(BaseModel):
     name: str = "scenario"
     file: Annotated[Path, NodeFile()] = Field(description="Scenario YAML, or a built-in name such as gas_leak")
     period_s: float = Field(default=1.0, gt=0, description="Poll period of the simulated sensors")
-    speed: float = Field(default=1.0, gt=0, description="Scenario seconds per wall second")
+    speed: float = Field(
+        default=1.0, gt=0, description="Scenario clock: scenario seconds per wall second (60: one minute a second)"
+    )
     loop: bool = False
     sensors: list[SimulatedSensor] = Field(min_length=1)
 
@@ -124,30 +151,31 @@ class ScenarioSource:
         self.name = config.name
         self.config = config
         self.scenario = scenario
-        self.alarms = [
-            ValueAlarm(
-                key=f"{config.name}:{s.signal}",
-                kind=s.kind,
-                rule=ThresholdRule(
-                    [Level(lv.on_at, lv.severity, lv.hysteresis) for lv in s.levels],
-                    direction=s.direction,
-                    raise_after_s=s.raise_after_s,
-                    clear_after_s=s.clear_after_s,
-                ),
-                book=book,
-                quantity=s.quantity,
-                unit=s.unit,
-            )
-            for s in config.sensors
-        ]
+        self.alarms = [self._alarm(s, book) for s in config.sensors]
         self.finished = False
+
+    def _alarm(self, sensor: SimulatedSensor, book: IncidentBook) -> ValueAlarm | COAlarm:
+        key = f"{self.config.name}:{sensor.signal}"
+        if sensor.profile is not None:
+            return COAlarm(key, PROFILES[sensor.profile], book, sensor.signal, time_scale=self.config.speed)
+        assert sensor.levels is not None  # SimulatedSensor asks for one or the other
+        rule = ThresholdRule(
+            [Level(lv.on_at, lv.severity, lv.hysteresis) for lv in sensor.levels],
+            direction=sensor.direction,
+            raise_after_s=sensor.raise_after_s,
+            clear_after_s=sensor.clear_after_s,
+        )
+        return ValueAlarm(key=key, kind=sensor.kind, rule=rule, book=book, quantity=sensor.quantity, unit=sensor.unit)
 
     def step(self, t: float, now: float, ctx: SourceContext) -> None:
         """One poll at scenario time ``t`` (node monotonic time ``now``)."""
         readings = []
         for sensor, alarm in zip(self.config.sensors, self.alarms, strict=True):
             value = self.scenario.value(sensor.signal, t)
-            alarm.observe(value, now, Content(title=f"{sensor.quantity} {value:g} {sensor.unit}"))
+            if isinstance(alarm, COAlarm):
+                alarm.observe(value, now)
+            else:
+                alarm.observe(value, now, Content(title=f"{sensor.quantity} {value:g} {sensor.unit}"))
             readings.append(Measurement(quantity=sensor.quantity, value=value, unit=sensor.unit, sensor=sensor.signal))
         ctx.telemetry(readings)
         ctx.health.set(self.name, "ok")

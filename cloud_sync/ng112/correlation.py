@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from s4edge.cloud_sync.messages import Alert, Measurement
-from s4edge.cloud_sync.ng112.policy import CorrelationRule
+from s4edge.cloud_sync.ng112.policy import CorrelationRule, is_pre_alarm
 
 
 @dataclass
@@ -44,7 +44,8 @@ class Correlator:
 
     def observe(self, alert: Alert) -> list[Alert]:
         """Escalated alerts that ``alert`` completes (at most one per rule)."""
-        if alert.state == "end" or alert.kind == "escalation" or not self.rules:
+        # a pre-alarm stays local (policy.is_pre_alarm): it may not become part of a call either
+        if alert.state == "end" or alert.kind == "escalation" or is_pre_alarm(alert) or not self.rules:
             return []
         recent = self._recent.setdefault(alert.site, deque())
         known = {seen.id for seen in recent}
@@ -53,7 +54,11 @@ class Correlator:
             known.add(alert.id)
         if self.recall is not None:
             recalled = self.recall(alert.site, alert.ts - self._horizon, alert.ts + self._horizon)
-            recent.extend(a for a in recalled if a.id not in known and a.state != "end" and a.kind != "escalation")
+            recent.extend(
+                a
+                for a in recalled
+                if a.id not in known and a.state != "end" and a.kind != "escalation" and not is_pre_alarm(a)
+            )
             # In time order (ties by id), so every replica picks the same first alert of a kind.
             self._recent[alert.site] = recent = deque(sorted(recent, key=lambda a: (a.ts, a.id)))
         while recent and alert.ts - recent[0].ts > self._horizon:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from s4edge.cloud_sync.messages import SEVERITIES, Alert, Kind, Severity
+from s4edge.cloud_sync.messages import PRE_ALARM, SEVERITIES, Alert, Kind, Severity
 from s4edge.cloud_sync.ng112.sip import SOS, SipError, parse_target
 from s4edge.cloud_sync.ng112.transport import Timers
 
@@ -88,9 +88,24 @@ class Ng112Config(_Config):
         policy = self.policy_for(alert.site)
         if alert.kind not in policy.kinds:
             return False, f"kind {alert.kind} is not forwarded at site {alert.site}"
+        if is_pre_alarm(alert):
+            return False, f"{alert.kind} pre-alarm stays local, whatever min_severity (EN 50291-1 alarm times)"
         if SEVERITIES.index(alert.severity) < SEVERITIES.index(policy.min_severity):
             return False, f"severity {alert.severity} is below {policy.min_severity} at site {alert.site}"
         return True, f"{alert.kind}/{alert.severity} is forwarded ({policy.mode})"
+
+
+def is_pre_alarm(alert: Alert) -> bool:
+    """A warning before a standard's alarm point, which no site policy may forward.
+
+    EN 50291-1:2018 (alarm-time table) forbids a CO alarm at 50 ppm before 60 min, and
+    UL 2034 one at 70 ppm before 60 min; a node's pre-alarm comes earlier, so a call on it
+    would be an alarm the standard forbids. Nodes mark one with a ``pre_alarm`` measurement
+    (cloud_sync/messages.py PRE_ALARM); nodes from before that mark sent a CO pre-alarm as
+    Moderate, titled "CO pre-alarm", and that title is honoured too."""
+    if any(m.quantity == PRE_ALARM and m.value != 0 for m in alert.measurements):
+        return True
+    return alert.kind == "co" and (alert.title or "").startswith("CO pre-alarm")
 
 
 class Ng112ConfigError(ValueError):

@@ -17,6 +17,15 @@ constant c the alarm time is t = −τ·ln(1 − (c_ref/c)^n), never for c ≤ c
 With the constants below that gives 75 / 14.5 / 1.8 min for EN 50291 (30 ppm never)
 and 111 / 26 / 5.4 min for UL 2034 (30 ppm never); tests/unit/test_sensing_co.py
 checks every row of the table with an injected clock.
+
+Only the alarm point (E ≥ 1) is the standard's alarm. The pre-alarm before it (E ≥ 0.7:
+at a constant 50 ppm after 43 min, inside EN 50291-1's 60-minute "no alarm" bound) is a
+local warning: severity Minor and a ``pre_alarm`` measurement, which NG112 never forwards
+(cloud_sync/ng112/policy.py). An incident that reached the alarm never steps back to a
+pre-alarm: alarm and pre-alarm release together, below E = 0.6, and the incident ends.
+
+In a simulation the exposure may run on a compressed scenario clock (``time_scale``,
+scenario seconds per node second); every alert then says so ("scenario clock ×60").
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from s4edge.cloud_sync.messages import Measurement, Severity
+from s4edge.cloud_sync.messages import PRE_ALARM, Measurement, Severity
 from s4edge.edge.alerts import Content, IncidentBook, Level, ThresholdRule
 
 ProfileName = Literal["en50291", "ul2034"]
@@ -38,14 +47,21 @@ class COProfile:
     reference_ppm: float  # c_ref: below it, no alarm however long the exposure
     exponent: float  # n
     time_constant_s: float  # τ
-    prealarm_index: float  # a warning before the alarm (Moderate)
+    prealarm_index: float  # a local warning before the alarm (PRE_ALARM_SEVERITY, never forwarded)
+    release_index: float  # below it, alarm and pre-alarm end together
     extreme_ppm: float  # at and above, while in alarm: Extreme
 
 
 PROFILES: dict[ProfileName, COProfile] = {
-    "en50291": COProfile("en50291", "EN 50291-1:2018", 40.0, 1.8, 68 * 60.0, 0.7, 300.0),
-    "ul2034": COProfile("ul2034", "UL 2034", 50.0, 1.5, 120 * 60.0, 0.7, 400.0),
+    "en50291": COProfile("en50291", "EN 50291-1:2018", 40.0, 1.8, 68 * 60.0, 0.7, 0.6, 300.0),
+    "ul2034": COProfile("ul2034", "UL 2034", 50.0, 1.5, 120 * 60.0, 0.7, 0.6, 400.0),
 }
+
+ALARM_INDEX = 1.0  # the standard's alarm point, where the alarm-time tables are met
+# EN 50291-1:2018 alarm-time table: no alarm at 50 ppm before 60 min. The pre-alarm comes
+# earlier (43 min at 50 ppm), so it must not read as an alarm anywhere: Minor, marked
+# PRE_ALARM, kept off the PSAP (UL 2034's 70 ppm / 60 min bound likewise).
+PRE_ALARM_SEVERITY: Severity = "Minor"
 
 
 class COExposure:
@@ -68,20 +84,34 @@ class COExposure:
 
 class COAlarm:
     """Exposure index through a Schmitt trigger into one incident; the standard's name
-    travels in the alert's detail."""
+    travels in the alert's detail. ``time_scale`` is the exposure seconds per second of
+    ``now``: 1 on a real node, the scenario's speed in a time-compressed simulation."""
 
-    def __init__(self, key: str, profile: COProfile, book: IncidentBook, sensor: str) -> None:
+    def __init__(
+        self, key: str, profile: COProfile, book: IncidentBook, sensor: str, *, time_scale: float = 1.0
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError(f"CO alarm {key}: time_scale must be > 0, not {time_scale}")
         self.key = key
         self.profile = profile
         self.book = book
         self.sensor = sensor
+        self.time_scale = time_scale
         self.exposure = COExposure(profile)
         self.rule = ThresholdRule(
-            [Level(profile.prealarm_index, "Moderate", 0.1), Level(1.0, "Severe", 0.3)], direction="above"
+            [
+                Level(profile.prealarm_index, PRE_ALARM_SEVERITY, profile.prealarm_index - profile.release_index),
+                Level(ALARM_INDEX, "Severe", ALARM_INDEX - profile.release_index),
+            ],
+            direction="above",
         )
 
+    def _basis(self) -> str:
+        clock = f"; scenario clock ×{self.time_scale:g}" if self.time_scale != 1.0 else ""
+        return f"{self.profile.standard} profile {self.profile.name}{clock}"
+
     def observe(self, ppm: float, now: float) -> Severity | None:
-        index = self.exposure.observe(ppm, now)
+        index = self.exposure.observe(ppm, now * self.time_scale)
         severity = self.rule.observe(index, now)
         if severity == "Severe" and ppm >= self.profile.extreme_ppm:
             severity = "Extreme"
@@ -89,16 +119,28 @@ class COAlarm:
             Measurement(quantity="co", value=round(ppm, 1), unit="ppm", sensor=self.sensor),
             Measurement(quantity="co_exposure_index", value=round(index, 3), unit="1", sensor=self.sensor),
         )
-        if severity is not None:
-            label = "CO alarm" if severity in ("Severe", "Extreme") else "CO pre-alarm"
+        if severity == PRE_ALARM_SEVERITY:
             self.book.raise_(
                 self.key,
                 "co",
                 severity,
                 now,
                 Content(
-                    title=f"{label}: {ppm:.0f} ppm",
-                    detail=f"exposure index {index:.2f} ({self.profile.standard} profile {self.profile.name})",
+                    title=f"CO pre-alarm: {ppm:.0f} ppm",
+                    detail=f"exposure index {index:.2f}, alarm at {ALARM_INDEX:.2f}; a local warning, "
+                    f"not forwarded ({self._basis()})",
+                    measurements=(*measurements, Measurement(quantity=PRE_ALARM, value=1.0, unit="1")),
+                ),
+            )
+        elif severity is not None:
+            self.book.raise_(
+                self.key,
+                "co",
+                severity,
+                now,
+                Content(
+                    title=f"CO alarm: {ppm:.0f} ppm",
+                    detail=f"exposure index {index:.2f} ({self._basis()})",
                     measurements=measurements,
                 ),
             )

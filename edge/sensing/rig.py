@@ -132,6 +132,8 @@ def build_source(
     probes: list[Probe] = []
     bme: BME280Probe | None = None
     now = clock()
+    # simulated CO exposure runs on the scenario's clock, as the simulated room does (co.py)
+    exposure_clock = config.scenario_speed if world is not None else 1.0
 
     def climate() -> Climate | None:
         return bme.climate if bme is not None else None
@@ -158,7 +160,8 @@ def build_source(
                     s.name, sensor, climate,
                     gas_alarm=gas_alarm(key, book, levels) if lel is not None else None,
                     lel_percent_vol=lel,
-                    co_alarm=COAlarm(key, PROFILES[s.profile], book, s.name) if s.gas == "co" else None,
+                    co_alarm=COAlarm(key, PROFILES[s.profile], book, s.name, time_scale=exposure_clock)
+                    if s.gas == "co" else None,
                     adc_full_scale_v=s.full_scale_v,
                 )
             )  # fmt: skip

@@ -15,8 +15,9 @@ the real drivers, feeds the alarm rules, and reports telemetry and health.
           - {name: flame-1, kind: flame, pin: 17, sim: {signal: flame}}
 
 Severity on CAP's scale: gas warning (10 %LEL) Moderate, alarm (40 %LEL) Severe; CO
-pre-alarm Moderate, alarm Severe, alarm at ≥ 300 ppm (EN 50291) / 400 ppm (UL 2034)
-Extreme; smoke Severe; flame Extreme; heat (EN 54-5 A1R) Severe; sensor_fault Minor.
+pre-alarm Minor (local only, never forwarded), alarm Severe, alarm at ≥ 300 ppm
+(EN 50291) / 400 ppm (UL 2034) Extreme; smoke Severe; flame Extreme; heat (EN 54-5 A1R)
+Severe; sensor_fault Minor.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ def test_demo_runs_detection_and_sensors_and_sends_no_pixels(broker: Mosquitto, 
     assert {"gas", "flame"} <= kinds, f"the scripted incident raised {kinds}"
     assert kinds & {"intrusion", "loitering", "crowd", "line_cross"}, f"no vision alert in {kinds}"
     assert result["ng112_calls"] >= 1
+    # the real EN 50291-1 exposure alarm, on the plant room's labelled scenario clock
+    assert "EN 50291-1" in (result["co_alarm"] or "") and "scenario clock ×60" in result["co_alarm"], result
 
     assert len(payloads) > result["alerts"] // 2
     for topic, payload in payloads:

@@ -32,6 +32,9 @@ _PORTS: dict[Path, int] = {}
 
 def sim_config(tmp_path: Path, **changes) -> dict:
     data = yaml.safe_load(SIM.read_text())
+    # the concourse source alone: these tests count and rename sources (the plant-room CO
+    # source is tested in tests/unit/test_sim_node_co.py)
+    data["sources"] = data["sources"][:1]
     data["outbox"]["path"] = str(tmp_path / "outbox.db")
     # nothing listens there: unit tests reach no broker
     data["mqtt"]["url"] = f"mqtt://127.0.0.1:{_PORTS.setdefault(tmp_path, free_port())}"

@@ -36,6 +36,7 @@ def etc(tmp_path: Path, key: Ed25519PrivateKey) -> Path:
     (folder / "mqtt.password").write_text(SECRET + "\n")
     (folder / "command.pub").write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     data = yaml.safe_load(SIM.read_text())
+    data["sources"] = data["sources"][:1]  # the concourse scenario alone
     url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: no broker needed
     data["mqtt"] = {"url": url, "username": "sim-node-1", "password_file": "mqtt.password"}
     data["outbox"] = {"path": str(tmp_path / "state" / "outbox.db")}

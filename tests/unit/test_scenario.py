@@ -93,3 +93,25 @@ def test_sensor_on_a_missing_signal_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="nope"):
         ScenarioSource(config, Scenario.load(resolve(config.file)), IncidentBook(lambda d: None))
+
+
+def test_a_co_sensor_alarms_by_exposure_never_by_threshold() -> None:
+    co = {"signal": "co_ppm", "kind": "co", "quantity": "carbon_monoxide", "unit": "ppm"}
+    with pytest.raises(ValueError, match=r"CO alarms by exposure, not by threshold.*profile: en50291"):
+        Config.model_validate(
+            {
+                "type": "scenario",
+                "file": "gas_leak",
+                "sensors": [{**co, "levels": [{"on_at": 50, "severity": "Moderate"}]}],
+            }
+        )
+    with pytest.raises(ValueError, match="'profile' is for kind co only"):
+        Config.model_validate(
+            {"type": "scenario", "file": "gas_leak", "sensors": [{**co, "kind": "gas", "profile": "en50291"}]}
+        )
+    config = Config.model_validate(
+        {"type": "scenario", "file": "boiler_co", "speed": 60, "sensors": [{**co, "profile": "en50291"}]}
+    )
+    assert "boiler_co" in builtins()
+    source = ScenarioSource(config, Scenario.load(resolve(config.file)), IncidentBook(lambda d: None))
+    assert source.alarms[0].time_scale == 60  # type: ignore[union-attr]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from s4edge.cloud_sync.messages import PRE_ALARM
 from s4edge.edge.alerts import AlertDraft, IncidentBook
 from s4edge.edge.sensing.co import PROFILES, COAlarm
 
@@ -60,3 +61,60 @@ def test_alarm_lifecycle_and_standard_named_in_the_alert() -> None:
         alarm.observe(0.0, t)
         t += 10.0
     assert len({d.incident for d in drafts}) == 1
+
+
+def drafts_at(profile: str, ppm: float, minutes: float, time_scale: float = 1.0) -> list[tuple[float, AlertDraft]]:
+    """(minute, draft) of a constant exposure, one reading every 10 s of exposure time."""
+    drafts: list[tuple[float, AlertDraft]] = []
+    t = 0.0
+    book = IncidentBook(lambda d: drafts.append((t * time_scale / 60, d)), stale_after_s=None, max_duration_s=None)
+    alarm = COAlarm("co:test", PROFILES[profile], book, "mq7", time_scale=time_scale)  # type: ignore[index]
+    while t * time_scale <= minutes * 60:
+        alarm.observe(ppm, t)
+        t += 10.0 / time_scale
+    return drafts
+
+
+def is_marked_pre_alarm(draft: AlertDraft) -> bool:
+    return any(m.quantity == PRE_ALARM and m.value == 1 for m in draft.measurements)
+
+
+@pytest.mark.parametrize(
+    ("profile", "ppm", "no_alarm_before", "alarm_by", "pre_alarm_before_bound"),
+    # EN 50291-1 table (the pre-alarm comes at 43 min); UL 2034 alarm points (at 66 min)
+    [("en50291", 50, 60, 90, True), ("ul2034", 70, 60, 240, False)],
+)
+def test_before_the_standards_no_alarm_bound_only_a_local_minor_pre_alarm(
+    profile: str, ppm: float, no_alarm_before: float, alarm_by: float, pre_alarm_before_bound: bool
+) -> None:
+    drafts = drafts_at(profile, ppm, alarm_by)
+    early = [d for minute, d in drafts if minute < no_alarm_before]
+    assert bool(early) == pre_alarm_before_bound
+    assert all(d.severity == "Minor" and is_marked_pre_alarm(d) for d in early), early
+    assert all("pre-alarm" in (d.title or "") for d in early)
+    alarms = [(minute, d) for minute, d in drafts if d.severity in ("Severe", "Extreme")]
+    assert alarms and no_alarm_before <= alarms[0][0] <= alarm_by, alarms[:1]
+    assert not is_marked_pre_alarm(alarms[0][1]) and alarms[0][1].title.startswith("CO alarm")
+
+
+def test_an_alarm_ends_without_stepping_back_to_a_pre_alarm() -> None:
+    drafts: list[AlertDraft] = []
+    alarm = COAlarm("co:test", PROFILES["en50291"], IncidentBook(drafts.append, stale_after_s=None), "mq7")
+    t = 0.0
+    while not drafts or drafts[-1].severity == "Minor":
+        alarm.observe(100.0, t)
+        t += 10.0
+    assert drafts[-1].severity == "Severe"
+    while drafts[-1].state != "end":
+        alarm.observe(0.0, t)
+        t += 10.0
+    after = drafts[[d.severity for d in drafts].index("Severe") :]
+    assert {d.severity for d in after} == {"Severe"}, [(d.state, d.severity) for d in after]
+
+
+def test_a_compressed_scenario_clock_keeps_the_windows_and_names_the_clock() -> None:
+    drafts = drafts_at("en50291", 100, 45, time_scale=60)
+    alarms = [(minute, d) for minute, d in drafts if d.severity == "Severe"]
+    assert alarms and 10 <= alarms[0][0] <= 40  # EN 50291-1: 100 ppm alarms in 10–40 min of exposure
+    assert all("scenario clock ×60" in (d.detail or "") for _, d in drafts)
+    assert "scenario clock" not in (drafts_at("en50291", 100, 45)[-1][1].detail or "")
