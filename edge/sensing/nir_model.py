@@ -1,6 +1,10 @@
 """Saving and loading PLS models without pickle (docs/architecture.md, "Models"): the arrays go to
 an ``.npz`` (loaded with ``allow_pickle=False``), everything else to a ``.json`` that
 records the npz's sha256. A model whose npz does not match is refused.
+
+The outlier gate's calibration (method, α, cross-validated rejection rate) is an optional
+``gate`` object in the JSON: files written before it existed load with ``model.gate``
+None and their stored limits, and readers that predate it ignore it.
 """
 
 from __future__ import annotations
@@ -8,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from s4edge.edge.sensing.chemometrics import PLSModel, Preprocess
+from s4edge.edge.sensing.chemometrics import GateCalibration, PLSModel, Preprocess
 
 FORMAT = "s4edge-pls/1"
 ARRAYS = ("wavelengths_nm", "x_mean", "coef", "intercept", "rotations", "loadings", "score_var")
@@ -45,6 +49,7 @@ def save_model(model: PLSModel, path: Path, name: str, version: str = "1") -> st
         "q_limit": model.q_limit,
         "rmsecv": model.rmsecv,
         "n_train": model.n_train,
+        "gate": None if model.gate is None else asdict(model.gate),
         "arrays": path.with_suffix(".npz").name,
         "sha256": digest,
     }
@@ -78,8 +83,20 @@ def load_model(path: Path) -> tuple[PLSModel, dict[str, Any]]:
             q_limit=float(meta["q_limit"]),
             rmsecv=[float(e) for e in meta["rmsecv"]],
             n_train=int(meta["n_train"]),
+            gate=_gate(meta.get("gate")),
             **arrays,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: model content is incomplete ({exc})") from None
     return model, meta
+
+
+def _gate(stored: Any) -> GateCalibration | None:
+    if stored is None:
+        return None  # a model trained before the gate was calibrated by cross-validation
+    if not isinstance(stored, dict):
+        raise ValueError(f"gate {stored!r} is not an object")
+    given = {f.name: stored[f.name] for f in fields(GateCalibration)}  # KeyError names a missing one
+    return GateCalibration(
+        method=str(given.pop("method")), folds=int(given.pop("folds")), **{k: float(v) for k, v in given.items()}
+    )
