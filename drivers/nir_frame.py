@@ -111,21 +111,29 @@ class FrameReader:
                 self._drop(1)
             elif isinstance(found, Frame):
                 frames.append(found)
-                del self._buf[: HEADER + len(found.payload) + 2]
+                size = HEADER + len(found.payload) + 2
+                # A frame cut short can look whole when the next frame's first bytes complete
+                # it (its CRC's last byte equal to the sync's first, 1 in 256): a valid frame
+                # that starts inside this one and ends beyond it is kept too.
+                overlap = self._later_frame(before=size)
+                del self._buf[: size if overlap is None else overlap]
             else:
                 later = self._later_frame()
                 if later is None:
                     return frames
                 self._drop(later)
 
-    def _later_frame(self) -> int | None:
-        at = self._buf.find(SYNC, 1)
+    def _later_frame(self, before: int | None = None) -> int | None:
+        """Where the next whole, valid frame after the first byte starts; with ``before``,
+        only one that starts before that offset and ends after it."""
+        at = self._buf.find(SYNC, 1, before + 1 if before is not None else None)
         while at >= 0:
             errors = self.crc_errors
-            if isinstance(self._candidate(at), Frame):
+            found = self._candidate(at)
+            if isinstance(found, Frame) and (before is None or at + HEADER + len(found.payload) + 2 > before):
                 return at
             self.crc_errors = errors  # probing ahead is not an error on the wire
-            at = self._buf.find(SYNC, at + 1)
+            at = self._buf.find(SYNC, at + 1, before + 1 if before is not None else None)
         return None
 
 

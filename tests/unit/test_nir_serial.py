@@ -41,6 +41,14 @@ def test_a_truncated_frame_does_not_swallow_the_next(first: Frame, second: Frame
     assert got[-1:] == [second]
 
 
+def test_a_frame_cut_where_the_next_one_completes_it_does_not_hide_the_next() -> None:
+    """Found by hypothesis: cut one byte short, this frame's CRC ends in 0xA5, the first byte
+    of the next frame's sync, so the two overlap by a byte and both read as valid."""
+    first, second = Frame(32, bytes.fromhex("6a59e51293")), Frame(0, b"")
+    assert first.encode()[-1:] == b"\xa5"
+    assert FrameReader().feed(first.encode()[:-1] + second.encode()) == [first, second]
+
+
 def test_impossible_length_and_bad_crc_are_skipped() -> None:
     good = Frame(SPECTRUM, b"abc").encode()
     bad_crc = bytearray(good)
