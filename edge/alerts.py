@@ -1,5 +1,7 @@
 """The alert rule engine: thresholds with hysteresis and debounce, and the incident
-lifecycle (new → update → end under one incident id).
+lifecycle (new → update → end under one incident id), with flap suppression at the
+source: an incident ends only after its condition stayed absent for the kind's hold
+time, and a re-trigger within the cooldown after an end continues it as an ``update``.
 
 Pure logic: time comes in as arguments (monotonic seconds), alerts go out as
 ``AlertDraft`` to an ``Emit`` callable. The node's publisher (edge/app.py) stamps
@@ -9,7 +11,7 @@ identity, ``seq``, ``ts`` and location onto a draft and puts it in the outbox.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -55,6 +57,17 @@ class _Incident:
     opened_at: float
     last_seen: float
     last_emitted: float
+    absent_since: float | None = None  # the condition was reported gone; the end waits for the hold
+    end_detail: str | None = None
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """An incident whose condition went away, remembered for the cooldown."""
+
+    draft: AlertDraft
+    opened_at: float
+    ended_at: float
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,16 @@ class IncidentBook:
 
     - An update is sent when severity changes, or when content changes and at least
       ``update_interval_s`` passed since the last message of that incident.
-    - ``expire`` ends incidents not raised again within ``stale_after_s`` and those
-      open for longer than ``max_duration_s``, so nothing stays open forever.
+    - Flap suppression. ``clear`` ends an incident only once its condition has been
+      absent for the hold time of its kind (``hold_s``, kinds not named: 0); a raise
+      meanwhile keeps it open as if nothing happened. The end names the hold.
+      A raise within ``cooldown_s`` of an end continues that incident (same id, state
+      ``update``) instead of opening a new one. Ends that were forced (stale, maximum
+      duration, ``clear_all``) are never continued.
+    - ``expire`` sends the ends whose hold has passed, and ends incidents not raised
+      again within ``stale_after_s`` and those open for longer than ``max_duration_s``
+      (counted from the first ``new``, continuations included), so nothing stays open
+      forever. The node calls it about once a second.
 
     Thread-safe: every source of a node runs in its own thread and shares one book.
     ``emit`` runs under the book's lock, so alerts leave in the order they happened.
@@ -90,6 +111,8 @@ class IncidentBook:
         update_interval_s: float = 5.0,
         stale_after_s: float | None = 60.0,
         max_duration_s: float | None = 3600.0,
+        hold_s: Mapping[str, float] | None = None,
+        cooldown_s: float = 0.0,
         new_id: Callable[[], str] = new_id,
     ) -> None:
         self._emit = emit
@@ -97,11 +120,15 @@ class IncidentBook:
         self._update_interval_s = update_interval_s
         self._stale_after_s = stale_after_s
         self._max_duration_s = max_duration_s
+        self._hold_s = dict(hold_s or {})
+        self._cooldown_s = cooldown_s
         self._new_id = new_id
         self._open: dict[str, _Incident] = {}
+        self._ended: dict[str, _Ended] = {}  # within the cooldown of their end
         self._lock = threading.RLock()
 
     def is_open(self, key: str) -> bool:
+        """Open, its end still held back included: a rule keeps calling ``clear``."""
         return key in self._open
 
     def open_keys(self) -> list[str]:
@@ -111,17 +138,27 @@ class IncidentBook:
         found = self._open.get(key)
         return found.draft.incident if found else None
 
+    def hold_for(self, kind: str) -> float:
+        return self._hold_s.get(kind, 0.0)
+
     def raise_(self, key: str, kind: str, severity: Severity, now: float, content: Content = Content()) -> None:
         with self._lock:
             self._raise(key, kind, severity, now, content)
 
     def _raise(self, key: str, kind: str, severity: Severity, now: float, content: Content) -> None:
         found = self._open.get(key)
+        recent = self._ended.get(key) if found is None else None
+        if recent is not None and now - recent.ended_at > self._cooldown_s:
+            recent = None
+        if found is not None:
+            incident = found.draft.incident
+        else:
+            incident = recent.draft.incident if recent is not None else self._new_id()
         draft = AlertDraft(
             kind=kind,
             severity=severity,
-            state="new" if found is None else "update",
-            incident=self._new_id() if found is None else found.draft.incident,
+            state="new" if found is None and recent is None else "update",
+            incident=incident,
             title=content.title,
             detail=content.detail,
             zone=content.zone,
@@ -134,9 +171,12 @@ class IncidentBook:
         # is raised again by the next report, never skipped.
         if found is None:
             self._emit(draft)
-            self._open[key] = _Incident(draft, opened_at=now, last_seen=now, last_emitted=now)
+            opened_at = recent.opened_at if recent is not None else now
+            self._open[key] = _Incident(draft, opened_at=opened_at, last_seen=now, last_emitted=now)
+            self._ended.pop(key, None)
             return
         found.last_seen = now
+        found.absent_since = found.end_detail = None  # back within the hold: it never ended
         escalated = severity != found.draft.severity
         changed = replace(draft, state=found.draft.state) != found.draft
         due = now - found.last_emitted >= self._update_interval_s
@@ -146,25 +186,53 @@ class IncidentBook:
             found.last_emitted = now
 
     def clear(self, key: str, now: float, detail: str | None = None) -> None:
+        """The condition is gone: end the incident once it has stayed gone for its kind's hold."""
         with self._lock:
             found = self._open.get(key)
             if found is None:
                 return
-            self._emit(replace(found.draft, state="end", detail=detail or found.draft.detail))
-            del self._open[key]
+            if found.absent_since is None:
+                found.absent_since = now
+            found.end_detail = detail
+            self._end_when_held(key, found, now)
+
+    def _end_when_held(self, key: str, found: _Incident, now: float) -> None:
+        assert found.absent_since is not None
+        hold = self.hold_for(found.draft.kind)
+        if now - found.absent_since < hold:
+            return
+        detail = found.end_detail or found.draft.detail
+        if hold > 0:
+            detail = f"{detail} (for {hold:g} s)" if detail else f"condition absent for {hold:g} s"
+        end = self._end(key, found, detail)
+        if self._cooldown_s > 0:
+            self._ended[key] = _Ended(end, found.opened_at, now)
+
+    def _end(self, key: str, found: _Incident, detail: str | None) -> AlertDraft:
+        end = replace(found.draft, state="end", detail=detail or found.draft.detail)
+        self._emit(end)
+        del self._open[key]
+        return end
 
     def expire(self, now: float) -> None:
         with self._lock:
             for key, found in list(self._open.items()):
-                if self._stale_after_s is not None and now - found.last_seen > self._stale_after_s:
-                    self.clear(key, now, detail=f"no report for {self._stale_after_s:g} s (stale)")
+                if found.absent_since is not None and now - found.absent_since >= self.hold_for(found.draft.kind):
+                    self._end_when_held(key, found, now)
+                elif self._stale_after_s is not None and now - found.last_seen > self._stale_after_s:
+                    self._end(key, found, f"no report for {self._stale_after_s:g} s (stale)")
                 elif self._max_duration_s is not None and now - found.opened_at > self._max_duration_s:
-                    self.clear(key, now, detail=f"open for more than {self._max_duration_s:g} s (maximum)")
+                    self._end(key, found, f"open for more than {self._max_duration_s:g} s (maximum)")
+            for key, ended in list(self._ended.items()):
+                if now - ended.ended_at > self._cooldown_s:
+                    del self._ended[key]
 
     def clear_all(self, now: float, detail: str) -> None:
+        """End every incident at once, holds notwithstanding; none is continued afterwards."""
         with self._lock:
-            for key in list(self._open):
-                self.clear(key, now, detail=detail)
+            for key, found in list(self._open.items()):
+                self._end(key, found, detail)
+            self._ended.clear()
 
 
 @dataclass(frozen=True)

@@ -295,6 +295,8 @@ class Node:
             update_interval_s=config.alerts.update_interval_s,
             stale_after_s=config.alerts.stale_after_s,
             max_duration_s=config.alerts.max_duration_s,
+            hold_s=config.alerts.hold_s,
+            cooldown_s=config.alerts.cooldown_s,
         )
 
     def _build_sources(self, config: Any, book: IncidentBook) -> list[AlertSource]:

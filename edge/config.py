@@ -93,10 +93,34 @@ class OutboxConfig(Strict):
     )
 
 
+# Flap suppression (edge/alerts.py IncidentBook): how long a condition must stay gone before
+# its incident ends, per kind. Vision conditions blink with every missed detection and broken
+# track; a person briefly hidden is still in the zone, a crowd that thins for a moment is still
+# a crowd. Sensor kinds debounce in their ThresholdRule (clear_after_s) and CO clears by its
+# exposure index (EN 50291-1): they hold 0. line_cross ends after its own quiet_s.
+DEFAULT_HOLD_S: dict[str, float] = {"intrusion": 3.0, "loitering": 15.0, "crowd": 15.0, "unattended_object": 5.0}
+
+
 class LifecycleConfig(Strict):
     update_interval_s: float = Field(default=5.0, ge=0)
     stale_after_s: float = Field(default=60.0, gt=0)
     max_duration_s: float = Field(default=3600.0, gt=0)
+    hold_s: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{1,31}$")], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(DEFAULT_HOLD_S),
+        description="Per alert kind, seconds its condition must stay absent before the incident ends; "
+        f"merged over the defaults {DEFAULT_HOLD_S}, kinds not named hold 0",
+    )
+    cooldown_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A re-trigger this soon after an incident ended continues it (same id, state update) "
+        "instead of opening a new one; 0 turns it off",
+    )
+
+    @field_validator("hold_s")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, float]) -> dict[str, float]:
+        return {**DEFAULT_HOLD_S, **value}
 
 
 class HeartbeatConfig(Strict):

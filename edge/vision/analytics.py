@@ -9,6 +9,7 @@ normalised boxes and the model that saw them. Never pixels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import time
 from typing import Annotated, Literal
@@ -54,6 +55,15 @@ class LoiteringConfig(_Rule):
     zone: str
     dwell_s: float = Field(default=30.0, gt=0)
     severity: Severity = "Moderate"
+    track_grace_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A track in the zone unseen up to this long keeps its dwell, and a new track that "
+        "appears where it was lost takes it over (a broken track, re-identified by position)",
+    )
+    reid_distance: float = Field(
+        default=0.1, gt=0, le=1.5, description="How near (normalised) to a lost track's foot a new track must appear"
+    )
 
 
 class CrowdConfig(_Rule):
@@ -147,34 +157,50 @@ class Intrusion:
 
 
 class Loitering:
-    """Dwell per track inside the zone; a track unseen for ``GRACE_S`` (a missed
-    detection, a brief occlusion) keeps its dwell, one seen outside loses it."""
-
-    GRACE_S = 2.0
+    """Dwell per track inside the zone. Detections miss and tracks break, the person
+    stays: a track unseen for up to ``track_grace_s`` keeps its dwell, and a new track
+    that appears in the zone within ``reid_distance`` of where a lost one was last seen
+    is the same person re-identified and takes the lost track's dwell over. A track
+    seen outside the zone loses its dwell."""
 
     def __init__(self, config: LoiteringConfig, zone: Zone, scene: _Scene) -> None:
         self.config, self.zone, self.scene = config, zone, scene
         self.key = scene.key("loitering", config.name)
         self._entered: dict[int, float] = {}
         self._last_seen: dict[int, float] = {}
+        self._last_foot: dict[int, tuple[float, float]] = {}
+
+    def _lost_near(self, foot: tuple[float, float], present: set[int]) -> int | None:
+        """The lost track in the zone, last seen nearest to ``foot`` within ``reid_distance``."""
+        near = [
+            (math.dist(foot, self._last_foot[track_id]), track_id)
+            for track_id in self._entered
+            if track_id not in present and track_id in self._last_foot
+        ]
+        near = [n for n in near if n[0] <= self.config.reid_distance]
+        return min(near)[1] if near else None
 
     def update(self, tracks: Sequence[Track], now: float, local_time: time | None) -> None:
         cfg = self.config
+        mine = [t for t in tracks if t.label in cfg.classes]
+        present = {t.track_id for t in mine}
         dwelling: list[Track] = []
-        for t in tracks:
-            if t.label not in cfg.classes:
-                continue
+        for t in mine:
             self._last_seen[t.track_id] = now
             if self.zone.contains(t.foot):
-                entered = self._entered.setdefault(t.track_id, now)
-                if now - entered >= cfg.dwell_s:
+                if t.track_id not in self._entered:
+                    lost = self._lost_near(t.foot, present)
+                    taken = self._forget(lost) if lost is not None else None
+                    self._entered[t.track_id] = taken if taken is not None else now
+                self._last_foot[t.track_id] = t.foot
+                if now - self._entered[t.track_id] >= cfg.dwell_s:
                     dwelling.append(t)
             else:
                 self._entered.pop(t.track_id, None)
+                self._last_foot.pop(t.track_id, None)
         for track_id, seen in list(self._last_seen.items()):
-            if now - seen > self.GRACE_S:
-                self._last_seen.pop(track_id)
-                self._entered.pop(track_id, None)
+            if now - seen > cfg.track_grace_s:
+                self._forget(track_id)
         if dwelling:
             longest = max(now - self._entered[t.track_id] for t in dwelling)
             content = Content(
@@ -187,6 +213,12 @@ class Loitering:
             self.scene.book.raise_(self.key, "loitering", cfg.severity, now, content)
         elif self.scene.book.is_open(self.key):
             self.scene.book.clear(self.key, now, detail=f"no one dwelling in {self.zone.name}")
+
+    def _forget(self, track_id: int) -> float | None:
+        """Drop a track; returns when it entered the zone, if it was in it."""
+        self._last_seen.pop(track_id, None)
+        self._last_foot.pop(track_id, None)
+        return self._entered.pop(track_id, None)
 
 
 class LineCrossing:

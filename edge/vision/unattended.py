@@ -6,6 +6,10 @@ When an object track first appears, its owner is the nearest person within
 and without its owner within ``distance`` for ``after_s`` (the clock starts when the
 owner steps away, not when the bag was put down); an object that came with no owner
 counts as attended while anyone is within ``distance``.
+
+Tracks break; the bag stays. An object track that appears within ``still_tolerance`` of
+where an object lost less than ``GRACE_S`` ago had settled is that object re-identified:
+it keeps its owner, its clocks and its incident.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def distance_to_box(point: tuple[float, float], box: tuple[float, float, float, 
 
 @dataclass
 class _Object:
+    ident: int  # the track id it was first seen with: names its incident through re-identifications
     owner: int | None
     anchor: tuple[float, float]
     still_since: float
@@ -71,13 +76,29 @@ class UnattendedObjects:
         near = [n for n in near if n[0] <= self.config.distance]
         return min(near)[1] if near else None
 
+    def _lost_at(self, centre: tuple[float, float], present: set[int]) -> int | None:
+        """The lost object that had settled nearest to ``centre``, within ``still_tolerance``."""
+        near = [
+            (math.dist(centre, state.anchor), track_id)
+            for track_id, state in self._objects.items()
+            if track_id not in present
+        ]
+        near = [n for n in near if n[0] <= self.config.still_tolerance]
+        return min(near)[1] if near else None
+
     def update(self, tracks: Sequence[Track], now: float, model: ModelRef | None) -> None:
         cfg = self.config
         people = [t for t in tracks if t.label in cfg.owner_classes]
-        for obj in (t for t in tracks if t.label in cfg.classes):
+        objects = [t for t in tracks if t.label in cfg.classes]
+        present = {t.track_id for t in objects}
+        for obj in objects:
             state = self._objects.get(obj.track_id)
             if state is None:
-                state = _Object(self._nearest_owner(obj, people), obj.centre, now, now)
+                lost = self._lost_at(obj.centre, present)
+                if lost is not None:  # the same bag under a new track id
+                    state = self._objects.pop(lost)
+                else:
+                    state = _Object(obj.track_id, self._nearest_owner(obj, people), obj.centre, now, now)
                 self._objects[obj.track_id] = state
             state.last_seen = now
             moved = math.dist(obj.centre, state.anchor) > cfg.still_tolerance
@@ -89,7 +110,7 @@ class UnattendedObjects:
                 state.unattended_since = None
             elif moved or state.unattended_since is None:
                 state.unattended_since = now
-            key = self.key(obj.track_id)
+            key = self.key(state.ident)
             alone_s = now - state.unattended_since if state.unattended_since is not None else 0.0
             if not attended and alone_s >= cfg.after_s:
                 still_s = now - state.still_since
@@ -110,4 +131,4 @@ class UnattendedObjects:
         for track_id, state in list(self._objects.items()):
             if now - state.last_seen > self.GRACE_S:
                 del self._objects[track_id]
-                self.book.clear(self.key(track_id), now, detail="object gone")
+                self.book.clear(self.key(state.ident), now, detail="object gone")
