@@ -11,22 +11,35 @@
 
 OpenCV and picamera2 are imported inside the adapters: a missing library breaks
 only the source that needs it, never an import.
+
+A V4L2 camera (a device index or ``/dev/video*``) is asked for raw YUYV frames, which
+OpenCV turns into BGR with one colour conversion, instead of MJPG, which the node would
+have to decode as a JPEG (about 0.5 ms of CPU per 640×480 frame); ``pixel_format="mjpg"``
+asks for MJPG instead, for sizes the USB link cannot carry raw. Frames are read into
+buffers that are reused once nothing refers to them any more (``BufferPool``), so a
+running camera allocates no new frame memory.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 Frame = npt.NDArray[np.uint8]
 """A BGR image, height × width × 3."""
+
+PixelFormat = Literal["yuyv", "mjpg", "any"]
+"""What a V4L2 camera is asked for: raw YUYV (no JPEG decoding on the node), MJPG, or
+whatever it gives by default."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
@@ -50,6 +63,48 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
+def _refcounts(buffers: list[Any]) -> list[int]:
+    return [sys.getrefcount(buffer) for buffer in buffers]
+
+
+_IDLE_REFS = _refcounts([np.empty(0)])[0]  # a buffer that only the pool's list holds
+
+
+class BufferPool:
+    """Arrays that are handed out again once nothing refers to them any more.
+
+    A frame or a model input may still be in use in another thread (inferred, tracked,
+    saved as a snapshot) long after it was handed out, so a buffer is reused only when
+    its reference count says that the pool alone holds it: any holder, a numpy view of
+    it included, keeps it from being overwritten. Up to ``keep`` buffers are kept; when
+    none is free, a new array is made, as if there were no pool.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self.made = 0  # arrays allocated, pooled or not: stays flat while buffers are reused
+        self._buffers: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
+        """A free buffer of this shape and dtype (contents undefined), or a new one."""
+        with self._lock:
+            counts = _refcounts(self._buffers)
+            for index, count in enumerate(counts):
+                buffer = self._buffers[index]
+                if count == _IDLE_REFS and buffer.shape == shape and buffer.dtype == dtype:
+                    return buffer
+            fresh = np.empty(shape, dtype)
+            self.made += 1
+            if len(self._buffers) >= self.keep:
+                idle = [i for i, count in enumerate(counts) if count == _IDLE_REFS]
+                if not idle:
+                    return fresh  # everything is in use: this one is not kept
+                del self._buffers[idle[0]]  # a buffer of another shape nobody uses
+            self._buffers.append(fresh)
+            return fresh
+
+
 def _cv2() -> Any:
     try:
         import cv2
@@ -58,8 +113,42 @@ def _cv2() -> Any:
     return cv2
 
 
+def _fourcc(code: str) -> int:
+    return int(_cv2().VideoWriter_fourcc(*code))
+
+
+def _fourcc_name(value: float) -> str:
+    number = int(value)
+    return "".join(chr((number >> shift) & 0xFF) for shift in (0, 8, 16, 24)).strip("\x00 ")
+
+
+class _PooledRead:
+    """``cv2.VideoCapture.read`` into reused frame buffers (``BufferPool``). Six covers the
+    frames a vision pipeline holds at once: the one being read, the newest waiting, the
+    one in inference, and one or two in tracking."""
+
+    def __init__(self) -> None:
+        self.frames = BufferPool(keep=6)
+        self._shape: tuple[int, ...] | None = None
+
+    def read(self, cap: Any) -> tuple[bool, Any]:
+        if self._shape is None:
+            ok, frame = cap.read()
+        else:
+            ok, frame = cap.read(self.frames.take(self._shape))
+        if ok and frame is not None:
+            self._shape = frame.shape  # a camera that changes size gets buffers of the new size
+        return bool(ok), frame
+
+
 class OpenCVSource:
-    """A V4L2 device index, a stream URL or a video file, through ``cv2.VideoCapture``."""
+    """A V4L2 device index, a stream URL or a video file, through ``cv2.VideoCapture``.
+
+    ``v4l2``: the target is a V4L2 camera, asked for ``pixel_format`` before its size
+    (the driver picks the sizes and rates each format offers). OpenCV converts YUYV to
+    BGR itself (``CAP_PROP_CONVERT_RGB``, kept on); a backend that hands over the raw
+    two-channel YUYV all the same is converted here.
+    """
 
     def __init__(
         self,
@@ -67,14 +156,20 @@ class OpenCVSource:
         *,
         api: str | None = None,
         size: tuple[int, int] | None = None,
+        v4l2: bool = False,
+        pixel_format: PixelFormat = "yuyv",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = str(target)
         self._target = target
         self._api = api
         self._size = size
+        self._v4l2 = v4l2
+        self.pixel_format = pixel_format
+        self.delivered_format: str | None = None  # what the camera agreed to, as its FOURCC
         self._clock = clock
         self._cap: Any = None
+        self._reader = _PooledRead()
 
     def open(self) -> None:
         cv2 = _cv2()
@@ -84,16 +179,23 @@ class OpenCVSource:
         if not cap.isOpened():
             cap.release()
             raise FrameSourceError(f"cannot open camera {self.name!r}: check the device, URL or file path")
+        if self._v4l2 and self.pixel_format != "any":
+            cap.set(cv2.CAP_PROP_FOURCC, _fourcc(self.pixel_format.upper()))
+            cap.set(cv2.CAP_PROP_CONVERT_RGB, 1)
         if self._size is not None:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._size[0])
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self._size[1])
+        if self._v4l2:
+            self.delivered_format = _fourcc_name(cap.get(cv2.CAP_PROP_FOURCC)) or None
         self._cap = cap
 
     def read(self) -> tuple[bool, Frame | None, float]:
         if self._cap is None:
             return False, None, self._clock()
-        ok, frame = self._cap.read()
-        return bool(ok), frame if ok else None, self._clock()
+        ok, frame = self._reader.read(self._cap)
+        if ok and frame is not None and frame.ndim == 3 and frame.shape[2] == 2:
+            frame = _cv2().cvtColor(frame, _cv2().COLOR_YUV2BGR_YUYV)  # raw YUYV despite CONVERT_RGB
+        return ok, frame if ok else None, self._clock()
 
     def close(self) -> None:
         if self._cap is not None:
@@ -182,6 +284,7 @@ class ReplaySource:
         self._clock = clock
         self._sleep = sleep
         self._cap: Any = None
+        self._reader = _PooledRead()
         self._images: list[Path] = []
         self._next_image = 0
         self._index = 0
@@ -221,7 +324,7 @@ class ReplaySource:
             return frame
         if self._cap is None:
             return None
-        ok, frame = self._cap.read()
+        ok, frame = self._reader.read(self._cap)
         return frame if ok else None
 
     def _rewind(self) -> None:
@@ -261,11 +364,13 @@ def open_source(
     loop: bool = False,
     realtime: bool = True,
     size: tuple[int, int] | None = None,
+    pixel_format: PixelFormat = "yuyv",
     clock: Callable[[], float] = time.monotonic,
 ) -> FrameSource:
-    """Build (not open) the source a camera URL names; see the module doc for the forms."""
+    """Build (not open) the source a camera URL names; see the module doc for the forms.
+    ``pixel_format`` is what a V4L2 camera is asked for."""
     if isinstance(url, int) or (isinstance(url, str) and url.isdigit()):
-        return OpenCVSource(int(url), size=size, clock=clock)
+        return OpenCVSource(int(url), size=size, v4l2=True, pixel_format=pixel_format, clock=clock)
     if url.startswith("replay:"):
         return ReplaySource(url.removeprefix("replay:"), fps=fps, loop=loop, realtime=realtime, clock=clock)
     if url.startswith("gst:"):
@@ -275,6 +380,8 @@ def open_source(
         return Picamera2Source(int(index or 0), size=size or (640, 480), clock=clock)
     if url.startswith(STREAM_SCHEMES):
         return OpenCVSource(url, api="CAP_FFMPEG", clock=clock)
+    if _DEVICE.fullmatch(os.path.normpath(url)):
+        return OpenCVSource(url, size=size, v4l2=True, pixel_format=pixel_format, clock=clock)
     return OpenCVSource(url, clock=clock)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import ValidationError
 
@@ -49,9 +49,11 @@ from s4edge.cloud_sync.uplink import Backoff, Forwarder, MqttUplink, Uplink, Upl
 from s4edge.edge.alerts import AlertDraft, IncidentBook
 from s4edge.edge.config import ConfigError, config_digest, parse_config_text
 from s4edge.edge.health import FaultLog, Health, ServiceNotifier, Vitals
-from s4edge.edge.signatures import CommandVerifier, expiry_problem
 from s4edge.edge.sources import AlertSource, SourceContext, build_source
 from s4edge.edge.supervision import Watchdog, alive
+
+if TYPE_CHECKING:  # loaded when a command needs it: signatures imports cryptography
+    from s4edge.edge.signatures import CommandVerifier
 
 log = logging.getLogger(__name__)
 Inbound = TypeVar("Inbound", Command, Receipt)  # what the centre sends a node
@@ -397,7 +399,11 @@ class Node:
     @staticmethod
     def _load_verifier(config: Any) -> CommandVerifier | None:
         path = config.commands.verify_key
-        return CommandVerifier.load(path) if path is not None else None
+        if path is None:
+            return None
+        from s4edge.edge.signatures import CommandVerifier
+
+        return CommandVerifier.load(path)
 
     def _decide(self, command: Command) -> tuple[bool, str, dict[str, Any]]:
         # the signature first: an unsigned or forged command must not even burn its id
@@ -405,6 +411,9 @@ class Node:
         if problem is not None:
             self._reject("bad_signature", f"{command.name} {command.id} from {command.issuer!r}: {problem}")
             return False, f"bad signature: {problem}", {}
+        # imported on the first command: signatures loads cryptography (about 7 MB resident)
+        from s4edge.edge.signatures import expiry_problem
+
         if (expiry := expiry_problem(command, self.config.commands.max_expiry_s, utc_now())) is not None:
             return False, expiry, {}
         if command.issuer not in self.config.commands.issuers:

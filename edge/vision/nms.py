@@ -18,6 +18,22 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+MATRIX_MAX = 256
+
+
+def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
+    """IoU of every x1,y1,x2,y2 row against every other: ``iou`` for all rows at once,
+    with the same operations in the same order, so the same values."""
+    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = areas[:, None] + areas[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
 def nms(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -25,7 +41,14 @@ def nms(
     class_ids: np.ndarray | None = None,
     max_detections: int | None = None,
 ) -> np.ndarray:
-    """Indices of the kept boxes, best first. With ``class_ids``, boxes only suppress their own class."""
+    """Indices of the kept boxes, best first. With ``class_ids``, boxes only suppress their own class.
+
+    Greedy: the best box is kept and every box overlapping it by more than
+    ``iou_threshold`` is dropped, then the best of the rest, and so on. Up to
+    ``MATRIX_MAX`` candidates (a detector on a frame: tens), the overlaps are worked out
+    at once, as a matrix, and the greedy pass walks its rows; beyond (an evaluation at a
+    low threshold: thousands), box by box, as the matrix would not fit in memory.
+    """
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
     boxes = boxes.astype(np.float64)
@@ -34,6 +57,25 @@ def nms(
         span = float(boxes.max() - boxes.min()) + 1.0
         boxes = boxes + (class_ids.astype(np.float64) * span)[:, None]
     order = np.argsort(-scores, kind="stable")
+    if len(order) > MATRIX_MAX:
+        return _nms_box_by_box(boxes, order, iou_threshold, max_detections)
+    overlaps = (pairwise_iou(boxes[order]) > iou_threshold).tolist()
+    limit = len(order) if max_detections is None else max_detections
+    keep: list[int] = []
+    dropped = [False] * len(order)
+    for rank, row in enumerate(overlaps):
+        if len(keep) >= limit:
+            break
+        if dropped[rank]:
+            continue
+        keep.append(rank)
+        dropped = [d or o for d, o in zip(dropped, row, strict=True)]
+    return order[keep].astype(np.int64)
+
+
+def _nms_box_by_box(
+    boxes: np.ndarray, order: np.ndarray, iou_threshold: float, max_detections: int | None
+) -> np.ndarray:
     keep: list[int] = []
     while order.size and (max_detections is None or len(keep) < max_detections):
         best = int(order[0])

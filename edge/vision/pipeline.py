@@ -125,6 +125,12 @@ class StageClock:
             values = list(self._ms.get(stage, ()))
         return round(statistics.median(values), 2) if values else None
 
+    def means(self) -> dict[str, float]:
+        """Mean milliseconds per stage over the window (they add up, unlike medians)."""
+        with self._lock:
+            snapshot = {stage: list(v) for stage, v in self._ms.items() if v}
+        return {stage: statistics.fmean(v) for stage, v in snapshot.items()}
+
     def medians(self) -> dict[str, float]:
         with self._lock:
             snapshot = {stage: list(v) for stage, v in self._ms.items() if v}
@@ -197,8 +203,13 @@ class VisionPipeline:
         detector_factory: DetectorFactory | None = None,
         snapshots: SnapshotWriter | None = None,
         local_time: Callable[[], time_of_day] = lambda: datetime.now().time(),
+        stage_timer: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """``stage_timer`` times the stages in ``clock``: wall time by default (the
+        heartbeat's ``stages_ms``); ``time.thread_time`` gives each stage's CPU time, as
+        every stage runs within one thread (``s4edge bench vision``)."""
         _one_opencv_thread()
+        self._timer = stage_timer
         self.name = name
         self._loaded = LoadedModel.of(detector)  # replaced whole: a frame never mixes two models
         self.tracker = tracker
@@ -226,16 +237,16 @@ class VisionPipeline:
         """Motion check and preprocessing: the part of a frame's work that may run in
         the capture thread, overlapping inference on the previous frame."""
         with self._prepare_lock:
-            t0 = time.perf_counter()
+            t0 = self._timer()
             carried = replaces is not None and replaces.infer
             infer = self.gate is None or self.gate.check(image, ts, force=carried).infer
-            t1 = time.perf_counter()
+            t1 = self._timer()
             self.clock.add("motion", t1 - t0)
         split = self._loaded.split
         if not infer or split is None:
             return Prepared(infer)
         tensor, geometry = split.preprocess(image)
-        self.clock.add("preprocess", time.perf_counter() - t1)
+        self.clock.add("preprocess", self._timer() - t1)
         return Prepared(True, split, tensor, geometry)
 
     def process(self, image: Any, ts: float, prepared: Prepared | None = None) -> list[Track]:
@@ -250,7 +261,7 @@ class VisionPipeline:
             prepared = self.prepare(image, ts)
         if not prepared.infer:
             return Inferred(image, ts, loaded.ref, None)
-        t0 = time.perf_counter()
+        t0 = self._timer()
         split = loaded.split
         if split is not None and prepared.detector is split:
             outputs = split.infer(prepared.tensor)
@@ -258,24 +269,24 @@ class VisionPipeline:
         else:  # no split, or prepared by the model just swapped out
             detections = loaded.detector.detect(image)
             decode = partial(list, detections)
-        self.clock.add("inference", time.perf_counter() - t0)
+        self.clock.add("inference", self._timer() - t0)
         self.inferences += 1
         return Inferred(image, ts, loaded.ref, decode)
 
     def track(self, frame: Inferred) -> list[Track]:
         """The rest of a frame, in frame order: decode and NMS, tracker, analytics, snapshots."""
-        t1 = time.perf_counter()
+        t1 = self._timer()
         if frame.decode is not None:
             self._last_detections = frame.decode()
         # on a static scene the last detections still stand: tracks age, not vanish
-        t2 = time.perf_counter()
+        t2 = self._timer()
         tracks = self.tracker.update(self._last_detections, frame.ts)
-        t3 = time.perf_counter()
+        t3 = self._timer()
         self.analytics.model = frame.model
         snapshots_on = self.snapshots is not None and self.snapshots.config.enabled
         opened_before = set(self._my_incidents()) if snapshots_on else set()
         self.analytics.update(tracks, frame.ts, self._local_time())
-        t4 = time.perf_counter()
+        t4 = self._timer()
         fresh = set(self._my_incidents()) - opened_before if snapshots_on else set()
         if fresh and self.snapshots is not None:
             # raw detections too: a person not yet confirmed by the tracker, or just lost

@@ -45,6 +45,11 @@ class CameraConfig(BaseModel):
     realtime: bool = Field(default=True, description="Replay: at the clip's rate, or as fast as possible")
     width: int | None = Field(default=None, ge=16)
     height: int | None = Field(default=None, ge=16)
+    pixel_format: Literal["yuyv", "mjpg", "any"] = Field(
+        default="yuyv",
+        description="V4L2 camera: raw YUYV frames (no JPEG to decode on the node), MJPG (for sizes and rates "
+        "the USB link cannot carry raw, e.g. 1080p at 30 fps), or the camera's default",
+    )
     stall_after_s: float = Field(default=5.0, gt=0, description="No frame this long is a camera fault")
     reopen_first_s: float = Field(default=0.5, gt=0)
     reopen_max_s: float = Field(default=30.0, gt=0)
@@ -98,7 +103,9 @@ class VisionSource:
         url = cam.url  # a file is already absolute: edge.config placed it
         replay = url.startswith("replay:")
         return Capture(
-            open_source(url, fps=cam.fps, loop=cam.loop, realtime=cam.realtime, size=size),
+            open_source(
+                url, fps=cam.fps, loop=cam.loop, realtime=cam.realtime, size=size, pixel_format=cam.pixel_format
+            ),
             stall_after_s=cam.stall_after_s,
             backoff=Backoff(cam.reopen_first_s, cam.reopen_max_s),
             finite=replay and not cam.loop,

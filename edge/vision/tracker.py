@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.optimize import linear_sum_assignment
+from s4edge.edge.vision.assignment import linear_sum_assignment  # scipy.optimize would cost the node 37 MB
 
 from s4edge.edge.vision.types import Detection
 

@@ -9,7 +9,7 @@ from s4edge.edge.vision.decoders import DecodeContext, bind
 from s4edge.edge.vision.decoders.mediapipe_pose import anchor_centres
 from s4edge.edge.vision.decoders.yolox import grids
 from s4edge.edge.vision.manifest import DecoderSpec, ManifestError
-from s4edge.edge.vision.nms import nms, weighted_nms
+from s4edge.edge.vision.nms import MATRIX_MAX, iou, nms, pairwise_iou, weighted_nms
 
 
 def decoder(family: str, **options):
@@ -157,6 +157,38 @@ def test_nms_is_class_aware() -> None:
     assert nms(boxes, scores, 0.5).tolist() == [0, 3]
     assert nms(boxes, scores, 0.5, classes, max_detections=2).tolist() == [0, 2]
     assert nms(boxes[:0], scores[:0], 0.5).tolist() == []
+
+
+def greedy_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, classes: np.ndarray, limit: int) -> list[int]:
+    """The plain greedy loop, one box against the rest at a time."""
+    order, keep = list(np.argsort(-scores, kind="stable")), []
+    while order and len(keep) < limit:
+        best, order = order[0], order[1:]
+        keep.append(int(best))
+        order = [i for i in order if classes[i] != classes[best] or iou(boxes[best], boxes[i : i + 1])[0] <= threshold]
+    return keep
+
+
+def test_nms_over_the_overlap_matrix_keeps_what_the_greedy_loop_keeps() -> None:
+    rng = np.random.default_rng(7)
+    for count in (1, 2, 5, 17, 40, MATRIX_MAX, MATRIX_MAX + 30):  # the last one goes box by box
+        for _ in range(10):
+            corner = rng.random((count, 2)) * 0.8
+            boxes = np.hstack([corner, corner + rng.random((count, 2)) * 0.3 + 0.01]).astype(np.float32)
+            boxes[rng.random(count) < 0.2] = boxes[0]  # exact duplicates: IoU 1
+            scores = rng.choice([0.5, 0.7, 0.9], count).astype(np.float32)  # many ties: order is by index
+            classes = rng.integers(0, 3, count)
+            for threshold, limit in ((0.45, 100), (0.3, 3), (0.0, 100)):
+                assert nms(boxes, scores, threshold, classes, limit).tolist() == greedy_nms(
+                    boxes, scores, threshold, classes, limit
+                )
+
+
+def test_the_overlap_matrix_holds_the_same_values_as_one_box_against_the_rest() -> None:
+    boxes = np.random.default_rng(3).random((30, 4)) * [1, 1, 0.5, 0.5] + [0, 0, 0.5, 0.5]
+    matrix = pairwise_iou(boxes)
+    for row in range(len(boxes)):
+        np.testing.assert_array_equal(matrix[row], iou(boxes[row], boxes))
 
 
 def test_weighted_nms_averages_each_cluster() -> None:

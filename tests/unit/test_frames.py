@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from s4edge.cloud_sync.uplink import Backoff
 from s4edge.drivers.frames import (
+    BufferPool,
     FrameSourceError,
     GStreamerSource,
     OpenCVSource,
@@ -110,6 +113,129 @@ def test_picamera2_missing_is_a_clear_error_not_an_import_failure() -> None:
             Picamera2Source().open()
     else:  # pragma: no cover - on a Pi
         pytest.skip("picamera2 is installed here")
+
+
+# --- frame buffers and raw camera formats --------------------------------------------
+
+
+def test_a_buffer_is_reused_only_once_nothing_refers_to_it() -> None:
+    pool = BufferPool(keep=2)
+    first = pool.take((4, 4, 3))
+    was_first = weakref.ref(first)
+    second = pool.take((4, 4, 3))
+    assert second is not first  # the first is still held
+    view = first[:, :, 0]
+    del first
+    third = pool.take((4, 4, 3))
+    assert third is not view.base and third is not second  # a view keeps its array from reuse
+    del view
+    assert pool.take((4, 4, 3)) is was_first()  # nothing refers to the first any more
+    assert pool.made == 3
+
+
+def test_the_pool_keeps_only_so_many_buffers_and_makes_room_for_a_new_size() -> None:
+    pool = BufferPool(keep=2)
+    held = [pool.take((2, 2)) for _ in range(4)]  # all in use: two are made beyond the pool
+    assert len({id(b) for b in held}) == 4 and pool.made == 4
+    del held
+    big = pool.take((8, 8))  # a camera that changed size: an idle small buffer gives way
+    del big
+    assert pool.take((8, 8)).shape == (8, 8) and pool.made == 5
+
+
+def test_a_replay_reads_into_reused_buffers(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.avi", frames=12, fps=10.0)
+    plain = cv2.VideoCapture(str(clip))
+    source = ReplaySource(clip, realtime=False)
+    source.open()
+    made_before = None
+    for index in range(12):
+        ok, frame, _ = source.read()
+        expected = plain.read()[1]
+        assert ok and frame is not None and np.array_equal(frame, expected)
+        if index == 3:
+            made_before = source._reader.frames.made
+        del frame  # consumed: its buffer may take the next frame
+    assert source._reader.frames.made == made_before  # no new frame memory once running
+
+
+class FakeVideoCapture:
+    """cv2.VideoCapture as a V4L2 camera that honours FOURCC and, like some backends,
+    hands over raw two-channel YUYV."""
+
+    instances: ClassVar[list[FakeVideoCapture]] = []
+
+    def __init__(self, target: object, api: int = 0) -> None:
+        self.props: dict[int, float] = {}
+        self.sets: list[tuple[int, float]] = []
+        FakeVideoCapture.instances.append(self)
+
+    def isOpened(self) -> bool:
+        return True
+
+    def set(self, prop: int, value: float) -> bool:
+        self.sets.append((prop, value))
+        self.props[prop] = value
+        return True
+
+    def get(self, prop: int) -> float:
+        return self.props.get(prop, 0.0)
+
+    def read(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray]:
+        b, g, r = 40, 120, 200  # BT.601 studio range, as V4L2 cameras send it
+        y, u, v = (
+            16 + 0.257 * r + 0.504 * g + 0.098 * b,
+            128 - 0.148 * r - 0.291 * g + 0.439 * b,
+            128 + 0.439 * r - 0.368 * g - 0.071 * b,
+        )
+        yuyv = np.empty((4, 6, 2), np.uint8)  # Y0 U Y1 V: luma per pixel, chroma shared by two
+        yuyv[:, :, 0] = round(y)
+        yuyv[:, 0::2, 1] = round(u)
+        yuyv[:, 1::2, 1] = round(v)
+        return True, yuyv
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("url", "pixel_format", "asked"),
+    [("0", "yuyv", "YUYV"), ("/dev/video2", "yuyv", "YUYV"), ("1", "mjpg", "MJPG"), ("0", "any", None)],
+)
+def test_a_v4l2_camera_is_asked_for_raw_frames(
+    monkeypatch: pytest.MonkeyPatch, url: str, pixel_format: str, asked: str | None
+) -> None:
+    FakeVideoCapture.instances.clear()
+    monkeypatch.setattr(cv2, "VideoCapture", FakeVideoCapture)
+    source = open_source(url, pixel_format=pixel_format, size=(640, 480))  # type: ignore[arg-type]
+    source.open()
+    cap = FakeVideoCapture.instances[-1]
+    fourccs = [value for prop, value in cap.sets if prop == cv2.CAP_PROP_FOURCC]
+    if asked is None:
+        assert fourccs == []
+    else:
+        assert fourccs == [cv2.VideoWriter_fourcc(*asked)]
+        props = [prop for prop, _ in cap.sets]
+        assert props.index(cv2.CAP_PROP_FOURCC) < props.index(cv2.CAP_PROP_FRAME_WIDTH)  # format before size
+        assert cap.props[cv2.CAP_PROP_CONVERT_RGB] == 1
+        assert isinstance(source, OpenCVSource) and source.delivered_format == asked
+
+
+@pytest.mark.parametrize("url", ["rtsp://10.0.0.5/stream1", "/var/lib/clip.mp4"])
+def test_streams_and_files_are_not_asked_for_a_pixel_format(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    FakeVideoCapture.instances.clear()
+    monkeypatch.setattr(cv2, "VideoCapture", FakeVideoCapture)
+    open_source(url).open()
+    assert [prop for prop, _ in FakeVideoCapture.instances[-1].sets if prop == cv2.CAP_PROP_FOURCC] == []
+
+
+def test_raw_yuyv_handed_over_anyway_becomes_bgr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cv2, "VideoCapture", FakeVideoCapture)
+    source = open_source("0")
+    source.open()
+    ok, frame, _ = source.read()
+    assert ok and frame is not None and frame.shape == (4, 6, 3)
+    np.testing.assert_allclose(frame[0, 0], (40, 120, 200), atol=3)
 
 
 # --- capture --------------------------------------------------------------------------

@@ -411,3 +411,32 @@ def test_a_frame_keeps_the_model_that_saw_it_when_a_swap_lands_before_its_tracki
     assert drafts and {d.model for d in drafts} == {OLD}
     pipe.process(moving_square(0), 2 / 15)
     assert drafts[-1].model == NEW
+
+
+def test_the_stages_are_timed_with_the_clock_given() -> None:
+    """``s4edge bench vision`` gives ``time.thread_time`` for CPU per stage; each reading of
+    this clock moves it on one second, so every stage reads one second."""
+    ticks = iter(range(10_000))
+    book = IncidentBook(lambda draft: None)
+    config = SceneConfig.model_validate(
+        {"zones": [ZONE], "rules": [{"type": "intrusion", "name": "in", "zone": "centre"}]}
+    )
+    pipe = VisionPipeline(
+        "cam0",
+        ScriptedDetector(),
+        Tracker(),
+        SceneAnalytics("cam0", config, book),
+        book,
+        gate=MotionGate(MotionConfig()),
+        stage_timer=lambda: float(next(ticks)),
+    )
+    frame = moving_square(0)
+    for i in range(3):
+        pipe.process(frame, i / 15)
+    assert pipe.clock.means() == {
+        "motion": 1000.0,
+        "inference": 1000.0,
+        "decode": 1000.0,
+        "track": 1000.0,
+        "analytics": 1000.0,
+    }
