@@ -330,7 +330,19 @@ class Forwarder(ForwardDesk):
         )
         with self.engine.connect() as conn:
             due = conn.execute(query).all()
-        return [row for row in due if claim(self.engine, row.id, ("pending", "retrying"), "sending", due_at=held_until)]
+        if not due:
+            return []
+        # All in one conditional UPDATE: a row another replica took meanwhile is not returned.
+        # One transaction, not one per row: on SQLite each holds the one write lock ingest needs.
+        taken = (
+            update(forwards)
+            .where(forwards.c.id.in_([row.id for row in due]), forwards.c.state.in_(("pending", "retrying")))
+            .values(state="sending", due_at=held_until)
+            .returning(forwards.c.id)
+        )
+        with self.engine.begin() as conn:
+            won = set(conn.execute(taken).scalars())
+        return [row for row in due if row.id in won]
 
     def _send(self, row: Any) -> None:
         alert = Alert.model_validate(row.alert)

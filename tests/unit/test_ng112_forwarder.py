@@ -463,3 +463,32 @@ def test_gas_and_flame_on_two_replicas_escalate_once(engine, clock, psap):
         pass
     escalations = [c for c in psap.calls if c.cap["event"] == "escalation"]
     assert len(escalations) == 1 and escalations[0].cap["severity"] == "Extreme"
+
+
+def test_two_replicas_claiming_at_once_never_take_the_same_forward(engine, clock, psap, monkeypatch):
+    """One conditional UPDATE claims all a replica found due; rows the other replica claimed
+    between that replica's query and its UPDATE are not returned to it, so each is sent once."""
+    other = make_engine(engine.url)  # the other replica's own connections to the shared store
+    one, two = forwarder(engine, clock, uri(psap)), forwarder(other, clock, uri(psap))
+    ids = {one.submit(alert(incident=f"inc-gas-03{i:02d}"))[0] for i in range(3)}
+    connect = engine.connect
+
+    def query_then_let_two_claim():  # ``one`` has its due rows; then ``two`` claims them all
+        conn = connect()
+        real_execute = conn.execute
+
+        def execute(statement, *args, **kwargs):
+            result = real_execute(statement, *args, **kwargs)
+            if not statement.is_select:
+                return result
+            rows = result.all()
+            assert {row.id for row in two._claim_due(sweep=False)} == ids
+            return type("Rows", (), {"all": lambda self: rows})()
+
+        conn.execute = execute
+        return conn
+
+    monkeypatch.setattr(engine, "connect", query_then_let_two_claim)
+    assert one._claim_due(sweep=False) == []
+    monkeypatch.undo()
+    assert {get_forward(engine, i)["state"] for i in ids} == {"sending"}
