@@ -28,14 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from s4edge.cloud_sync.broker_url import BrokerEndpoint, broker_endpoint, mqtt_client
 from s4edge.cloud_sync.logfmt import FailureLog
 from s4edge.cloud_sync.outbox import Outbox, Row
 
@@ -97,12 +97,9 @@ class UplinkSettings:
     connack_timeout_s: float = 10.0
 
     @property
-    def endpoint(self) -> tuple[str, int, bool]:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"{self.url!r}: expected mqtt://host:port or mqtts://host:port")
-        tls = parts.scheme == "mqtts"
-        return parts.hostname, parts.port or (8883 if tls else 1883), tls
+    def endpoint(self) -> BrokerEndpoint:
+        """Host, port, transport (MQTT or WebSocket), TLS; ``BrokerUrlError`` (a ValueError) if unusable."""
+        return broker_endpoint(self.url)
 
 
 class Backoff:
@@ -148,7 +145,8 @@ _REFUSED_PROTOCOL = {1, 0x84}
 class MqttUplink:
     def __init__(self, settings: UplinkSettings, will: LastWill | None = None) -> None:
         self.settings = settings
-        self._host, self._port, self._tls = settings.endpoint
+        self._endpoint = settings.endpoint
+        self._host, self._port = self._endpoint.host, self._endpoint.port
         self._will = will
         self.connected = threading.Event()
         self._session = 0
@@ -174,8 +172,8 @@ class MqttUplink:
     def _new_client(self) -> mqtt.Client:
         s = self.settings
         v5 = self._protocol == mqtt.MQTTv5
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        client = mqtt_client(
+            self._endpoint,
             client_id=s.client_id,
             protocol=self._protocol,
             clean_session=None if v5 else False,
@@ -185,7 +183,7 @@ class MqttUplink:
         client.max_queued_messages_set(0)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
-        if self._tls:
+        if self._endpoint.tls:
             client.tls_set(
                 ca_certs=str(s.ca_file) if s.ca_file else None,
                 certfile=str(s.cert_file) if s.cert_file else None,

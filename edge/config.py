@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from s4edge.cloud_sync.broker_url import broker_endpoint
 from s4edge.cloud_sync.messages import NAME_PATTERN, AlertStatus
 from s4edge.edge.health import THERMAL_ROOT
 from s4edge.edge.sources import PluginError, load_plugins, source_types
@@ -56,7 +57,7 @@ class LocationConfig(Strict):
 
 
 class MqttConfig(Strict):
-    url: str = Field(description="mqtt://host:port or mqtts://host:port")
+    url: str = Field(description="mqtt://, mqtts://, ws:// or wss://host:port[/path] (cloud_sync/broker_url.py)")
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
@@ -71,8 +72,7 @@ class MqttConfig(Strict):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if not value.startswith(("mqtt://", "mqtts://")):
-            raise ValueError("must start with mqtt:// or mqtts://, e.g. mqtts://broker.example:8883")
+        broker_endpoint(value)  # BrokerUrlError is a ValueError: pydantic reports it under mqtt.url
         return value
 
 

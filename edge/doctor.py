@@ -52,13 +52,13 @@ HINT = {
     "broker_cert": "mqtt.ca_file must be the fleet CA, and the URL's host must be in the broker certificate",
     "broker_unreachable": "check the URL, the network and the firewall (port open?); is the broker running?",
     "broker_silent": (
-        "the broker closed the connection: a TLS port needs mqtts://, a client certificate may be required "
-        "or refused (see the broker log)"
+        "the broker closed the connection: a TLS port needs mqtts:// (wss:// for WebSocket), a client "
+        "certificate may be required or refused (see the broker log)"
     ),
     "broker_refused": (
         "the credentials do not match the broker's: re-run `s4edge provision` for this node and reload the broker"
     ),
-    "broker_plaintext": "the fleet should use mqtts:// (TLS)",
+    "broker_plaintext": "the fleet should use TLS: mqtts://, or wss:// over WebSocket",
     "clock_unset": (
         "set the time (`sudo date -s ...` or NTP): TLS certificates look not yet valid and alert timestamps "
         "are wrong; a Pi has no RTC battery unless one is fitted"
@@ -264,24 +264,25 @@ def check_model(config: Any, catalogue: Any = None) -> list[Check]:
 
 
 def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> Check:
-    """A real MQTT connect with the node's TLS settings and credentials; reports the CONNACK."""
+    """A real MQTT connect with the node's transport, TLS settings and credentials; reports the CONNACK."""
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
+    from s4edge.cloud_sync.broker_url import mqtt_client
     from s4edge.edge.app import uplink_settings
     from s4edge.edge.config import ConfigError
 
     try:
         s = uplink_settings(config)
-        host, port, tls = s.endpoint
+        endpoint = s.endpoint
     except (ConfigError, ValueError) as exc:
         return Check("broker", "FAIL", str(exc), HINT["broker_config"])
+    host, port, tls = endpoint.host, endpoint.port, endpoint.tls
     # The fleet's broker ties the client id to the username (use_username_as_clientid), so this
     # connect is the node's own: keep its persistent session (clean_start=False, the agent's
     # expiry) rather than wiping it, should an agent be running; it reconnects within seconds.
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{s.client_id}-doctor", protocol=mqtt.MQTTv5)
+    client = mqtt_client(endpoint, client_id=f"{s.client_id}-doctor", protocol=mqtt.MQTTv5)
     session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     session.SessionExpiryInterval = s.session_expiry_s
     if s.username is not None:
@@ -298,7 +299,8 @@ def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> Check:
         answered.set()
 
     client.on_connect = on_connect
-    where = f"{host}:{port} ({'TLS' if tls else 'plaintext'}) as {s.username or 'anonymous'}"
+    over = f"WebSocket {endpoint.path}, " if endpoint.transport == "websockets" else ""
+    where = f"{host}:{port} ({over}{'TLS' if tls else 'plaintext'}) as {s.username or 'anonymous'}"
     try:
         client.connect(host, port, keepalive=10, clean_start=False, properties=session)
     except ssl.SSLCertVerificationError as exc:

@@ -165,13 +165,25 @@ def run_demo(
 
 
 def demo(
-    broker: str = typer.Option(None, "--broker", help="Use this broker (mqtt://host:port) instead of an embedded one."),
+    broker: str = typer.Option(
+        None,
+        "--broker",
+        help="Use this broker (mqtt://, mqtts://, ws:// or wss://HOST:PORT) instead of an embedded one.",
+    ),
     duration: float = typer.Option(None, "--duration", help="Stop after this many seconds (default: until Ctrl-C)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary when the demo stops."),
     http_port: int = typer.Option(0, "--http-port", help="Dashboard port (default: a free one)."),
     vision: bool = typer.Option(True, "--vision/--no-vision", help="Run the camera with real detection."),
 ) -> None:
     """Run broker, aggregator + dashboard, and a simulated node playing an incident."""
+    from s4edge.cloud_sync.broker_url import BrokerUrlError, broker_endpoint
+
+    if broker:
+        try:
+            broker_endpoint(broker)
+        except BrokerUrlError as exc:
+            typer.echo(f"error: --broker: {exc}", err=True)
+            raise typer.Exit(2) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

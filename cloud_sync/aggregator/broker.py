@@ -1,13 +1,16 @@
-"""How the aggregator reaches the fleet broker: URL, TLS, credentials, protocol."""
+"""How the aggregator reaches the fleet broker: URL, TLS, credentials, protocol.
+
+The URL is read by ``cloud_sync.broker_url`` (mqtt://, mqtts://, ws://, wss://), as the node reads it."""
 
 from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTProtocolVersion
+
+from s4edge.cloud_sync.broker_url import BrokerEndpoint, BrokerUrlError, broker_endpoint, hide_userinfo, mqtt_client
 
 
 class BrokerError(RuntimeError):
@@ -24,36 +27,40 @@ class BrokerConfig:
     password: str | None = None
     keepalive_s: int = 30
 
+    def __post_init__(self) -> None:
+        self.endpoint  # noqa: B018 - a URL that cannot be used is refused here, before anything starts
+
+    @property
+    def endpoint(self) -> BrokerEndpoint:
+        try:
+            return broker_endpoint(self.url)
+        except BrokerUrlError as exc:
+            raise BrokerError(str(exc)) from None
+
+    @property
+    def shown_url(self) -> str:
+        """The URL for logs and messages: no user or password."""
+        return hide_userinfo(self.url)
+
     @property
     def host(self) -> str:
-        return self._parts()[0]
+        return self.endpoint.host
 
     @property
     def port(self) -> int:
-        return self._parts()[1]
+        return self.endpoint.port
 
     @property
     def tls(self) -> bool:
-        return urlsplit(self.url).scheme in ("mqtts", "ssl") or self.ca_file is not None
-
-    def _parts(self) -> tuple[str, int]:
-        parts = urlsplit(self.url if "://" in self.url else f"mqtt://{self.url}")
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise BrokerError(f"broker URL {self.url!r}: use mqtt://host:port or mqtts://host:port")
-        if not parts.hostname:
-            raise BrokerError(f"broker URL {self.url!r} names no host")
-        default = 8883 if parts.scheme in ("mqtts", "ssl") else 1883
-        return parts.hostname, parts.port or default
+        return self.endpoint.tls or self.ca_file is not None
 
     def credentials(self) -> tuple[str | None, str | None]:
-        parts = urlsplit(self.url)
-        user = self.username or (unquote(parts.username) if parts.username else None)
-        password = self.password or (unquote(parts.password) if parts.password else None)
-        return user, password
+        endpoint = self.endpoint
+        return self.username or endpoint.username, self.password or endpoint.password
 
     def client(self, client_id: str, protocol: MQTTProtocolVersion, manual_ack: bool) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        client = mqtt_client(
+            self.endpoint,
             client_id=client_id,
             protocol=protocol,
             clean_session=None if protocol == mqtt.MQTTv5 else False,

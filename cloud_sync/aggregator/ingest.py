@@ -55,6 +55,7 @@ V5_PROBE_S = 3.0
 LINGER_S = 0.02  # the most a burst's first message waits for the rest of its batch
 LINGER_QUIET_S = 0.002  # a batch stops gathering when nothing arrived for this long
 QOS0_BACKLOG = 20000  # heartbeats and telemetry held for the writer before new ones are shed
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5.0 §3.14.2.1: another connection took this client id's session
 
 
 def relax_gc(young: int = 10_000) -> None:
@@ -140,6 +141,9 @@ class Ingest:
         self.writer_process = writer_process
         self._child: WriterProcess | None = None
         self.on_jobs: Callable[[], object] | None = None  # see ``forward_jobs``
+        # After each batch is acknowledged and announced, in the writer thread; must return at
+        # once (an ingest worker process reports its metrics to its parent: ``workers.py``).
+        self.on_progress: Callable[[], object] | None = None
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
 
@@ -183,7 +187,7 @@ class Ingest:
                 break  # refused for another reason (credentials, ACL): a fallback would not help
         if self._client is None:
             self._close_writer()
-            raise BrokerError(f"could not connect to {self.broker.url}: {failure}")
+            raise BrokerError(f"could not connect to {self.broker.shown_url}: {failure}")
         self._stopping.clear()
         self._writer = threading.Thread(target=self._write_loop, name="aggregator-ingest", daemon=True)
         self._writer.start()
@@ -204,6 +208,14 @@ class Ingest:
             if not answered.is_set():
                 outcome["failure"] = f"connection closed before CONNACK ({reason})"
                 answered.set()
+            elif reason == SESSION_TAKEN_OVER:
+                log.error(
+                    "the broker handed session %s to another connection (MQTT 5 reason 0x8E): two "
+                    "aggregators, replicas or workers share a client id; a broker that makes the username "
+                    "the client id (mosquitto's use_username_as_clientid, as `s4edge fleet broker-config` "
+                    "writes it) needs a username of its own for each (docs/architecture.md, \"Ingest workers\")",
+                    self.client_id,
+                )
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -246,7 +258,7 @@ class Ingest:
             client.subscribe([(f, 1) for f in filters])
         log.info(
             "connected to %s as %s (MQTT %s, session present: %s)",
-            self.broker.url,
+            self.broker.shown_url,
             self.client_id,
             "5" if protocol == mqtt.MQTTv5 else "3.1.1",
             getattr(flags, "session_present", None),
@@ -451,6 +463,8 @@ class Ingest:
         if self.events is not None:
             for site, node_id, change in outcome.nodes:
                 self.events.publish("node", {"site": site, "node_id": node_id, "change": change})
+        if self.on_progress is not None:
+            self.on_progress()
 
     def _send_receipts(self, client: mqtt.Client, confirmed: dict[tuple[str, str], set[str]]) -> None:
         """QoS 1, queued by paho across a reconnect. A receipt lost all the same costs only

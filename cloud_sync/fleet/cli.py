@@ -268,7 +268,9 @@ def provision(
     site: str = typer.Option(..., "--site", help="Site id, e.g. plaza-mayor."),
     lat: float = typer.Option(..., "--lat", min=-90, max=90, help="WGS84 latitude."),
     lon: float = typer.Option(..., "--lon", min=-180, max=180, help="WGS84 longitude."),
-    broker: str = typer.Option(..., "--broker", help="mqtts://HOST:PORT as the node will reach it."),
+    broker: str = typer.Option(
+        ..., "--broker", help="mqtts://HOST:PORT (or wss://HOST:PORT/PATH) as the node will reach it."
+    ),
     board: str = typer.Option("rpi5", "--board", help=f"Board profile ({', '.join(board_names())})."),
     zone: str | None = typer.Option(None, "--zone", help="Human name of the place."),
     client_cert: bool = typer.Option(False, "--client-cert", help="Issue a client certificate (CN = node id)."),

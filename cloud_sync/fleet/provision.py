@@ -16,11 +16,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 from cryptography import x509
 
+from s4edge.cloud_sync.broker_url import BrokerUrlError, broker_endpoint, hide_userinfo
 from s4edge.cloud_sync.fleet.ca import CA_CERT, FleetCA, issue_client_cert, write_private
 from s4edge.cloud_sync.fleet.command_key import COMMAND_PUB, command_public_key
 from s4edge.cloud_sync.fleet.crl import revoke
@@ -67,13 +67,15 @@ def check_name(what: str, value: str) -> str:
 
 
 def check_broker_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme != "mqtts" or not parts.hostname:
-        raise FleetError(f"--broker {url!r}: the fleet speaks TLS only; give mqtts://HOST:PORT")
     try:
-        parts.port  # noqa: B018 - raises on a non-numeric port
-    except ValueError:
-        raise FleetError(f"--broker {url!r}: the port is not a number") from None
+        endpoint = broker_endpoint(url)
+    except BrokerUrlError as exc:
+        raise FleetError(f"--broker: {exc}") from None
+    if not endpoint.tls:
+        raise FleetError(
+            f"--broker {hide_userinfo(url)!r}: the fleet speaks TLS only; give mqtts://HOST:PORT "
+            "(or wss://HOST:PORT/PATH over WebSocket)"
+        )
     return url
 
 

@@ -29,10 +29,11 @@ from typing import Any
 
 import httpx
 import typer
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, select, text
 
 from s4edge.bench.ingest import alert_payloads, publish_all
 from s4edge.cloud_sync.aggregator.store import alerts, make_engine
+from s4edge.cloud_sync.aggregator.store_url import POSTGRES_EXAMPLE, StoreUrlError, probe_store, shown, store_url
 from s4edge.cloud_sync.messages import Alert, Heartbeat, Location, Measurement, encode, topic_for
 from s4edge.testing import Mosquitto, eventually
 
@@ -140,11 +141,19 @@ def one_run(db_url: str, replicas: int, payloads: list[tuple[str, bytes]], root:
         engine.dispose()
 
 
+def check_postgres(db_url: str) -> None:
+    """``StoreUrlError`` (one line, with an example) unless ``db_url`` is a PostgreSQL we can reach."""
+    if store_url(db_url).get_backend_name() != "postgresql":
+        raise StoreUrlError(f"{shown(db_url)}: replicas share one PostgreSQL; give one, e.g. {POSTGRES_EXAMPLE}")
+    probe = make_engine(db_url)
+    try:
+        probe_store(probe, db_url)
+    finally:
+        probe.dispose()
+
+
 def run_replicas(db_url: str, messages: int, runs: int, nodes: int) -> dict[str, Any]:
-    probe = create_engine(db_url, connect_args={"connect_timeout": 3})
-    with probe.connect():
-        pass
-    probe.dispose()
+    check_postgres(db_url)
     results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     fleet: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="s4edge-bench-") as tmp:
@@ -155,7 +164,7 @@ def run_replicas(db_url: str, messages: int, runs: int, nodes: int) -> dict[str,
             fleet.append(one_run(db_url, 1, fleet_payloads(messages, f"fleet{run}", nodes), Path(tmp) / f"fleet{run}"))
     out: dict[str, Any] = {
         "benchmark": "replicas",
-        "store": db_url.split("@")[-1],
+        "store": shown(db_url),
         "messages_per_run": messages,
         "runs": runs,
         "cpu_cores": os.cpu_count(),
@@ -189,10 +198,15 @@ def run_replicas(db_url: str, messages: int, runs: int, nodes: int) -> dict[str,
 def register(bench_app: typer.Typer) -> None:
     @bench_app.command("replicas")
     def replicas(
-        db: str = typer.Option("postgresql+psycopg://postgres@127.0.0.1:5432/test", help="PostgreSQL URL"),
+        db: str = typer.Option("postgresql://postgres@127.0.0.1:5432/test", help="PostgreSQL URL (postgresql://…)"),
         messages: int = typer.Option(5000, help="Messages per run"),
         runs: int = typer.Option(3, help="Runs per configuration (the median is quoted)"),
         nodes: int = typer.Option(1000, help="Distinct nodes in the fleet-mix run"),
     ) -> None:
         """Ingest with 1 and 2 replicas on PostgreSQL; exactly-once check; fleet size per replica."""
+        try:
+            check_postgres(db)
+        except StoreUrlError as exc:
+            typer.echo(f"error: --db {exc}", err=True)
+            raise typer.Exit(2) from None
         typer.echo(json.dumps(run_replicas(db, messages, runs, nodes), indent=2))

@@ -46,7 +46,9 @@ class Mosquitto:
     """Start, kill and restart a mosquitto that keeps its state in ``workdir``.
 
     ``config_extra`` is appended to the generated config (TLS listeners, ACLs, ...);
-    ``config_file`` replaces the generated config altogether.
+    ``config_file`` replaces the generated config altogether. ``websockets=True`` adds a
+    second listener on another free port that speaks MQTT over WebSocket (mosquitto's
+    ``protocol websockets``, which serves any path), at ``ws_url``.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Mosquitto:
         config_extra: str = "",
         config_file: Path | None = None,
         anonymous: bool = True,
+        websockets: bool = False,
     ) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
@@ -66,6 +69,10 @@ class Mosquitto:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.log = self.workdir / "mosquitto.log"
+        if websockets and config_file is not None:
+            raise ValueError("websockets=True adds to the generated config; put the listener in config_file instead")
+        self.ws_port = free_port() if websockets else None
+        ws_listener = f"listener {self.ws_port} 127.0.0.1\nprotocol websockets\n" if websockets else ""
         if config_file is None:
             config_file = self.workdir / "mosquitto.conf"
             config_file.write_text(
@@ -81,6 +88,7 @@ class Mosquitto:
                 "max_inflight_messages 100\n"
                 "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
                 "connection_messages true\n"
+                f"{ws_listener}"
                 f"{config_extra}\n"
             )
         self.config_file = config_file
@@ -90,13 +98,19 @@ class Mosquitto:
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def ws_url(self) -> str:
+        if self.ws_port is None:
+            raise RuntimeError("this broker has no WebSocket listener: start it with websockets=True")
+        return f"ws://{self.host}:{self.ws_port}/mqtt"
+
     def start(self, wait_port: int | None = None) -> Mosquitto:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [self.exe, "-c", str(self.config_file)], stdout=log, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen([self.exe, "-c", str(self.config_file)], stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_port(self.host, wait_port or self.port)
+            if self.ws_port is not None:
+                wait_for_port(self.host, self.ws_port)
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"mosquitto did not start; its log says:\n{self.log.read_text()}") from None

@@ -29,8 +29,8 @@ def test_an_unreachable_broker_stops_it_with_a_reason(tmp_path: Path) -> None:
 def test_a_broker_url_with_another_scheme_is_refused(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'agg.db'}"
     result = runner.invoke(app, ["aggregator", "run", "--broker", "http://x:1", "--db", db, "--http", "127.0.0.1:0"])
-    assert result.exit_code == 1
-    assert "use mqtt://host:port or mqtts://host:port" in result.output
+    assert result.exit_code == 2
+    assert "use mqtt://, mqtts://, ws:// or wss://, e.g. mqtts://broker.example:8883" in result.output
 
 
 def test_a_bad_ng112_file_stops_it_before_anything_starts(tmp_path: Path) -> None:
