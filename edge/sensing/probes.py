@@ -206,4 +206,5 @@ class DetectorProbe:
         return Sample([_m(self.alarm.kind, active, "state", self.name)], values={"state": active})
 
     def judge(self, sample: Sample, now: float) -> None:
-        self.alarm.observe(sample.values["state"], now)
+        what = "Flame detected" if self.alarm.kind == "flame" else f"{self.alarm.kind.capitalize()} detected"
+        self.alarm.observe(sample.values["state"], now, Content(title=f"{what} ({self.name})"))

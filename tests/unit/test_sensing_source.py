@@ -59,6 +59,7 @@ def test_gas_leak_scenario_raises_gas_and_flame_alerts(tmp_path: Path) -> None:
     kinds = {(d.kind, d.severity) for d in drafts}
     assert ("gas", "Moderate") in kinds and ("gas", "Severe") in kinds
     assert ("flame", "Extreme") in kinds
+    assert {d.title for d in drafts if d.kind == "flame" and d.state == "new"} == {"Flame detected (flame)"}
     assert {d.kind for d in drafts if d.state == "end"} == {"gas", "flame"}
     assert not any(d.kind == "sensor_fault" for d in drafts)
     severe = next(d for d in drafts if d.severity == "Severe")
