@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from s4edge.cloud_sync.aggregator.commands import CommandDesk, CommandError
+from s4edge.cloud_sync.aggregator.console_api import ConsoleSettings, build_console_router, nodes_at_a_glance
 from s4edge.cloud_sync.aggregator.events import EventBus, sse_frame
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.store import AlertQuery, Store
@@ -86,6 +87,7 @@ def build_api(
     connected: Callable[[], bool] = lambda: True,
     store_failure: Callable[[], str | None] = lambda: None,
     operator_token: str | None = None,
+    console: ConsoleSettings = ConsoleSettings(),
 ) -> FastAPI:
     app = FastAPI(title="s4edge aggregator", version="1")
 
@@ -97,8 +99,10 @@ def build_api(
             return JSONResponse({"detail": "cross-site request refused (Origin is not this host)"}, status_code=403)
         if acts and not operator_token and rebindable(request.headers.get("host")):
             return JSONResponse(
-                {"detail": "with no operator token, act through the server's IP address, not a host name "
-                 "(a name can be rebound by another site); or start it with --operator-token-file"},
+                {
+                    "detail": "with no operator token, act through the server's IP address, not a host name "
+                    "(a name can be rebound by another site); or start it with --operator-token-file"
+                },
                 status_code=403,
             )
         private = acts or COMMAND_HISTORY.fullmatch(request.url.path) is not None
@@ -133,7 +137,7 @@ def build_api(
 
     @app.get("/api/nodes")
     def list_nodes() -> Any:
-        return {"nodes": store.nodes(heartbeat_interval_s, stale_factor)}
+        return {"nodes": nodes_at_a_glance(store, heartbeat_interval_s, stale_factor)}
 
     @app.get("/api/alerts")
     def list_alerts(
@@ -202,6 +206,17 @@ def build_api(
     @app.get("/api/nodes/{site}/{node_id}/commands")
     def node_commands(site: str, node_id: str, limit: int = Query(50, ge=1, le=500)) -> Any:
         return {"commands": store.commands_for(site, node_id, limit)}
+
+    app.include_router(
+        build_console_router(
+            store,
+            events,
+            console,
+            heartbeat_interval_s=heartbeat_interval_s,
+            stale_factor=stale_factor,
+            token_required=bool(operator_token),
+        )
+    )
 
     @app.get("/api/stream")
     async def stream(request: Request) -> StreamingResponse:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Engine,
     Float,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -36,10 +37,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.engine import URL, Connection, ExceptionContext
 from sqlalchemy.exc import OperationalError
 
+from s4edge.cloud_sync.aggregator.downsample import buckets
 from s4edge.cloud_sync.aggregator.redaction import redact
+from s4edge.cloud_sync.aggregator.store_url import store_url
 from s4edge.cloud_sync.aggregator.views import (
     alert_dict,
     alert_row,
@@ -54,6 +57,7 @@ from s4edge.cloud_sync.messages import Alert, CommandResult, Heartbeat, Status, 
 Clock = Callable[[], datetime]
 
 metadata = MetaData()
+PG_CONNECT_TIMEOUT_S = 10
 DDL_LOCK_KEY = 0x53344544  # "S4ED": the advisory lock that serialises schema creation
 
 nodes = Table(
@@ -100,7 +104,8 @@ alerts = Table(
     Column("acked_by", String(64)),
     Index("ix_alerts_ts", "ts", "id"),
     Index("ix_alerts_node", "site", "node_id", "ts"),
-    Index("ix_alerts_incident", "incident"),
+    # incident first: an incident's alerts; the rest covers the console's roll-up (incidents.py)
+    Index("ix_alerts_incident_rollup", "incident", "ts", "state", "severity"),
 )
 
 # One row per node: the last telemetry message, so the table stays bounded by the fleet size.
@@ -153,14 +158,51 @@ forward_jobs = Table(
     Column("alert_id", String(64), primary_key=True),
 )
 
+
+# The operator's console (docs/architecture.md, "The operator's console"). An incident is the
+# alerts that share its id; acknowledging one is the operator's act on the whole incident,
+# kept here rather than on each alert so that an alert arriving later finds it.
+incident_acks = Table(
+    "incident_acks",
+    metadata,
+    Column("incident", String(64), primary_key=True),
+    Column("acked_at", DateTime(timezone=True), nullable=False),
+    Column("acked_by", String(64), nullable=False),
+    Column("acked_severity", String(16)),  # its peak when acknowledged: a later escalation shows as such
+)
+
+# Telemetry for the trend charts, downsampled into buckets (downsample.py) and pruned after the
+# retention period (trends.py); ``telemetry`` above keeps only the last message per node.
+telemetry_series = Table(
+    "telemetry_series",
+    metadata,
+    Column("site", String(64), primary_key=True),
+    Column("node_id", String(64), primary_key=True),
+    Column("quantity", String(128), primary_key=True),
+    Column("sensor", String(128), primary_key=True),  # '' when the reading names none
+    Column("bucket", BigInteger, primary_key=True),  # its start, seconds since the epoch (UTC)
+    Column("unit", String(128), nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("total", Float, nullable=False),
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    Index("ix_telemetry_series_bucket", "bucket"),  # the retention's DELETE
+)
+
+# Indexes added to tables that older stores already have: create_all makes a missing table
+# with its indexes, but never adds an index to a table that exists.
+# (A store made before it has ix_alerts_incident on incident alone as well: harmless.)
+LATER_INDEXES = tuple(index for index in alerts.indexes if index.name == "ix_alerts_incident_rollup")
+
 # SQLite opens a file it may not write read-only, and that connection stays read-only after
 # the file becomes writable; an I/O error or a file it cannot open is no better. Each is taken
 # for a lost connection, so that the pool opens new ones (SQLite result codes, sqlite.org/rescode.html).
 _SQLITE_REOPEN = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
 
 
-def make_engine(url: str, schema: str | None = None, sqlite_sync: str = "FULL") -> Engine:
-    """An engine for ``sqlite:///path`` or ``postgresql+psycopg://…``.
+def make_engine(url: str | URL, schema: str | None = None, sqlite_sync: str = "FULL") -> Engine:
+    """An engine for ``sqlite:///path`` or PostgreSQL (``postgres://``, ``postgresql://`` or
+    ``postgresql+psycopg://``, all opened with psycopg 3: ``store_url``).
 
     ``schema`` (PostgreSQL only) places every table of ``metadata`` in that schema,
     which isolates test runs and lets several deployments share one database.
@@ -168,7 +210,8 @@ def make_engine(url: str, schema: str | None = None, sqlite_sync: str = "FULL") 
     gets its ack; NORMAL (WAL) survives a crash of the process but not of the OS,
     and ingests faster (see ``s4edge bench ingest``).
     """
-    if url.startswith("sqlite"):
+    url = store_url(url) if isinstance(url, str) else url
+    if url.get_backend_name() == "sqlite":
         if schema:
             raise ValueError("schema= is for PostgreSQL; give SQLite its own file instead")
         if sqlite_sync.upper() not in ("FULL", "NORMAL"):
@@ -178,7 +221,9 @@ def make_engine(url: str, schema: str | None = None, sqlite_sync: str = "FULL") 
         event.listen(engine, "connect", lambda dbapi_conn, _record: _run(dbapi_conn, pragmas))
         event.listen(engine, "handle_error", _reopen_sqlite)
         return engine
-    engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+    # libpq waits for an unanswered connect as long as the OS does (minutes); the URL may set its own.
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=connect_args)
     if schema:
         with engine.begin() as conn:
             _serialise_ddl(conn)
@@ -243,6 +288,13 @@ class Store:
         except OperationalError:
             # SQLite: another process created a table between our check and our CREATE.
             metadata.create_all(self.engine)
+        for index in LATER_INDEXES:
+            try:
+                with self.engine.begin() as conn:
+                    _serialise_ddl(conn)
+                    index.create(conn, checkfirst=True)
+            except OperationalError:
+                pass  # SQLite: another process made it meanwhile
 
     # -- ingest (all inside one caller-owned transaction per batch) ---------------------------
 
@@ -354,6 +406,28 @@ class Store:
             index_elements=["site", "node_id"],
             set_={c: stmt.excluded[c] for c in ("ts", "received_at", "readings")},
             where=telemetry.c.received_at <= stmt.excluded.received_at,
+        )
+        conn.execute(stmt, rows)
+
+    def record_telemetry_series(self, conn: Connection, readings: Sequence[tuple[Telemetry, datetime]]) -> None:
+        """Every telemetry message of the batch into its bucket (downsample.py): counts and sums
+        added, extremes kept, so buckets filled by several batches or replicas add up."""
+        rows = buckets(readings)
+        if not rows:
+            return
+        stmt = _insert(conn, telemetry_series)
+        old, new = telemetry_series.c, stmt.excluded
+        # two-argument min/max are SQLite's scalar functions; PostgreSQL calls them least/greatest
+        least, greatest = (func.min, func.max) if conn.dialect.name == "sqlite" else (func.least, func.greatest)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["site", "node_id", "quantity", "sensor", "bucket"],
+            set_={
+                "unit": new.unit,
+                "n": old.n + new.n,
+                "total": old.total + new.total,
+                "low": least(old.low, new.low),
+                "high": greatest(old.high, new.high),
+            },
         )
         conn.execute(stmt, rows)
 

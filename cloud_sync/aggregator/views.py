@@ -8,6 +8,35 @@ from typing import Any
 
 from s4edge.cloud_sync.messages import Alert
 
+# What an operator reads when the node sent no title (the edge leaves some empty: a flame
+# contact's alert is one). CAP's <headline> is what this stands in for (CAP 1.2 §3.2.2).
+KIND_NAMES = {
+    "gas": "Flammable gas",
+    "co": "Carbon monoxide",
+    "smoke": "Smoke detected",
+    "flame": "Flame detected",
+    "temperature": "Heat alarm",
+    "nir_match": "Substance match (NIR)",
+    "intrusion": "Intrusion",
+    "line_cross": "Line crossed",
+    "loitering": "Loitering",
+    "crowd": "Crowd",
+    "unattended_object": "Unattended object",
+    "sensor_fault": "Sensor fault",
+    "camera_fault": "Camera fault",
+    "escalation": "Escalation",
+}
+
+
+def fallback_title(kind: str, zone: str | None, site: str, node_id: str) -> str:
+    name = KIND_NAMES.get(kind) or kind.replace("_", " ").capitalize()
+    return f"{name} — {zone}" if zone else f"{name} at {site}/{node_id}"
+
+
+def headline(row: dict[str, Any]) -> str:
+    """The alert's title, or one made from its kind and zone."""
+    return row.get("title") or fallback_title(row["kind"], row.get("zone"), row["site"], row["node_id"])
+
 
 def utc(value: datetime) -> datetime:
     """Aware UTC. SQLite hands back naive datetimes; everything we store is UTC."""
@@ -65,6 +94,7 @@ def alert_dict(row: Any) -> dict[str, Any]:
     out = dict(row)
     for key in ("ts", "received_at", "acked_at"):
         out[key] = _iso(out[key])
+    out["headline"] = headline(out)  # what the console shows; ``title`` stays as the node sent it
     return out
 
 

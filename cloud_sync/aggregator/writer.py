@@ -40,6 +40,7 @@ from typing import IO, Any
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from s4edge.cloud_sync.aggregator.alert_rows import AlertRows
+from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
 from s4edge.cloud_sync.messages import (
@@ -68,6 +69,7 @@ class Batch:
     statuses: dict[tuple[str, str], tuple[Status, datetime]] = field(default_factory=dict)
     beats: dict[tuple[str, str], tuple[Heartbeat, datetime]] = field(default_factory=dict)
     readings: dict[tuple[str, str], tuple[Telemetry, datetime]] = field(default_factory=dict)
+    series: list[tuple[Telemetry, datetime]] = field(default_factory=list)  # every reading, for the trends
     results: list[tuple[CommandResult, datetime]] = field(default_factory=list)
     duplicates_in_batch: int = 0
 
@@ -89,6 +91,7 @@ class Batch:
             self.beats[key] = (message, at)
         elif isinstance(message, Telemetry):
             self.readings[key] = (message, at)
+            self.series.append((message, at))
 
 
 @dataclass
@@ -180,6 +183,10 @@ class BatchWriter:
         self.rules = rules
         self.stopping = stopping or threading.Event()
         self.on_store_error = on_store_error
+        # In a writer process: a file that was read-only when SQLite first opened it stays so to
+        # every later connection of the process, even once writable (its descriptors are kept
+        # and reused); only a new process sees it writable (``StaleReadOnly``, ``_serve``).
+        self.reopen_in_new_process = False
         self._known_nodes: set[tuple[str, str]] = set()
         self._alert_rows = AlertRows(store)
 
@@ -240,8 +247,10 @@ class BatchWriter:
                 if not _transient(exc):
                     raise
                 reason = type(exc.orig).__name__
-                log.warning("store unavailable (%s); retrying in %.1f s", reason, delay)
+                log.warning("store unavailable (%s: %s); retrying in %.1f s", reason, _first_line(exc.orig), delay)
                 self.on_store_error(reason)
+                if self.reopen_in_new_process and _read_only_no_more(self.store, exc):
+                    raise StaleReadOnly(f"{_first_line(exc.orig)}, though the file is writable now") from None
             if self.stopping.wait(delay):
                 return None
             delay = min(delay * 2, 10.0)
@@ -262,6 +271,7 @@ class BatchWriter:
                 self.store.record_status(conn, status, at)
             self.store.record_heartbeats(conn, list(batch.beats.values()))
             self.store.record_telemetry_batch(conn, list(batch.readings.values()))
+            self.store.record_telemetry_series(conn, batch.series)
             for result, at in batch.results:
                 self.store.record_cmd_result(conn, result, at)
         self._known_nodes |= keys | set(batch.statuses) | set(batch.beats)
@@ -303,7 +313,24 @@ def _singles(batch: Batch) -> list[Batch]:
             single = Batch()
             getattr(single, name)[key] = value
             singles.append(single)
+    singles += [Batch(series=[reading]) for reading in batch.series]
     return singles + [Batch(results=[r]) for r in batch.results]
+
+
+class StaleReadOnly(RuntimeError):
+    """SQLite refuses to write a file that is writable now: this process must end for a new one."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(redact(str(exc).split("\n", 1)[0][:200]))
+
+
+def _read_only_no_more(store: Store, exc: DBAPIError) -> bool:
+    """SQLite says read-only, and the store's file is writable now."""
+    if not str(getattr(exc.orig, "sqlite_errorname", "")).startswith("SQLITE_READONLY"):
+        return False
+    path = store.engine.url.database
+    return bool(path) and os.path.isfile(path) and os.access(path, os.W_OK)
 
 
 def _transient(exc: DBAPIError) -> bool:
@@ -456,10 +483,14 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         rules=WriterRules.from_json(spec["rules"]),
         on_store_error=lambda why: send_frame(stdout, json.dumps({"store_error": why}).encode()),
     )
+    writer.reopen_in_new_process = True
     send_frame(stdout, b'{"ready": true}')
     while (body := receive_frame(stdin)) is not None:
         try:
             outcome = writer.write(_decode_batch(body))
+        except StaleReadOnly as exc:  # the parent starts another writer, which writes the batch again
+            log.warning("the store is writable again, but not to this process (%s); exiting for a new one", exc)
+            return 75  # EX_TEMPFAIL
         except Exception as exc:  # a bug in one batch must not end the writer
             log.exception("batch failed")
             send_frame(stdout, json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]}).encode())

@@ -11,7 +11,18 @@ import typer
 
 from s4edge.cli import LazyGroup, Listed, declared_help
 
-BENCHMARKS: tuple[str, ...] = ("ingest", "latency", "ng112", "outbox", "replicas", "sensing", "soak", "vision")
+BENCHMARKS: tuple[str, ...] = (
+    "console",
+    "incidents",
+    "ingest",
+    "latency",
+    "ng112",
+    "outbox",
+    "replicas",
+    "sensing",
+    "soak",
+    "vision",
+)
 # a benchmark module's docstring opens with ``s4edge bench NAME``: then says what it measures
 _LEAD = re.compile(r"^``[^`]*``:\s*")
 

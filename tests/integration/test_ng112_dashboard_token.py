@@ -38,7 +38,6 @@ def test_the_panel_asks_for_the_token_once_and_confirms(
     browser: Any,
     tmp_path: Path,
 ) -> None:
-    from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
 
     config = AggregatorConfig(
@@ -58,23 +57,25 @@ def test_the_panel_asks_for_the_token_once_and_confirms(
             (forward_id,) = forwarder.submit(gas)
             assert httpx.post(f"{aggregator.url}/ng112/forwards/{forward_id}/confirm").status_code == 401
 
+            summary = httpx.get(f"{aggregator.url}/ng112/summary").json()
+            assert (summary["awaiting_confirm"], summary["in_flight"], summary["delivered"]) == (1, 0, 0)
+            assert summary["live"][0]["headline"] == "Flammable gas at plaza/n1"  # no title: one from its kind
+
             browser.get(aggregator.url + "/")
-            row = wait_until(
-                lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-forward="{forward_id}"] button'),
-                what="the confirm button",
+            confirm = f'#ng112 tr[data-forward="{forward_id}"] button.confirm'
+            button = wait_until(
+                lambda: browser.find_elements(By.CSS_SELECTOR, confirm),
+                what="the confirm button at the top of the page",
             )[0]
-            assert row.text == "confirm"
-            row.click()
-
-            def prompt() -> Any:
-                try:
-                    return browser.switch_to.alert
-                except NoAlertPresentException:
-                    return None
-
-            asked = wait_until(prompt, what="the token prompt")
-            asked.send_keys(TOKEN)
-            asked.accept()
+            assert button.text == "confirm call"
+            assert "1 awaiting confirmation" in browser.find_element(By.CSS_SELECTOR, "#ng112 .counters").text
+            button.click()
+            wait_until(
+                lambda: browser.find_element(By.ID, "token-dialog").get_attribute("open") is not None,
+                what="the token dialog",
+            )
+            browser.find_element(By.ID, "token-input").send_keys(TOKEN)
+            browser.find_element(By.ID, "token-ok").click()
             done = forwarder.wait_for(("delivered", "failed"), 10, forward_id=forward_id)
             assert done is not None and (done["state"], done["decided_by"]) == ("delivered", "operator")
             kept = browser.execute_script("return sessionStorage.getItem('s4edge-operator-token')")

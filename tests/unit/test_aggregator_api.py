@@ -165,5 +165,5 @@ def test_the_right_token_lets_the_operator_act(store: Store, published: list[tup
 
 
 def test_the_dashboard_asks_for_the_token_when_told_401(client: TestClient) -> None:
-    script = client.get("/app.js").text
+    script = client.get("/util.js").text  # the console's modules share its authorisedFetch
     assert "status === 401" in script and "sessionStorage" in script and "Bearer" in script

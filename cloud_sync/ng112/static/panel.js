@@ -1,70 +1,120 @@
-// NG112 panel for the s4edge dashboard: emergency calls, their outcome, and confirm/dismiss.
-// Served by the ng112 router at /ng112/panel.js; adds its own section, needs nothing else.
+// NG112 panel for the s4edge console: calls in flight, delivered, failed and waiting for an
+// operator, at the top of the page; confirm or cancel a call where the site's policy asks.
+// Served by the ng112 router at /ng112/panel.js; fills the page's #ng112 section (or adds one).
 "use strict";
 
 (() => {
-  const STATES_OPEN = new Set(["awaiting_confirm", "pending", "sending", "retrying"]);
+  const LABELS = { awaiting_confirm: "awaiting confirmation", pending: "queued", sending: "calling",
+    retrying: "retrying", delivered: "delivered", failed: "failed", dismissed: "cancelled",
+    unconfirmed: "unconfirmed", skipped: "not sent" };
 
-  function cell(text) {
-    const td = document.createElement("td");
-    td.textContent = text ?? "";
-    return td;
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null) continue;
+      if (key === "class") node.className = value;
+      else if (key.startsWith("data-")) node.setAttribute(key, value);
+      else node[key] = value;
+    }
+    for (const child of children) if (child !== null && child !== undefined) node.append(child);
+    return node;
   }
 
   function section() {
-    const found = document.getElementById("ng112");
-    if (found) return found.querySelector("tbody");
-    const wrap = document.createElement("section");
-    wrap.id = "ng112";
-    wrap.innerHTML =
-      "<h2>Emergency calls (NG112)</h2><table><thead><tr><th>created</th><th>incident</th><th>kind</th>" +
-      "<th>severity</th><th>CAP status</th><th>message</th><th>state</th><th>answer</th><th>AlertMsg-Error</th>" +
-      "<th>latency</th><th>attempts</th><th></th></tr></thead><tbody></tbody></table>";
-    (document.querySelector("main") || document.body).append(wrap);
-    return wrap.querySelector("tbody");
+    let wrap = document.getElementById("ng112");
+    if (!wrap) {
+      wrap = el("section", { id: "ng112", class: "ng112" });
+      (document.querySelector("main") || document.body).before(wrap);
+    }
+    wrap.hidden = false;
+    return wrap;
   }
 
-  async function decide(id, verb) {
-    const send = window.s4edgeFetch || fetch;  // the dashboard's, which adds the operator token
+  const time = (iso) => (iso ? new Date(iso).toLocaleTimeString(undefined, { hour12: false }) : "");
+
+  function left(iso) {
+    if (!iso) return "";
+    const s = Math.round((new Date(iso).getTime() - Date.now()) / 1000);
+    return s > 0 ? `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")} left` : "due";
+  }
+
+  async function decide(id, verb, button) {
+    button.disabled = true;
+    const send = window.s4edgeFetch || fetch;  // the console's, which asks for the operator token
     const response = await send(`/ng112/forwards/${encodeURIComponent(id)}/${verb}`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ by: "operator" }),
     });
-    if (!response.ok) console.warn(`ng112 ${verb}: HTTP ${response.status}`);
-    load();
+    if (!response.ok) {
+      button.disabled = false;
+      console.warn(`ng112 ${verb}: HTTP ${response.status}`);
+    }
+    soon();
   }
 
   function row(f) {
-    const tr = document.createElement("tr");
-    tr.dataset.forward = f.id;
-    tr.className = STATES_OPEN.has(f.state) ? "ng112-open" : `ng112-${f.state}`;
-    const answer = f.code ? `${f.code}` : (f.reason || "");
-    tr.append(
-      cell(f.created_at ? new Date(f.created_at).toLocaleString(undefined, { hour12: false }) : ""),
-      cell(f.incident), cell(f.kind), cell(f.severity), cell(f.status), cell(f.msg_type || ""),
-      cell(f.state), cell(answer), cell(f.alertmsg_error || ""),
-      cell(f.latency_ms != null ? `${f.latency_ms.toFixed(1)} ms` : ""), cell(String(f.attempts)),
-    );
-    const actions = document.createElement("td");
+    const actions = el("td", {});
     if (f.state === "awaiting_confirm") {
-      for (const verb of ["confirm", "dismiss"]) {
-        const button = document.createElement("button");
-        button.type = "button";
-        button.textContent = verb;
-        button.addEventListener("click", () => { button.disabled = true; decide(f.id, verb); });
-        actions.append(button);
-      }
+      const confirm = el("button", { type: "button", class: "confirm" }, "confirm call");
+      const cancel = el("button", { type: "button", class: "cancel danger" }, "cancel call");
+      confirm.addEventListener("click", () => decide(f.id, "confirm", confirm));
+      cancel.addEventListener("click", () => decide(f.id, "dismiss", cancel));
+      actions.append(confirm, " ", cancel);
     }
-    tr.append(actions);
-    return tr;
+    const answer = f.code ? `${f.code}${f.reason ? ` ${f.reason}` : ""}` : (f.reason || "");
+    return el("tr", { "data-forward": f.id, class: f.state === "awaiting_confirm" ? "awaiting" : "" },
+      el("td", {}, time(f.created_at)),
+      el("td", {}, el("span", { class: `sev sev-${f.severity}` }, f.severity)),
+      el("td", {}, f.headline || f.kind, f.status !== "Actual" ? el("span", { class: "drill" }, f.status) : null),
+      el("td", {}, `${f.site}/${f.node_id}`),
+      el("td", {}, f.msg_type || ""),
+      el("td", {}, el("span", { class: `call call-${f.state}` }, LABELS[f.state] || f.state)),
+      el("td", { class: "dim" }, f.state === "awaiting_confirm" ? left(f.confirm_by) : answer),
+      el("td", { class: "dim" }, f.alertmsg_error || ""),
+      el("td", { class: "num" }, String(f.attempts)),
+      actions);
+  }
+
+  function table(rows) {
+    return el("table", {},
+      el("thead", {}, el("tr", {}, ...["created", "severity", "what", "node", "CAP", "call", "answer / time",
+        "AlertMsg-Error", "tries", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...rows.map(row)));
+  }
+
+  function counter(n, label, kind) {
+    return el("span", { class: `counter${n && kind ? ` ${kind}` : ""}`, "data-count": label },
+      el("b", {}, String(n)), ` ${label}`);
   }
 
   let pending = null;
+  let allOpen = false;
   async function load() {
     pending = null;
-    const response = await fetch("/ng112/forwards?limit=100");
+    const response = await fetch("/ng112/summary");
     if (!response.ok) return;  // NG112 forwarding is not attached to this aggregator
-    const body = await response.json();
-    section().replaceChildren(...body.forwards.map(row));
+    const s = await response.json();
+    const live = [...s.live].sort((a, b) => (a.state === "awaiting_confirm" ? 0 : 1) - (b.state === "awaiting_confirm" ? 0 : 1));
+    const all = el("details", { open: allOpen }, el("summary", {}, "every call"), el("div", { class: "dim" }, "loading…"));
+    all.addEventListener("toggle", async () => {
+      allOpen = all.open;
+      if (!all.open) return;
+      const body = await (await fetch("/ng112/forwards?limit=100")).json();
+      all.lastChild.replaceWith(table(body.forwards));
+    });
+    section().replaceChildren(...[
+      el("div", { class: "counters" },
+        el("b", {}, "Emergency calls (NG112)"),
+        counter(s.awaiting_confirm, "awaiting confirmation", "hot"),
+        counter(s.in_flight, "in flight", ""),
+        counter(s.delivered, "delivered", ""),
+        counter(s.failed, "failed", "bad")),
+      live.length ? table(live) : el("div", { class: "dim" }, "no call in flight or waiting"),
+      s.recent_failed.length
+        ? el("details", {}, el("summary", {}, `latest failed (${s.recent_failed.length})`), table(s.recent_failed))
+        : null,
+      all,
+    ].filter(Boolean));
+    if (allOpen) all.dispatchEvent(new Event("toggle"));
   }
 
   function soon() {
@@ -72,6 +122,7 @@
   }
 
   load();
-  const stream = new EventSource("/api/stream");
-  stream.addEventListener("ng112", soon);
+  setInterval(soon, 15000);  // the countdowns, and calls whose state changed in another replica
+  if (window.s4edge && window.s4edge.on) window.s4edge.on("ng112", soon);
+  else new EventSource("/api/stream").addEventListener("ng112", soon);
 })();

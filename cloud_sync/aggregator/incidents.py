@@ -1,0 +1,257 @@
+"""Incidents, the console's unit: the alerts that share an incident id, rolled up on read.
+
+Nothing is stored twice: the list is a GROUP BY over ``alerts`` (its ``ix_alerts_incident_rollup``
+index covers it, so it is one index scan), ordered open first, then by last seen, and paged
+with a cursor. The records of a page are built from that page's alerts alone. An incident's
+acknowledgement is a row of ``incident_acks``; NG112's calls are read from its ``forwards``
+table when NG112 forwarding put that table on the store's metadata (the aggregator never
+imports NG112: docs/architecture.md, "Import rules").
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, case, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from s4edge.cloud_sync.aggregator.store import alerts, incident_acks, metadata
+from s4edge.cloud_sync.aggregator.views import alert_dict, fallback_title, utc
+from s4edge.cloud_sync.messages import SEVERITIES
+
+RANK = {severity: rank for rank, severity in enumerate(SEVERITIES, start=1)}
+STATES = ("open", "ended")
+MAX_IDS = 200  # incidents asked for by id at once (the page's live refresh)
+_RANK_SQL = case(RANK, value=alerts.c.severity, else_=0)
+# NG112 call states, most pressing first: the one an incident shows
+CALL_ORDER = (
+    "awaiting_confirm", "failed", "retrying", "sending", "pending", "unconfirmed", "delivered", "dismissed", "skipped",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class IncidentQuery:
+    state: str | None = None  # open | ended
+    severity: str | None = None  # at least this, at its peak
+    kind: str | None = None
+    site: str | None = None
+    node: str | None = None
+    since: datetime | None = None  # seen at or after (last seen ≥ since)
+    until: datetime | None = None  # begun at or before (first seen ≤ until)
+    ids: Sequence[str] = field(default_factory=tuple)
+    limit: int = 50
+    cursor: str | None = None
+
+
+def encode_cursor(ended: int, last_seen: datetime, incident: str) -> str:
+    raw = json.dumps([ended, utc(last_seen).isoformat(), incident], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, datetime, str]:
+    """Raises ValueError on a cursor we did not issue."""
+    try:
+        ended, last_seen, incident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return int(ended), utc(datetime.fromisoformat(last_seen)), str(incident)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
+
+
+def list_incidents(engine: Engine, query: IncidentQuery) -> dict[str, Any]:
+    """One page: ``incidents``, ``next_cursor``, and on the first page the ``total`` and ``open``
+    counts of every incident the filters let through."""
+    if query.state is not None and query.state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}")
+    if query.severity is not None and query.severity not in RANK:
+        raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
+    # Ended when its last message is an end: a re-trigger within the node's cooldown continues
+    # an ended incident with an update (edge/alerts.py), which opens it again.
+    ended = case((func.max(case((alerts.c.state == "end", alerts.c.ts))) == func.max(alerts.c.ts), 1), else_=0)
+    grouped = select(
+        alerts.c.incident.label("incident"),
+        func.min(alerts.c.ts).label("first_seen"),
+        func.max(alerts.c.ts).label("last_seen"),
+        ended.label("ended"),
+    ).group_by(alerts.c.incident)
+    for column, value in ((alerts.c.site, query.site), (alerts.c.node_id, query.node), (alerts.c.kind, query.kind)):
+        if value is not None:
+            grouped = grouped.where(column == value)
+    if query.ids:
+        grouped = grouped.where(alerts.c.incident.in_(list(query.ids)[:MAX_IDS]))
+    if query.state is not None:
+        grouped = grouped.having(ended == (1 if query.state == "ended" else 0))
+    if query.severity is not None:
+        grouped = grouped.having(func.max(_RANK_SQL) >= RANK[query.severity])
+    if query.since is not None:
+        grouped = grouped.having(func.max(alerts.c.ts) >= utc(query.since))
+    if query.until is not None:
+        grouped = grouped.having(func.min(alerts.c.ts) <= utc(query.until))
+    g = grouped.subquery("g")
+    columns = [g.c.incident, g.c.last_seen, g.c.ended]
+    first_page = query.cursor is None
+    if first_page:  # counted before the LIMIT: every incident that matches
+        columns += [func.count().over().label("total"), func.sum(1 - g.c.ended).over().label("open")]
+    page = select(*columns)
+    if query.cursor:
+        c_ended, c_last, c_incident = decode_cursor(query.cursor)
+        page = page.where(
+            or_(
+                g.c.ended > c_ended,
+                and_(
+                    g.c.ended == c_ended,
+                    or_(g.c.last_seen < c_last, and_(g.c.last_seen == c_last, g.c.incident < c_incident)),
+                ),
+            )
+        )
+    page = page.order_by(g.c.ended, g.c.last_seen.desc(), g.c.incident.desc()).limit(query.limit + 1)
+    with engine.connect() as conn:
+        rows = conn.execute(page).all()
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        records = incident_records(conn, [r.incident for r in rows])
+    body: dict[str, Any] = {"incidents": records, "next_cursor": None}
+    if more:
+        last = rows[-1]
+        body["next_cursor"] = encode_cursor(int(last.ended), last.last_seen, last.incident)
+    if first_page:
+        body["total"] = int(rows[0].total) if rows else 0
+        body["open"] = int(rows[0].open or 0) if rows else 0
+    return body
+
+
+_LIST_COLUMNS = (
+    alerts.c.id, alerts.c.incident, alerts.c.ts, alerts.c.state, alerts.c.severity, alerts.c.kind, alerts.c.site,
+    alerts.c.node_id, alerts.c.zone, alerts.c.lat, alerts.c.lon, alerts.c.status, alerts.c.title,
+)  # fmt: skip
+
+
+def incident_records(conn: Connection, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The records of these incidents, in this order (unknown ids are left out)."""
+    if not ids:
+        return []
+    stmt = select(*_LIST_COLUMNS).where(alerts.c.incident.in_(ids)).order_by(alerts.c.ts, alerts.c.id)
+    by_incident: dict[str, list[Any]] = {}
+    for row in conn.execute(stmt):
+        by_incident.setdefault(row.incident, []).append(row)
+    acks = {
+        row.incident: row
+        for row in conn.execute(select(incident_acks).where(incident_acks.c.incident.in_(list(by_incident))))
+    }
+    calls = ng112_calls(conn, list(by_incident))
+    return [_record(by_incident[i], acks.get(i), calls.get(i)) for i in ids if i in by_incident]
+
+
+def _record(rows: list[Any], ack: Any, calls: dict[str, Any] | None) -> dict[str, Any]:
+    first, last = rows[0], rows[-1]
+    titled = [r.title for r in rows if r.title]
+    peak = max((r.severity for r in rows), key=lambda s: RANK.get(s, 0))
+    title = titled[-1] if titled else fallback_title(first.kind, last.zone, first.site, first.node_id)
+    acked_severity = ack.acked_severity if ack is not None else None
+    return {
+        "incident": first.incident,
+        "site": first.site,
+        "node_id": first.node_id,
+        "kind": first.kind,
+        "zone": last.zone,
+        "lat": last.lat,
+        "lon": last.lon,
+        "status": last.status,  # CAP status: Actual, Exercise, Test
+        "state": "ended" if last.state == "end" else "open",
+        "first_seen": utc(first.ts).isoformat(),
+        "last_seen": utc(last.ts).isoformat(),
+        "severity": last.severity,
+        "peak_severity": peak,
+        "title": title,
+        "title_from_node": bool(titled),
+        "alerts": len(rows),
+        "updates": sum(1 for r in rows if r.state == "update"),
+        "alert_ids": [r.id for r in rows],
+        "acked_at": utc(ack.acked_at).isoformat() if ack is not None else None,
+        "acked_by": ack.acked_by if ack is not None else None,
+        # acknowledged, then it grew worse: the operator has not seen what it is now
+        "escalated_since_ack": bool(acked_severity and RANK.get(peak, 0) > RANK.get(acked_severity, 0)),
+        "ng112": calls,
+    }
+
+
+def ng112_calls(conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Per incident, its NG112 calls by state and the most pressing one; empty without NG112."""
+    forwards = metadata.tables.get("forwards")
+    ids = list(ids)
+    if forwards is None or not ids:
+        return {}
+    stmt = (
+        select(forwards.c.incident, forwards.c.state, func.count().label("n"))
+        .where(forwards.c.incident.in_(ids))
+        .group_by(forwards.c.incident, forwards.c.state)
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(stmt):
+        entry = out.setdefault(row.incident, {"state": None, "calls": {}})
+        entry["calls"][row.state] = int(row.n)
+    for entry in out.values():
+        entry["state"] = min(entry["calls"], key=lambda s: CALL_ORDER.index(s) if s in CALL_ORDER else len(CALL_ORDER))
+    return out
+
+
+def incident(engine: Engine, incident_id: str) -> dict[str, Any] | None:
+    """The record with its ``timeline``: every alert, oldest first, measurements included."""
+    with engine.connect() as conn:
+        records = incident_records(conn, [incident_id])
+        if not records:
+            return None
+        stmt = select(alerts).where(alerts.c.incident == incident_id).order_by(alerts.c.ts, alerts.c.id)
+        timeline = [alert_dict(row) for row in conn.execute(stmt).mappings()]
+    return {**records[0], "timeline": timeline}
+
+
+def ack_incident(engine: Engine, incident_id: str, by: str, now: datetime) -> dict[str, Any] | None:
+    """Acknowledge the incident, and each of its alerts not acknowledged yet. A second ack keeps
+    the first operator and time. None for an unknown incident."""
+    with engine.begin() as conn:
+        severities = conn.execute(select(alerts.c.severity).where(alerts.c.incident == incident_id)).scalars().all()
+        if not severities:
+            return None
+        peak = max(severities, key=lambda s: RANK.get(s, 0))
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        conn.execute(
+            dialect.insert(incident_acks)
+            .values(incident=incident_id, acked_at=now, acked_by=by, acked_severity=peak)
+            .on_conflict_do_nothing(index_elements=["incident"])
+        )
+        conn.execute(
+            update(alerts)
+            .where(alerts.c.incident == incident_id, alerts.c.acked_at.is_(None))
+            .values(acked_at=now, acked_by=by)
+        )
+        ack = conn.execute(select(incident_acks).where(incident_acks.c.incident == incident_id)).one()
+        ids = conn.execute(select(alerts.c.id).where(alerts.c.incident == incident_id)).scalars().all()
+    return {
+        "incident": incident_id,
+        "acked_at": utc(ack.acked_at).isoformat(),
+        "acked_by": ack.acked_by,
+        "acked_severity": ack.acked_severity,
+        "alert_ids": list(ids),
+    }
+
+
+def node_positions(engine: Engine) -> dict[tuple[str, str], dict[str, Any]]:
+    """Where each node is: the location its latest alert carried (the only messages that carry one)."""
+    latest = (
+        select(alerts.c.site, alerts.c.node_id, func.max(alerts.c.ts).label("ts"))
+        .group_by(alerts.c.site, alerts.c.node_id)
+        .subquery("latest")
+    )
+    stmt = select(alerts.c.site, alerts.c.node_id, alerts.c.lat, alerts.c.lon, alerts.c.zone).join(
+        latest,
+        and_(alerts.c.site == latest.c.site, alerts.c.node_id == latest.c.node_id, alerts.c.ts == latest.c.ts),
+    )
+    with engine.connect() as conn:
+        return {
+            (row.site, row.node_id): {"lat": row.lat, "lon": row.lon, "zone": row.zone} for row in conn.execute(stmt)
+        }
