@@ -21,7 +21,7 @@ from s4edge.drivers.frames import BufferPool
 from s4edge.edge.vision.backends import Backend, BackendOptions, load_backend
 from s4edge.edge.vision.catalogue import Catalogue
 from s4edge.edge.vision.decoders import Candidates, DecodeContext, bind
-from s4edge.edge.vision.manifest import ManifestError, ModelEntry
+from s4edge.edge.vision.manifest import InputSpec, ManifestError, ModelEntry
 from s4edge.edge.vision.nms import nms
 from s4edge.edge.vision.types import Detection
 
@@ -56,6 +56,19 @@ class Geometry:
         return frame_boxes
 
 
+class _InputPlan:
+    """An input spec's constants for preprocessing: the tensor's shape, scale, mean and std,
+    and the geometry of each frame size met so far."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.shape = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
+        self.scale = np.float32(spec.scale)
+        self.mean = np.asarray(spec.mean, np.float32)
+        self.std = np.asarray(spec.std, np.float32)
+        self.geometries: dict[tuple[int, int], Geometry] = {}
+
+
 class Detector:
     def __init__(
         self,
@@ -79,15 +92,9 @@ class Detector:
             raise ManifestError(source, exc.field, exc.problem) from exc
         self._context = DecodeContext(manifest.input.width, manifest.input.height, self.score_threshold)
         self._check_decoder(source)
-        spec = manifest.input
-        layout = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
-        self._tensor_shape = layout
         self._tensors = BufferPool(keep=4)  # being prepared, waiting, in inference, spare
         self._scratch = threading.local()  # per thread: the resized frame and its planes
-        self._geometries: dict[tuple[int, int], Geometry] = {}
-        self._scale = np.float32(spec.scale)
-        self._mean = np.asarray(spec.mean, np.float32)
-        self._std = np.asarray(spec.std, np.float32)
+        self._input: _InputPlan | None = None
 
     @classmethod
     def from_catalogue(
@@ -124,35 +131,42 @@ class Detector:
         (``resize(frame).astype(float32) * scale``, transposed), so the same tensor.
         """
         spec = self.manifest.input
+        plan = self._plan(spec)
         frame = _as_bgr(frame_bgr)
         height, width = frame.shape[:2]
-        geometry = self._geometries.get((height, width)) or self._geometry(height, width)
+        geometry = plan.geometries.get((height, width)) or self._geometry(height, width)
         canvas = self._canvas(frame, geometry)
-        tensor = self._tensors.take(self._tensor_shape, np.float32)
+        tensor = self._tensors.take(plan.shape, np.float32)
         if spec.layout == "NHWC":
             rgb = (
                 cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB, dst=self._buffer("rgb", canvas.shape))
                 if spec.colour == "RGB"
                 else canvas
             )
-            np.multiply(rgb, self._scale, out=tensor[0], dtype=np.float32)
-            if self._mean.any():
-                np.subtract(tensor, self._mean, out=tensor)
-            if (self._std != 1).any():
-                np.divide(tensor, self._std, out=tensor)
+            np.multiply(rgb, plan.scale, out=tensor[0], dtype=np.float32)
+            if plan.mean.any():
+                np.subtract(tensor, plan.mean, out=tensor)
+            if (plan.std != 1).any():
+                np.divide(tensor, plan.std, out=tensor)
             return tensor, geometry
         planes = self._buffer("planes", (3, geometry.input_height, geometry.input_width))
         # cv2.split writes frame channel k (B, G, R) into the k-th array it is given
         order = [planes[2], planes[1], planes[0]] if spec.colour == "RGB" else [planes[0], planes[1], planes[2]]
         cv2.split(canvas, order)
-        np.multiply(planes, self._scale, out=tensor[0], dtype=np.float32)
+        np.multiply(planes, plan.scale, out=tensor[0], dtype=np.float32)
         for channel in range(3):
             plane = tensor[0, channel]
-            if self._mean[channel]:
-                np.subtract(plane, self._mean[channel], out=plane)
-            if self._std[channel] != 1:
-                np.divide(plane, self._std[channel], out=plane)
+            if plan.mean[channel]:
+                np.subtract(plane, plan.mean[channel], out=plane)
+            if plan.std[channel] != 1:
+                np.divide(plane, plan.std[channel], out=plane)
         return tensor, geometry
+
+    def _plan(self, spec: InputSpec) -> _InputPlan:
+        """What the input spec asks of every frame, worked out once per spec."""
+        if self._input is None or self._input.spec is not spec:
+            self._input = _InputPlan(spec)
+        return self._input
 
     def _geometry(self, height: int, width: int) -> Geometry:
         """How a frame of this size fits the input; worked out once per frame size."""
@@ -165,7 +179,7 @@ class Detector:
             geometry = Geometry(width, height, new_w / width, new_h / height, pad_x, pad_y, in_w, in_h)
         else:
             geometry = Geometry(width, height, in_w / width, in_h / height, 0.0, 0.0, in_w, in_h)
-        self._geometries[(height, width)] = geometry
+        self._plan(spec).geometries[(height, width)] = geometry
         return geometry
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
