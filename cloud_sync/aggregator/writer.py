@@ -321,7 +321,7 @@ class StaleReadOnly(RuntimeError):
     """SQLite refuses to write a file that is writable now: this process must end for a new one."""
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException | None) -> str:
     return str(redact(str(exc).split("\n", 1)[0][:200]))
 
 
@@ -330,7 +330,7 @@ def _read_only_no_more(store: Store, exc: DBAPIError) -> bool:
     if not str(getattr(exc.orig, "sqlite_errorname", "")).startswith("SQLITE_READONLY"):
         return False
     path = store.engine.url.database
-    return bool(path) and os.path.isfile(path) and os.access(path, os.W_OK)
+    return path is not None and os.path.isfile(path) and os.access(path, os.W_OK)
 
 
 def _transient(exc: DBAPIError) -> bool:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from s4edge.edge.vision.assignment import linear_sum_assignment  # scipy.optimize would cost the node 37 MB
 
+from s4edge.edge.vision.assignment import linear_sum_assignment  # scipy.optimize would cost the node 37 MB
 from s4edge.edge.vision.types import Detection
 
 Box = tuple[float, float, float, float]
