@@ -7,6 +7,13 @@ CONFLICT (id) DO NOTHING RETURNING id, compiled once per dialect and schema map 
 and the batch goes to the driver as one ``exec_driver_sql`` with parameters built
 straight from the validated models. RETURNING names exactly the rows this statement
 inserted, so the new ids stay right when replicas insert the same alert at once.
+
+On PostgreSQL the rows go as one array per column, in binary (``INSERT … SELECT … FROM
+unnest(%b, …)``): 21 parameters whatever the batch, a statement psycopg converts once and
+caches. A VALUES list of 500 rows has 10,500 placeholders, which psycopg parsed again for
+every batch (too long for its cache), and text arrays cost it a regular expression per
+element. The writer's CPU per alert, validation included (500-alert batches): 113 µs with
+the VALUES list, 24 µs with binary arrays.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ _ROW = (
 )  # fmt: skip
 _DATETIMES = ("ts", "received_at", "acked_at")  # acked_at is always NULL here
 _NATIVE = ("lat", "lon", "measurements", "detection", "model")  # floats by the model; JSON serialised by us
+_JSON = ("measurements", "detection", "model")  # JSON text: unnested as text, then cast to the column's type
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class _Statement:
     named: bool
     max_rows: int
     convert: Callable[[Any], Any] | None  # the dialect's DateTime bind processor (SQLite: to text)
+    unnest: str | None = None  # PostgreSQL: the whole batch as one array per column, in ``order``
 
     def sql(self, count: int) -> str:
         if not self.named:
@@ -72,6 +81,10 @@ class AlertRows:
         statement = self._statement(conn)
         if statement is None:
             return self.store.insert_alerts(conn, batch)
+        if statement.unnest is not None:
+            rows = [self._values(statement, alert, at) for alert, at in batch]
+            columns = tuple(list(column) for column in zip(*rows, strict=True))
+            return {r[0] for r in conn.exec_driver_sql(statement.unnest, columns)}
         new_ids: set[str] = set()
         for start in range(0, len(batch), statement.max_rows):
             chunk = batch[start : start + statement.max_rows]
@@ -139,6 +152,15 @@ def _compile(conn: Connection, translate: dict[str | None, str | None] | None) -
     if set(processors) - set(_DATETIMES) or not same_type:
         return None  # a type that needs a conversion we do not make: let SQLAlchemy do it
     max_rows = max(1, min(dialect.insertmanyvalues_page_size, dialect.insertmanyvalues_max_parameters // len(order)))
+    unnest = None
+    if dialect.name == "postgresql" and dialect.paramstyle == "pyformat":
+        types = {name: alerts.c[name].type.compile(dialect=dialect) for name in order}
+        quoted = {name: dialect.identifier_preparer.quote(name) for name in order}
+        arrays = ", ".join(f"%b::{'TEXT' if name in _JSON else types[name]}[]" for name in order)
+        picked = ", ".join(f"t.{quoted[n]}::{types[n]}" if n in _JSON else f"t.{quoted[n]}" for n in order)
+        columns = ", ".join(quoted[name] for name in order)
+        # names and types from the table's own definition, values only as parameters
+        unnest = f"{head} SELECT {picked} FROM unnest({arrays}) AS t({columns}) ON CONFLICT {tail}"  # noqa: S608
     return _Statement(
         head=f"{head}{values_kw}",
         row=row,
@@ -148,4 +170,5 @@ def _compile(conn: Connection, translate: dict[str | None, str | None] | None) -
         named=named,
         max_rows=max_rows,
         convert=processors.get("ts"),
+        unnest=unnest,
     )

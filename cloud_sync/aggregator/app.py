@@ -23,10 +23,13 @@ from s4edge.cloud_sync.aggregator.api import build_api, mount_dashboard
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig
 from s4edge.cloud_sync.aggregator.broker_log import BrokerLogWatch
 from s4edge.cloud_sync.aggregator.commands import CommandDesk, CommandSigner
+from s4edge.cloud_sync.aggregator.console_api import ConsoleSettings
 from s4edge.cloud_sync.aggregator.events import EventBus
 from s4edge.cloud_sync.aggregator.ingest import Ingest, relax_gc
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
+from s4edge.cloud_sync.aggregator.trends import DEFAULT_RETENTION_S, Retention
+from s4edge.cloud_sync.aggregator.workers import IngestWorkers, WorkersError, WorkerSpec, default_group
 from s4edge.cloud_sync.aggregator.writer import StoreSpec, WriterRules
 
 log = logging.getLogger("s4edge.aggregator")
@@ -54,6 +57,10 @@ class AggregatorConfig:
     broker_log: str | Path | None = None  # mosquitto's log file: refused connections become a metric
     operator_token: str | None = None  # when set, the API's POSTs need Authorization: Bearer <token>
     max_clock_skew_s: float = 300.0  # a message dated further ahead of our clock is refused and counted
+    tiles_url: str | None = None  # the console map's XYZ tiles; None: a plain background, nothing fetched
+    tiles_attribution: str = ""  # the tile server's credit line, shown on the map
+    telemetry_retention_s: float = DEFAULT_RETENTION_S  # how long the trends' buckets are kept
+    workers: int = 1  # > 1: that many ingest processes in one $share group (workers.py); the API stays here
 
     @property
     def session_id(self) -> str:
@@ -68,22 +75,7 @@ class Aggregator:
         self.store = Store(make_engine(config.db_url, config.db_schema, config.sqlite_sync), clock=clock)
         self.events = EventBus()
         self.metrics = IngestMetrics(nodes_online=self.store.count_online)
-        self.ingest = Ingest(
-            config.broker,
-            self.store,
-            self.metrics,
-            client_id=config.session_id,
-            group=config.group,
-            session_expiry_s=config.session_expiry_s,
-            batch_max=config.batch_max,
-            protocol=config.protocol,
-            events=self.events,
-            clock=clock,
-            writer_process=StoreSpec(config.db_url, config.db_schema, config.sqlite_sync)
-            if config.writer == "process"
-            else None,
-            rules=WriterRules(max_skew_s=config.max_clock_skew_s),
-        )
+        self.ingest = self._ingest(config, clock)
         self.commands = CommandDesk(self.store, self.ingest.publish, config.issuer, signer)
         self.api = build_api(
             self.store,
@@ -96,7 +88,9 @@ class Aggregator:
             connected=lambda: self.ingest.connected,
             store_failure=lambda: self.ingest.store_failure,
             operator_token=config.operator_token,
+            console=ConsoleSettings(config.tiles_url, config.tiles_attribution, config.telemetry_retention_s),
         )
+        self.retention = Retention(self.store.engine, config.telemetry_retention_s, clock)
         self.broker_log = (
             BrokerLogWatch(config.broker_log, lambda reason: self.metrics.auth_failures.labels(reason).inc())
             if config.broker_log is not None
@@ -105,6 +99,33 @@ class Aggregator:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
+
+    def _ingest(self, config: AggregatorConfig, clock: Callable[[], datetime]) -> Ingest | IngestWorkers:
+        store = StoreSpec(config.db_url, config.db_schema, config.sqlite_sync)
+        rules = WriterRules(max_skew_s=config.max_clock_skew_s)
+        if config.workers > 1:
+            if config.protocol == "3.1.1":
+                raise WorkersError("workers share the fleet through MQTT 5 shared subscriptions: not with MQTT 3.1.1")
+            group = config.group or default_group(config.session_id)
+            spec = WorkerSpec(
+                config.broker, store, config.session_id, group, config.writer == "process",
+                config.session_expiry_s, config.batch_max, rules,
+            )  # fmt: skip
+            return IngestWorkers(spec, config.workers, self.metrics, self.events)
+        return Ingest(
+            config.broker,
+            self.store,
+            self.metrics,
+            client_id=config.session_id,
+            group=config.group,
+            session_expiry_s=config.session_expiry_s,
+            batch_max=config.batch_max,
+            protocol=config.protocol,
+            events=self.events,
+            clock=clock,
+            writer_process=store if config.writer == "process" else None,
+            rules=rules,
+        )
 
     def forward_jobs(self, kinds: frozenset[str], on_jobs: Callable[[], object] | None = None) -> None:
         """Store a forward job with each new alert of these kinds, in the commit that stores it,
@@ -134,6 +155,7 @@ class Aggregator:
         try:
             self.ingest.start(timeout)
             self._serve(timeout)
+            self.retention.start()
             relax_gc()
         except BaseException:
             self.stop()
@@ -145,7 +167,10 @@ class Aggregator:
         if not any(getattr(route, "name", "") == "dashboard" for route in self.api.routes):
             mount_dashboard(self.api)
         family = socket.AF_INET6 if ":" in self.config.http_host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+        # and without it a kept-alive connection (a browser's) waits out the client's delayed ACK
+        # (40 ms on Linux) before each response's body (RFC 1122 §4.2.3.2, RFC 896).
+        self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((self.config.http_host, self.config.http_port))
         server = uvicorn.Server(
@@ -164,6 +189,7 @@ class Aggregator:
 
     def stop(self) -> None:
         self.events.close()  # ends open SSE streams, so that the server can shut down
+        self.retention.stop()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

@@ -52,16 +52,23 @@ def _operator_token(token: str, token_file: Path | None) -> str | None:
 
 @aggregator_app.command("run")
 def run(
-    broker: str = typer.Option(..., "--broker", help="mqtt://host:port or mqtts://host:port"),
-    db: str = typer.Option("sqlite:///s4edge-aggregator.db", "--db", help="sqlite:///file or postgresql+psycopg://…"),
+    broker: str = typer.Option(
+        ..., "--broker", help="mqtt://HOST:PORT, mqtts://HOST:PORT, or over WebSocket ws:// or wss://HOST:PORT/PATH"
+    ),
+    db: str = typer.Option(
+        "sqlite:///s4edge-aggregator.db",
+        "--db",
+        help="sqlite:///relative/file.db, sqlite:////absolute/file.db, or postgresql://USER:PASSWORD@HOST:PORT/DB",
+    ),
     db_schema: str = typer.Option("", "--db-schema", help="PostgreSQL schema for the tables (default: public)"),
     sqlite_sync: str = typer.Option(
         "FULL", "--sqlite-sync", help="FULL: commits survive a power cut; NORMAL: faster, survive a process crash"
     ),
     writer: str = typer.Option(
-        "process",
+        "",
         "--writer",
-        help="Validate and commit in a child process (another core: `s4edge bench ingest`) or in a thread",
+        help="Validate and commit in a child process (another core: `s4edge bench ingest`) or in a thread. "
+        "Default: process for ingest in this process, thread in each of --workers (a core each)",
     ),
     http: str = typer.Option("127.0.0.1:8080", "--http", help="HOST:PORT for the API and dashboard"),
     group: str = typer.Option(
@@ -99,16 +106,39 @@ def run(
     broker_log: Path | None = typer.Option(
         None, "--broker-log", help="mosquitto's log file: count refused connections (s4edge_broker_auth_failures_total)"
     ),
+    tiles: str = typer.Option(
+        "",
+        "--tiles",
+        help="XYZ tile URL for the console's map, e.g. https://tiles.example/{z}/{x}/{y}.png; "
+        "none (the default): a plain background, and the page fetches nothing from outside",
+    ),
+    tiles_attribution: str = typer.Option("", "--tiles-attribution", help="The tile server's credit line"),
+    telemetry_retention_days: float = typer.Option(
+        7.0, "--telemetry-retention-days", min=0.01, help="Keep the sensor trends (1-minute buckets) this long"
+    ),
+    workers: int = typer.Option(
+        0,
+        "--workers",
+        min=0,
+        help="Ingest processes, each with its own MQTT client in one $share group (1: ingest in this process). "
+        "0 (the default): one per core with PostgreSQL, 2 with SQLite. On a broker that makes the username the "
+        'client id, give each its own: --username NAME-w{worker} (docs/architecture.md, "Ingest workers")',
+    ),
 ) -> None:
     """Run the aggregator until SIGINT/SIGTERM."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
     from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError
+    from s4edge.cloud_sync.aggregator.console_api import TileUrlError, check_tile_url
+    from s4edge.cloud_sync.aggregator.store_url import StoreUrlError, check_store_url, probe_store, store_problem
+    from s4edge.cloud_sync.aggregator.workers import default_workers, one_identity
     from s4edge.cloud_sync.ng112.policy import Ng112ConfigError, load_config
     from s4edge.cloud_sync.ng112.service import attach
 
     if log_format not in ("text", "json"):
         raise typer.BadParameter(f"{log_format!r}: text or json", param_hint="--log-format")
-    if writer not in ("process", "thread"):
+    if writer not in ("", "process", "thread"):
         raise typer.BadParameter(f"{writer!r}: process or thread", param_hint="--writer")
     if log_format == "json":
         logging.basicConfig(level=logging.INFO, handlers=[json_handler()], force=True)
@@ -116,11 +146,50 @@ def run(
     else:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        check_store_url(db, db_schema or None)
+    except StoreUrlError as exc:
+        typer.echo(f"error: --db {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        broker_config = BrokerConfig(
+            broker,
+            ca_file=ca_file or None,
+            cert_file=cert_file or None,
+            key_file=key_file or None,
+            username=username or None,
+            password=password or None,
+        )
+    except BrokerError as exc:
+        typer.echo(f"error: --broker: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
         ng112_config = load_config(ng112) if ng112 is not None else None
     except Ng112ConfigError as exc:
         typer.echo(f"error: --ng112: {exc}\n(check it with `s4edge ng112 check-config FILE`)", err=True)
         raise typer.Exit(2) from None
     host, port = _host_port(http)
+    try:
+        check_tile_url(tiles)
+    except TileUrlError as exc:
+        typer.echo(f"error: --tiles {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not workers:
+        workers = default_workers(db)
+        if workers > 1 and one_identity(broker_config):
+            typer.echo(
+                "note: one broker identity for every ingest worker would make them take each other's session "
+                "over on the fleet's broker: ingest runs in this process. For a worker per core, give each its "
+                "own (`s4edge fleet aggregator-credentials --workers N`, then --username NAME-w{worker}), "
+                "or --workers N where the broker keeps client ids apart from usernames",
+                err=True,
+            )
+            workers = 1
+    writer = writer or ("thread" if workers > 1 else "process")
+    if workers > 1 and protocol == "3.1.1":
+        typer.echo(
+            "error: --workers share the fleet through MQTT 5 shared subscriptions: not with --protocol 3.1.1", err=True
+        )
+        raise typer.Exit(2)
     token = _operator_token(operator_token, operator_token_file)
     if token is None and not _loopback(host):
         typer.echo(
@@ -129,14 +198,7 @@ def run(
             err=True,
         )
     config = AggregatorConfig(
-        broker=BrokerConfig(
-            broker,
-            ca_file=ca_file or None,
-            cert_file=cert_file or None,
-            key_file=key_file or None,
-            username=username or None,
-            password=password or None,
-        ),
+        broker=broker_config,
         db_url=db,
         db_schema=db_schema or None,
         sqlite_sync=sqlite_sync,
@@ -152,17 +214,27 @@ def run(
         command_key=command_key,
         broker_log=broker_log,
         operator_token=token,
+        tiles_url=tiles or None,
+        tiles_attribution=tiles_attribution,
+        telemetry_retention_s=telemetry_retention_days * 86400,
+        workers=workers,
     )
     forwarder = None
     try:
         aggregator = Aggregator(config)
+        # an unusable store is named before any message is taken; one read-only for now is not fatal
+        if (warning := probe_store(aggregator.store.engine, db)) is not None:
+            logging.getLogger("s4edge.aggregator").warning("%s", warning)
         if ng112_config is not None:
             forwarder = attach(aggregator, ng112_config)
         aggregator.start()
-    except (BrokerError, OSError, RuntimeError, ValueError) as exc:
+    except (StoreUrlError, SQLAlchemyError, ModuleNotFoundError, BrokerError, OSError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name != "psycopg":
+            raise  # s4edge.cli names the extra that installs it
         if forwarder is not None:
             forwarder.stop()
-        typer.echo(f"aggregator did not start: {exc}", err=True)
+        store = isinstance(exc, StoreUrlError | SQLAlchemyError | ModuleNotFoundError)
+        typer.echo(f"aggregator did not start: {f'--db {store_problem(db, exc)}' if store else exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"aggregator: {aggregator.url} (dashboard at /, API at /api, metrics at /metrics)", err=True)
     done = threading.Event()

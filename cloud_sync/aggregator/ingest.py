@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTProtocolVersion
@@ -35,6 +35,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError
 from s4edge.cloud_sync.aggregator.events import EventBus
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
+from s4edge.cloud_sync.aggregator.paho_tuning import ack_all, tune
 from s4edge.cloud_sync.aggregator.store import Store
 from s4edge.cloud_sync.aggregator.views import alert_record
 from s4edge.cloud_sync.aggregator.writer import (
@@ -56,6 +57,8 @@ LINGER_S = 0.02  # the most a burst's first message waits for the rest of its ba
 LINGER_QUIET_S = 0.002  # a batch stops gathering when nothing arrived for this long
 QOS0_BACKLOG = 20000  # heartbeats and telemetry held for the writer before new ones are shed
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5.0 §3.14.2.1: another connection took this client id's session
+SHORT_LIVED_S = 5.0  # a connection the broker closes this soon after it opened, and
+TAKEN_OVER_AFTER = 3  # this many of them in a row: another client is taking the session over
 
 
 def relax_gc(young: int = 10_000) -> None:
@@ -74,8 +77,7 @@ def relax_gc(young: int = 10_000) -> None:
     gc.set_threshold(young, 20, 20)
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
+class Received(NamedTuple):  # made in paho's thread for every message: a tuple is the cheapest
     topic: str | None
     payload: bytes
     qos: int
@@ -135,6 +137,8 @@ class Ingest:
         self._arrived = threading.Event()
         self._full = threading.Event()  # ``batch_max`` are waiting: stop lingering
         self._generation = 0
+        self._connected_at = 0.0
+        self._short_lived = 0  # connections in a row that the broker closed soon after they opened
         self._received = {s: metrics.received.labels(s) for s in (*SUFFIXES, "other")}  # labels() costs a lookup
         self._stopping = threading.Event()
         self.writer = BatchWriter(store, rules=rules, stopping=self._stopping, on_store_error=self._store_error)
@@ -177,6 +181,7 @@ class Ingest:
         failure = ""
         for protocol in order:
             client = self.broker.client(self.client_id, protocol, manual_ack=True)
+            tune(client)  # reads in blocks: paho_tuning.py
             # A 3.1.1-only broker (amqtt, the demo's) may never answer a v5 CONNECT: probe briefly.
             fallback_left = protocol != order[-1]
             failure = self._connect(client, protocol, min(timeout, V5_PROBE_S) if fallback_left else timeout)
@@ -208,14 +213,8 @@ class Ingest:
             if not answered.is_set():
                 outcome["failure"] = f"connection closed before CONNACK ({reason})"
                 answered.set()
-            elif reason == SESSION_TAKEN_OVER:
-                log.error(
-                    "the broker handed session %s to another connection (MQTT 5 reason 0x8E): two "
-                    "aggregators, replicas or workers share a client id; a broker that makes the username "
-                    "the client id (mosquitto's use_username_as_clientid, as `s4edge fleet broker-config` "
-                    "writes it) needs a username of its own for each (docs/architecture.md, \"Ingest workers\")",
-                    self.client_id,
-                )
+            elif not self._stopping.is_set():
+                self._lost_connection(reason)
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -249,6 +248,7 @@ class Ingest:
 
     def _on_connected(self, client: mqtt.Client, protocol: MQTTProtocolVersion, flags: Any) -> None:
         self._generation += 1
+        self._connected_at = time.monotonic()
         filters = [fleet_filter(suffix) for suffix in SUFFIXES]
         if protocol == mqtt.MQTTv5:
             if self.group:
@@ -263,6 +263,26 @@ class Ingest:
             "5" if protocol == mqtt.MQTTv5 else "3.1.1",
             getattr(flags, "session_present", None),
         )
+
+    def _lost_connection(self, reason: ReasonCode) -> None:
+        """Say so when another client takes this one's session: the broker closes the connection
+        as the other opens (MQTT 5 reason 0x8E where it says why; mosquitto 2.0 just closes it),
+        and both reconnect, each closing the other's, every second or so."""
+        lasted = time.monotonic() - self._connected_at
+        self._short_lived = self._short_lived + 1 if lasted < SHORT_LIVED_S else 0
+        if self._short_lived % 60 == TAKEN_OVER_AFTER or (reason == SESSION_TAKEN_OVER and self._short_lived == 1):
+            log.error(
+                "the broker keeps closing the connection as %s (%d times in a row within %.0f s of connecting; "
+                "last: %s): another client is taking its session over. Two aggregators, replicas or ingest "
+                "workers share a client id; a broker that makes the username the client id (mosquitto's "
+                "use_username_as_clientid, as `s4edge fleet broker-config` writes it) needs a username for "
+                "each: `s4edge fleet aggregator-credentials --workers N`, then `--username NAME-w{worker}` "
+                "(docs/architecture.md, 'Ingest workers')",
+                self.client_id,
+                self._short_lived,
+                SHORT_LIVED_S,
+                reason,
+            )
 
     def stop(self) -> None:
         """Commit and acknowledge what has arrived, then disconnect cleanly (the session stays)."""
@@ -452,10 +472,13 @@ class Ingest:
         self._count(outcome)
         done = time.monotonic()
         client, generation, observe = self._client, self._generation, self.metrics.latency.observe
+        acks = []
         for item in received:
             observe(done - item.t0)
-            if item.qos > 0 and item.generation == generation and client is not None:
-                client.ack(item.mid, item.qos)
+            if item.qos > 0 and item.generation == generation:
+                acks.append(item.mid)
+        if client is not None:
+            ack_all(client, acks)  # QoS 1: the subscriptions ask for no more
         if self.receipts and client is not None:
             self._send_receipts(client, outcome.confirmed)
         if committed.live:

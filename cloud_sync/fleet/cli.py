@@ -23,7 +23,13 @@ from s4edge.cloud_sync.fleet.broker_config import (
 from s4edge.cloud_sync.fleet.ca import CAError, FleetCA, init_ca, issue_server_cert, load_ca
 from s4edge.cloud_sync.fleet.command_key import COMMAND_KEY, init_command_key
 from s4edge.cloud_sync.fleet.crl import crl_path, init_crl, revoke
-from s4edge.cloud_sync.fleet.provision import NodeRequest, board_names, provision_aggregator, provision_node
+from s4edge.cloud_sync.fleet.provision import (
+    NodeRequest,
+    board_names,
+    provision_aggregator,
+    provision_aggregator_workers,
+    provision_node,
+)
 from s4edge.cloud_sync.fleet.registry import Fleet, FleetError
 
 fleet_app = typer.Typer(help="The fleet: CA, broker config, identities.", no_args_is_help=True)
@@ -95,14 +101,34 @@ def aggregator_credentials(
     out: Path = typer.Option(..., "--out", help="Folder for the aggregator's credential files."),
     name: str = typer.Option("aggregator", help="The aggregator's broker username."),
     client_cert: bool = typer.Option(False, "--client-cert", help="Issue a client certificate instead of a password."),
+    workers: int = typer.Option(
+        0,
+        "--workers",
+        min=0,
+        help="One identity per ingest worker of `aggregator run --workers N`: NAME-w0 … NAME-w(N-1), "
+        "sharing one password (or each with its certificate)",
+    ),
 ) -> None:
     """Provision the aggregator's identity: reads s4edge/v1/#, writes only commands and receipts."""
     try:
-        done = provision_aggregator(name, load_ca(ca_dir or fleet_dir), Fleet(fleet_dir), out, client_cert)
+        if workers:
+            done = provision_aggregator_workers(
+                name, load_ca(ca_dir or fleet_dir), Fleet(fleet_dir), out, workers, client_cert
+            )
+            files = list(dict.fromkeys(path for provisioned in done for path in provisioned.files))
+        else:
+            files = provision_aggregator(name, load_ca(ca_dir or fleet_dir), Fleet(fleet_dir), out, client_cert).files
     except (CAError, FleetError) as exc:
         raise _fail(exc) from None
-    for path in done.files:
+    for path in files:
         typer.echo(str(path))
+    if workers:
+        given = (
+            f"--cert-file {out}/aggregator-w{{worker}}.crt --key-file {out}/aggregator-w{{worker}}.key"
+            if client_cert
+            else f"--username {name}-w{{worker}} and the password in {out}/aggregator-workers.password"
+        )
+        typer.echo(f"run it with: s4edge aggregator run --workers {workers} {given}", err=True)
 
 
 @fleet_app.command("broker-config")

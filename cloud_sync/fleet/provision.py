@@ -193,6 +193,33 @@ def provision_aggregator(name: str, ca: FleetCA, fleet: Fleet, out: Path, client
     return Provisioned(fleet.identities[name], files)
 
 
+def provision_aggregator_workers(
+    name: str, ca: FleetCA, fleet: Fleet, out: Path, workers: int, client_cert: bool = False
+) -> list[Provisioned]:
+    """One identity per ingest worker (``aggregator run --workers``): NAME-w0 … The fleet's broker
+    makes a client's username its client id, so workers sharing one identity would take each
+    other's session over. With passwords they share one (``aggregator-workers.password``, hashed
+    for each on its own; ``aggregator.password`` stays the single identity's), so that
+    ``--username NAME-w{worker} --password …`` serves them all; with certificates each has its
+    own pair, ``aggregator-w<i>.crt`` and ``.key``."""
+    names = [f"{name}-w{index}" for index in range(workers)]
+    for worker in names:
+        check_name("aggregator name", worker)
+        fleet.check_free(worker, "aggregator", None)
+    if client_cert:
+        done = []
+        for index, worker in enumerate(names):
+            _, files, _, serial = _credentials(worker, True, ca, out, f"aggregator-w{index}")
+            fleet.put(Identity(worker, "aggregator", None, None, True, serial))
+            done.append(Provisioned(fleet.identities[worker], files))
+        return done
+    _, files, _, _ = _credentials(name, False, ca, out, "aggregator-workers")  # the CA and one password file
+    password = (Path(out) / "aggregator-workers.password").read_text().strip()
+    for worker in names:
+        fleet.put(Identity(worker, "aggregator", None, password_hash(password), False, None))
+    return [Provisioned(fleet.identities[worker], files) for worker in names]
+
+
 def _copy_command_key(fleet_dir: Path, out: Path) -> Path | None:
     """The fleet's command public key beside the node config (None: the fleet signs nothing)."""
     source, target = command_public_key(fleet_dir), out / COMMAND_PUB

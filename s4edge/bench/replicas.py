@@ -1,11 +1,12 @@
 """``s4edge bench replicas``: ingest on PostgreSQL with 1 and with 2 aggregator replicas.
 
-Each replica is its own process (``python -m cloud_sync.aggregator run``) in one
-shared-subscription group. The replicas are connected and subscribed, then
-paused (SIGSTOP) while N messages are published; the clock starts when they are
-resumed (SIGCONT) and stops when they have handled all N. This leaves process
-start-up and the publisher's own speed out of the figure. Every run checks that
-each alert is stored exactly once.
+Each replica is its own ``aggregator run`` (``python -m s4edge.cloud_sync.aggregator run``)
+in one shared-subscription group, with ``--workers`` ingest processes of its own (by
+default as ``aggregator run`` chooses: one per core on PostgreSQL). The replicas are
+connected and subscribed, then paused with their workers (SIGSTOP to each one's process
+group) while N messages are published; the clock starts when they are resumed (SIGCONT)
+and stops when they have handled all N. This leaves process start-up and the publisher's
+own speed out of the figure. Every run checks that each alert is stored exactly once.
 
 The fleet size one replica sustains is derived from a third measurement, with the
 sizing fleet's own mix (two heartbeats per alert from many nodes), since a
@@ -34,6 +35,7 @@ from sqlalchemy import Engine, select, text
 from s4edge.bench.ingest import alert_payloads, publish_all
 from s4edge.cloud_sync.aggregator.store import alerts, make_engine
 from s4edge.cloud_sync.aggregator.store_url import POSTGRES_EXAMPLE, StoreUrlError, probe_store, shown, store_url
+from s4edge.cloud_sync.aggregator.workers import default_workers
 from s4edge.cloud_sync.messages import Alert, Heartbeat, Location, Measurement, encode, topic_for
 from s4edge.testing import Mosquitto, eventually
 
@@ -43,12 +45,18 @@ STORED_ALERTS = 's4edge_messages_stored_total{type="alert"}'
 RECEIVED_HEARTBEATS = 's4edge_messages_received_total{type="heartbeat"}'
 
 
-def _replica(broker: Mosquitto, db_url: str, schema: str, name: str, log: Path) -> subprocess.Popen[bytes]:
+def _replica(
+    broker: Mosquitto, db_url: str, schema: str, name: str, log: Path, workers: int
+) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "s4edge.cloud_sync.aggregator", "run", "--broker", broker.url, "--db", db_url,
         "--db-schema", schema, "--http", "127.0.0.1:0", "--client-id", name, "--group", "bench-replicas",
+        "--workers", str(workers),
     ]  # fmt: skip
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("ab"), env=dict(os.environ))
+    # a session of its own, so that a signal to its process group reaches its workers and writers too
+    return subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=log.open("ab"), env=dict(os.environ), start_new_session=True
+    )
 
 
 def _url(log: Path) -> str:
@@ -93,7 +101,7 @@ def fleet_payloads(count: int, run: str, nodes: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def one_run(db_url: str, replicas: int, payloads: list[tuple[str, bytes]], root: Path) -> dict[str, Any]:
+def one_run(db_url: str, replicas: int, payloads: list[tuple[str, bytes]], root: Path, workers: int) -> dict[str, Any]:
     """Time the messages through ``replicas`` paused-then-resumed processes; check alerts stored once."""
     schema = f"s4edge_bench_{uuid.uuid4().hex[:10]}"
     engine: Engine = make_engine(db_url, schema)
@@ -103,17 +111,17 @@ def one_run(db_url: str, replicas: int, payloads: list[tuple[str, bytes]], root:
     try:
         with Mosquitto(root / "broker") as broker:
             logs = [root / f"replica-{i}.log" for i in range(replicas)]
-            procs = [_replica(broker, db_url, schema, f"bench-replica-{i}", logs[i]) for i in range(replicas)]
+            procs = [_replica(broker, db_url, schema, f"bench-replica-{i}", logs[i], workers) for i in range(replicas)]
             for proc, log in zip(procs, logs, strict=True):
                 _wait_started(proc, log)
             urls = [_url(log) for log in logs]
             time.sleep(0.5)  # SUBACKs
             for proc in procs:
-                proc.send_signal(signal.SIGSTOP)
+                os.killpg(proc.pid, signal.SIGSTOP)
             publish_all(broker, payloads)
             started = time.perf_counter()
             for proc in procs:
-                proc.send_signal(signal.SIGCONT)
+                os.killpg(proc.pid, signal.SIGCONT)
 
             def done() -> bool:
                 if sum(_metric(url, STORED_ALERTS) for url in urls) < len(expected):
@@ -133,9 +141,9 @@ def one_run(db_url: str, replicas: int, payloads: list[tuple[str, bytes]], root:
     finally:
         for proc in procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
+                os.killpg(proc.pid, signal.SIGCONT)
                 proc.terminate()
-                proc.wait(20)
+                proc.wait(60)
         with engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
@@ -152,22 +160,30 @@ def check_postgres(db_url: str) -> None:
         probe.dispose()
 
 
-def run_replicas(db_url: str, messages: int, runs: int, nodes: int) -> dict[str, Any]:
+def run_replicas(db_url: str, messages: int, runs: int, nodes: int, workers: int = 0) -> dict[str, Any]:
+    """``workers``: ingest processes per replica (0: ``aggregator run``'s default)."""
     check_postgres(db_url)
+    workers = workers or default_workers(db_url)
     results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     fleet: list[dict[str, Any]] = []
+    loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="s4edge-bench-") as tmp:
         for run in range(runs):
+            loads.append(os.getloadavg()[0])
             for replicas in (1, 2):  # interleaved, so that a busy spell on the machine hits both
                 payloads = alert_payloads(messages, f"run{run}r{replicas}")
-                results[replicas].append(one_run(db_url, replicas, payloads, Path(tmp) / f"run{run}-{replicas}"))
-            fleet.append(one_run(db_url, 1, fleet_payloads(messages, f"fleet{run}", nodes), Path(tmp) / f"fleet{run}"))
+                root = Path(tmp) / f"run{run}-{replicas}"
+                results[replicas].append(one_run(db_url, replicas, payloads, root, workers))
+            payloads = fleet_payloads(messages, f"fleet{run}", nodes)
+            fleet.append(one_run(db_url, 1, payloads, Path(tmp) / f"fleet{run}", workers))
     out: dict[str, Any] = {
         "benchmark": "replicas",
         "store": shown(db_url),
         "messages_per_run": messages,
         "runs": runs,
+        "workers_per_replica": workers,
         "cpu_cores": os.cpu_count(),
+        "load_average_1min_per_run": [round(load, 2) for load in loads],
         "method": "replicas paused (SIGSTOP) while N messages are queued; rate = N / time from resume to all handled",
     }
     for replicas, rows in results.items():
@@ -188,7 +204,7 @@ def run_replicas(db_url: str, messages: int, runs: int, nodes: int) -> dict[str,
     }
     out["fleet_sizing"] = {
         "assumption": "per node: 1 heartbeat / 30 s + 1 alert / 60 s = 0.05 msg/s",
-        "method": "nodes = median 1-replica rate on that same 2:1 heartbeat:alert mix / 0.05 msg/s per node",
+        "method": f"nodes = median rate of 1 replica ({workers} workers) on that 2:1 heartbeat:alert mix / 0.05 msg/s",
         "nodes_one_replica_at_100pct": int(mix / MSGS_PER_NODE_PER_S),
         "nodes_one_replica_at_50pct_headroom": int(mix / MSGS_PER_NODE_PER_S / 2),
     }
@@ -202,6 +218,9 @@ def register(bench_app: typer.Typer) -> None:
         messages: int = typer.Option(5000, help="Messages per run"),
         runs: int = typer.Option(3, help="Runs per configuration (the median is quoted)"),
         nodes: int = typer.Option(1000, help="Distinct nodes in the fleet-mix run"),
+        workers: int = typer.Option(
+            0, min=0, help="Ingest processes per replica (aggregator run --workers); 0: its default, one per core"
+        ),
     ) -> None:
         """Ingest with 1 and 2 replicas on PostgreSQL; exactly-once check; fleet size per replica."""
         try:
@@ -209,4 +228,4 @@ def register(bench_app: typer.Typer) -> None:
         except StoreUrlError as exc:
             typer.echo(f"error: --db {exc}", err=True)
             raise typer.Exit(2) from None
-        typer.echo(json.dumps(run_replicas(db, messages, runs, nodes), indent=2))
+        typer.echo(json.dumps(run_replicas(db, messages, runs, nodes, workers), indent=2))

@@ -1,7 +1,7 @@
 """``s4edge bench soak``: node → mosquitto → aggregator under kill -9, counting every alert.
 
 Three real processes: mosquitto (persistence on, as the fleet's generated config sets
-it), ``s4edge aggregator run`` (SQLite, process writer) and a node, which is this
+it), ``s4edge aggregator run`` (SQLite, its default ingest workers) and a node, which is this
 module run as a script: a real ``Node`` (outbox on disk, uplink, forwarder, receipts)
 publishing alerts at a fixed rate. Each is killed with SIGKILL at evenly spread times
 and started again after ``--downtime`` seconds.
@@ -149,7 +149,7 @@ class Soak:
         proc = self.aggregator if target == "aggregator" else self.node
         if proc is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the aggregator's writer process too
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the aggregator's workers too
             proc.wait(10)
 
     def restart(self, target: str) -> None:

@@ -39,8 +39,6 @@ def alert(seq: int, node: str = "n1") -> Alert:
     )  # fmt: skip
 
 
-
-
 def publish(client: mqtt.Client, message: Any, retain: bool = False) -> None:
     client.publish(topic_for(message), encode(message), qos=1, retain=retain).wait_for_publish(5)
 
@@ -153,33 +151,37 @@ def test_a_command_reaches_the_node_and_its_result_is_shown(aggregator: Aggregat
     assert refused.status_code == 422
 
 
-def _start_subprocess(broker: Mosquitto, db: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start_subprocess(broker: Mosquitto, db: Path, log: Path, workers: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "s4edge.cloud_sync.aggregator", "run", "--broker", broker.url, "--db", f"sqlite:///{db}",
-            "--http", "127.0.0.1:0", "--client-id", "agg-killed"]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+            "--http", "127.0.0.1:0", "--client-id", "agg-killed", "--workers", workers]  # fmt: skip
+    # a process group of its own: SIGKILL to it takes the ingest workers and writer processes too
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"), start_new_session=True)
     wait_until(lambda: "aggregator: http://" in log.read_text() or proc.poll() is not None, 20, "the aggregator")
     assert proc.poll() is None, log.read_text()
     return proc
 
 
 @pytest.mark.slow
-def test_sigkill_loses_nothing_and_duplicates_nothing(broker: Mosquitto, node: mqtt.Client, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigkill_loses_nothing_and_duplicates_nothing(
+    broker: Mosquitto, node: mqtt.Client, tmp_path: Path, workers: str
+) -> None:
     db, log = tmp_path / "agg.db", tmp_path / "agg.log"
-    proc = _start_subprocess(broker, db, log)
+    proc = _start_subprocess(broker, db, log, workers)
     store = Store(make_engine(f"sqlite:///{db}"))
     total = 400
     try:
         for seq in range(total // 2):
             node.publish(topic_for(alert(seq)), encode(alert(seq)), qos=1)
         wait_until(lambda: store.count_alerts() >= 20, what="the first alerts stored")
-        proc.send_signal(signal.SIGKILL)  # mid-stream: some stored and unacked, some in flight
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-stream: some stored and unacked, some in flight
         proc.wait(5)
         in_flight = [node.publish(topic_for(alert(s)), encode(alert(s)), qos=1) for s in range(total // 2, total)]
         for info in in_flight:
             info.wait_for_publish(5)
         assert store.count_alerts() < total
-        proc = _start_subprocess(broker, db, log)  # same client id: the broker kept its session
+        proc = _start_subprocess(broker, db, log, workers)  # same client id: the broker kept its session
         wait_until(lambda: store.count_alerts() >= total, 30, f"all {total} alerts")
         with store.engine.connect() as conn:
             ids = [row.id for row in conn.execute(select(alerts_table.c.id))]
