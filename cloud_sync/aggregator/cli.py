@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -173,6 +174,8 @@ def run(
     except TileUrlError as exc:
         typer.echo(f"error: --tiles {exc}", err=True)
         raise typer.Exit(2) from None
+    defaulted = not workers
+    chosen_writer = writer
     if not workers:
         workers = default_workers(db)
         if workers > 1 and one_identity(broker_config):
@@ -219,23 +222,39 @@ def run(
         telemetry_retention_s=telemetry_retention_days * 86400,
         workers=workers,
     )
-    forwarder = None
-    try:
-        aggregator = Aggregator(config)
-        # an unusable store is named before any message is taken; one read-only for now is not fatal
-        if (warning := probe_store(aggregator.store.engine, db)) is not None:
-            logging.getLogger("s4edge.aggregator").warning("%s", warning)
-        if ng112_config is not None:
-            forwarder = attach(aggregator, ng112_config)
-        aggregator.start()
-    except (StoreUrlError, SQLAlchemyError, ModuleNotFoundError, BrokerError, OSError, RuntimeError, ValueError) as exc:
-        if isinstance(exc, ModuleNotFoundError) and exc.name != "psycopg":
-            raise  # s4edge.cli names the extra that installs it
-        if forwarder is not None:
-            forwarder.stop()
-        store = isinstance(exc, StoreUrlError | SQLAlchemyError | ModuleNotFoundError)
-        typer.echo(f"aggregator did not start: {f'--db {store_problem(db, exc)}' if store else exc}", err=True)
-        raise typer.Exit(1) from None
+    tries = [config]
+    if defaulted and workers > 1 and protocol == "auto":  # a broker that speaks only 3.1.1 has no shared subscriptions
+        tries.append(dataclasses.replace(config, workers=1, writer=chosen_writer or "process"))
+    for attempt, config in enumerate(tries, 1):
+        forwarder = None
+        try:
+            aggregator = Aggregator(config)
+            # an unusable store is named before any message is taken; one read-only for now is not fatal
+            if (warning := probe_store(aggregator.store.engine, db)) is not None:
+                logging.getLogger("s4edge.aggregator").warning("%s", warning)
+            if ng112_config is not None:
+                forwarder = attach(aggregator, ng112_config)
+            aggregator.start()
+            break
+        except (
+            StoreUrlError,
+            SQLAlchemyError,
+            ModuleNotFoundError,
+            BrokerError,
+            OSError,
+            RuntimeError,
+            ValueError,
+        ) as exc:  # noqa: E501
+            if isinstance(exc, ModuleNotFoundError) and exc.name != "psycopg":
+                raise  # s4edge.cli names the extra that installs it
+            if forwarder is not None:
+                forwarder.stop()
+            if isinstance(exc, BrokerError) and attempt < len(tries):
+                typer.echo(f"note: {exc}; ingest runs in this process instead (MQTT 3.1.1)", err=True)
+                continue
+            store = isinstance(exc, StoreUrlError | SQLAlchemyError | ModuleNotFoundError)
+            typer.echo(f"aggregator did not start: {f'--db {store_problem(db, exc)}' if store else exc}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(f"aggregator: {aggregator.url} (dashboard at /, API at /api, metrics at /metrics)", err=True)
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
