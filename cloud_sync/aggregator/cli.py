@@ -244,7 +244,7 @@ def run(
             OSError,
             RuntimeError,
             ValueError,
-        ) as exc:  # noqa: E501
+        ) as exc:
             if isinstance(exc, ModuleNotFoundError) and exc.name != "psycopg":
                 raise  # s4edge.cli names the extra that installs it
             if forwarder is not None:
