@@ -44,6 +44,13 @@ from s4edge.cloud_sync.messages import (
 T0 = datetime.now(UTC)  # when the messages are received: the writer refuses a ts far ahead of it
 
 
+@pytest.fixture(autouse=True)
+def received_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """T0 is each test's own now: a message stamped now and received at the module's import,
+    five minutes before in a long run, would be refused as dated in the future."""
+    monkeypatch.setitem(globals(), "T0", datetime.now(UTC))
+
+
 @pytest.fixture
 def ingest(tmp_path: Path) -> Ingest:
     store = Store(make_engine(f"sqlite:///{tmp_path / 'agg.db'}"))
