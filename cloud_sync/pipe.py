@@ -6,8 +6,15 @@ aggregator's writer process and the NG112 forwarder process speak it to their pa
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import struct
+import sys
+from collections.abc import Callable
 from typing import IO
+
+from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
 
 _LENGTH = struct.Struct(">I")
 
@@ -25,3 +32,15 @@ def receive_frame(stream: IO[bytes]) -> bytes | None:
     (size,) = _LENGTH.unpack(head)
     body = stream.read(size)
     return body if len(body) == size else None
+
+
+def run_child(name: str, serve: Callable[[IO[bytes], IO[bytes]], int]) -> None:
+    """A child process's main: its logging (JSON when the parent logs JSON), and ``serve``
+    on its stdin and stdout. Ctrl-C reaches the whole process group: the parent decides
+    when its child ends, so the child ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.environ.get(LOG_FORMAT_ENV) == "json":
+        logging.basicConfig(level=logging.WARNING, handlers=[json_handler()])
+    else:
+        logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer))

@@ -55,8 +55,7 @@ from s4edge.cloud_sync.aggregator.metrics import IngestMetrics, WorkerTotals, sn
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.aggregator.store_url import store_url
 from s4edge.cloud_sync.aggregator.writer import Item, Outcome, StaleReadOnly, StoreSpec, WriterGone, WriterRules
-from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
-from s4edge.cloud_sync.pipe import receive_frame, send_frame
+from s4edge.cloud_sync.pipe import receive_frame, run_child, send_frame
 
 log = logging.getLogger("s4edge.aggregator")
 
@@ -629,11 +628,5 @@ def _follow(stdin: IO[bytes], ingest: Ingest, out: _Out) -> None:
 
 
 if __name__ == "__main__":
-    # Ctrl-C reaches the whole process group: the parent decides when its workers end.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_stop)
-    if os.environ.get(LOG_FORMAT_ENV) == "json":
-        logging.basicConfig(level=logging.WARNING, handlers=[json_handler()])
-    else:
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s ingest-worker %(levelname)s %(message)s")
-    sys.exit(_serve(sys.stdin.buffer, sys.stdout.buffer))
+    run_child("ingest-worker", _serve)

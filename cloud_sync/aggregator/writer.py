@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import threading
@@ -42,7 +41,6 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from s4edge.cloud_sync.aggregator.alert_rows import AlertRows
 from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
-from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
 from s4edge.cloud_sync.messages import (
     Alert,
     AnyMessage,
@@ -53,7 +51,7 @@ from s4edge.cloud_sync.messages import (
     Telemetry,
     decode_from,
 )
-from s4edge.cloud_sync.pipe import receive_frame, send_frame
+from s4edge.cloud_sync.pipe import receive_frame, run_child, send_frame
 
 log = logging.getLogger("s4edge.aggregator")
 
@@ -503,10 +501,4 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
 
 
 if __name__ == "__main__":
-    # Ctrl-C reaches the whole process group: the parent decides when its writer ends.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if os.environ.get(LOG_FORMAT_ENV) == "json":
-        logging.basicConfig(level=logging.WARNING, handlers=[json_handler()])
-    else:
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s writer %(levelname)s %(message)s")
-    sys.exit(_serve(sys.stdin.buffer, sys.stdout.buffer))
+    run_child("writer", _serve)

@@ -25,9 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import select
-import signal
 import subprocess
 import sys
 import threading
@@ -37,11 +35,10 @@ from sqlalchemy import Engine
 
 from s4edge.cloud_sync.aggregator.store import make_engine
 from s4edge.cloud_sync.aggregator.writer import StoreSpec
-from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
 from s4edge.cloud_sync.ng112.desk import ForwardDesk, OnChange
 from s4edge.cloud_sync.ng112.forwarder import STOP_WAIT_S, Forwarder
 from s4edge.cloud_sync.ng112.policy import Ng112Config
-from s4edge.cloud_sync.pipe import receive_frame, send_frame
+from s4edge.cloud_sync.pipe import receive_frame, run_child, send_frame
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 30.0  # importing, and opening the store
@@ -212,10 +209,4 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
 
 
 if __name__ == "__main__":
-    # Ctrl-C reaches the whole process group: the parent decides when its forwarder ends.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if os.environ.get(LOG_FORMAT_ENV) == "json":
-        logging.basicConfig(level=logging.WARNING, handlers=[json_handler()])
-    else:
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s ng112-forwarder %(levelname)s %(message)s")
-    sys.exit(_serve(sys.stdin.buffer, sys.stdout.buffer))
+    run_child("ng112-forwarder", _serve)
