@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import random
+
+import pytest
+from tracker_reference import ReferenceTracker
 
 from s4edge.edge.vision.tracker import Tracker, TrackerConfig, iou_matrix
 from s4edge.edge.vision.types import Detection
@@ -101,3 +105,52 @@ def test_tracks_are_per_class() -> None:
 def test_iou_matrix() -> None:
     iou = iou_matrix([(0, 0, 1, 1)], [(0, 0, 1, 1), (0.5, 0, 1.5, 1), (2, 2, 3, 3)])
     assert iou[0].round(3).tolist() == [1.0, 0.333, 0.0]
+
+
+def _scene(seed: int, frames: int = 200) -> list[tuple[float, list[Detection]]]:
+    """People and bags walking, with jitter, misses, low scores, clutter and repeated
+    timestamps: every branch of the tracker, frame after frame."""
+    rng = random.Random(seed)
+    walkers = []  # class, x, y, x step, y step
+    for _ in range(rng.randint(1, 7)):
+        start = [rng.uniform(0, 0.8), rng.uniform(0.1, 0.6)]
+        walkers.append([rng.choice([0, 24]), *start, rng.gauss(0, 0.01), rng.gauss(0, 0.005)])
+    scenes, now = [], 0.0
+    for _ in range(frames):
+        now += rng.choice([1 / FPS, 1 / FPS, 1 / FPS, 2 / FPS, 0.0, 0.9])
+        dets = []
+        for walker in walkers:
+            walker[1] += walker[3]
+            walker[2] += walker[4]
+            if rng.random() < 0.15:
+                continue  # missed this frame
+            x, y = walker[1] + rng.gauss(0, 0.004), walker[2] + rng.gauss(0, 0.004)
+            score = rng.choice([0.9, 0.8, 0.6, 0.45, 0.3, 0.05])
+            label = "person" if walker[0] == 0 else "backpack"
+            dets.append(Detection(walker[0], label, score, (x, y, x + 0.1, y + 0.3)))
+        if rng.random() < 0.2:  # clutter
+            x, y = rng.random(), rng.random()
+            dets.append(Detection(0, "person", rng.uniform(0.5, 0.9), (x, y, x + 0.05, y + 0.1)))
+        rng.shuffle(dets)
+        scenes.append((now, dets))
+    return scenes
+
+
+@pytest.mark.parametrize("min_hits", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(8))
+def test_the_batched_filters_track_as_one_filter_per_track_did(seed: int, min_hits: int) -> None:
+    """Every track's Kalman state is a row of one array now; the ids, hits, scores and
+    boxes are those of one filter object per track, predicted and updated one by one."""
+    config = TrackerConfig(min_hits=min_hits)
+    tracker, reference = Tracker(config), ReferenceTracker(config)
+    reported = 0
+    for now, dets in _scene(seed):
+        got, want = tracker.update(dets, now), reference.update(dets, now)
+        assert [(t.track_id, t.label, t.hits, t.score, t.first_seen, t.last_seen) for t in got] == [
+            (t.track_id, t.label, t.hits, t.score, t.first_seen, t.last_seen) for t in want
+        ]
+        for a, b in zip(got, want, strict=True):
+            assert a.box == pytest.approx(b.box, abs=1e-9)
+        assert tracker.active_count == reference.active_count
+        reported += len(got)
+    assert reported > 50  # the scene did make tracks
