@@ -308,12 +308,18 @@ class ValueAlarm:
     quantity: str
     unit: str
 
-    def observe(self, value: float, now: float, content: Content = Content()) -> Severity | None:
+    def observe(
+        self, value: float, now: float, content: Content | Callable[[], Content] = Content()
+    ) -> Severity | None:
+        """Feed one reading. ``content`` may be a function that builds it: it is called
+        only while the rule is raised, so a camera's count below its threshold builds no
+        alert content at all, frame after frame."""
         severity = self.rule.observe(value, now)
-        reading = Measurement(quantity=self.quantity, value=value, unit=self.unit)
-        content = replace(content, measurements=(reading, *content.measurements))
         if severity is not None:
-            self.book.raise_(self.key, self.kind, severity, now, content)
+            base = content() if callable(content) else content
+            reading = Measurement(quantity=self.quantity, value=value, unit=self.unit)
+            base = replace(base, measurements=(reading, *base.measurements))
+            self.book.raise_(self.key, self.kind, severity, now, base)
         elif self.book.is_open(self.key):
             self.book.clear(self.key, now, detail=f"{self.quantity} back to {value:g} {self.unit}")
         return severity

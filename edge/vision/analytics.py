@@ -290,14 +290,17 @@ class Crowd:
     def update(self, tracks: Sequence[Track], now: float, local_time: time | None) -> None:
         cfg = self.config
         counted = [t for t in tracks if t.label in cfg.classes and (self.zone is None or self.zone.contains(t.foot))]
-        where = self.zone.name if self.zone else "view"
-        label = counted[0].label if counted else cfg.classes[0]
-        content = Content(
-            title=f"{len(counted)} × {label} in {where}",
-            zone=self.zone.name if self.zone else None,
-            detection=detection_of(counted, label, self.scene.camera, cfg.name),
-            model=self.scene.model,
-        )
+
+        def content() -> Content:  # built only while the crowd is raised
+            where = self.zone.name if self.zone else "view"
+            label = counted[0].label if counted else cfg.classes[0]
+            return Content(
+                title=f"{len(counted)} × {label} in {where}",
+                zone=self.zone.name if self.zone else None,
+                detection=detection_of(counted, label, self.scene.camera, cfg.name),
+                model=self.scene.model,
+            )
+
         self.alarm.observe(float(len(counted)), now, content)
 
 

@@ -28,7 +28,7 @@ def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
     y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
     x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
     y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    inter = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)  # np.clip's values, at a third of its cost
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     union = areas[:, None] + areas[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
@@ -49,8 +49,8 @@ def nms(
     at once, as a matrix, and the greedy pass walks its rows; beyond (an evaluation at a
     low threshold: thousands), box by box, as the matrix would not fit in memory.
     """
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
+    if len(boxes) <= 1:
+        return np.arange(len(boxes), dtype=np.int64)
     boxes = boxes.astype(np.float64)
     if class_ids is not None:
         # Shift each class into its own region so boxes of different classes never overlap.

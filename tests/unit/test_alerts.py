@@ -60,6 +60,22 @@ def test_new_update_end_share_one_incident_id() -> None:
     assert sent[-1].state == "new" and sent[-1].incident != sent[0].incident
 
 
+def test_content_is_built_only_while_the_rule_is_raised() -> None:
+    """A camera counts people on every frame; below the threshold no alert content is built."""
+    book, sent = make_book()
+    alarm = ValueAlarm("crowd:cam0:c", "crowd", ThresholdRule([Level(4, "Moderate")]), book, "people", "count")
+    built: list[float] = []
+
+    def content(count: float) -> Content:
+        built.append(count)
+        return Content(title=f"{count:g} people")
+
+    for now, count in enumerate([1, 2, 3, 5, 6, 2, 1]):
+        alarm.observe(count, now, lambda count=count: content(count))
+    assert built == [5, 6]
+    assert [d.state for d in sent] == ["new", "end"] and sent[0].title == "5 people"
+
+
 def test_unchanged_content_sends_no_update() -> None:
     book, sent = make_book(update_interval_s=0.0)
     for now in range(5):
