@@ -1,4 +1,4 @@
-"""Two changes to how ingest's paho client reads and acknowledges, and why.
+"""Three changes to how ingest's paho client reads, parses and acknowledges, and why.
 
 **Reads in blocks.** paho reads each MQTT packet with three or more ``recv`` calls (the type
 byte, each byte of the remaining length, then the rest) and handles one packet per trip
@@ -14,7 +14,15 @@ commit of 500 messages that is 500 wake-ups and 500 ``send`` calls, all holding 
 the network thread needs. Here a batch's PUBACKs go to paho's queue as one buffer of
 back-to-back packets, which it writes in one ``send``: the broker reads the same bytes.
 
-Both reach into paho's private methods (``_sock_recv``, ``_packet_read``, ``_packet_queue``):
+**PUBLISH without properties parsed without a Properties object.** With MQTT 5, paho builds a
+``Properties`` for every PUBLISH it receives: its constructor writes out the tables of all 27
+property kinds, and ``unpack`` first clears every one of them, which costs 9 µs a message,
+more than the rest of the packet's parsing. The nodes publish alerts with no properties (a
+property length of 0, MQTT 5.0 §3.3.2.3.1), so a QoS 0 or 1 PUBLISH whose property length is 0
+gets one empty ``Properties`` shared by all such messages of the client, and paho's own
+``_handle_publish`` keeps everything else: any property, QoS 2, MQTT 3.1.1.
+
+All three reach into paho's private methods (``_sock_recv``, ``_packet_read``, ``_packet_queue``):
 ``tune`` installs them only where this paho has them, else the client stays as it was, and
 ``tests/unit/test_ingest_workers.py`` fails on a paho that lost them.
 """
@@ -22,17 +30,24 @@ Both reach into paho's private methods (``_sock_recv``, ``_packet_read``, ``_pac
 from __future__ import annotations
 
 import struct
+import time
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 BLOCK = 65536
 PUBACK = 0x40  # MQTT 5.0 §2.1.2: packet type 4, flags 0
 _PUBACK = struct.Struct("!BBH")  # type, remaining length 2, packet identifier (MQTT 3.1.1 §3.4 and 5.0 §3.4.2.1)
-_NEEDED = ("_sock_recv", "_packet_read", "_loop_rc_handle", "_packet_queue")
+_TOPIC_LENGTH = struct.Struct("!H")  # MQTT 5.0 §3.3.2: topic name length, then the packet identifier
+_NEEDED = (
+    "_sock_recv", "_packet_read", "_loop_rc_handle", "_packet_queue", "_handle_publish", "_handle_on_message",
+    "_send_puback",
+)  # fmt: skip
 
 
 def tunable(client: mqtt.Client) -> bool:
@@ -73,7 +88,37 @@ def tune(client: mqtt.Client) -> bool:
 
     client._sock_recv = types.MethodType(sock_recv, client)  # type: ignore[method-assign]
     client.loop_read = types.MethodType(loop_read, client)  # type: ignore[method-assign]
+    if client.protocol == mqtt.MQTTv5:
+        client._handle_publish = _publish_handler(client)  # type: ignore[method-assign]
     return True
+
+
+def _publish_handler(client: mqtt.Client) -> Callable[[], MQTTErrorCode]:
+    """``_handle_publish`` for a QoS 0 or 1 PUBLISH with no properties; paho's own for the rest."""
+    stock = client._handle_publish
+    no_properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+
+    def handle_publish() -> MQTTErrorCode:
+        header, packet = client._in_packet["command"], client._in_packet["packet"]
+        qos = (header & 0x06) >> 1
+        if len(packet) < 2:
+            return stock()  # malformed: paho says so its own way
+        (length,) = _TOPIC_LENGTH.unpack_from(packet)
+        at = 2 + length + (2 if qos else 0)  # past the topic and, at QoS 1, the packet identifier
+        if qos > 1 or length == 0 or len(packet) <= at or packet[at] != 0:
+            return stock()  # a property (a topic alias among them), or QoS 2: paho parses it
+        mid = _TOPIC_LENGTH.unpack_from(packet, 2 + length)[0] if qos else 0
+        message = mqtt.MQTTMessage(mid=mid, topic=bytes(packet[2 : 2 + length]))
+        message.dup, message.qos, message.retain = bool(header & 0x08), qos, bool(header & 0x01)
+        message.properties = no_properties  # shared: nothing in ingest writes to it
+        message.payload = bytes(packet[at + 1 :])
+        message.timestamp = time.monotonic()  # paho's own clock for messages
+        client._handle_on_message(message)
+        if qos == 0 or client._manual_ack:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return client._send_puback(mid)
+
+    return handle_publish
 
 
 def ack_all(client: mqtt.Client, mids: Iterable[int]) -> None:

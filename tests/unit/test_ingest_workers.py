@@ -118,6 +118,52 @@ def test_a_new_connection_forgets_what_the_old_one_left_in_the_buffer() -> None:
     assert got == [(7, b"fresh")]
 
 
+def publish(
+    header: int, mid: int | None, properties: bytes, payload: bytes, topic: bytes = b"s4edge/v1/p/n1/alert"
+) -> bytes:
+    """An MQTT 5 PUBLISH (§3.3) with these fixed-header flags, properties and payload."""
+    body = struct.pack("!H", len(topic)) + topic + (struct.pack("!H", mid) if mid is not None else b"")
+    body += varint(len(properties)) + properties + payload
+    return bytes([header]) + varint(len(body)) + body
+
+
+EXPIRY_AND_USER = (
+    bytes([2]) + struct.pack("!I", 60) + bytes([38]) + struct.pack("!H", 1) + b"k" + struct.pack("!H", 1) + b"v"
+)
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        publish(0x32, 9, b"", b'{"a": 1}'),  # QoS 1, no properties: the fast path
+        publish(0x30, None, b"", b"qos0"),  # QoS 0
+        publish(0x3B, 10, b"", b"dup and retain"),  # QoS 1, DUP and RETAIN set
+        publish(0x32, 11, b"", b""),  # no payload
+        publish(0x32, 12, EXPIRY_AND_USER, b"with properties"),  # paho's own path
+        publish(0x32, 13, bytes([35]) + struct.pack("!H", 4), b"alias", topic=b"t/x"),  # a topic alias
+        publish(0x34, 14, b"", b"qos2"),  # QoS 2: paho's own path
+    ],
+)
+def test_a_publish_reaches_on_message_as_stock_paho_hands_it_over(packet: bytes) -> None:
+    def delivered(tuned: bool) -> tuple[list[tuple], bytes]:
+        sock, got = ScriptedSocket(), []
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5)
+        client.on_message = lambda _c, _u, m: got.append(
+            (m.mid, m.topic, bytes(m.payload), m.qos, m.retain, m.dup, m.properties.json())
+        )
+        client._sock = sock  # type: ignore[assignment]
+        if tuned:
+            assert tune(client)
+        sock.arrive(packet)
+        client.loop_read()
+        client.loop_write()
+        return got, bytes(sock.sent)
+
+    stock, tuned = delivered(False), delivered(True)
+    assert stock[0] or stock[1]  # delivered, or (QoS 2) answered with a PUBREC first
+    assert tuned == stock  # the same message, and the same PUBACK or PUBREC written back
+
+
 def test_a_batch_of_acks_is_one_write_of_back_to_back_pubacks() -> None:
     sock = ScriptedSocket()
     client = client_on(sock, [])
