@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from s4edge.cloud_sync.aggregator.store import Store, alerts
+from s4edge.cloud_sync.aggregator.unnest import unnest_select
 from s4edge.cloud_sync.aggregator.views import utc
 from s4edge.cloud_sync.messages import Alert, Measurement
 
@@ -154,13 +155,7 @@ def _compile(conn: Connection, translate: dict[str | None, str | None] | None) -
     max_rows = max(1, min(dialect.insertmanyvalues_page_size, dialect.insertmanyvalues_max_parameters // len(order)))
     unnest = None
     if dialect.name == "postgresql" and dialect.paramstyle == "pyformat":
-        types = {name: alerts.c[name].type.compile(dialect=dialect) for name in order}
-        quoted = {name: dialect.identifier_preparer.quote(name) for name in order}
-        arrays = ", ".join(f"%b::{'TEXT' if name in _JSON else types[name]}[]" for name in order)
-        picked = ", ".join(f"t.{quoted[n]}::{types[n]}" if n in _JSON else f"t.{quoted[n]}" for n in order)
-        columns = ", ".join(quoted[name] for name in order)
-        # names and types from the table's own definition, values only as parameters
-        unnest = f"{head} SELECT {picked} FROM unnest({arrays}) AS t({columns}) ON CONFLICT {tail}"  # noqa: S608
+        unnest = f"{head} {unnest_select(dialect, alerts, order, _JSON)} ON CONFLICT {tail}"
     return _Statement(
         head=f"{head}{values_kw}",
         row=row,

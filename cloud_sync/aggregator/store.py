@@ -7,6 +7,7 @@ Other centre modules (NG112 forwarding, correlation) add their own tables to
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ from sqlalchemy.exc import OperationalError
 from s4edge.cloud_sync.aggregator.downsample import buckets
 from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.cloud_sync.aggregator.store_url import store_url
+from s4edge.cloud_sync.aggregator.unnest import table_name, unnest_select
 from s4edge.cloud_sync.aggregator.views import (
     alert_dict,
     alert_row,
@@ -253,6 +255,20 @@ def _serialise_ddl(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DDL_LOCK_KEY})
 
 
+_NOT_HEALTH = {"schema_", "id", "node_id", "site", "ts", "seq", "type"}  # a heartbeat's envelope
+_BEAT_COLUMNS = ("site", "node_id", "heartbeat_ts", "heartbeat_at", "heartbeat_interval_s", "health")
+
+
+def _heartbeat_upsert(conn: Connection) -> str:
+    """PostgreSQL: a batch's heartbeats, one row a node, as one upsert of arrays."""
+    changed = ", ".join(f"{c} = EXCLUDED.{c}" for c in _BEAT_COLUMNS[2:])
+    return (
+        f"INSERT INTO {table_name(conn, nodes)} ({', '.join(_BEAT_COLUMNS)}) "
+        f"{unnest_select(conn.dialect, nodes, _BEAT_COLUMNS, ('health',))} "
+        f"ON CONFLICT (site, node_id) DO UPDATE SET {changed}"
+    )
+
+
 def _insert(conn: Connection, table: Table) -> Any:
     """The dialect's INSERT, which offers ON CONFLICT on both SQLite and PostgreSQL."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -360,9 +376,7 @@ class Store:
                     continue  # another replica stored one that arrived later: keep it
                 if 0 < gap <= 3600:
                     interval = gap  # the node's interval, learnt from consecutive arrivals
-            health = beat.model_dump(
-                mode="json", exclude_none=True, exclude={"schema_", "id", "node_id", "site", "ts", "seq", "type"}
-            )
+            health = beat.model_dump(mode="json", exclude_none=True, exclude=_NOT_HEALTH)
             rows.append(
                 {
                     "site": beat.site,
@@ -373,11 +387,15 @@ class Store:
                     "health": health,
                 }
             )
-        if rows:
+        if rows and conn.dialect.name == "postgresql" and conn.dialect.paramstyle == "pyformat":
+            # one statement for the batch (unnest.py), not one a node
+            arrays: list[list[Any]] = [[row[c] for row in rows] for c in _BEAT_COLUMNS]
+            arrays[-1] = [json.dumps(health) for health in arrays[-1]]
+            conn.exec_driver_sql(_heartbeat_upsert(conn), tuple(arrays))
+        elif rows:
             stmt = _insert(conn, nodes)
-            changed = ("heartbeat_ts", "heartbeat_at", "heartbeat_interval_s", "health")
             stmt = stmt.on_conflict_do_update(
-                index_elements=["site", "node_id"], set_={c: stmt.excluded[c] for c in changed}
+                index_elements=["site", "node_id"], set_={c: stmt.excluded[c] for c in _BEAT_COLUMNS[2:]}
             )
             conn.execute(stmt, rows)
 

@@ -49,8 +49,6 @@ def alert(seq: int, title: str | None = None) -> Alert:
     )  # fmt: skip
 
 
-
-
 def stored(aggregator: Aggregator) -> float:
     return aggregator.metrics.registry.get_sample_value("s4edge_messages_stored_total", {"type": "alert"}) or 0.0
 
@@ -114,9 +112,13 @@ def test_replicas_starting_together_create_the_schema_once(pg_schema: str) -> No
     assert failures == []
 
 
-def test_a_batch_of_fleet_heartbeats_and_telemetry_on_postgres(pg_schema: str) -> None:
+def test_a_batch_of_fleet_heartbeats_and_telemetry_on_postgres(pg_schema: str, tmp_path: Path) -> None:
+    """PostgreSQL takes a batch's heartbeats as one upsert of arrays (``unnest.py``), SQLite one
+    row at a time: the nodes read back the same from both."""
     store = Store(make_engine(POSTGRES, pg_schema))
     store.create_all()
+    plain = Store(make_engine(f"sqlite:///{tmp_path / 'plain.db'}"))
+    plain.create_all()
     t0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
     fleet = [f"n{i:03d}" for i in range(60)]
     for tick in range(2):
@@ -134,7 +136,13 @@ def test_a_batch_of_fleet_heartbeats_and_telemetry_on_postgres(pg_schema: str) -
         with store.engine.begin() as conn:
             store.record_heartbeats(conn, beats)
             store.record_telemetry_batch(conn, readings)
+        with plain.engine.begin() as conn:
+            plain.record_heartbeats(conn, beats)
     nodes = store.nodes(default_interval_s=30, stale_factor=3)
+    beat_fields = ("node_id", "heartbeat_ts", "heartbeat_at", "heartbeat_interval_s", "health")
+    assert [{k: n[k] for k in beat_fields} for n in nodes] == [
+        {k: n[k] for k in beat_fields} for n in plain.nodes(default_interval_s=30, stale_factor=3)
+    ]
     assert len(nodes) == len(fleet)
     assert {n["heartbeat_interval_s"] for n in nodes} == {20.0}
     assert {n["health"]["uptime_s"] for n in nodes} == {20.0}
