@@ -7,7 +7,6 @@ Other centre modules (NG112 forwarding, correlation) add their own tables to
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -366,6 +365,7 @@ class Store:
             (row.site, row.node_id): row
             for row in conn.execute(columns.where(tuple_(nodes.c.site, nodes.c.node_id).in_(keys)))
         }
+        arrays = conn.dialect.name == "postgresql" and conn.dialect.paramstyle == "pyformat"
         rows = []
         for beat, received_at in beats:
             before = previous.get((beat.site, beat.node_id))
@@ -376,28 +376,21 @@ class Store:
                     continue  # another replica stored one that arrived later: keep it
                 if 0 < gap <= 3600:
                     interval = gap  # the node's interval, learnt from consecutive arrivals
-            health = beat.model_dump(mode="json", exclude_none=True, exclude=_NOT_HEALTH)
-            rows.append(
-                {
-                    "site": beat.site,
-                    "node_id": beat.node_id,
-                    "heartbeat_ts": utc(beat.ts),
-                    "heartbeat_at": received_at,
-                    "heartbeat_interval_s": interval,
-                    "health": health,
-                }
+            health: Any = (  # as JSON text for the arrays, which go to the driver as they are
+                beat.model_dump_json(exclude_none=True, exclude=_NOT_HEALTH)
+                if arrays
+                else beat.model_dump(mode="json", exclude_none=True, exclude=_NOT_HEALTH)
             )
-        if rows and conn.dialect.name == "postgresql" and conn.dialect.paramstyle == "pyformat":
+            rows.append((beat.site, beat.node_id, utc(beat.ts), received_at, interval, health))
+        if rows and arrays:
             # one statement for the batch (unnest.py), not one a node
-            arrays: list[list[Any]] = [[row[c] for row in rows] for c in _BEAT_COLUMNS]
-            arrays[-1] = [json.dumps(health) for health in arrays[-1]]
-            conn.exec_driver_sql(_heartbeat_upsert(conn), tuple(arrays))
+            conn.exec_driver_sql(_heartbeat_upsert(conn), tuple(list(column) for column in zip(*rows, strict=True)))
         elif rows:
             stmt = _insert(conn, nodes)
             stmt = stmt.on_conflict_do_update(
                 index_elements=["site", "node_id"], set_={c: stmt.excluded[c] for c in _BEAT_COLUMNS[2:]}
             )
-            conn.execute(stmt, rows)
+            conn.execute(stmt, [dict(zip(_BEAT_COLUMNS, row, strict=True)) for row in rows])
 
     def record_heartbeat(self, conn: Connection, beat: Heartbeat, received_at: datetime) -> None:
         self.record_heartbeats(conn, [(beat, received_at)])
