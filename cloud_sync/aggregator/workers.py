@@ -74,7 +74,7 @@ class WorkersError(ValueError):
 def default_workers(db_url: str) -> int:
     """``aggregator run``'s default: one per core on PostgreSQL, which takes commits from many
     connections at once. Two on SQLite (one on a single core): two measured better than one
-    (``s4edge bench ingest --workers 1,2``: 1.14 of the bare subscriber against 0.84 on two
+    (``s4edge bench ingest --workers 1,2``: 1.48 of the bare subscriber against 1.03 on two
     cores), and more would queue on its one write lock."""
     cores = os.cpu_count() or 1
     if store_url(db_url).get_backend_name() == "postgresql":
