@@ -106,7 +106,8 @@ def tune(client: mqtt.Client) -> bool:
         except MalformedPacket as exc:
             self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
             rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-        self._in_packet = _fresh_in_packet()
+        finally:  # a callback that raised must not leave the reader mid-packet: the next byte starts one
+            self._in_packet = _fresh_in_packet()
         return rc
 
     def loop_read(self: mqtt.Client, max_packets: int = 1) -> MQTTErrorCode:

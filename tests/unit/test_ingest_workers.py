@@ -174,6 +174,25 @@ def test_a_packet_is_handled_as_stock_paho_handles_it(packet: bytes) -> None:
     assert tuned == stock
 
 
+def test_a_callback_that_raises_leaves_the_stream_in_step() -> None:
+    sock, got = ScriptedSocket(), []
+
+    def on_message(_c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        if m.mid == 2:  # framed from the buffer: the first went through paho's own reader
+            raise RuntimeError("a bug in the callback")
+        got.append((m.mid, bytes(m.payload)))
+
+    client = client_on(sock, [])
+    client.on_message = on_message
+    client.suppress_exceptions = False
+    assert tune(client)
+    sock.arrive(publish_packet(1, b"one") + publish_packet(2, b"two") + publish_packet(3, b"three"))
+    with pytest.raises(RuntimeError):
+        client.loop_read()
+    client.loop_read()
+    assert got == [(1, b"one"), (3, b"three")]
+
+
 def test_a_batch_of_acks_is_one_write_of_back_to_back_pubacks() -> None:
     sock = ScriptedSocket()
     client = client_on(sock, [])
