@@ -302,11 +302,13 @@ class Node:
         )
 
     def _build_sources(self, config: Any, book: IncidentBook) -> list[AlertSource]:
-        built = []
+        built: list[AlertSource] = []
         for source_config in config.sources:
             try:
                 built.append(build_source(source_config, book))
             except Exception as exc:  # a model that will not pull, a GPIO pin in use, …: all refuse the config
+                for source in built:  # the ones built so far let go of their buses and lines
+                    _release(source)
                 name = getattr(source_config, "name", source_config.type)
                 raise ConfigError(f"sources: {source_config.type} source {name!r}: {exc}") from None
         return built
@@ -335,9 +337,7 @@ class Node:
         for running in self._running:
             running.thread.join(10)
             self.watchdog.forget(running.thread.name)
-            close = getattr(running.source, "close", None)  # a source holding a bus or GPIO lines
-            if close is not None:
-                close()
+            _release(running.source)
             self.health.forget(running.source.name)
         self._running = []
 
@@ -564,3 +564,10 @@ def _unless_failing(read: Callable[[], int]) -> int | None:
         return read()
     except sqlite3.Error:
         return None
+
+
+def _release(source: AlertSource) -> None:
+    """Close a source that holds a bus or GPIO lines (those that hold nothing have no ``close``)."""
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()

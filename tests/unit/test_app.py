@@ -246,6 +246,35 @@ def test_stopped_sources_release_their_devices(node: Node) -> None:
     assert released == ["concourse"]
 
 
+def test_a_config_whose_second_source_fails_releases_the_first(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sources built before the one that fails let go of their devices: a GPIO line held
+    by a half-built config would refuse the next reload, and the old config's return."""
+    import s4edge.edge.app as app
+
+    released: list[str] = []
+
+    class Held:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def close(self) -> None:
+            released.append(self.name)
+
+    def build(source_config, book):  # the second source's GPIO line is busy
+        if source_config.name == "second":
+            raise RuntimeError("GPIO17 is in use")
+        return Held(source_config.name)
+
+    monkeypatch.setattr(app, "build_source", build)
+    config = sim_config(tmp_path)
+    config["sources"] = [dict(config["sources"][0], name=name) for name in ("first", "second", "third")]
+    with pytest.raises(ConfigError, match="'second': GPIO17 is in use"):
+        node._build_sources(parse_config(config), node.book)
+    assert released == ["first"]
+
+
 def test_a_reload_that_needs_the_devices_the_old_sources_hold_gets_them(
     node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
