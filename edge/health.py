@@ -244,7 +244,9 @@ class ServiceNotifier:
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(state.encode(), target)
+                # never wait: with the listener's queue full, a blocking send would stall the loop
+                # that pings the watchdog and publishes the heartbeats; a ping lost is sent again
+                sock.sendto(state.encode(), socket.MSG_DONTWAIT, target)
         except OSError as exc:
             if not self._warned:  # once: a missing socket would otherwise log every tick
                 log.warning("sd_notify to %s failed (%s); systemd may restart the agent", self.address, exc)

@@ -190,3 +190,16 @@ def test_an_unknown_log_format_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--log-format must be auto, text or json" in result.output
     assert not (tmp_path / "outbox.db").exists()
+
+
+def test_a_listener_that_stops_reading_never_stalls_the_notifier(notify: NotifySocket) -> None:
+    """Its queue fills up; the pings that do not fit are dropped, not waited on: the loop that
+    sends them also publishes the heartbeats."""
+    notifier = ServiceNotifier(notify.address)
+    sent: list[bool] = []
+    pinging = threading.Thread(target=lambda: sent.extend(notifier.notify("WATCHDOG=1") for _ in range(5000)))
+    pinging.start()
+    pinging.join(20)
+    assert not pinging.is_alive(), "a ping waited for the listener"
+    assert sent[0] and not sent[-1]  # the first ones queued, the ones past a full queue dropped
+    assert notify.next(1) == "WATCHDOG=1"
