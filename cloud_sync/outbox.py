@@ -12,13 +12,21 @@ marks are rows on disk, so they outlive a restart.
 Throughput comes from group commit: one writer thread commits every operation that is
 waiting at that moment in a single transaction (one fsync) and then releases all their
 callers. Alerts are never evicted; telemetry is bounded, oldest first, and the number
-dropped is persisted. The outbox also owns the node's ``seq`` counter, which must stay
+dropped is persisted.
+
+A node stopped cleanly leaves no WAL or shared-memory file, and SQLite must create both to
+open the outbox again: on a disk with no byte left it cannot (``disk I/O error``,
+SQLITE_IOERR_SHMSIZE), and the node would not start. So the outbox keeps ``RESERVE_BYTES``
+in a file beside it (``outbox.db.reserve``), gives that space up to open on a full disk, and
+takes it back once a commit finds room for it again. The outbox also owns the node's ``seq`` counter, which must stay
 monotonic across restarts, and the set of command ids already executed (replay guard).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sqlite3
 import threading
 import time
@@ -31,6 +39,8 @@ TELEMETRY: Final = "telemetry"
 # seq values are reserved durably in blocks, so handing one out costs no fsync;
 # a restart skips the rest of the block, which keeps seq monotonic (with gaps).
 SEQ_BLOCK: Final = 1000
+RESERVE_BYTES: Final = 512 * 1024  # room to create the WAL and shared memory on a full disk, and then some
+RESERVE_RETRY_S: Final = 5.0  # how often a commit tries to take the reserve back while it is given up
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -54,6 +64,14 @@ CREATE INDEX IF NOT EXISTS outbox_receipt ON outbox (receipt_id) WHERE receipt_i
 CREATE INDEX IF NOT EXISTS outbox_resend ON outbox (resend_at) WHERE resend_at IS NOT NULL;
 """
 _COLUMNS = "id, topic, payload, qos, retain, kind, receipt_id, attempts"
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """SQLITE_FULL (the primary result code is the low byte of an extended one), or ENOSPC."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    code = getattr(error, "sqlite_errorcode", None)  # absent on an error not raised by SQLite itself
+    return isinstance(error, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_FULL
 
 
 class OutboxClosed(RuntimeError):
@@ -96,10 +114,17 @@ class Outbox:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.telemetry_max = telemetry_max
-        self._writer_db = self._connect()
-        self._writer_db.executescript(_SCHEMA)
-        _add_receipt_columns(self._writer_db)
-        self._reader_db = self._connect()
+        self.reserve = self.path.with_name(f"{self.path.name}.reserve")
+        self._failure: BaseException | None = None  # ``failure``
+        self._probed = float("-inf")
+        try:
+            self._open()
+        except sqlite3.OperationalError:
+            if not self._disk_full() or not self._give_up_reserve():
+                raise
+            self._open()  # on the reserve's room
+        self._reserve_tried = float("-inf")
+        self._failure = self._space_fault()
         self._read_lock = threading.Lock()
         counters = dict(self._reader_db.execute("SELECT name, value FROM counter").fetchall())
         self._seq: int = counters.get("seq_reserved", 0)
@@ -109,17 +134,84 @@ class Outbox:
         self._queue: list[_Op] = []
         self._queue_cond = threading.Condition()
         self._put_event = threading.Event()
-        # the last commit's error, None once one succeeds: the node reports it (disk_full)
-        self.failure: BaseException | None = None
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
         self._writer.start()
 
+    def _open(self) -> None:
+        self._writer_db = self._connect()
+        try:
+            self._writer_db.executescript(_SCHEMA)
+            _add_receipt_columns(self._writer_db)
+            self._reader_db = self._connect()
+        except sqlite3.Error:
+            self._writer_db.close()
+            raise
+
+    def _disk_full(self) -> bool:
+        """Less room left on the outbox's disk than its reserve holds."""
+        stats = os.statvfs(self.path.parent)
+        return stats.f_bavail * stats.f_frsize < RESERVE_BYTES
+
+    def _give_up_reserve(self) -> bool:
+        try:
+            self.reserve.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The last commit's error, or a full disk (less room than the reserve holds) after the
+        last commit; None otherwise. The node reports it (``disk_full``). While the disk is
+        full, asking has the writer look again at most every ``RESERVE_RETRY_S`` (a commit of
+        nothing): a node that stores nothing meanwhile learns all the same that room is back."""
+        failure = self._failure
+        if is_disk_full(failure) and time.monotonic() - self._probed >= RESERVE_RETRY_S:
+            self._probed = time.monotonic()
+            with contextlib.suppress(OutboxClosed):
+                self._submit(lambda db: None)
+        return failure
+
+    def _space_fault(self) -> OSError | None:
+        """After a commit: take the reserve back if it was given up (at most every
+        ``RESERVE_RETRY_S``); less room on the disk than the reserve holds is a full disk,
+        though commits still find room (in the WAL, or in what the reserve gave up)."""
+        if not self.reserve.exists() and time.monotonic() - self._reserve_tried >= RESERVE_RETRY_S:
+            # the WAL grew into the room the reserve gave up, and never shrinks by itself
+            with contextlib.suppress(sqlite3.Error):
+                self._writer_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._take_back_reserve()
+        if not self._disk_full():
+            return None
+        where = "the outbox runs on its reserve" if not self.reserve.exists() else "the next write may fail"
+        return OSError(errno.ENOSPC, f"no space left on the disk: {where} ({self.reserve.name})")
+
+    def _take_back_reserve(self) -> None:
+        """Write the reserve file where it is missing; on a disk without room for it, nothing
+        (tried again at most every ``RESERVE_RETRY_S``, after a commit)."""
+        self._reserve_tried = time.monotonic()
+        if self.reserve.exists():
+            return
+        partial = self.reserve.with_name(f"{self.reserve.name}.new")
+        try:
+            with open(partial, "wb") as file:
+                file.write(bytes(RESERVE_BYTES))
+                file.flush()
+                os.fsync(file.fileno())
+            partial.rename(self.reserve)
+        except OSError:
+            partial.unlink(missing_ok=True)
+
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so a committed put survives power loss.
-        db.execute("PRAGMA synchronous=FULL")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so a committed put survives power loss.
+            db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            db.close()
+            raise
         return db
 
     # -- writing -------------------------------------------------------------------
@@ -157,9 +249,9 @@ class Outbox:
                     db.execute("ROLLBACK")
             for op in batch:
                 op.error = exc
-            self.failure = exc
+            self._failure = exc
         else:
-            self.failure = None
+            self._failure = self._space_fault()
         for op in batch:
             op.done.set()
         self._put_event.set()

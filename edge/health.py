@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import socket
-import sqlite3
 import statistics
 import threading
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from s4edge.cloud_sync.outbox import is_disk_full
 from s4edge.edge.alerts import AlertDraft
 
 log = logging.getLogger(__name__)
@@ -161,12 +161,6 @@ class FaultLog:
                 now = states.get(part, "no longer reported")
                 self._log.info("recovered: %s — now %s", part, now, extra={"event": "recovered", "part": part})
             self._degraded = dict(degraded)
-
-
-def is_disk_full(error: BaseException | None) -> bool:
-    # the primary result code is the low byte of an extended one
-    code = getattr(error, "sqlite_errorcode", None)  # absent on an error not raised by SQLite itself
-    return isinstance(error, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_FULL
 
 
 class SourceHealth:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from s4edge.cloud_sync.outbox import Outbox
+from s4edge.cloud_sync import outbox as outbox_module
+from s4edge.cloud_sync.outbox import RESERVE_BYTES, Outbox
 from s4edge.edge.health import DISK_FULL, Health, is_disk_full
 from s4edge.testing.disk import SmallDisk
 
@@ -58,3 +59,34 @@ def test_any_other_store_error_is_an_outbox_fault(tmp_path: Path) -> None:
     assert health.states()["outbox"] == "fault: attempt to write a readonly database"
     health.set_outbox(None)
     assert health.states() == {}
+
+
+def test_a_cleanly_closed_outbox_opens_on_a_full_disk_on_its_reserve(
+    disk: SmallDisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clean close leaves no WAL or shared-memory file, and SQLite cannot make them on a disk
+    with no byte left (``disk I/O error``): the outbox opens on the room its reserve file kept,
+    says the disk is full while it cannot take that room back, and takes it back once it can."""
+    path = disk.mountpoint / "outbox.db"
+    with Outbox(path) as outbox:
+        assert outbox.reserve.stat().st_size == RESERVE_BYTES
+        outbox.put("t", b"held")
+    assert sorted(p.name for p in disk.mountpoint.iterdir()) == ["outbox.db", "outbox.db.reserve"]
+    disk.fill()
+    outbox.reserve.rename(disk.mountpoint / "kept-aside")  # as though there were none to give up
+    with pytest.raises(sqlite3.OperationalError):
+        Outbox(path)
+    (disk.mountpoint / "kept-aside").rename(outbox.reserve)
+
+    monkeypatch.setattr(outbox_module, "RESERVE_RETRY_S", 0.0)
+    with Outbox(path) as reopened:
+        assert not reopened.reserve.exists()
+        assert is_disk_full(reopened.failure)
+        assert [row.payload for row in reopened.pending()] == [b"held"]
+        reopened.put("t", b"on the reserve")  # its room is the outbox's now
+        assert is_disk_full(reopened.failure), "still full: the reserve cannot be taken back"
+        disk.free()
+        reopened.put("t", b"after")
+        assert reopened.failure is None
+        assert reopened.reserve.stat().st_size == RESERVE_BYTES
+        assert [row.payload for row in reopened.pending()] == [b"held", b"on the reserve", b"after"]
