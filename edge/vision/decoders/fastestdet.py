@@ -30,16 +30,18 @@ def decode(outputs: Sequence[np.ndarray], options: Options, context: DecodeConte
         raise ValueError(f"expected a (5 + classes) × H × W map, got {pred.shape}")
     _, rows, cols = pred.shape
     cls = pred[5:]
-    cls_score = np.clip(cls.max(axis=0), 0, 1)
-    score = np.clip(pred[0], 0, 1) ** 0.6 * cls_score**0.4
+    # np.clip(v, 0, 1)'s values, at a third of its cost on arrays this small
+    cls_score = np.minimum(np.maximum(cls.max(axis=0), 0), 1)
+    score = np.minimum(np.maximum(pred[0], 0), 1) ** 0.6 * cls_score**0.4
     ys, xs = np.nonzero(score > context.score_threshold)
     if ys.size == 0:
         return Candidates.empty()
-    cx = (xs + np.tanh(pred[1, ys, xs])) / cols
-    cy = (ys + np.tanh(pred[2, ys, xs])) / rows
-    w = sigmoid(pred[3, ys, xs])
-    h = sigmoid(pred[4, ys, xs])
-    return Candidates(cxcywh_to_xyxy(cx, cy, w, h), score[ys, xs].astype(np.float32), cls[:, ys, xs].argmax(axis=0))
+    cell = pred[1:5, ys, xs]  # centre offsets, width and height of the cells that passed
+    offset, size = np.tanh(cell[:2]), sigmoid(cell[2:])
+    cx, cy = (xs + offset[0]) / cols, (ys + offset[1]) / rows
+    return Candidates(
+        cxcywh_to_xyxy(cx, cy, size[0], size[1]), score[ys, xs].astype(np.float32), cls[:, ys, xs].argmax(axis=0)
+    )
 
 
 FAMILY = Family(Options, decode)
