@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from s4edge.edge.vision.assignment import linear_sum_assignment
-from s4edge.edge.vision.tracker import Track, TrackerConfig
+from s4edge.edge.vision.tracker import Track, TrackerConfig, _xywh, iou_matrix  # unchanged by the batching
 from s4edge.edge.vision.types import Detection
 
 Box = tuple[float, float, float, float]
@@ -62,28 +62,9 @@ class _Kalman:
 _Q_WEIGHTS = np.array([_Kalman.POS_STD] * 4 + [_Kalman.VEL_STD] * 4)
 
 
-def _xywh(box: Box) -> tuple[float, float, float, float]:
-    x1, y1, x2, y2 = box
-    return (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, 1e-4), max(y2 - y1, 1e-4)
-
-
 def _clip(box: Box) -> Box:
     x1, y1, x2, y2 = (min(1.0, max(0.0, v)) for v in box)
     return x1, y1, max(x1, x2), max(y1, y2)
-
-
-def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
-    if not a or not b:
-        return np.zeros((len(a), len(b)))
-    aa = np.asarray(a, dtype=float)[:, None, :]
-    bb = np.asarray(b, dtype=float)[None, :, :]
-    iw = np.clip(np.minimum(aa[..., 2], bb[..., 2]) - np.maximum(aa[..., 0], bb[..., 0]), 0, None)
-    ih = np.clip(np.minimum(aa[..., 3], bb[..., 3]) - np.maximum(aa[..., 1], bb[..., 1]), 0, None)
-    inter = iw * ih
-    area_a = (aa[..., 2] - aa[..., 0]) * (aa[..., 3] - aa[..., 1])
-    area_b = (bb[..., 2] - bb[..., 0]) * (bb[..., 3] - bb[..., 1])
-    union = area_a + area_b - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def _associate(
