@@ -165,13 +165,16 @@ class FakeVideoCapture:
 
     instances: ClassVar[list[FakeVideoCapture]] = []
 
-    def __init__(self, target: object, api: int = 0) -> None:
+    opens_through_ffmpeg: ClassVar[bool] = True
+
+    def __init__(self, target: object, api: int = 0, params: list[int] | None = None) -> None:
+        self.api, self.params = api, params
         self.props: dict[int, float] = {}
         self.sets: list[tuple[int, float]] = []
         FakeVideoCapture.instances.append(self)
 
     def isOpened(self) -> bool:
-        return True
+        return self.api != cv2.CAP_FFMPEG or FakeVideoCapture.opens_through_ffmpeg
 
     def set(self, prop: int, value: float) -> bool:
         self.sets.append((prop, value))
@@ -227,6 +230,34 @@ def test_streams_and_files_are_not_asked_for_a_pixel_format(monkeypatch: pytest.
     monkeypatch.setattr(cv2, "VideoCapture", FakeVideoCapture)
     open_source(url).open()
     assert [prop for prop, _ in FakeVideoCapture.instances[-1].sets if prop == cv2.CAP_PROP_FOURCC] == []
+
+
+@pytest.mark.parametrize("ffmpeg", [True, False])
+def test_streams_and_files_are_decoded_by_ffmpeg_on_one_thread_where_it_opens_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ffmpeg: bool
+) -> None:
+    """FFmpeg's frame threads cost CPU for the same pixels; a camera (V4L2) is not FFmpeg's."""
+    monkeypatch.setattr(cv2, "VideoCapture", FakeVideoCapture)
+    monkeypatch.setattr(FakeVideoCapture, "opens_through_ffmpeg", ffmpeg)
+    clip = tmp_path / "clip.avi"
+    clip.write_bytes(b"")
+    for source in (open_source("/var/lib/clip.mp4"), ReplaySource(clip)):
+        FakeVideoCapture.instances.clear()
+        source.open()
+        first, used = FakeVideoCapture.instances[0], FakeVideoCapture.instances[-1]
+        assert (first.api, first.params) == (cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+        assert (used is first) == ffmpeg  # else the backend OpenCV picks, as before
+    FakeVideoCapture.instances.clear()
+    stream = open_source("rtsp://10.0.0.5/stream1")
+    if ffmpeg:
+        stream.open()
+    else:  # a stream is FFmpeg's alone: no other backend is tried
+        with pytest.raises(FrameSourceError):
+            stream.open()
+    assert [(c.api, c.params) for c in FakeVideoCapture.instances] == [(cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])]
+    FakeVideoCapture.instances.clear()
+    open_source("/dev/video0").open()
+    assert [(c.api, c.params) for c in FakeVideoCapture.instances] == [(cv2.CAP_ANY, None)]
 
 
 def test_raw_yuyv_handed_over_anyway_becomes_bgr(monkeypatch: pytest.MonkeyPatch) -> None:
