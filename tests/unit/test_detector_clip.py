@@ -193,3 +193,17 @@ def test_the_alerts_on_the_clip_match_the_reference_path(fastestdet: Detector, c
             assert mine.detection.count == theirs.detection.count
             assert mine.detection.track_ids == theirs.detection.track_ids
             np.testing.assert_allclose(corners(mine.detection.boxes), corners(theirs.detection.boxes), atol=TOLERANCE)
+
+
+def test_the_replay_decodes_the_clip_as_plain_opencv_does(clip: list[np.ndarray]) -> None:
+    """The replay's FFmpeg runs one decoding thread (``drivers.frames.open_video``): the same
+    pixels, frame for frame."""
+    replay = ReplaySource(CLIP, realtime=False)
+    replay.open()
+    try:
+        for expected in clip:
+            ok, frame, _ = replay.read()
+            assert ok and frame is not None
+            np.testing.assert_array_equal(frame, expected)
+    finally:
+        replay.close()
