@@ -14,12 +14,14 @@ waiting at that moment in a single transaction (one fsync) and then releases all
 callers. Alerts are never evicted; telemetry is bounded, oldest first, and the number
 dropped is persisted.
 
+The outbox also owns the node's ``seq`` counter, which must stay monotonic across restarts,
+and the set of command ids already executed (replay guard).
+
 A node stopped cleanly leaves no WAL or shared-memory file, and SQLite must create both to
 open the outbox again: on a disk with no byte left it cannot (``disk I/O error``,
 SQLITE_IOERR_SHMSIZE), and the node would not start. So the outbox keeps ``RESERVE_BYTES``
 in a file beside it (``outbox.db.reserve``), gives that space up to open on a full disk, and
-takes it back once a commit finds room for it again. The outbox also owns the node's ``seq`` counter, which must stay
-monotonic across restarts, and the set of command ids already executed (replay guard).
+takes it back once a commit finds room for it again.
 """
 
 from __future__ import annotations
@@ -188,11 +190,9 @@ class Outbox:
         return OSError(errno.ENOSPC, f"no space left on the disk: {where} ({self.reserve.name})")
 
     def _take_back_reserve(self) -> None:
-        """Write the reserve file where it is missing; on a disk without room for it, nothing
-        (tried again at most every ``RESERVE_RETRY_S``, after a commit)."""
+        """Write the missing reserve file; on a disk without room for it, nothing (tried again
+        at most every ``RESERVE_RETRY_S``, after a commit)."""
         self._reserve_tried = time.monotonic()
-        if self.reserve.exists():
-            return
         partial = self.reserve.with_name(f"{self.reserve.name}.new")
         try:
             with open(partial, "wb") as file:

@@ -6,13 +6,14 @@ aggregator's writer process and the NG112 forwarder process speak it to their pa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import struct
 import sys
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
 
@@ -32,6 +33,18 @@ def receive_frame(stream: IO[bytes]) -> bytes | None:
     (size,) = _LENGTH.unpack(head)
     body = stream.read(size)
     return body if len(body) == size else None
+
+
+def receive_spec(stream: IO[bytes]) -> dict[str, Any] | None:
+    """A child's first frame, the JSON spec it runs by, with the parent's log level (its
+    ``log_level``, when it has one) applied; None when the parent went away first."""
+    first = receive_frame(stream)
+    if first is None:
+        return None
+    spec: dict[str, Any] = json.loads(first)
+    if "log_level" in spec:
+        logging.getLogger("s4edge").setLevel(spec["log_level"])
+    return spec
 
 
 def run_child(name: str, serve: Callable[[IO[bytes], IO[bytes]], int]) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from s4edge.cloud_sync.aggregator.store import Store, alerts
-from s4edge.cloud_sync.aggregator.unnest import unnest_select
+from s4edge.cloud_sync.aggregator.unnest import takes_arrays, unnest_select
 from s4edge.cloud_sync.aggregator.views import utc
 from s4edge.cloud_sync.messages import Alert, Measurement
 
@@ -154,7 +154,7 @@ def _compile(conn: Connection, translate: dict[str | None, str | None] | None) -
         return None  # a type that needs a conversion we do not make: let SQLAlchemy do it
     max_rows = max(1, min(dialect.insertmanyvalues_page_size, dialect.insertmanyvalues_max_parameters // len(order)))
     unnest = None
-    if dialect.name == "postgresql" and dialect.paramstyle == "pyformat":
+    if takes_arrays(dialect):
         unnest = f"{head} {unnest_select(dialect, alerts, order, _JSON)} ON CONFLICT {tail}"
     return _Statement(
         head=f"{head}{values_kw}",

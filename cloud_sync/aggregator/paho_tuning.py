@@ -31,7 +31,6 @@ All three reach into paho's private methods (``_sock_recv``, ``_packet_read``, `
 from __future__ import annotations
 
 import struct
-import time
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -165,7 +164,7 @@ def _publish_handler(client: mqtt.Client) -> Callable[[], MQTTErrorCode]:
         message.dup, message.qos, message.retain = bool(header & 0x08), qos, bool(header & 0x01)
         message.properties = no_properties  # shared: nothing in ingest writes to it
         message.payload = bytes(packet[at + 1 :])
-        message.timestamp = time.monotonic()  # paho's own clock for messages
+        message.timestamp = mqtt.time_func()  # paho's own clock for messages
         client._handle_on_message(message)
         if qos == 0 or client._manual_ack:
             return MQTTErrorCode.MQTT_ERR_SUCCESS

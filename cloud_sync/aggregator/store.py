@@ -7,6 +7,7 @@ Other centre modules (NG112 forwarding, correlation) add their own tables to
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,13 +38,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, ExceptionContext
+from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
 from sqlalchemy.exc import OperationalError
 
 from s4edge.cloud_sync.aggregator.downsample import buckets
 from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.cloud_sync.aggregator.store_url import store_url
-from s4edge.cloud_sync.aggregator.unnest import table_name, unnest_select
+from s4edge.cloud_sync.aggregator.unnest import table_name, takes_arrays, unnest_select
 from s4edge.cloud_sync.aggregator.views import (
     alert_dict,
     alert_row,
@@ -258,12 +259,14 @@ _NOT_HEALTH = {"schema_", "id", "node_id", "site", "ts", "seq", "type"}  # a hea
 _BEAT_COLUMNS = ("site", "node_id", "heartbeat_ts", "heartbeat_at", "heartbeat_interval_s", "health")
 
 
-def _heartbeat_upsert(conn: Connection) -> str:
-    """PostgreSQL: a batch's heartbeats, one row a node, as one upsert of arrays."""
+@functools.lru_cache(maxsize=16)
+def _heartbeat_upsert(table: str, dialect: Dialect) -> str:
+    """PostgreSQL: a batch's heartbeats, one row a node, as one upsert of arrays into ``table``
+    (the nodes table as a connection names it); made once, not once a batch."""
     changed = ", ".join(f"{c} = EXCLUDED.{c}" for c in _BEAT_COLUMNS[2:])
     return (
-        f"INSERT INTO {table_name(conn, nodes)} ({', '.join(_BEAT_COLUMNS)}) "
-        f"{unnest_select(conn.dialect, nodes, _BEAT_COLUMNS, ('health',))} "
+        f"INSERT INTO {table} ({', '.join(_BEAT_COLUMNS)}) "
+        f"{unnest_select(dialect, nodes, _BEAT_COLUMNS, ('health',))} "
         f"ON CONFLICT (site, node_id) DO UPDATE SET {changed}"
     )
 
@@ -365,7 +368,7 @@ class Store:
             (row.site, row.node_id): row
             for row in conn.execute(columns.where(tuple_(nodes.c.site, nodes.c.node_id).in_(keys)))
         }
-        arrays = conn.dialect.name == "postgresql" and conn.dialect.paramstyle == "pyformat"
+        arrays = takes_arrays(conn.dialect)
         rows = []
         for beat, received_at in beats:
             before = previous.get((beat.site, beat.node_id))
@@ -384,7 +387,8 @@ class Store:
             rows.append((beat.site, beat.node_id, utc(beat.ts), received_at, interval, health))
         if rows and arrays:
             # one statement for the batch (unnest.py), not one a node
-            conn.exec_driver_sql(_heartbeat_upsert(conn), tuple(list(column) for column in zip(*rows, strict=True)))
+            arrays_of = tuple(list(column) for column in zip(*rows, strict=True))
+            conn.exec_driver_sql(_heartbeat_upsert(table_name(conn, nodes), conn.dialect), arrays_of)
         elif rows:
             stmt = _insert(conn, nodes)
             stmt = stmt.on_conflict_do_update(

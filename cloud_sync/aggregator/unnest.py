@@ -14,6 +14,11 @@ from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Dialect
 
 
+def takes_arrays(dialect: Dialect) -> bool:
+    """PostgreSQL through psycopg (pyformat, ``%b`` for a binary parameter)."""
+    return dialect.name == "postgresql" and dialect.paramstyle == "pyformat"
+
+
 def unnest_select(dialect: Dialect, table: Table, columns: Sequence[str], json_columns: Collection[str] = ()) -> str:
     """``SELECT t.a, … FROM unnest(%b::TYPE[], …) AS t(a, …)``: names and types from the table's
     own definition, values only as parameters, in ``columns``' order. A JSON column travels as

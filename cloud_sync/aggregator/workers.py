@@ -55,7 +55,7 @@ from s4edge.cloud_sync.aggregator.metrics import IngestMetrics, WorkerTotals, sn
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.aggregator.store_url import store_url
 from s4edge.cloud_sync.aggregator.writer import Item, Outcome, StaleReadOnly, StoreSpec, WriterGone, WriterRules
-from s4edge.cloud_sync.pipe import receive_frame, run_child, send_frame
+from s4edge.cloud_sync.pipe import receive_frame, receive_spec, run_child, send_frame
 
 log = logging.getLogger("s4edge.aggregator")
 
@@ -525,11 +525,9 @@ def _raise_stop(*_: object) -> None:
 
 
 def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
-    first = receive_frame(stdin)
-    if first is None:
+    spec = receive_spec(stdin)
+    if spec is None:
         return 1
-    spec = json.loads(first)
-    logging.getLogger("s4edge").setLevel(spec["log_level"])
     out = _Out(stdout)
     store_spec = StoreSpec(**spec["store"])
     store = Store(make_engine(store_spec.url, store_spec.schema, store_spec.sqlite_sync))

@@ -51,7 +51,7 @@ from s4edge.cloud_sync.messages import (
     Telemetry,
     decode_from,
 )
-from s4edge.cloud_sync.pipe import receive_frame, run_child, send_frame
+from s4edge.cloud_sync.pipe import receive_frame, receive_spec, run_child, send_frame
 
 log = logging.getLogger("s4edge.aggregator")
 
@@ -471,10 +471,9 @@ class WriterProcess:
 
 
 def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
-    first = receive_frame(stdin)
-    if first is None:
+    spec = receive_spec(stdin)
+    if spec is None:
         return 1
-    spec = json.loads(first)
     store = Store(make_engine(spec["url"], spec["schema"], spec["sqlite_sync"]))
     writer = BatchWriter(
         store,

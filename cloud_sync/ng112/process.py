@@ -38,7 +38,7 @@ from s4edge.cloud_sync.aggregator.writer import StoreSpec
 from s4edge.cloud_sync.ng112.desk import ForwardDesk, OnChange
 from s4edge.cloud_sync.ng112.forwarder import STOP_WAIT_S, Forwarder
 from s4edge.cloud_sync.ng112.policy import Ng112Config
-from s4edge.cloud_sync.pipe import receive_frame, run_child, send_frame
+from s4edge.cloud_sync.pipe import receive_frame, receive_spec, run_child, send_frame
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 30.0  # importing, and opening the store
@@ -183,11 +183,9 @@ class ForwarderProcess(ForwardDesk):
 
 
 def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
-    first = receive_frame(stdin)
-    if first is None:
+    spec = receive_spec(stdin)
+    if spec is None:
         return 1
-    spec = json.loads(first)
-    logging.getLogger("s4edge").setLevel(spec["log_level"])
     engine = make_engine(spec["url"], spec["schema"], spec["sqlite_sync"])
     config = Ng112Config.model_validate(spec["config"])
     out = threading.Lock()  # the send workers announce from their own threads

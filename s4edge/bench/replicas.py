@@ -32,9 +32,9 @@ import httpx
 import typer
 from sqlalchemy import Engine, select, text
 
-from s4edge.bench.ingest import alert_payloads, publish_all
+from s4edge.bench.ingest import alert_payloads, check_postgres, publish_all
 from s4edge.cloud_sync.aggregator.store import alerts, make_engine
-from s4edge.cloud_sync.aggregator.store_url import POSTGRES_EXAMPLE, StoreUrlError, probe_store, shown, store_url
+from s4edge.cloud_sync.aggregator.store_url import StoreUrlError, shown
 from s4edge.cloud_sync.aggregator.workers import default_workers
 from s4edge.cloud_sync.messages import Alert, Heartbeat, Location, Measurement, encode, topic_for
 from s4edge.testing import Mosquitto, eventually
@@ -149,20 +149,9 @@ def one_run(db_url: str, replicas: int, payloads: list[tuple[str, bytes]], root:
         engine.dispose()
 
 
-def check_postgres(db_url: str) -> None:
-    """``StoreUrlError`` (one line, with an example) unless ``db_url`` is a PostgreSQL we can reach."""
-    if store_url(db_url).get_backend_name() != "postgresql":
-        raise StoreUrlError(f"{shown(db_url)}: replicas share one PostgreSQL; give one, e.g. {POSTGRES_EXAMPLE}")
-    probe = make_engine(db_url)
-    try:
-        probe_store(probe, db_url)
-    finally:
-        probe.dispose()
-
-
 def run_replicas(db_url: str, messages: int, runs: int, nodes: int, workers: int = 0) -> dict[str, Any]:
-    """``workers``: ingest processes per replica (0: ``aggregator run``'s default)."""
-    check_postgres(db_url)
+    """``workers``: ingest processes per replica (0: ``aggregator run``'s default). ``db_url`` is a
+    PostgreSQL that ``check_postgres`` has reached."""
     workers = workers or default_workers(db_url)
     results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     fleet: list[dict[str, Any]] = []
@@ -224,7 +213,7 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """Ingest with 1 and 2 replicas on PostgreSQL; exactly-once check; fleet size per replica."""
         try:
-            check_postgres(db)
+            check_postgres(db, "replicas share one PostgreSQL; give one")
         except StoreUrlError as exc:
             typer.echo(f"error: --db {exc}", err=True)
             raise typer.Exit(2) from None

@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
 from conftest import POSTGRES
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
 from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
@@ -36,27 +34,9 @@ from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
 from s4edge.testing.fleet import SITE as FLEET_SITE
 from s4edge.testing.fleet import Fleet, build_fleet, cli, login
+from s4edge.testing.listener import Listener
 
 SITE, NODE = "plaza", "worker-node"
-
-
-class Listener:
-    """A paho subscriber recording what arrives on ``topic_filter``, with its topic."""
-
-    def __init__(self, broker: Mosquitto, topic_filter: str) -> None:
-        self.got: list[tuple[str, bytes]] = []
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = lambda c, u, m: self.got.append((m.topic, bytes(m.payload)))
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect(broker.host, broker.port)
-        self.client.subscribe(topic_filter, qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10), "no SUBACK"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def node_config(broker: Mosquitto, tmp_path: Path) -> Any:

@@ -5,15 +5,12 @@ what it had acknowledged loses no alert. Real mosquitto, real SQLite."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
 from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
@@ -27,6 +24,7 @@ from s4edge.edge.app import Node
 from s4edge.edge.config import parse_config
 from s4edge.testing import Mosquitto
 from s4edge.testing import eventually as wait_until
+from s4edge.testing.listener import Listener
 
 SITE, NODE = "plaza", "receipt-node"
 
@@ -60,28 +58,6 @@ def aggregator_config(broker: Mosquitto, tmp_path: Path, writer: str = "thread")
 def stored_ids(aggregator: Aggregator) -> list[str]:
     with aggregator.store.engine.connect() as conn:
         return [row.id for row in conn.execute(select(alerts_table.c.id))]
-
-
-class Listener:
-    """A paho subscriber recording what arrives on ``topic_filter``, with its topic."""
-
-    def __init__(self, broker: Mosquitto, topic_filter: str) -> None:
-        self.got: list[tuple[str, bytes]] = []
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = lambda c, u, m: self.got.append((m.topic, bytes(m.payload)))
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect(broker.host, broker.port)
-        self.client.subscribe(topic_filter, qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10), "no SUBACK"
-
-    def publish(self, topic_name: str, payload: bytes) -> None:
-        self.client.publish(topic_name, payload, qos=1).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
