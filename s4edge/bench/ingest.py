@@ -310,10 +310,14 @@ def psap_process() -> Iterator[str]:
         proc.wait(10)
 
 
-def check_postgres(db_url: str, need: str = "give a PostgreSQL") -> None:
-    """``StoreUrlError`` (one line, with an example) unless ``db_url`` is a PostgreSQL we can reach."""
+BENCH_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def check_postgres(db_url: str, need: str = f"give a PostgreSQL, e.g. {BENCH_POSTGRES}") -> None:
+    """``StoreUrlError`` (one line: ``need``, with an example) unless ``db_url`` is a PostgreSQL
+    we can reach."""
     if store_url(db_url).get_backend_name() != "postgresql":
-        raise StoreUrlError(f"{shown(db_url)}: {need}, e.g. postgresql://postgres@127.0.0.1:5432/test")
+        raise StoreUrlError(f"{shown(db_url)}: {need}")
     probe = make_engine(db_url)
     try:
         probe_store(probe, db_url)

@@ -34,7 +34,7 @@ from sqlalchemy import Engine, select, text
 
 from s4edge.bench.ingest import alert_payloads, check_postgres, publish_all
 from s4edge.cloud_sync.aggregator.store import alerts, make_engine
-from s4edge.cloud_sync.aggregator.store_url import StoreUrlError, shown
+from s4edge.cloud_sync.aggregator.store_url import POSTGRES_EXAMPLE, StoreUrlError, shown
 from s4edge.cloud_sync.aggregator.workers import default_workers
 from s4edge.cloud_sync.messages import Alert, Heartbeat, Location, Measurement, encode, topic_for
 from s4edge.testing import Mosquitto, eventually
@@ -213,7 +213,7 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """Ingest with 1 and 2 replicas on PostgreSQL; exactly-once check; fleet size per replica."""
         try:
-            check_postgres(db, "replicas share one PostgreSQL; give one")
+            check_postgres(db, f"replicas share one PostgreSQL; give one, e.g. {POSTGRES_EXAMPLE}")
         except StoreUrlError as exc:
             typer.echo(f"error: --db {exc}", err=True)
             raise typer.Exit(2) from None
