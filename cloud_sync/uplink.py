@@ -192,6 +192,12 @@ class MqttUplink:
             )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        # This connection thread is the socket's only writer. Without an event loop
+        # registered, paho writes a publish from the caller's thread, unlocked, while
+        # ``loop()`` writes from this one: two writers reorder packets, or interleave a
+        # packet cut short by a full socket buffer into a malformed stream. With one
+        # registered (a no-op), a publish queues its packet and wakes ``loop()``.
+        client.on_socket_register_write = _loop_writes
         for topic_filter, (handler, _) in self._subscriptions.items():
             client.message_callback_add(topic_filter, _dispatch(handler))
         return client
@@ -226,8 +232,8 @@ class MqttUplink:
             delivery = self.publish(last[0], last[1], qos=1, retain=True)
             if not delivery.wait(timeout):
                 log.warning("broker did not acknowledge the final status within %.0f s", timeout)
+        self._client.disconnect()  # queued: the connection thread writes it before it ends
         self._closing.set()
-        self._client.disconnect()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -270,7 +276,7 @@ class MqttUplink:
         """Run the network loop until the connection ends. Some 3.1.1-only brokers never
         answer a v5 CONNECT at all, hence the CONNACK deadline."""
         deadline = time.monotonic() + self.settings.connack_timeout_s
-        while not self._closing.is_set() and client.loop(timeout=0.2) == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        while self._serving(client) and client.loop(timeout=0.2) == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._progressed_at = time.monotonic()
             if self._connack is None and time.monotonic() > deadline:
                 log.warning(
@@ -278,6 +284,10 @@ class MqttUplink:
                 )
                 client.disconnect()
         self.connected.clear()
+
+    def _serving(self, client: mqtt.Client) -> bool:
+        """On until ``close()``, then on until what is queued (its DISCONNECT last) is written."""
+        return not self._closing.is_set() or client.want_write()
 
     def _switch_protocol(self) -> bool:
         """MQTT v5 is the default and 3.1.1 the fallback (docs/architecture.md, "Delivery
@@ -337,6 +347,10 @@ class MqttUplink:
         if self.connected.is_set() and not self._closing.is_set():
             log.warning("disconnected from %s:%s: %s", self._host, self._port, reason)
         self.connected.clear()
+
+
+def _loop_writes(client: mqtt.Client, userdata: object, sock: object) -> None:
+    """Nothing to register: ``MqttUplink._serve``'s ``loop()`` writes what is queued."""
 
 
 def _dispatch(handler: Handler) -> Callable[[mqtt.Client, object, mqtt.MQTTMessage], None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,8 +27,6 @@ from s4edge.testing import Mosquitto, free_port
 from s4edge.testing import eventually as wait_until
 
 SIM = Path(__file__).resolve().parents[2] / "firmware_configs" / "sim-node.yaml"
-
-
 
 
 def test_backoff_doubles_to_the_cap_with_real_jitter() -> None:
@@ -78,6 +77,39 @@ def test_forwarder_drains_in_order_and_deletes_only_acknowledged(tmp_path: Path,
     # before its PUBACK reached us, so a copy may come again later; the first copies are in order.
     assert list(dict.fromkeys(int(p) for _, _, p in got)) == list(range(500))
     assert len(ids) == 500
+
+
+def test_only_the_connection_thread_writes_to_the_socket(broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    # paho writes a publish from the caller's thread when no event loop is registered,
+    # unlocked, while loop() writes from the connection thread: two writers once sent
+    # an outbox's row 12 before row 11. Frequent GIL switches make that race likely.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    client, got = collect(broker.host, broker.port, "order/#")
+    uplink = MqttUplink(UplinkSettings(url=broker.url, client_id="one-writer"))
+    writers: set[str] = set()
+    uplink.start()
+    try:
+        assert uplink.connected.wait(10)
+        paho = uplink._client
+        send = paho._sock_send
+
+        def recorded(data: bytes) -> int:
+            writers.add(threading.current_thread().name)
+            return send(data)
+
+        monkeypatch.setattr(paho, "_sock_send", recorded)
+        deliveries = [uplink.publish("order/t", str(i).encode(), qos=1) for i in range(2000)]
+        assert deliveries[-1].wait(20)
+        wait_until(lambda: len(got) >= 2000, 20, "all messages at the subscriber")
+    finally:
+        sys.setswitchinterval(switch_interval)
+        uplink.close()
+        client.loop_stop()
+    assert writers == {"mqtt-uplink"}
+    assert list(dict.fromkeys(int(p) for _, _, p in got)) == list(range(2000))
+    # close() queues its DISCONNECT for that thread, which writes it before it ends
+    wait_until(lambda: "Client one-writer disconnected." in broker.log.read_text(), 5, "a clean DISCONNECT")
 
 
 def test_rows_stay_in_the_outbox_while_the_broker_is_down(tmp_path: Path) -> None:
