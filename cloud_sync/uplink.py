@@ -232,8 +232,8 @@ class MqttUplink:
             delivery = self.publish(last[0], last[1], qos=1, retain=True)
             if not delivery.wait(timeout):
                 log.warning("broker did not acknowledge the final status within %.0f s", timeout)
-        self._client.disconnect()  # queued: the connection thread writes it before it ends
         self._closing.set()
+        self._client.disconnect()  # queued: the connection thread writes it before it ends
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -286,8 +286,9 @@ class MqttUplink:
         self.connected.clear()
 
     def _serving(self, client: mqtt.Client) -> bool:
-        """On until ``close()``, then on until what is queued (its DISCONNECT last) is written."""
-        return not self._closing.is_set() or client.want_write()
+        """On until ``close()``; then on while connected (``close()`` has yet to queue its
+        DISCONNECT) or while anything queued is unwritten (that DISCONNECT last)."""
+        return not self._closing.is_set() or client.is_connected() or client.want_write()
 
     def _switch_protocol(self) -> bool:
         """MQTT v5 is the default and 3.1.1 the fallback (docs/architecture.md, "Delivery
