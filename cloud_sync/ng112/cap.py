@@ -120,10 +120,15 @@ def load_schema(path: str | Path | None = None) -> etree.XMLSchema:
         return _schema(find_xsd(path).resolve())
 
 
+# XML 1.0 §2.2 Char: what an element's text may hold. An alert's free text may hold more
+# (a control character from a zone's name): lxml refuses it, and the call would never go.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _sub(parent: etree._Element, tag: str, text: str | None = None) -> etree._Element:
     child = etree.SubElement(parent, f"{{{CAP_NS}}}{tag}")
     if text is not None:
-        child.text = text
+        child.text = _NOT_XML_CHAR.sub("\ufffd", text)
     return child
 
 

@@ -412,6 +412,10 @@ class Forwarder(ForwardDesk):
             self._finish(row.id, state="delivered", **values)
         elif _retryable(delivery) and attempts < self.config.max_attempts:
             delay = min(self.config.backoff_s * 2 ** (attempts - 1), self.config.backoff_max_s)
+            if delivery.response and (asked := delivery.response.retry_after) is not None:
+                # RFC 3261 §21.5.4, §20.33: a busy PSAP says when to come back; not before, up to a cap
+                delay = max(delay, min(asked, self.config.retry_after_max_s))
+                values["reason"] = f"{delivery.detail}, Retry-After {asked} s"
             self._finish(row.id, state="retrying", due_at=self.clock() + timedelta(seconds=delay), **values)
         else:
             self._finish(row.id, state="failed", **values)

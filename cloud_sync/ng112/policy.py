@@ -51,6 +51,9 @@ class Ng112Config(_Config):
     max_attempts: int = Field(default=4, ge=1, le=20)
     backoff_s: float = Field(default=2.0, ge=0)
     backoff_max_s: float = Field(default=60.0, ge=0)
+    retry_after_max_s: float = Field(
+        default=600.0, ge=0, description="The longest wait a PSAP's Retry-After may set before the next attempt"
+    )
     workers: int = Field(default=4, ge=1, le=64)
     readings_base_url: str | None = Field(
         default=None, description="Public base URL of the aggregator, for the PSAP data request link"

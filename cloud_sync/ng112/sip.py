@@ -204,6 +204,13 @@ class SipResponse:
         return found[1] if found else None
 
     @property
+    def retry_after(self) -> int | None:
+        """Seconds the server asks us to wait (RFC 3261 §20.33: delta-seconds, then an
+        optional comment and parameters), or None."""
+        found = _RETRY_AFTER.match(self.header("retry-after") or "")
+        return int(found[1]) if found else None
+
+    @property
     def alert_msg_error(self) -> AlertMsgError | None:
         value = self.header("alertmsg-error")
         return parse_alertmsg_error(value) if value else None
@@ -219,10 +226,14 @@ COMPACT_HEADERS: Final = {
     "t": "to",
 }
 _STATUS = re.compile(rb"^SIP/2\.0 ([1-6]\d\d) ?([^\r\n]*)$")
+_DIGITS = re.compile(r"[0-9]{1,9}")
+_RETRY_AFTER = re.compile(r"\s*([0-9]{1,9})\s*(?:[(;]|$)")
 
 
 def split_head(data: bytes) -> tuple[bytes, bytes] | None:
-    """Head and rest of a stream buffer, or None while the blank line is still to come."""
+    """Head and rest of a stream buffer, or None while the blank line is still to come.
+    RFC 3261 §7.5: CRLFs before the start-line are ignored (RFC 5626 keep-alives send them)."""
+    data = data.lstrip(b"\r\n")
     end = data.find(b"\r\n\r\n")
     return None if end < 0 else (data[:end], data[end + 4 :])
 
@@ -249,7 +260,7 @@ def parse_head(head: bytes) -> tuple[int, str, dict[str, list[str]]]:
 
 def content_length(headers: dict[str, list[str]]) -> int:
     raw = (headers.get("content-length") or ["0"])[0]
-    if not raw.isdigit():
+    if not _DIGITS.fullmatch(raw):  # str.isdigit would take '²', and int() then raise ValueError
         raise SipError(f"bad Content-Length {raw[:20]!r}")
     return int(raw)
 

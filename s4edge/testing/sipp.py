@@ -5,6 +5,7 @@ The scenario files ship beside this module, in ``sipp/``:
 
 - ``psap_200.xml``: answers every MESSAGE 200 OK;
 - ``psap_425.xml``: answers 425 Bad Alert Message with AlertMsg-Error 101 (RFC 8876 §5);
+- ``psap_503.xml``: answers 503 Service Unavailable with Retry-After: 300 (RFC 3261 §21.5.4);
 - ``psap_rfc8876.xml``: checks the MESSAGE's RFC 8876 / IANA names with regexps, then 200 OK;
 - ``uac_message.xml``: one MESSAGE to urn:service:sos, spoilable by ``-key`` (see ``run_uac``).
 

@@ -9,16 +9,21 @@ import email.policy
 import shutil
 import socket
 import threading
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from lxml import etree
 
+from s4edge.cloud_sync.aggregator.store import make_engine, metadata
 from s4edge.cloud_sync.messages import Alert, Location, Measurement, ModelRef
 from s4edge.cloud_sync.ng112.call import Caller, compose
 from s4edge.cloud_sync.ng112.cap import CAP_NS, CapError, load_schema
+from s4edge.cloud_sync.ng112.forwarder import Forwarder
 from s4edge.cloud_sync.ng112.pidf import DM_NS, GML_NS, GP_NS, PIDF_NS, LocationError
+from s4edge.cloud_sync.ng112.policy import Ng112Config
 from s4edge.cloud_sync.ng112.receiver import PsapReceiver
+from s4edge.cloud_sync.ng112.records import get_forward
 from s4edge.cloud_sync.ng112.sip import BodyPart, parse_target
 from s4edge.cloud_sync.ng112.transport import Timers, Transaction
 from s4edge.testing.sipp import SippPsap, run_uac
@@ -230,16 +235,20 @@ def test_udp_garbage_is_discarded_and_reported():
     assert delivery.outcome == "garbage" and "unparseable" in delivery.detail
 
 
-def tcp_peer(answer: bytes | None):
-    """A TCP PSAP that reads the request, writes ``answer`` (or nothing) and closes."""
+def tcp_peer(answer: bytes | Callable[[bytes], bytes] | None):
+    """A TCP PSAP that reads the request, writes ``answer`` (or what it makes of the
+    request's head) and closes."""
     server = socket.create_server(("127.0.0.1", 0))
 
     def run() -> None:
         conn, _ = server.accept()
         with conn:
-            conn.recv(65536)
-            if answer:
-                conn.sendall(answer)
+            request = conn.recv(65536)
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            reply = answer(request.partition(b"\r\n\r\n")[0]) if callable(answer) else answer
+            if reply:
+                conn.sendall(reply)
         server.close()
 
     threading.Thread(target=run, daemon=True).start()
@@ -249,6 +258,40 @@ def tcp_peer(answer: bytes | None):
 def test_tcp_garbage_is_a_typed_result():
     delivery = Transaction(FAST).send(compose(alert(), Caller()).message, parse_target(tcp_peer(b"HELLO\r\n\r\n")))
     assert delivery.outcome == "garbage"
+
+
+def test_crlf_keep_alives_before_the_200_are_not_garbage():
+    # RFC 3261 §7.5, RFC 5626 §3.5.1: CRLFs before the start-line are ignored; read as garbage,
+    # they made a delivered call look failed, and the forwarder sent it again
+    def keep_alive_then_ok(head: bytes) -> bytes:
+        echoed = [line for line in head.split(b"\r\n") if line.split(b":")[0] in (b"Via", b"CSeq", b"Call-ID")]
+        return b"\r\n\r\n" + b"\r\n".join([b"SIP/2.0 200 OK", *echoed, b"Content-Length: 0", b"", b""])
+
+    delivery = Transaction(FAST).send(compose(alert(), Caller()).message, parse_target(tcp_peer(keep_alive_then_ok)))
+    assert (delivery.outcome, delivery.code) == ("ok", 200)
+
+
+def test_a_busy_psap_is_called_again_after_its_retry_after_not_before(tmp_path):
+    clock = [datetime(2026, 3, 1, 12, 0, tzinfo=UTC)]
+    engine = make_engine(f"sqlite:///{tmp_path / 'agg.db'}")
+    metadata.create_all(engine)
+    with SippPsap("psap_503.xml", "tcp", tmp_path) as psap:
+        config = Ng112Config(psap=psap.uri, t1_s=0.01, backoff_s=2, max_attempts=3)
+        fwd = Forwarder(engine, config, clock=lambda: clock[0])
+        (forward,) = fwd.submit(alert(severity="Extreme"))
+        assert fwd.run_due() == 1
+        row = get_forward(engine, forward)
+        assert (row["state"], row["code"], row["reason"]) == (
+            "retrying",
+            503,
+            "503 Service Unavailable, Retry-After 300 s",
+        )
+        clock[0] += timedelta(seconds=299)  # the backoff alone would have called at +2 s
+        assert fwd.run_due() == 0
+        clock[0] += timedelta(seconds=1)
+        assert fwd.run_due() == 1
+        assert len(psap.received()) == 2
+    assert get_forward(engine, forward)["attempts"] == 2
 
 
 def test_a_closed_connection_is_a_typed_result():

@@ -22,6 +22,7 @@ from s4edge.cloud_sync.ng112.sip import (
     parse_alertmsg_error,
     parse_response,
     parse_target,
+    split_head,
 )
 
 # IANA media-type registry, registered by RFC 8876 §10.1.
@@ -150,6 +151,29 @@ def test_compact_headers_and_folding_are_understood():
 def test_garbage_is_a_sip_error_not_a_crash(raw):
     with pytest.raises(SipError):
         parse_response(raw)
+
+
+def test_crlf_keep_alives_before_a_response_are_skipped():
+    # RFC 3261 §7.5; RFC 5626 keep-alives are CRLFCRLF: a delivered call must not read as garbage
+    raw = b"\r\n\r\n\r\nSIP/2.0 200 OK\r\nVia: SIP/2.0/TCP h;branch=z9hG4bKk\r\nContent-Length: 0\r\n\r\n"
+    assert parse_response(raw).code == 200
+    assert split_head(b"\r\n\r\n") is None  # a keep-alive alone: the response is still to come
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "1" * 5000, "-1", "1e3", "12 34"])
+def test_a_bad_content_length_is_a_sip_error(length):
+    raw = f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKz\r\nContent-Length: {length}\r\n\r\n"
+    with pytest.raises(SipError, match="bad Content-Length"):
+        parse_response(raw.encode())
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("300", 300), ("120 (I'm in a meeting)", 120), ("18000;duration=3600", 18000), ("soon", None), ("1.5", None)],
+)
+def test_retry_after_is_read_as_rfc_3261_writes_it(value, seconds):
+    raw = f"SIP/2.0 503 Service Unavailable\r\nRetry-After: {value}\r\nContent-Length: 0\r\n\r\n"
+    assert parse_response(raw.encode()).retry_after == seconds
 
 
 def test_alertmsg_error_without_message_and_nonsense():
