@@ -41,6 +41,17 @@ _BLOB = re.compile(r"(data:[\w/+.-]+;base64,)|([A-Za-z0-9+/=_\r\n-]{200,})")
 def _no_blob(value: str) -> str:
     if _BLOB.search(value):
         raise ValueError("looks like encoded binary data; s4edge messages carry metadata only")
+    if "\x00" in value:
+        raise ValueError("holds a NUL character, which a PostgreSQL store cannot keep")
+    return value
+
+
+def _utc_representable(value: datetime) -> datetime:
+    """The stores keep UTC: a time that has none (year 1 at +14:00) could never be written."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
     return value
 
 
@@ -50,6 +61,8 @@ Text = Annotated[str, Field(max_length=1024), AfterValidator(_no_blob)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 MessageId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Timestamp = Annotated[AwareDatetime, AfterValidator(_utc_representable)]
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]  # what both stores' 64-bit integer columns hold
 Scalar = str | int | float | bool | None
 
 Severity = Literal["Minor", "Moderate", "Severe", "Extreme"]
@@ -115,7 +128,7 @@ class Detection(_Strict):
     """What the camera saw: metadata only, never pixels."""
 
     label: ShortText
-    count: int = Field(ge=0)
+    count: Count
     track_ids: list[int] = Field(default_factory=list, max_length=64)
     boxes: list[Box] = Field(default_factory=list, max_length=64)
     camera: ShortText | None = None
@@ -134,8 +147,8 @@ class _Envelope(_Strict):
     id: MessageId = Field(default_factory=new_id)
     node_id: Name
     site: Name
-    ts: AwareDatetime = Field(default_factory=utc_now)
-    seq: int = Field(ge=0)
+    ts: Timestamp = Field(default_factory=utc_now)
+    seq: Count
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -144,7 +157,7 @@ class Status(_Envelope):
     type: Literal["status"] = "status"
     state: Literal["online", "offline"]
     boot_id: ShortText | None = None
-    started_at: AwareDatetime | None = None
+    started_at: Timestamp | None = None
     version: ShortText | None = None
     config_digest: Sha256 | None = None
     degraded: list[ShortText] = Field(default_factory=list, max_length=32)
@@ -158,9 +171,9 @@ class Heartbeat(_Envelope):
     soc_temp_c: float | None = None
     camera_fps: float | None = Field(default=None, ge=0)
     inference_ms: float | None = Field(default=None, ge=0)
-    dropped_frames: int | None = Field(default=None, ge=0)
-    outbox_depth: int | None = Field(default=None, ge=0)
-    telemetry_dropped: int | None = Field(default=None, ge=0)
+    dropped_frames: Count | None = None
+    outbox_depth: Count | None = None
+    telemetry_dropped: Count | None = None
     sensors: dict[ShortText, ShortText] = Field(default_factory=dict, max_length=64)
 
 
@@ -193,7 +206,7 @@ class Command(_Envelope):
     type: Literal["cmd"] = "cmd"
     name: CommandName
     issuer: Name
-    expires: AwareDatetime
+    expires: Timestamp
     args: dict[ShortText, Scalar] = Field(default_factory=dict, max_length=32)
     signature: Annotated[str, Field(max_length=256)] | None = None
 

@@ -238,7 +238,7 @@ class BatchWriter:
                         if _transient(exc):
                             raise
                         singles = _singles(batch)
-                    except SQLAlchemyError:
+                    except Exception:  # the store, or making one message's rows, refused one of them
                         singles = _singles(batch)
                 return self._commit_one_by_one(singles, outcome, stored)
             except DBAPIError as exc:  # an outage, in the batch or in one of its single rows
@@ -299,6 +299,9 @@ class BatchWriter:
                 if isinstance(exc, DBAPIError) and _transient(exc):
                     raise
                 outcome.rejects.append(("store_refused", "store", str(exc)[:300]))
+            except Exception as exc:  # a bug in making its rows: refused alone, never stalling the rest
+                log.exception("cannot make a message's rows; refused")
+                outcome.rejects.append(("unstorable", "store", f"{type(exc).__name__}: {exc}"[:300]))
             singles.pop(0)
         return new_ids
 

@@ -97,6 +97,44 @@ def test_bad_input_is_counted_by_reason_and_good_input_still_stored(ingest: Inge
     assert metric(ingest, "s4edge_messages_stored_total", type="alert") == 1
 
 
+def test_what_no_store_can_hold_is_refused_and_never_takes_its_batch_down(ingest: Ingest) -> None:
+    # each of these once passed validation, then raised from the batch's commit (or on
+    # PostgreSQL only): the batch was left unacked, and a few such stopped ingest for good
+    def spoilt(n: int, **fields: Any) -> bytes:
+        payload = json.loads(encode(alert(n)))
+        payload.update(fields)
+        return json.dumps(payload).encode()
+
+    good = [alert(1), alert(2)]
+    poison = [
+        spoilt(3, ts="0001-01-01T00:00:00+14:00"),  # no UTC for it: OverflowError
+        spoilt(4, seq=2**63),  # beyond a 64-bit integer column
+        spoilt(5, title="gas\u0000 leak"),  # PostgreSQL's text refuses NUL
+    ]
+    ingest.process(
+        [received(topic_for(good[0]), p) for p in poison] + [received(topic_for(a), encode(a)) for a in good]
+    )
+    assert sorted(a["id"] for a in ingest.store.alerts(AlertQuery())[0]) == sorted(a.id for a in good)
+    assert metric(ingest, "s4edge_messages_rejected_total", reason="invalid") == 3
+
+
+def test_a_message_whose_rows_cannot_be_made_is_refused_alone(ingest: Ingest, monkeypatch: pytest.MonkeyPatch) -> None:
+    # defence in depth: a bug that raises while one message becomes rows refuses that one,
+    # logged, and the batch's others land; before, the whole batch was left unacked
+    good, bad = alert(1), alert(2)
+    insert = AlertRows.insert
+
+    def failing(self: AlertRows, conn: Any, batch: Any) -> Any:
+        if any(a.id == bad.id for a, _ in batch):
+            raise OverflowError("date value out of range")
+        return insert(self, conn, batch)
+
+    monkeypatch.setattr(AlertRows, "insert", failing)
+    ingest.process([received(topic_for(a), encode(a)) for a in (bad, good)])
+    assert [a["id"] for a in ingest.store.alerts(AlertQuery())[0]] == [good.id]
+    assert metric(ingest, "s4edge_messages_rejected_total", reason="unstorable") == 1
+
+
 def forward_jobs(store: Store) -> list[str]:
     with store.engine.connect() as conn:
         return sorted(conn.execute(select(jobs_table.c.alert_id)).scalars())

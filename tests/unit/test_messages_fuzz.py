@@ -44,8 +44,11 @@ FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthChe
 
 names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True)
 finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e9, max_value=1e9)
-# Printable text without the base64 alphabet's long runs: what a label or title looks like.
-words = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
+# Printable text without the base64 alphabet's long runs: what a label or title looks like;
+# without NUL, which no PostgreSQL text holds (refused: test_what_no_store_can_hold_is_refused).
+words = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), max_size=60
+)
 
 
 @st.composite
@@ -134,6 +137,34 @@ def test_mutated_alerts_raise_only_message_error(alert: Alert, field: str, value
     raw = json.loads(encode(alert))
     raw[field] = value
     _decodes_or_refuses(json.dumps(raw), topic_for(alert))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "refused"),
+    [
+        ("seq", 2**63 - 1, False),  # the largest a 64-bit integer column holds
+        ("seq", 2**63, True),
+        ("ts", "0001-01-01T00:00:00+14:00", True),  # before year 1 in UTC
+        ("ts", "9999-12-31T23:00:00-14:00", True),  # after year 9999 in UTC
+        ("ts", "0001-01-01T00:00:00-14:00", False),
+        ("title", "gas\u0000leak", True),  # PostgreSQL text holds no NUL
+        ("title", "gas\u0007leak", False),
+    ],
+)
+def test_what_no_store_can_hold_is_refused(field: str, value: Any, refused: bool) -> None:
+    raw = {
+        **_ALERT_FIELDS,
+        "schema": "s4edge/1",
+        "type": "alert",
+        "id": "alert-0001",
+        "ts": "2026-03-01T12:00:00+00:00",
+    }
+    raw[field] = value
+    if refused:
+        with pytest.raises(MessageError):
+            decode(json.dumps(raw).encode())
+    else:
+        assert getattr(decode(json.dumps(raw).encode()), field) is not None
 
 
 @FUZZ
