@@ -251,7 +251,10 @@ class Outbox:
                 op.error = exc
             self._failure = exc
         else:
-            self._failure = self._space_fault()
+            try:
+                self._failure = self._space_fault()
+            except OSError as exc:  # the disk unreadable (its folder gone, EIO): a fault, and the commit stands
+                self._failure = exc
         for op in batch:
             op.done.set()
         self._put_event.set()

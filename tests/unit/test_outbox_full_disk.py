@@ -4,6 +4,7 @@ stored still comes, from memory."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -90,3 +91,17 @@ def test_a_cleanly_closed_outbox_opens_on_a_full_disk_on_its_reserve(
         assert reopened.failure is None
         assert reopened.reserve.stat().st_size == RESERVE_BYTES
         assert [row.payload for row in reopened.pending()] == [b"held", b"on the reserve", b"after"]
+
+
+def test_a_state_folder_gone_from_under_the_outbox_is_a_fault_not_a_dead_writer(tmp_path: Path) -> None:
+    # after each commit the writer looks at the disk's room (statvfs on the folder); when
+    # that raised (an unplugged stick, an rm -rf of the state folder) the writer thread
+    # died before releasing its waiters, and every later put hung for good
+    folder = tmp_path / "state"
+    folder.mkdir()
+    with Outbox(folder / "outbox.db") as box:
+        box.put("t", b"before")
+        shutil.rmtree(folder)  # SQLite's open descriptors still write the unlinked file
+        box.put("t", b"after")  # returned never, before
+        assert box.depth() == 2
+        assert isinstance(box.failure, FileNotFoundError)
