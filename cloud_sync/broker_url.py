@@ -62,9 +62,11 @@ def hide_userinfo(url: str) -> str:
     """``url`` for a message or a log: whatever stands between ``://`` and its last ``@``
     (user and password, RFC 3986 §3.2.1; an unencoded ``@`` in a password included) is ``***``."""
     scheme, sep, rest = url.partition("://")
+    if not sep:  # a URL missing its // ('mqtts:user:pass@host') holds the password all the same
+        scheme, sep, rest = url.partition(":")
     if not sep or "@" not in rest:
         return url
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def broker_endpoint(url: str) -> BrokerEndpoint:
@@ -89,6 +91,8 @@ def broker_endpoint(url: str) -> BrokerEndpoint:
     path = ""
     if transport == "websockets":
         path = (parts.path or WS_PATH) + (f"?{parts.query}" if parts.query else "")
+    elif "@" in parts.path:  # the user or password holds a '/', which ended the authority there
+        raise BrokerUrlError(f"broker URL {shown!r}: the user or password holds a '/'; percent-encode it as %2F")
     elif parts.path not in ("", "/") or parts.query:
         raise BrokerUrlError(
             f"broker URL {shown!r}: {scheme}:// takes no path; for MQTT over WebSocket write "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from s4edge.cloud_sync.broker_url import broker_endpoint
+from s4edge.cloud_sync.broker_url import broker_endpoint, hide_userinfo
 from s4edge.cloud_sync.messages import NAME_PATTERN, AlertStatus
 from s4edge.edge.health import THERMAL_ROOT
 from s4edge.edge.sources import PluginError, load_plugins, source_types
@@ -198,10 +199,23 @@ def parse_config(data: Any, origin: str = "<config>") -> _NodeBase:
         lines = [f"{origin}: {exc.error_count()} problem(s):"]
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            got = err.get("input")
-            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            lines.append(f"  - {key}: {err['msg']}{shown}")
+            lines.append(f"  - {key}: {err['msg']}{_shown_input(key, err.get('input'))}")
         raise ConfigError("\n".join(lines)) from None
+
+
+_SECRET = re.compile(r"password|passphrase|secret|token|private", re.IGNORECASE)  # keys whose values stay unshown
+
+
+def _shown_input(key: str, got: Any) -> str:
+    """What the config held, for the error: never a secret (a refused config goes into the
+    log and, from ``reload_config``, into a cmd_result the centre stores)."""
+    if isinstance(got, dict | list):
+        return ""
+    if _SECRET.search(key):
+        return " (value not shown)"
+    if isinstance(got, str):
+        got = hide_userinfo(got)
+    return f" (got {got!r})"
 
 
 def _source_types(data: dict[str, Any], origin: str) -> tuple[str, ...]:

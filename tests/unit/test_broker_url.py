@@ -66,6 +66,10 @@ def test_a_password_in_the_url_never_reaches_the_message() -> None:
     assert "s3cr" not in str(refused.value) and "t@broker" not in str(refused.value)
     assert hide_userinfo("mqtts://u:p@h:8883") == "mqtts://***@h:8883"
     assert hide_userinfo("mqtts://h:8883") == "mqtts://h:8883"
+    assert hide_userinfo("mqtts:u:p@h:8883") == "mqtts:***@h:8883"  # the '//' forgotten
+    with pytest.raises(BrokerUrlError, match="percent-encode it as %2F") as refused:
+        broker_endpoint("mqtts://node:20/s3cr3t@broker:8883")  # the '/' ended the authority
+    assert "s3cr3t" not in str(refused.value)
 
 
 def test_the_paho_client_speaks_the_urls_transport() -> None:

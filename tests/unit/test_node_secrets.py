@@ -95,6 +95,27 @@ def test_a_reload_naming_a_secret_file_is_refused_without_quoting_it(
     assert [s.name for s in node.config.sources] == ["concourse"]
 
 
+@pytest.mark.parametrize(
+    "mqtt",
+    [
+        {"url": f"tcp://node-a:{SECRET}@broker.example:1883"},  # a scheme no broker speaks
+        {"url": f"mqtts://node-a:20/{SECRET}@broker.example:8883"},  # a '/' in the password
+        {"url": f"mqtts:node-a:{SECRET}@broker.example:8883"},  # the '//' forgotten
+        {"url": "mqtts://broker.example:8883", "password": 20240117},  # a password YAML read as a number
+    ],
+)
+def test_a_reload_with_a_refused_broker_setting_never_quotes_its_password(
+    node: Node, etc: Path, key: Ed25519PrivateKey, mqtt: dict[str, Any]
+) -> None:
+    # the refusal goes into the log and into the cmd_result that the centre stores
+    data = yaml.safe_load((etc / "node.yaml").read_text())
+    data["mqtt"].update(mqtt)
+    result = node.execute(signed(key, "reload_config", config=yaml.safe_dump(data)))
+    detail = result.detail or ""
+    assert not result.ok and "the running one stays" in detail and "mqtt." in detail
+    assert SECRET not in detail and "20240117" not in detail
+
+
 @pytest.mark.parametrize("where", ["/etc/shadow", "../elsewhere/scenario.yaml", "{tmp}/elsewhere/scenario.yaml"])
 def test_a_config_naming_a_file_outside_the_nodes_folders_is_refused_by_path(
     node: Node, etc: Path, key: Ed25519PrivateKey, where: str
