@@ -433,6 +433,8 @@ class Node:
                 self.reload(text)
             except ConfigError as exc:
                 return False, f"config refused, the running one stays: {exc}", {}
+            except OSError as exc:  # a device of the new config failing as it opened
+                return False, f"config not applied, the running one stays: {exc}", {}
             return True, "config reloaded", {"config_digest": self.digest}
         swappers = [r.source for r in self._running if isinstance(r.source, ModelSwap)]
         if not swappers:
@@ -460,13 +462,16 @@ class Node:
             self._stop_sources()
             try:
                 sources = self._build_sources(new, book)
-            except ConfigError:
+            except Exception:  # a ConfigError, or a device failing as it opens: the old one comes back
                 self._start_sources(self._build_sources(self.config, self.book))
                 raise
         self.verifier = verifier
         self.vitals = Vitals(new.heartbeat.thermal_zone)
         if lifecycle_changed:
-            self.book.clear_all(self.clock(), "config reloaded")
+            try:
+                self.book.clear_all(self.clock(), "config reloaded")
+            except Exception as exc:  # the outbox refusing the ends (a full disk) must not leave no sources
+                log.warning("config reloaded, but the open incidents' ends could not be stored: %s", exc)
             self.book = book
         self.config = new
         self._start_sources(sources)

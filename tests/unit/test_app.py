@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -309,4 +310,48 @@ def test_a_reload_that_fails_even_with_the_devices_free_restores_the_old_sources
     new["sources"][0]["name"] = "concourse-b"
     result = node.execute(command("reload_config", config=yaml.safe_dump(new)))
     assert not result.ok and "i2c-9" in (result.detail or "")
+    assert [r.source.name for r in node._running] == ["concourse"], "the old sources run again"
+
+
+def test_a_reload_on_a_full_disk_still_runs_the_new_sources(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a lifecycle change ends the open incidents into the outbox; on a full disk that raised
+    # after the old sources had stopped, and the node went on with no source at all
+    node.start()
+    node.book.raise_("gas:test", "gas", "Severe", node.clock())
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    new = sim_config(tmp_path)
+    new["alerts"]["update_interval_s"] = 7
+    new["sources"][0]["name"] = "concourse-b"
+    with monkeypatch.context() as disk:
+        disk.setattr(node.outbox, "put_next", full)
+        node.reload(yaml.safe_dump(new))
+    assert [(r.source.name, r.thread.is_alive()) for r in node._running] == [("concourse-b", True)]
+    assert node.config.alerts.update_interval_s == 7 and node.book.open_keys() == []
+
+
+def test_a_reload_whose_device_fails_to_open_restores_the_old_sources_and_answers(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node.start()
+    real_build = node._build_sources
+    tries = []
+
+    def busy_then_broken(config, book):
+        if config is node.config:
+            return real_build(config, book)
+        tries.append(config)
+        if len(tries) == 1:
+            raise ConfigError("sources: the GPIO line is busy")  # held by the running sources
+        raise OSError(5, "Input/output error", "/dev/i2c-1")
+
+    monkeypatch.setattr(node, "_build_sources", busy_then_broken)
+    new = sim_config(tmp_path)
+    new["sources"][0]["name"] = "concourse-b"
+    result = node.execute(command("reload_config", config=yaml.safe_dump(new)))
+    assert not result.ok and "the running one stays" in (result.detail or "") and "i2c-1" in (result.detail or "")
     assert [r.source.name for r in node._running] == ["concourse"], "the old sources run again"
