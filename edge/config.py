@@ -234,9 +234,11 @@ def _source_types(data: dict[str, Any], origin: str) -> tuple[str, ...]:
 
 def load_config(path: Path) -> _NodeBase:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     return parse_config_text(text, str(path), Path(path).resolve().parent, pipelines=True)
 
 
@@ -247,8 +249,15 @@ def parse_config_text(text: str, origin: str, base: Path, *, pipelines: bool = F
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: {yaml_problem(exc)}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of 5000 digits, nesting past Python's stack
+        raise ConfigError(f"{origin}: YAML this node cannot read ({type(exc).__name__}: {str(exc)[:80]})") from None
     config = parse_config(data, origin)
-    _place_files(config, base, origin, pipelines)
+    try:
+        _place_files(config, base, origin, pipelines)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a NUL in a path: no file could have that name
+        raise ConfigError(f"{origin}: a file path no file can have ({exc})") from None
     return config
 
 

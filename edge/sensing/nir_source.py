@@ -47,13 +47,20 @@ class Config(BaseModel):
 
 def align(spectrum: Spectrum, model: PLSModel) -> np.ndarray:
     """The spectrum on the model's wavelength grid (interpolated if the grids differ)."""
-    wl = spectrum.wavelengths_nm
+    wl, values = spectrum.wavelengths_nm, spectrum.values
     if len(wl) == len(model.wavelengths_nm) and np.allclose(wl, model.wavelengths_nm, atol=0.5):
-        return spectrum.values
+        return values
+    if not np.isfinite(wl).all():
+        raise SpectrumError("the spectrometer sent a wavelength that is not a number")
+    steps = np.diff(wl)
+    if (steps < 0).all():  # a device that reads its grating from the long end: the same spectrum
+        wl, values = wl[::-1], values[::-1]
+    elif not (steps > 0).all():  # np.interp needs increasing points, and misreads any others silently
+        raise SpectrumError("the spectrum's wavelengths neither rise nor fall throughout; check the device's grid")
     lo, hi = model.wavelengths_nm[0], model.wavelengths_nm[-1]
     if len(wl) < 2 or wl.min() > lo + 1 or wl.max() < hi - 1:
         raise SpectrumError(f"spectrum covers {wl.min():.0f}–{wl.max():.0f} nm; the model needs {lo:.0f}–{hi:.0f} nm")
-    return np.interp(model.wavelengths_nm, wl, spectrum.values)
+    return np.interp(model.wavelengths_nm, wl, values)
 
 
 class NIRSource:

@@ -153,6 +153,12 @@ class ModelEntry(BaseModel):
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ManifestError(str(self.folder / "manifest.yaml"), "labels", f"cannot read {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ManifestError(
+                str(self.folder / "manifest.yaml"),
+                "labels",
+                f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8",
+            ) from None
         return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -181,6 +187,10 @@ def load_manifest(path: Path) -> ModelEntry:
         raise ManifestError(source, "(file)", f"cannot read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ManifestError(source, "(file)", f"not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(source, "(file)", f"not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except (ValueError, RecursionError) as exc:  # an integer of 5000 digits, nesting past Python's stack
+        raise ManifestError(source, "(file)", f"YAML this node cannot read ({type(exc).__name__})") from None
     manifest = parse_manifest(data, source)
     if manifest.name != path.parent.name:
         raise ManifestError(source, "name", f"{manifest.name!r} differs from its folder {path.parent.name!r}")

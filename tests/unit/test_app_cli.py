@@ -84,3 +84,22 @@ def test_run_with_a_missing_scenario_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["agent", "run", "--config", str(bad)])
     assert result.exit_code == 2
     assert "no_such_scenario" in result.output and "sources" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"node_id: n\xff1\n", "not UTF-8 text"),
+        (b"node_id: n1\nheartbeat: {interval_s: " + b"9" * 5000 + b"}\n", "YAML this node cannot read"),
+        (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "YAML this node cannot read"),
+        (
+            yaml.safe_dump({**yaml.safe_load(SIM.read_text()), "outbox": {"path": "out\0box.db"}}).encode(),
+            "no file can",
+        ),
+    ],
+)
+def test_a_config_python_cannot_read_is_a_clear_error(tmp_path: Path, content: bytes, said: str) -> None:
+    (tmp_path / "node.yaml").write_bytes(content)
+    result = runner.invoke(app, ["agent", "check", "--config", str(tmp_path / "node.yaml")])
+    assert result.exit_code == 2, result.output
+    assert said in result.output and "Traceback" not in result.output

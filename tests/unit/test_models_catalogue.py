@@ -241,3 +241,15 @@ def test_int8_tensors_round_trip_through_their_quantization() -> None:
     q = quantize(pixels, info)
     assert q.dtype == np.int8 and q.tolist() == [-128, -26, 127, 127]  # 2.0 saturates
     np.testing.assert_allclose(dequantize(q, info)[:3], [0.0, 0.4, 1.0], atol=1e-6)
+
+
+def test_a_manifest_or_labels_file_not_in_utf8_is_a_manifest_error(catalogue: Catalogue) -> None:
+    # a UnicodeDecodeError escaped, and one such manifest broke the whole catalogue's scan
+    source = catalogue.models_dir / "fastestdet"
+    broken = catalogue.cache_dir / "latin1net"
+    shutil.copytree(source, broken)  # the cache folder made with it
+    manifest = (broken / "manifest.yaml").read_text().replace("name: fastestdet", "name: latin1net")
+    (broken / "manifest.yaml").write_bytes(manifest.encode() + b"# caf\xe9\n")
+    entries, problems = catalogue.scan()
+    assert "fastestdet" in entries and [p.field for p in problems] == ["(file)"]
+    assert "not UTF-8" in str(problems[0])

@@ -10,9 +10,9 @@ import pytest
 from s4edge.drivers.sim import SimSpectrometer, SpectrometerServer
 from s4edge.drivers.spectrometer import Spectrum
 from s4edge.edge.alerts import AlertDraft, IncidentBook
-from s4edge.edge.sensing.chemometrics import UNKNOWN, Preprocess, fit
-from s4edge.edge.sensing.nir_model import save_model
-from s4edge.edge.sensing.nir_source import Config, build
+from s4edge.edge.sensing.chemometrics import UNKNOWN, Preprocess, SpectrumError, fit
+from s4edge.edge.sensing.nir_model import load_model, save_model
+from s4edge.edge.sensing.nir_source import Config, align, build
 from s4edge.edge.sensing.nir_synthetic import WAVELENGTHS_NM, synthetic_library, synthetic_spectrum
 
 
@@ -76,3 +76,17 @@ def test_a_replugged_spectrometer_is_reopened_and_the_fault_clears(model_path: P
     with SpectrometerServer(SimSpectrometer(), port=port):  # plugged back in
         assert source.scan(4.0) is not None, "the source reopened the port"
     assert [(d.kind, d.state) for d in drafts] == [("sensor_fault", "new"), ("sensor_fault", "end")]
+
+
+def test_a_spectrum_sent_long_end_first_is_the_same_spectrum(model_path: Path) -> None:
+    # np.interp needs rising points and misreads falling ones without a word: a peak moved
+    model, _ = load_model(model_path)
+    wl = np.linspace(model.wavelengths_nm[0] - 5, model.wavelengths_nm[-1] + 5, 97)  # another grid than the model's
+    values = np.exp(-(((wl - wl.mean()) / 40) ** 2))
+    rising = align(Spectrum(wl, values), model)
+    np.testing.assert_allclose(align(Spectrum(wl[::-1], values[::-1]), model), rising)
+    zigzag = wl.copy()
+    zigzag[[10, 11]] = zigzag[[11, 10]]
+    for bad in (zigzag, np.where(np.arange(wl.size) == 3, np.nan, wl)):
+        with pytest.raises(SpectrumError):
+            align(Spectrum(bad, values), model)
