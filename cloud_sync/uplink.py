@@ -134,7 +134,10 @@ class _PahoDelivery:
     def wait(self, timeout: float) -> bool:
         if self.failed():
             return False
-        self._info.wait_for_publish(timeout)
+        try:
+            self._info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):  # paho: the connection went while it waited (its rc says so)
+            return False
         return self._info.is_published()
 
 

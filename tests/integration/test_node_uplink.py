@@ -16,11 +16,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from s4edge.cloud_sync.messages import Command, CommandResult, Status, decode, encode, topic_for
 from s4edge.cloud_sync.outbox import Outbox
-from s4edge.cloud_sync.uplink import Backoff, Forwarder, MqttUplink, UplinkSettings
+from s4edge.cloud_sync.uplink import Backoff, Forwarder, MqttUplink, UplinkSettings, _PahoDelivery
 from s4edge.edge.app import Node
 from s4edge.edge.config import parse_config
 from s4edge.testing import Mosquitto, free_port
@@ -110,6 +110,22 @@ def test_only_the_connection_thread_writes_to_the_socket(broker: Mosquitto, monk
     assert list(dict.fromkeys(int(p) for _, _, p in got)) == list(range(2000))
     # close() queues its DISCONNECT for that thread, which writes it before it ends
     wait_until(lambda: "Client one-writer disconnected." in broker.log.read_text(), 5, "a clean DISCONNECT")
+
+
+def test_a_qos0_delivery_lost_to_a_reconnect_is_not_acked_and_raises_nothing() -> None:
+    # paho marks a QoS 0 packet still queued at a reconnect as lost, and its
+    # wait_for_publish then raises RuntimeError: the forwarder took that for a crash
+    info = mqtt.MQTTMessageInfo(1)
+    info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+    delivery = _PahoDelivery(info)
+
+    def reconnect() -> None:
+        info.rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
+        info._set_as_published()
+
+    threading.Timer(0.05, reconnect).start()
+    assert delivery.wait(5.0) is False
+    assert delivery.failed() and not delivery.acked()
 
 
 def test_rows_stay_in_the_outbox_while_the_broker_is_down(tmp_path: Path) -> None:
