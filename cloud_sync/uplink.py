@@ -155,6 +155,7 @@ class MqttUplink:
         self._session = 0
         self._closing = threading.Event()
         self._hooks: list[Callable[[], None]] = []
+        self._hooks_due = False
         self._subscriptions: dict[str, tuple[Handler, int]] = {}
         self._lock = threading.Lock()
         self._protocol = mqtt.MQTTv5 if settings.protocol == "5" else mqtt.MQTTv311
@@ -281,6 +282,8 @@ class MqttUplink:
         deadline = time.monotonic() + self.settings.connack_timeout_s
         while self._serving(client) and client.loop(timeout=0.2) == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._progressed_at = time.monotonic()
+            if self._hooks_due:
+                self._run_hooks()
             if self._connack is None and time.monotonic() > deadline:
                 log.warning(
                     "no CONNACK from %s:%s within %g s", self._host, self._port, self.settings.connack_timeout_s
@@ -339,6 +342,14 @@ class MqttUplink:
         self._session += 1
         self.connected.set()
         log.info("connected to %s:%s (MQTT %s)", self._host, self._port, self.protocol)
+        self._hooks_due = True  # run by _serve once paho has queued its resends: see _run_hooks
+
+    def _run_hooks(self) -> None:
+        """The ``on_connect`` hooks, after paho has finished with the CONNACK. paho calls
+        ``on_connect`` before it resends what the last connection left unacknowledged, so a
+        hook's fresh ``online`` status would reach the broker before a stale one and the
+        stale one stay retained."""
+        self._hooks_due = False
         for hook in self._hooks:
             try:
                 hook()

@@ -5,7 +5,9 @@ forwarder draining an outbox in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import socket
 import sqlite3
 import sys
 import threading
@@ -126,6 +128,75 @@ def test_a_qos0_delivery_lost_to_a_reconnect_is_not_acked_and_raises_nothing() -
     threading.Timer(0.05, reconnect).start()
     assert delivery.wait(5.0) is False
     assert delivery.failed() and not delivery.acked()
+
+
+class HeldLink:
+    """A TCP relay to the broker that can hold what the client sends (a link that dies
+    silently) and then cut every connection."""
+
+    def __init__(self, port: int) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port, self.target, self.holding = self.server.getsockname()[1], port, False
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            broker = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, broker]
+            threading.Thread(target=self._pump, args=(client, broker, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(broker, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not (upstream and self.holding):
+                    sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.holding = False
+        for end in self.sockets:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_the_fresh_status_a_reconnect_publishes_outlives_a_stale_one_paho_resends(broker: Mosquitto) -> None:
+    # paho calls on_connect before it resends what the last connection left unacked: the
+    # node's fresh 'online' went first, and its stale status became the retained one
+    client, got = collect(broker.host, broker.port, "status/#")
+    link = HeldLink(broker.port)
+    settings = UplinkSettings(url=f"mqtt://127.0.0.1:{link.port}", client_id="stale", reconnect_min_s=0.05)
+    uplink = MqttUplink(settings)
+    uplink.on_connect(lambda: uplink.publish("status/n", f"fresh {uplink.session}".encode(), qos=1, retain=True))
+    uplink.start()
+    try:
+        wait_until(lambda: b"fresh 1" in [p for _, _, p in got], 10, "the first status")
+        link.holding = True  # the link dies silently: this status never reaches the broker
+        stale = uplink.publish("status/n", b"stale", qos=1, retain=True)
+        link.cut()
+        wait_until(lambda: uplink.session == 2 and stale.acked(), 10, "reconnected, the stale status resent")
+        wait_until(lambda: b"fresh 2" in [p for _, _, p in got], 10, "the fresh status")
+    finally:
+        uplink.close()
+        link.close()
+        client.loop_stop()
+    payloads = [p for _, _, p in got]
+    assert payloads.index(b"stale") < payloads.index(b"fresh 2")
+    late, retained = collect(broker.host, broker.port, "status/#")
+    wait_until(lambda: retained, 5, "the retained status")
+    late.loop_stop()
+    assert [(flag, p) for _, flag, p in retained] == [(True, b"fresh 2")]
 
 
 def test_rows_stay_in_the_outbox_while_the_broker_is_down(tmp_path: Path) -> None:
