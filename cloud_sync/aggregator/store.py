@@ -327,6 +327,13 @@ class Store:
             self._alert_insert[conn.dialect.name] = stmt
         return {row[0] for row in conn.execute(stmt, rows)}
 
+    def foreign_alert_ids(self, conn: Connection, alerts_: Sequence[Alert]) -> set[str]:
+        """Of alerts whose id the store held already, those it holds for another node: a
+        receipt for them would make their sender forget an alert nobody stored."""
+        senders = {a.id: (a.site, a.node_id) for a in alerts_}
+        held = conn.execute(select(alerts.c.id, alerts.c.site, alerts.c.node_id).where(alerts.c.id.in_(list(senders))))
+        return {alert_id for alert_id, site, node in held if senders[alert_id] != (site, node)}
+
     def add_forward_jobs(self, conn: Connection, alert_ids: Iterable[str]) -> None:
         rows = [{"alert_id": alert_id} for alert_id in alert_ids]
         if rows:

@@ -50,6 +50,7 @@ from s4edge.cloud_sync.messages import (
     Status,
     Telemetry,
     decode_from,
+    topic_for,
 )
 from s4edge.cloud_sync.pipe import receive_frame, receive_spec, run_child, send_frame
 
@@ -262,6 +263,8 @@ class BatchWriter:
         with self.store.engine.begin() as conn:
             self.store.ensure_nodes(conn, keys)
             new_ids = self._alert_rows.insert(conn, list(batch.alerts.values()))
+            stored_before = [a for i, (a, _) in batch.alerts.items() if i not in new_ids]
+            foreign = self.store.foreign_alert_ids(conn, stored_before) if stored_before else set()
             if forward_kinds is not None:
                 jobs = [i for i in new_ids if batch.alerts[i][0].kind in forward_kinds]
                 self.store.add_forward_jobs(conn, jobs)
@@ -274,8 +277,11 @@ class BatchWriter:
                 self.store.record_cmd_result(conn, result, at)
         self._known_nodes |= keys | set(batch.statuses) | set(batch.beats)
         for alert, _ in batch.alerts.values():  # committed: stored now, whether new or not
+            if alert.id in foreign:  # the id is another node's alert: this one is not stored
+                outcome.rejects.append(("id_conflict", topic_for(alert), f"alert id {alert.id} is another node's"))
+                continue
             outcome.confirmed.setdefault((alert.site, alert.node_id), set()).add(alert.id)
-        outcome.duplicates += len(batch.alerts) - len(new_ids)
+        outcome.duplicates += len(batch.alerts) - len(new_ids) - len(foreign)
         outcome.forward_jobs += len(jobs)
         for kind, count in (
             ("alert", len(new_ids)),

@@ -135,6 +135,19 @@ def test_a_message_whose_rows_cannot_be_made_is_refused_alone(ingest: Ingest, mo
     assert metric(ingest, "s4edge_messages_rejected_total", reason="unstorable") == 1
 
 
+def test_a_node_is_never_receipted_for_an_alert_id_stored_as_another_nodes(ingest: Ingest) -> None:
+    # a receipt would make the second node forget an alert that nobody stored
+    first = alert(1)
+    second = alert(2).model_copy(update={"id": first.id, "node_id": "n2"})
+    items = [(topic_for(a), encode(a), T0) for a in (first, second)]
+    assert ingest.writer.write(items[:1]).confirmed == {("s1", "n1"): {first.id}}
+    again = ingest.writer.write(items[1:])
+    assert again.confirmed == {}
+    assert again.rejects == [("id_conflict", topic_for(second), f"alert id {first.id} is another node's")]
+    assert ingest.store.alerts(AlertQuery())[0][0]["node_id"] == "n1"
+    assert ingest.writer.write(items[:1]).confirmed == {("s1", "n1"): {first.id}}  # its own resent: receipted
+
+
 def forward_jobs(store: Store) -> list[str]:
     with store.engine.connect() as conn:
         return sorted(conn.execute(select(jobs_table.c.alert_id)).scalars())
