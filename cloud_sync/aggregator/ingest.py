@@ -285,7 +285,8 @@ class Ingest:
             )
 
     def stop(self) -> None:
-        """Commit and acknowledge what has arrived, then disconnect cleanly (the session stays)."""
+        """Take no more; commit and acknowledge what has arrived, then disconnect cleanly (the
+        session stays, with what arrived since unacknowledged for the broker to give again)."""
         self._stopping.set()
         if self._child is not None:
             self._child.stopping.set()
@@ -320,6 +321,10 @@ class Ingest:
     # -- receive -------------------------------------------------------------------------------------
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if self._stopping.is_set():
+            # Left unacked: the broker gives it again to this session or another worker. Taken,
+            # a steady stream never let the writer find the queue empty and stop.
+            return
         try:
             topic: str | None = message.topic
         except UnicodeDecodeError:

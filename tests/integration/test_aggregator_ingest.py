@@ -310,3 +310,38 @@ def test_a_bug_while_acking_a_stored_batch_does_not_stop_ingest(
             what="the next batch, stored and counted",
         )
     assert running.store.count_alerts() == 2
+
+
+def test_stop_under_a_steady_stream_takes_no_more_and_loses_nothing(broker: Mosquitto, tmp_path: Path) -> None:
+    # paho delivers while ingest stops: the writer took each arrival and, never finding the
+    # queue empty, outlived stop(); what arrives after stop() is left for the broker to give again
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'agg.db'}"))
+    store.create_all()
+    node = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="steady", protocol=mqtt.MQTTv5)
+    node.connect(broker.host, broker.port)
+    node.loop_start()
+    sent, streaming = [], threading.Event()
+
+    def stream() -> None:
+        while not streaming.wait(0.01):
+            message = alert(len(sent))
+            node.publish(topic_for(message), encode(message), qos=1)
+            sent.append(message.id)
+
+    ingest = Ingest(BrokerConfig(broker.url), store, IngestMetrics(store.count_online), client_id="agg-stop")
+    ingest.start()
+    feeder = threading.Thread(target=stream, daemon=True)
+    feeder.start()
+    try:
+        wait_until(lambda: store.count_alerts() >= 20, 10, "alerts flowing")
+        ingest.stop()
+        assert ingest._writer is not None and not ingest._writer.is_alive()
+        later = Ingest(BrokerConfig(broker.url), store, IngestMetrics(store.count_online), client_id="agg-stop")
+        later.start()  # the same session: what the first one left unacked comes now
+        streaming.set()
+        feeder.join()
+        wait_until(lambda: store.count_alerts() == len(sent), 15, "every alert stored")
+        later.stop()
+    finally:
+        streaming.set()
+        node.loop_stop()
