@@ -321,8 +321,14 @@ class Outbox:
         Seq allocation and queueing happen under one lock, so rows are stored in seq
         order and the forwarder sends them in seq order."""
         with self._queue_cond:
-            seq, _ = self._allocate_seq()
-            op = self._submit(_insert(topic, make(seq), qos, kind, retain, receipt_id))
+            seq, reserving = self._allocate_seq()
+            write = _insert(topic, make(seq), qos, kind, retain, receipt_id)
+            if reserving is not None and not (reserving.done.is_set() and reserving.error is None):
+                # The seq's block is not on disk yet, and the batch writing it may fail while
+                # this row's commits: the row carries the reservation, so that no stored seq
+                # is ever beyond the counter a restart starts from.
+                write = _reserving(self._seq_reserved, write)
+            op = self._submit(write)
         return int(op.wait())
 
     def ack(self, row_ids: Iterable[int], wait: bool = True) -> None:
@@ -464,6 +470,14 @@ def _add_receipt_columns(db: sqlite3.Connection) -> None:
             )
         db.execute("COMMIT")
     db.executescript(_RECEIPT_INDEXES)
+
+
+def _reserving(reserved: int, write: Write) -> Write:
+    def both(db: sqlite3.Connection) -> Any:
+        _set_counter(db, "seq_reserved", reserved)
+        return write(db)
+
+    return both
 
 
 def _set_counter(db: sqlite3.Connection, name: str, value: int) -> None:

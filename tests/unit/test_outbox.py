@@ -90,6 +90,47 @@ def test_put_next_stores_rows_in_seq_order_under_concurrency(tmp_outbox: Outbox)
     assert seqs == sorted(seqs)
 
 
+def test_a_stored_seq_never_repeats_after_its_blocks_reservation_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the first put's batch (with its seq block's reservation) fails on a full disk while
+    # a second put, stamped from that block, waits for the next batch, which succeeds: the
+    # counter on disk stayed behind that stored seq, and a restart handed it out again
+    with Outbox(tmp_path / "o.db") as outbox:
+        commit, failing = outbox._commit, threading.Event()
+
+        def first_batch_fails(batch: list) -> None:
+            if not failing.is_set():
+                failing.set()
+                time.sleep(0.2)  # the second put queues meanwhile: into the next batch
+
+                def full(db: sqlite3.Connection) -> None:
+                    raise sqlite3.OperationalError("database or disk is full")
+
+                for op in batch:
+                    op.write = full
+            commit(batch)
+
+        monkeypatch.setattr(outbox, "_commit", first_batch_fails)
+        refused: list[BaseException] = []
+
+        def first() -> None:
+            try:
+                outbox.put_next("t", lambda seq: str(seq).encode())
+            except sqlite3.Error as exc:
+                refused.append(exc)
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert failing.wait(5)
+        outbox.put_next("t", lambda seq: str(seq).encode())
+        thread.join()
+        assert len(refused) == 1
+        stored = [int(r.payload) for r in outbox.pending()]
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert outbox.next_seq() > max(stored)
+
+
 def test_remember_command_refuses_a_replay_even_after_reopen(tmp_path: Path) -> None:
     until = time.time() + 60
     with Outbox(tmp_path / "o.db") as outbox:
