@@ -140,6 +140,10 @@ class Outbox:
         self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
         self._writer.start()
 
+    def writing(self) -> bool:
+        """The writer thread is running: every put, ack and receipt waits on it."""
+        return self._writer.is_alive()
+
     def _open(self) -> None:
         self._writer_db = self._connect()
         try:

@@ -498,6 +498,7 @@ class Node:
         tick = threading.Thread(target=self._tick_loop, name="node-tick", daemon=True)
         self.watchdog.watch("mqtt-uplink", self.uplink.progress)
         self.watchdog.watch("outbox-forwarder", alive(self.forwarder.alive))
+        self.watchdog.watch("outbox-writer", alive(self.outbox.writing))  # every put waits on it
         # a command may pull a model for minutes: watched for being alive, not for progress
         self.watchdog.watch("commands", alive(commands.is_alive))
         for thread in (commands, tick):  # the tick loop sends the ping: it counts by sending it

@@ -59,6 +59,18 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path: Path, not
     assert notify.wait_for("STOPPING=1")[-1] == "STOPPING=1"
 
 
+def test_the_watchdog_sees_the_outbox_writer_stop(tmp_path: Path) -> None:
+    # every put, ack and receipt waits on that thread: without it the node stores nothing
+    node = Node(parse_config(config_data(tmp_path)), base_dir=tmp_path)
+    try:
+        node.start()
+        assert node.watchdog.problems() == []
+        node.outbox.close()
+        assert "outbox-writer: not running" in node.watchdog.problems()
+    finally:
+        node.close(flush_s=0)
+
+
 def test_the_watchdog_goes_silent_when_the_forwarder_dies(tmp_path: Path, notify: NotifySocket) -> None:
     node = Node(parse_config(config_data(tmp_path)), base_dir=tmp_path)
     try:
