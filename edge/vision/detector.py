@@ -207,16 +207,31 @@ class Detector:
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         return self.backend.run(tensor)
 
-    def candidates(self, outputs: Sequence[np.ndarray]) -> Candidates:
-        found = self._decoder(outputs, self._context)
+    def candidates(self, outputs: Sequence[np.ndarray], score_threshold: float | None = None) -> Candidates:
+        context = self._context
+        if score_threshold is not None:
+            context = DecodeContext(context.input_width, context.input_height, score_threshold)
+        found = self._decoder(outputs, context)
+        if len(found.scores) == 0:
+            return found
+        finite = np.isfinite(found.boxes).all(axis=1) & np.isfinite(found.scores)
+        if not finite.all():  # a NaN or inf from the model places nothing, and would void NMS's class offsets
+            points = None if found.keypoints is None else found.keypoints[finite]
+            found = Candidates(
+                found.boxes[finite], found.scores[finite], found.class_ids[finite], found.suppressed, points
+            )
         if found.suppressed or len(found.scores) == 0:
             return found
         spec = self.manifest.decoder
         keep = nms(found.boxes, found.scores, spec.nms_iou, found.class_ids, spec.max_detections)
         return Candidates(found.boxes[keep], found.scores[keep], found.class_ids[keep], suppressed=True)
 
-    def decode(self, outputs: Sequence[np.ndarray], geometry: Geometry) -> list[Detection]:
-        found = self.candidates(outputs)
+    def decode(
+        self, outputs: Sequence[np.ndarray], geometry: Geometry, score_threshold: float | None = None
+    ) -> list[Detection]:
+        """Detections at the manifest's score threshold, or at ``score_threshold`` (a
+        snapshot's blur looks far below it: ``SnapshotConfig.blur_min_score``)."""
+        found = self.candidates(outputs, score_threshold)
         if len(found.scores) == 0:
             return []
         order = np.argsort(-found.scores, kind="stable")[: self.manifest.decoder.max_detections]

@@ -8,6 +8,7 @@ a swap that fails leaves the old one in place and says why.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import statistics
@@ -79,6 +80,8 @@ class Inferred:
     ts: float
     model: ModelRef  # the model that saw this frame, even if a swap landed since
     decode: Callable[[], list[Detection]] | None  # None: a static frame, the last detections stand
+    # the same outputs decoded at another score threshold (a snapshot's blur), where the model can
+    decode_at: Callable[[float], list[Detection]] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,13 @@ class LoadedModel:
     detector: FrameDetector
     ref: ModelRef
     split: SplitDetector | None
+    decodes_at: bool = False  # its decode takes a score_threshold (edge.vision.detector.Detector's does)
 
     @classmethod
     def of(cls, detector: FrameDetector) -> LoadedModel:
-        return cls(detector, detector.model_ref, detector if isinstance(detector, SplitDetector) else None)
+        split = detector if isinstance(detector, SplitDetector) else None
+        takes = split is not None and "score_threshold" in inspect.signature(split.decode).parameters
+        return cls(detector, detector.model_ref, split, takes)
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,11 @@ class SwapResult:
     ok: bool
     detail: str
     model: ModelRef | None = None
+
+
+def _decode_at(split: SplitDetector, outputs: Any, geometry: Any, score_threshold: float) -> list[Detection]:
+    decode: Callable[..., list[Detection]] = split.decode
+    return decode(outputs, geometry, score_threshold=score_threshold)
 
 
 class StageClock:
@@ -266,12 +277,13 @@ class VisionPipeline:
         if split is not None and prepared.detector is split:
             outputs = split.infer(prepared.tensor)
             decode = partial(split.decode, outputs, prepared.geometry)
+            decode_at = partial(_decode_at, split, outputs, prepared.geometry) if loaded.decodes_at else None
         else:  # no split, or prepared by the model just swapped out
             detections = loaded.detector.detect(image)
-            decode = partial(list, detections)
+            decode, decode_at = partial(list, detections), None
         self.clock.add("inference", self._timer() - t0)
         self.inferences += 1
-        return Inferred(image, ts, loaded.ref, decode)
+        return Inferred(image, ts, loaded.ref, decode, decode_at)
 
     def track(self, frame: Inferred) -> list[Track]:
         """The rest of a frame, in frame order: decode and NMS, tracker, analytics, snapshots."""
@@ -290,8 +302,12 @@ class VisionPipeline:
         fresh = set(self._my_incidents()) - opened_before if snapshots_on else set()
         if fresh and self.snapshots is not None:
             # raw detections too: a person not yet confirmed by the tracker, or just lost
-            # by it, is in the frame all the same and must be blurred
-            boxes = [(t.label, t.box) for t in tracks] + [(d.label, d.box) for d in self._last_detections]
+            # by it, is in the frame all the same and must be blurred; and those the model
+            # scores below its alert threshold (a person half hidden, far away) as well
+            seen = self._last_detections
+            if frame.decode_at is not None:
+                seen = frame.decode_at(self.snapshots.config.blur_min_score)
+            boxes = [(t.label, t.box) for t in tracks] + [(d.label, d.box) for d in seen]
             self.snapshots.save(frame.image, boxes, sorted(fresh)[0].split(":")[0])
         if frame.decode is not None:
             self.clock.add("decode", t2 - t1)

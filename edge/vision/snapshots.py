@@ -29,6 +29,13 @@ class SnapshotConfig(BaseModel):
     max_count: int = Field(default=100, ge=1, description="Keep at most this many files")
     max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0, description="Delete files older than this")
     blur_labels: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
+    blur_min_score: float = Field(
+        default=0.15,
+        gt=0,
+        le=1,
+        description="Blur what the model scores this high as a blur label: far below its alert threshold, "
+        "as a person it is unsure of is a person all the same",
+    )
     jpeg_quality: int = Field(default=80, ge=10, le=100)
 
 

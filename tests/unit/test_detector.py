@@ -163,3 +163,16 @@ def test_idle_onnxruntime_threads_busy_wait_only_when_asked(catalogue: Catalogue
     detector = Detector.from_catalogue(catalogue, "fastestdet", BackendOptions(threads=2, spin=spin))
     options = detector.backend.session.get_session_options()  # type: ignore[attr-defined]
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+
+
+def test_a_nan_box_from_the_model_leaves_the_other_detections_as_they_were(fastestdet: Detector) -> None:
+    # NMS keeps classes apart by an offset from the boxes' span: one NaN made it NaN, no box
+    # suppressed another, and every duplicate reached the tracker (a crowd out of nothing)
+    frame = photo("fastestdet_0.jpg")
+    tensor, geometry = fastestdet.preprocess(frame)
+    clean = fastestdet.decode(fastestdet.infer(tensor), geometry)
+    outputs = [o.copy() for o in fastestdet.infer(tensor)]
+    outputs[0][0, 0, 0, 0] = 10.0  # a far cell, sure of itself (objectness)
+    outputs[0][0, 5 + 10, 0, 0] = 10.0  # and of its class
+    outputs[0][0, 3, 0, 0] = np.nan  # with a width that is no number
+    assert fastestdet.decode(outputs, geometry) == clean

@@ -314,6 +314,44 @@ def test_a_snapshot_blurs_a_person_the_tracker_has_not_confirmed_yet(tmp_path: P
     assert saved[region].astype(float).std() < 15  # blurred beyond recognition
 
 
+@pytest.mark.parametrize("photo", ["fastestdet_0.jpg", "fastestdet_2.jpg", "fastestdet_3.jpg"])
+def test_a_snapshot_blurs_the_people_the_model_is_unsure_of_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photo: str
+) -> None:
+    # blurring only what passed the alert threshold (0.65) wrote people scored 0.3-0.65 as seen
+    import cv2
+
+    from s4edge.edge.vision.source import ModelConfig, load_detector
+
+    frame = cv2.imread(str(Path(__file__).resolve().parents[2] / "s4edge" / "demo_frames" / photo))
+    written: list[np.ndarray] = []
+    monkeypatch.setattr(cv2, "imwrite", lambda path, image, params=None: written.append(image) or True)
+    book = IncidentBook(lambda draft: None, update_interval_s=0.0)
+    everywhere = {"name": "all", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}
+    config = SceneConfig.model_validate(
+        {"zones": [everywhere], "rules": [{"type": "intrusion", "name": "in", "zone": "all"}]}
+    )
+    pipe = VisionPipeline(
+        "cam0",
+        load_detector(ModelConfig(name="fastestdet")),
+        Tracker(),
+        SceneAnalytics("cam0", config, book),
+        book,
+        snapshots=SnapshotWriter(SnapshotConfig(enabled=True, folder=tmp_path), "cam0"),
+    )
+    for i in range(3):
+        pipe.process(frame, i / 15)
+    (saved,) = written
+    unsure = load_detector(ModelConfig(name="fastestdet", score_threshold=0.3)).detect(frame)
+    height, width = frame.shape[:2]
+    people = [d for d in unsure if d.label == "person"]
+    assert any(d.score < 0.65 for d in people)  # someone the alert threshold leaves out
+    for person in people:
+        x1, y1, x2, y2 = (int(v * size) for v, size in zip(person.box, (width, height, width, height), strict=True))
+        same = np.all(saved[y1:y2, x1:x2] == frame[y1:y2, x1:x2], axis=2).mean()
+        assert same < 0.05, f"a person scored {person.score:.2f} was written {same:.0%} as seen"
+
+
 class RefCounting(ScriptedDetector):
     """Builds its ModelRef on each read, as ``Detector.model_ref`` does, and counts the reads."""
 
