@@ -171,11 +171,8 @@ def provision_node(req: NodeRequest, ca: FleetCA, fleet: Fleet, out: Path, board
     check_broker_url(req.broker)
     profile = load_board(req.board, boards)
     fleet.check_free(req.node_id, "node", req.site)
-    previous = fleet.identities.get(req.node_id)
     hashed, files, credential_files, serial = _credentials(req.node_id, req.client_cert, ca, out, "node")
-    if previous is not None and previous.cert_serial and previous.cert_serial != serial:
-        revoke(ca, fleet.folder, [int(previous.cert_serial, 16)])  # a replaced certificate must stop working
-    fleet.put(Identity(req.node_id, "node", req.site, hashed, req.client_cert, serial))
+    _rotate(fleet, ca, Identity(req.node_id, "node", req.site, hashed, req.client_cert, serial))
     verify_key = _copy_command_key(fleet.folder, Path(out))
     if verify_key is not None:
         files.append(verify_key)
@@ -189,8 +186,27 @@ def provision_aggregator(name: str, ca: FleetCA, fleet: Fleet, out: Path, client
     check_name("aggregator name", name)
     fleet.check_free(name, "aggregator", None)
     hashed, files, _, serial = _credentials(name, client_cert, ca, out, "aggregator")
-    fleet.put(Identity(name, "aggregator", None, hashed, client_cert, serial))
+    _rotate(fleet, ca, Identity(name, "aggregator", None, hashed, client_cert, serial))
     return Provisioned(fleet.identities[name], files)
+
+
+def _rotate(fleet: Fleet, ca: FleetCA, identity: Identity) -> None:
+    """Add or replace ``identity``; a certificate it replaces is revoked, as it must stop working."""
+    previous = fleet.identities.get(identity.name)
+    if previous is not None and previous.cert_serial and previous.cert_serial != identity.cert_serial:
+        revoke(ca, fleet.folder, [int(previous.cert_serial, 16)])
+    fleet.put(identity)
+
+
+def _retire_workers_from(fleet: Fleet, ca: FleetCA, name: str, workers: int) -> None:
+    """Workers of an earlier, larger ``--workers``: left, they would keep the old shared
+    password (or their certificates) working after a rotation meant to end it."""
+    index = workers
+    while (stale := fleet.identities.get(f"{name}-w{index}")) is not None and stale.role == "aggregator":
+        if stale.cert_serial:
+            revoke(ca, fleet.folder, [int(stale.cert_serial, 16)])
+        fleet.remove(stale.name)
+        index += 1
 
 
 def provision_aggregator_workers(
@@ -206,17 +222,18 @@ def provision_aggregator_workers(
     for worker in names:
         check_name("aggregator name", worker)
         fleet.check_free(worker, "aggregator", None)
+    _retire_workers_from(fleet, ca, name, workers)
     if client_cert:
         done = []
         for index, worker in enumerate(names):
             _, files, _, serial = _credentials(worker, True, ca, out, f"aggregator-w{index}")
-            fleet.put(Identity(worker, "aggregator", None, None, True, serial))
+            _rotate(fleet, ca, Identity(worker, "aggregator", None, None, True, serial))
             done.append(Provisioned(fleet.identities[worker], files))
         return done
     _, files, _, _ = _credentials(name, False, ca, out, "aggregator-workers")  # the CA and one password file
     password = (Path(out) / "aggregator-workers.password").read_text().strip()
     for worker in names:
-        fleet.put(Identity(worker, "aggregator", None, password_hash(password), False, None))
+        _rotate(fleet, ca, Identity(worker, "aggregator", None, password_hash(password), False, None))
     return [Provisioned(fleet.identities[worker], files) for worker in names]
 
 

@@ -133,3 +133,35 @@ def test_a_certificate_from_another_ca_cannot_be_revoked_here(fleet_dir: Path, t
     assert code == 2 and "not signed by the fleet CA" in output and len(crl(fleet_dir)) == 0
     code, output = run("fleet", "revoke", "nobody", "--fleet-dir", fleet_dir)
     assert code == 2 and "'nobody' is not in" in output
+
+
+def test_re_issuing_the_aggregators_certificates_revokes_the_old_ones(fleet_dir: Path, tmp_path: Path) -> None:
+    # the node path revoked a replaced certificate, the aggregator's did not: a leaked old
+    # aggregator key kept reading the whole fleet and sending commands and receipts
+    def issue(*extra: str) -> list[int]:
+        out = tmp_path / "agg"
+        code, output = run(
+            "fleet", "aggregator-credentials", "--fleet-dir", fleet_dir, "--out", out, "--client-cert", *extra
+        )
+        assert code == 0, output
+        return sorted(serial(path) for path in out.glob("aggregator*.crt"))
+
+    first = issue()
+    workers = issue("--workers", "2")
+    issue()
+    again = issue("--workers", "2")
+    for old in (*first, *workers):
+        assert crl(fleet_dir).get_revoked_certificate_by_serial_number(old) is not None
+    assert all(crl(fleet_dir).get_revoked_certificate_by_serial_number(new) is None for new in again)
+
+
+def test_fewer_workers_retire_the_others_identities(fleet_dir: Path, tmp_path: Path) -> None:
+    # left in place, aggregator-w2 kept the old shared password after a rotation meant to end it
+    for count in ("3", "1"):
+        code, output = run(
+            "fleet", "aggregator-credentials", "--fleet-dir", fleet_dir, "--out", tmp_path / "agg", "--workers", count
+        )
+        assert code == 0, output
+    identities = Fleet(fleet_dir).identities
+    assert sorted(name for name in identities if name.startswith("aggregator-w")) == ["aggregator-w0"]
+    assert "aggregator-w2" not in (fleet_dir / "passwords").read_text()
