@@ -22,7 +22,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from s4edge.cloud_sync.aggregator.commands import CommandDesk, CommandError
-from s4edge.cloud_sync.aggregator.console_api import ConsoleSettings, build_console_router, nodes_at_a_glance
+from s4edge.cloud_sync.aggregator.console_api import (
+    ConsoleSettings,
+    build_console_router,
+    nodes_at_a_glance,
+    query_time,
+)
 from s4edge.cloud_sync.aggregator.events import EventBus, sse_frame
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.store import AlertQuery, Store
@@ -114,6 +119,14 @@ def build_api(
             )
         return await call_next(request)
 
+    @app.middleware("http")
+    async def no_nul(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # No id, name or filter holds a NUL, and PostgreSQL refuses one in a query (a 500)
+        query = request.query_params.multi_items()
+        if "\x00" in request.url.path or any("\x00" in key or "\x00" in value for key, value in query):
+            return JSONResponse({"detail": "a NUL character in the path or query"}, status_code=422)
+        return await call_next(request)
+
     @app.get("/healthz")
     def healthz() -> Any:
         # Unhealthy while ingest cannot commit, though the store may still answer reads
@@ -154,8 +167,7 @@ def build_api(
     ) -> Any:
         if severity is not None and severity not in SEVERITIES:
             raise HTTPException(422, detail=f"severity must be one of {', '.join(SEVERITIES)}")
-        if since is not None and since.tzinfo is None:
-            raise HTTPException(422, detail="since needs a timezone, e.g. 2026-01-01T00:00:00Z")
+        since = query_time("since", since)
         query = AlertQuery(
             site=site,
             node=node,

@@ -7,7 +7,7 @@ Reading is open; acknowledging is an act and passes the API's operator check lik
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,9 +62,19 @@ class IncidentAck(BaseModel):
     by: str = Field(default="operator", min_length=1, max_length=64)
 
 
-def _aware(name: str, value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def query_time(name: str, value: datetime | None) -> datetime | None:
+    """A time given in a query: with a timezone, and one UTC can hold (the store keeps UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         raise HTTPException(422, detail=f"{name} needs a timezone, e.g. 2026-01-01T00:00:00Z")
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise HTTPException(422, detail=f"{name} is out of range once converted to UTC") from None
     return value
 
 
@@ -115,8 +125,8 @@ def build_console_router(
             kind=kind,
             site=site,
             node=node,
-            since=_aware("from", since),
-            until=_aware("to", until),
+            since=query_time("from", since),
+            until=query_time("to", until),
             ids=tuple(incident_ids),
             limit=limit,
             cursor=cursor,
@@ -157,8 +167,8 @@ def build_console_router(
         until: datetime | None = Query(None, alias="to"),
     ) -> Any:
         now = store.clock()
-        end = _aware("to", until) or now
-        start = _aware("from", since) or end - DEFAULT_SPAN
+        end = query_time("to", until) or now
+        start = query_time("from", since) or max(end, _EARLIEST + DEFAULT_SPAN) - DEFAULT_SPAN
         if start >= end:
             raise HTTPException(422, detail="from must be before to")
         return node_series(store.engine, site, node_id, start, end, quantity or None)

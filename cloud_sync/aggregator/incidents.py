@@ -57,8 +57,10 @@ def decode_cursor(cursor: str) -> tuple[int, datetime, str]:
     """Raises ValueError on a cursor we did not issue."""
     try:
         ended, last_seen, incident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if "\x00" in str(incident):
+            raise ValueError("a NUL in the cursor")
         return int(ended), utc(datetime.fromisoformat(last_seen)), str(incident)
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
         raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
 
 

@@ -52,8 +52,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, alert_id = raw.split("|", 1)
+        if "\x00" in alert_id:
+            raise ValueError("a NUL in the cursor")
         return utc(datetime.fromisoformat(ts)), alert_id
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
 
 

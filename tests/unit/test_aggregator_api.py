@@ -167,3 +167,28 @@ def test_the_right_token_lets_the_operator_act(store: Store, published: list[tup
 def test_the_dashboard_asks_for_the_token_when_told_401(client: TestClient) -> None:
     script = client.get("/util.js").text  # the console's modules share its authorisedFetch
     assert "status === 401" in script and "sessionStorage" in script and "Bearer" in script
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/alerts?since=0001-01-01T00:00:00%2B01:00",  # no UTC for it: OverflowError, a 500
+        "/api/incidents?from=0001-01-01T00:00:00%2B01:00",
+        "/api/incidents?to=9999-12-31T23:00:00-14:00",
+        "/api/nodes/s1/n1/telemetry?from=0001-01-01T00:00:00%2B01:00&to=0001-01-01T05:00:00Z",
+        "/api/alerts?cursor=MDAwMS0wMS0wMVQwMDowMDowMCswMTowMHx4",  # the same time, in a cursor
+        "/api/incidents?cursor=W0luZmluaXR5LCAiMjAyNi0wMS0wMVQwMDowMDowMCswMDowMCIsICJ4Il0",  # [Infinity, …]
+        "/api/alerts/%00x",  # PostgreSQL refuses a NUL in a query: a 500 there
+        "/api/alerts?site=%00",
+        "/api/incidents?incident=x%00",
+        "/ng112/incidents/x%00/readings?token=t",
+    ],
+)
+def test_what_no_store_can_look_up_is_a_422_never_a_500(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 422, response.text
+
+
+def test_telemetry_up_to_the_first_hour_there_is_starts_at_the_first_instant(client: TestClient) -> None:
+    response = client.get("/api/nodes/s1/n1/telemetry?to=0001-01-01T01:00:00Z")  # to - 24 h fell before year 1
+    assert response.status_code == 200 and response.json()["from"] == "0001-01-01T00:00:00+00:00"
