@@ -72,7 +72,10 @@ def hide_userinfo(url: str) -> str:
 def broker_endpoint(url: str) -> BrokerEndpoint:
     """Where and how to reach the broker at ``url``; ``BrokerUrlError`` for anything else."""
     shown = hide_userinfo(url)
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:  # 'mqtt://[::1' and the like: urllib's words, without the URL
+        raise BrokerUrlError(f"broker URL {shown!r}: {exc}; e.g. mqtts://[2001:db8::1]:8883") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         meant = f" ({_MEANT[scheme]})" if scheme in _MEANT else ""

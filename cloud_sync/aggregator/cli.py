@@ -24,7 +24,7 @@ def _group() -> None:
 
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or int(port) > 65535:
         raise typer.BadParameter(f"{value!r}: give HOST:PORT, e.g. 127.0.0.1:8080 (port 0 picks a free one)")
     return host.strip("[]") or "127.0.0.1", int(port)
 
@@ -46,6 +46,8 @@ def _operator_token(token: str, token_file: Path | None) -> str | None:
             token = token_file.read_text().strip()
         except OSError as exc:
             raise typer.BadParameter(f"{token_file}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise typer.BadParameter(f"{token_file}: not UTF-8 text", param_hint="--operator-token-file") from None
         if not token:
             raise typer.BadParameter(f"{token_file}: the file is empty", param_hint="--operator-token-file")
     return token or None

@@ -313,10 +313,14 @@ def provision(
     """Provision a node: its config, credentials, and its password and ACL entries on the broker."""
     where = outbox.absolute() if outbox else None
     request = NodeRequest(node_id, site, lat, lon, broker, board, zone, client_cert, where)
+    if out.resolve() in {ca_dir.resolve(), (fleet_dir or ca_dir).resolve()}:  # its files would overwrite theirs
+        raise _fail(FleetError(f"--out {out} is the fleet's or the CA's folder: give the node a folder of its own"))
     try:
         done = provision_node(request, load_ca(ca_dir), Fleet(fleet_dir or ca_dir), out)
     except (CAError, FleetError) as exc:
         raise _fail(exc) from None
+    except OSError as exc:
+        raise _fail(FleetError(f"cannot write {exc.filename or out}: {exc.strerror}")) from None
     for path in done.files:
         typer.echo(str(path))
     typer.echo(f"next: copy {out}/ to the node's /etc/s4edge/, then `systemctl reload mosquitto` on the broker")

@@ -71,6 +71,11 @@ def check_broker_url(url: str) -> str:
         endpoint = broker_endpoint(url)
     except BrokerUrlError as exc:
         raise FleetError(f"--broker: {exc}") from None
+    if "@" in url.partition("://")[2].partition("/")[0]:
+        raise FleetError(
+            f"--broker {hide_userinfo(url)!r}: no user or password in the URL (node.yaml is not a secret "
+            "file); the node's password is written to its own file, with its permissions"
+        )
     if not endpoint.tls:
         raise FleetError(
             f"--broker {hide_userinfo(url)!r}: the fleet speaks TLS only; give mqtts://HOST:PORT "

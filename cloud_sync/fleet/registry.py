@@ -44,6 +44,15 @@ class Identity:
         return f"aggregator {self.name}" if self.role == "aggregator" else f"node {self.site}/{self.name}"
 
 
+def _checked(name: str, identity: Identity) -> Identity:
+    """An entry read back from fleet.json: what every later step takes for granted."""
+    if identity.name != name or identity.role not in ("node", "aggregator"):
+        raise ValueError(f"entry {name!r} names {identity.name!r} with role {identity.role!r}")
+    if identity.role == "node" and not isinstance(identity.site, str):
+        raise ValueError(f"node {name!r} has no site")
+    return identity
+
+
 class Fleet:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -52,8 +61,8 @@ class Fleet:
         if path.exists():
             try:
                 raw = json.loads(path.read_text())
-                self.identities = {name: Identity(**entry) for name, entry in raw["identities"].items()}
-            except (ValueError, KeyError, TypeError) as exc:
+                self.identities = {name: _checked(name, Identity(**entry)) for name, entry in raw["identities"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise FleetError(f"{path}: not a fleet registry ({exc}); restore it from backup") from None
 
     @property

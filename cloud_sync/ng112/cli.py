@@ -64,7 +64,7 @@ def send_test(
     lon: float = typer.Option(..., help="The node's surveyed longitude (WGS 84)."),
     zone: str | None = typer.Option(None),
     request_uri: str = typer.Option("urn:service:sos", help="Request-URI and To (urn:service:sos or the PSAP URI)."),
-    t1: float = typer.Option(0.5, help="RFC 3261 T1 in seconds; Timer F is 64·T1."),
+    t1: float = typer.Option(0.5, min=0.001, max=60, help="RFC 3261 T1 in seconds; Timer F is 64·T1."),
 ) -> None:
     """Send one CAP message with status Test (never Actual) and print how the PSAP answered."""
     from s4edge.cloud_sync.messages import Alert, Location, Measurement

@@ -46,8 +46,8 @@ class Ng112Config(_Config):
     sender: str | None = None
     location_method: Literal["Manual", "Survey", "GPS", "A-GPS"] = "Manual"
     language: str = "en-US"
-    t1_s: float = Field(default=0.5, gt=0)
-    t2_s: float = Field(default=4.0, gt=0)
+    t1_s: float = Field(default=0.5, gt=0, le=60)
+    t2_s: float = Field(default=4.0, gt=0, le=600)
     max_attempts: int = Field(default=4, ge=1, le=20)
     backoff_s: float = Field(default=2.0, ge=0)
     backoff_max_s: float = Field(default=60.0, ge=0)
@@ -119,9 +119,11 @@ def load_config(path: str | Path) -> Ng112Config:
     """Parse a YAML file; errors name the file, the key and what was expected."""
     source = Path(path)
     try:
-        raw = yaml.safe_load(source.read_text())
+        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise Ng112ConfigError(f"{source}: cannot read YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise Ng112ConfigError(f"{source}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     if not isinstance(raw, dict):
         raise Ng112ConfigError(f"{source}: expected a mapping at the top level")
     try:

@@ -110,7 +110,7 @@ class Transaction:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             try:
                 sock.connect((target.host, target.port))
-            except OSError as exc:
+            except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
                 return Delivery("unreachable", "udp", 0, detail=f"{target.host}:{target.port}: {exc}")
             host, port = sock.getsockname()[:2]
             data = message.render("udp", f"{host}:{port}", branch)
@@ -170,7 +170,7 @@ class Transaction:
             raw = socket.create_connection((target.host, target.port), timeout=left())
         except TimeoutError:
             return Delivery("timeout", proto, 0, detail=f"no connection in {self.timers.f:g} s (Timer F)")
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
             return Delivery("unreachable", proto, 0, detail=f"{target.host}:{target.port}: {exc}")
         sock: socket.socket = raw
         try:

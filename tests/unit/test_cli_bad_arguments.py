@@ -1,0 +1,74 @@
+"""Bad arguments to the CLI end in one line that says what was wrong, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from s4edge.cli import app
+
+NOT_UTF8 = b"\xff\xfe token\n"
+
+
+def run(*args: str | Path) -> tuple[int, str]:
+    """Exit code, and the output as one line: rich boxes and wraps its errors."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, " ".join(result.output.replace("│", " ").split())
+
+
+@pytest.fixture
+def fleet_dir(tmp_path: Path) -> Path:
+    assert run("fleet", "ca", "init", "--out", tmp_path / "fleet")[0] == 0
+    return tmp_path / "fleet"
+
+
+def provision(fleet_dir: Path, out: Path, broker: str = "mqtts://broker.example:8883") -> tuple[int, str]:
+    site = ["--site", "plaza", "--lat", "40.4", "--lon", "-3.7", "--board", "x86"]
+    return run("provision", "node-a", *site, "--broker", broker, "--ca-dir", fleet_dir, "--out", out)
+
+
+def test_aggregator_run_refuses_bad_arguments_in_a_line(tmp_path: Path) -> None:
+    (tmp_path / "token").write_bytes(NOT_UTF8)
+    (tmp_path / "ng112.yaml").write_bytes(b"psap: sip:p@h\n# caf\xe9\n")
+    db = ["--db", f"sqlite:///{tmp_path / 'agg.db'}"]
+    cases = [
+        (["--broker", "mqtt://[::1", *db], "Invalid IPv6 URL"),
+        (["--broker", "mqtt://127.0.0.1:1", *db, "--http", "127.0.0.1:99999"], "give HOST:PORT"),
+        (["--broker", "mqtt://127.0.0.1:1", *db, "--operator-token-file", tmp_path / "token"], "not UTF-8"),
+        (["--broker", "mqtt://127.0.0.1:1", *db, "--ng112", tmp_path / "ng112.yaml"], "not UTF-8"),
+    ]
+    for args, said in cases:
+        code, output = run("aggregator", "run", *args)
+        assert code != 0 and said in output and "Traceback" not in output, (args, output)
+
+
+def test_ng112_send_test_answers_in_a_line(tmp_path: Path) -> None:
+    code, output = run(
+        "ng112", "send-test", "--psap", "sip:psap@127.0.0.1:5060", "--lat", "48", "--lon", "11", "--t1", "1e308"
+    )
+    assert code == 2 and "less than or equal to 60" in output
+    label = "a" * 70  # over DNS's 63 characters: IDNA cannot encode it, and the socket raised UnicodeError
+    psap = f"sip:psap@{label}.example:5060;transport=tcp"
+    code, output = run("ng112", "send-test", "--psap", psap, "--lat", "48", "--lon", "11", "--t1", "0.01")
+    assert output.startswith("unreachable:") and "Traceback" not in output, output
+
+
+def test_provision_refuses_what_would_leak_or_clobber(fleet_dir: Path, tmp_path: Path) -> None:
+    code, output = provision(fleet_dir, tmp_path / "node", "mqtts://node-a:hunter2@broker.example:8883")
+    assert code == 2 and "no user or password in the URL" in output and "hunter2" not in output
+    code, output = provision(fleet_dir, fleet_dir)  # the node's files would overwrite the fleet's
+    assert code == 2 and "a folder of its own" in output
+    assert not (fleet_dir / "node.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "registry",
+    [{"identities": []}, {"identities": {"x": {"name": "x", "role": "node", "site": None}}}],
+)
+def test_a_damaged_fleet_registry_is_named_not_a_traceback(fleet_dir: Path, registry: dict) -> None:
+    (fleet_dir / "fleet.json").write_text(json.dumps(registry))
+    code, output = run("fleet", "list", "--fleet-dir", fleet_dir)
+    assert code == 2 and "not a fleet registry" in output and "restore it from backup" in output
