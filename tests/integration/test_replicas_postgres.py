@@ -83,15 +83,29 @@ def test_two_replicas_split_the_load_and_store_each_alert_once(
 def test_a_row_postgres_refuses_is_rejected_and_the_batch_still_lands(
     broker: Mosquitto, pg_schema: str, node: mqtt.Client
 ) -> None:
-    # PostgreSQL text cannot hold NUL; the wire contract allows it. The store is the judge.
-    with replica(broker, pg_schema, "replica-nul") as only:
-        bad = json.loads(encode(alert(1)))
-        bad["title"] = "gas\u0000leak"
-        node.publish(topic_for(alert(1)), json.dumps(bad), qos=1).wait_for_publish(5)
+    # a row the store refuses (here a trigger's exception) is isolated, and the rest lands; a NUL,
+    # which PostgreSQL's text cannot hold, the schema refuses first, as on SQLite
+    with replica(broker, pg_schema, "replica-refuses") as only:
+        with only.store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"CREATE FUNCTION {pg_schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.id = '{alert(1).id}' THEN RAISE EXCEPTION 'refused by test'; END IF; RETURN NEW; END $$"
+            )
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER refuse BEFORE INSERT ON {pg_schema}.alerts "
+                f"FOR EACH ROW EXECUTE FUNCTION {pg_schema}.refuse()"
+            )
+        with_nul = json.loads(encode(alert(3)))
+        with_nul["title"] = "gas\u0000leak"
+        node.publish(topic_for(alert(3)), json.dumps(with_nul), qos=1).wait_for_publish(5)
+        node.publish(topic_for(alert(1)), encode(alert(1)), qos=1).wait_for_publish(5)
         node.publish(topic_for(alert(2)), encode(alert(2)), qos=1).wait_for_publish(5)
         wait_until(lambda: only.store.count_alerts() == 1, what="the good alert")
-        refused = only.metrics.registry.get_sample_value("s4edge_messages_rejected_total", {"reason": "store_refused"})
-        assert refused == 1
+
+        def rejected(reason: str) -> float | None:
+            return only.metrics.registry.get_sample_value("s4edge_messages_rejected_total", {"reason": reason})
+
+        wait_until(lambda: rejected("store_refused") == 1 and rejected("invalid") == 1, what="both refusals counted")
         assert only.store.alert(alert(1).id) is None and only.store.alert(alert(2).id) is not None
 
 

@@ -146,7 +146,7 @@ def test_the_schema_comes_from_the_environment_or_a_clear_error(tmp_path, monkey
 
 def test_text_xml_cannot_hold_is_replaced_and_the_call_still_goes(schema):
     # lxml refuses XML 1.0's non-characters (a bell from a zone's name): the call would never go
-    cap = build_cap(alert(title="gas\x07 at gate B", detail="\x00door\x1b[0m open\ttoo"), sender=SENDER, schema=schema)
+    cap = build_cap(alert(title="gas\x07 at gate B", detail="\x01door\x1b[0m open\ttoo"), sender=SENDER, schema=schema)
     assert schema.validate(parse_cap(cap.xml)), schema.error_log
     assert text(cap.xml, "info/headline") == "gas\ufffd at gate B"
     assert text(cap.xml, "info/description") == "\ufffddoor\ufffd[0m open\ttoo"
