@@ -126,11 +126,15 @@ class Capture:
 
     def _cycle(self) -> bool:
         """Open the source, read until it fails, close it; True when a finite source ended."""
+        self._reading_since = self._clock()  # an open that hangs (an RTSP camera gone at boot) is a stall too
         try:
             self.source.open()
         except FrameSourceError as exc:
             self._set_fault(str(exc))
             return False
+        finally:
+            self._reading_since = None
+            self._unblocking.clear()
         self._read_until_failure()
         finished = self.finite and self._fault is None
         try:
@@ -157,6 +161,9 @@ class Capture:
             if not ok or image is None:
                 if not (self.finite and self._fault is None and self._seq > 0):
                     self._set_fault(f"{self.source.name}: camera stopped delivering frames")
+                return
+            if image.size == 0:  # a read that succeeds with nothing in it: no stage can use it
+                self._set_fault(f"{self.source.name}: camera delivered an empty frame")
                 return
             prepared = self._prepare(image, ts)
             with self._cond:

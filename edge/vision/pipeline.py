@@ -256,7 +256,13 @@ class VisionPipeline:
         split = self._loaded.split
         if not infer or split is None:
             return Prepared(infer)
-        tensor, geometry = split.preprocess(image)
+        try:
+            tensor, geometry = split.preprocess(image)
+        except Exception:
+            # The gate has taken this frame as its reference: asked again, it would call the
+            # frame static and the error would never show. Inferred by detect() instead,
+            # whose error the pipeline counts and reports.
+            return Prepared(True)
         self.clock.add("preprocess", self._timer() - t1)
         return Prepared(True, split, tensor, geometry)
 

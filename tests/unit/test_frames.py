@@ -460,3 +460,54 @@ def test_a_stall_is_reported_at_once_even_when_closing_the_camera_blocks() -> No
     finally:
         camera.release.set()
         capture.stop()
+
+
+def test_a_camera_delivering_empty_frames_is_a_fault_and_recovers() -> None:
+    # ok=True with a 0x0 array passed the check, and every frame then failed in the motion
+    # gate (ZeroDivisionError) with no camera_fault
+    empty = [True]
+    camera = SimulatedCamera(lambda i: np.zeros((0, 0, 3), np.uint8) if empty[0] else moving_square(i), period_s=0.002)
+    capture = Capture(camera, backoff=Backoff(0.01, 0.05))
+    capture.start()
+    try:
+        assert wait_until(lambda: "empty frame" in (capture.state().reason or ""))
+        empty[0] = False
+        assert wait_until(lambda: capture.state().ok)
+        assert capture.wait_frame(timeout=2.0) is not None
+    finally:
+        capture.stop()
+
+
+class HangingOpen(SimulatedCamera):
+    """An RTSP camera gone at boot: open() blocks until the stall's close lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__(period_s=0.002)
+        self.hang = threading.Event()
+        self.hang.set()
+        self.released = threading.Event()
+
+    def open(self) -> None:
+        if self.hang.is_set():
+            self.released.wait(5.0)
+            self.released.clear()
+            raise FrameSourceError(f"{self.name}: cannot open")
+        super().open()
+
+    def close(self) -> None:
+        self.released.set()
+        super().close()
+
+
+def test_an_open_that_hangs_is_a_stall_not_a_healthy_camera() -> None:
+    camera = HangingOpen()
+    capture = Capture(camera, stall_after_s=0.1, backoff=Backoff(0.01, 0.05))
+    capture.start()
+    try:
+        assert wait_until(lambda: "stalled" in (capture.state().reason or ""))
+        camera.hang.clear()
+        assert wait_until(lambda: capture.state().ok)
+        assert capture.wait_frame(timeout=2.0) is not None
+    finally:
+        camera.released.set()
+        capture.stop()

@@ -255,6 +255,25 @@ def test_prepared_frames_skip_the_preprocessing_and_a_swap_falls_back_to_detect(
     assert new.calls == 1 and old.inferred == 1
 
 
+def test_a_frame_whose_preprocessing_fails_is_an_error_not_a_still_scene() -> None:
+    # the gate took the frame as its reference before preprocess raised; asked again, it
+    # called the frame static: a camera of frames the model cannot take ran with no
+    # inference, no error and a healthy camera
+    class Refusing(SplitScripted):
+        def preprocess(self, frame_bgr: Any) -> tuple[Any, Any]:
+            raise ValueError("expected a BGR frame")
+
+        def detect(self, frame_bgr: Any) -> list[Detection]:
+            return self.decode(self.infer(self.preprocess(frame_bgr)[0]), "geometry")
+
+    pipe = pipeline(Refusing(), [], gate=MotionGate(MotionConfig(force_every_s=100)))
+    frame = moving_square(0)
+    prepared = pipe.prepare(frame, 0.0)
+    assert prepared.infer and prepared.detector is None  # detect() runs it, and raises
+    with pytest.raises(ValueError, match="BGR"):
+        pipe.process(frame, 0.0, prepared)
+
+
 def test_a_dropped_frame_that_needed_inference_passes_the_need_on() -> None:
     drafts: list[AlertDraft] = []
     gate = MotionGate(MotionConfig(force_every_s=100))
