@@ -132,6 +132,10 @@ _LIST_COLUMNS = (
 )  # fmt: skip
 
 
+TIMELINE_MAX = 200  # alerts in one incident's timeline: the first and the latest
+ALERT_IDS_MAX = 100  # alert ids in a record: the first and the latest ("alerts" counts them all)
+
+
 def incident_records(conn: Connection, ids: Sequence[str]) -> list[dict[str, Any]]:
     """The records of these incidents, in this order (unknown ids are left out)."""
     if not ids:
@@ -172,7 +176,7 @@ def _record(rows: list[Any], ack: Any, calls: dict[str, Any] | None) -> dict[str
         "title_from_node": bool(titled),
         "alerts": len(rows),
         "updates": sum(1 for r in rows if r.state == "update"),
-        "alert_ids": [r.id for r in rows],
+        "alert_ids": _ends([r.id for r in rows], ALERT_IDS_MAX),
         "acked_at": utc(ack.acked_at).isoformat() if ack is not None else None,
         "acked_by": ack.acked_by if ack is not None else None,
         # acknowledged, then it grew worse: the operator has not seen what it is now
@@ -202,14 +206,24 @@ def ng112_calls(conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any
 
 
 def incident(engine: Engine, incident_id: str) -> dict[str, Any] | None:
-    """The record with its ``timeline``: every alert, oldest first, measurements included."""
+    """The record with its ``timeline``, oldest first, measurements included: the alert that
+    opened it and the latest ``TIMELINE_MAX - 1``; ``timeline_omitted`` counts those between."""
     with engine.connect() as conn:
         records = incident_records(conn, [incident_id])
         if not records:
             return None
-        stmt = select(alerts).where(alerts.c.incident == incident_id).order_by(alerts.c.ts, alerts.c.id)
-        timeline = [alert_dict(row) for row in conn.execute(stmt).mappings()]
-    return {**records[0], "timeline": timeline}
+        ordered = select(alerts).where(alerts.c.incident == incident_id)
+        first = conn.execute(ordered.order_by(alerts.c.ts, alerts.c.id).limit(1)).mappings().all()
+        latest = conn.execute(ordered.order_by(alerts.c.ts.desc(), alerts.c.id.desc()).limit(TIMELINE_MAX - 1))
+        rows = [*first, *(row for row in reversed(latest.mappings().all()) if row["id"] != first[0]["id"])]
+    omitted = records[0]["alerts"] - len(rows)
+    return {**records[0], "timeline": [alert_dict(row) for row in rows], "timeline_omitted": omitted}
+
+
+def _ends(items: list[str], keep: int) -> list[str]:
+    """The first of ``items`` and the last ``keep - 1``: an incident a node keeps open for
+    days holds thousands of updates, and no answer should grow with them."""
+    return items if len(items) <= keep else [items[0], *items[len(items) - keep + 1 :]]
 
 
 def ack_incident(engine: Engine, incident_id: str, by: str, now: datetime) -> dict[str, Any] | None:
@@ -232,13 +246,14 @@ def ack_incident(engine: Engine, incident_id: str, by: str, now: datetime) -> di
             .values(acked_at=now, acked_by=by)
         )
         ack = conn.execute(select(incident_acks).where(incident_acks.c.incident == incident_id)).one()
-        ids = conn.execute(select(alerts.c.id).where(alerts.c.incident == incident_id)).scalars().all()
+        in_order = select(alerts.c.id).where(alerts.c.incident == incident_id).order_by(alerts.c.ts, alerts.c.id)
+        ids = conn.execute(in_order).scalars().all()
     return {
         "incident": incident_id,
         "acked_at": utc(ack.acked_at).isoformat(),
         "acked_by": ack.acked_by,
         "acked_severity": ack.acked_severity,
-        "alert_ids": list(ids),
+        "alert_ids": _ends(list(ids), ALERT_IDS_MAX),
     }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from s4edge.cloud_sync.aggregator import incidents as incidents_module
 from s4edge.cloud_sync.aggregator.api import build_api, mount_dashboard
 from s4edge.cloud_sync.aggregator.console_api import ConsoleSettings, TileUrlError, check_tile_url
 from s4edge.cloud_sync.aggregator.events import EventBus
@@ -218,6 +219,27 @@ def test_an_incident_that_grows_worse_after_its_ack_says_so(store: Store, client
     record = client.get("/api/incidents/inc-gas-0001").json()
     assert record["escalated_since_ack"] and record["peak_severity"] == "Extreme"
     assert [a["acked_by"] for a in record["timeline"]] == ["dispatcher-7", "dispatcher-7", None]
+
+
+def test_an_incident_kept_open_for_days_answers_in_bounded_size(
+    store: Store, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a node that updates one incident every 30 s for a day: every alert of it in each answer
+    monkeypatch.setattr(incidents_module, "TIMELINE_MAX", 5)
+    monkeypatch.setattr(incidents_module, "ALERT_IDS_MAX", 4)
+    long = [alert("inc-long-0001", 0, "new", "Severe", minutes=40)]
+    long += [alert("inc-long-0001", i, "update", "Severe", minutes=40 + i / 10) for i in range(1, 12)]
+    filled(store, long)
+    body = client.get("/api/incidents/inc-long-0001").json()
+    assert (body["alerts"], body["updates"], body["timeline_omitted"]) == (12, 11, 7)
+    assert [a["id"] for a in body["timeline"]] == [
+        "inc-long-0001-00",
+        *(f"inc-long-0001-{i:02d}" for i in range(8, 12)),
+    ]
+    assert body["alert_ids"] == ["inc-long-0001-00", "inc-long-0001-09", "inc-long-0001-10", "inc-long-0001-11"]
+    listed = next(i for i in client.get("/api/incidents").json()["incidents"] if i["incident"] == "inc-long-0001")
+    assert listed["alert_ids"] == body["alert_ids"]
+    assert client.post("/api/incidents/inc-long-0001/ack", json={"by": "op"}).json()["alert_ids"] == body["alert_ids"]
 
 
 def test_acknowledging_needs_the_token_where_one_is_set(store: Store) -> None:

@@ -100,7 +100,7 @@ function measurementText(m) {
 }
 
 function timeline(body) {
-  const items = body.timeline.map((a) => el("tr", { "data-alert": a.id, class: `step step-${a.state}` },
+  const steps = body.timeline.map((a) => el("tr", { "data-alert": a.id, class: `step step-${a.state}` },
     el("td", {}, when(a.ts)),
     el("td", {}, el("span", { class: `step-state ${a.state}` }, a.state)),
     el("td", {}, severityChip(a.severity)),
@@ -108,6 +108,11 @@ function timeline(body) {
     el("td", { class: "measurements" }, ...(a.measurements || []).map((m) => el("div", {}, measurementText(m))),
       a.detection ? el("div", { class: "dim" },
         `${a.detection.label} × ${a.detection.count}${a.detection.rule ? ` (${a.detection.rule})` : ""}`) : null)));
+  // a long incident: the server sends the first message and the latest, and says how many lie between
+  const items = body.timeline_omitted > 0
+    ? [steps[0], el("tr", { class: "step omitted" }, el("td", { colspan: 5, class: "dim" },
+        `… ${body.timeline_omitted} updates between (raw alerts has them all)`)), ...steps.slice(1)]
+    : steps;
   return el("div", { class: "timeline" },
     el("table", {}, el("thead", {}, el("tr", {}, ...["time", "message", "severity", "what", "measurements"]
       .map((h) => el("th", {}, h)))), el("tbody", {}, ...items)),
