@@ -172,9 +172,12 @@ class BME280:
 
     def _read_register(self, reg: int, length: int) -> bytes:
         try:
-            return bytes(self.bus.read_i2c_block_data(self.address, reg, length))
+            data = bytes(self.bus.read_i2c_block_data(self.address, reg, length))
         except (OSError, ValueError) as exc:
             raise I2CError(self.address, f"read of register 0x{reg:02x}: {exc}") from exc
+        if len(data) != length:  # a bus that gives back less than asked: nothing to decode
+            raise I2CError(self.address, f"read of register 0x{reg:02x}: {len(data)} of {length} bytes")
+        return data
 
     def _write_register(self, reg: int, value: int) -> None:
         try:

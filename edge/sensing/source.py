@@ -35,7 +35,7 @@ from s4edge.edge.alerts import IncidentBook
 from s4edge.edge.config import NodeFile
 from s4edge.edge.sensing.co import ProfileName
 from s4edge.edge.sensing.health import HealthPolicy, SensorHealth
-from s4edge.edge.sensing.probes import Probe
+from s4edge.edge.sensing.probes import Probe, Sample
 from s4edge.edge.sources import SourceContext
 
 SensorKind = Literal["mq2", "mq7", "mq135", "scd4x", "sgp30", "bme280", "smoke", "flame"]
@@ -147,26 +147,38 @@ class SensorsSource:
             health = self.health[probe.name]
             try:
                 sample = probe.poll(now)
-            except (DriverError, OSError, ValueError) as exc:
-                health.failed(now, str(exc))
+            except Exception as exc:  # a driver's error, or a bug: this probe's fault, never the others' silence
+                expected = isinstance(exc, DriverError | OSError | ValueError)
+                health.failed(now, str(exc) if expected else f"{type(exc).__name__}: {exc}")
                 self.due[probe.name] = now + health.delay(self.config.period_s)
                 continue
             self.due[probe.name] = now + self.config.period_s
             if sample is None:
                 continue
             telemetry.extend(sample.readings)
-            bad = next(
-                (m for m in sample.readings if m.quantity in probe.ranges
-                 and not probe.ranges[m.quantity][0] <= m.value <= probe.ranges[m.quantity][1]),
-                None,
-            )  # fmt: skip
-            if bad is not None:
-                health.out_of_range(now, bad, *probe.ranges[bad.quantity])
-            elif health.succeeded(now, sample.raw) and sample.valid:
-                probe.judge(sample, now)
-            elif sample.note:
-                health.state = sample.note
+            try:
+                self._judge(probe, health, sample, now)
+            except Exception as exc:  # a rule's bug: as above
+                health.failed(now, f"{type(exc).__name__}: {exc}")
         return telemetry
+
+    def _judge(self, probe: Probe, health: SensorHealth, sample: Sample, now: float) -> None:
+        bad = next(
+            (m for m in sample.readings if m.quantity in probe.ranges
+             and not probe.ranges[m.quantity][0] <= m.value <= probe.ranges[m.quantity][1]),
+            None,
+        )  # fmt: skip
+        if bad is not None:
+            low, high = probe.ranges[bad.quantity]
+            health.out_of_range(now, bad, low, high)
+            if bad.value > high and sample.valid:
+                # saturated (an ADC at full scale as the gas rises): at least this much, so the
+                # alarm holds; starved of readings it would end as stale at the worst moment
+                probe.judge(sample, now)
+        elif health.succeeded(now, sample.raw) and sample.valid:
+            probe.judge(sample, now)
+        elif sample.note:
+            health.state = sample.note
 
     def close(self) -> None:
         """Release the bus and GPIO lines, so that a reloaded config can open them again."""

@@ -175,3 +175,37 @@ def test_close_releases_what_the_source_opened_even_when_one_device_is_gone(tmp_
     source.close()
     source.close()  # closing twice releases once
     assert released == ["bus"]
+
+
+def test_a_clipping_adc_keeps_the_gas_alarm_it_raised(tmp_path: Path) -> None:
+    # as the gas rose past the PGA's range, the reading became a sensor_fault alone: the gas
+    # rule was no longer fed, and the Severe alarm ended as stale at the worst moment
+    sensors = [{"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000, "warmup_s": 0, "full_scale_v": 4.096}]
+    source, drafts, clock = make(tmp_path, sensors=sensors, scenario=None)
+    assert source.world is not None
+    adc = source.world.adcs[0x48]
+    adc.set_voltage(0, 3.5)  # 75 %LEL: Severe
+    run(source, clock, 20)
+    adc.set_voltage(0, 4.5)  # more gas still: the converter clips at 4.096 V
+    run(source, clock, 200)
+    book = source.book
+    book.expire(clock.t)
+    assert book.is_open("sensors:mq2"), [(d.kind, d.state, d.detail) for d in drafts]
+    assert [d.state for d in drafts if d.kind == "gas"][-1] != "end"
+    assert "outside the physical range" in (next(d for d in drafts if d.kind == "sensor_fault").detail or "")
+
+
+def test_a_short_read_is_that_sensors_fault_and_the_others_are_still_read(tmp_path: Path) -> None:
+    # a BME280 block read that came back short raised IndexError out of the whole round: no
+    # sensor_fault, and the flame detector polled after it was never read again
+    sensors = [{"name": "climate", "kind": "bme280"}, {"name": "flame", "kind": "flame", "sim": {"signal": "flame"}}]
+    source, drafts, clock = make(tmp_path, sensors=sensors, scenario=None)
+    assert source.world is not None
+    chip = source.world.chips["climate"]
+    whole = chip.read_register
+    chip.read_register = lambda reg, length: whole(reg, length)[: length - 2] if reg == 0xF7 else whole(reg, length)
+    pin = source.world.pins["flame"][0]
+    pin.set(True)
+    run(source, clock, 10)
+    assert pin.reads >= 5 and [d.kind for d in drafts if d.state == "new"] == ["flame", "sensor_fault"]
+    assert "6 of 8 bytes" in source.health["climate"].state
