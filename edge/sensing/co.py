@@ -82,6 +82,9 @@ class COExposure:
         return self.index
 
 
+EXTREME_HYSTERESIS = 0.2  # Extreme ends a fifth below extreme_ppm
+
+
 class COAlarm:
     """Exposure index through a Schmitt trigger into one incident; the standard's name
     travels in the alert's detail. ``time_scale`` is the exposure seconds per second of
@@ -98,6 +101,7 @@ class COAlarm:
         self.sensor = sensor
         self.time_scale = time_scale
         self.exposure = COExposure(profile)
+        self._extreme = False
         self.rule = ThresholdRule(
             [
                 Level(profile.prealarm_index, PRE_ALARM_SEVERITY, profile.prealarm_index - profile.release_index),
@@ -113,8 +117,16 @@ class COAlarm:
     def observe(self, ppm: float, now: float) -> Severity | None:
         index = self.exposure.observe(ppm, now * self.time_scale)
         severity = self.rule.observe(index, now)
-        if severity == "Severe" and ppm >= self.profile.extreme_ppm:
-            severity = "Extreme"
+        if severity == "Severe":
+            # Extreme from extreme_ppm until the level falls a fifth below it: readings either
+            # side of the line (299, 301 ppm) must not send Severe, Extreme, Severe at every poll
+            if ppm >= self.profile.extreme_ppm:
+                self._extreme = True
+            elif ppm < self.profile.extreme_ppm * (1 - EXTREME_HYSTERESIS):
+                self._extreme = False
+            severity = "Extreme" if self._extreme else severity
+        else:
+            self._extreme = False
         measurements = (
             Measurement(quantity="co", value=round(ppm, 1), unit="ppm", sensor=self.sensor),
             Measurement(quantity="co_exposure_index", value=round(index, 3), unit="1", sensor=self.sensor),

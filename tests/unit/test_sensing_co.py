@@ -118,3 +118,24 @@ def test_a_compressed_scenario_clock_keeps_the_windows_and_names_the_clock() -> 
     assert alarms and 10 <= alarms[0][0] <= 40  # EN 50291-1: 100 ppm alarms in 10–40 min of exposure
     assert all("scenario clock ×60" in (d.detail or "") for _, d in drafts)
     assert "scenario clock" not in (drafts_at("en50291", 100, 45)[-1][1].detail or "")
+
+
+def test_readings_either_side_of_the_extreme_line_do_not_flap() -> None:
+    # Extreme came from the instantaneous ppm: 299, 301, 299 … sent an alert at every poll
+    drafts: list[AlertDraft] = []
+    book = IncidentBook(drafts.append, update_interval_s=5.0)
+    alarm = COAlarm("co:mq7", PROFILES["en50291"], book, "mq7")
+    t = 0.0
+    for _ in range(600):  # ten minutes at 300 ppm: the alarm, Extreme
+        alarm.observe(300.0, t)
+        t += 1
+    assert drafts[-1].severity == "Extreme"
+    before = len(drafts)
+    for i in range(60):
+        alarm.observe(299.0 if i % 2 else 301.0, t)
+        t += 1
+    assert {d.severity for d in drafts[before:]} == {"Extreme"} and len(drafts) - before <= 13  # updates only
+    for _ in range(60):  # well below: Severe again, once
+        alarm.observe(200.0, t)
+        t += 1
+    assert [d.severity for d in drafts[before:]][-1] == "Severe"
