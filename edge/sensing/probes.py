@@ -103,7 +103,14 @@ class SCD4xProbe:
 
     def poll(self, now: float) -> Sample | None:
         if self._last_data is None:
-            self.chip.start_periodic_measurement()  # raises on a bus error: retried at the next poll
+            try:
+                self.chip.start_periodic_measurement()  # raises on a bus error: retried at the next poll
+            except I2CError:
+                # Measuring already (the node restarted, or its config was reloaded): in
+                # periodic mode the chip takes only a few commands (SCD4x datasheet, command
+                # overview table) and NACKs a start: stop it (500 ms), then start it again.
+                self.chip.stop_periodic_measurement()
+                self.chip.start_periodic_measurement()
             self._last_data = now
         if not self.chip.data_ready():
             if now - self._last_data > self.stale_after_s:

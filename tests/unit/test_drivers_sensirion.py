@@ -79,3 +79,19 @@ def test_sgp30_warmup_then_values_and_bad_argument_crc() -> None:
     assert chip.absolute_humidity == round(11.5 * 256)
     with pytest.raises(OSError):  # an argument word with a wrong CRC is NACKed by the chip
         bus.write(0x58, b"\x20\x61\x0b\x80\x00")
+
+
+def test_an_scd4x_left_measuring_by_the_last_run_is_taken_over() -> None:
+    # the chip NACKs a start in periodic mode: after a restart or a reload the probe tried
+    # only that, for ever, with the chip measuring all along
+    from s4edge.edge.sensing.probes import SCD4xProbe
+
+    bus, clock = SimBus(), Clock()
+    chip = SimSCD4x(clock=clock)
+    bus.attach(0x62, chip)
+    SCD4x(bus, sleep=no_wait).start_periodic_measurement()  # the node's last run
+    probe = SCD4xProbe("co2", SCD4x(bus, sleep=no_wait))
+    assert probe.poll(clock.t) is None  # stopped, started again: the first sample comes in 5 s
+    clock.t += 5.0
+    sample = probe.poll(clock.t)
+    assert sample is not None and sample.readings[0].quantity == "co2"
