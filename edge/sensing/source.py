@@ -27,9 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from s4edge.cloud_sync.messages import Measurement, Severity
+from s4edge.drivers.ads1115 import FULL_SCALE_BITS
 from s4edge.drivers.errors import DriverError
 from s4edge.edge.alerts import IncidentBook
 from s4edge.edge.config import NodeFile
@@ -50,9 +51,15 @@ class SimSignal(BaseModel):
 
 class LevelSetting(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    on_at: float
+    on_at: float = Field(gt=0, allow_inf_nan=False)
     severity: Severity
     hysteresis: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _clears(self) -> LevelSetting:
+        if self.hysteresis >= self.on_at:  # it would have to fall below zero to clear: it never would
+            raise ValueError(f"hysteresis {self.hysteresis:g} must be below on_at {self.on_at:g}")
+        return self
 
 
 class SensorConfig(BaseModel):
@@ -65,16 +72,25 @@ class SensorConfig(BaseModel):
     active_high: bool = False
     gas: str | None = Field(default=None, description="MQ curve: mq2 methane|propane|lpg|smoke, mq7 co, mq135 co2|nh3")
     load_ohm: float = Field(default=10_000.0, gt=0, description="MQ load resistor RL")
-    supply_v: float = Field(default=5.0, gt=0, description="MQ circuit voltage Vc")
-    full_scale_v: float = Field(default=6.144, description="ADS1115 PGA full-scale range")
+    supply_v: float = Field(default=5.0, gt=0, allow_inf_nan=False, description="MQ circuit voltage Vc")
+    full_scale_v: float = Field(default=6.144, description="ADS1115 PGA full-scale range, V (datasheet table 8)")
     r0_ohm: float | None = Field(default=None, gt=0, description="MQ R0; default: from the calibration file")
-    warmup_s: float | None = Field(default=None, ge=0, description="MQ heater warm-up; default: the model's")
+    warmup_s: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="MQ heater warm-up; default: the model's"
+    )
     profile: ProfileName = Field(default="en50291", description="CO alarm standard: en50291 or ul2034")
     lel_percent_vol: float | None = Field(default=None, gt=0, description="Override the gas's LEL, %vol")
-    levels: list[LevelSetting] | None = Field(default=None, description="% LEL alarm levels (gas)")
+    levels: list[LevelSetting] | None = Field(default=None, min_length=1, description="% LEL alarm levels (gas)")
     debounce_s: float = Field(default=2.0, ge=0, description="Detector contact debounce")
     heat_alarm: bool = Field(default=True, description="bme280: rate-of-rise / fixed-temperature alarm")
     sim: SimSignal | None = None
+
+    @field_validator("full_scale_v")
+    @classmethod
+    def _pga(cls, value: float) -> float:
+        if value not in FULL_SCALE_BITS:
+            raise ValueError(f"must be one of the ADS1115's PGA ranges {sorted(FULL_SCALE_BITS)} V")
+        return value
 
     @model_validator(mode="after")
     def _wiring(self) -> SensorConfig:
@@ -108,6 +124,17 @@ class Config(BaseModel):
             raise ValueError(f"sensor names must be unique: {names}")
         if self.bus != "sim" and not self.bus.startswith("/dev/i2c-"):
             raise ValueError(f"bus must be 'sim' or an I2C device such as /dev/i2c-1, not {self.bus!r}")
+        ranges: dict[int | None, set[float]] = {}
+        for sensor in self.sensors:
+            if sensor.kind.startswith("mq"):
+                ranges.setdefault(sensor.address, set()).add(sensor.full_scale_v)
+        shared = {
+            f"0x{address:02x}" if address is not None else "the default 0x48": sorted(fsr)
+            for address, fsr in ranges.items()
+            if len(fsr) > 1
+        }
+        if shared:  # one converter, one PGA: the others' readings would clip unseen below their range
+            raise ValueError(f"MQ sensors on one ADS1115 need one full_scale_v; these differ: {shared}")
         unwired = [s.name for s in self.sensors if s.kind in ("smoke", "flame") and s.pin is None]
         if self.bus != "sim" and unwired:
             raise ValueError(f"detectors {unwired} need a GPIO 'pin' on real hardware")

@@ -130,6 +130,36 @@ def test_stuck_converter_and_out_of_range_value(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"levels": [{"on_at": float("nan"), "severity": "Severe"}]}, "finite number"),  # would never trigger
+        ({"levels": [{"on_at": -5, "severity": "Severe"}]}, "greater than 0"),  # always on
+        ({"levels": [{"on_at": 10, "severity": "Severe", "hysteresis": 50}]}, "must be below on_at"),  # never clears
+        ({"levels": []}, "at least 1 item"),  # silently the defaults
+        ({"supply_v": float("inf")}, "finite number"),
+        ({"warmup_s": float("inf")}, "finite number"),  # never warm
+        ({"full_scale_v": 5.0}, "PGA ranges"),
+    ],
+)
+def test_impossible_sensor_settings_are_refused(change: dict[str, Any], says: str) -> None:
+    mq2 = {"name": "mq2", "kind": "mq2", "channel": 0, **change}
+    with pytest.raises(ValueError, match=says):
+        Config.model_validate({"type": "sensors", "sensors": [mq2]})
+
+
+def test_mq_sensors_on_one_converter_share_its_range() -> None:
+    # one ADS1115, one PGA: a sensor set to a wider range read clipped values as valid
+    two = [
+        {"name": "a", "kind": "mq2", "channel": 0, "full_scale_v": 2.048},
+        {"name": "b", "kind": "mq7", "channel": 1},
+    ]
+    with pytest.raises(ValueError, match="need one full_scale_v"):
+        Config.model_validate({"type": "sensors", "sensors": two})
+    two[1]["address"] = 0x49  # a second converter: its own range
+    Config.model_validate({"type": "sensors", "sensors": two})
+
+
 def test_config_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs the ADS1115 'channel'"):
         Config.model_validate({"type": "sensors", "sensors": [{"name": "x", "kind": "mq2"}]})
@@ -142,7 +172,7 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
 def test_clipped_adc_and_missing_calibration_are_reported(tmp_path: Path) -> None:
     sensors = [
         {"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000, "warmup_s": 0, "full_scale_v": 2.048},
-        {"name": "mq7", "kind": "mq7", "channel": 1, "warmup_s": 0},  # no R0 anywhere
+        {"name": "mq7", "kind": "mq7", "channel": 1, "warmup_s": 0, "full_scale_v": 2.048},  # no R0 anywhere
     ]
     source, drafts, clock = make(tmp_path, sensors=sensors, scenario=None)
     assert source.world is not None
