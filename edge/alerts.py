@@ -127,6 +127,11 @@ class IncidentBook:
         self._ended: dict[str, _Ended] = {}  # within the cooldown of their end
         self._lock = threading.RLock()
 
+    @property
+    def stale_after_s(self) -> float | None:
+        """How long an incident stays open without a report."""
+        return self._stale_after_s
+
     def is_open(self, key: str) -> bool:
         """Open, its end still held back included: a rule keeps calling ``clear``."""
         return key in self._open

@@ -119,6 +119,14 @@ def build_source(
     clock: Callable[[], float] = time.monotonic,
     calibration_file: Path | None = None,
 ) -> SensorsSource:
+    stale = book.stale_after_s
+    slowest = max(config.period_s, config.health.backoff_max_s)
+    if stale is not None and slowest > stale / 2:  # a report would come too late to keep its incident open
+        raise ValueError(
+            f"sensors source {config.name}: period_s ({config.period_s:g} s) and health.backoff_max_s "
+            f"({config.health.backoff_max_s:g} s) must stay within half of alerts.stale_after_s ({stale:g} s), "
+            "or an alarm or a fault ends as stale between two polls and opens again as a new incident"
+        )
     bus, world = open_bus(config, clock)
     closers: list[Callable[[], None]] = [bus.close] if isinstance(bus, SMBus2Bus) else []
     if world is not None and config.scenario is not None:

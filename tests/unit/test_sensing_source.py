@@ -239,3 +239,10 @@ def test_a_short_read_is_that_sensors_fault_and_the_others_are_still_read(tmp_pa
     run(source, clock, 10)
     assert pin.reads >= 5 and [d.kind for d in drafts if d.state == "new"] == ["flame", "sensor_fault"]
     assert "6 of 8 bytes" in source.health["climate"].state
+
+
+@pytest.mark.parametrize("change", [{"period_s": 90}, {"health": {"backoff_max_s": 120}}])
+def test_a_poll_slower_than_the_books_stale_time_is_refused(tmp_path: Path, change: dict[str, Any]) -> None:
+    # a steady alarm (or fault) ended as stale between two polls and opened again as a new incident
+    with pytest.raises(ValueError, match=r"within half of alerts\.stale_after_s"):
+        make(tmp_path, **change)
