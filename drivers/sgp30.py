@@ -36,6 +36,8 @@ DELAY_SERIAL_S: Final = 0.0005
 
 MEASURE_TEST_PASSED: Final = 0xD400  # datasheet, measure_test
 PRODUCT_TYPE_SGP30: Final = 0x0  # feature set bits 15:12 (datasheet, get_feature_set)
+# datasheet, init_air_quality: for the first 15 s the chip answers a fixed 400 ppm / 0 ppb
+WARMUP_S: Final = 15.0
 WARMUP_CO2EQ_PPM: Final = 400
 WARMUP_TVOC_PPB: Final = 0
 

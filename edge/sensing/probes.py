@@ -14,7 +14,7 @@ from s4edge.drivers.bme280 import BME280
 from s4edge.drivers.digital_input import DigitalInput
 from s4edge.drivers.errors import DriverError, I2CError
 from s4edge.drivers.scd4x import SCD4x
-from s4edge.drivers.sgp30 import SGP30
+from s4edge.drivers.sgp30 import SGP30, WARMUP_S
 from s4edge.edge.alerts import Content, ValueAlarm
 from s4edge.edge.sensing.alarms import HeatAlarm, lel_percent
 from s4edge.edge.sensing.co import COAlarm
@@ -146,12 +146,13 @@ class SGP30Probe:
         self.climate = climate
         self.ranges = {"tvoc": (0.0, 60000.0), "co2eq": (400.0, 60000.0)}  # SGP30 datasheet output ranges
         self._started = False
+        self._began = 0.0  # when init_air_quality ran
         self._humidity_sent: float | None = None
 
     def poll(self, now: float) -> Sample:
         if not self._started:
             self.chip.begin()
-            self._started = True
+            self._started, self._began = True, now
             self._humidity_sent = None
         climate = self.climate()
         try:
@@ -165,8 +166,11 @@ class SGP30Probe:
             self._started = False  # the chip may have lost power: run init_air_quality again
             raise
         readings = [_m("co2eq", r.co2eq_ppm, "ppm", self.name), _m("tvoc", r.tvoc_ppb, "ppb", self.name)]
-        note = "warming up (first 15 s after init)" if r.warming_up else ""
-        return Sample(readings, raw=None if r.warming_up else (r.co2eq_ppm, r.tvoc_ppb), valid=not r.warming_up,
+        # 400 ppm / 0 ppb is the warm-up's fixed answer, and clean air's floor after it: a
+        # warm-up only in the first seconds after init; never a stuck reading (clean air holds it)
+        warming = r.warming_up and now - self._began < WARMUP_S
+        note = "warming up (first 15 s after init)" if warming else ""
+        return Sample(readings, raw=None if r.warming_up else (r.co2eq_ppm, r.tvoc_ppb), valid=not warming,
                       note=note)  # fmt: skip
 
     def judge(self, sample: Sample, now: float) -> None:

@@ -246,3 +246,17 @@ def test_a_poll_slower_than_the_books_stale_time_is_refused(tmp_path: Path, chan
     # a steady alarm (or fault) ended as stale between two polls and opened again as a new incident
     with pytest.raises(ValueError, match=r"within half of alerts\.stale_after_s"):
         make(tmp_path, **change)
+
+
+def test_an_sgp30_in_clean_air_is_well_not_warming_up_for_ever(tmp_path: Path) -> None:
+    # after its 15 s warm-up the chip's fixed 400 ppm / 0 ppb is also clean air's floor: the
+    # probe took every such reading for the warm-up and said "warming up" for hours
+    source, drafts, clock = make(tmp_path, sensors=[{"name": "voc", "kind": "sgp30"}], scenario=None)
+    assert source.world is not None
+    chip = source.world.chips["voc"]
+    assert isinstance(chip, SimSGP30)
+    chip.co2eq_ppm, chip.tvoc_ppb, chip.noise = 400.0, 0.0, 0.0
+    run(source, clock, 10)
+    assert source.health["voc"].state.startswith("warming up")
+    run(source, clock, 3600)
+    assert source.health["voc"].state == "ok" and not drafts  # the floor is no stuck reading
