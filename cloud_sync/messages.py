@@ -48,6 +48,8 @@ def _no_blob(value: str) -> str:
 
 def _utc_representable(value: datetime) -> datetime:
     """The stores keep UTC: a time that has none (year 1 at +14:00) could never be written."""
+    if 1 < value.year < 9999:  # a day's offset cannot leave the range: no conversion to try
+        return value
     try:
         value.astimezone(UTC)
     except OverflowError:
