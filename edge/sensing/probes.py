@@ -32,6 +32,9 @@ class Sample:
     valid: bool = True  # False while warming up: telemetry only, no alarms
     note: str = ""
     values: dict[str, float] = field(default_factory=dict)
+    # out of range because the converter clipped: the true value is at least this, and an
+    # alarm on it must hold (source._judge); any other value out of range is only a fault
+    saturated: bool = False
 
 
 class Probe(Protocol):
@@ -68,8 +71,11 @@ class MQProbe:
         self.gas_alarm = gas_alarm
         self.lel_percent_vol = lel_percent_vol
         self.co_alarm = co_alarm
-        # a reading at the ADC's full scale is a clipped one: the PGA range is too small
-        self.ranges = {"voltage": (0.0, min(sensor.supply_v, adc_full_scale_v * 0.999))}
+        # A reading at the ADC's full scale is a clipped one: the PGA range is too small, and
+        # the gas is at least that much. One within 1 % of the supply rail is no gas at all:
+        # Rs near 0 Ω, thousands of times below any curve's range, is a shorted output.
+        self._clips_v, self._rail_v = adc_full_scale_v * 0.999, sensor.supply_v * 0.99
+        self.ranges = {"voltage": (0.0, min(self._rail_v, self._clips_v))}
 
     def poll(self, now: float) -> Sample:
         r = self.sensor.read(now, self.climate())
@@ -80,7 +86,10 @@ class MQProbe:
             if self.lel_percent_vol is not None:
                 values["lel"] = lel_percent(r.ppm, self.lel_percent_vol)
                 readings.append(_m("flammable_gas", values["lel"], "%LEL", self.name))
-        return Sample(readings, raw=round(r.voltage_v, 6), valid=r.valid, note=r.note, values=values)
+        saturated = self._clips_v < self._rail_v and r.voltage_v >= self._clips_v
+        return Sample(
+            readings, raw=round(r.voltage_v, 6), valid=r.valid, note=r.note, values=values, saturated=saturated
+        )
 
     def judge(self, sample: Sample, now: float) -> None:
         if self.gas_alarm is not None and "lel" in sample.values:

@@ -196,11 +196,10 @@ class SensorsSource:
             None,
         )  # fmt: skip
         if bad is not None:
-            low, high = probe.ranges[bad.quantity]
-            health.out_of_range(now, bad, low, high)
-            if bad.value > high and sample.valid:
-                # saturated (an ADC at full scale as the gas rises): at least this much, so the
-                # alarm holds; starved of readings it would end as stale at the worst moment
+            health.out_of_range(now, bad, *probe.ranges[bad.quantity])
+            if sample.saturated and sample.valid:
+                # an ADC at full scale as the gas rises: at least this much, so the alarm holds;
+                # starved of readings it would end as stale at the worst moment
                 probe.judge(sample, now)
         elif health.succeeded(now, sample.raw) and sample.valid:
             probe.judge(sample, now)

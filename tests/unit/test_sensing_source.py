@@ -260,3 +260,15 @@ def test_an_sgp30_in_clean_air_is_well_not_warming_up_for_ever(tmp_path: Path) -
     assert source.health["voc"].state.startswith("warming up")
     run(source, clock, 3600)
     assert source.health["voc"].state == "ok" and not drafts  # the floor is no stuck reading
+
+
+def test_an_output_shorted_to_the_supply_is_a_fault_never_a_gas_alarm(tmp_path: Path) -> None:
+    # 4.99 V of 5 V is Rs ≈ 20 Ω: 6e10 ppm, thousands of times past any curve; it raised a
+    # Severe gas alarm (and with NG112, a call) where the wiring was at fault
+    sensors = [{"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000, "warmup_s": 0}]  # PGA ±6.144 V
+    source, drafts, clock = make(tmp_path, sensors=sensors, scenario=None)
+    assert source.world is not None
+    source.world.adcs[0x48].set_voltage(0, 4.99)
+    run(source, clock, 20)
+    assert [d.kind for d in drafts if d.state == "new"] == ["sensor_fault"]
+    assert "outside the physical range" in (drafts[0].detail or "")
