@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lxml import etree
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from s4edge.cloud_sync.aggregator.store import forward_jobs
@@ -332,11 +332,17 @@ class Forwarder(ForwardDesk):
             due = conn.execute(query).all()
         if not due:
             return []
-        # All in one conditional UPDATE: a row another replica took meanwhile is not returned.
+        # All in one conditional UPDATE: a row another replica took meanwhile is not returned,
+        # nor one it took, failed to send and put back (its attempts moved on, its due_at with
+        # its backoff or a PSAP's Retry-After): what was read here no longer holds for it.
         # One transaction, not one per row: on SQLite each holds the one write lock ingest needs.
         taken = (
             update(forwards)
-            .where(forwards.c.id.in_([row.id for row in due]), forwards.c.state.in_(("pending", "retrying")))
+            .where(
+                tuple_(forwards.c.id, forwards.c.attempts).in_([(row.id, row.attempts) for row in due]),
+                forwards.c.state.in_(("pending", "retrying")),
+                forwards.c.due_at <= now,
+            )
             .values(state="sending", due_at=held_until)
             .returning(forwards.c.id)
         )

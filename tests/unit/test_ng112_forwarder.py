@@ -493,3 +493,32 @@ def test_two_replicas_claiming_at_once_never_take_the_same_forward(engine, clock
     assert one._claim_due(sweep=False) == []
     monkeypatch.undo()
     assert {get_forward(engine, i)["state"] for i in ids} == {"sending"}
+
+
+def test_a_row_another_replica_sent_and_put_back_is_not_taken_on_a_stale_read(engine, clock, psap):
+    # replica A reads the due rows; B claims one meanwhile, fails to send it and sets it to
+    # retry in 10 s; A's claim took it all the same, sent it at once and lost B's attempt
+    a = forwarder(engine, clock, uri(psap))
+    b = forwarder(engine, clock, f"sip:psap@127.0.0.1:{free_port()};transport=tcp")  # nothing listens there
+    (fid,) = a.submit(alert())
+
+    class ReadThenRace:
+        """A's engine: B's whole turn runs between A's read and A's claim."""
+
+        def __init__(self) -> None:
+            self.raced = False
+
+        def begin(self):
+            if not self.raced:
+                self.raced = True
+                assert b.run_due() == 1
+            return engine.begin()
+
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+    a.engine = ReadThenRace()
+    assert a._claim_due(sweep=False) == []
+    a.engine = engine
+    row = get_forward(engine, fid)
+    assert (row["state"], row["attempts"], psap.calls) == ("retrying", 1, [])
