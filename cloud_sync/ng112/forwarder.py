@@ -270,12 +270,20 @@ class Forwarder(ForwardDesk):
     def _expire_confirmations(self, now: datetime) -> None:
         with self.engine.connect() as conn:
             waiting = conn.execute(
-                select(forwards.c.id, forwards.c.severity).where(
+                select(forwards.c.id, forwards.c.incident, forwards.c.severity).where(
                     forwards.c.state == "awaiting_confirm", forwards.c.confirm_by <= now
                 )
             ).all()
-        for forward_id, severity in waiting:
-            if severity == "Extreme":  # nobody answered, and lives may be at stake: send it
+            # An incident that rose to Extreme while its first alert waited counts as Extreme:
+            # its Update waits behind that alert, and would end unconfirmed with it.
+            rose = select(forwards.c.incident).where(
+                forwards.c.incident.in_([row.incident for row in waiting]),
+                forwards.c.severity == "Extreme",
+                forwards.c.state.in_(OPEN_STATES),
+            )
+            risen = set(conn.execute(rose).scalars()) if waiting else set()
+        for forward_id, incident, severity in waiting:
+            if severity == "Extreme" or incident in risen:  # nobody answered, and lives may be at stake: send it
                 claim(
                     self.engine,
                     forward_id,

@@ -166,6 +166,21 @@ def test_an_unanswered_confirmation_escalates_only_extreme(engine, clock, psap, 
     assert len(psap.calls) == calls
 
 
+def test_an_incident_that_rose_to_extreme_while_awaiting_confirmation_goes_at_the_timeout(engine, clock, psap):
+    # the timeout looked only at the first alert's severity (Severe): the Extreme update behind
+    # it ended unconfirmed with it, and the PSAP heard nothing
+    fwd = forwarder(engine, clock, uri(psap), default={"mode": "confirm", "confirm_timeout_s": 60})
+    (first,) = fwd.submit(alert(severity="Severe"))
+    clock.advance(5)
+    (risen,) = fwd.submit(alert(state="update", severity="Extreme"))
+    clock.advance(120)
+    for _ in range(3):
+        fwd.run_due()
+        clock.advance(1)
+    assert [get_forward(engine, f)["state"] for f in (first, risen)] == ["delivered", "delivered"]
+    assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update"]
+
+
 def test_failures_are_retried_with_backoff_then_marked_failed(engine, clock):
     closed = f"sip:psap@127.0.0.1:{free_port()};transport=tcp"  # nothing listens there
     fwd = forwarder(engine, clock, closed, backoff_s=10, max_attempts=3)
