@@ -27,7 +27,7 @@ from typing import Any
 
 from lxml import etree
 from sqlalchemy import Engine, and_, delete, func, insert, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from s4edge.cloud_sync.aggregator.store import forward_jobs
 from s4edge.cloud_sync.logfmt import FailureLog
@@ -60,6 +60,14 @@ JOB_BATCH = 100  # forward jobs taken in one transaction
 # and for retries come due: the most this adds to such a forward's way to the PSAP.
 JOB_POLL_S = 1.0
 STOP_WAIT_S = 60.0  # beyond Timer F: the sends in flight finish before ``stop`` returns
+
+
+RECORD_TRIES = 5  # 0.5 + 1 + 2 + 4 s of waiting: within CLAIM_MARGIN_S
+
+
+class _Delivered(Exception):
+    """The PSAP took the call and the store would not record it: never to be taken for a
+    failed send (which is retried, and would call the PSAP again)."""
 
 
 def _retryable(delivery: Delivery) -> bool:
@@ -412,18 +420,8 @@ class Forwarder(ForwardDesk):
             else None,
         }
         if delivery.ok:
-            if msg_type == "Alert":
-                with self.engine.begin() as conn:
-                    conn.execute(
-                        update(incidents)
-                        .where(incidents.c.incident == row.incident)
-                        .values(
-                            first_sender=call.cap.ref.sender,
-                            first_identifier=call.cap.ref.identifier,
-                            first_sent=call.cap.ref.sent,
-                        )
-                    )
-            self._finish(row.id, state="delivered", **values)
+            first = call.cap.ref if msg_type == "Alert" else None
+            self._record_delivery(row, first, values)
         elif _retryable(delivery) and attempts < self.config.max_attempts:
             delay = min(self.config.backoff_s * 2 ** (attempts - 1), self.config.backoff_max_s)
             if delivery.response and (asked := delivery.response.retry_after) is not None:
@@ -440,6 +438,30 @@ class Forwarder(ForwardDesk):
                     msg_type, row.incident, delivery.detail, values["alertmsg_error"],
                 )  # fmt: skip
         log.info("ng112 %s %s for %s: %s %s", msg_type, values.get("reason"), row.incident, delivery.outcome, attempts)
+
+    def _record_delivery(self, row: Any, first: CapRef | None, values: dict[str, Any]) -> None:
+        """The PSAP has the call: that must be on record, or a retry would call it again. The
+        incident's reference (for its Updates) and the outcome go in one transaction, tried
+        again while the store is briefly away, within the claim's margin."""
+        delay = 0.5
+        for attempt in range(RECORD_TRIES):
+            try:
+                with self.engine.begin() as conn:
+                    if first is not None:
+                        conn.execute(
+                            update(incidents)
+                            .where(incidents.c.incident == row.incident)
+                            .values(first_sender=first.sender, first_identifier=first.identifier, first_sent=first.sent)
+                        )
+                    conn.execute(update(forwards).where(forwards.c.id == row.id).values(state="delivered", **values))
+                break
+            except SQLAlchemyError as exc:
+                if attempt == RECORD_TRIES - 1:  # left 'sending': its claim lapses, and it goes again
+                    raise _Delivered(f"{row.id}: delivered, not recorded: {type(exc).__name__}") from exc
+                log.warning("ng112: %s was delivered, but the store did not take it; again in %.1f s", row.id, delay)
+                time.sleep(delay)
+                delay *= 2
+        self._changed_row(row.id)
 
     def _finish(self, forward_id: str, **values: Any) -> None:
         with self.engine.begin() as conn:
@@ -541,6 +563,8 @@ class Forwarder(ForwardDesk):
     def _send_or_record(self, row: Any) -> None:
         try:
             self._send(row)
+        except _Delivered:
+            log.exception("ng112: forward %s reached the PSAP, but is not on record; its claim lapses", row.id)
         except Exception as exc:  # never drop a row; if even this fails, its claim lapses
             log.exception("ng112: sending forward %s failed", row.id)
             attempts = row.attempts + 1

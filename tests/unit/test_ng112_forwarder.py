@@ -537,3 +537,31 @@ def test_a_row_another_replica_sent_and_put_back_is_not_taken_on_a_stale_read(en
     a.engine = engine
     row = get_forward(engine, fid)
     assert (row["state"], row["attempts"], psap.calls) == ("retrying", 1, [])
+
+
+def test_a_call_the_psap_took_is_never_sent_again_for_a_store_away_a_moment(engine, clock, psap):
+    # the outcome's write failed once (a dropped connection): the loop recorded the delivered
+    # call as retrying, and the PSAP was called twice for one alert
+    fwd = forwarder(engine, clock, uri(psap))
+    (fid,) = fwd.submit(alert())
+
+    class AwayOnce:
+        def __init__(self) -> None:
+            self.failed = False
+
+        def begin(self):
+            if psap.calls and not self.failed:
+                self.failed = True
+                raise OperationalError("UPDATE forwards", {}, Exception("server closed the connection"))
+            return engine.begin()
+
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+    (row,) = fwd._claim_due()
+    fwd.engine = AwayOnce()
+    fwd._send_or_record(row)
+    fwd.engine = engine
+    clock.advance(60)
+    assert fwd.run_due() == 0
+    assert (get_forward(engine, fid)["state"], len(psap.calls)) == ("delivered", 1)
