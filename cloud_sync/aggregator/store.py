@@ -8,6 +8,7 @@ Other centre modules (NG112 forwarding, correlation) add their own tables to
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from s4edge.cloud_sync.aggregator.downsample import buckets
 from s4edge.cloud_sync.aggregator.redaction import redact
@@ -57,6 +58,7 @@ from s4edge.cloud_sync.aggregator.views import (
 from s4edge.cloud_sync.messages import Alert, CommandResult, Heartbeat, Status, Telemetry
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 
 metadata = MetaData()
 PG_CONNECT_TIMEOUT_S = 10
@@ -194,7 +196,8 @@ telemetry_series = Table(
 # Indexes added to tables that older stores already have: create_all makes a missing table
 # with its indexes, but never adds an index to a table that exists.
 # (A store made before it has ix_alerts_incident on incident alone as well: harmless.)
-LATER_INDEXES = tuple(index for index in alerts.indexes if index.name == "ix_alerts_incident_rollup")
+# Modules that add tables to ``metadata`` add theirs here too (ng112/records.py).
+LATER_INDEXES: list[Index] = [index for index in alerts.indexes if index.name == "ix_alerts_incident_rollup"]
 
 # SQLite opens a file it may not write read-only, and that connection stays read-only after
 # the file becomes writable; an I/O error or a file it cannot open is no better. Each is taken
@@ -313,6 +316,8 @@ class Store:
                     index.create(conn, checkfirst=True)
             except OperationalError:
                 pass  # SQLite: another process made it meanwhile
+            except IntegrityError as exc:  # a unique index over rows made before it, which it refuses
+                log.warning("store: index %s not made, rows already break it: %s", index.name, str(exc.orig)[:200])
 
     # -- ingest (all inside one caller-owned transaction per batch) ---------------------------
 

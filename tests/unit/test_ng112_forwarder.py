@@ -565,3 +565,30 @@ def test_a_call_the_psap_took_is_never_sent_again_for_a_store_away_a_moment(engi
     clock.advance(60)
     assert fwd.run_due() == 0
     assert (get_forward(engine, fid)["state"], len(psap.calls)) == ("delivered", 1)
+
+
+def test_two_replicas_recording_one_incident_at_once_give_its_messages_distinct_places(pg_schema, clock, psap):
+    # both counted the incident's forwards in one moment, both took ordinal 1: its Update and
+    # Cancel went out in the wrong order under one Call-ID; the unique index sends the second
+    # replica back to count again
+    pg = make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", pg_schema)
+    Store(pg).create_all()
+    a, b = forwarder(pg, clock, uri(psap)), forwarder(pg, clock, uri(psap))
+    a.submit(alert())
+    assert a.run_due() == 1
+    record, raced = a._forward, []
+
+    def b_records_meanwhile(*args, **kwargs):  # A has counted the incident's forwards by now
+        if not raced:
+            raced.append(b.submit(alert(state="update", severity="Extreme")))
+        return record(*args, **kwargs)
+
+    a._forward = b_records_meanwhile
+    a.submit(alert(state="end"))
+    with pg.connect() as conn:
+        rows = conn.execute(select(forwards.c.ordinal, forwards.c.alert_state).order_by(forwards.c.ordinal)).all()
+    assert [tuple(r) for r in rows] == [(0, "new"), (1, "update"), (2, "end")]
+    while a.run_due():
+        pass
+    assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update", "Cancel"]
+    pg.dispose()
