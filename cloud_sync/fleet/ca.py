@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,12 +184,20 @@ def _leaf(
     return builder.sign(ca.key, hashes.SHA256()), key
 
 
+# RFC 1123 §2.1 labels (letters, digits, hyphens; 1-63 each, no hyphen at an end), a
+# leading "*." for a wildcard (RFC 6125 §6.4.3), at most 253 characters in all
+_HOSTNAME = re.compile(r"(?=.{1,253}$)(\*\.)?(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
 def issue_server_cert(
     ca: FleetCA, hosts: list[str], ips: list[str], out: Path, days: int = LEAF_DAYS
 ) -> tuple[Path, Path]:
     """The broker's certificate; clients check the hostname against its SAN (RFC 6125 §6.4)."""
     if not hosts and not ips:
         raise CAError("name the broker: at least one --host NAME or --ip ADDRESS that nodes will connect to")
+    for host in hosts:
+        if not _HOSTNAME.fullmatch(host):  # a name no client could match the SAN against (RFC 1123 §2.1)
+            raise CAError(f"--host {host!r} is not a host name; e.g. broker.example.org, or --ip for an address")
     san: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
     for ip in ips:
         try:

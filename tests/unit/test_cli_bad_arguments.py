@@ -72,3 +72,11 @@ def test_a_damaged_fleet_registry_is_named_not_a_traceback(fleet_dir: Path, regi
     (fleet_dir / "fleet.json").write_text(json.dumps(registry))
     code, output = run("fleet", "list", "--fleet-dir", fleet_dir)
     assert code == 2 and "not a fleet registry" in output and "restore it from backup" in output
+
+
+@pytest.mark.parametrize("host", ["bad host name!", "-broker.example", "broker..example", "a" * 64 + ".example"])
+def test_a_server_certificate_for_no_host_name_is_refused(fleet_dir: Path, host: str) -> None:
+    # it was issued: a certificate no client could ever match against the broker's name
+    code, output = run("fleet", "ca", "server-cert", "--ca-dir", fleet_dir, "--host", host)
+    assert code == 2 and "is not a host name" in output
+    assert not (fleet_dir / "server.crt").exists()
