@@ -38,7 +38,7 @@ NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _BLOB = re.compile(r"(data:[\w/+.-]+;base64,)|([A-Za-z0-9+/=_\r\n-]{200,})")
 
 
-def _no_blob(value: str) -> str:
+def _plain_text(value: str) -> str:
     if _BLOB.search(value):
         raise ValueError("looks like encoded binary data; s4edge messages carry metadata only")
     if "\x00" in value:
@@ -46,7 +46,7 @@ def _no_blob(value: str) -> str:
     return value
 
 
-def _utc_representable(value: datetime) -> datetime:
+def utc_representable(value: datetime) -> datetime:
     """The stores keep UTC: a time that has none (year 1 at +14:00) could never be written."""
     if 1 < value.year < 9999:  # a day's offset cannot leave the range: no conversion to try
         return value
@@ -58,12 +58,12 @@ def _utc_representable(value: datetime) -> datetime:
 
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-ShortText = Annotated[str, Field(max_length=128), AfterValidator(_no_blob)]
-Text = Annotated[str, Field(max_length=1024), AfterValidator(_no_blob)]
+ShortText = Annotated[str, Field(max_length=128), AfterValidator(_plain_text)]
+Text = Annotated[str, Field(max_length=1024), AfterValidator(_plain_text)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 MessageId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
-Timestamp = Annotated[AwareDatetime, AfterValidator(_utc_representable)]
+Timestamp = Annotated[AwareDatetime, AfterValidator(utc_representable)]
 Count = Annotated[int, Field(ge=0, le=2**63 - 1)]  # what both stores' 64-bit integer columns hold
 Scalar = str | int | float | bool | None
 
@@ -218,7 +218,7 @@ class Command(_Envelope):
             if isinstance(value, str):
                 if len(value) > 8192:
                     raise ValueError(f"args.{key}: at most 8192 characters")
-                _no_blob(value)
+                _plain_text(value)
         return self
 
 

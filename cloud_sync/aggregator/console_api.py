@@ -27,7 +27,7 @@ from s4edge.cloud_sync.aggregator.incidents import (
 from s4edge.cloud_sync.aggregator.node_health import summarise
 from s4edge.cloud_sync.aggregator.store import Store
 from s4edge.cloud_sync.aggregator.trends import DEFAULT_RETENTION_S, DEFAULT_SPAN, THRESHOLDS, node_series
-from s4edge.cloud_sync.messages import NAME_PATTERN
+from s4edge.cloud_sync.messages import NAME_PATTERN, utc_representable
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,9 @@ def query_time(name: str, value: datetime | None) -> datetime | None:
     if value.tzinfo is None:
         raise HTTPException(422, detail=f"{name} needs a timezone, e.g. 2026-01-01T00:00:00Z")
     try:
-        value.astimezone(UTC)
-    except OverflowError:
-        raise HTTPException(422, detail=f"{name} is out of range once converted to UTC") from None
-    return value
+        return utc_representable(value)
+    except ValueError as exc:
+        raise HTTPException(422, detail=f"{name} {exc}") from None
 
 
 def build_console_router(

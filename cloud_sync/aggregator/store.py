@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     JSON,
@@ -61,6 +61,12 @@ Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
 metadata = MetaData()
+# An index added to a table that older stores already have is marked ``info={LATER: True}``:
+# create_all makes a missing table with its indexes, but never adds an index to a table that
+# exists, so Store.create_all makes these itself. (A store made before ix_alerts_incident_rollup
+# has ix_alerts_incident on incident alone as well: harmless.)
+LATER: Final = "later"
+
 PG_CONNECT_TIMEOUT_S = 10
 DDL_LOCK_KEY = 0x53344544  # "S4ED": the advisory lock that serialises schema creation
 
@@ -109,7 +115,7 @@ alerts = Table(
     Index("ix_alerts_ts", "ts", "id"),
     Index("ix_alerts_node", "site", "node_id", "ts"),
     # incident first: an incident's alerts; the rest covers the console's roll-up (incidents.py)
-    Index("ix_alerts_incident_rollup", "incident", "ts", "state", "severity"),
+    Index("ix_alerts_incident_rollup", "incident", "ts", "state", "severity", info={LATER: True}),
 )
 
 # One row per node: the last telemetry message, so the table stays bounded by the fleet size.
@@ -193,11 +199,12 @@ telemetry_series = Table(
     Index("ix_telemetry_series_bucket", "bucket"),  # the retention's DELETE
 )
 
-# Indexes added to tables that older stores already have: create_all makes a missing table
-# with its indexes, but never adds an index to a table that exists.
-# (A store made before it has ix_alerts_incident on incident alone as well: harmless.)
-# Modules that add tables to ``metadata`` add theirs here too (ng112/records.py).
-LATER_INDEXES: list[Index] = [index for index in alerts.indexes if index.name == "ix_alerts_incident_rollup"]
+
+def _later_indexes() -> list[Index]:
+    """Every index of ``metadata`` marked ``LATER``: this module's, and those of the modules
+    that add their tables to it (ng112/records.py)."""
+    return [index for table in metadata.sorted_tables for index in table.indexes if index.info.get(LATER)]
+
 
 # SQLite opens a file it may not write read-only, and that connection stays read-only after
 # the file becomes writable; an I/O error or a file it cannot open is no better. Each is taken
@@ -309,7 +316,7 @@ class Store:
         except OperationalError:
             # SQLite: another process created a table between our check and our CREATE.
             metadata.create_all(self.engine)
-        for index in LATER_INDEXES:
+        for index in _later_indexes():
             try:
                 with self.engine.begin() as conn:
                     _serialise_ddl(conn)

@@ -282,6 +282,8 @@ class Forwarder(ForwardDesk):
                     forwards.c.state == "awaiting_confirm", forwards.c.confirm_by <= now
                 )
             ).all()
+            if not waiting:
+                return
             # An incident that rose to Extreme while its first alert waited counts as Extreme:
             # its Update waits behind that alert, and would end unconfirmed with it.
             rose = select(forwards.c.incident).where(
@@ -289,7 +291,7 @@ class Forwarder(ForwardDesk):
                 forwards.c.severity == "Extreme",
                 forwards.c.state.in_(OPEN_STATES),
             )
-            risen = set(conn.execute(rose).scalars()) if waiting else set()
+            risen = set(conn.execute(rose).scalars())
         for forward_id, incident, severity in waiting:
             if severity == "Extreme" or incident in risen:  # nobody answered, and lives may be at stake: send it
                 claim(

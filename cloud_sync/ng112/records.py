@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from sqlalchemy import JSON, Column, DateTime, Engine, Float, Index, Integer, String, Table, Text, select, update
 
-from s4edge.cloud_sync.aggregator.store import LATER_INDEXES, metadata
+from s4edge.cloud_sync.aggregator.store import LATER, metadata
 
 # pending → sending → delivered | retrying → … | failed; awaiting_confirm → pending | dismissed | unconfirmed.
 # While a row is "sending", its due_at is the end of the claim: a claim that outlives it (the
@@ -79,9 +79,8 @@ forwards = Table(
     Index("ix_forwards_due", "state", "due_at"),
     # one message per place in an incident: two replicas recording an incident's next alert
     # at once both counted the same ordinal, and its Update and Cancel went out of order
-    Index("ux_forwards_incident_ordinal", "incident", "ordinal", unique=True),
+    Index("ux_forwards_incident_ordinal", "incident", "ordinal", unique=True, info={LATER: True}),
 )
-LATER_INDEXES.extend(index for index in forwards.indexes if index.name == "ux_forwards_incident_ordinal")
 
 
 def _aware(value: datetime | None) -> datetime | None:
