@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from s4edge.cloud_sync.aggregator.commands import CommandDesk, CommandError
 from s4edge.cloud_sync.aggregator.console_api import (
+    AckRequest,
     ConsoleSettings,
     build_console_router,
     nodes_at_a_glance,
@@ -66,11 +67,6 @@ def bearer_matches(header: str | None, token: str) -> bool:
     """``Authorization: Bearer <token>`` (RFC 6750 §2.1), compared in constant time."""
     scheme, _, given = (header or "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-class AckRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    by: str = Field(default="operator", min_length=1, max_length=64)
 
 
 class CommandRequest(BaseModel):

@@ -57,9 +57,12 @@ def check_tile_url(url: str) -> None:
         raise TileUrlError(f"{url!r} lacks {', '.join(missing)}: the map fills them per tile (XYZ scheme)")
 
 
-class IncidentAck(BaseModel):
+class AckRequest(BaseModel):
+    """Who acknowledges, as the console shows it: printable text, so neither a NUL (which
+    PostgreSQL's text refuses) nor a line break (a forged log line) gets in; 422 instead."""
+
     model_config = ConfigDict(extra="forbid")
-    by: str = Field(default="operator", min_length=1, max_length=64)
+    by: str = Field(default="operator", min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -143,8 +146,8 @@ def build_console_router(
         return found
 
     @router.post("/api/incidents/{incident_id}/ack")
-    def ack(incident_id: str, request: IncidentAck | None = None) -> Any:
-        done = ack_incident(store.engine, incident_id, (request or IncidentAck()).by, store.clock())
+    def ack(incident_id: str, request: AckRequest | None = None) -> Any:
+        done = ack_incident(store.engine, incident_id, (request or AckRequest()).by, store.clock())
         if done is None:
             raise HTTPException(404, detail=f"no incident {incident_id!r}")
         events.publish("ack", done)

@@ -57,9 +57,9 @@ def decode_cursor(cursor: str) -> tuple[int, datetime, str]:
     """Raises ValueError on a cursor we did not issue."""
     try:
         ended, last_seen, incident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if "\x00" in str(incident):
-            raise ValueError("a NUL in the cursor")
-        return int(ended), utc(datetime.fromisoformat(last_seen)), str(incident)
+        if ended not in (0, 1) or not isinstance(incident, str) or len(incident) > 64 or "\x00" in incident:
+            raise ValueError("not a cursor's values")  # a number no column holds reached the driver: 500
+        return int(ended), utc(datetime.fromisoformat(last_seen)), incident
     except (ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
         raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
 

@@ -4,6 +4,8 @@ and the sensor trends that the writer downsamples in its commit."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -167,6 +169,10 @@ def test_filters(client: TestClient, params: dict[str, Any], expected: list[str]
     assert ids(body) == expected and body["total"] == len(expected)
 
 
+def cursor_of(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(
     ("params", "says"),
     [
@@ -174,6 +180,9 @@ def test_filters(client: TestClient, params: dict[str, Any], expected: list[str]
         ({"severity": "Loud"}, "severity must be one of"),
         ({"from": "2026-05-01T12:00:00"}, "from needs a timezone"),
         ({"cursor": "garbage"}, "bad cursor"),
+        # a number past any column's range once reached the driver: 500
+        ({"cursor": cursor_of([10**20, "2026-05-01T12:00:00+00:00", "x"])}, "bad cursor"),
+        ({"cursor": cursor_of([0, "2026-05-01T12:00:00+00:00", 7])}, "bad cursor"),
         ({"limit": 0}, "greater than or equal to 1"),
     ],
 )
@@ -211,6 +220,15 @@ def test_acknowledging_acts_on_the_incident_and_is_kept_once(client: TestClient,
     # the old per-alert ack still acts on one alert
     assert client.post("/api/alerts/inc-crowd-001-00/ack", json={"by": "bob"}).json()["acked_by"] == "bob"
     assert client.get("/api/incidents/inc-crowd-001").json()["acked_at"] is None
+
+
+@pytest.mark.parametrize("by", ["eve\x00", "eve\nacked by dispatcher-7", ""])
+@pytest.mark.parametrize("path", ["/api/incidents/inc-gas-0001/ack", "/api/alerts/inc-crowd-001-00/ack"])
+def test_an_operator_name_that_is_not_printable_text_is_refused(client: TestClient, path: str, by: str) -> None:
+    # a NUL was a 500 from PostgreSQL, and stored as is by SQLite
+    response = client.post(path, json={"by": by})
+    assert response.status_code == 422, response.text
+    assert client.get("/api/incidents/inc-gas-0001").json()["acked_by"] is None
 
 
 def test_an_incident_that_grows_worse_after_its_ack_says_so(store: Store, client: TestClient) -> None:
