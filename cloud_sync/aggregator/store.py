@@ -32,9 +32,11 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     or_,
     select,
     text,
+    true,
     tuple_,
     update,
 )
@@ -181,6 +183,18 @@ incident_acks = Table(
     Column("acked_severity", String(16)),  # its peak when acknowledged: a later escalation shows as such
 )
 
+# The node each incident belongs to: the sender of its first stored alert. An incident id is a
+# node's own (edge/alerts.py draws it at random); another node's alert under it is refused
+# (writer.py, ``incident_conflict``), or it could end, rewrite or join that node's incident,
+# its acknowledgement and its NG112 call, all of which go by the incident id alone.
+incident_owners = Table(
+    "incident_owners",
+    metadata,
+    Column("incident", String(64), primary_key=True),
+    Column("site", String(64), nullable=False),
+    Column("node_id", String(64), nullable=False),
+)
+
 # Telemetry for the trend charts, downsampled into buckets (downsample.py) and pruned after the
 # retention period (trends.py); ``telemetry`` above keeps only the last message per node.
 telemetry_series = Table(
@@ -309,6 +323,9 @@ class Store:
 
     def create_all(self) -> None:
         """Create missing tables; safe when several replicas start at once."""
+        with self.engine.connect() as conn:
+            schema = conn.schema_for_object(incident_owners)  # make_engine's schema, on PostgreSQL
+            owners_new = not inspect(conn).has_table(incident_owners.name, schema=schema)
         try:
             with self.engine.begin() as conn:
                 _serialise_ddl(conn)
@@ -325,6 +342,17 @@ class Store:
                 pass  # SQLite: another process made it meanwhile
             except IntegrityError as exc:  # a unique index over rows made before it, which it refuses
                 log.warning("store: index %s not made, rows already break it: %s", index.name, str(exc.orig)[:200])
+        if owners_new:
+            self._own_stored_incidents()
+
+    def _own_stored_incidents(self) -> None:
+        """A store made before ``incident_owners``: each incident it holds is given to its node."""
+        first = select(alerts.c.incident, func.min(alerts.c.site), func.min(alerts.c.node_id))
+        with self.engine.begin() as conn:
+            # SQLite's upsert needs a WHERE in its SELECT to parse (sqlite.org/lang_upsert.html)
+            owners = first.where(true()).group_by(alerts.c.incident)
+            stmt = _insert(conn, incident_owners).from_select(["incident", "site", "node_id"], owners)
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=["incident"]))
 
     # -- ingest (all inside one caller-owned transaction per batch) ---------------------------
 
@@ -345,6 +373,24 @@ class Store:
         senders = {a.id: (a.site, a.node_id) for a in alerts_}
         held = conn.execute(select(alerts.c.id, alerts.c.site, alerts.c.node_id).where(alerts.c.id.in_(list(senders))))
         return {alert_id for alert_id, site, node in held if senders[alert_id] != (site, node)}
+
+    def foreign_incidents(self, conn: Connection, alerts_: Sequence[Alert]) -> set[str]:
+        """Ids of these alerts whose incident another node holds. An incident the store has
+        not seen becomes its sender's here (the first sender, within one batch)."""
+        senders: dict[str, tuple[str, str]] = {}
+        for alert in alerts_:
+            senders.setdefault(alert.incident, (alert.site, alert.node_id))
+        if not senders:
+            return set()
+        claims = [{"incident": i, "site": site, "node_id": node} for i, (site, node) in senders.items()]
+        conn.execute(_insert(conn, incident_owners).on_conflict_do_nothing(index_elements=["incident"]), claims)
+        held = conn.execute(
+            select(incident_owners.c.incident, incident_owners.c.site, incident_owners.c.node_id).where(
+                incident_owners.c.incident.in_(list(senders))
+            )
+        )
+        owner = {incident: (site, node) for incident, site, node in held}
+        return {a.id for a in alerts_ if owner.get(a.incident) != (a.site, a.node_id)}
 
     def add_forward_jobs(self, conn: Connection, alert_ids: Iterable[str]) -> None:
         rows = [{"alert_id": alert_id} for alert_id in alert_ids]

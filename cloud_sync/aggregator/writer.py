@@ -262,8 +262,9 @@ class BatchWriter:
         jobs: list[str] = []
         with self.store.engine.begin() as conn:
             self.store.ensure_nodes(conn, keys)
-            new_ids = self._alert_rows.insert(conn, list(batch.alerts.values()))
-            stored_before = [a for i, (a, _) in batch.alerts.items() if i not in new_ids]
+            claimed = self.store.foreign_incidents(conn, [a for a, _ in batch.alerts.values()])
+            new_ids = self._alert_rows.insert(conn, [v for i, v in batch.alerts.items() if i not in claimed])
+            stored_before = [a for i, (a, _) in batch.alerts.items() if i not in new_ids and i not in claimed]
             foreign = self.store.foreign_alert_ids(conn, stored_before) if stored_before else set()
             if forward_kinds is not None:
                 jobs = [i for i in new_ids if batch.alerts[i][0].kind in forward_kinds]
@@ -277,11 +278,16 @@ class BatchWriter:
                 self.store.record_cmd_result(conn, result, at)
         self._known_nodes |= keys | set(batch.statuses) | set(batch.beats)
         for alert, _ in batch.alerts.values():  # committed: stored now, whether new or not
+            if alert.id in claimed:  # not stored: its incident is another node's
+                outcome.rejects.append(
+                    ("incident_conflict", topic_for(alert), f"incident {alert.incident} is another node's")
+                )
+                continue
             if alert.id in foreign:  # the id is another node's alert: this one is not stored
                 outcome.rejects.append(("id_conflict", topic_for(alert), f"alert id {alert.id} is another node's"))
                 continue
             outcome.confirmed.setdefault((alert.site, alert.node_id), set()).add(alert.id)
-        outcome.duplicates += len(batch.alerts) - len(new_ids) - len(foreign)
+        outcome.duplicates += len(batch.alerts) - len(new_ids) - len(foreign) - len(claimed)
         outcome.forward_jobs += len(jobs)
         for kind, count in (
             ("alert", len(new_ids)),

@@ -138,7 +138,7 @@ def test_a_message_whose_rows_cannot_be_made_is_refused_alone(ingest: Ingest, mo
 def test_a_node_is_never_receipted_for_an_alert_id_stored_as_another_nodes(ingest: Ingest) -> None:
     # a receipt would make the second node forget an alert that nobody stored
     first = alert(1)
-    second = alert(2).model_copy(update={"id": first.id, "node_id": "n2"})
+    second = alert(2).model_copy(update={"id": first.id, "node_id": "n2", "incident": "incident-0002"})
     items = [(topic_for(a), encode(a), T0) for a in (first, second)]
     assert ingest.writer.write(items[:1]).confirmed == {("s1", "n1"): {first.id}}
     again = ingest.writer.write(items[1:])
@@ -146,6 +146,25 @@ def test_a_node_is_never_receipted_for_an_alert_id_stored_as_another_nodes(inges
     assert again.rejects == [("id_conflict", topic_for(second), f"alert id {first.id} is another node's")]
     assert ingest.store.alerts(AlertQuery())[0][0]["node_id"] == "n1"
     assert ingest.writer.write(items[:1]).confirmed == {("s1", "n1"): {first.id}}  # its own resent: receipted
+
+
+def test_a_node_cannot_end_join_or_acknowledge_another_nodes_incident(ingest: Ingest) -> None:
+    # incidents, acks and NG112 calls all go by the incident id: an "all clear" from n2 under
+    # n1's open flame incident ended it in the console, with n2's title and severity
+    fire = alert(1)
+    ingest.writer.write([(topic_for(fire), encode(fire), T0)])
+    hijack = alert(2).model_copy(update={"node_id": "n2", "state": "end", "severity": "Minor", "title": "all clear"})
+    own = alert(3).model_copy(update={"node_id": "n2", "incident": "incident-0002"})
+    outcome = ingest.writer.write([(topic_for(a), encode(a), T0) for a in (hijack, own)])
+    assert outcome.rejects == [("incident_conflict", topic_for(hijack), "incident incident-0001 is another node's")]
+    assert outcome.confirmed == {("s1", "n2"): {own.id}}  # never receipted: it is not stored
+    stored = ingest.store.alerts(AlertQuery())[0]
+    assert sorted((a["node_id"], a["incident"], a["state"]) for a in stored) == [
+        ("n1", "incident-0001", "new"),
+        ("n2", "incident-0002", "new"),
+    ]
+    more = alert(4).model_copy(update={"state": "update"})  # n1 goes on with its own
+    assert ingest.writer.write([(topic_for(more), encode(more), T0)]).confirmed == {("s1", "n1"): {more.id}}
 
 
 def forward_jobs(store: Store) -> list[str]:
