@@ -9,12 +9,13 @@ sha256 differs from the manifest's: a refused file never reaches the cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,17 @@ class Catalogue:
             raise CatalogueError(f"{path} has sha256 {actual}, the manifest says {manifest.sha256}; {remedy}")
         return path
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A cache folder that cannot be made (a file in its path, no permission, a full disk)."""
+        try:
+            yield
+        except OSError as exc:
+            raise CatalogueError(
+                f"cannot write to the model cache {self.cache_dir} ({exc.strerror or exc}); "
+                f"set {CACHE_ENV} to a folder you can write"
+            ) from None
+
     def _shipped(self, path: Path) -> bool:
         return path.is_relative_to(self.models_dir)
 
@@ -139,9 +151,10 @@ class Catalogue:
         if self._shipped(target):
             raise CatalogueError(f"the packaged weights {target} do not match the manifest's sha256; reinstall s4edge")
         folder = source or default_mirror()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Stage inside the cache folder so the final rename is atomic on the same filesystem.
-        fd, staged_name = tempfile.mkstemp(prefix=f".{manifest.file}.", dir=target.parent)
+        with self._writing():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Stage inside the cache folder so the final rename is atomic on the same filesystem.
+            fd, staged_name = tempfile.mkstemp(prefix=f".{manifest.file}.", dir=target.parent)
         os.close(fd)
         staged = Path(staged_name)
         try:
@@ -215,8 +228,10 @@ class Catalogue:
         manifest. The folder is built aside, checked by ``check``, and renamed into place: a model
         that fails the check, or a copy whose sha256 differs from the manifest's, leaves no trace."""
         self.ensure_addable(manifest.name, force)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".add-", dir=self.cache_dir) as work:
+        with self._writing():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            work_dir = tempfile.TemporaryDirectory(prefix=".add-", dir=self.cache_dir)
+        with work_dir as work:
             staged = Path(work) / manifest.name
             staged.mkdir()
             shutil.copyfile(weights, staged / manifest.file)

@@ -107,12 +107,16 @@ def pull(
 
 @models_app.command("verify")
 def verify(name: str | None = typer.Argument(None, help="One model; all cached models when absent.")) -> None:
-    """Check cached weights against their manifests' sha256. Exit 1 on a mismatch."""
+    """Check cached weights against their manifests' sha256. Exit 1 on a mismatch or a broken manifest."""
     catalogue = _catalogue()
     with _clear_errors():
-        names = [name] if name else sorted(catalogue.scan()[0])
+        entries, broken = catalogue.scan()
+        names = [name] if name else sorted(entries)
         checks = [catalogue.verify(n) for n in names]
     failed = False
+    for error in [] if name else broken:  # `models list` shows them too: a model nobody can load
+        typer.echo(f"broken manifest: {error}")
+        failed = True
     for check in checks:
         if not check.cached:
             typer.echo(f"{check.name}: not cached")

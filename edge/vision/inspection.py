@@ -134,9 +134,12 @@ def _run_for_shapes(model: Any, shape: list[int], outputs: list[TensorInfo]) -> 
     return [replace(o, shape=tuple(int(d) for d in r.shape)) for o, r in zip(outputs, results, strict=True)]
 
 
+METADATA_MAX = 64 * 1024  # characters of one metadata value worth reading: 1000 names fit in 30 KB
+
+
 def _ultralytics_metadata(session: Any) -> tuple[list[str] | None, tuple[int, int] | None]:
     """Ultralytics' ONNX export records ``names`` ({0: 'person', ...}) and ``imgsz`` ([h, w])."""
-    meta = session.get_modelmeta().custom_metadata_map
+    meta = {k: v for k, v in session.get_modelmeta().custom_metadata_map.items() if len(v) <= METADATA_MAX}
     labels = size = None
     try:
         names = ast.literal_eval(meta["names"]) if "names" in meta else None
@@ -145,7 +148,7 @@ def _ultralytics_metadata(session: Any) -> tuple[list[str] | None, tuple[int, in
         imgsz = ast.literal_eval(meta["imgsz"]) if "imgsz" in meta else None
         if isinstance(imgsz, list) and len(imgsz) == 2 and all(isinstance(v, int) for v in imgsz):
             size = (imgsz[0], imgsz[1])
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, RecursionError, MemoryError):
         pass  # metadata someone else wrote: a hint, never a requirement
     return labels, size
 

@@ -341,3 +341,36 @@ def detect_all(folder: Path, model: str) -> list[dict]:
     result = runner.invoke(app, ["detect", str(folder), "--model", model, "--json"])
     assert result.exit_code == 0, result.output
     return [d for frame in json.loads(result.stdout)["results"] for d in frame["detections"]]
+
+
+@pytest.mark.parametrize("names", ["1+" * 100_000 + "1", "-" * 100_000])
+def test_metadata_that_cannot_be_read_is_only_a_missed_hint(cache: Path, tmp_path: Path, names: str) -> None:
+    # a RecursionError, or a MemoryError, from reading the names came out as a traceback
+    metadata = {"names": names, "imgsz": "[320, 320]"}
+    model = constant_head(tmp_path / "meta.onnx", {"output0": yolov8_head()}, metadata=metadata)
+    report = add_json(str(model), "--name", "meta", "--labels", str(write_labels(tmp_path)))
+    assert report["manifest"]["input"]["shape"] == [1, 3, 320, 320]
+
+
+def write_labels(tmp_path: Path) -> Path:
+    path = tmp_path / "labels.txt"
+    path.write_text("\n".join(LABELS) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_cache_that_cannot_be_made_is_one_line_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("S4EDGE_MODEL_CACHE", str(tmp_path / "a-file" / "cache"))
+    model = constant_head(tmp_path / "m.onnx", {"output0": yolov8_head()})
+    for result in (add(str(model), "--name", "m"), runner.invoke(app, ["models", "pull", "fastestdet-tflite"])):
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # not OSError
+        assert "cannot write to the model cache" in result.output and "S4EDGE_MODEL_CACHE" in result.output
+
+
+def test_verify_fails_on_a_manifest_nobody_can_load(cache: Path) -> None:
+    (cache / "broken").mkdir(parents=True)
+    (cache / "broken" / "manifest.yaml").write_text("name: broken\nversion: [1]\n", encoding="utf-8")
+    result = runner.invoke(app, ["models", "verify"])
+    assert result.exit_code == 1 and "broken manifest" in result.output and "broken/manifest.yaml" in result.output
