@@ -95,6 +95,7 @@ class Detector:
         self._tensors = BufferPool(keep=4)  # being prepared, waiting, in inference, spare
         self._scratch = threading.local()  # per thread: the resized frame and its planes
         self._input: _InputPlan | None = None
+        self._check_runs(source)
 
     @classmethod
     def from_catalogue(
@@ -118,6 +119,19 @@ class Detector:
             self._decoder(blank, self._context)
         except ValueError as exc:
             raise ManifestError(source, "decoder", f"{self.manifest.decoder.family}: {exc}") from exc
+
+    def _check_runs(self, source: str) -> None:
+        """Run the model once on a grey frame, so that one which loads but cannot run on what
+        its manifest prepares (a grey or NHWC input declared NCHW, a size of -1) is refused
+        at load or at a live swap, which then keeps the old model, not on every frame after."""
+        spec = self.manifest.input
+        try:
+            self.detect(np.full((max(spec.height, 1), max(spec.width, 1), 3), 114, np.uint8))
+        except ManifestError:
+            raise
+        except Exception as exc:  # the runtime's own error types: the manifest misdescribes the model
+            problem = " ".join(str(exc).split())[:300]
+            raise ManifestError(source, "input", f"the model does not run on a frame prepared so: {problem}") from exc
 
     def preprocess(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """Frame → the model's float input: resize (stretch or letterbox), channel order,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,27 @@ def test_fastestdet_nhwc_three_outputs_match_nchw() -> None:
     assert len(expected.scores) > 0
     np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-6)
     np.testing.assert_array_equal(got.class_ids, expected.class_ids)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "layout", "says"),
+    [
+        # an auxiliary map before the head: its channel was read as objectness ("bicycle 0.87")
+        ([np.zeros((1, 1, 22, 22)), np.zeros((1, 85, 22, 22))], "NCHW", "got 2 outputs"),
+        ([np.zeros((1, 4, 22, 22)), np.zeros((1, 1, 22, 22)), np.zeros((1, 80, 22, 22))], "NCHW", "[4, 1, 80]"),
+        # an NCHW map read as NHWC: rows of channels, and boxes in the wrong places
+        ([np.zeros((1, 85, 22, 22))], "NHWC", "a 85 × 22 grid does not tile the 352 × 352 input"),
+    ],
+)
+def test_fastestdet_refuses_outputs_it_cannot_read(outputs: list[np.ndarray], layout: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        decoder("fastestdet", layout=layout)([o.astype(np.float32) for o in outputs], DecodeContext(352, 352, 0.5))
+
+
+def test_fastestdet_takes_a_grid_that_rounds_up_on_one_side() -> None:
+    # 640 × 360 at stride 16: 40 × 22.5, which a network rounds up to 23 rows
+    found = decoder("fastestdet")([np.zeros((1, 85, 23, 40), np.float32)], DecodeContext(640, 360, 0.5))
+    assert len(found.scores) == 0
 
 
 def test_mediapipe_pose_anchor_count_matches_the_model() -> None:

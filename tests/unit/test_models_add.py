@@ -374,3 +374,36 @@ def test_verify_fails_on_a_manifest_nobody_can_load(cache: Path) -> None:
     (cache / "broken" / "manifest.yaml").write_text("name: broken\nversion: [1]\n", encoding="utf-8")
     result = runner.invoke(app, ["models", "verify"])
     assert result.exit_code == 1 and "broken manifest" in result.output and "broken/manifest.yaml" in result.output
+
+
+@pytest.mark.parametrize(
+    ("shape", "field", "says"),
+    [
+        ([1, 1, 320, 320], "input", "does not run on a frame"),
+        ([1, 320, 320, 3], "decoder", "does not tile the 320 × 3 input"),  # NHWC declared NCHW: 3 wide
+    ],
+)
+def test_a_model_that_loads_but_cannot_run_is_refused_at_load(
+    tmp_path: Path, shape: list[int], field: str, says: str
+) -> None:
+    # a grey input, or an NHWC one declared NCHW: loaded, swapped in live as a success, and
+    # then every frame failed while the old model was gone
+    from s4edge.edge.vision.catalogue import Catalogue, sha256_file
+    from s4edge.edge.vision.detector import Detector
+    from s4edge.edge.vision.manifest import ManifestError
+
+    weights = constant_head(tmp_path / "grey.onnx", {"head": np.zeros((1, 85, 20, 20))}, tuple(shape))
+    folder = tmp_path / "models" / "grey"
+    folder.mkdir(parents=True)
+    (folder / "grey.onnx").write_bytes(weights.read_bytes())
+    manifest = {
+        "name": "grey", "version": "1", "file": "grey.onnx", "sha256": sha256_file(weights), "runtime": "onnx",
+        "labels": ["person"], "licence": "MIT",
+        "input": {"name": "images", "shape": shape, "layout": "NCHW", "colour": "BGR", "scale": 1},
+        "outputs": [{"name": "head", "shape": [1, 85, 20, 20]}], "decoder": {"family": "fastestdet"},
+    }  # fmt: skip
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest), encoding="utf-8")
+    catalogue = Catalogue(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    with pytest.raises(ManifestError) as caught:
+        Detector.from_catalogue(catalogue, "grey")
+    assert caught.value.field == field and says in caught.value.problem
