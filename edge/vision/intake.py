@@ -24,7 +24,7 @@ from s4edge.edge.vision.catalogue import Catalogue
 from s4edge.edge.vision.decoders import known_families
 from s4edge.edge.vision.decoders.guess import Guess, guess_family
 from s4edge.edge.vision.inspection import ModelGraph, inspect_model
-from s4edge.edge.vision.manifest import Manifest, ManifestError, ModelEntry, parse_manifest
+from s4edge.edge.vision.manifest import Manifest, ManifestError, ModelEntry, label_lines, parse_manifest
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")  # Manifest.name
 COMPUTED = {"name": "--name", "file": "the file", "sha256": "the file", "labels": "--labels"}
@@ -106,7 +106,7 @@ def read_labels(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise IntakeError(f"--labels {path}: cannot read it ({exc.__class__.__name__}: {exc})") from exc
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    labels = label_lines(text)
     if not labels:
         raise IntakeError(f"--labels {path}: no labels in it; write one class name per line")
     return labels

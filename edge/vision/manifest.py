@@ -16,6 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from s4edge.cloud_sync.messages import ModelRef
 
 
+def label_lines(text: str) -> list[str]:
+    """One class name per line, line k for class k: a blank line is an unused class (``class_k``),
+    never skipped, or every later class would take the next one's name. Blank lines at the end
+    are no classes."""
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return [line or f"class_{k}" for k, line in enumerate(lines)]
+
+
 class ManifestError(ValueError):
     """A manifest (or the model it describes) is unusable; ``field`` is the manifest key at fault."""
 
@@ -159,7 +169,7 @@ class ModelEntry(BaseModel):
                 "labels",
                 f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8",
             ) from None
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        return label_lines(text)
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

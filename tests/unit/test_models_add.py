@@ -407,3 +407,11 @@ def test_a_model_that_loads_but_cannot_run_is_refused_at_load(
     with pytest.raises(ManifestError) as caught:
         Detector.from_catalogue(catalogue, "grey")
     assert caught.value.field == field and says in caught.value.problem
+
+
+def test_a_labels_file_keeps_each_class_on_its_own_line(tmp_path: Path) -> None:
+    from s4edge.edge.vision.intake import read_labels
+
+    path = tmp_path / "labels.txt"
+    path.write_text("person\n\ncar\n\n", encoding="utf-8")  # class 1 unused
+    assert read_labels(path) == ["person", "class_1", "car"]

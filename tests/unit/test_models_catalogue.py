@@ -189,8 +189,10 @@ def test_a_labels_file_beside_the_manifest_is_read(own_models) -> None:
     catalogue, data = own_models
     data["labels"] = "labels.txt"
     write(catalogue, data)
-    (catalogue.models_dir / "mine/labels.txt").write_text("person\n\nbicycle\n")
-    assert catalogue.get("mine").labels() == ["person", "bicycle"]
+    # line k names class k: a blank line is an unused class, not skipped (every later name moved
+    # up one, and a baseball bat was reported as a baseball glove); blank lines at the end are none
+    (catalogue.models_dir / "mine/labels.txt").write_text("person\n\nbicycle\n\n\n")
+    assert catalogue.get("mine").labels() == ["person", "class_1", "bicycle"]
     data["labels"] = "../theirs/labels.txt"  # a sibling model's, as the LiteRT variants share fastestdet's
     write(catalogue, data)
     (catalogue.models_dir / "theirs").mkdir()
