@@ -1,6 +1,6 @@
 """Incidents, the console's unit: the alerts that share an incident id, rolled up on read.
 
-Nothing is stored twice: the list is a GROUP BY over ``alerts`` (its ``ix_alerts_incident_rollup``
+Nothing is stored twice: the list is a GROUP BY over ``alerts`` (its ``ix_alerts_incident_seq``
 index covers it, so it is one index scan), ordered open first, then by last seen, and paged
 with a cursor. The records of a page are built from that page's alerts alone. An incident's
 acknowledgement is a row of ``incident_acks``; NG112's calls are read from its ``forwards``
@@ -72,8 +72,10 @@ def list_incidents(engine: Engine, query: IncidentQuery) -> dict[str, Any]:
     if query.severity is not None and query.severity not in RANK:
         raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
     # Ended when its last message is an end: a re-trigger within the node's cooldown continues
-    # an ended incident with an update (edge/alerts.py), which opens it again.
-    ended = case((func.max(case((alerts.c.state == "end", alerts.c.ts))) == func.max(alerts.c.ts), 1), else_=0)
+    # an ended incident with an update (edge/alerts.py), which opens it again. Last in the node's
+    # own order, its seq: an end stamped before the update it follows (a clock stepped back)
+    # still ends it, and an end and an update of one ts cannot read both ways.
+    ended = case((func.max(case((alerts.c.state == "end", alerts.c.seq))) == func.max(alerts.c.seq), 1), else_=0)
     grouped = select(
         alerts.c.incident.label("incident"),
         func.min(alerts.c.ts).label("first_seen"),
@@ -140,7 +142,7 @@ def incident_records(conn: Connection, ids: Sequence[str]) -> list[dict[str, Any
     """The records of these incidents, in this order (unknown ids are left out)."""
     if not ids:
         return []
-    stmt = select(*_LIST_COLUMNS).where(alerts.c.incident.in_(ids)).order_by(alerts.c.ts, alerts.c.id)
+    stmt = select(*_LIST_COLUMNS).where(alerts.c.incident.in_(ids)).order_by(alerts.c.seq, alerts.c.id)
     by_incident: dict[str, list[Any]] = {}
     for row in conn.execute(stmt):
         by_incident.setdefault(row.incident, []).append(row)
@@ -168,8 +170,8 @@ def _record(rows: list[Any], ack: Any, calls: dict[str, Any] | None) -> dict[str
         "lon": last.lon,
         "status": last.status,  # CAP status: Actual, Exercise, Test
         "state": "ended" if last.state == "end" else "open",
-        "first_seen": utc(first.ts).isoformat(),
-        "last_seen": utc(last.ts).isoformat(),
+        "first_seen": utc(min(r.ts for r in rows)).isoformat(),  # as the list orders them
+        "last_seen": utc(max(r.ts for r in rows)).isoformat(),
         "severity": last.severity,
         "peak_severity": peak,
         "title": title,
@@ -213,8 +215,8 @@ def incident(engine: Engine, incident_id: str) -> dict[str, Any] | None:
         if not records:
             return None
         ordered = select(alerts).where(alerts.c.incident == incident_id)
-        first = conn.execute(ordered.order_by(alerts.c.ts, alerts.c.id).limit(1)).mappings().all()
-        latest = conn.execute(ordered.order_by(alerts.c.ts.desc(), alerts.c.id.desc()).limit(TIMELINE_MAX - 1))
+        first = conn.execute(ordered.order_by(alerts.c.seq, alerts.c.id).limit(1)).mappings().all()
+        latest = conn.execute(ordered.order_by(alerts.c.seq.desc(), alerts.c.id.desc()).limit(TIMELINE_MAX - 1))
         rows = [*first, *(row for row in reversed(latest.mappings().all()) if row["id"] != first[0]["id"])]
     omitted = records[0]["alerts"] - len(rows)
     return {**records[0], "timeline": [alert_dict(row) for row in rows], "timeline_omitted": omitted}
@@ -246,7 +248,7 @@ def ack_incident(engine: Engine, incident_id: str, by: str, now: datetime) -> di
             .values(acked_at=now, acked_by=by)
         )
         ack = conn.execute(select(incident_acks).where(incident_acks.c.incident == incident_id)).one()
-        in_order = select(alerts.c.id).where(alerts.c.incident == incident_id).order_by(alerts.c.ts, alerts.c.id)
+        in_order = select(alerts.c.id).where(alerts.c.incident == incident_id).order_by(alerts.c.seq, alerts.c.id)
         ids = conn.execute(in_order).scalars().all()
     return {
         "incident": incident_id,

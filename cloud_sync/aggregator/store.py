@@ -65,9 +65,11 @@ log = logging.getLogger(__name__)
 metadata = MetaData()
 # An index added to a table that older stores already have is marked ``info={LATER: True}``:
 # create_all makes a missing table with its indexes, but never adds an index to a table that
-# exists, so Store.create_all makes these itself. (A store made before ix_alerts_incident_rollup
-# has ix_alerts_incident on incident alone as well: harmless.)
+# exists, so Store.create_all makes these itself. (A store made before the console's roll-up
+# index has ix_alerts_incident on incident alone as well: harmless.)
 LATER: Final = "later"
+# Indexes a later one replaced, dropped at start once it is made (writes pay for every index)
+SUPERSEDED: Final = ("ix_alerts_incident_rollup",)
 
 PG_CONNECT_TIMEOUT_S = 10
 DDL_LOCK_KEY = 0x53344544  # "S4ED": the advisory lock that serialises schema creation
@@ -116,8 +118,9 @@ alerts = Table(
     Column("acked_by", String(64)),
     Index("ix_alerts_ts", "ts", "id"),
     Index("ix_alerts_node", "site", "node_id", "ts"),
-    # incident first: an incident's alerts; the rest covers the console's roll-up (incidents.py)
-    Index("ix_alerts_incident_rollup", "incident", "ts", "state", "severity", info={LATER: True}),
+    # incident first: an incident's alerts, in its node's order (seq: a clock stepped back
+    # leaves it be); the rest covers the console's roll-up (incidents.py)
+    Index("ix_alerts_incident_seq", "incident", "seq", "ts", "state", "severity", info={LATER: True}),
 )
 
 # One row per node: the last telemetry message, so the table stays bounded by the fleet size.
@@ -342,6 +345,10 @@ class Store:
                 pass  # SQLite: another process made it meanwhile
             except IntegrityError as exc:  # a unique index over rows made before it, which it refuses
                 log.warning("store: index %s not made, rows already break it: %s", index.name, str(exc.orig)[:200])
+        with self.engine.begin() as conn:
+            schema = conn.schema_for_object(alerts)
+            for name in SUPERSEDED:
+                conn.exec_driver_sql(f'DROP INDEX IF EXISTS {f"{schema}." if schema else ""}"{name}"')
         if owners_new:
             self._own_stored_incidents()
 
