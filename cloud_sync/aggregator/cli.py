@@ -137,7 +137,6 @@ def run(
     from s4edge.cloud_sync.aggregator.store_url import StoreUrlError, check_store_url, probe_store, store_problem
     from s4edge.cloud_sync.aggregator.workers import default_workers, one_identity
     from s4edge.cloud_sync.ng112.policy import Ng112ConfigError, load_config
-    from s4edge.cloud_sync.ng112.service import attach
 
     if log_format not in ("text", "json"):
         raise typer.BadParameter(f"{log_format!r}: text or json", param_hint="--log-format")
@@ -235,6 +234,8 @@ def run(
             if (warning := probe_store(aggregator.store.engine, db)) is not None:
                 logging.getLogger("s4edge.aggregator").warning("%s", warning)
             if ng112_config is not None:
+                from s4edge.cloud_sync.ng112.service import attach  # the ng112 extra's lxml: only to forward
+
                 forwarder = attach(aggregator, ng112_config)
             aggregator.start()
             break

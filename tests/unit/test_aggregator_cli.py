@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -94,3 +96,19 @@ def test_the_operator_token_file_must_be_readable_and_not_empty(tmp_path: Path) 
     good.write_text("t0ken\n")
     result = runner.invoke(app, [*base, "--operator-token-file", str(good)], env={"S4EDGE_OPERATOR_TOKEN": ""})
     assert result.exit_code == 1 and "no operator token" not in result.output
+
+
+def test_it_runs_without_the_ng112_extra(tmp_path: Path) -> None:
+    # `pip install 's4edge[aggregator]'` has no lxml: it was refused as "needs the ng112 extra"
+    # before reading any option, though forwarding to a PSAP (--ng112) is optional
+    code = (
+        "import sys; sys.modules['lxml'] = None\n"  # as if lxml were not installed
+        "from s4edge.cli import main\n"
+        f"sys.argv = ['s4edge', 'aggregator', 'run', '--broker', 'mqtt://127.0.0.1:1', '--db', "
+        f"'sqlite:///{tmp_path / 'agg.db'}', '--http', '127.0.0.1:0']\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "aggregator did not start: could not connect to mqtt://127.0.0.1:1" in done.stderr
+    assert "ng112" not in done.stderr
