@@ -69,9 +69,23 @@ def hide_userinfo(url: str) -> str:
     return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
+def _check_userinfo(url: str, shown: str) -> None:
+    """The authority ends at the first '/', '?' or '#' (RFC 3986 §3.2), so a password holding
+    one unencoded is cut there: 'mqtt://n1:pa#ss@host' read as host n1, port 'pa', and the
+    rest of the password went into a log line every second as a host that cannot be reached."""
+    rest = url.partition("://")[2]
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    if "@" in rest[end:]:
+        char = rest[end]
+        raise BrokerUrlError(
+            f"broker URL {shown!r}: the user or password holds a '{char}'; percent-encode it as %{ord(char):02X}"
+        )
+
+
 def broker_endpoint(url: str) -> BrokerEndpoint:
     """Where and how to reach the broker at ``url``; ``BrokerUrlError`` for anything else."""
     shown = hide_userinfo(url)
+    _check_userinfo(url.strip(), shown)
     try:
         parts = urlsplit(url.strip())
     except ValueError as exc:  # 'mqtt://[::1' and the like: urllib's words, without the URL
@@ -94,8 +108,6 @@ def broker_endpoint(url: str) -> BrokerEndpoint:
     path = ""
     if transport == "websockets":
         path = (parts.path or WS_PATH) + (f"?{parts.query}" if parts.query else "")
-    elif "@" in parts.path:  # the user or password holds a '/', which ended the authority there
-        raise BrokerUrlError(f"broker URL {shown!r}: the user or password holds a '/'; percent-encode it as %2F")
     elif parts.path not in ("", "/") or parts.query:
         raise BrokerUrlError(
             f"broker URL {shown!r}: {scheme}:// takes no path; for MQTT over WebSocket write "

@@ -72,6 +72,26 @@ def test_a_password_in_the_url_never_reaches_the_message() -> None:
     assert "s3cr3t" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "encoded"),
+    [
+        # read as host n1, port 5551: 'agent check' said ok, and 'cannot reach n1:5551' was logged each second
+        ("mqtt://n1:5551#Pw@127.0.0.1:1883", "%23"),
+        ("mqtts://node-01:8883#Xy@broker.example:8883", "%23"),
+        ("ws://user:12/34@broker.example:80", "%2F"),  # host 'user', port 12 and a path of the rest
+        ("mqtt://admin:s3cr/et@broker.example:1883", "%2F"),  # 'the port is not a number … mqtt://admin:1883'
+        ("wss://admin:pa?ss@broker.example", "%3F"),
+    ],
+)
+def test_a_password_holding_a_delimiter_is_refused_for_every_scheme(url: str, encoded: str) -> None:
+    with pytest.raises(BrokerUrlError, match=f"percent-encode it as {encoded}") as refused:
+        broker_endpoint(url)
+    secret = url.partition("://")[2].rpartition("@")[0]
+    assert secret not in str(refused.value) and "admin" not in str(refused.value)
+    good = url.replace(secret, secret.replace("#", "%23").replace("/", "%2F").replace("?", "%3F"))
+    assert broker_endpoint(good).password == secret.partition(":")[2]
+
+
 def test_the_paho_client_speaks_the_urls_transport() -> None:
     ws = mqtt_client(broker_endpoint("wss://h/custom"), client_id="t")
     assert ws.transport == "websockets" and ws._websocket_path == "/custom"
