@@ -199,7 +199,9 @@ def parse_config(data: Any, origin: str = "<config>") -> _NodeBase:
         lines = [f"{origin}: {exc.error_count()} problem(s):"]
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  - {key}: {err['msg']}{_shown_input(key, err.get('input'))}")
+            # a key the schema does not know may be a misspelled secret ('passwd'): its value stays unshown
+            shown = "" if err["type"] == "extra_forbidden" else _shown_input(key, err.get("input"))
+            lines.append(f"  - {key}: {err['msg']}{shown}")
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -206,6 +206,18 @@ def test_a_config_error_names_the_line_of_broken_yaml_not_its_text(etc: Path) ->
     assert "node.yaml: not valid YAML (line" in str(refused.value) and SECRET not in str(refused.value)
 
 
+@pytest.mark.parametrize("name", ["passwd", "pwd", "pass", "key"])
+def test_a_misspelled_secret_key_is_named_and_its_value_never_shown(etc: Path, name: str) -> None:
+    # 'mqtt.passwd: Extra inputs are not permitted (got <the password>)', in the log and in a
+    # refused reload's cmd_result
+    data = yaml.safe_load((etc / "node.yaml").read_text())
+    data["mqtt"][name] = SECRET
+    with pytest.raises(ConfigError) as refused:
+        parse_config_text(yaml.safe_dump(data), "node.yaml", etc)
+    assert f"mqtt.{name}: Extra inputs are not permitted" in str(refused.value)
+    assert SECRET not in str(refused.value)
+
+
 def test_a_command_expiring_further_ahead_than_the_maximum_is_refused(node: Node, key: Ed25519PrivateKey) -> None:
     far = signed(key, "ping", expires_in=datetime(9999, 1, 1, tzinfo=UTC) - datetime.now(UTC))
     result = node.execute(far)
