@@ -30,25 +30,40 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+NODE_KEYS = frozenset({"sources", "node_id", "site", "mqtt"})  # what tells a node config from a bare source's
+
+
 def load_sensors_config(path: Path, sim: bool = False) -> Any:
-    """A sensors source config: a bare one, or the first ``type: sensors`` of a node config."""
-    from s4edge.edge.config import ConfigError, load_config
+    """A sensors source config: a bare one, or the first ``type: sensors`` of a node config.
+    Errors name the key, never a value read from the file: a node config holds the broker's
+    credentials (``edge.config``'s rule)."""
+    from pydantic import ValidationError
+
+    from s4edge.edge.config import ConfigError, load_config, problems_by_key, yaml_problem
     from s4edge.edge.sensing.source import Config
 
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise _fail(f"{path}: cannot read the config ({exc})") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _fail(f"{path}: cannot read the config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise _fail(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except yaml.YAMLError as exc:  # PyYAML's message quotes the line, a password perhaps
+        raise _fail(f"{path}: {yaml_problem(exc)}") from None
+    except (ValueError, RecursionError) as exc:
+        raise _fail(f"{path}: YAML this tool cannot read ({type(exc).__name__})") from None
     try:
-        if isinstance(data, dict) and "sources" in data:
+        if isinstance(data, dict) and NODE_KEYS & data.keys():  # a node config, as provision writes it
             found = [s for s in load_config(path).sources if isinstance(s, Config)]  # type: ignore[attr-defined]
             if not found:
                 raise _fail(f"{path}: no source with type: sensors")
             config = found[0]
         else:
             config = Config.model_validate(data)
-    except (ConfigError, ValueError) as exc:
-        raise _fail(f"{path}: {exc}") from None
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    except ValidationError as exc:
+        raise _fail(f"{path}: {problems_by_key(exc)}") from None
     base = path.resolve().parent
     updates: dict[str, Any] = {}
     if not config.calibration_file.is_absolute():

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from s4edge.cli import app
@@ -66,6 +67,29 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text("type: sensors\nsensors:\n  - {name: a, kind: mq2}\n")
     result = runner.invoke(app, ["sensors", "read", "--config", str(bad)])
     assert result.exit_code == 2 and "channel" in result.output
+
+
+SECRET = "Hunter2-S3cret"
+NODE = f"node_id: n1\nsite: s1\nlocation: {{lat: 1, lon: 2}}\nmqtt: {{url: 'mqtt://127.0.0.1:1', password: {SECRET}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (NODE, "no source with type: sensors"),  # as provision writes it: a raw pydantic dump with the password
+        (NODE.replace(f"password: {SECRET}}}", f'password: "{SECRET}\n  x: 1}}'), "not valid YAML (line"),
+        (b"\x00\x01garbage\xff\xfe", "not UTF-8 text"),  # a traceback
+        ("type: sensors\nsensors: {name: a}\npassword: " + SECRET, "sensors: Input should be a valid list"),
+    ],
+)
+def test_a_config_it_cannot_use_is_one_line_that_quotes_nothing_from_it(
+    tmp_path: Path, text: str | bytes, says: str
+) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    result = runner.invoke(app, ["sensors", "read", "--config", str(path)])
+    assert result.exit_code == 2 and says in result.output, result.output
+    assert SECRET not in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_scan_of_a_missing_adapter_says_what_to_check() -> None:
