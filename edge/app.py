@@ -66,6 +66,27 @@ class ModelSwap(Protocol):
     def swap_model(self, args: dict[str, Any]) -> str: ...
 
 
+def _check_tls_files(m: Any) -> None:
+    """The CA, certificate and key files read as TLS reads them, at start: a missing or broken
+    one was an outbox error from deep in the uplink, and systemd restarted the agent for ever."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for key in ("ca_file", "cert_file"):
+        if getattr(m, key) is None:
+            continue
+        try:
+            if key == "ca_file":
+                context.load_verify_locations(cafile=str(m.ca_file))
+            else:
+                context.load_cert_chain(str(m.cert_file), str(m.key_file) if m.key_file else None)
+        except ssl.SSLError as exc:  # before OSError, whose subclass it is
+            what = "certificate" if key == "ca_file" else "certificate and key (mqtt.key_file)"
+            raise ConfigError(f"mqtt.{key}: {getattr(m, key)} is not a PEM {what} ({exc.reason or exc})") from None
+        except OSError as exc:
+            raise ConfigError(f"mqtt.{key}: cannot read {exc.filename or getattr(m, key)} ({exc.strerror})") from None
+
+
 def uplink_settings(config: Any) -> UplinkSettings:
     m = config.mqtt
     password = m.password
@@ -74,6 +95,7 @@ def uplink_settings(config: Any) -> UplinkSettings:
             password = Path(m.password_file).read_text().strip()
         except OSError as exc:
             raise ConfigError(f"mqtt.password_file: cannot read {m.password_file} ({exc.strerror})") from None
+    _check_tls_files(m)
     return UplinkSettings(
         url=m.url,
         client_id=m.client_id or f"s4edge-{config.site}-{config.node_id}",

@@ -34,7 +34,15 @@ def _load(path: Path) -> Any:
 @agent_app.command("check")
 def check(config: Path = CONFIG_OPTION) -> None:
     """Validate a node config without starting anything."""
+    from s4edge.edge.app import uplink_settings
+    from s4edge.edge.config import ConfigError
+
     node_config = _load(config)
+    try:
+        uplink_settings(node_config)  # the files it names: password, CA, certificate and key
+    except ConfigError as exc:
+        typer.echo(f"error: {config}: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{config}: ok ({node_config.site}/{node_config.node_id}, {len(node_config.sources)} source(s))")
 
 

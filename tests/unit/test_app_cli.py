@@ -103,3 +103,21 @@ def test_a_config_python_cannot_read_is_a_clear_error(tmp_path: Path, content: b
     result = runner.invoke(app, ["agent", "check", "--config", str(tmp_path / "node.yaml")])
     assert result.exit_code == 2, result.output
     assert said in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("content", "says"), [(None, "cannot read"), ("not a cert\n", "is not a PEM certificate")])
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_ca_file_tls_cannot_use_is_named_at_start(
+    tmp_path: Path, command: str, content: str | None, says: str
+) -> None:
+    # 'agent check' said ok, and 'agent run' blamed the outbox with exit 1, which systemd restarts for ever
+    data = yaml.safe_load(SIM.read_text())
+    data["mqtt"] = {"url": "mqtts://127.0.0.1:1", "ca_file": "ca.crt"}
+    data["outbox"] = {"path": str(tmp_path / "outbox.db")}
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(data))
+    if content is not None:
+        (tmp_path / "ca.crt").write_text(content)
+    result = runner.invoke(app, ["agent", command, "--config", str(tmp_path / "node.yaml")])
+    assert result.exit_code == 2, result.output
+    assert f"mqtt.ca_file: {'cannot read ' if content is None else ''}{tmp_path / 'ca.crt'}" in result.output
+    assert says in result.output and "outbox" not in result.output
