@@ -29,6 +29,10 @@ class Listed(TyperCommand):
         self.load = load
 
 
+class BrokenCommand(RuntimeError):
+    """A command's module raised as it was imported (a third-party plugin's bug)."""
+
+
 class LazyGroup(TyperGroup):
     """A group that imports a command only when it is resolved to run (or show its own help)."""
 
@@ -78,7 +82,7 @@ def declared_help(module: str, attr: str | None = None) -> str:
         get_source = getattr(spec.loader, "get_source", None) if spec else None
         source = (get_source(module) if get_source else None) or ""
         tree = ast.parse(source)
-    except (ImportError, ValueError, SyntaxError):  # ValueError: a module without a spec
+    except Exception:  # a third-party package whose __init__ raises anything: no help, still listed
         return ""
     if attr is None:
         return ast.get_docstring(tree) or ""
@@ -98,10 +102,18 @@ class Commands(LazyGroup):
     is not installed says which, in one line, and exits 2."""
 
     def catalogue(self) -> dict[str, Listed]:
-        from s4edge.plugins import COMMANDS, load, plugins
+        from s4edge.plugins import COMMANDS, MissingExtra, load, plugins
 
         def loader(name: str, entry_point: Any) -> Callable[[], Any]:
-            return lambda: click_command(name, load(entry_point, f"'s4edge {name}'"))
+            def load_command() -> Any:
+                try:
+                    return click_command(name, load(entry_point, f"'s4edge {name}'"))
+                except (ImportError, MissingExtra):
+                    raise  # invoke names the extra that installs it
+                except Exception as exc:  # a plugin that raises as it is imported: one line, the rest still run
+                    raise BrokenCommand(f"'s4edge {name}' ({entry_point.value}) failed to load: {exc!r}") from exc
+
+            return load_command
 
         return {
             name: Listed(name, declared_help(ep.module, ep.attr), loader(name, ep))
@@ -113,6 +125,9 @@ class Commands(LazyGroup):
 
         try:
             return super().invoke(ctx)
+        except BrokenCommand as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
         except MissingExtra as exc:
             missing: MissingExtra | None = exc
         except ModuleNotFoundError as exc:  # a lazy import inside the command

@@ -145,3 +145,19 @@ def test_a_third_party_command_names_its_own_distributions_extra(tmp_path: Path)
     assert errors(done)[-1] == (
         "error: 's4edge hello' needs the loud extra: pip install 'hello-plugin[loud]' (loudpkg is not installed)"
     )
+
+
+def test_a_plugin_package_that_raises_as_it_is_imported_breaks_only_its_own_command(tmp_path: Path) -> None:
+    # 'badplug is broken' was a traceback from every s4edge command, the node agent's included
+    info = tmp_path / "badplug-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: badplug\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[s4edge.commands]\nbad = badplug.cmd:app\n")
+    (tmp_path / "badplug").mkdir()
+    (tmp_path / "badplug" / "__init__.py").write_text('raise RuntimeError("badplug is broken")\n')
+    listing = s4edge("--help", path=tmp_path)
+    assert listing.returncode == 0 and "bad" in listing.stdout and "Traceback" not in listing.stderr
+    assert s4edge("agent", "--help", path=tmp_path).returncode == 0
+    ran = s4edge("bad", path=tmp_path)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr
+    assert errors(ran) == ["error: 's4edge bad' (badplug.cmd:app) failed to load: RuntimeError('badplug is broken')"]
