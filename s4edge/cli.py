@@ -157,11 +157,15 @@ def schema_export(
     """Write the JSON Schema of every message type, for systems that validate without Python."""
     from s4edge.cloud_sync.messages import json_schemas
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, schema in json_schemas().items():
-        path = out_dir / f"{name}.schema.json"
-        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
-        typer.echo(str(path))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, schema in json_schemas().items():
+            path = out_dir / f"{name}.schema.json"
+            path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+            typer.echo(str(path))
+    except OSError as exc:
+        typer.echo(f"error: cannot write to {out_dir}: {exc.strerror or exc}; choose a folder you can write", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.callback(invoke_without_command=True)

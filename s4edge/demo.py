@@ -149,8 +149,8 @@ def run_demo(
             )
         )
         forwarder = attach(aggregator, ng112_config(psap_uri, f"http://127.0.0.1:{http_port}"))
-        aggregator.start()
         try:
+            aggregator.start()
             typer.echo(f"dashboard: {aggregator.url}/", err=True)
             node = Node(parse_config(node_config(url, protocol, workdir, vision), "demo node"), base_dir=workdir)
             node.start()
@@ -172,7 +172,7 @@ def demo(
     ),
     duration: float = typer.Option(None, "--duration", help="Stop after this many seconds (default: until Ctrl-C)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary when the demo stops."),
-    http_port: int = typer.Option(0, "--http-port", help="Dashboard port (default: a free one)."),
+    http_port: int = typer.Option(0, "--http-port", min=0, max=65535, help="Dashboard port (default: a free one)."),
     vision: bool = typer.Option(True, "--vision/--no-vision", help="Run the camera with real detection."),
 ) -> None:
     """Run broker, aggregator + dashboard, and a simulated node playing an incident."""
@@ -187,6 +187,12 @@ def demo(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    result = run_demo(broker, duration, http_port, vision, stop)
+    from s4edge.cloud_sync.aggregator.broker import BrokerError
+
+    try:
+        result = run_demo(broker, duration, http_port, vision, stop)
+    except (BrokerError, OSError) as exc:  # a broker that is not there, a dashboard port taken
+        typer.echo(f"error: the demo did not start: {exc}", err=True)
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(result))

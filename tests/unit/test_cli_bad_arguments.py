@@ -80,3 +80,26 @@ def test_a_server_certificate_for_no_host_name_is_refused(fleet_dir: Path, host:
     code, output = run("fleet", "ca", "server-cert", "--ca-dir", fleet_dir, "--host", host)
     assert code == 2 and "is not a host name" in output
     assert not (fleet_dir / "server.crt").exists()
+
+
+def test_demo_that_cannot_start_says_why_in_a_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            (["--broker", "mqtt://127.0.0.1:1"], 1, "the demo did not start: could not connect to mqtt://127.0.0.1:1"),
+            (["--http-port", str(port)], 1, "the demo did not start: [Errno 98] Address already in use"),
+            (["--http-port", "99999"], 2, "less than or equal to 65535"),
+        ]
+        for args, code, says in cases:  # each was a traceback
+            got = run("demo", *args, "--duration", "1", "--no-vision")
+            assert got[0] == code and says in got[1] and "Traceback" not in got[1], (args, got)
+
+
+def test_schema_export_to_a_folder_it_cannot_make_is_a_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    code, output = run("schema", "export", tmp_path / "a-file" / "schemas")
+    assert code == 1 and "error: cannot write to" in output and "Traceback" not in output
