@@ -39,9 +39,11 @@ def psap(
         if count and seen >= count:
             done.set()
 
+    from lxml import etree
+
     try:
         receiver = PsapReceiver(listen, on_call)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, etree.Error) as exc:  # etree: a CAP schema ($S4EDGE_CAP_XSD) it cannot read
         typer.echo(f"cannot listen on {listen}: {exc}", err=True)
         raise typer.Exit(2) from None
     host, port = receiver.address
@@ -60,13 +62,16 @@ def send_test(
     psap_uri: str = typer.Option(..., "--psap", help="SIP URI of the PSAP, e.g. sip:psap@192.0.2.1:5060;transport=tcp"),
     node_id: str = typer.Option("commissioning", "--node"),
     site: str = typer.Option("test-site", "--site"),
-    lat: float = typer.Option(..., help="The node's surveyed latitude (WGS 84)."),
-    lon: float = typer.Option(..., help="The node's surveyed longitude (WGS 84)."),
+    lat: float = typer.Option(..., min=-90, max=90, help="The node's surveyed latitude (WGS 84)."),
+    lon: float = typer.Option(..., min=-180, max=180, help="The node's surveyed longitude (WGS 84)."),
     zone: str | None = typer.Option(None),
     request_uri: str = typer.Option("urn:service:sos", help="Request-URI and To (urn:service:sos or the PSAP URI)."),
     t1: float = typer.Option(0.5, min=0.001, max=60, help="RFC 3261 T1 in seconds; Timer F is 64·T1."),
 ) -> None:
     """Send one CAP message with status Test (never Actual) and print how the PSAP answered."""
+    from lxml import etree
+    from pydantic import ValidationError
+
     from s4edge.cloud_sync.messages import Alert, Location, Measurement
     from s4edge.cloud_sync.ng112.call import Caller, compose
     from s4edge.cloud_sync.ng112.cap import CapError
@@ -91,7 +96,11 @@ def send_test(
             measurements=[Measurement(quantity="test", value=1.0, unit="1")],
         )
         call = compose(alert, Caller(request_uri=request_uri))
-    except (SipError, CapError, LocationError, ValueError) as exc:
+    except ValidationError as exc:  # --node, --site, --zone: the alert's own rules, one line
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        typer.echo(f"not sent: {problems}", err=True)
+        raise typer.Exit(2) from None
+    except (SipError, CapError, LocationError, ValueError, OSError, etree.Error) as exc:  # the last two: the CAP XSD
         typer.echo(f"not sent: {exc}", err=True)
         raise typer.Exit(2) from None
     delivery = Transaction(Timers(t1=t1)).send(call.message, target)

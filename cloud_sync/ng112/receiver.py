@@ -119,7 +119,10 @@ def parse_listen(listen: str) -> tuple[str, str, int]:
     found = _LISTEN.match(listen)
     if not found:
         raise ValueError(f"{listen!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
-    return found[1], found[2].strip("[]"), int(found[3])
+    port = int(found[3])
+    if port > 65535:
+        raise ValueError(f"{listen!r}: port {port} is out of range (0 to 65535; 0 takes a free one)")
+    return found[1], found[2].strip("[]"), port
 
 
 def uri_values(header: str) -> list[tuple[str, dict[str, str]]]:
@@ -340,7 +343,8 @@ class _UdpServer(socketserver.ThreadingUDPServer):
     schema: etree.XMLSchema | None
     in_flight: _InFlight
     daemon_threads = True
-    allow_reuse_address = True
+    # not for UDP: on Linux a second receiver binds the same port beside the first and takes its calls
+    allow_reuse_address = False
 
 
 class _TcpServer(socketserver.ThreadingTCPServer):

@@ -53,21 +53,28 @@ _SIP_URI = re.compile(
 )
 
 
+def shown_uri(uri: str) -> str:
+    """``uri`` for a message: a password in its userinfo (RFC 3261 §19.1.1 advises against one,
+    but a URI may hold one) as ``***``."""
+    return re.sub(r"^(sips?:[^:@;]*):[^@]*@", r"\1:***@", uri.strip())
+
+
 def parse_target(uri: str) -> SipTarget:
     """``sip:psap@127.0.0.1:5060;transport=tcp`` → host, port and transport. No DNS (RFC 3263)."""
     found = _SIP_URI.match(uri.strip())
+    shown = shown_uri(uri)
     if not found:
-        raise SipError(f"{uri!r} is not a SIP URI like sip:psap@192.0.2.1:5060;transport=tcp")
+        raise SipError(f"{shown!r} is not a SIP URI like sip:psap@192.0.2.1:5060;transport=tcp")
     params = dict([*part.split("=", 1), ""][:2] for part in found["params"].split(";") if part)
     wanted = params.get("transport", "").lower() or None
     if found["scheme"] == "sips":
         wanted = "tls"
     if wanted not in (None, "udp", "tcp", "tls"):
-        raise SipError(f"{uri!r}: transport={wanted} is not udp, tcp or tls")
+        raise SipError(f"{shown!r}: transport={wanted} is not udp, tcp or tls")
     proto = cast(Proto | None, wanted)
     port = int(found["port"]) if found["port"] else DEFAULT_PORT[proto or "udp"]
     if not 0 < port < 65536:
-        raise SipError(f"{uri!r}: port {port} is out of range")
+        raise SipError(f"{shown!r}: port {port} is out of range")
     return SipTarget(uri.strip(), found["host"].strip("[]"), port, proto)
 
 

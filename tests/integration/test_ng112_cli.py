@@ -108,6 +108,43 @@ def test_send_test_refuses_a_bad_uri_or_location():
     assert nowhere.exit_code == 2 and "no usable location" in nowhere.output
 
 
+def send_test(*args, env=None):
+    result = runner.invoke(app, ["ng112", "send-test", *args], env=env)
+    return result.exit_code, " ".join(result.output.replace("│", " ").split()), result.exception
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--node", "BAD NODE"], None, "not sent: node_id: String should match pattern"),  # a pydantic dump
+        (["--lat", "100"], None, "less than or equal to 90"),
+        (["--psap", "sip:alice:S3cretPW@127.0.0.1:99999"], None, "'sip:alice:***@127.0.0.1:99999': port 99999"),
+        ([], {"S4EDGE_CAP_XSD": "/nonexistent.xsd"}, "not sent: CAP 1.2 schema not found"),  # a traceback
+    ],
+)
+def test_send_test_refuses_bad_input_in_a_line_that_shows_no_password(args, env, says):
+    base = {"--psap": "sip:p@127.0.0.1:1;transport=tcp", "--lat": "1", "--lon": "2"}
+    given = dict(zip(args[::2], args[1::2], strict=True))
+    code, output, exception = send_test(*[v for k, x in {**base, **given}.items() for v in (k, x)], env=env)
+    assert code == 2 and isinstance(exception, SystemExit), (output, exception)
+    assert says in output and "S3cretPW" not in output and "Traceback" not in output
+
+
+def test_the_builtin_psap_refuses_a_port_out_of_range_and_one_taken():
+    out_of_range = runner.invoke(app, ["ng112", "psap", "--listen", "tcp:127.0.0.1:99999"])
+    assert out_of_range.exit_code == 2 and "port 99999 is out of range" in out_of_range.output
+    from s4edge.cloud_sync.ng112.receiver import PsapReceiver
+
+    first = PsapReceiver("udp:127.0.0.1:0", lambda call: None)
+    first.start()
+    try:  # a second UDP PSAP bound beside the first and took its calls
+        host, port = first.address
+        taken = runner.invoke(app, ["ng112", "psap", "--listen", f"udp:{host}:{port}"])
+        assert taken.exit_code == 2 and "cannot listen on" in taken.output and "in use" in taken.output
+    finally:
+        first.stop()
+
+
 def test_check_config_summarises_or_names_the_error(tmp_path):
     good = tmp_path / "ng112.yaml"
     good.write_text("psap: sip:psap@127.0.0.1\ncorrelation: [{name: gas-flame, kinds: [gas, flame]}]\n")
