@@ -48,13 +48,16 @@ def check_tile_url(url: str) -> None:
     TileLayer fills); raises TileUrlError saying what is wrong."""
     if not url:
         return
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+    parts = urlsplit(url)
+    # a tile service's key rides in the query or the userinfo: the message shows neither
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="…" if parts.query else "").geturl()
+    if parts.scheme not in ("http", "https") or not parts.netloc:
         raise TileUrlError(
-            f"{url!r}: give an http:// or https:// URL, e.g. https://tiles.example/{{z}}/{{x}}/{{y}}.png"
+            f"{shown!r}: give an http:// or https:// URL, e.g. https://tiles.example/{{z}}/{{x}}/{{y}}.png"
         )
     missing = [part for part in ("{z}", "{x}", "{y}") if part not in url]
     if missing:
-        raise TileUrlError(f"{url!r} lacks {', '.join(missing)}: the map fills them per tile (XYZ scheme)")
+        raise TileUrlError(f"{shown!r} lacks {', '.join(missing)}: the map fills them per tile (XYZ scheme)")
 
 
 class AckRequest(BaseModel):
