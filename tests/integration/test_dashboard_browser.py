@@ -222,9 +222,18 @@ def test_the_console_shows_an_incident_live_on_its_map_with_trends_and_acks_with
     assert browser.execute_script("return sessionStorage.getItem('s4edge-operator-token')") == TOKEN
     screenshot(browser, tmp_path / "console.png", SCREENSHOT_COPY)  # the console as an operator sees it
 
+    # the counts follow the incident as the API counts it: ended, then continued (reopened),
+    # which the page's own arithmetic missed ("0 open" over an open incident)
+    count = lambda: text_of(browser, "#incident-count")  # noqa: E731
+    assert count().startswith("1 open · 1 in all")
+    publish(broker, flame(2, "end"))
+    wait_until(lambda: count().startswith("0 open · 1 in all"), what="the end counted")
+    publish(broker, flame(3, "update"))
+    wait_until(lambda: count().startswith("1 open · 1 in all"), what="the reopened incident counted")
+
     # the raw alert log stays one click away
     browser.find_element(By.ID, "show-log").click()
-    wait_until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#log tr[data-alert]")) == 2, what="the raw log")
+    wait_until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#log tr[data-alert]")) == 4, what="the raw log")
     assert "Flame detected — boiler room" in text_of(browser, "#log")
     icon = httpx.get(f"{aggregator.url}/favicon.ico")
     assert icon.status_code == 200 and icon.headers["content-type"] in ("image/vnd.microsoft.icon", "image/x-icon")

@@ -169,6 +169,15 @@ function place(record, fresh) {
   if (entry.detail) entry.tr.after(entry.detail);
 }
 
+// The counts as the server makes them: an incident reopened, one that left the filters, one
+// beyond the pages loaded; kept by arithmetic here, they drifted from the API's.
+async function recount() {
+  const params = filters();
+  params.set("limit", 1);
+  const body = await api(`/api/incidents?${params}`);
+  counts = { total: body.total, open: body.open };
+}
+
 function showCounts() {
   document.getElementById("incident-count").textContent =
     `${counts.open} open · ${counts.total} in all${rows.size < counts.total ? ` · ${rows.size} shown` : ""}`;
@@ -245,12 +254,11 @@ async function flush() {
         entry.tr.remove(); if (entry.detail) entry.detail.remove();
         rows.delete(record.incident);
       } else if (known || fits) {
-        if (!known) { counts.total += 1; if (record.state === "open") counts.open += 1; }
-        else if (rows.get(record.incident).record.state === "open" && record.state === "ended") counts.open -= 1;
         place(record, !known);
       }
       emit("incident-changed", record);
     }
+    if (body.incidents.length) await recount();
     document.getElementById("no-incidents").hidden = rows.size > 0;
     showCounts();
   } catch (err) {
