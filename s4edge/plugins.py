@@ -1,5 +1,6 @@
 """Plugins are entry points, built-in or third-party alike: ``s4edge.commands``
-names the CLI's commands, ``s4edge.sources`` the node's alert sources. Each is imported
+names the CLI's commands, ``s4edge.sources`` the node's alert sources, ``s4edge.decoders``
+the detector's decoder families. Each is imported
 only when it is used, and one whose extra is not installed is a one-line error that
 names the extra to install, never a traceback.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 COMMANDS = "s4edge.commands"
 SOURCES = "s4edge.sources"
+DECODERS = "s4edge.decoders"
 # The import names that differ from their distribution's name on PyPI; the rest match once normalised.
 DISTRIBUTION_OF = {
     "cv2": "opencv-python-headless",

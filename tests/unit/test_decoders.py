@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -220,3 +221,54 @@ def test_weighted_nms_averages_each_cluster() -> None:
     merged, kept, _ = weighted_nms(boxes, scores, 0.3)
     np.testing.assert_allclose(merged, [[0.5, 0, 10.5, 10], [100, 100, 110, 110]])
     np.testing.assert_allclose(kept, [0.75, 0.5])
+
+
+def researchers_family(root, body: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution beside s4edge adding the decoder family 'centre' (s4edge.decoders)."""
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, "centre_family", raising=False)  # each test's own module
+    info = root / "centre_family-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: centre-family\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[s4edge.decoders]\ncentre = centre_family:FAMILY\n")
+    (root / "centre_family.py").write_text(body)
+
+
+CENTRE = """
+import numpy as np
+from s4edge.edge.vision.decoders import Candidates, DecoderOptions, Family
+
+class Options(DecoderOptions):
+    half: float = 0.1
+
+def decode(outputs, options, context):
+    h = options.half
+    return Candidates(np.array([[0.5 - h, 0.5 - h, 0.5 + h, 0.5 + h]], np.float32), np.array([0.9], np.float32),
+                      np.array([0]))
+
+FAMILY = Family(Options, decode)
+"""
+
+
+def test_a_researchers_package_adds_a_decoder_family(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    researchers_family(tmp_path, CENTRE, monkeypatch)
+    from s4edge.edge.vision.decoders import known_families
+
+    assert "centre" in known_families()
+    found = bind(DecoderSpec(family="centre", options={"half": 0.25}), "m.yaml")([], DecodeContext(64, 64, 0.5))
+    np.testing.assert_allclose(found.boxes, [[0.25, 0.25, 0.75, 0.75]])
+    with pytest.raises(ManifestError) as refused:
+        bind(DecoderSpec(family="centre", options={"halve": 1}), "m.yaml")
+    assert refused.value.field == "decoder.options.halve"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [("raise RuntimeError('not ready')\n", "failed to load: RuntimeError('not ready')"), ("FAMILY = 3\n", "is not a")],
+)
+def test_a_broken_decoder_family_refuses_the_model_that_names_it(tmp_path, monkeypatch, body: str, says: str) -> None:
+    researchers_family(tmp_path, body, monkeypatch)
+    with pytest.raises(ManifestError) as refused:
+        bind(DecoderSpec(family="centre"), "m.yaml")
+    assert refused.value.field == "decoder.family" and says in refused.value.problem
+    assert bind(DecoderSpec(family="fastestdet"), "m.yaml")  # the others load as before

@@ -1,8 +1,9 @@
 """Decoder families: raw model outputs → candidate boxes, before NMS.
 
-Each family is a module exposing ``FAMILY``: its own pydantic ``Options`` (``extra=forbid``,
-validated from the manifest's ``decoder.options``) and a ``decode`` function. Built-ins
-register here through the same table a researcher's family would join.
+Each family is a ``Family``: its own pydantic ``Options`` (``extra=forbid``, validated from
+the manifest's ``decoder.options``) and a ``decode`` function. Families are ``s4edge.decoders``
+entry points, the built-ins (pyproject.toml) and a researcher's package alike; a manifest
+imports only the family it names.
 """
 
 from __future__ import annotations
@@ -62,20 +63,29 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
-def _families() -> dict[str, Family]:
-    from s4edge.edge.vision.decoders import fastestdet, mediapipe_pose, ssd, yolov8, yolox
+def _family(name: str, source: str) -> Family:
+    """The family a manifest names, imported now; an unknown or broken one names the field."""
+    from s4edge.plugins import DECODERS, MissingExtra, load, plugins
 
-    return {
-        "fastestdet": fastestdet.FAMILY,
-        "yolov8": yolov8.FAMILY,
-        "yolox": yolox.FAMILY,
-        "ssd": ssd.FAMILY,
-        "mediapipe_pose": mediapipe_pose.FAMILY,
-    }
+    found = plugins(DECODERS)
+    if name not in found:
+        known = ", ".join(sorted(found))
+        raise ManifestError(source, "decoder.family", f"unknown decoder family {name!r}; known: {known}")
+    try:
+        family = load(found[name], f"decoder family {name!r}")
+    except MissingExtra as exc:
+        raise ManifestError(source, "decoder.family", str(exc)) from None
+    except Exception as exc:  # a third-party family's bug: this model is refused, the node goes on
+        raise ManifestError(source, "decoder.family", f"{found[name].value} failed to load: {exc!r}") from exc
+    if not isinstance(family, Family):
+        raise ManifestError(source, "decoder.family", f"{found[name].value} is not a decoders.Family (options, decode)")
+    return family
 
 
 def known_families() -> list[str]:
-    return sorted(_families())
+    from s4edge.plugins import DECODERS, plugins
+
+    return sorted(plugins(DECODERS))
 
 
 @dataclass(frozen=True)
@@ -91,12 +101,7 @@ class BoundDecoder:
 
 def bind(spec: DecoderSpec, source: str) -> BoundDecoder:
     """The decoder a manifest asks for; an unknown family or a bad option names the manifest field."""
-    families = _families()
-    if spec.family not in families:
-        raise ManifestError(
-            source, "decoder.family", f"unknown decoder family {spec.family!r}; known: {', '.join(sorted(families))}"
-        )
-    family = families[spec.family]
+    family = _family(spec.family, source)
     try:
         options = family.options.model_validate(spec.options)
     except ValidationError as exc:
