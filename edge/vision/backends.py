@@ -78,6 +78,25 @@ def quantize(tensor: np.ndarray, info: TensorInfo) -> np.ndarray:
     return np.clip(np.rint(values), limits.min, limits.max).astype(info.dtype)
 
 
+def _check_pixels_fit(spec: Any, dtype: str, source: str) -> None:
+    """An integer input with no quantization in the file (an ONNX uint8 or int8 input) takes
+    ``(pixel * scale - mean) / std`` as it is, rounded: it must fit the type and use most of
+    it. With FastestDet's scale of 1/255 a uint8 model saw 0s and 1s: a black frame."""
+    limits = np.iinfo(np.dtype(dtype))
+    mean, std = np.asarray(spec.mean, np.float64), np.asarray(spec.std, np.float64)
+    low, high = (0 - mean) / std, (255 * spec.scale - mean) / std
+    span = limits.max - limits.min
+    if low.min() < limits.min - 0.5 or high.max() > limits.max + 0.5 or (high - low).min() < span / 2:
+        fit = "scale: 1 and mean: [128, 128, 128]" if limits.min < 0 else "scale: 1 and mean: [0, 0, 0]"
+        raise ManifestError(
+            source,
+            "input.scale",
+            f"the model takes {dtype} values as they are (the file holds no quantization), and input.scale, "
+            f"mean and std turn pixels 0..255 into {low.min():g}..{high.max():g}, not {limits.min}..{limits.max}; "
+            f"set {fit}",
+        )
+
+
 def dequantize(tensor: np.ndarray, info: TensorInfo) -> np.ndarray:
     if info.scale and tensor.dtype != np.float32:
         return ((tensor.astype(np.float32) - info.zero_point) * info.scale).astype(np.float32)
@@ -123,6 +142,8 @@ class _Loaded:
                 f"declares scale {declared_q.scale} zero_point {declared_q.zero_point}, "
                 f"the model has scale {real_in.scale} zero_point {real_in.zero_point}",
             )
+        if real_in.dtype != "float32" and not real_in.scale:
+            _check_pixels_fit(spec, real_in.dtype, source)
         if len(manifest.outputs) != len(self.outputs):
             raise ManifestError(
                 source, "outputs", f"declares {len(manifest.outputs)} outputs, the model has {len(self.outputs)}"

@@ -207,8 +207,9 @@ def _manifest_data(intake: Intake) -> dict[str, Any]:
         spec["quantization"] = {"scale": first.scale, "zero_point": first.zero_point}
         preprocessing = preprocessing[:2]
     elif first.dtype in ("int8", "uint8"):
-        spec.update(scale=1.0, mean=[0.0] * 3, std=[1.0] * 3)  # onnxruntime takes the pixels as they are
-        preprocessing = preprocessing[:2]
+        # onnxruntime takes the pixels as they are: int8's range is 0..255 less 128 (more than
+        # 127 clipped to it once), and what the model was trained on is not in the file
+        spec.update(scale=1.0, mean=[128.0 if first.dtype == "int8" else 0.0] * 3, std=[1.0] * 3)
     intake.assumed.append(f"{', '.join(preprocessing)}: {convention.source}")
     if intake.labels_from.startswith(("numbers", "none")):
         intake.assumed.append("labels: no --labels given")

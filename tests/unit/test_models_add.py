@@ -60,12 +60,16 @@ def constant_head(
     input_shape: tuple[int | str, ...] = (1, 3, 320, 320),
     qdq: bool = False,
     metadata: dict[str, str] | None = None,
+    input_type: int = TensorProto.FLOAT,
 ) -> Path:
     """An ONNX graph whose outputs are constants plus 0 × sum(input): the shapes of a real head,
     values chosen by the test."""
     initializers = [numpy_helper.from_array(np.zeros((), np.float32), "zero")]
     nodes = []
     source = "images"
+    if input_type != TensorProto.FLOAT:  # an integer input, taken as it is
+        nodes.append(helper.make_node("Cast", ["images"], ["images_f"], to=TensorProto.FLOAT))
+        source = "images_f"
     if qdq:  # the shape of onnxruntime's static quantization at the input
         initializers += [
             numpy_helper.from_array(np.array(1 / 255, np.float32), "in_scale"),
@@ -88,7 +92,7 @@ def constant_head(
     graph = helper.make_graph(
         nodes,
         "constant_head",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info("images", input_type, list(input_shape))],
         graph_outputs,
         initializers,
     )
@@ -415,3 +419,44 @@ def test_a_labels_file_keeps_each_class_on_its_own_line(tmp_path: Path) -> None:
     path = tmp_path / "labels.txt"
     path.write_text("person\n\ncar\n\n", encoding="utf-8")  # class 1 unused
     assert read_labels(path) == ["person", "class_1", "car"]
+
+
+def test_an_int8_onnx_input_is_drafted_to_take_every_pixel(cache: Path, tmp_path: Path) -> None:
+    # scale 1, mean 0: every pixel above 127 became 127, and the fields were not even listed as assumed
+    model = constant_head(tmp_path / "i8.onnx", {"output0": yolov8_head()}, input_type=TensorProto.INT8)
+    report = add_json(str(model), "--name", "i8", "--labels", str(write_labels(tmp_path)))
+    assert (report["manifest"]["input"]["scale"], report["manifest"]["input"]["mean"]) == (1.0, [128.0] * 3)
+    assert any("input.mean" in line for line in report["assumed"])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale", "mean", "says"),
+    [
+        ("uint8", 1 / 255, 0, "turn pixels 0..255 into 0..1, not 0..255; set scale: 1 and mean: [0, 0, 0]"),
+        ("int8", 1, 0, "into 0..255, not -128..127; set scale: 1 and mean: [128, 128, 128]"),
+    ],
+)
+def test_an_integer_onnx_input_whose_pixels_would_not_fit_is_refused_at_load(
+    tmp_path: Path, dtype: str, scale: float, mean: float, says: str
+) -> None:
+    # a hand-written manifest kept FastestDet's 1/255: the uint8 model saw 0s and 1s, a black frame
+    from s4edge.edge.vision.catalogue import Catalogue, sha256_file
+    from s4edge.edge.vision.detector import Detector
+    from s4edge.edge.vision.manifest import ManifestError
+
+    kind = TensorProto.UINT8 if dtype == "uint8" else TensorProto.INT8
+    weights = constant_head(tmp_path / "int.onnx", {"output0": yolov8_head()}, input_type=kind)
+    folder = tmp_path / "models" / "int"
+    folder.mkdir(parents=True)
+    (folder / "int.onnx").write_bytes(weights.read_bytes())
+    manifest = {
+        "name": "int", "version": "1", "file": "int.onnx", "sha256": sha256_file(weights), "runtime": "onnx",
+        "labels": LABELS, "licence": "MIT",
+        "input": {"name": "images", "shape": [1, 3, 320, 320], "layout": "NCHW", "colour": "RGB", "dtype": dtype,
+                  "scale": scale, "mean": [mean] * 3},
+        "outputs": [{"name": "output0", "shape": [1, 7, 2100]}], "decoder": {"family": "yolov8"},
+    }  # fmt: skip
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest), encoding="utf-8")
+    with pytest.raises(ManifestError) as caught:
+        Detector.from_catalogue(Catalogue(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache"), "int")
+    assert caught.value.field == "input.scale" and says in caught.value.problem
