@@ -49,6 +49,8 @@ from s4edge.cloud_sync.uplink import Backoff, Forwarder, MqttUplink, Uplink, Upl
 from s4edge.edge.alerts import AlertDraft, IncidentBook
 from s4edge.edge.config import ConfigError, config_digest, parse_config_text
 from s4edge.edge.health import FaultLog, Health, ServiceNotifier, Vitals
+from s4edge.edge.incident_journal import FILE_NAME as JOURNAL_FILE
+from s4edge.edge.incident_journal import IncidentJournal
 from s4edge.edge.sources import AlertSource, SourceContext, build_source
 from s4edge.edge.supervision import Watchdog, alive
 
@@ -145,6 +147,7 @@ class Node:
         self._started = clock()
         self.verifier = self._load_verifier(config)  # a bad key file stops the node before it opens anything
         self.outbox = Outbox(config.outbox.path, config.outbox.telemetry_max)
+        self.journal = IncidentJournal(Path(config.outbox.path).parent / JOURNAL_FILE)
         self.health = Health()
         self.faults = FaultLog()  # every fault and recovery published goes to the log too
         self.vitals = Vitals(config.heartbeat.thermal_zone)
@@ -241,6 +244,7 @@ class Node:
 
         # it leaves the outbox only when the aggregator's receipt names its id
         self.outbox.put_next(self._topic("alert"), stamp, qos=1, kind="alert", receipt_id=alert.id)
+        self.journal.note(draft)  # stored: an incident a crash leaves open is ended at the next start
         return stored[0]
 
     def _on_receipt(self, topic_name: str, payload: bytes) -> None:
@@ -513,6 +517,7 @@ class Node:
     # -- life cycle ------------------------------------------------------------------
 
     def start(self) -> None:
+        self._end_leftover_incidents()
         sources = self._build_sources(self.config, self.book)
         self.uplink.start()
         self.forwarder.start()
@@ -528,6 +533,14 @@ class Node:
             self._threads.append(thread)
         self._start_sources(sources)
         self.notifier.ready()
+
+    def _end_leftover_incidents(self) -> None:
+        """End what the last run left open (a crash, a power cut): no book remembers it now."""
+        for end in self.journal.leftover():
+            try:
+                self.publish_alert(end)
+            except Exception as exc:  # a full disk: noted still, ended at the next start
+                log.warning("incident %s, left open at the last stop, not ended now: %s", end.incident, exc)
 
     def _tick_loop(self) -> None:
         # Each duty fails on its own: a broken incident book or a full disk must stop

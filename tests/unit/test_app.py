@@ -355,3 +355,46 @@ def test_a_reload_whose_device_fails_to_open_restores_the_old_sources_and_answer
     result = node.execute(command("reload_config", config=yaml.safe_dump(new)))
     assert not result.ok and "the running one stays" in (result.detail or "") and "i2c-1" in (result.detail or "")
     assert [r.source.name for r in node._running] == ["concourse"], "the old sources run again"
+
+
+def test_an_incident_a_crash_left_open_is_ended_when_the_node_starts_again(tmp_path: Path, clock: Clock) -> None:
+    # the book lives in memory: after a crash nothing ended the incident, which the console
+    # showed open for good, and whose NG112 call was never cancelled
+    from s4edge.edge.incident_journal import RESTARTED
+
+    config = parse_config(sim_config(tmp_path))
+    first = Node(config, base_dir=tmp_path, clock=clock)
+    first.publish_alert(AlertDraft(kind="gas", severity="Moderate", state="new", incident="inc-left-1", zone="z"))
+    first.publish_alert(AlertDraft(kind="gas", severity="Extreme", state="update", incident="inc-left-1"))
+    first.publish_alert(AlertDraft(kind="smoke", severity="Severe", state="new", incident="inc-ended-1"))
+    first.publish_alert(AlertDraft(kind="smoke", severity="Severe", state="end", incident="inc-ended-1"))
+    first.outbox.close()  # a crash: no close, no end
+
+    again = Node(config, base_dir=tmp_path, clock=clock)
+    again.start()
+    try:
+        ends = [a for a in stored(again, "alert") if a.state == "end" and a.detail == RESTARTED]
+        assert [(a.incident, a.kind, a.severity, a.location.zone) for a in ends] == [
+            ("inc-left-1", "gas", "Extreme", "concourse-a")
+        ]
+    finally:
+        again.close(flush_s=0)
+    third = Node(config, base_dir=tmp_path, clock=clock)
+    third._end_leftover_incidents()  # ended once: nothing left the next time
+    try:
+        assert [a for a in stored(third, "alert") if a.detail == RESTARTED] == ends
+    finally:
+        third.outbox.close()
+
+
+def test_a_journal_that_cannot_be_read_or_written_costs_no_alert(tmp_path: Path, clock: Clock) -> None:
+    (tmp_path / "open-incidents.json").write_text("{torn")
+    node = Node(parse_config(sim_config(tmp_path)), base_dir=tmp_path, clock=clock)
+    try:
+        assert node.journal.leftover() == []
+        (tmp_path / "open-incidents.json").unlink()
+        (tmp_path / "open-incidents.json").mkdir()  # a rename onto it fails
+        node.publish_alert(AlertDraft(kind="gas", severity="Minor", state="new", incident="inc-nojournal"))
+        assert [a.incident for a in stored(node, "alert")] == ["inc-nojournal"]
+    finally:
+        node.outbox.close()
