@@ -230,10 +230,19 @@ def test_the_console_shows_an_incident_live_on_its_map_with_trends_and_acks_with
     wait_until(lambda: count().startswith("0 open · 1 in all"), what="the end counted")
     publish(broker, flame(3, "update"))
     wait_until(lambda: count().startswith("1 open · 1 in all"), what="the reopened incident counted")
+    # shown open only: an end takes the row away, and the counts with it
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.CSS_SELECTOR, '#filters select[name="state"]')).select_by_value("open")
+    wait_until(lambda: count().startswith("1 open · 1 in all"), what="the open filter applied")
+    publish(broker, flame(4, "end"))
+    wait_until(lambda: count().startswith("0 open · 0 in all"), what="the ended incident gone from the counts")
+    Select(browser.find_element(By.CSS_SELECTOR, '#filters select[name="state"]')).select_by_value("")
+    wait_until(lambda: count().startswith("0 open · 1 in all"), what="the filter cleared")
 
     # the raw alert log stays one click away
     browser.find_element(By.ID, "show-log").click()
-    wait_until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#log tr[data-alert]")) == 4, what="the raw log")
+    wait_until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#log tr[data-alert]")) == 5, what="the raw log")
     assert "Flame detected — boiler room" in text_of(browser, "#log")
     icon = httpx.get(f"{aggregator.url}/favicon.ico")
     assert icon.status_code == 200 and icon.headers["content-type"] in ("image/vnd.microsoft.icon", "image/x-icon")

@@ -169,8 +169,8 @@ function place(record, fresh) {
   if (entry.detail) entry.tr.after(entry.detail);
 }
 
-// The counts as the server makes them: an incident reopened, one that left the filters, one
-// beyond the pages loaded; kept by arithmetic here, they drifted from the API's.
+// The counts as the server makes them, for an incident the rows do not hold: whether it is
+// new or on a page not loaded, only the server can tell.
 async function recount() {
   const params = filters();
   params.set("limit", 1);
@@ -246,19 +246,25 @@ async function flush() {
     params.set("limit", ids.length);
     const body = await api(`/api/incidents?${params}`);
     const lastShown = [...rows.values()].map((e) => e.record).sort(order).at(-1);
+    let unknown = false;  // one the rows do not hold: new, or on a page not loaded
     for (const record of body.incidents) {
-      const known = rows.has(record.incident);
+      const known = rows.get(record.incident);
       const fits = passes(record) && (!cursor || !lastShown || order(record, lastShown) < 0);
-      if (known && !passes(record)) {
-        const entry = rows.get(record.incident);
-        entry.tr.remove(); if (entry.detail) entry.detail.remove();
+      if (known && !passes(record)) {  // it left the filters
+        known.tr.remove(); if (known.detail) known.detail.remove();
         rows.delete(record.incident);
-      } else if (known || fits) {
-        place(record, !known);
+        counts.total -= 1;
+        if (known.record.state === "open") counts.open -= 1;
+      } else if (known) {  // ended, or continued after its end (open again)
+        if (known.record.state !== record.state) counts.open += record.state === "open" ? 1 : -1;
+        place(record, false);
+      } else {
+        unknown = unknown || passes(record);
+        if (fits) place(record, true);
       }
       emit("incident-changed", record);
     }
-    if (body.incidents.length) await recount();
+    if (unknown) await recount();
     document.getElementById("no-incidents").hidden = rows.size > 0;
     showCounts();
   } catch (err) {
