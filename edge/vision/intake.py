@@ -134,6 +134,12 @@ def draft(path: Path, name: str, labels_file: Path | None = None, sets: dict[str
     ):
         raise IntakeError(f"--set input.shape={shape}: give four integers, e.g. [1,3,640,640]")
     graph = inspect_model(path, shape)
+    if graph.input.dtype not in ("float32", "int8", "uint8"):  # no --set can make the model take another
+        raise IntakeError(
+            f"{path.name}: its input {graph.input.name} takes {graph.input.dtype}, and s4edge feeds float32, int8 "
+            "or uint8; export it again with float32 inputs (a float16 model: keep_io_types=True in "
+            "onnxconverter-common's convert_float_to_float16)"
+        )
     width, height = graph.size
     hint = len(given) if given else len(graph.labels) if graph.labels else None
     guess = guess_family(graph.outputs, width, height, graph.runtime, graph.postprocess, hint, family)
@@ -180,8 +186,6 @@ def _manifest_data(intake: Intake) -> dict[str, Any]:
         intake.missing.append("input.layout")
     if graph.input_shape is None:
         intake.missing.append("input.shape")
-    if first.dtype not in ("float32", "int8", "uint8"):
-        intake.missing.append("input.dtype")
     if len(graph.inputs) > 1:
         intake.assumed.append(f"input.name: {first.name}, the first of {len(graph.inputs)} inputs")
     convention = CONVENTIONS.get(guess.family or "", DEFAULT_CONVENTION)

@@ -460,3 +460,11 @@ def test_an_integer_onnx_input_whose_pixels_would_not_fit_is_refused_at_load(
     with pytest.raises(ManifestError) as caught:
         Detector.from_catalogue(Catalogue(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache"), "int")
     assert caught.value.field == "input.scale" and says in caught.value.problem
+
+
+def test_a_float16_input_is_refused_saying_how_to_export_it(cache: Path, tmp_path: Path) -> None:
+    # it asked for --set input.dtype=…, and refused every value
+    model = constant_head(tmp_path / "f16.onnx", {"output0": yolov8_head()}, input_type=TensorProto.FLOAT16)
+    result = add(str(model), "--name", "f16")
+    assert result.exit_code == 1 and "export it again with float32 inputs" in result.output
+    assert "--set input.dtype" not in result.output and not (cache / "f16").exists()
