@@ -36,7 +36,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    true,
     tuple_,
     update,
 )
@@ -326,9 +325,6 @@ class Store:
 
     def create_all(self) -> None:
         """Create missing tables; safe when several replicas start at once."""
-        with self.engine.connect() as conn:
-            schema = conn.schema_for_object(incident_owners)  # make_engine's schema, on PostgreSQL
-            owners_new = not inspect(conn).has_table(incident_owners.name, schema=schema)
         try:
             with self.engine.begin() as conn:
                 _serialise_ddl(conn)
@@ -341,25 +337,26 @@ class Store:
                 with self.engine.begin() as conn:
                     _serialise_ddl(conn)
                     index.create(conn, checkfirst=True)
-            except OperationalError:
-                pass  # SQLite: another process made it meanwhile
+            except OperationalError as exc:  # SQLite: another process made it meanwhile; else a timeout
+                log.warning("store: index %s not made now: %s", index.name, str(exc.orig).strip()[:200])
             except IntegrityError as exc:  # a unique index over rows made before it, which it refuses
                 log.warning("store: index %s not made, rows already break it: %s", index.name, str(exc.orig)[:200])
-        with self.engine.begin() as conn:
-            schema = conn.schema_for_object(alerts)
-            for name in SUPERSEDED:
-                conn.exec_driver_sql(f'DROP INDEX IF EXISTS {f"{schema}." if schema else ""}"{name}"')
-        if owners_new:
-            self._own_stored_incidents()
+        self._drop_superseded()
 
-    def _own_stored_incidents(self) -> None:
-        """A store made before ``incident_owners``: each incident it holds is given to its node."""
-        first = select(alerts.c.incident, func.min(alerts.c.site), func.min(alerts.c.node_id))
+    def _drop_superseded(self) -> None:
+        """Drop the indexes later ones replaced, once the later ones are there: a store that could
+        not build its new index (a statement timeout) keeps the old one."""
         with self.engine.begin() as conn:
-            # SQLite's upsert needs a WHERE in its SELECT to parse (sqlite.org/lang_upsert.html)
-            owners = first.where(true()).group_by(alerts.c.incident)
-            stmt = _insert(conn, incident_owners).from_select(["incident", "site", "node_id"], owners)
-            conn.execute(stmt.on_conflict_do_nothing(index_elements=["incident"]))
+            _serialise_ddl(conn)
+            schema = conn.schema_for_object(alerts)  # make_engine's schema, on PostgreSQL
+            names = {index["name"] for index in inspect(conn).get_indexes(alerts.name, schema=schema)}
+            if not all(index.name in names for index in _later_indexes() if index.table is alerts):
+                return
+            quote = conn.dialect.identifier_preparer
+            prefix = f"{quote.quote_schema(schema)}." if schema else ""
+            for name in SUPERSEDED:
+                if name in names:
+                    conn.exec_driver_sql(f"DROP INDEX {prefix}{quote.quote(name)}")
 
     # -- ingest (all inside one caller-owned transaction per batch) ---------------------------
 
@@ -382,22 +379,36 @@ class Store:
         return {alert_id for alert_id, site, node in held if senders[alert_id] != (site, node)}
 
     def foreign_incidents(self, conn: Connection, alerts_: Sequence[Alert]) -> set[str]:
-        """Ids of these alerts whose incident another node holds. An incident the store has
-        not seen becomes its sender's here (the first sender, within one batch)."""
+        """Ids of these alerts whose incident another node holds. An incident without an owner
+        yet goes to the sender of its earliest stored alert (one stored before owners were kept,
+        or by a replica of the version before), else to its first sender in this batch."""
         senders: dict[str, tuple[str, str]] = {}
         for alert in alerts_:
             senders.setdefault(alert.incident, (alert.site, alert.node_id))
         if not senders:
             return set()
-        claims = [{"incident": i, "site": site, "node_id": node} for i, (site, node) in senders.items()]
-        conn.execute(_insert(conn, incident_owners).on_conflict_do_nothing(index_elements=["incident"]), claims)
-        held = conn.execute(
-            select(incident_owners.c.incident, incident_owners.c.site, incident_owners.c.node_id).where(
-                incident_owners.c.incident.in_(list(senders))
-            )
-        )
-        owner = {incident: (site, node) for incident, site, node in held}
+        owner = self._owners(conn, list(senders))
+        unowned = [incident for incident in senders if incident not in owner]
+        if unowned:
+            earliest: dict[str, tuple[str, str]] = {}
+            stored = select(alerts.c.incident, alerts.c.site, alerts.c.node_id).where(alerts.c.incident.in_(unowned))
+            for incident, site, node in conn.execute(stored.order_by(alerts.c.received_at, alerts.c.id)):
+                earliest.setdefault(incident, (site, node))
+            claims = [
+                {"incident": i, "site": site, "node_id": node}
+                for i in unowned
+                for site, node in [earliest.get(i, senders[i])]
+            ]
+            conn.execute(_insert(conn, incident_owners).on_conflict_do_nothing(index_elements=["incident"]), claims)
+            owner = self._owners(conn, list(senders))  # a replica's claim meanwhile is the one kept
         return {a.id for a in alerts_ if owner.get(a.incident) != (a.site, a.node_id)}
+
+    @staticmethod
+    def _owners(conn: Connection, incidents: list[str]) -> dict[str, tuple[str, str]]:
+        held = select(incident_owners.c.incident, incident_owners.c.site, incident_owners.c.node_id).where(
+            incident_owners.c.incident.in_(incidents)
+        )
+        return {incident: (site, node) for incident, site, node in conn.execute(held)}
 
     def add_forward_jobs(self, conn: Connection, alert_ids: Iterable[str]) -> None:
         rows = [{"alert_id": alert_id} for alert_id in alert_ids]
