@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_check
 
 from pydantic import ValidationError
 
+from s4edge.cloud_sync.broker_url import broker_endpoint
 from s4edge.cloud_sync.logfmt import FailureLog
 from s4edge.cloud_sync.messages import (
     Alert,
@@ -49,8 +50,7 @@ from s4edge.cloud_sync.uplink import Backoff, Forwarder, MqttUplink, Uplink, Upl
 from s4edge.edge.alerts import AlertDraft, IncidentBook
 from s4edge.edge.config import ConfigError, config_digest, parse_config_text
 from s4edge.edge.health import FaultLog, Health, ServiceNotifier, Vitals
-from s4edge.edge.incident_journal import FILE_NAME as JOURNAL_FILE
-from s4edge.edge.incident_journal import IncidentJournal
+from s4edge.edge.incident_journal import IncidentJournal, journal_path
 from s4edge.edge.sources import AlertSource, SourceContext, build_source
 from s4edge.edge.supervision import Watchdog, alive
 
@@ -70,9 +70,12 @@ class ModelSwap(Protocol):
 
 def _check_tls_files(m: Any) -> None:
     """The CA, certificate and key files read as TLS reads them, at start: a missing or broken
-    one was an outbox error from deep in the uplink, and systemd restarted the agent for ever."""
+    one was an outbox error from deep in the uplink, and systemd restarted the agent for ever.
+    Over plain mqtt:// or ws:// they are never read, and not checked."""
     import ssl
 
+    if not broker_endpoint(m.url).tls:
+        return
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     for key in ("ca_file", "cert_file"):
         if getattr(m, key) is None:
@@ -147,7 +150,7 @@ class Node:
         self._started = clock()
         self.verifier = self._load_verifier(config)  # a bad key file stops the node before it opens anything
         self.outbox = Outbox(config.outbox.path, config.outbox.telemetry_max)
-        self.journal = IncidentJournal(Path(config.outbox.path).parent / JOURNAL_FILE)
+        self.journal = IncidentJournal(journal_path(Path(config.outbox.path)))
         self.health = Health()
         self.faults = FaultLog()  # every fault and recovery published goes to the log too
         self.vitals = Vitals(config.heartbeat.thermal_zone)

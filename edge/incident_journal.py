@@ -1,4 +1,4 @@
-"""The incidents a node has open, kept in a small file beside its outbox.
+"""The incidents a node has open, kept in a small file beside its outbox (``outbox.db.open-incidents.json``).
 
 The incident book lives in memory. A node that crashes, or loses power, while an incident is
 open never sends its end: the aggregator's console showed it open for good, and a PSAP that
@@ -23,7 +23,12 @@ from typing import Any
 from s4edge.cloud_sync.logfmt import FailureLog
 from s4edge.edge.alerts import AlertDraft
 
-FILE_NAME = "open-incidents.json"
+
+def journal_path(outbox: Path) -> Path:
+    """Named after the outbox file: nodes whose outboxes share a folder keep a journal each."""
+    return outbox.with_name(f"{outbox.name}.open-incidents.json")
+
+
 RESTARTED = "ended when the node started again: it stopped (a crash or a power cut) before it could end this"
 _KEPT = ("kind", "severity", "title", "zone", "status")  # what the end repeats
 log = logging.getLogger(__name__)

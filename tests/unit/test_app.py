@@ -388,13 +388,31 @@ def test_an_incident_a_crash_left_open_is_ended_when_the_node_starts_again(tmp_p
 
 
 def test_a_journal_that_cannot_be_read_or_written_costs_no_alert(tmp_path: Path, clock: Clock) -> None:
-    (tmp_path / "open-incidents.json").write_text("{torn")
+    (tmp_path / "outbox.db.open-incidents.json").write_text("{torn")
     node = Node(parse_config(sim_config(tmp_path)), base_dir=tmp_path, clock=clock)
     try:
         assert node.journal.leftover() == []
-        (tmp_path / "open-incidents.json").unlink()
-        (tmp_path / "open-incidents.json").mkdir()  # a rename onto it fails
+        (tmp_path / "outbox.db.open-incidents.json").unlink()
+        (tmp_path / "outbox.db.open-incidents.json").mkdir()  # a rename onto it fails
         node.publish_alert(AlertDraft(kind="gas", severity="Minor", state="new", incident="inc-nojournal"))
         assert [a.incident for a in stored(node, "alert")] == ["inc-nojournal"]
     finally:
         node.outbox.close()
+
+
+def test_nodes_whose_outboxes_share_a_folder_keep_a_journal_each(tmp_path: Path, clock: Clock) -> None:
+    # one open-incidents.json per folder: n2 started first, ended n1's incident under its own
+    # name (which the aggregator refuses) and emptied the file, and n1's stayed open
+    one = Node(parse_config(sim_config(tmp_path, node_id="n1")), base_dir=tmp_path, clock=clock)
+    one.publish_alert(AlertDraft(kind="flame", severity="Extreme", state="new", incident="inc-n1-flame"))
+    one.outbox.close()  # a crash
+    data = sim_config(tmp_path, node_id="n2")
+    data["outbox"]["path"] = str(tmp_path / "n2.db")
+    two = Node(parse_config(data), base_dir=tmp_path, clock=clock)
+    two._end_leftover_incidents()
+    assert stored(two, "alert") == []
+    two.outbox.close()
+    again = Node(parse_config(sim_config(tmp_path, node_id="n1")), base_dir=tmp_path, clock=clock)
+    again._end_leftover_incidents()
+    assert [(a.incident, a.state) for a in stored(again, "alert")][-1] == ("inc-n1-flame", "end")
+    again.outbox.close()

@@ -121,3 +121,12 @@ def test_a_ca_file_tls_cannot_use_is_named_at_start(
     assert result.exit_code == 2, result.output
     assert f"mqtt.ca_file: {'cannot read ' if content is None else ''}{tmp_path / 'ca.crt'}" in result.output
     assert says in result.output and "outbox" not in result.output
+
+
+def test_tls_files_are_not_read_for_a_plain_broker(tmp_path: Path) -> None:
+    # a config that worked before: over mqtt:// the CA file is never read, so its absence is no error
+    data = yaml.safe_load(SIM.read_text())
+    data["mqtt"] = {"url": "mqtt://127.0.0.1:1", "ca_file": "ca.crt"}
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["agent", "check", "--config", str(tmp_path / "node.yaml")])
+    assert result.exit_code == 0, result.output
