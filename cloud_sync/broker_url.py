@@ -72,10 +72,15 @@ def hide_userinfo(url: str) -> str:
 def _check_userinfo(url: str, shown: str) -> None:
     """The authority ends at the first '/', '?' or '#' (RFC 3986 §3.2), so a password holding
     one unencoded is cut there: 'mqtt://n1:pa#ss@host' read as host n1, port 'pa', and the
-    rest of the password went into a log line every second as a host that cannot be reached."""
-    rest = url.partition("://")[2]
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    if "@" in rest[end:]:
+    rest of the password went into a log line every second as a host that cannot be reached.
+    An '@' after the cut is surely such a password where nothing may follow the authority
+    (mqtt:// takes no path; no URI here takes a fragment, RFC 6455 §3 for ws://); a WebSocket
+    path or query may hold one of its own."""
+    scheme, _, rest = url.partition("://")
+    cuts = "#" if scheme.lower() in ("ws", "wss") else "/?#"
+    authority = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    end = min((i for i in (rest.find(c) for c in cuts) if i >= 0), default=len(rest))
+    if "@" not in rest[:authority] and "@" in rest[end:]:
         char = rest[end]
         raise BrokerUrlError(
             f"broker URL {shown!r}: the user or password holds a '{char}'; percent-encode it as %{ord(char):02X}"

@@ -78,7 +78,7 @@ def test_a_password_in_the_url_never_reaches_the_message() -> None:
         # read as host n1, port 5551: 'agent check' said ok, and 'cannot reach n1:5551' was logged each second
         ("mqtt://n1:5551#Pw@127.0.0.1:1883", "%23"),
         ("mqtts://node-01:8883#Xy@broker.example:8883", "%23"),
-        ("ws://user:12/34@broker.example:80", "%2F"),  # host 'user', port 12 and a path of the rest
+        ("ws://user:12#34@broker.example:80", "%23"),  # host 'user', port 12, and a fragment of the rest
         ("mqtt://admin:s3cr/et@broker.example:1883", "%2F"),  # 'the port is not a number … mqtt://admin:1883'
         ("wss://admin:pa?ss@broker.example", "%3F"),
     ],
@@ -90,6 +90,18 @@ def test_a_password_holding_a_delimiter_is_refused_for_every_scheme(url: str, en
     assert secret not in str(refused.value) and "admin" not in str(refused.value)
     good = url.replace(secret, secret.replace("#", "%23").replace("/", "%2F").replace("?", "%3F"))
     assert broker_endpoint(good).password == secret.partition(":")[2]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "wss://broker.example/mqtt?user=alice@example.com",
+        "ws://broker.example:8080/tenants/@acme/mqtt",
+        "wss://n1:secret@broker.example/mqtt?client=n1@site-a",
+    ],
+)
+def test_a_websocket_path_or_query_may_hold_an_at_sign(url: str) -> None:
+    assert broker_endpoint(url).host == "broker.example"
 
 
 def test_the_paho_client_speaks_the_urls_transport() -> None:
