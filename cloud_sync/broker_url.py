@@ -77,8 +77,10 @@ def _check_userinfo(url: str, shown: str) -> None:
     (mqtt:// takes no path; no URI here takes a fragment, RFC 6455 §3 for ws://); a WebSocket
     path or query may hold one of its own."""
     scheme, _, rest = url.partition("://")
-    cuts = "#" if scheme.lower() in ("ws", "wss") else "/?#"
     authority = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    port = rest[:authority].rpartition("]")[2].partition(":")[2]  # after an IPv6 literal's brackets
+    cut_port = bool(port) and not port.isdigit()  # 'admin:pa' of 'admin:pa?ss@host'
+    cuts = "/?#" if scheme.lower() not in ("ws", "wss") or cut_port else "#"
     end = min((i for i in (rest.find(c) for c in cuts) if i >= 0), default=len(rest))
     if "@" not in rest[:authority] and "@" in rest[end:]:
         char = rest[end]
