@@ -114,7 +114,9 @@ class Detector:
 
     def _check_decoder(self, source: str) -> None:
         """Decode a blank output once, so options that cannot fit this model fail at load, not per frame."""
-        blank = [np.zeros([d or 1 for d in info.shape], np.float32) for info in self.backend.outputs]
+        if any(not d for info in self.backend.outputs for d in info.shape):
+            return  # sizes known only once it runs: _check_runs decodes its real outputs
+        blank = [np.zeros(list(info.shape), np.float32) for info in self.backend.outputs]
         try:
             self._decoder(blank, self._context)
         except ValueError as exc:
@@ -126,12 +128,17 @@ class Detector:
         at load or at a live swap, which then keeps the old model, not on every frame after."""
         spec = self.manifest.input
         try:
-            self.detect(np.full((max(spec.height, 1), max(spec.width, 1), 3), 114, np.uint8))
+            tensor, geometry = self.preprocess(np.full((max(spec.height, 1), max(spec.width, 1), 3), 114, np.uint8))
+            outputs = self.infer(tensor)
         except ManifestError:
             raise
         except Exception as exc:  # the runtime's own error types: the manifest misdescribes the model
             problem = " ".join(str(exc).split())[:300]
             raise ManifestError(source, "input", f"the model does not run on a frame prepared so: {problem}") from exc
+        try:
+            self.decode(outputs, geometry)
+        except ValueError as exc:
+            raise ManifestError(source, "decoder", f"{self.manifest.decoder.family}: {exc}") from exc
 
     def preprocess(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """Frame → the model's float input: resize (stretch or letterbox), channel order,

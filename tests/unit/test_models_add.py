@@ -468,3 +468,31 @@ def test_a_float16_input_is_refused_saying_how_to_export_it(cache: Path, tmp_pat
     result = add(str(model), "--name", "f16")
     assert result.exit_code == 1 and "export it again with float32 inputs" in result.output
     assert "--set input.dtype" not in result.output and not (cache / "f16").exists()
+
+
+def test_a_fastestdet_of_dynamic_size_loads_at_a_wide_input(tmp_path: Path) -> None:
+    # its outputs' sizes are known only once it runs: the load check decoded a 1 × 1 blank map
+    # and refused a 512 × 288 input as a grid that does not tile it
+    from s4edge.edge.vision.catalogue import Catalogue, sha256_file
+    from s4edge.edge.vision.detector import Detector
+
+    weights = numpy_helper.from_array(np.zeros((85, 3, 16, 16), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["out"], kernel_shape=[16, 16], strides=[16, 16])],
+        "fastestdet_like",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 85, "gh", "gw"])],
+        [weights],
+    )
+    folder = tmp_path / "models" / "wide"
+    folder.mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), folder / "w.onnx")
+    manifest = yaml.safe_load((default_models_dir() / "fastestdet" / "manifest.yaml").read_text())
+    manifest.pop("url")
+    manifest.update(name="wide", file="w.onnx", labels=["person"] * 80, sha256=sha256_file(folder / "w.onnx"))
+    manifest["input"].update(name="input", shape=[1, 3, 288, 512])
+    manifest["outputs"] = [{"shape": [1, 85, 18, 32]}]
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest), encoding="utf-8")
+    catalogue = Catalogue(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    detector = Detector.from_catalogue(catalogue, "wide")
+    assert detector.detect(np.full((720, 1280, 3), 114, np.uint8)) == []
