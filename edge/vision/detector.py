@@ -116,7 +116,7 @@ class Detector:
         """Decode a blank output once, so options that cannot fit this model fail at load, not per frame."""
         if any(not d for info in self.backend.outputs for d in info.shape):
             return  # sizes known only once it runs: _check_runs decodes its real outputs
-        blank = [np.zeros(list(info.shape), np.float32) for info in self.backend.outputs]
+        blank = [np.zeros([d or 1 for d in info.shape], np.float32) for info in self.backend.outputs]  # all known
         try:
             self._decoder(blank, self._context)
         except ValueError as exc:
