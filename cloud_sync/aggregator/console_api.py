@@ -60,12 +60,16 @@ def check_tile_url(url: str) -> None:
         raise TileUrlError(f"{shown!r} lacks {', '.join(missing)}: the map fills them per tile (XYZ scheme)")
 
 
+# no C0 or C1 control, nor the line and paragraph separators some log viewers break lines on
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\x{2028}\x{2029}]+$"
+
+
 class AckRequest(BaseModel):
     """Who acknowledges, as the console shows it: printable text, so neither a NUL (which
     PostgreSQL's text refuses) nor a line break (a forged log line) gets in; 422 instead."""
 
     model_config = ConfigDict(extra="forbid")
-    by: str = Field(default="operator", min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
+    by: str = Field(default="operator", min_length=1, max_length=64, pattern=PRINTABLE)
 
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)

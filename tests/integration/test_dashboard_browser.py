@@ -246,3 +246,29 @@ def test_the_console_shows_an_incident_live_on_its_map_with_trends_and_acks_with
     assert "Flame detected — boiler room" in text_of(browser, "#log")
     icon = httpx.get(f"{aggregator.url}/favicon.ico")
     assert icon.status_code == 200 and icon.headers["content-type"] in ("image/vnd.microsoft.icon", "image/x-icon")
+
+
+def test_the_counts_follow_an_incident_on_a_page_not_loaded(
+    aggregator: Aggregator, broker: Mosquitto, browser: Any
+) -> None:
+    # 60 open incidents, 50 shown: one of the ten not loaded ended, and the page went on
+    # saying "60 open · 60 in all" where the API said 59
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    def gas(i: int, state: str, seq: int) -> Alert:
+        return Alert(
+            id=f"alert-page-{i:02d}-{state}", node_id="cam-7", site="plaza", seq=seq, kind="gas", severity="Minor",
+            state=state, incident=f"inc-page-{i:02d}", location=HERE,  # type: ignore[arg-type]
+            ts=datetime.now(UTC) - timedelta(minutes=60 - i),  # the first ten are the oldest: on the second page
+        )  # fmt: skip
+
+    publish(broker, *(gas(i, "new", i) for i in range(60)))
+    wait_until(lambda: httpx.get(f"{aggregator.url}/api/incidents").json()["total"] == 60, what="60 stored")
+    browser.get(aggregator.url + "/")
+    count = lambda: text_of(browser, "#incident-count")  # noqa: E731
+    Select(browser.find_element(By.CSS_SELECTOR, '#filters select[name="state"]')).select_by_value("open")
+    wait_until(lambda: count().startswith("60 open · 60 in all · 50 shown"), what="the first page")
+    wait_until(lambda: "live" in browser.find_element(By.ID, "link").text, what="the live stream")
+    publish(broker, gas(5, "end", 100))
+    wait_until(lambda: count().startswith("59 open · 59 in all · 50 shown"), what="the end off the page counted")

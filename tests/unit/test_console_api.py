@@ -252,7 +252,7 @@ def test_acknowledging_acts_on_the_incident_and_is_kept_once(client: TestClient,
     assert client.get("/api/incidents/inc-crowd-001").json()["acked_at"] is None
 
 
-@pytest.mark.parametrize("by", ["eve\x00", "eve\nacked by dispatcher-7", ""])
+@pytest.mark.parametrize("by", ["eve\x00", "eve\nacked by dispatcher-7", "eve\u2028x", "eve\x85x", ""])
 @pytest.mark.parametrize("path", ["/api/incidents/inc-gas-0001/ack", "/api/alerts/inc-crowd-001-00/ack"])
 def test_an_operator_name_that_is_not_printable_text_is_refused(client: TestClient, path: str, by: str) -> None:
     # a NUL was a 500 from PostgreSQL, and stored as is by SQLite

@@ -259,7 +259,8 @@ async function flush() {
         if (known.record.state !== record.state) counts.open += record.state === "open" ? 1 : -1;
         place(record, false);
       } else {
-        unknown = unknown || passes(record);
+        // new, or on a page not loaded (then counted already, and maybe leaving the filters)
+        unknown = unknown || passes(record) || Boolean(cursor);
         if (fits) place(record, true);
       }
       emit("incident-changed", record);
