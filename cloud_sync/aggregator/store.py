@@ -67,6 +67,7 @@ metadata = MetaData()
 # exists, so Store.create_all makes these itself. (A store made before the console's roll-up
 # index has ix_alerts_incident on incident alone as well: harmless.)
 LATER: Final = "later"
+OWNER_CACHE_MAX = 100_000  # incidents whose owner a writer remembers (some 20 MB at most)
 # Indexes a later one replaced, dropped at start once it is made (writes pay for every index)
 SUPERSEDED: Final = ("ix_alerts_incident_rollup",)
 
@@ -322,6 +323,7 @@ class Store:
         self.engine = engine
         self.clock = clock
         self._alert_insert: dict[str, Any] = {}
+        self._owner_cache: dict[str, tuple[str, str]] = {}  # incident → (site, node): one read per incident
 
     def create_all(self) -> None:
         """Create missing tables; safe when several replicas start at once."""
@@ -387,7 +389,14 @@ class Store:
             senders.setdefault(alert.incident, (alert.site, alert.node_id))
         if not senders:
             return set()
-        owner = self._owners(conn, list(senders))
+        cached = self._owner_cache
+        owner = {i: cached[i] for i in senders if i in cached}
+        if len(owner) < len(senders):
+            held = self._owners(conn, [i for i in senders if i not in owner])
+            owner |= held
+            if len(cached) + len(held) > OWNER_CACHE_MAX:
+                cached.clear()
+            cached |= held  # committed before this transaction: an owner never changes
         unowned = [incident for incident in senders if incident not in owner]
         if unowned:
             earliest: dict[str, tuple[str, str]] = {}
