@@ -106,10 +106,13 @@ class Aggregator:
         if config.workers > 1:
             if config.protocol == "3.1.1":
                 raise WorkersError("workers share the fleet through MQTT 5 shared subscriptions: not with MQTT 3.1.1")
-            group = config.group or default_group(config.session_id)
+            self.store.create_all()
+            group = config.group or self.store.share_group()
+            # the guessable group of the version before: its subscription leaves the resumed sessions
+            retired = None if config.group else default_group(config.session_id)
             spec = WorkerSpec(
                 config.broker, store, config.session_id, group, config.writer == "process",
-                config.session_expiry_s, config.batch_max, rules,
+                config.session_expiry_s, config.batch_max, rules, retired_group=retired,
             )  # fmt: skip
             return IngestWorkers(spec, config.workers, self.metrics, self.events)
         return Ingest(

@@ -96,6 +96,7 @@ class Ingest:
         *,
         client_id: str,
         group: str | None = "s4edge-aggregator",
+        retired_group: str | None = None,
         session_expiry_s: int = 86400,
         batch_max: int = 500,
         linger_s: float = LINGER_S,
@@ -117,6 +118,7 @@ class Ingest:
         self.metrics = metrics
         self.client_id = client_id
         self.group = group
+        self.retired_group = retired_group
         self.session_expiry_s = session_expiry_s
         self.batch_max = batch_max
         self.linger_s = linger_s
@@ -251,6 +253,9 @@ class Ingest:
         self._connected_at = time.monotonic()
         filters = [fleet_filter(suffix) for suffix in SUFFIXES]
         if protocol == mqtt.MQTTv5:
+            if self.retired_group and self.retired_group != self.group and getattr(flags, "session_present", False):
+                # a resumed session still holds the old group's subscription: each message would come twice
+                client.unsubscribe([f"$share/{self.retired_group}/{f}" for f in filters])
             if self.group:
                 filters = [f"$share/{self.group}/{f}" for f in filters]
             client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -198,6 +199,14 @@ incident_owners = Table(
     Column("node_id", String(64), nullable=False),
 )
 
+# What an aggregator keeps for itself, shared by its replicas and workers through the store.
+aggregator_settings = Table(
+    "aggregator_settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
 # Telemetry for the trend charts, downsampled into buckets (downsample.py) and pruned after the
 # retention period (trends.py); ``telemetry`` above keeps only the last message per node.
 telemetry_series = Table(
@@ -359,6 +368,17 @@ class Store:
             for name in SUPERSEDED:
                 if name in names:
                     conn.exec_driver_sql(f"DROP INDEX {prefix}{quote.quote(name)}")
+
+    def share_group(self) -> str:
+        """The ``$share`` group of this aggregator's workers and replicas, all that share this
+        store: drawn at random once and kept here. A group a node can guess, it can join with its
+        own credentials; the broker then gives it its turn of the fleet's messages, which its ACL
+        forbids it to read, and drops them (mosquitto's acl_file checks no subscription filter)."""
+        with self.engine.begin() as conn:
+            drawn = {"name": "share_group", "value": f"s4edge-{secrets.token_hex(16)}"}
+            conn.execute(_insert(conn, aggregator_settings).on_conflict_do_nothing(index_elements=["name"]), drawn)
+            kept = select(aggregator_settings.c.value).where(aggregator_settings.c.name == "share_group")
+            return str(conn.execute(kept).scalar_one())
 
     # -- ingest (all inside one caller-owned transaction per batch) ---------------------------
 

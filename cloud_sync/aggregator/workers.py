@@ -96,8 +96,8 @@ def worker_client_id(client_id: str, index: int) -> str:
 
 
 def default_group(client_id: str) -> str:
-    """The shared-subscription group of one aggregator's workers: its own, by its client id, so
-    that another aggregator on the same broker is not taken for one of its workers."""
+    """The shared-subscription group the workers took before it was drawn at random and kept in
+    the store (``Store.share_group``): named after the client id, which a node could guess."""
     return re.sub(r"[^A-Za-z0-9_.-]", "-", client_id)[:64] or "s4edge-aggregator"
 
 
@@ -114,6 +114,7 @@ class WorkerSpec:
     batch_max: int = 500
     rules: WriterRules = field(default_factory=WriterRules)
     receipts: bool = True
+    retired_group: str | None = None  # a group the workers' sessions may still hold: left at connect
 
     def for_worker(self, index: int, live: bool) -> dict[str, Any]:
         # ``{worker}`` in the username or the certificate's file names: one broker identity per worker
@@ -129,6 +130,7 @@ class WorkerSpec:
             "store": dataclasses.asdict(self.store),
             "client_id": worker_client_id(self.client_id, index),
             "group": self.group,
+            "retired_group": self.retired_group,
             "writer_process": self.writer_process,
             "session_expiry_s": self.session_expiry_s,
             "batch_max": self.batch_max,
@@ -537,6 +539,7 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         IngestMetrics(),
         client_id=spec["client_id"],
         group=spec["group"],
+        retired_group=spec.get("retired_group"),
         session_expiry_s=spec["session_expiry_s"],
         batch_max=spec["batch_max"],
         protocol="5",  # shared subscriptions are MQTT 5's

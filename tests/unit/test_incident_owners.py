@@ -110,3 +110,8 @@ def test_a_schema_name_that_needs_quoting_starts(pg_schema: str) -> None:
         with quoted.engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{pg_schema}-Prod" CASCADE'))
         quoted.engine.dispose()
+
+
+def test_the_share_group_is_drawn_once_per_store(store: Store) -> None:
+    drawn = store.share_group()
+    assert drawn.startswith("s4edge-") and store.share_group() == drawn

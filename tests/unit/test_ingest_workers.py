@@ -309,3 +309,56 @@ def test_aggregator_run_with_one_identity_says_why_it_ingests_in_one_process(tmp
     result = CliRunner().invoke(app, [*argv, "--username", "aggregator", "--password", "x"])
     assert "note: one broker identity for every ingest worker" in result.output
     assert result.exit_code == 1 and "could not connect to mqtt://127.0.0.1:1" in result.output
+
+
+def test_the_workers_share_a_group_no_node_can_guess(tmp_path: Path) -> None:
+    # '$share/s4edge-<host>/…' could be joined by any node with its own credentials: the broker
+    # gave it its turn of each message, which its ACL forbids it to read, and dropped it
+    from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+    from s4edge.cloud_sync.aggregator.store import Store, make_engine
+    from s4edge.cloud_sync.aggregator.workers import IngestWorkers, default_group
+
+    db = f"sqlite:///{tmp_path / 'agg.db'}"
+    config = AggregatorConfig(BrokerConfig("mqtt://127.0.0.1:1"), db_url=db, workers=2, client_id="agg-1")
+    spec = Aggregator(config).ingest
+    assert isinstance(spec, IngestWorkers)
+    drawn = spec.spec.group
+    assert drawn.startswith("s4edge-") and len(drawn) == 7 + 32 and drawn != default_group("agg-1")
+    assert spec.spec.retired_group == default_group("agg-1")  # left by sessions that still hold it
+    again = Store(make_engine(db)).share_group()
+    assert again == drawn  # kept: the same after a restart, and for every replica of this store
+    other = Store(make_engine(f"sqlite:///{tmp_path / 'other.db'}"))
+    other.create_all()
+    assert other.share_group() != drawn
+    named = Aggregator(AggregatorConfig(BrokerConfig("mqtt://127.0.0.1:1"), db_url=db, workers=2, group="g1")).ingest
+    assert isinstance(named, IngestWorkers) and (named.spec.group, named.spec.retired_group) == ("g1", None)
+
+
+class _Subscriber:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def subscribe(self, filters: list) -> None:
+        self.calls.append(("subscribe", [f for f, _ in filters]))
+
+    def unsubscribe(self, filters: list[str]) -> None:
+        self.calls.append(("unsubscribe", list(filters)))
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_a_resumed_session_leaves_the_group_it_held_before(tmp_path: Path, present: bool) -> None:
+    from types import SimpleNamespace
+
+    from s4edge.cloud_sync.aggregator.ingest import Ingest
+    from s4edge.cloud_sync.aggregator.store import Store, make_engine
+
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'agg.db'}"))
+    ingest = Ingest(
+        BrokerConfig("mqtt://127.0.0.1:1"), store, IngestMetrics(), client_id="w0", group="new", retired_group="old"
+    )
+    client = _Subscriber()
+    ingest._on_connected(client, mqtt.MQTTv5, SimpleNamespace(session_present=present))  # type: ignore[arg-type]
+    left = [filters for call, filters in client.calls if call == "unsubscribe"]
+    assert bool(left) == present  # else each message would come twice, once per group
+    assert all(f.startswith("$share/old/") for f in (left[0] if left else []))
+    assert all(f.startswith("$share/new/") for f in next(f for c, f in client.calls if c == "subscribe"))
