@@ -75,9 +75,10 @@ def _now() -> dt.datetime:
 
 def init_ca(folder: Path, name: str = "s4edge fleet CA", days: int = CA_DAYS, force: bool = False) -> FleetCA:
     folder = Path(folder)
-    if (folder / CA_KEY).exists() and not force:
+    existing = [folder / f for f in (CA_KEY, CA_CERT) if (folder / f).exists()]
+    if existing and not force:  # the certificate alone too: its key may be on the stick the docs advise
         raise CAError(
-            f"{folder / CA_KEY} already exists; a second CA would orphan every issued certificate "
+            f"{existing[0]} already exists; a second CA would orphan every issued certificate "
             "(pass --force to replace it on purpose)"
         )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -124,6 +125,11 @@ def load_ca(folder: Path) -> FleetCA:
         cert = x509.load_pem_x509_certificate((folder / CA_CERT).read_bytes())
         key = serialization.load_pem_private_key((folder / CA_KEY).read_bytes(), password=None)
     except FileNotFoundError as exc:
+        if exc.filename == str(folder / CA_KEY):  # the CA is there, its key kept apart (an encrypted stick)
+            raise CAError(
+                f"{exc.filename} is missing: put the fleet CA's key back in {folder} (it signs every "
+                "certificate and CRL); a new CA would orphan every one it issued"
+            ) from None
         raise CAError(
             f"{exc.filename} is missing: create the fleet CA first with `s4edge fleet ca init --out {folder}`"
         ) from None

@@ -57,6 +57,18 @@ def test_a_second_ca_init_refuses_to_orphan_the_fleet(fleet_dir: Path) -> None:
     assert code == 2 and "already exists" in output
 
 
+def test_a_ca_whose_key_is_kept_apart_asks_for_the_key_and_is_not_replaced(fleet_dir: Path, tmp_path: Path) -> None:
+    # the key on an encrypted stick, as advised: provision said "create the fleet CA first", and
+    # `ca init` then replaced ca.crt without --force, orphaning the broker's and every node's certificate
+    before = (fleet_dir / "ca.crt").read_bytes()
+    (fleet_dir / "ca.key").rename(tmp_path / "ca.key.on-the-stick")
+    code, output = provision(tmp_path, "node-x")
+    assert code == 2 and "put the fleet CA's key back" in output and "ca init" not in output
+    code, output = run("fleet", "ca", "init", "--out", fleet_dir)
+    assert code == 2 and "ca.crt already exists" in output
+    assert (fleet_dir / "ca.crt").read_bytes() == before
+
+
 def test_the_server_certificate_names_the_broker_and_chains_to_the_ca(fleet_dir: Path) -> None:
     code, _ = run(
         "fleet", "ca", "server-cert", "--ca-dir", fleet_dir, "--host", "broker.city.example", "--ip", "10.20.0.5"
