@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import typer
 
@@ -50,6 +50,11 @@ HINT = {
     "model_slow": "use a quantized model or lower camera.fps",
     "broker_config": "fix mqtt.* in the config",
     "broker_cert": "mqtt.ca_file must be the fleet CA, and the URL's host must be in the broker certificate",
+    "broker_cert_time": (
+        "check this node's clock first (a Pi without an RTC battery boots with a stale date; "
+        "`timedatectl`): TLS judges the certificate by it; if the clock is right, issue the broker's "
+        "certificate again (`s4edge fleet ca server-cert`)"
+    ),
     "broker_unreachable": "check the URL, the network and the firewall (port open?); is the broker running?",
     "broker_silent": (
         "the broker closed the connection: a TLS port needs mqtts:// (wss:// for WebSocket), a client "
@@ -263,6 +268,10 @@ def check_model(config: Any, catalogue: Any = None) -> list[Check]:
     return checks
 
 
+# OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED (x509_vfy.h)
+CERT_TIME_CODES: Final = (9, 10)
+
+
 def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> Check:
     """A real MQTT connect with the node's transport, TLS settings and credentials; reports the CONNACK."""
     import paho.mqtt.client as mqtt
@@ -304,6 +313,14 @@ def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> Check:
     try:
         client.connect(host, port, keepalive=10, clean_start=False, properties=session)
     except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in CERT_TIME_CODES:  # the certificate is fine; this node's clock may not be
+            clock = f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%MZ}"
+            return Check(
+                "broker",
+                "FAIL",
+                f"{where}: {exc.verify_message} (this node's clock: {clock})",
+                HINT["broker_cert_time"],
+            )
         return Check("broker", "FAIL", f"{where}: {exc.verify_message}", HINT["broker_cert"])
     except (OSError, ssl.SSLError) as exc:
         return Check("broker", "FAIL", f"{where}: {exc}", HINT["broker_unreachable"])

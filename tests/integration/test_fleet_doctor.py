@@ -55,3 +55,64 @@ def test_a_broker_certificate_from_another_ca_is_reported(fleet: Fleet, tmp_path
     shutil.copyfile(init_ca(tmp_path / "other").cert_path, node / "ca.crt")
     check = broker_check(node / "node.yaml")
     assert check["status"] == "FAIL" and "ca_file" in check["hint"]
+
+
+def test_a_certificate_out_of_its_dates_points_at_the_clock(fleet: Fleet, tmp_path: Path) -> None:
+    # a Pi booted with a stale date sees the broker's certificate as not yet valid (or expired):
+    # the hint blamed the CA file and the URL's host
+    import datetime as dt
+    import ipaddress
+    import socket
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from s4edge.cloud_sync.fleet.ca import load_ca
+
+    ca = load_ca(fleet.root / "fleet")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + dt.timedelta(days=30))  # as a clock a month behind sees it
+        .not_valid_after(now + dt.timedelta(days=60))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    (tmp_path / "srv.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "srv.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            pass  # the client refused the certificate, as expected
+        finally:
+            conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    node = node_copy(fleet, tmp_path)
+    text = (node / "node.yaml").read_text().replace(f":{fleet.port}", f":{port}")
+    (node / "node.yaml").write_text(text)
+    try:
+        check = broker_check(node / "node.yaml")
+    finally:
+        listener.close()
+    assert check["status"] == "FAIL" and "not yet valid" in check["detail"] and "this node's clock" in check["detail"]
+    assert "clock" in check["hint"] and "ca_file" not in check["hint"]
