@@ -23,6 +23,7 @@ from s4edge.cloud_sync.messages import MAX_MESSAGE_BYTES
 SERVER_CERT = "server.crt"
 SERVER_KEY = "server.key"
 SYSTEM_STATE_DIR = Path("/var/lib/mosquitto")  # the Debian package's, owned by user mosquitto
+SYSTEM_LOG = Path("/var/log/mosquitto/mosquitto.log")  # the Debian package's, which /etc/logrotate.d rotates
 LOCAL_STATE_DIR = "mosquitto-state"  # beside the config, for a broker that reads the fleet folder in place
 
 
@@ -104,6 +105,9 @@ def render(settings: BrokerSettings) -> str:
         "persistent_client_expiration 14d",
         "max_queued_messages 10000",
         "connection_messages true",
+        *(  # the Debian package's log, which this config replaces; `aggregator run --broker-log` reads it
+            [f"log_dest file {SYSTEM_LOG}"] if settings.persistence_dir == SYSTEM_STATE_DIR else []
+        ),
         "log_type error",
         "log_type warning",
         "log_type notice",

@@ -323,4 +323,8 @@ def provision(
         raise _fail(FleetError(f"cannot write {exc.filename or out}: {exc.strerror}")) from None
     for path in done.files:
         typer.echo(str(path))
-    typer.echo(f"next: copy {out}/ to the node's /etc/s4edge/, then `systemctl reload mosquitto` on the broker")
+    broker_files = "passwords, acl and crl.pem" if client_cert else "passwords and acl"  # crl.pem: a rotation revokes
+    typer.echo(
+        f"next: copy {out}/ to the node's /etc/s4edge/, and the fleet's {broker_files} to the broker, "
+        "then `systemctl reload mosquitto` on the broker"
+    )

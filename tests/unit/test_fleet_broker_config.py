@@ -168,3 +168,14 @@ def test_a_fleet_of_both_kinds_gets_a_listener_for_each(fleet_dir: Path, tmp_pat
     assert password.startswith("8883\n") and "require_certificate false" in password
     assert certificate.startswith("8885\n") and "use_identity_as_username true" in certificate
     assert f"crlfile {fleet_dir.absolute() / 'crl.pem'}" in certificate.splitlines()
+
+
+def test_the_installed_broker_logs_where_the_aggregator_reads_refused_logins(tmp_path: Path) -> None:
+    # the installed config replaces Debian's, and with it its log_dest: mosquitto logged to the
+    # journal, and `aggregator run --broker-log /var/log/mosquitto/mosquitto.log` counted nothing
+    from s4edge.cloud_sync.fleet.broker_config import BrokerSettings, render
+
+    installed = render(BrokerSettings(files_dir=Path("/etc/mosquitto/s4edge")))
+    assert "log_dest file /var/log/mosquitto/mosquitto.log" in installed.splitlines()
+    local = render(BrokerSettings(files_dir=tmp_path, persistence_dir=tmp_path / "mosquitto-state"))
+    assert "log_dest" not in local  # a broker tried on the laptop logs to its terminal
