@@ -323,6 +323,14 @@ def provision(
         raise _fail(FleetError(f"cannot write {exc.filename or out}: {exc.strerror}")) from None
     for path in done.files:
         typer.echo(str(path))
+    fleet = Fleet(fleet_dir or ca_dir)
+    kinds = {identity.client_cert for identity in fleet.identities.values()}
+    if client_cert and len(kinds) > 1:  # broker-config keeps the main port for passwords
+        typer.echo(
+            "note: this fleet mixes passwords and certificates: `fleet broker-config` gives certificates a "
+            "listener of their own (--cert-port, 8885 by default), which this node's --broker must name",
+            err=True,
+        )
     broker_files = "passwords, acl and crl.pem" if client_cert else "passwords and acl"  # crl.pem: a rotation revokes
     typer.echo(
         f"next: copy {out}/ to the node's /etc/s4edge/, and the fleet's {broker_files} to the broker, "

@@ -280,3 +280,13 @@ def test_a_refused_provisioning_touches_no_node_files(fleet_dir: Path, tmp_path:
     before = (tmp_path / "node-a" / "mqtt.password").read_text()
     assert provision(tmp_path, "node-a", "metro")[0] == 2
     assert (tmp_path / "node-a" / "mqtt.password").read_text() == before
+
+
+def test_a_certificate_node_in_a_fleet_of_passwords_is_told_which_port_to_name(fleet_dir: Path, tmp_path: Path) -> None:
+    # the docs said a client certificate becomes required on 8883; broker-config keeps 8883 for
+    # passwords and puts certificates on --cert-port, and the node could never connect
+    assert provision(tmp_path, "node-p")[0] == 0
+    code, output = provision(tmp_path, "node-c", "plaza", "--client-cert")
+    assert code == 0 and "--cert-port, 8885 by default" in output
+    code, output = provision(tmp_path, "node-p2")
+    assert code == 0 and "--cert-port" not in output
