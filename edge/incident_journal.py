@@ -29,7 +29,7 @@ def journal_path(outbox: Path) -> Path:
     return outbox.with_name(f"{outbox.name}.open-incidents.json")
 
 
-RESTARTED = "ended when the node started again: it stopped (a crash or a power cut) before it could end this"
+RESTARTED = "ended when the node started again: it stopped (a restart, a crash, a power cut) before it ended this"
 _KEPT = ("kind", "severity", "title", "zone", "status")  # what the end repeats
 log = logging.getLogger(__name__)
 

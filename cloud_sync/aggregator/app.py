@@ -18,6 +18,7 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import APIRouter
+from sqlalchemy.exc import SQLAlchemyError
 
 from s4edge.cloud_sync.aggregator.api import build_api, mount_dashboard
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig
@@ -106,10 +107,9 @@ class Aggregator:
         if config.workers > 1:
             if config.protocol == "3.1.1":
                 raise WorkersError("workers share the fleet through MQTT 5 shared subscriptions: not with MQTT 3.1.1")
-            self.store.create_all()
-            group = config.group or self.store.share_group()
-            # the guessable group of the version before: its subscription leaves the resumed sessions
-            retired = None if config.group else default_group(config.session_id)
+            group, retired = config.group, None
+            if not group:
+                group, retired = self._share_group(config.session_id)
             spec = WorkerSpec(
                 config.broker, store, config.session_id, group, config.writer == "process",
                 config.session_expiry_s, config.batch_max, rules, retired_group=retired,
@@ -129,6 +129,20 @@ class Aggregator:
             writer_process=store if config.writer == "process" else None,
             rules=rules,
         )
+
+    def _share_group(self, session_id: str) -> tuple[str, str | None]:
+        """The workers' group, drawn once and kept in the store, and the one named after the client
+        id that sessions resumed from before may hold (they leave it). A store that cannot take the
+        draw yet (read-only for now: ingest waits for it) keeps the named group until it can."""
+        named = default_group(session_id)
+        try:
+            self.store.create_all()
+            return self.store.share_group(), named
+        except SQLAlchemyError as exc:
+            log.warning(
+                "store: no shared-subscription group drawn (%s); the workers share %s", exc.__class__.__name__, named
+            )
+            return named, None
 
     def forward_jobs(self, kinds: frozenset[str], on_jobs: Callable[[], object] | None = None) -> None:
         """Store a forward job with each new alert of these kinds, in the commit that stores it,

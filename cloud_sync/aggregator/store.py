@@ -374,10 +374,14 @@ class Store:
         store: drawn at random once and kept here. A group a node can guess, it can join with its
         own credentials; the broker then gives it its turn of the fleet's messages, which its ACL
         forbids it to read, and drops them (mosquitto's acl_file checks no subscription filter)."""
+        kept = select(aggregator_settings.c.value).where(aggregator_settings.c.name == "share_group")
+        with self.engine.connect() as conn:  # drawn before: a read, which a read-only store allows
+            found = conn.execute(kept).scalar_one_or_none()
+        if found is not None:
+            return str(found)
         with self.engine.begin() as conn:
             drawn = {"name": "share_group", "value": f"s4edge-{secrets.token_hex(16)}"}
             conn.execute(_insert(conn, aggregator_settings).on_conflict_do_nothing(index_elements=["name"]), drawn)
-            kept = select(aggregator_settings.c.value).where(aggregator_settings.c.name == "share_group")
             return str(conn.execute(kept).scalar_one())
 
     # -- ingest (all inside one caller-owned transaction per batch) ---------------------------
