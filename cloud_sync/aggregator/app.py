@@ -7,6 +7,7 @@ where. ``stop()`` undoes it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -107,9 +108,8 @@ class Aggregator:
         if config.workers > 1:
             if config.protocol == "3.1.1":
                 raise WorkersError("workers share the fleet through MQTT 5 shared subscriptions: not with MQTT 3.1.1")
-            group, retired = config.group, None
-            if not group:
-                group, retired = self._share_group(config.session_id)
+            # without --group, drawn at start (Store.share_group), once the store has been opened
+            group, retired = config.group or default_group(config.session_id), None
             spec = WorkerSpec(
                 config.broker, store, config.session_id, group, config.writer == "process",
                 config.session_expiry_s, config.batch_max, rules, retired_group=retired,
@@ -130,19 +130,21 @@ class Aggregator:
             rules=rules,
         )
 
-    def _share_group(self, session_id: str) -> tuple[str, str | None]:
+    def _share_group(self) -> None:
         """The workers' group, drawn once and kept in the store, and the one named after the client
         id that sessions resumed from before may hold (they leave it). A store that cannot take the
         draw yet (read-only for now: ingest waits for it) keeps the named group until it can."""
-        named = default_group(session_id)
+        if not isinstance(self.ingest, IngestWorkers) or self.config.group:
+            return
+        named = default_group(self.config.session_id)
         try:
-            self.store.create_all()
-            return self.store.share_group(), named
+            group, retired = self.store.share_group(), named
         except SQLAlchemyError as exc:
             log.warning(
-                "store: no shared-subscription group drawn (%s); the workers share %s", exc.__class__.__name__, named
+                "store: no shared-subscription group drawn (%s); the workers share %s", type(exc).__name__, named
             )
-            return named, None
+            group, retired = named, None
+        self.ingest.spec = dataclasses.replace(self.ingest.spec, group=group, retired_group=retired)
 
     def forward_jobs(self, kinds: frozenset[str], on_jobs: Callable[[], object] | None = None) -> None:
         """Store a forward job with each new alert of these kinds, in the commit that stores it,
@@ -167,6 +169,7 @@ class Aggregator:
 
     def start(self, timeout: float = 15.0) -> Aggregator:
         self.store.create_all()
+        self._share_group()
         if self.broker_log is not None:
             self.broker_log.start()  # before connecting: our own refusal, if any, is counted too
         try:

@@ -320,7 +320,10 @@ def test_the_workers_share_a_group_no_node_can_guess(tmp_path: Path) -> None:
 
     db = f"sqlite:///{tmp_path / 'agg.db'}"
     config = AggregatorConfig(BrokerConfig("mqtt://127.0.0.1:1"), db_url=db, workers=2, client_id="agg-1")
-    spec = Aggregator(config).ingest
+    aggregator = Aggregator(config)
+    aggregator.store.create_all()
+    aggregator._share_group()  # as start() draws it, once the store is open
+    spec = aggregator.ingest
     assert isinstance(spec, IngestWorkers)
     drawn = spec.spec.group
     assert drawn.startswith("s4edge-") and len(drawn) == 7 + 32 and drawn != default_group("agg-1")
@@ -330,7 +333,9 @@ def test_the_workers_share_a_group_no_node_can_guess(tmp_path: Path) -> None:
     other = Store(make_engine(f"sqlite:///{tmp_path / 'other.db'}"))
     other.create_all()
     assert other.share_group() != drawn
-    named = Aggregator(AggregatorConfig(BrokerConfig("mqtt://127.0.0.1:1"), db_url=db, workers=2, group="g1")).ingest
+    given = Aggregator(AggregatorConfig(BrokerConfig("mqtt://127.0.0.1:1"), db_url=db, workers=2, group="g1"))
+    given._share_group()
+    named = given.ingest
     assert isinstance(named, IngestWorkers) and (named.spec.group, named.spec.retired_group) == ("g1", None)
 
 
