@@ -34,6 +34,10 @@ _KEPT = ("kind", "severity", "title", "zone", "status")  # what the end repeats
 log = logging.getLogger(__name__)
 
 
+def _entry(draft: AlertDraft) -> dict[str, Any]:
+    return {key: getattr(draft, key) for key in _KEPT}
+
+
 class IncidentJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -43,7 +47,7 @@ class IncidentJournal:
 
     def note(self, draft: AlertDraft) -> None:
         """After ``draft`` was stored: an end forgets its incident, anything else notes it."""
-        entry = {key: getattr(draft, key) for key in _KEPT}
+        entry = _entry(draft)
         with self._lock:
             if draft.state == "end":
                 if self._open.pop(draft.incident, None) is None:
@@ -74,7 +78,7 @@ class IncidentJournal:
             except TypeError:  # an entry of another shape: not ours to end
                 continue
         with self._lock:
-            self._open.update((draft.incident, {key: getattr(draft, key) for key in _KEPT}) for draft in ends)
+            self._open.update((draft.incident, _entry(draft)) for draft in ends)
         return ends
 
     def _write(self) -> None:

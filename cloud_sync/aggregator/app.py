@@ -108,11 +108,11 @@ class Aggregator:
         if config.workers > 1:
             if config.protocol == "3.1.1":
                 raise WorkersError("workers share the fleet through MQTT 5 shared subscriptions: not with MQTT 3.1.1")
-            # without --group, drawn at start (Store.share_group), once the store has been opened
-            group, retired = config.group or default_group(config.session_id), None
+            # without --group, drawn at start (_share_group), once the store has been opened
+            group = config.group or default_group(config.session_id)
             spec = WorkerSpec(
                 config.broker, store, config.session_id, group, config.writer == "process",
-                config.session_expiry_s, config.batch_max, rules, retired_group=retired,
+                config.session_expiry_s, config.batch_max, rules,
             )  # fmt: skip
             return IngestWorkers(spec, config.workers, self.metrics, self.events)
         return Ingest(

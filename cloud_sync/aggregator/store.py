@@ -433,7 +433,7 @@ class Store:
                 for site, node in [earliest.get(i, senders[i])]
             ]
             conn.execute(_insert(conn, incident_owners).on_conflict_do_nothing(index_elements=["incident"]), claims)
-            owner = self._owners(conn, list(senders))  # a replica's claim meanwhile is the one kept
+            owner |= self._owners(conn, unowned)  # a replica's claim meanwhile is the one kept
         return {a.id for a in alerts_ if owner.get(a.incident) != (a.site, a.node_id)}
 
     @staticmethod

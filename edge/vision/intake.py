@@ -286,9 +286,7 @@ def _runs_on_a_blank_frame(entry: ModelEntry, weights: Path) -> None:
 
     source = f"the drafted manifest of {entry.name}"
     try:
-        detector = Detector(entry, weights, BackendOptions(threads=1))
-        spec = entry.manifest.input
-        detector.detect(np.full((spec.height, spec.width, 3), 114, np.uint8))
+        Detector(entry, weights, BackendOptions(threads=1))  # which runs it once on a grey frame
     except ManifestError as exc:  # raised against the staging folder, which is about to vanish
         remedy = "check decoder.family and decoder.options" if exc.field == "decoder" else f"--set {exc.field}=…"
         raise IntakeError(f"{source}: {exc.field}: {exc.problem}; {remedy}") from exc
