@@ -32,14 +32,18 @@ class Sample:
     valid: bool = True  # False while warming up: telemetry only, no alarms
     note: str = ""
     values: dict[str, float] = field(default_factory=dict)
-    # out of range because the converter clipped: the true value is at least this, and an
-    # alarm on it must hold (source._judge); any other value out of range is only a fault
+    # out of range, and the true value at least this (a converter clipped, a chip past its
+    # rated range, a gas past the whole air): an alarm on it must hold (source._judge), beside
+    # the fault; any other value out of range is only a fault
     saturated: bool = False
 
 
 class Probe(Protocol):
     name: str
-    ranges: dict[str, tuple[float, float]]  # quantity → physically possible values
+
+    @property
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """Quantity → its physically possible values; a reading outside is the sensor's fault."""
 
     def poll(self, now: float) -> Sample | None:
         """Read the sensor; None when it has no new data yet (not a failure)."""
@@ -49,6 +53,15 @@ class Probe(Protocol):
 
 def _m(quantity: str, value: float, unit: str, sensor: str) -> Measurement:
     return Measurement(quantity=quantity, value=round(value, 4), unit=unit, sensor=sensor)
+
+
+# The most an MQ element's Rs can be: its clean-air ratio × R0, three times over (cold, dry
+# air raises Rs by up to 1.4×: the datasheets' temperature figures); 10 MΩ before R0 is known,
+# 20 times the clean-air Rs of any MQ datasheet's range. Above it, the divider's output is
+# what RL pulls it to with no element in series: an open element or heater, a sensor unplugged.
+MQ_RS_OVER_CLEAN_AIR = 3.0
+MQ_OPEN_RS_OHM = 10e6
+MOST_PPM = 1e6  # the whole air: a reading above it is an extrapolation no gas can reach
 
 
 class MQProbe:
@@ -75,7 +88,17 @@ class MQProbe:
         # the gas is at least that much. One within 1 % of the supply rail is no gas at all:
         # Rs near 0 Ω, thousands of times below any curve's range, is a shorted output.
         self._clips_v, self._rail_v = adc_full_scale_v * 0.999, sensor.supply_v * 0.99
-        self.ranges = {"voltage": (0.0, min(self._rail_v, self._clips_v))}
+
+    @property
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """The divider's output between an open element (``MQ_OPEN_RS_OHM``; R0 may come
+        with a calibration) and the rail or the ADC's full scale; ppm up to the whole air."""
+        sensor = self.sensor
+        most_rs = (
+            sensor.model.clean_air_ratio * sensor.r0_ohm * MQ_RS_OVER_CLEAN_AIR if sensor.r0_ohm else MQ_OPEN_RS_OHM
+        )
+        floor_v = sensor.supply_v * sensor.load_ohm / (most_rs + sensor.load_ohm)
+        return {"voltage": (floor_v, min(self._rail_v, self._clips_v)), sensor.gas: (0.0, MOST_PPM)}
 
     def poll(self, now: float) -> Sample:
         r = self.sensor.read(now, self.climate())
@@ -87,6 +110,10 @@ class MQProbe:
                 values["lel"] = lel_percent(r.ppm, self.lel_percent_vol)
                 readings.append(_m("flammable_gas", values["lel"], "%LEL", self.name))
         saturated = self._clips_v < self._rail_v and r.voltage_v >= self._clips_v
+        # fail-safe: past the whole air the sensor needs a look (the fault says so), and the
+        # gas is high all the same; the alarm holds, as on a clipped converter. At the rail
+        # it is the wiring (a shorted output), never gas: a fault alone.
+        saturated = saturated or (r.valid and r.ppm > MOST_PPM and r.voltage_v < self._rail_v)
         return Sample(
             readings, raw=round(r.voltage_v, 6), valid=r.valid, note=r.note, values=values, saturated=saturated
         )
@@ -204,10 +231,14 @@ class BME280Probe:
             _m("pressure", r.pressure_pa, "Pa", self.name),
         ]
         values = {"temperature": r.temperature_c, "humidity": r.humidity_rh}
-        return Sample(readings, raw=(r.temperature_c, r.humidity_rh, r.pressure_pa), values=values)
+        # past the chip's rated 85 °C (BME280 datasheet, operating range) in a fire: the
+        # reading goes on rising, so the heat alarm holds on it while the fault says it is unrated
+        hot = r.temperature_c > self.ranges["temperature"][1]
+        return Sample(readings, raw=(r.temperature_c, r.humidity_rh, r.pressure_pa), values=values, saturated=hot)
 
     def judge(self, sample: Sample, now: float) -> None:
-        self.climate = Climate(sample.values["temperature"], sample.values["humidity"])
+        if not sample.saturated:  # the MQ compensation holds over the chip's rated range only
+            self.climate = Climate(sample.values["temperature"], sample.values["humidity"])
         if self.heat is not None:
             self.heat.observe(sample.values["temperature"], now)
 

@@ -140,6 +140,8 @@ def test_stuck_converter_and_out_of_range_value(tmp_path: Path) -> None:
         ({"supply_v": float("inf")}, "finite number"),
         ({"warmup_s": float("inf")}, "finite number"),  # never warm
         ({"full_scale_v": 5.0}, "PGA ranges"),
+        ({"gas": "methan"}, r"gas must be one of \['lpg', 'methane', 'propane', 'smoke'\]"),  # doctor passed it
+        ({"gas": "smoke", "levels": [{"on_at": 5, "severity": "Severe"}]}, "smoke has no lower explosive limit"),
     ],
 )
 def test_impossible_sensor_settings_are_refused(change: dict[str, Any], says: str) -> None:
@@ -158,6 +160,22 @@ def test_mq_sensors_on_one_converter_share_its_range() -> None:
         Config.model_validate({"type": "sensors", "sensors": two})
     two[1]["address"] = 0x49  # a second converter: its own range
     Config.model_validate({"type": "sensors", "sensors": two})
+
+
+@pytest.mark.parametrize(
+    ("second", "says"),
+    [
+        ({"name": "b", "kind": "mq7", "channel": 0}, "a and b are both on input 0 of the ADS1115 at 0x48"),
+        ({"name": "b", "kind": "bme280", "address": 0x48}, "a and b both use I2C address 0x48"),
+        ({"name": "b", "kind": "sgp30"}, "a and b both use I2C address 0x58"),
+    ],
+)
+def test_two_devices_on_one_input_or_address_are_refused(second: dict[str, Any], says: str) -> None:
+    # both read one voltage (a leak at one sensor vanished into the other's reading), or two
+    # chips answered at one address
+    first = {"name": "a", "kind": "sgp30"} if second["kind"] == "sgp30" else {"name": "a", "kind": "mq2", "channel": 0}
+    with pytest.raises(ValueError, match=says):
+        Config.model_validate({"type": "sensors", "sensors": [first, second]})
 
 
 def test_config_errors_name_the_problem(tmp_path: Path) -> None:
@@ -272,3 +290,46 @@ def test_an_output_shorted_to_the_supply_is_a_fault_never_a_gas_alarm(tmp_path: 
     run(source, clock, 20)
     assert [d.kind for d in drafts if d.state == "new"] == ["sensor_fault"]
     assert "outside the physical range" in (drafts[0].detail or "")
+
+
+def test_an_open_element_or_unplugged_sensor_is_a_fault_not_clean_air(tmp_path: Path) -> None:
+    # RL pulls the output to 0 V with no element in series: a few LSB above 0 V read as Rs of
+    # tens of MΩ, "very clean air", and the sensor stayed ok for ever, blind to any leak
+    sensors = [{"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000, "warmup_s": 0}]
+    source, drafts, clock = make(tmp_path, sensors=sensors, scenario=None)
+    assert source.world is not None
+    source.world.adcs[0x48].set_voltage(0, 0.0006)
+    run(source, clock, 20)
+    assert [d.kind for d in drafts if d.state == "new"] == ["sensor_fault"]
+    assert "voltage" in (drafts[0].detail or "") and source.health["mq2"].state.startswith("fault")
+    source.world.adcs[0x48].set_voltage(0, 0.46)  # clean air again: Rs/R0 ≈ 9.8
+    run(source, clock, 40)
+    assert source.health["mq2"].state == "ok"
+
+
+def test_a_reading_past_the_whole_air_is_a_fault_and_its_alarm_holds(tmp_path: Path) -> None:
+    # 4.5 V of 5 V gave 1.4 million ppm, 140 % of the air, with the sensor "ok"
+    sensors = [{"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000, "warmup_s": 0}]
+    source, drafts, clock = make(tmp_path, sensors=sensors, scenario=None)
+    assert source.world is not None
+    source.world.adcs[0x48].set_voltage(0, 4.5)
+    run(source, clock, 20)
+    assert sorted(d.kind for d in drafts if d.state == "new") == ["gas", "sensor_fault"]
+    assert "methane" in (next(d for d in drafts if d.kind == "sensor_fault").detail or "")
+
+
+def test_the_heat_alarm_holds_past_the_bme280s_rated_85_degrees(tmp_path: Path) -> None:
+    # above 85 °C the reading was out of range: a fault alone, the heat alarm starved of
+    # readings, and ended as stale while the fire went on
+    source, drafts, clock = make(tmp_path, sensors=[{"name": "climate", "kind": "bme280"}], scenario=None)
+    assert source.world is not None
+    chip = source.world.chips["climate"]
+    assert isinstance(chip, SimBME280)
+    for temperature in range(25, 121, 5):
+        chip.temperature_c = float(temperature)
+        run(source, clock, clock.t + 10)
+    run(source, clock, clock.t + 200)
+    source.book.expire(clock.t)
+    heat = [d for d in drafts if d.kind == "temperature"]
+    assert heat and heat[-1].state != "end", [(d.kind, d.state, d.detail) for d in drafts]
+    assert source.book.is_open("sensor_fault:climate")
