@@ -115,7 +115,7 @@ def check_i2c(config: Any, open_bus: Callable[[str], Any] = _open_smbus) -> list
         if source.bus == "sim":
             checks.append(Check(name, "PASS", "simulated bus: no hardware to check"))
             continue
-        from s4edge.edge.sensing.rig import DEFAULT_ADDRESS, address_of
+        from s4edge.edge.sensing.source import DEFAULT_ADDRESS, address_of
 
         expected = {address_of(s): f"{s.name} ({s.kind})" for s in source.sensors if s.kind in DEFAULT_ADDRESS}
         try:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from s4edge.cloud_sync.messages import Severity
-from s4edge.drivers import ads1115, bme280, scd4x, sgp30
 from s4edge.drivers.ads1115 import ADS1115, AnalogIn
 from s4edge.drivers.bme280 import BME280
 from s4edge.drivers.digital_input import DigitalInput, GpioInput
@@ -25,22 +24,14 @@ from s4edge.edge.sensing.calibration import load_calibrations
 from s4edge.edge.sensing.co import PROFILES, COAlarm
 from s4edge.edge.sensing.mq import MODELS, Climate, MQSensor
 from s4edge.edge.sensing.probes import BME280Probe, DetectorProbe, MQProbe, Probe, SCD4xProbe, SGP30Probe
-from s4edge.edge.sensing.source import Config, SensorConfig, SensorsSource
+from s4edge.edge.sensing.source import Config, SensorConfig, SensorsSource, address_of
 
-DEFAULT_ADDRESS = {
-    "mq2": ads1115.DEFAULT_ADDRESS, "mq7": ads1115.DEFAULT_ADDRESS, "mq135": ads1115.DEFAULT_ADDRESS,
-    "scd4x": scd4x.DEFAULT_ADDRESS, "sgp30": sgp30.DEFAULT_ADDRESS, "bme280": bme280.DEFAULT_ADDRESS,
-}  # fmt: skip
 SIM_R0_OHM = 10_000.0  # the simulated MQ sensors' true R0 when none is configured
 SIM_NOISE_LSB = 1.0  # simulated chips are as noisy as real ones, so a steady room is not "stuck"
 
 
 def _no_wait(_s: float) -> None:
     """Simulated chips answer at once; the drivers' documented delays are skipped."""
-
-
-def address_of(sensor: SensorConfig) -> int:
-    return sensor.address if sensor.address is not None else DEFAULT_ADDRESS[sensor.kind]
 
 
 class SimWorld:

@@ -30,17 +30,24 @@ from typing import Annotated, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from s4edge.cloud_sync.messages import Measurement, Severity
+from s4edge.drivers import ads1115, bme280, scd4x, sgp30
 from s4edge.drivers.ads1115 import FULL_SCALE_BITS
 from s4edge.drivers.errors import DriverError
 from s4edge.edge.alerts import IncidentBook
 from s4edge.edge.config import NodeFile
+from s4edge.edge.sensing.alarms import LEL_PERCENT_VOL
 from s4edge.edge.sensing.co import ProfileName
 from s4edge.edge.sensing.health import HealthPolicy, SensorHealth
+from s4edge.edge.sensing.mq import MODELS
 from s4edge.edge.sensing.probes import Probe, Sample
 from s4edge.edge.sources import SourceContext
 
 SensorKind = Literal["mq2", "mq7", "mq135", "scd4x", "sgp30", "bme280", "smoke", "flame"]
 DEFAULT_GAS = {"mq2": "methane", "mq7": "co", "mq135": "co2"}
+DEFAULT_ADDRESS = {
+    "mq2": ads1115.DEFAULT_ADDRESS, "mq7": ads1115.DEFAULT_ADDRESS, "mq135": ads1115.DEFAULT_ADDRESS,
+    "scd4x": scd4x.DEFAULT_ADDRESS, "sgp30": sgp30.DEFAULT_ADDRESS, "bme280": bme280.DEFAULT_ADDRESS,
+}  # fmt: skip
 
 
 class SimSignal(BaseModel):
@@ -100,7 +107,22 @@ class SensorConfig(BaseModel):
             raise ValueError(f"sensor {self.name}: a {self.kind} detector needs a GPIO 'pin' (or 'sim')")
         if self.kind.startswith("mq"):
             self.gas = self.gas or DEFAULT_GAS[self.kind]
+            curves = sorted(MODELS[self.kind].curves)
+            if self.gas not in curves:  # a typo passed doctor, and the agent then refused to start
+                raise ValueError(
+                    f"sensor {self.name}: gas must be one of {curves} for an {self.kind}, not {self.gas!r}"
+                )
+            if self.levels and not (self.lel_percent_vol or LEL_PERCENT_VOL.get(self.gas)):
+                raise ValueError(
+                    f"sensor {self.name}: levels are % LEL alarm levels, and {self.gas} has no lower explosive "
+                    "limit here: remove them, or give its LEL in lel_percent_vol"
+                )
         return self
+
+
+def address_of(sensor: SensorConfig) -> int:
+    """The sensor's I2C address: its own, or its chip's default."""
+    return sensor.address if sensor.address is not None else DEFAULT_ADDRESS[sensor.kind]
 
 
 class Config(BaseModel):
@@ -135,10 +157,36 @@ class Config(BaseModel):
         }
         if shared:  # one converter, one PGA: the others' readings would clip unseen below their range
             raise ValueError(f"MQ sensors on one ADS1115 need one full_scale_v; these differ: {shared}")
+        self._one_device_per_address()
         unwired = [s.name for s in self.sensors if s.kind in ("smoke", "flame") and s.pin is None]
         if self.bus != "sim" and unwired:
             raise ValueError(f"detectors {unwired} need a GPIO 'pin' on real hardware")
         return self
+
+    def _one_device_per_address(self) -> None:
+        """One ADS1115 input per MQ sensor, one chip per I2C address: two MQ sensors on one
+        input read one voltage (a leak at one vanished into the other's reading), and two
+        chips at one address answer at once, or one of them for both."""
+        inputs: dict[tuple[int, int | None], str] = {}
+        chips: dict[int, tuple[str, str]] = {}
+        for sensor in self.sensors:
+            if sensor.kind not in DEFAULT_ADDRESS:
+                continue
+            address = address_of(sensor)
+            chip = "ads1115" if sensor.kind.startswith("mq") else sensor.kind
+            if sensor.kind.startswith("mq"):
+                taken = inputs.setdefault((address, sensor.channel), sensor.name)
+                if taken != sensor.name:
+                    raise ValueError(
+                        f"sensors {taken} and {sensor.name} are both on input {sensor.channel} of the ADS1115 at "
+                        f"0x{address:02x}: give each MQ sensor its own channel (0..3) or converter address"
+                    )
+            owner, kind = chips.setdefault(address, (sensor.name, chip))
+            if kind != chip or (chip != "ads1115" and owner != sensor.name):
+                raise ValueError(
+                    f"sensors {owner} and {sensor.name} both use I2C address 0x{address:02x}: give one of them "
+                    "its other address (address: …), as wired"
+                )
 
 
 class World(Protocol):
