@@ -261,6 +261,8 @@ def on_model_grid(table: SpectraTable, grid_nm: npt.NDArray[np.float64], resampl
         return x
     if len(wl) == len(grid_nm) and np.allclose(wl, grid_nm, atol=0.5):
         return x
+    if len(wl) < 2:
+        raise NIRFileError(f"{table.source}: {len(wl)} wavelengths; the model expects {len(grid_nm)} points")
     described = f"{wl.min():g}–{wl.max():g} nm, {len(wl)} points"
     wanted = f"{grid_nm[0]:g}–{grid_nm[-1]:g} nm, {len(grid_nm)} points"
     covers = wl.min() <= grid_nm[0] + 1 and wl.max() >= grid_nm[-1] - 1

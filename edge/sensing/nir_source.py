@@ -48,6 +48,8 @@ class Config(BaseModel):
 def align(spectrum: Spectrum, model: PLSModel) -> np.ndarray:
     """The spectrum on the model's wavelength grid (interpolated if the grids differ)."""
     wl, values = spectrum.wavelengths_nm, spectrum.values
+    if len(wl) < 2 or len(values) != len(wl):  # a firmware glitch: no points, or fewer values than wavelengths
+        raise SpectrumError(f"the spectrometer sent {len(wl)} wavelengths and {len(values)} values; check the device")
     if len(wl) == len(model.wavelengths_nm) and np.allclose(wl, model.wavelengths_nm, atol=0.5):
         return values
     if not np.isfinite(wl).all():
@@ -58,7 +60,7 @@ def align(spectrum: Spectrum, model: PLSModel) -> np.ndarray:
     elif not (steps > 0).all():  # np.interp needs increasing points, and misreads any others silently
         raise SpectrumError("the spectrum's wavelengths neither rise nor fall throughout; check the device's grid")
     lo, hi = model.wavelengths_nm[0], model.wavelengths_nm[-1]
-    if len(wl) < 2 or wl.min() > lo + 1 or wl.max() < hi - 1:
+    if wl.min() > lo + 1 or wl.max() < hi - 1:
         raise SpectrumError(f"spectrum covers {wl.min():.0f}–{wl.max():.0f} nm; the model needs {lo:.0f}–{hi:.0f} nm")
     return np.interp(model.wavelengths_nm, wl, values)
 
@@ -101,6 +103,9 @@ class NIRSource:
             if isinstance(exc, OSError | DriverError) and not isinstance(exc, SpectrometerTimeout):
                 self._drop_device()  # an unplugged cable: reopen the port on the next scan
             self.health.failed(now, str(exc))
+            return None
+        except Exception as exc:  # what the device sent broke the model: its fault, as poll_once takes it
+            self.health.failed(now, f"{type(exc).__name__}: {exc}")
             return None
         self.health.succeeded(now, None)
         for cls in self.config.alert_classes:

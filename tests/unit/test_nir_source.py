@@ -90,3 +90,16 @@ def test_a_spectrum_sent_long_end_first_is_the_same_spectrum(model_path: Path) -
     for bad in (zigzag, np.where(np.arange(wl.size) == 3, np.nan, wl)):
         with pytest.raises(SpectrumError):
             align(Spectrum(bad, values), model)
+
+
+def test_a_spectrum_with_no_points_is_the_devices_fault(model_path: Path) -> None:
+    # a firmware glitch (a SPECTRUM frame of 0 points, its CRC right) raised a bare ValueError
+    # out of scan: the node restarted the source for ever, and no sensor_fault was raised
+    drafts: list[AlertDraft] = []
+    with SpectrometerServer(SimSpectrometer(lambda: Spectrum(np.array([]), np.array([])))) as server:
+        config = Config(type="nir", url=server.url, model=model_path, alert_classes=["urea"], timeout_s=1)
+        source = build(config, IncidentBook(drafts.append))
+        for t in range(3):
+            assert source.scan(float(t)) is None
+    assert [(d.kind, d.state) for d in drafts] == [("sensor_fault", "new")]
+    assert "0 wavelengths" in source.health.state
