@@ -26,6 +26,7 @@ import re
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,9 @@ from s4edge.cloud_sync.ng112.sip import (
 )
 
 log = logging.getLogger(__name__)
-_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d{1,9})[ \t]*$", re.IGNORECASE | re.MULTILINE)
+# any header line of the head (RFC 3261 §7.3.1: in any order), each ending in CRLF
+_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d{1,9})[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+TIMER_J_S = 32.0  # RFC 3261 §17.2.2: 64·T1 over UDP, how long a request's retransmissions can come
 _LISTEN = re.compile(r"^(udp|tcp):(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 # One value of Call-Info (RFC 3261 §20.9) or Geolocation (RFC 6442 §4.1): <uri> *(;param).
 # The ABNF wants the <>; a bare URI up to the first ';' is read too.
@@ -297,6 +300,38 @@ def _take(server: Any, raw: bytes) -> ReceivedCall:
     return call
 
 
+class _Transactions:
+    """RFC 3261 §17.2.2: a non-INVITE server transaction absorbs the retransmissions of its
+    request (the same top Via, branch and sent-by, and CSeq) and sends its last response
+    again, until Timer J; a retransmitted call is not a second call. One still being
+    handled answers nothing yet: its response goes out when it is done."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._answers: dict[tuple[str, str, str], tuple[float, bytes | None]] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    @staticmethod
+    def key(call: ReceivedCall) -> tuple[str, str, str]:
+        top_via = call.headers.get("_vias", "").split("\r\n", 1)[0]
+        return top_via.partition(":")[2].strip(), call.headers.get("call-id", ""), call.headers.get("cseq", "")
+
+    def begin(self, key: tuple[str, str, str]) -> tuple[bool, bytes | None]:
+        """(True, None) for a new request; (False, its answer or None) for a retransmission."""
+        now = self._clock()
+        with self._lock:
+            for old in [k for k, (at, _) in self._answers.items() if now - at > TIMER_J_S]:
+                del self._answers[old]
+            if key in self._answers:
+                return False, self._answers[key][1]
+            self._answers[key] = (now, None)
+            return True, None
+
+    def answered(self, key: tuple[str, str, str], response: bytes) -> None:
+        with self._lock:
+            self._answers[key] = (self._clock(), response)
+
+
 class _Udp(socketserver.BaseRequestHandler):
     server: Any
 
@@ -304,11 +339,24 @@ class _Udp(socketserver.BaseRequestHandler):
         data, sock = self.request
         with self.server.in_flight:
             try:
-                call = _take(self.server, data)
+                call = read_call(data, self.server.schema)
             except SipError as exc:
                 log.warning("psap: dropped a datagram that is not SIP: %s", exc)
                 return
-            sock.sendto(answer(call), self.client_address)
+            key = _Transactions.key(call)
+            new, response = self.server.transactions.begin(key)
+            if not new:  # a retransmission (RFC 3261 §17.1.2.2, Timer E): answered again, taken once
+                if response is not None:
+                    sock.sendto(response, self.client_address)
+                return
+            if not call.accepted:
+                log.warning(
+                    "psap: answered %s to %s: %s", call.verdict, call.headers.get("call-id", "?"), call.verdict.detail
+                )
+            self.server.on_call(call)
+            response = answer(call)
+            self.server.transactions.answered(key, response)
+            sock.sendto(response, self.client_address)
 
 
 class _Tcp(socketserver.BaseRequestHandler):
@@ -342,6 +390,7 @@ class _UdpServer(socketserver.ThreadingUDPServer):
     on_call: OnCall
     schema: etree.XMLSchema | None
     in_flight: _InFlight
+    transactions: _Transactions
     daemon_threads = True
     # not for UDP: on Linux a second receiver binds the same port beside the first and takes its calls
     allow_reuse_address = False
@@ -369,6 +418,8 @@ class PsapReceiver:
         self.server.on_call = on_call
         self.server.schema = schema if schema is not None else load_schema()
         self.server.in_flight = _InFlight()
+        if isinstance(self.server, _UdpServer):
+            self.server.transactions = _Transactions()
         self.proto = proto
         self._thread: threading.Thread | None = None
 

@@ -181,3 +181,43 @@ def test_compact_header_names_are_understood():
     msg = message()
     raw = wire(msg, (b"\r\nContent-Type: multipart/mixed", b"\r\nc: multipart/mixed"))
     assert read_call(raw).verdict.code == 200
+
+
+def test_a_udp_retransmission_is_answered_again_and_taken_once():
+    # RFC 3261 §17.2.2: a Timer E retransmission (same Via branch, Call-ID, CSeq) was a second call
+    calls = []
+    receiver = PsapReceiver("udp:127.0.0.1:0", calls.append).start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            raw = wire(message())
+            answers = []
+            for _ in range(2):
+                sock.sendto(raw, receiver.address)
+                answers.append(parse_response(sock.recv(65535)).code)
+            sock.sendto(wire(message(), (b"z9hG4bKtest", b"z9hG4bKother")), receiver.address)  # a new request
+            answers.append(parse_response(sock.recv(65535)).code)
+    finally:
+        receiver.stop()
+    assert answers == [200, 200, 200]
+    assert len(calls) == 2
+
+
+def test_content_length_is_read_wherever_it_stands_over_tcp():
+    # only a Content-Length on the head's last line was read: one higher up counted as 0, the
+    # body was read as a second request, and a valid call was refused with 425
+    raw = wire(message())
+    head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    length = next(line for line in lines if line.lower().startswith(b"content-length"))
+    lines.remove(length)
+    lines.insert(2, length)
+    calls = []
+    receiver = PsapReceiver("tcp:127.0.0.1:0", calls.append).start()
+    try:
+        with socket.create_connection(receiver.address, timeout=5) as sock:
+            sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+            response = parse_response(sock.recv(65535))
+    finally:
+        receiver.stop()
+    assert response.code == 200 and [c.verdict.code for c in calls] == [200]
