@@ -375,7 +375,11 @@ class Forwarder(ForwardDesk):
             first = conn.execute(
                 select(forwards.c.state).where(forwards.c.incident == row.incident, forwards.c.ordinal == 0)
             ).scalar_one()
-        if row.ordinal > 0 and first in ("dismissed", "unconfirmed"):
+        # Nothing of the incident reached the PSAP: what follows its first alert goes its way,
+        # except that an incident which rose to Extreme once nobody answered for it goes now,
+        # as Extreme goes at the timeout (policy.py). An operator's dismissal stands.
+        rose = first == "unconfirmed" and alert.severity == "Extreme"
+        if row.ordinal > 0 and first in ("dismissed", "unconfirmed") and incident.first_identifier is None and not rose:
             self._finish(row.id, state=first, reason=f"the incident's first alert was {first}")
             return
         references = None

@@ -181,6 +181,25 @@ def test_an_incident_that_rose_to_extreme_while_awaiting_confirmation_goes_at_th
     assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update"]
 
 
+def test_an_incident_that_rises_to_extreme_after_its_confirmation_lapsed_goes_then(engine, clock, psap):
+    # its first alert ended unconfirmed; the Extreme update minutes later ended unconfirmed
+    # with it, unasked, and the PSAP heard nothing of a life-threatening incident
+    fwd = forwarder(engine, clock, uri(psap), default={"mode": "confirm", "confirm_timeout_s": 60})
+    (first,) = fwd.submit(alert(severity="Severe"))
+    clock.advance(61)
+    fwd.run_due()
+    clock.advance(120)
+    (risen,) = fwd.submit(alert(state="update", severity="Extreme"))
+    (after,) = fwd.submit(alert(state="update", severity="Extreme"))
+    (ended,) = fwd.submit(alert(state="end", severity="Extreme"))
+    for _ in range(4):
+        fwd.run_due()
+        clock.advance(1)
+    states = [get_forward(engine, f)["state"] for f in (first, risen, after, ended)]
+    assert states == ["unconfirmed", "delivered", "delivered", "delivered"]
+    assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update", "Cancel"]
+
+
 def test_failures_are_retried_with_backoff_then_marked_failed(engine, clock):
     closed = f"sip:psap@127.0.0.1:{free_port()};transport=tcp"  # nothing listens there
     fwd = forwarder(engine, clock, closed, backoff_s=10, max_attempts=3)
