@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lxml import etree
@@ -55,7 +56,7 @@ def compose(
     caller: Caller,
     *,
     msg_type: MsgType = "Alert",
-    references: CapRef | None = None,
+    references: Sequence[CapRef] = (),
     readings_uri: str | None = None,
     schema: etree.XMLSchema | None = None,
     call_id: str | None = None,

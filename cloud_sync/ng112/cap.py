@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -162,7 +163,7 @@ def build_cap(
     *,
     sender: str,
     msg_type: MsgType = "Alert",
-    references: CapRef | None = None,
+    references: Sequence[CapRef] = (),
     addresses: str = "urn:service:sos",
     readings_uri: str | None = None,
     language: str = "en-US",
@@ -174,16 +175,16 @@ def build_cap(
 
     Raises ``CapError`` naming the field when the message would not validate.
     """
-    if msg_type != "Alert" and references is None:
-        raise CapError("references", f"a CAP {msg_type} must reference the first message of the incident")
-    identifier = f"s4edge-{alert.id}"
+    if msg_type != "Alert" and not references:
+        raise CapError("references", f"a CAP {msg_type} must reference the earlier messages of the incident")
+    ref = cap_ref(alert, sender, sent)
+    identifier, stamp = ref.identifier, ref.sent
     _check_token("identifier", identifier)
     _check_token("sender", sender)
     _check_token("addresses", addresses)
-    if references is not None:
-        for part in (references.sender, references.identifier, references.sent):
+    for ref in references:
+        for part in (ref.sender, ref.identifier, ref.sent):
             _check_token("references", part)
-    stamp = cap_time(sent or alert.ts)
 
     root = etree.Element(f"{{{CAP_NS}}}alert", nsmap={None: CAP_NS})
     _sub(root, "identifier", identifier)
@@ -195,8 +196,8 @@ def build_cap(
     _sub(root, "source", f"s4edge node {alert.node_id}")
     _sub(root, "scope", "Private")
     _sub(root, "addresses", addresses)
-    if references is not None:
-        _sub(root, "references", str(references))
+    if references:  # CAP 1.2 §3.2.1: a space-delimited list; an Update supersedes, a Cancel cancels, each of them
+        _sub(root, "references", " ".join(str(ref) for ref in references))
     _sub(root, "incidents", alert.incident)
 
     info = _sub(root, "info")
@@ -238,7 +239,13 @@ def build_cap(
         first = checker.error_log[0]
         raise CapError(_field_of(tree, first.path or ""), first.message)
     xml = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
-    return CapMessage(CapRef(sender, identifier, stamp), msg_type, alert.status, xml)
+    return CapMessage(ref, msg_type, alert.status, xml)
+
+
+def cap_ref(alert: Alert, sender: str, sent: datetime | None = None) -> CapRef:
+    """How the CAP message made of ``alert`` by ``sender`` is referred to: one identifier per
+    alert, and its time, so that a retry or a later reference names the same message."""
+    return CapRef(sender, f"s4edge-{alert.id}", cap_time(sent or alert.ts))
 
 
 def parse_cap(xml: bytes) -> etree._Element:

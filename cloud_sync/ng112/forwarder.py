@@ -33,7 +33,7 @@ from s4edge.cloud_sync.aggregator.store import forward_jobs
 from s4edge.cloud_sync.logfmt import FailureLog
 from s4edge.cloud_sync.messages import Alert
 from s4edge.cloud_sync.ng112.call import Caller, compose
-from s4edge.cloud_sync.ng112.cap import CapError, CapRef, MsgType
+from s4edge.cloud_sync.ng112.cap import CapError, CapRef, MsgType, cap_ref
 from s4edge.cloud_sync.ng112.correlation import Correlator
 from s4edge.cloud_sync.ng112.desk import Clock, ForwardDesk, OnChange
 from s4edge.cloud_sync.ng112.jobs import alert_from_row, queued, site_alerts
@@ -375,6 +375,13 @@ class Forwarder(ForwardDesk):
             first = conn.execute(
                 select(forwards.c.state).where(forwards.c.incident == row.incident, forwards.c.ordinal == 0)
             ).scalar_one()
+            latest = conn.execute(  # the last Update the PSAP has: superseded or cancelled with the Alert
+                select(forwards.c.alert)
+                .where(forwards.c.incident == row.incident, forwards.c.state == "delivered")
+                .where(forwards.c.msg_type == "Update")
+                .order_by(forwards.c.ordinal.desc())
+                .limit(1)
+            ).scalar()
         # Nothing of the incident reached the PSAP: what follows its first alert goes its way,
         # except that an incident which rose to Extreme once nobody answered for it goes now,
         # as Extreme goes at the timeout (policy.py). An operator's dismissal stands.
@@ -382,10 +389,15 @@ class Forwarder(ForwardDesk):
         if row.ordinal > 0 and first in ("dismissed", "unconfirmed") and incident.first_identifier is None and not rose:
             self._finish(row.id, state=first, reason=f"the incident's first alert was {first}")
             return
-        references = None
+        references: list[CapRef] = []
         msg_type: MsgType = "Alert"
         if incident.first_identifier is not None:
-            references = CapRef(incident.first_sender, incident.first_identifier, incident.first_sent)
+            # CAP 1.2 §3.2.1: an Update supersedes, a Cancel cancels, the messages it references:
+            # the Alert and the last Update, which superseded those before it
+            references.append(CapRef(incident.first_sender, incident.first_identifier, incident.first_sent))
+            if latest is not None:
+                before = Alert.model_validate(latest)
+                references.append(cap_ref(before, self.caller.uri_for(before)))
             msg_type = "Cancel" if alert.state == "end" else "Update"
         elif alert.state == "end":
             self._finish(row.id, state="skipped", reason="the incident ended before any message reached the PSAP")

@@ -218,7 +218,16 @@ def judge(call: ReceivedCall, schema: etree.XMLSchema | None = None) -> Verdict:
         return bad_alert(103, f"the CAP part is not valid CAP 1.2 (OASIS schema): {first}")
     call.cap = {
         name.split("/")[-1]: cap_text(root, name)
-        for name in ("status", "msgType", "incidents", "info/event", "info/severity", "info/headline")
+        for name in (
+            "identifier",
+            "status",
+            "msgType",
+            "references",
+            "incidents",
+            "info/event",
+            "info/severity",
+            "info/headline",
+        )
     }
     if root.find(f"{{{CAP_NS}}}info") is None:
         # CAP 1.2 §3.2.2: event, urgency, severity and certainty are all in <info>.

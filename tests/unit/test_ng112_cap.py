@@ -82,9 +82,13 @@ def test_a_drill_is_never_sent_as_actual(schema, status):
 def test_update_and_cancel_reference_the_first_message(schema):
     first = build_cap(alert(), sender=SENDER, schema=schema)
     update = build_cap(
-        alert(state="update", severity="Extreme"), sender=SENDER, msg_type="Update", references=first.ref, schema=schema
+        alert(state="update", severity="Extreme"),
+        sender=SENDER,
+        msg_type="Update",
+        references=(first.ref,),
+        schema=schema,
     )
-    cancel = build_cap(alert(state="end"), sender=SENDER, msg_type="Cancel", references=first.ref, schema=schema)
+    cancel = build_cap(alert(state="end"), sender=SENDER, msg_type="Cancel", references=(first.ref,), schema=schema)
     expected = f"{SENDER},{first.ref.identifier},{first.ref.sent}"
     assert text(update.xml, "references") == expected
     assert text(update.xml, "msgType") == "Update"

@@ -611,3 +611,23 @@ def test_two_replicas_recording_one_incident_at_once_give_its_messages_distinct_
         pass
     assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update", "Cancel"]
     pg.dispose()
+
+
+def test_updates_and_the_cancel_reference_the_alert_and_the_last_update(engine, clock, psap):
+    # CAP 1.2 §3.2.1: each referenced only the Alert, so the Cancel cancelled a message the
+    # Updates had superseded, and a state-tracking PSAP kept the Updates in effect
+    fwd = forwarder(engine, clock, uri(psap))
+    for state in ("new", "update", "update", "end"):
+        fwd.submit(alert(state=state))
+        fwd.run_due()
+        clock.advance(1)
+    sent = [(c.cap["msgType"], c.cap["identifier"], c.cap.get("references") or "") for c in psap.calls]
+    assert [m for m, _, _ in sent] == ["Alert", "Update", "Update", "Cancel"]
+    ids = [identifier for _, identifier, _ in sent]
+
+    def named(refs: str) -> list[str]:
+        return [ref.split(",")[1] for ref in refs.split()]
+
+    assert named(sent[1][2]) == [ids[0]]
+    assert named(sent[2][2]) == [ids[0], ids[1]]
+    assert named(sent[3][2]) == [ids[0], ids[2]]
