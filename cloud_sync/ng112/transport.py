@@ -103,7 +103,9 @@ class Transaction:
             if len(probe) > MAX_DATAGRAM:
                 return Delivery("too_large", proto, 0, detail=f"{len(probe)} bytes do not fit a UDP datagram")
             return self._udp(message, target, branch)
-        return self._stream(message, target, branch, proto)
+        # RFC 3261 §18.1.1: TCP for the size alone, where UDP was the transport (no ;transport=)
+        size_forced = target.transport is None and len(probe) <= MAX_DATAGRAM
+        return self._stream(message, target, branch, proto, udp_fallback=size_forced)
 
     def _udp(self, message: EmergencyMessage, target: SipTarget, branch: str) -> Delivery:
         family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
@@ -159,7 +161,9 @@ class Transaction:
                     continue
                 return _final(response, "udp", transmissions, self.clock() - start)
 
-    def _stream(self, message: EmergencyMessage, target: SipTarget, branch: str, proto: Proto) -> Delivery:
+    def _stream(
+        self, message: EmergencyMessage, target: SipTarget, branch: str, proto: Proto, *, udp_fallback: bool = False
+    ) -> Delivery:
         start = self.clock()
         timer_f = start + self.timers.f
 
@@ -170,6 +174,10 @@ class Transaction:
             raw = socket.create_connection((target.host, target.port), timeout=left())
         except TimeoutError:
             return Delivery("timeout", proto, 0, detail=f"no connection in {self.timers.f:g} s (Timer F)")
+        except (ConnectionRefusedError, ConnectionResetError) as exc:
+            if udp_fallback:  # RFC 3261 §18.1.1: a reset or refusal of a size-forced TCP: the request goes over UDP
+                return self._udp(message, target, new_branch())
+            return Delivery("unreachable", proto, 0, detail=f"{target.host}:{target.port}: {exc}")
         except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
             return Delivery("unreachable", proto, 0, detail=f"{target.host}:{target.port}: {exc}")
         sock: socket.socket = raw

@@ -315,3 +315,16 @@ def test_no_location_and_invalid_cap_are_caught_before_sending():
     with pytest.raises(CapError) as caught:
         compose(alert(), Caller(language="english please"))
     assert caught.value.field == "info/language"
+
+
+def test_a_udp_psap_named_without_a_transport_gets_the_call_over_udp(tmp_path):
+    # a call is ~3 KB, so a plain sip: URI chose TCP for its size (RFC 3261 §18.1.1); a PSAP on
+    # UDP alone refused the connection and every attempt failed. §18.1.1: retry over UDP.
+    with SippPsap("psap_200.xml", "udp", tmp_path, calls=1) as psap:
+        plain = psap.uri.split(";")[0]
+        target = parse_target(plain)
+        assert target.transport is None
+        delivery = Transaction(FAST).send(compose(alert(), Caller()).message, target)
+        received = psap.received()
+    assert delivery.ok and delivery.transport == "udp", delivery
+    assert received
