@@ -94,7 +94,15 @@ def cap_time(moment: datetime) -> str:
 
 
 def node_sip_uri(node_id: str, site: str, domain: str = "s4edge.invalid") -> str:
-    return f"sip:{node_id}@{site}.{domain}"
+    """The node's address as the From and the CAP sender: the site as a host name label."""
+    return f"sip:{node_id}@{host_label(site)}.{domain}"
+
+
+def host_label(name: str) -> str:
+    """``name`` as a host name label (RFC 3261 §25.1 ``domainlabel``: letters, digits and
+    inner hyphens): a site id may hold ``_`` or end in ``-``, which a strict parser refuses."""
+    label = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-")
+    return label[:63].rstrip("-") or "site"
 
 
 def find_xsd(path: str | Path | None = None) -> Path:

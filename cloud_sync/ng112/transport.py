@@ -70,6 +70,12 @@ def choose_transport(target: SipTarget, size: int) -> Proto:
     return "tcp" if size > UDP_LIMIT else "udp"
 
 
+def sent_by(host: str, port: int) -> str:
+    """The Via's sent-by: an IPv6 address in brackets (RFC 3261 §25.1 ``IPv6reference``),
+    or ``::1:5060`` reads as one address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _final(response: SipResponse, proto: Proto, transmissions: int, latency: float) -> Delivery:
     outcome: Outcome = "ok" if 200 <= response.code < 300 else "rejected"
     return Delivery(outcome, proto, transmissions, latency, response, f"{response.code} {response.reason}")
@@ -115,7 +121,7 @@ class Transaction:
             except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
                 return Delivery("unreachable", "udp", 0, detail=f"{target.host}:{target.port}: {exc}")
             host, port = sock.getsockname()[:2]
-            data = message.render("udp", f"{host}:{port}", branch)
+            data = message.render("udp", sent_by(host, port), branch)
             start = self.clock()
             timer_f = start + self.timers.f
             interval = self.timers.t1
@@ -186,7 +192,7 @@ class Transaction:
                 context = self.tls_context or ssl.create_default_context()
                 sock = context.wrap_socket(raw, server_hostname=target.host)
             host, port = sock.getsockname()[:2]
-            sock.sendall(message.render(proto, f"{host}:{port}", branch))
+            sock.sendall(message.render(proto, sent_by(host, port), branch))
             # RFC 3261 §17.1.2.2: no retransmission over a reliable transport; Timer F still runs.
             buffer = b""
             while True:

@@ -203,3 +203,21 @@ def test_alertmsg_error_text_is_read_under_either_parameter_name():
 def test_alertmsg_errors_carry_the_registered_phrases(code, line):
     assert alertmsg_error(code).header() == line
     assert parse_alertmsg_error(line.split(": ", 1)[1]) == alertmsg_error(code)
+
+
+@pytest.mark.parametrize(
+    ("site", "host"), [("metro_c", "metro-c"), ("school-", "school"), ("Plaza", "Plaza"), ("__", "site")]
+)
+def test_a_site_id_becomes_a_valid_host_label(site, host):
+    # RFC 3261 §25.1: sip:n1@metro_c.s4edge.invalid and sip:n1@school-.s4edge.invalid are no host names
+    from s4edge.cloud_sync.ng112.cap import node_sip_uri
+
+    assert node_sip_uri("n1", site) == f"sip:n1@{host}.s4edge.invalid"
+
+
+def test_an_ipv6_sent_by_is_in_brackets():
+    # RFC 3261 §25.1 IPv6reference: "::1:5060" reads as one address
+    from s4edge.cloud_sync.ng112.transport import sent_by
+
+    assert sent_by("::1", 5060) == "[::1]:5060"
+    assert sent_by("192.0.2.1", 5060) == "192.0.2.1:5060"
