@@ -6,11 +6,12 @@ on what the network or the peer does.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 from s4edge.cloud_sync.ng112.sip import (
@@ -23,9 +24,12 @@ from s4edge.cloud_sync.ng112.sip import (
     new_branch,
     parse_head,
     parse_response,
+    parse_target,
+    shown_uri,
     split_head,
 )
 
+REDIRECT_HOPS: Final = 3  # 3xx followed at most this many times in one attempt: no redirect loop
 # RFC 3261 §18.1.1: without a known path MTU, a request over 1300 bytes goes over TCP.
 UDP_LIMIT: Final = 1300
 MAX_DATAGRAM: Final = 65507
@@ -70,6 +74,18 @@ def choose_transport(target: SipTarget, size: int) -> Proto:
     return "tcp" if size > UDP_LIMIT else "udp"
 
 
+def _first_contact(response: SipResponse) -> SipTarget | None:
+    """The first Contact of a redirect as a target, or None (RFC 3261 §20.10: name-addr or a bare URI)."""
+    value = response.header("contact") or ""
+    found = re.match(r'\s*(?:"[^"]*"\s*)?<([^>]+)>|\s*([^,;\s]+)', value)
+    if not found:
+        return None
+    try:
+        return parse_target(found[1] or found[2])
+    except SipError:
+        return None
+
+
 def sent_by(host: str, port: int) -> str:
     """The Via's sent-by: an IPv6 address in brackets (RFC 3261 §25.1 ``IPv6reference``),
     or ``::1:5060`` reads as one address."""
@@ -101,6 +117,22 @@ class Transaction:
         self.clock = clock
 
     def send(self, message: EmergencyMessage, target: SipTarget) -> Delivery:
+        """One request to ``target``; a 3xx sends it on to the first Contact, up to
+        ``REDIRECT_HOPS`` times (RFC 3261 §8.1.3.4: the UAC SHOULD recurse on the Contact;
+        an ESRP redirects to the PSAP that serves the location)."""
+        delivery = self._send_once(message, target)
+        for _ in range(REDIRECT_HOPS):
+            response = delivery.response
+            if response is None or not 300 <= response.code < 400:
+                break
+            contact = _first_contact(response)
+            if contact is None:
+                break
+            onward = self._send_once(message, contact)
+            delivery = replace(onward, detail=f"{onward.detail} (after {response.code} to {shown_uri(contact.uri)})")
+        return delivery
+
+    def _send_once(self, message: EmergencyMessage, target: SipTarget) -> Delivery:
         branch = new_branch()
         # The size decides the transport before the Via is known; a Via is under 100 bytes.
         probe = message.render("udp", "255.255.255.255:65535", branch)

@@ -328,3 +328,36 @@ def test_a_udp_psap_named_without_a_transport_gets_the_call_over_udp(tmp_path):
         received = psap.received()
     assert delivery.ok and delivery.transport == "udp", delivery
     assert received
+
+
+ESRP_302 = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="ESRP redirecting the call to the PSAP that serves the location">
+  <recv request="MESSAGE" crlf="true"></recv>
+  <send><![CDATA[
+      SIP/2.0 302 Moved Temporarily
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]esrp[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:psap@127.0.0.1:PSAP_PORT;transport=udp>
+      Content-Length: 0
+
+    ]]></send>
+</scenario>
+"""
+
+
+def test_a_redirect_sends_the_call_on_to_its_contact(tmp_path):
+    # an ESRP's 302 names the PSAP that serves the location; the forward ended failed after
+    # one attempt and that PSAP never heard of it (RFC 3261 §8.1.3.4: recurse on the Contact)
+    with SippPsap("psap_200.xml", "udp", tmp_path / "psap", calls=1) as psap:
+        scenario = tmp_path / "esrp_302.xml"
+        scenario.write_text(ESRP_302.replace("PSAP_PORT", str(psap.port)))
+        with SippPsap(str(scenario), "udp", tmp_path / "esrp", calls=1) as esrp:
+            delivery = Transaction(FAST).send(compose(alert(), Caller()).message, parse_target(esrp.uri))
+            assert len(esrp.received()) == 1
+        received = psap.received()
+    assert delivery.ok and "after 302" in delivery.detail, delivery
+    assert len(received) == 1
