@@ -10,6 +10,11 @@ escalated alert's id derives from its parts, so two replicas that both escalate 
 parts create one forward (its alert id is the de-dup key). What stays per process is
 the memory of an escalation already open: after its window another replica may open a
 second escalated incident for the same ongoing event (docs/emqx.md §4).
+
+An escalation ends once every incident it was made of has ended, so that the PSAP gets its
+Cancel: its end's id derives from the escalation's, so two replicas that both end it make
+one forward. Which incidents it was made of is known to the process that opened it; an end
+that another replica ingests is not seen here (with replicas, a part's end goes to one of them).
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ class _Open:
     last: datetime
 
 
+@dataclass
+class _Escalation:
+    alert: Alert  # as opened
+    parts: frozenset[str]  # the incidents it was made of
+    ended: set[str]
+    key: tuple[str, str, str | None]
+
+
 # The site's stored alerts with ``ts`` between the two moments (other replicas' included).
 Recall = Callable[[str, datetime, datetime], list[Alert]]
 
@@ -41,9 +54,14 @@ class Correlator:
         self._horizon = timedelta(seconds=max((r.within_s for r in rules), default=0.0))
         self._recent: dict[str, deque[Alert]] = {}
         self._open: dict[tuple[str, str, str | None], _Open] = {}
+        self._escalations: dict[str, _Escalation] = {}  # by incident, until all its parts ended
+        self._ended: deque[str] = deque(maxlen=1024)  # incidents that ended lately, for one opened after
 
     def observe(self, alert: Alert) -> list[Alert]:
         """Escalated alerts that ``alert`` completes (at most one per rule)."""
+        if alert.state == "end" and alert.kind != "escalation":
+            self._ended.append(alert.incident)
+            return self._end(alert)
         # a pre-alarm stays local (policy.is_pre_alarm): it may not become part of a call either
         if alert.state == "end" or alert.kind == "escalation" or is_pre_alarm(alert) or not self.rules:
             return []
@@ -63,12 +81,42 @@ class Correlator:
             self._recent[alert.site] = recent = deque(sorted(recent, key=lambda a: (a.ts, a.id)))
         while recent and alert.ts - recent[0].ts > self._horizon:
             recent.popleft()
-        return [found for rule in self.rules if (found := self._match(rule, alert, recent)) is not None]
+        found = [found for rule in self.rules if (found := self._match(rule, alert, recent)) is not None]
+        return [*found, *(end for opened in found for end in self._end_if_over(self._escalations[opened.incident]))]
+
+    def _end(self, part: Alert) -> list[Alert]:
+        """The ends of the escalations whose last open part ``part`` ends."""
+        ends = []
+        for escalation in [e for e in self._escalations.values() if part.incident in e.parts]:
+            escalation.ended.add(part.incident)
+            ends += self._end_if_over(escalation, part)
+        return ends
+
+    def _end_if_over(self, escalation: _Escalation, last: Alert | None = None) -> list[Alert]:
+        if not escalation.parts <= escalation.ended:
+            return []
+        opened = escalation.alert
+        del self._escalations[opened.incident]
+        if (held := self._open.get(escalation.key)) is not None and held.incident == opened.incident:
+            del self._open[escalation.key]  # the next co-occurrence is a new escalated incident
+        when = max(opened.ts, last.ts) if last is not None else opened.ts
+        end = opened.model_copy(
+            update={
+                "id": f"{opened.id}-end",  # the same on every replica that ends it
+                "ts": when,
+                "state": "end",
+                "detail": "Every correlated incident has ended: " + ", ".join(sorted(escalation.parts))[:900],
+            }
+        )
+        return [Alert.model_validate(end.model_dump())]
 
     def forget(self, escalations: list[Alert]) -> None:
-        """Escalations that were never recorded: the next look at their parts raises them again."""
-        lost = {escalation.incident for escalation in escalations}
+        """Escalations that were never recorded: the next look at their parts raises them again,
+        and an end never recorded comes again with the next end of one of its parts."""
+        lost = {escalation.incident for escalation in escalations if escalation.state != "end"}
         self._open = {key: opened for key, opened in self._open.items() if opened.incident not in lost}
+        for incident in lost:
+            self._escalations.pop(incident, None)
 
     def _match(self, rule: CorrelationRule, alert: Alert, recent: deque[Alert]) -> Alert | None:
         if alert.kind not in rule.kinds or (rule.sites is not None and alert.site not in rule.sites):
@@ -101,7 +149,7 @@ class Correlator:
         escalation_id = f"esc-{digest.hexdigest()[:40]}"
         self._open[key] = _Open(incident, alert.ts)
         measurements: list[Measurement] = [m for a in contributing for m in a.measurements][:32]
-        return Alert(
+        escalation = Alert(
             id=escalation_id,
             node_id=alert.node_id,
             site=alert.site,
@@ -118,3 +166,6 @@ class Correlator:
             + ", ".join(f"{a.kind} {a.incident} from {a.node_id}" for a in contributing)[:1000],
             measurements=measurements,
         )
+        made_of = frozenset(a.incident for a in contributing)
+        self._escalations[incident] = _Escalation(escalation, made_of, set(made_of & set(self._ended)), key)
+        return escalation

@@ -52,6 +52,42 @@ def test_gas_then_flame_within_the_window_is_one_extreme_incident():
     assert correlator.observe(alert("flame", 150)) == []
 
 
+def ended(part: Alert, at: float) -> Alert:
+    return part.model_copy(update={"id": f"{part.id}-x", "state": "end", "ts": T0 + timedelta(seconds=at)})
+
+
+def test_an_escalation_ends_once_every_incident_it_was_made_of_has_ended():
+    # nothing ever ended it: its CAP Alert stayed in effect at the PSAP after both parts' Cancels
+    correlator = Correlator([GAS_FLAME])
+    gas, flame = alert("gas", 0), alert("flame", 90)
+    correlator.observe(gas)
+    (escalated,) = correlator.observe(flame)
+    assert correlator.observe(ended(gas, 300)) == []
+    (end,) = correlator.observe(ended(flame, 400))
+    assert (end.kind, end.state, end.incident, end.id) == (
+        "escalation",
+        "end",
+        escalated.incident,
+        f"{escalated.id}-end",
+    )
+    assert end.ts == T0 + timedelta(seconds=400) and gas.incident in (end.detail or "")
+    assert correlator.observe(ended(flame, 401)) == []  # once
+    # the next co-occurrence is a new escalated incident, which ends in its turn
+    correlator.observe(alert("gas", 500))
+    (again,) = correlator.observe(alert("flame", 510))
+    assert again.incident != escalated.incident
+
+
+def test_an_escalation_of_an_incident_already_ended_ends_with_the_other():
+    correlator = Correlator([GAS_FLAME])
+    gas = alert("gas", 0)
+    correlator.observe(gas)
+    correlator.observe(ended(gas, 30))
+    (escalated,) = correlator.observe(flame := alert("flame", 90))
+    (end,) = correlator.observe(ended(flame, 200))
+    assert end.incident == escalated.incident and end.state == "end"
+
+
 def test_outside_the_window_nothing_escalates():
     correlator = Correlator([GAS_FLAME])
     correlator.observe(alert("gas", 0))
