@@ -205,8 +205,8 @@ def calibrate(
             climate = p.climate
     try:
         r0 = probe.sensor.calibrate(time.monotonic(), samples, climate)
-    except WarmingUp as exc:
-        raise _fail(str(exc)) from None
+    except WarmingUp as exc:  # counted from this command's start: the board may have been on for hours
+        raise _fail(f"{exc} If it has been powered longer, say how long with --heater-on-s SECONDS.") from None
     except Exception as exc:  # a driver fault during calibration: say what and stop
         raise _fail(f"{sensor}: calibration read failed: {exc}") from None
     entry = SensorCalibration(
@@ -215,3 +215,9 @@ def calibrate(
     )  # fmt: skip
     save_calibration(cfg.calibration_file, sensor, entry)
     console.print(f"{sensor}: R0 = {r0:.0f} Ω, saved to {cfg.calibration_file}")
+    fixed = next(s.r0_ohm for s in cfg.sensors if s.name == sensor)
+    if fixed is not None:  # the config's r0_ohm wins over the file (rig.build_source)
+        console.print(
+            f"[yellow]warning:[/] {config} sets r0_ohm: {fixed:g} for {sensor}, which the node uses instead of "
+            "the calibration file: remove it there for this calibration to take effect"
+        )

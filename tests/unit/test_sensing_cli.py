@@ -39,9 +39,12 @@ def test_calibrate_stores_r0_and_refuses_during_warmup(tmp_path: Path) -> None:
     args = ["sensors", "calibrate", "--config", str(config), "--sensor", "mq2-concourse", "--samples", "5"]
     refused = runner.invoke(app, args)
     assert refused.exit_code == 2
-    assert "warm-up" in refused.output
+    said = " ".join(refused.output.split())
+    assert "warm-up" in said and "--heater-on-s SECONDS" in said  # waiting and running it again never helped
     done = runner.invoke(app, [*args, "--heater-on-s", "600"])
     assert done.exit_code == 0, done.output
+    # the example fixes r0_ohm in its config, which wins over the file: saved, and never used
+    assert "remove it there for this calibration to take effect" in " ".join(done.output.split())
     stored = json.loads((tmp_path / "sensor_calibration.json").read_text())["sensors"]["mq2-concourse"]
     assert abs(stored["r0_ohm"] - 10_000) < 50  # the simulated sensor's true R0
     assert stored["calibrated_at"].startswith("20")
