@@ -30,6 +30,12 @@ SIM_R0_OHM = 10_000.0  # the simulated MQ sensors' true R0 when none is configur
 SIM_NOISE_LSB = 1.0  # simulated chips are as noisy as real ones, so a steady room is not "stuck"
 
 
+# When each MQ heater on a real bus was first powered, by (bus, address, channel), for this
+# process: a config reload rebuilds the sensor, not the heater, which stays warm. Starting its
+# warm-up again blinded the sensor for minutes, and ended its open gas alarm as stale.
+_HEATERS_ON_SINCE: dict[tuple[str, int, int], float] = {}
+
+
 def _no_wait(_s: float) -> None:
     """Simulated chips answer at once; the drivers' documented delays are skipped."""
 
@@ -148,9 +154,10 @@ def build_source(
                 adcs[addr] = ADS1115(bus, addr, full_scale_v=s.full_scale_v, sleep=wait)
             entry = calibrations.get(s.name)
             r0 = s.r0_ohm or (entry.r0_ohm if entry else None)
+            powered_at = now if world is not None else _HEATERS_ON_SINCE.setdefault((config.bus, addr, s.channel), now)
             sensor = MQSensor(
                 MODELS[s.kind], s.gas, AnalogIn(adcs[addr], s.channel), load_ohm=s.load_ohm,
-                supply_v=s.supply_v, r0_ohm=r0, warmup_s=s.warmup_s, powered_at=now,
+                supply_v=s.supply_v, r0_ohm=r0, warmup_s=s.warmup_s, powered_at=powered_at,
             )  # fmt: skip
             lel = s.lel_percent_vol or LEL_PERCENT_VOL.get(s.gas)
             levels = tuple(Level(lv.on_at, lv.severity, lv.hysteresis) for lv in s.levels or ()) or DEFAULT_GAS_LEVELS

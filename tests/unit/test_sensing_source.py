@@ -333,3 +333,31 @@ def test_the_heat_alarm_holds_past_the_bme280s_rated_85_degrees(tmp_path: Path) 
     heat = [d for d in drafts if d.kind == "temperature"]
     assert heat and heat[-1].state != "end", [(d.kind, d.state, d.detail) for d in drafts]
     assert source.book.is_open("sensor_fault:climate")
+
+
+def test_a_reload_keeps_an_mq_heaters_warm_up_on_real_hardware(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a reload rebuilt the sensor and started its 180 s warm-up again, though the heater never
+    # lost power: the sensor was blind for minutes, and its open gas alarm ended as stale
+    from s4edge.drivers.sim import SimADS1115, SimBus
+    from s4edge.edge.sensing import rig
+
+    def board(config: Config, clock: Any) -> tuple[SimBus, None]:
+        bus = SimBus()
+        bus.attach(0x48, SimADS1115(0x48))
+        return bus, None  # as a real /dev/i2c-N: no simulated world
+
+    monkeypatch.setattr(rig, "open_bus", board)
+    monkeypatch.setattr(rig, "_HEATERS_ON_SINCE", {})
+    config = Config.model_validate(
+        {"type": "sensors", "bus": "/dev/i2c-7", "calibration_file": tmp_path / "cal.json",
+         "sensors": [{"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000}]}
+    )  # fmt: skip
+    clock = Clock()
+    first = build_source(config, IncidentBook(lambda draft: None), clock=clock)
+    clock.t = 600.0  # warm long since; then the config is reloaded
+    again = build_source(config, IncidentBook(lambda draft: None), clock=clock)
+    heaters = [probe.sensor for probe in (*first.probes, *again.probes) if isinstance(probe, rig.MQProbe)]
+    assert [h.warmup_left(clock.t) for h in heaters] == [0.0, 0.0]
+    moved = config.model_copy(update={"sensors": [config.sensors[0].model_copy(update={"channel": 1})]})
+    (other,) = build_source(moved, IncidentBook(lambda draft: None), clock=clock).probes
+    assert isinstance(other, rig.MQProbe) and other.sensor.warmup_left(clock.t) == 180.0  # another heater
