@@ -64,8 +64,20 @@ _RECEIPT_COLUMNS = {"receipt_id": "TEXT", "attempts": "INTEGER NOT NULL DEFAULT 
 _RECEIPT_INDEXES = """
 CREATE INDEX IF NOT EXISTS outbox_receipt ON outbox (receipt_id) WHERE receipt_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outbox_resend ON outbox (resend_at) WHERE resend_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (id) WHERE resend_at IS NULL;
 """
+# The WAL is checkpointed (its pages copied into the database) every this many pages, and
+# then cut back to this many bytes: SQLite's 1000 pages, about 24 KiB per alert committed
+# alone, let a backlog's WAL fill a small partition before anything was copied back.
+WAL_CHECKPOINT_PAGES: Final = 256
+WAL_KEEP_BYTES: Final = 1024 * 1024
 _COLUMNS = "id, topic, payload, qos, retain, kind, receipt_id, attempts"
+
+
+def _is_io_error(error: BaseException) -> bool:
+    """SQLITE_IOERR: among others a write past a file-size limit (RLIMIT_FSIZE), or a short disk."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_IOERR
 
 
 def is_disk_full(error: BaseException | None) -> bool:
@@ -96,7 +108,9 @@ Write = Callable[[sqlite3.Connection], Any]
 
 
 @dataclass
-class _Op:
+class Operation:
+    """One write, committed in the writer's next group; ``done`` once it is, or failed (``error``)."""
+
     write: Write
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
@@ -131,9 +145,9 @@ class Outbox:
         counters = dict(self._reader_db.execute("SELECT name, value FROM counter").fetchall())
         self._seq: int = counters.get("seq_reserved", 0)
         self._seq_reserved: int = self._seq
-        self._reserving: _Op | None = None
-        self._marking: _Op | None = None  # the last mark_in_flight, which ``due`` reads after
-        self._queue: list[_Op] = []
+        self._reserving: Operation | None = None
+        self._marking: Operation | None = None  # the last mark_in_flight, which ``due`` reads after
+        self._queue: list[Operation] = []
         self._queue_cond = threading.Condition()
         self._put_event = threading.Event()
         self._closing = False
@@ -213,6 +227,8 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: the WAL is fsynced at every commit, so a committed put survives power loss.
             db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
         except sqlite3.Error:
             db.close()
             raise
@@ -220,8 +236,8 @@ class Outbox:
 
     # -- writing -------------------------------------------------------------------
 
-    def _submit(self, write: Write) -> _Op:
-        op = _Op(write)
+    def _submit(self, write: Write) -> Operation:
+        op = Operation(write)
         with self._queue_cond:
             if self._closing:
                 raise OutboxClosed(f"{self.path} is closed")
@@ -239,22 +255,19 @@ class Outbox:
                     return
             self._commit(batch)
 
-    def _commit(self, batch: list[_Op]) -> None:
-        db = self._writer_db
+    def _commit(self, batch: list[Operation]) -> None:
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                op.result = op.write(db)
-            self._evict_telemetry(db)
-            db.execute("COMMIT")
+            self._transaction(batch)
         except BaseException as exc:  # every waiter must learn that its write is not durable
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # a failing disk may fail this too: the writer lives on
-                    db.execute("ROLLBACK")
             for op in batch:
                 op.error = exc
             self._failure = exc
-        else:
+            if is_disk_full(exc) or _is_io_error(exc):
+                # room for the next writes: the receipts' deletes and the in-flight marks, which
+                # their writers send again, let the outbox shrink; without, a full disk stopped
+                # them all for good, across restarts
+                self._make_room()
+        if all(op.error is None for op in batch):
             try:
                 self._failure = self._space_fault()
             except OSError as exc:  # the disk unreadable (its folder gone, EIO): a fault, and the commit stands
@@ -262,6 +275,28 @@ class Outbox:
         for op in batch:
             op.done.set()
         self._put_event.set()
+
+    def _transaction(self, batch: list[Operation]) -> None:
+        db = self._writer_db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                op.result = op.write(db)
+            self._evict_telemetry(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # a failing disk may fail this too: the writer lives on
+                    db.execute("ROLLBACK")
+            raise
+
+    def _make_room(self) -> None:
+        """A commit failed for want of room (a full disk, a file-size limit): give up the
+        reserve, and copy the WAL back into the database and cut it (the reserve's room lets
+        the database grow by what the WAL holds)."""
+        self._give_up_reserve()
+        with contextlib.suppress(sqlite3.Error):
+            self._writer_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _evict_telemetry(self, db: sqlite3.Connection) -> None:
         (count,) = db.execute("SELECT COUNT(*) FROM outbox WHERE kind = ?", (TELEMETRY,)).fetchone()
@@ -273,7 +308,7 @@ class Outbox:
             )
             _add_counter(db, "telemetry_dropped", surplus)
 
-    def _allocate_seq(self) -> tuple[int, _Op | None]:
+    def _allocate_seq(self) -> tuple[int, Operation | None]:
         """Take the next seq; must be called with the queue lock held."""
         failed = self._reserving is not None and self._reserving.done.is_set() and self._reserving.error is not None
         if failed:
@@ -340,28 +375,29 @@ class Outbox:
         commits in the next group: losing it in a crash only means a duplicate send."""
         ids = [(row_id,) for row_id in row_ids]
         if ids:
-            op = self._submit(lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", ids))
+            op = self._submit(_each("DELETE FROM outbox WHERE id = ?", ids))
             if wait:
                 op.wait()
 
-    def mark_in_flight(self, marks: Iterable[tuple[int, int, float]], wait: bool = True) -> None:
+    def mark_in_flight(self, marks: Iterable[tuple[int, int, float]], wait: bool = True) -> Operation | None:
         """Rows awaiting a receipt that the broker acknowledged: (row id, attempts, UNIX time
-        to send it again). A mark lost in a crash only means an earlier resend."""
+        to send it again). A mark lost in a crash only means an earlier resend. Returns the
+        write (None for no marks): without ``wait``, its ``error`` says whether it failed."""
         rows = [(attempts, resend_at, row_id) for row_id, attempts, resend_at in marks]
-        if rows:
-            op = self._submit(
-                lambda db: db.executemany("UPDATE outbox SET attempts = ?, resend_at = ? WHERE id = ?", rows)
-            )
-            self._marking = op
-            if wait:
-                op.wait()
+        if not rows:
+            return None
+        op = self._submit(_each("UPDATE outbox SET attempts = ?, resend_at = ? WHERE id = ?", rows))
+        self._marking = op
+        if wait:
+            op.wait()
+        return op
 
     def confirm(self, receipt_ids: Iterable[str], wait: bool = True) -> None:
         """Delete the rows a receipt names; ids of no row (confirmed before, or never ours)
         change nothing. A delete lost in a crash only means a resend and another receipt."""
         ids = [(receipt_id,) for receipt_id in receipt_ids]
         if ids:
-            op = self._submit(lambda db: db.executemany("DELETE FROM outbox WHERE receipt_id = ?", ids))
+            op = self._submit(_each("DELETE FROM outbox WHERE receipt_id = ?", ids))
             if wait:
                 op.wait()
 
@@ -387,7 +423,8 @@ class Outbox:
         return [_row(r) for r in rows]
 
     def due(self, now: float, horizon: float, limit: int = 100) -> list[Row]:
-        """Rows in flight whose time to be sent again has come, oldest first. One marked
+        """Rows in flight whose time to be sent again has come, oldest first (of the ``limit``
+        longest due). One marked
         further than ``horizon`` ahead is due as well: the clock was set back since (a board
         without a battery-backed clock boots in the past), and it must not wait for years.
 
@@ -396,13 +433,13 @@ class Outbox:
         marking = self._marking
         if marking is not None:
             marking.done.wait()
+        # Two reads on the resend index (an OR of both, ordered by id, scanned the whole table:
+        # a backlog of 200,000 rows kept an idle node's core busy)
+        query = f"SELECT {_COLUMNS} FROM outbox WHERE resend_at {{}} ? ORDER BY resend_at LIMIT ?"  # noqa: S608
         with self._read_lock:
-            rows = self._reader_db.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE resend_at IS NOT NULL"  # noqa: S608
-                " AND (resend_at <= ? OR resend_at > ?) ORDER BY id LIMIT ?",
-                (now, now + horizon, limit),
-            ).fetchall()
-        return [_row(r) for r in rows]
+            rows = self._reader_db.execute(query.format("<="), (now, limit)).fetchall()
+            rows += self._reader_db.execute(query.format(">"), (now + horizon, limit)).fetchall()
+        return sorted((_row(r) for r in rows), key=lambda row: row.id)[:limit]
 
     def depth(self) -> int:
         with self._read_lock:
@@ -474,6 +511,19 @@ def _add_receipt_columns(db: sqlite3.Connection) -> None:
             )
         db.execute("COMMIT")
     db.executescript(_RECEIPT_INDEXES)
+
+
+def _each(sql: str, rows: list[tuple[Any, ...]]) -> Write:
+    """``sql`` once per row. The cursor is closed here, in the writer's thread: kept as the
+    operation's result, it was dropped in whichever thread let go of the operation last (a
+    reader waiting on the last mark), and its statement, the connection's cached one, was
+    reset there while the writer ran it again: InterfaceError, "bad parameter or other API
+    misuse", and the batch with it failed."""
+
+    def write(db: sqlite3.Connection) -> None:
+        db.executemany(sql, rows).close()
+
+    return write
 
 
 def _reserving(reserved: int, write: Write) -> Write:

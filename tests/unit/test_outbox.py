@@ -227,3 +227,29 @@ def test_an_outbox_from_before_receipts_keeps_its_alerts_for_their_receipts(tmp_
         assert [r.receipt_id for r in outbox.pending()] == ["alert-0001", None]
         outbox.confirm(["alert-0001"])
         assert [r.kind for r in outbox.pending()] == ["telemetry"]
+
+
+def test_marks_and_a_reader_of_what_is_due_never_break_each_others_writes(tmp_outbox: Outbox) -> None:
+    # the mark's cursor was the operation's result, and went with the last holder of the
+    # operation: a reader waiting in due() reset the writer's cached statement while the writer
+    # ran it again (InterfaceError "bad parameter or other API misuse"), failing its batch
+    rows = [tmp_outbox.put("t/alert", b"a", receipt_id=f"alert-{i:04d}") for i in range(100)]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def mark() -> None:
+        try:
+            for k in range(2000):
+                try:
+                    tmp_outbox.mark_in_flight([(rows[k % 100], 1, time.time() + 60)])
+                except sqlite3.Error as exc:
+                    errors.append(exc)
+        finally:
+            done.set()
+
+    marker = threading.Thread(target=mark)
+    marker.start()
+    while not done.is_set():
+        tmp_outbox.due(time.time(), 100.0, 10)
+    marker.join()
+    assert errors == []
