@@ -37,7 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from s4edge.cloud_sync.broker_url import BrokerEndpoint, broker_endpoint, mqtt_client
 from s4edge.cloud_sync.logfmt import FailureLog
-from s4edge.cloud_sync.outbox import Outbox, Row
+from s4edge.cloud_sync.outbox import Operation, Outbox, Row
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +405,14 @@ class Forwarder:
         self._rng = rng or random.Random()  # jitter, not cryptography
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # In-flight marks not known to be on disk, by row id: (attempts, UNIX time to send it
+        # again). A row whose mark failed (a full disk) waits for that time all the same, and
+        # is then read again from the oldest row: left to the disk, it was either never sent
+        # again (no mark, and the read had moved past it) or sent again at once, over and over
+        # (its old mark, long due).
+        self._unwritten: dict[int, tuple[int, float]] = {}
+        self._marking: list[tuple[Operation, list[tuple[int, int, float]]]] = []
+        self._failed: dict[int, float] = {}  # those of them whose mark failed
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="outbox-forwarder", daemon=True)
@@ -446,11 +454,15 @@ class Forwarder:
         last = 0
         next_resend_check = 0.0
         while not self._stop.is_set() and self.uplink.connected.is_set() and self.uplink.session == session:
+            if self._settle_marks():
+                last = 0  # a row whose mark failed is due: from the oldest again
             sent = 0
             room = self.window - len(inflight)
             if room > 0:
                 rows = self.outbox.pending(room, after=last)
                 last = rows[-1].id if rows else last
+                sending = {row.id for row, _ in inflight}  # read again from the oldest: not twice
+                rows = self._not_before_their_time([row for row in rows if row.id not in sending])
                 if len(rows) < room and time.monotonic() >= next_resend_check:
                     overdue = self._overdue(room - len(rows), {row.id for row, _ in inflight})
                     if len(overdue) < room - len(rows):  # all that is due: look again in a while
@@ -476,7 +488,12 @@ class Forwarder:
         """Up to ``limit`` rows whose receipt is overdue, but for those on their way again."""
         # Every wait is at most 1.25 × the cap: a mark twice as far ahead predates a clock set back.
         due = self.outbox.due(self.clock(), 2 * self.receipt_backoff_max_s, limit + len(sending))
-        return [row for row in due if row.id not in sending][:limit]
+        return self._not_before_their_time([row for row in due if row.id not in sending])[:limit]
+
+    def _not_before_their_time(self, rows: list[Row]) -> list[Row]:
+        """``rows`` but those acknowledged whose mark is not on disk and not due yet."""
+        now = self.clock()
+        return [row for row in rows if self._unwritten.get(row.id, (0, now))[1] <= now]
 
     def _acknowledged(self, rows: list[Row]) -> None:
         """PUBACK: a row goes, or, awaiting a receipt, is marked to be sent again if none
@@ -489,7 +506,38 @@ class Forwarder:
             for row in rows
             if row.receipt_id is not None
         ]
-        self.outbox.mark_in_flight(marks, wait=False)
+        self._mark(marks)
+
+    def _mark(self, marks: list[tuple[int, int, float]]) -> None:
+        written = self.outbox.mark_in_flight(marks, wait=False)
+        if written is not None:
+            self._unwritten.update((row_id, (attempts, at)) for row_id, attempts, at in marks)
+            self._marking.append((written, marks))
+
+    def _settle_marks(self) -> bool:
+        """Forget the marks now on disk, keep those that failed; True when the first of those
+        is due (its row is read again: sent, acknowledged, and marked again)."""
+        pending = []
+        for written, marks in self._marking:
+            if not written.done.is_set():
+                pending.append((written, marks))
+                continue
+            for row_id, attempts, at in marks:
+                if self._unwritten.get(row_id) != (attempts, at):
+                    continue  # marked again since
+                if written.error is None:
+                    del self._unwritten[row_id]
+                else:
+                    self._failed[row_id] = at
+        self._marking = pending
+        now = self.clock()
+        if not self._failed or now < min(self._failed.values()):
+            return False
+        # the rows due are read again; those not yet due wait for the next of them
+        for row_id in [row_id for row_id, at in self._failed.items() if at <= now]:
+            del self._failed[row_id]
+            self._unwritten.pop(row_id, None)
+        return True
 
 
 def receipt_wait(attempts: int, timeout_s: float, max_s: float, rng: random.Random) -> float:

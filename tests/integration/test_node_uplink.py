@@ -11,9 +11,12 @@ import socket
 import sqlite3
 import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -421,3 +424,47 @@ def test_mqtts_without_the_client_certificate_is_refused(tls_broker: tuple[Mosqu
         assert not uplink.connected.wait(2.0)
     finally:
         uplink.close()
+
+
+def test_an_alert_whose_in_flight_mark_failed_is_sent_again_at_its_time(tmp_path: Path, broker: Mosquitto) -> None:
+    # a full disk failed the marks after each PUBACK: a row whose new mark failed kept its old
+    # one, long due, and was sent again at once, over and over (117,004 sends of 500 alerts in
+    # 20 s); one with no mark at all was never sent again while the connection lasted
+    from s4edge.cloud_sync.outbox import Operation
+    from s4edge.testing.listener import Listener
+
+    class DiskFillsAfterFirstMarks(Outbox):
+        marked: ClassVar[set[int]] = set()
+
+        def mark_in_flight(self, marks: Any, wait: bool = True) -> Operation | None:
+            marks = list(marks)
+            if all(row_id not in self.marked for row_id, _, _ in marks):
+                self.marked.update(row_id for row_id, _, _ in marks)
+                return super().mark_in_flight(marks, wait)
+            failed = Operation(lambda db: None)
+            failed.error = sqlite3.OperationalError("database or disk is full")
+            failed.done.set()
+            return failed
+
+    now = [1_000_000.0]
+    listener = Listener(broker, "t/alert/#")
+    with DiskFillsAfterFirstMarks(tmp_path / "o.db") as outbox:
+        for i in range(3):
+            outbox.put(f"t/alert/{i}", b"a", receipt_id=f"alert-{i:04d}")
+        uplink = MqttUplink(UplinkSettings(url=broker.url, client_id="marks-fail"))
+        forwarder = Forwarder(outbox, uplink, receipt_timeout_s=10, receipt_backoff_max_s=60, clock=lambda: now[0])
+        uplink.start()
+        forwarder.start()
+        try:
+            wait_until(lambda: len(listener.got) == 3, 10, "the first sends")
+            now[0] += 13  # past the first wait for a receipt (10 s, up to a quarter more)
+            wait_until(lambda: len(listener.got) == 6, 10, "the resends, whose marks fail")
+            time.sleep(1.5)  # the clock stands still: nothing is due (RESEND_CHECK_S is 1 s)
+            assert len(listener.got) == 6, "sent again at once, its new mark lost"
+            now[0] += 30  # past the second wait (20 s, up to a quarter more)
+            wait_until(lambda: len(listener.got) >= 9, 10, "sent again at its time, though its mark failed")
+        finally:
+            forwarder.stop()
+            uplink.close()
+    listener.close()
+    assert sorted(Counter(topic_name for topic_name, _ in listener.got)) == ["t/alert/0", "t/alert/1", "t/alert/2"]

@@ -21,9 +21,12 @@ def test_a_full_disk_is_the_outbox_failure_until_a_write_succeeds(disk: SmallDis
         first = outbox.next_seq()
         outbox.put("t", b"before")
         disk.fill()
+        stored = 0
         with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
-            for _ in range(100):  # the WAL may have room for a frame or two
+            for _ in range(1000):  # the first failed write gives up the reserve: its room takes some more
                 outbox.put("t", b"x" * 4096)
+                stored += 1
+        assert stored * 4096 < 2 * RESERVE_BYTES and not outbox.reserve.exists()
         assert is_disk_full(outbox.failure)
         health = Health()
         health.set_outbox(outbox.failure)
@@ -36,7 +39,7 @@ def test_a_full_disk_is_the_outbox_failure_until_a_write_succeeds(disk: SmallDis
             except sqlite3.OperationalError:
                 break
         seqs.append(outbox.next_seq(durable=False))  # a heartbeat's, from memory
-        assert outbox.depth() == 1  # what was stored is still there, and readable
+        assert outbox.depth() == 1 + stored  # what was stored is still there, and readable
 
         disk.free()
         seqs.append(outbox.next_seq())
@@ -45,7 +48,7 @@ def test_a_full_disk_is_the_outbox_failure_until_a_write_succeeds(disk: SmallDis
         assert health.degraded() == []
         assert seqs == sorted(set(seqs)), "seq only grows"
         outbox.put("t", b"after")
-        assert outbox.depth() == 2
+        assert outbox.depth() == 2 + stored
 
 
 def test_any_other_store_error_is_an_outbox_fault(tmp_path: Path) -> None:
@@ -105,3 +108,22 @@ def test_a_state_folder_gone_from_under_the_outbox_is_a_fault_not_a_dead_writer(
         box.put("t", b"after")  # returned never, before
         assert box.depth() == 2
         assert isinstance(box.failure, FileNotFoundError)
+
+
+def test_a_disk_filled_by_the_outbox_still_takes_the_receipts_deletes(disk: SmallDisk) -> None:
+    """The node's own backlog fills its disk (the aggregator away); when the receipts come,
+    their deletes must go through: every write failed for good, across restarts, and the outbox
+    could never shrink by delivering what it held."""
+    with Outbox(disk.mountpoint / "outbox.db") as outbox:
+        stored = []
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            for i in range(100_000):
+                outbox.put("t/alert", b"x" * 1024, receipt_id=f"alert-{i:06d}")
+                stored.append(f"alert-{i:06d}")
+        assert not outbox.reserve.exists()  # given up by the failed write, for the writes after it
+        outbox.confirm(stored[: len(stored) // 2])  # the aggregator's receipts
+        assert outbox.depth() == len(stored) - len(stored) // 2
+    with Outbox(disk.mountpoint / "outbox.db") as outbox:  # and after a restart
+        outbox.confirm(stored[len(stored) // 2 :])
+        assert outbox.depth() == 0
+        outbox.put("t/alert", b"after", receipt_id="alert-after")
