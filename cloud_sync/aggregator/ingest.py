@@ -220,6 +220,7 @@ class Ingest:
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
+        client.on_connect_fail = self._broker_away
         client.on_message = self._on_message
         properties = None
         if protocol == mqtt.MQTTv5:
@@ -268,6 +269,12 @@ class Ingest:
             "5" if protocol == mqtt.MQTTv5 else "3.1.1",
             getattr(flags, "session_present", None),
         )
+
+    def _broker_away(self, _c: mqtt.Client, _u: Any) -> None:
+        """A reconnection that failed: the broker is down or restarting (a crash loop closes
+        connections soon after they open as well), which is no sign of a client taking this
+        one's session over."""
+        self._short_lived = 0
 
     def _lost_connection(self, reason: ReasonCode) -> None:
         """Say so when another client takes this one's session: the broker closes the connection

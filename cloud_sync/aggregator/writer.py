@@ -245,8 +245,8 @@ class BatchWriter:
             except DBAPIError as exc:  # an outage, in the batch or in one of its single rows
                 if not _transient(exc):
                     raise
-                reason = type(exc.orig).__name__
-                log.warning("store unavailable (%s: %s); retrying in %.1f s", reason, _first_line(exc.orig), delay)
+                reason = f"{type(exc.orig).__name__}: {_first_line(exc.orig)}"  # a full disk, read-only, locked
+                log.warning("store unavailable (%s); retrying in %.1f s", reason, delay)
                 self.on_store_error(reason)
                 if self.reopen_in_new_process and _read_only_no_more(self.store, exc):
                     raise StaleReadOnly(f"{_first_line(exc.orig)}, though the file is writable now") from None

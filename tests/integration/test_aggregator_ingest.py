@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,25 @@ def test_stop_under_a_steady_stream_takes_no_more_and_loses_nothing(broker: Mosq
     finally:
         streaming.set()
         node.loop_stop()
+
+
+def test_a_broker_that_crashes_again_and_again_is_not_taken_for_a_session_takeover(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # its connections closed soon after they opened, three in a row, and the aggregator blamed
+    # "another client taking its session over" and two aggregators sharing a client id
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'agg.db'}"))
+    store.create_all()
+    with Mosquitto(tmp_path / "mq") as crashing:
+        ingest = Ingest(BrokerConfig(crashing.url), store, IngestMetrics(store.count_online), client_id="agg-crash")
+        ingest.start()
+        try:
+            for _ in range(4):
+                crashing.kill()
+                wait_until(lambda: not ingest.connected, 10, "the loss seen")
+                time.sleep(1.5)  # down long enough for a reconnection to fail
+                crashing.start()
+                wait_until(lambda: ingest.connected, 15, "connected again")
+        finally:
+            ingest.stop()
+    assert "taking its session over" not in caplog.text

@@ -42,8 +42,6 @@ def health(url: str) -> int:
         return 0
 
 
-
-
 @pytest.mark.parametrize("writer", ["process", "thread"])
 def test_a_store_read_only_at_start_recovers_once_writable(
     broker: Mosquitto, node: mqtt.Client, tmp_path: Path, writer: str
@@ -71,7 +69,8 @@ def test_a_store_read_only_at_start_recovers_once_writable(
         for seq in range(5):
             node.publish(topic_for(alert(seq)), encode(alert(seq)), qos=1).wait_for_publish(5)
         wait_until(lambda: health(url) == 503, what="/healthz to report that nothing can be committed")
-        assert "cannot commit" in httpx.get(f"{url}/healthz").json()["detail"]["store"]
+        said = httpx.get(f"{url}/healthz").json()["detail"]["store"]
+        assert "cannot commit" in said and "readonly" in said, said  # why, not only the error's class
         for path in tmp_path.glob("agg.db*"):  # the file, and the WAL files SQLite made read-only like it
             path.chmod(0o644)
         wait_until(lambda: store.count_alerts() == 5, 30, what="the backlog, stored without a restart")
@@ -80,8 +79,6 @@ def test_a_store_read_only_at_start_recovers_once_writable(
     finally:
         proc.terminate()
         proc.wait(20)
-
-
 
 
 def test_postgres_connections_cut_under_the_aggregator_are_opened_again(

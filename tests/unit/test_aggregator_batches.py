@@ -457,7 +457,7 @@ def test_the_writer_process_reports_an_outage_and_is_ended_when_stopping(tmp_pat
     writer.on_store_error = stop_after_two
     one = alert(1)
     assert writer.write([(topic_for(one), encode(one), T0)]) is None
-    assert errors == ["OperationalError", "OperationalError"]
+    assert errors == ["OperationalError: unable to open database file"] * 2  # the class, and why
     assert writer._child.poll() is not None  # ended, not left retrying
 
 
