@@ -456,9 +456,12 @@ def test_an_alert_whose_in_flight_mark_failed_is_sent_again_at_its_time(tmp_path
         uplink.start()
         forwarder.start()
         try:
-            wait_until(lambda: len(listener.got) == 3, 10, "the first sends")
+            wait_until(lambda: len(listener.got) >= 3, 10, "the first sends")
+            wait_until(lambda: outbox.unsent() == 0, 10, "their PUBACKs, and their marks on disk")
             now[0] += 13  # past the first wait for a receipt (10 s, up to a quarter more)
-            wait_until(lambda: len(listener.got) == 6, 10, "the resends, whose marks fail")
+            wait_until(lambda: len(listener.got) >= 6, 10, "the resends, whose marks fail")
+            assert len(listener.got) == 6, Counter(topic_name for topic_name, _ in listener.got)
+            wait_until(lambda: len(forwarder._failed) == 3, 10, "their marks failed, and kept in memory")
             time.sleep(1.5)  # the clock stands still: nothing is due (RESEND_CHECK_S is 1 s)
             assert len(listener.got) == 6, "sent again at once, its new mark lost"
             now[0] += 30  # past the second wait (20 s, up to a quarter more)
