@@ -361,3 +361,20 @@ def test_a_reload_keeps_an_mq_heaters_warm_up_on_real_hardware(tmp_path: Path, m
     moved = config.model_copy(update={"sensors": [config.sensors[0].model_copy(update={"channel": 1})]})
     (other,) = build_source(moved, IncidentBook(lambda draft: None), clock=clock).probes
     assert isinstance(other, rig.MQProbe) and other.sensor.warmup_left(clock.t) == 180.0  # another heater
+
+
+def test_a_missing_i2c_adapter_is_the_sensors_fault_and_the_node_starts(tmp_path: Path) -> None:
+    # building the source opened /dev/i2c-N at once: a missing or forbidden adapter stopped the
+    # whole node (no uplink, no status, no camera) with one line
+    config = Config.model_validate(
+        {"type": "sensors", "bus": "/dev/i2c-97", "calibration_file": tmp_path / "cal.json",
+         "sensors": [{"name": "climate", "kind": "bme280"}]}
+    )  # fmt: skip
+    drafts: list[AlertDraft] = []
+    source = build_source(config, IncidentBook(drafts.append))
+    for t in range(0, 200, 10):  # its reads back off
+        source.poll_once(float(t))
+    assert "cannot open /dev/i2c-97" in source.health["climate"].state
+    assert "i2c group" in source.health["climate"].state
+    assert [d.kind for d in drafts if d.state == "new"] == ["sensor_fault"]
+    source.close()
