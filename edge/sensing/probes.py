@@ -232,8 +232,17 @@ class BME280Probe:
         ]
         values = {"temperature": r.temperature_c, "humidity": r.humidity_rh}
         # past the chip's rated 85 °C (BME280 datasheet, operating range) in a fire: the
-        # reading goes on rising, so the heat alarm holds on it while the fault says it is unrated
-        hot = r.temperature_c > self.ranges["temperature"][1]
+        # reading goes on rising, so the heat alarm holds on it while the fault says it is
+        # unrated. Only a read whose humidity and pressure are possible too: an all-ones
+        # glitch decodes to 187.6 °C with -9541 Pa, and must not raise a heat alarm
+        plausible = all(
+            low <= value <= high
+            for (low, high), value in (
+                (self.ranges["humidity"], r.humidity_rh),
+                (self.ranges["pressure"], r.pressure_pa),
+            )
+        )
+        hot = r.temperature_c > self.ranges["temperature"][1] and plausible
         return Sample(readings, raw=(r.temperature_c, r.humidity_rh, r.pressure_pa), values=values, saturated=hot)
 
     def judge(self, sample: Sample, now: float) -> None:

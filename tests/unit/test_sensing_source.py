@@ -378,3 +378,15 @@ def test_a_missing_i2c_adapter_is_the_sensors_fault_and_the_node_starts(tmp_path
     assert "i2c group" in source.health["climate"].state
     assert [d.kind for d in drafts if d.state == "new"] == ["sensor_fault"]
     source.close()
+
+
+def test_a_glitched_bme280_read_past_85_degrees_is_a_fault_not_a_heat_alarm(tmp_path: Path) -> None:
+    # an all-ones data read (a bus glitch, a chip mid-reset) decodes to 187.6 °C with -9541 Pa:
+    # taken as "at least this hot", it raised a Severe heat alarm on one sample
+    source, drafts, clock = make(tmp_path, sensors=[{"name": "climate", "kind": "bme280"}], scenario=None)
+    assert source.world is not None
+    chip = source.world.chips["climate"]
+    whole = chip.read_register
+    chip.read_register = lambda reg, length: [0xFF] * length if reg == 0xF7 else whole(reg, length)
+    run(source, clock, 5)
+    assert [d.kind for d in drafts if d.state == "new"] == ["sensor_fault"]
