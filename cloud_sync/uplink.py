@@ -456,10 +456,11 @@ class Forwarder:
         while not self._stop.is_set() and self.uplink.connected.is_set() and self.uplink.session == session:
             if self._settle_marks():
                 last = 0  # a row whose mark failed is due: from the oldest again
-            sent = 0
+            sent, read = 0, False
             room = self.window - len(inflight)
             if room > 0:
                 rows = self.outbox.pending(room, after=last)
+                read = bool(rows)  # read again from the oldest, a page may be filtered out whole
                 last = rows[-1].id if rows else last
                 sending = {row.id for row, _ in inflight}  # read again from the oldest: not twice
                 rows = self._not_before_their_time([row for row in rows if row.id not in sending])
@@ -481,13 +482,16 @@ class Forwarder:
                 inflight = deque(item for item in inflight if item[0].id not in finished)
             elif inflight:
                 inflight[0][1].wait(0.05)
-            elif not sent:
+            elif not sent and not read:
                 self.outbox.wait_for_put(0.2)
 
     def _overdue(self, limit: int, sending: set[int]) -> list[Row]:
         """Up to ``limit`` rows whose receipt is overdue, but for those on their way again."""
         # Every wait is at most 1.25 × the cap: a mark twice as far ahead predates a clock set back.
-        due = self.outbox.due(self.clock(), 2 * self.receipt_backoff_max_s, limit + len(sending))
+        # rows whose new mark failed are due on disk (their old mark) and filtered out here:
+        # asked for past them, or they hid every other due row
+        wanted = limit + len(sending) + len(self._unwritten)
+        due = self.outbox.due(self.clock(), 2 * self.receipt_backoff_max_s, wanted)
         return self._not_before_their_time([row for row in due if row.id not in sending])[:limit]
 
     def _not_before_their_time(self, rows: list[Row]) -> list[Row]:
