@@ -92,7 +92,9 @@ class Forwarder(ForwardDesk):
         super().__init__(engine, clock=clock, on_change=on_change)
         self.config = config
         self.target = parse_target(config.psap)
-        self.transaction = transaction or Transaction(config.timers, tls_context)
+        self.transaction = transaction or Transaction(
+            config.timers, tls_context, redirect_hosts=frozenset(config.redirect_hosts)
+        )
         self.schema = schema
         self.caller = Caller(
             sender_domain=config.sender_domain,

@@ -54,6 +54,10 @@ class Ng112Config(_Config):
     retry_after_max_s: float = Field(
         default=600.0, ge=0, description="The longest wait a PSAP's Retry-After may set before the next attempt"
     )
+    redirect_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts a PSAP's or ESRP's 301/302 may send a call on to (none by default: not followed)",
+    )
     workers: int = Field(default=4, ge=1, le=64)
     readings_base_url: str | None = Field(
         default=None, description="Public base URL of the aggregator, for the PSAP data request link"

@@ -30,6 +30,7 @@ from s4edge.cloud_sync.ng112.sip import (
 )
 
 REDIRECT_HOPS: Final = 3  # 3xx followed at most this many times in one attempt: no redirect loop
+REDIRECTS: Final = (301, 302)  # to the Contact (RFC 3261 §21.3); 305 and 380 are no onward address
 # RFC 3261 §18.1.1: without a known path MTU, a request over 1300 bytes goes over TCP.
 UDP_LIMIT: Final = 1300
 MAX_DATAGRAM: Final = 65507
@@ -111,28 +112,48 @@ class Transaction:
         timers: Timers = Timers(),
         tls_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
+        redirect_hosts: frozenset[str] = frozenset(),
     ) -> None:
+        """``redirect_hosts``: where a 301/302 may send a call on to (an ESRP naming the PSAP for
+        the location); none by default, for an emergency call's data goes where it is sent."""
         self.timers = timers
         self.tls_context = tls_context
         self.clock = clock
+        self.redirect_hosts = frozenset(host.lower() for host in redirect_hosts)
 
     def send(self, message: EmergencyMessage, target: SipTarget) -> Delivery:
-        """One request to ``target``; a 3xx sends it on to the first Contact, up to
-        ``REDIRECT_HOPS`` times (RFC 3261 §8.1.3.4: the UAC SHOULD recurse on the Contact;
-        an ESRP redirects to the PSAP that serves the location)."""
-        delivery = self._send_once(message, target)
+        """One request to ``target``, within one Timer F, redirects and fallback included (the
+        forwarder's claim on a call counts on it). A 301/302 sends it on to the first Contact,
+        up to ``REDIRECT_HOPS`` times (RFC 3261 §8.1.3.4: an ESRP redirects to the PSAP that
+        serves the location), where the Contact's host is one of ``redirect_hosts`` and its
+        transport no less secure: never from TLS to plain text (§8.1.3.4)."""
+        deadline = self.clock() + self.timers.f
+        delivery = self._send_once(message, target, deadline)
         for _ in range(REDIRECT_HOPS):
             response = delivery.response
-            if response is None or not 300 <= response.code < 400:
+            if response is None or response.code not in REDIRECTS:
                 break
             contact = _first_contact(response)
-            if contact is None:
-                break
-            onward = self._send_once(message, contact)
+            refused = self._refused_redirect(target, contact)
+            if contact is None or refused:
+                why = refused or "no Contact to follow"
+                return replace(delivery, detail=f"{delivery.detail}, not followed: {why}")
+            if self.clock() >= deadline:
+                return replace(delivery, detail=f"{delivery.detail}, not followed: Timer F has run out")
+            onward = self._send_once(message, contact, deadline)
             delivery = replace(onward, detail=f"{onward.detail} (after {response.code} to {shown_uri(contact.uri)})")
         return delivery
 
-    def _send_once(self, message: EmergencyMessage, target: SipTarget) -> Delivery:
+    def _refused_redirect(self, origin: SipTarget, contact: SipTarget | None) -> str:
+        if contact is None:
+            return ""
+        if contact.host.lower() not in self.redirect_hosts:
+            return f"{contact.host} is not among ng112.redirect_hosts"
+        if origin.transport == "tls" and contact.transport != "tls":
+            return "it leaves TLS for plain text"
+        return ""
+
+    def _send_once(self, message: EmergencyMessage, target: SipTarget, deadline: float) -> Delivery:
         branch = new_branch()
         # The size decides the transport before the Via is known; a Via is under 100 bytes.
         probe = message.render("udp", "255.255.255.255:65535", branch)
@@ -140,12 +161,12 @@ class Transaction:
         if proto == "udp":
             if len(probe) > MAX_DATAGRAM:
                 return Delivery("too_large", proto, 0, detail=f"{len(probe)} bytes do not fit a UDP datagram")
-            return self._udp(message, target, branch)
+            return self._udp(message, target, branch, deadline)
         # RFC 3261 §18.1.1: TCP for the size alone, where UDP was the transport (no ;transport=)
         size_forced = target.transport is None and len(probe) <= MAX_DATAGRAM
-        return self._stream(message, target, branch, proto, udp_fallback=size_forced)
+        return self._stream(message, target, branch, proto, deadline, udp_fallback=size_forced)
 
-    def _udp(self, message: EmergencyMessage, target: SipTarget, branch: str) -> Delivery:
+    def _udp(self, message: EmergencyMessage, target: SipTarget, branch: str, deadline: float) -> Delivery:
         family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             try:
@@ -155,7 +176,7 @@ class Transaction:
             host, port = sock.getsockname()[:2]
             data = message.render("udp", sent_by(host, port), branch)
             start = self.clock()
-            timer_f = start + self.timers.f
+            timer_f = min(start + self.timers.f, deadline)
             interval = self.timers.t1
             timer_e = start + interval
             transmissions = 0
@@ -200,10 +221,17 @@ class Transaction:
                 return _final(response, "udp", transmissions, self.clock() - start)
 
     def _stream(
-        self, message: EmergencyMessage, target: SipTarget, branch: str, proto: Proto, *, udp_fallback: bool = False
+        self,
+        message: EmergencyMessage,
+        target: SipTarget,
+        branch: str,
+        proto: Proto,
+        deadline: float,
+        *,
+        udp_fallback: bool = False,
     ) -> Delivery:
         start = self.clock()
-        timer_f = start + self.timers.f
+        timer_f = min(start + self.timers.f, deadline)
 
         def left() -> float:
             return max(0.001, timer_f - self.clock())
@@ -214,7 +242,7 @@ class Transaction:
             return Delivery("timeout", proto, 0, detail=f"no connection in {self.timers.f:g} s (Timer F)")
         except (ConnectionRefusedError, ConnectionResetError) as exc:
             if udp_fallback:  # RFC 3261 §18.1.1: a reset or refusal of a size-forced TCP: the request goes over UDP
-                return self._udp(message, target, new_branch())
+                return self._udp(message, target, new_branch(), deadline)
             return Delivery("unreachable", proto, 0, detail=f"{target.host}:{target.port}: {exc}")
         except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
             return Delivery("unreachable", proto, 0, detail=f"{target.host}:{target.port}: {exc}")

@@ -355,9 +355,24 @@ def test_a_redirect_sends_the_call_on_to_its_contact(tmp_path):
     with SippPsap("psap_200.xml", "udp", tmp_path / "psap", calls=1) as psap:
         scenario = tmp_path / "esrp_302.xml"
         scenario.write_text(ESRP_302.replace("PSAP_PORT", str(psap.port)))
-        with SippPsap(str(scenario), "udp", tmp_path / "esrp", calls=1) as esrp:
-            delivery = Transaction(FAST).send(compose(alert(), Caller()).message, parse_target(esrp.uri))
-            assert len(esrp.received()) == 1
+        trusted = Transaction(FAST, redirect_hosts=frozenset({"127.0.0.1"}))
+        with SippPsap(str(scenario), "udp", tmp_path / "esrp", calls=2) as esrp:
+            refused = Transaction(FAST).send(compose(alert(), Caller()).message, parse_target(esrp.uri))
+            delivery = trusted.send(compose(alert(), Caller()).message, parse_target(esrp.uri))
+            assert len(esrp.received()) == 2
         received = psap.received()
+    # a redirect goes only where ng112.redirect_hosts allows: an emergency call's data is not sent anywhere a 3xx says
+    assert refused.code == 302 and "not followed: 127.0.0.1 is not among ng112.redirect_hosts" in refused.detail
     assert delivery.ok and "after 302" in delivery.detail, delivery
     assert len(received) == 1
+
+
+def test_a_redirect_never_leaves_tls_for_plain_text() -> None:
+    # RFC 3261 §8.1.3.4: from SIPS to a non-SIPS URI, not silently: the CAP, the location and the
+    # readings token went out in clear text to the Contact
+    trusted = Transaction(FAST, redirect_hosts=frozenset({"psap.example"}))
+    sips = parse_target("sips:esrp@esrp.example:5061")
+    assert trusted._refused_redirect(sips, parse_target("sip:x@psap.example;transport=udp")) == (
+        "it leaves TLS for plain text"
+    )
+    assert trusted._refused_redirect(sips, parse_target("sips:x@psap.example")) == ""
