@@ -43,6 +43,9 @@ class _Escalation:
     key: tuple[str, str, str | None]
 
 
+MAX_OPEN = timedelta(days=1)  # an escalation whose parts have not all ended by then is forgotten
+CLOSED_KEPT = 256  # escalations lately ended, kept to be ended again if their end was not recorded
+
 # The site's stored alerts with ``ts`` between the two moments (other replicas' included).
 Recall = Callable[[str, datetime, datetime], list[Alert]]
 
@@ -55,12 +58,14 @@ class Correlator:
         self._recent: dict[str, deque[Alert]] = {}
         self._open: dict[tuple[str, str, str | None], _Open] = {}
         self._escalations: dict[str, _Escalation] = {}  # by incident, until all its parts ended
+        self._closed: dict[str, _Escalation] = {}  # lately ended: back in _escalations if the end was not recorded
         self._ended: deque[str] = deque(maxlen=1024)  # incidents that ended lately, for one opened after
 
     def observe(self, alert: Alert) -> list[Alert]:
         """Escalated alerts that ``alert`` completes (at most one per rule)."""
         if alert.state == "end" and alert.kind != "escalation":
             self._ended.append(alert.incident)
+            self._expire(alert.ts)
             return self._end(alert)
         # a pre-alarm stays local (policy.is_pre_alarm): it may not become part of a call either
         if alert.state == "end" or alert.kind == "escalation" or is_pre_alarm(alert) or not self.rules:
@@ -97,6 +102,9 @@ class Correlator:
             return []
         opened = escalation.alert
         del self._escalations[opened.incident]
+        self._closed[opened.incident] = escalation
+        while len(self._closed) > CLOSED_KEPT:
+            del self._closed[next(iter(self._closed))]
         if (held := self._open.get(escalation.key)) is not None and held.incident == opened.incident:
             del self._open[escalation.key]  # the next co-occurrence is a new escalated incident
         when = max(opened.ts, last.ts) if last is not None else opened.ts
@@ -112,11 +120,21 @@ class Correlator:
 
     def forget(self, escalations: list[Alert]) -> None:
         """Escalations that were never recorded: the next look at their parts raises them again,
-        and an end never recorded comes again with the next end of one of its parts."""
+        and an end never recorded comes again when its parts' ends are taken again."""
         lost = {escalation.incident for escalation in escalations if escalation.state != "end"}
         self._open = {key: opened for key, opened in self._open.items() if opened.incident not in lost}
         for incident in lost:
             self._escalations.pop(incident, None)
+        for end in (escalation for escalation in escalations if escalation.state == "end"):
+            if (closed := self._closed.pop(end.incident, None)) is not None:
+                closed.ended.clear()  # its parts' ends, taken again, end it again
+                self._escalations[end.incident] = closed
+
+    def _expire(self, now: datetime) -> None:
+        """An escalation open past ``MAX_OPEN`` is forgotten: a part's end went to another
+        replica, or never came, and it must not be kept for ever."""
+        for incident in [i for i, e in self._escalations.items() if now - e.alert.ts > MAX_OPEN]:
+            del self._escalations[incident]
 
     def _match(self, rule: CorrelationRule, alert: Alert, recent: deque[Alert]) -> Alert | None:
         if alert.kind not in rule.kinds or (rule.sites is not None and alert.site not in rule.sites):

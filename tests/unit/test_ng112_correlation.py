@@ -152,3 +152,26 @@ def test_bad_config_names_the_file_and_the_key(tmp_path, text, where):
     with pytest.raises(Ng112ConfigError) as caught:
         load_config(path)
     assert str(path) in str(caught.value) and where in str(caught.value)
+
+
+def test_an_escalations_end_that_was_not_recorded_comes_again() -> None:
+    # its entry was gone before the store took the end: taken again, the part's end found nothing,
+    # and the PSAP never got the Cancel
+    correlator = Correlator([GAS_FLAME])
+    gas, flame = alert("gas", 0), alert("flame", 90)
+    correlator.observe(gas)
+    assert len(correlator.observe(flame)) == 1
+    correlator.observe(ended(gas, 300))
+    (end,) = correlator.observe(last := ended(flame, 400))
+    correlator.forget([end])  # the store refused the batch
+    correlator.observe(ended(gas, 300))
+    (again,) = correlator.observe(last)
+    assert (again.id, again.state) == (end.id, "end")
+
+
+def test_an_escalation_whose_parts_never_all_end_is_forgotten_after_a_day() -> None:
+    correlator = Correlator([GAS_FLAME])
+    correlator.observe(alert("gas", 0))
+    correlator.observe(alert("flame", 90))  # its end goes to another replica
+    correlator.observe(ended(alert("smoke", 10), 2 * 86400))
+    assert correlator._escalations == {}
