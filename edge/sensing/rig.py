@@ -34,6 +34,24 @@ SIM_NOISE_LSB = 1.0  # simulated chips are as noisy as real ones, so a steady ro
 # process: a config reload rebuilds the sensor, not the heater, which stays warm. Starting its
 # warm-up again blinded the sensor for minutes, and ended its open gas alarm as stale.
 _HEATERS_ON_SINCE: dict[tuple[str, int, int], float] = {}
+# And each CO sensor's alarm, with its time-weighted exposure: rebuilt at a reload, an hour of
+# exposure towards EN 50291's alarm started again from 0.
+_CO_ALARMS: dict[tuple[str, int, int, str, str], COAlarm] = {}
+
+
+def _co_alarm(
+    config: Config, sensor: SensorConfig, address: int, key: str, book: IncidentBook, time_scale: float, *, real: bool
+) -> COAlarm:
+    """A CO sensor's alarm; on a real bus, the one it had before a reload, exposure and all,
+    while it is the same sensor on the same incident book."""
+    fresh = COAlarm(key, PROFILES[sensor.profile], book, sensor.name, time_scale=time_scale)
+    if not real:
+        return fresh
+    assert sensor.channel is not None
+    held = _CO_ALARMS.get(which := (config.bus, address, sensor.channel, sensor.profile, key))
+    if held is None or held.book is not book:
+        _CO_ALARMS[which] = held = fresh
+    return held
 
 
 def _no_wait(_s: float) -> None:
@@ -166,7 +184,7 @@ def build_source(
                     s.name, sensor, climate,
                     gas_alarm=gas_alarm(key, book, levels) if lel is not None else None,
                     lel_percent_vol=lel,
-                    co_alarm=COAlarm(key, PROFILES[s.profile], book, s.name, time_scale=exposure_clock)
+                    co_alarm=_co_alarm(config, s, addr, key, book, exposure_clock, real=world is None)
                     if s.gas == "co" else None,
                     adc_full_scale_v=s.full_scale_v,
                 )

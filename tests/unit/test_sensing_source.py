@@ -348,6 +348,7 @@ def test_a_reload_keeps_an_mq_heaters_warm_up_on_real_hardware(tmp_path: Path, m
 
     monkeypatch.setattr(rig, "open_bus", board)
     monkeypatch.setattr(rig, "_HEATERS_ON_SINCE", {})
+    monkeypatch.setattr(rig, "_CO_ALARMS", {})
     config = Config.model_validate(
         {"type": "sensors", "bus": "/dev/i2c-7", "calibration_file": tmp_path / "cal.json",
          "sensors": [{"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000}]}
@@ -390,3 +391,32 @@ def test_a_glitched_bme280_read_past_85_degrees_is_a_fault_not_a_heat_alarm(tmp_
     chip.read_register = lambda reg, length: [0xFF] * length if reg == 0xF7 else whole(reg, length)
     run(source, clock, 5)
     assert [d.kind for d in drafts if d.state == "new"] == ["sensor_fault"]
+
+
+def test_a_reload_keeps_a_co_sensors_exposure_on_real_hardware(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the rebuilt CO alarm started its time-weighted exposure from 0: an hour towards EN 50291's
+    # alarm began again at every reload
+    from s4edge.drivers.sim import SimADS1115, SimBus
+    from s4edge.edge.sensing import rig
+
+    def board(config: Config, clock: Any) -> tuple[SimBus, None]:
+        bus = SimBus()
+        bus.attach(0x48, SimADS1115(0x48))
+        return bus, None
+
+    monkeypatch.setattr(rig, "open_bus", board)
+    monkeypatch.setattr(rig, "_HEATERS_ON_SINCE", {})
+    monkeypatch.setattr(rig, "_CO_ALARMS", {})
+    config = Config.model_validate(
+        {"type": "sensors", "bus": "/dev/i2c-7", "calibration_file": tmp_path / "cal.json",
+         "sensors": [{"name": "mq7", "kind": "mq7", "channel": 1, "r0_ohm": 10000}]}
+    )  # fmt: skip
+    book = IncidentBook(lambda draft: None)
+    (first,) = build_source(config, book).probes
+    assert isinstance(first, rig.MQProbe) and first.co_alarm is not None
+    first.co_alarm.observe(60.0, 0.0)
+    first.co_alarm.observe(60.0, 1800.0)
+    (again,) = build_source(config, book).probes  # the config reloaded
+    assert isinstance(again, rig.MQProbe) and again.co_alarm is first.co_alarm
+    (elsewhere,) = build_source(config, IncidentBook(lambda draft: None)).probes  # another node's book
+    assert isinstance(elsewhere, rig.MQProbe) and elsewhere.co_alarm is not first.co_alarm
