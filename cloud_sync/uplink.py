@@ -465,7 +465,7 @@ class Forwarder:
                 sending = {row.id for row, _ in inflight}  # read again from the oldest: not twice
                 rows = self._not_before_their_time([row for row in rows if row.id not in sending])
                 if len(rows) < room and time.monotonic() >= next_resend_check:
-                    overdue = self._overdue(room - len(rows), {row.id for row, _ in inflight})
+                    overdue = self._overdue(room - len(rows), sending)
                     if len(overdue) < room - len(rows):  # all that is due: look again in a while
                         next_resend_check = time.monotonic() + RESEND_CHECK_S
                     rows += overdue

@@ -108,15 +108,13 @@ class Correlator:
         if (held := self._open.get(escalation.key)) is not None and held.incident == opened.incident:
             del self._open[escalation.key]  # the next co-occurrence is a new escalated incident
         when = max(opened.ts, last.ts) if last is not None else opened.ts
-        end = opened.model_copy(
-            update={
-                "id": f"{opened.id}-end",  # the same on every replica that ends it
-                "ts": when,
-                "state": "end",
-                "detail": "Every correlated incident has ended: " + ", ".join(sorted(escalation.parts))[:900],
-            }
-        )
-        return [Alert.model_validate(end.model_dump())]
+        end = {
+            "id": f"{opened.id}-end",  # the same on every replica that ends it
+            "ts": when,
+            "state": "end",
+            "detail": "Every correlated incident has ended: " + ", ".join(sorted(escalation.parts))[:900],
+        }
+        return [Alert.model_validate(opened.model_dump() | end)]
 
     def forget(self, escalations: list[Alert]) -> None:
         """Escalations that were never recorded: the next look at their parts raises them again,

@@ -303,10 +303,14 @@ class _InFlight:
 
 def _take(server: Any, raw: bytes) -> ReceivedCall:
     call = read_call(raw, server.schema)
+    _report(server, call)
+    return call
+
+
+def _report(server: Any, call: ReceivedCall) -> None:
     if not call.accepted:
         log.warning("psap: answered %s to %s: %s", call.verdict, call.headers.get("call-id", "?"), call.verdict.detail)
     server.on_call(call)
-    return call
 
 
 class _Transactions:
@@ -358,11 +362,7 @@ class _Udp(socketserver.BaseRequestHandler):
                 if response is not None:
                     sock.sendto(response, self.client_address)
                 return
-            if not call.accepted:
-                log.warning(
-                    "psap: answered %s to %s: %s", call.verdict, call.headers.get("call-id", "?"), call.verdict.detail
-                )
-            self.server.on_call(call)
+            _report(self.server, call)
             response = answer(call)
             self.server.transactions.answered(key, response)
             sock.sendto(response, self.client_address)

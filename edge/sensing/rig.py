@@ -44,13 +44,12 @@ def _co_alarm(
 ) -> COAlarm:
     """A CO sensor's alarm; on a real bus, the one it had before a reload, exposure and all,
     while it is the same sensor on the same incident book."""
-    fresh = COAlarm(key, PROFILES[sensor.profile], book, sensor.name, time_scale=time_scale)
     if not real:
-        return fresh
+        return COAlarm(key, PROFILES[sensor.profile], book, sensor.name, time_scale=time_scale)
     assert sensor.channel is not None
     held = _CO_ALARMS.get(which := (config.bus, address, sensor.channel, sensor.profile, key))
     if held is None or held.book is not book:
-        _CO_ALARMS[which] = held = fresh
+        _CO_ALARMS[which] = held = _co_alarm(config, sensor, address, key, book, time_scale, real=False)
     return held
 
 
