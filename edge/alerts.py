@@ -17,9 +17,11 @@ from typing import Literal
 
 from s4edge.cloud_sync.messages import (
     SEVERITIES,
+    Alert,
     AlertState,
     AlertStatus,
     Detection,
+    Location,
     Measurement,
     ModelRef,
     Severity,
@@ -42,6 +44,27 @@ class AlertDraft:
     detection: Detection | None = None
     model: ModelRef | None = None
     status: AlertStatus = "Actual"
+
+    def stamped(self, node_id: str, site: str, where: Location, node_status: AlertStatus = "Actual") -> Alert:
+        """The alert this draft becomes on node ``node_id`` at ``where`` (whose zone stands
+        where the draft names none), ``seq`` still 0: the outbox gives it one as it stores it."""
+        return Alert(
+            node_id=node_id,
+            site=site,
+            seq=0,
+            kind=self.kind,
+            severity=self.severity,
+            state=self.state,
+            incident=self.incident,
+            # a drill node never sends Actual, whatever a rule asked for (CAP 1.2 <status>)
+            status=self.status if node_status == "Actual" else node_status,
+            location=Location(lat=where.lat, lon=where.lon, zone=self.zone or where.zone),
+            title=self.title,
+            detail=self.detail,
+            measurements=list(self.measurements),
+            detection=self.detection,
+            model=self.model,
+        )
 
 
 Emit = Callable[[AlertDraft], None]

@@ -222,23 +222,8 @@ class Node:
     def publish_alert(self, draft: AlertDraft) -> Alert:
         """Stamp who/where/seq on a draft and store it durably; returns the stored alert."""
         loc = self.config.location
-        alert = Alert(
-            node_id=self.config.node_id,
-            site=self.config.site,
-            seq=0,
-            kind=draft.kind,
-            severity=draft.severity,
-            state=draft.state,
-            incident=draft.incident,
-            # a drill node never sends Actual, whatever a rule asked for (CAP 1.2 <status>)
-            status=draft.status if self.config.status == "Actual" else self.config.status,
-            location=Location(lat=loc.lat, lon=loc.lon, zone=draft.zone or loc.zone),
-            title=draft.title,
-            detail=draft.detail,
-            measurements=list(draft.measurements),
-            detection=draft.detection,
-            model=draft.model,
-        )
+        where = Location(lat=loc.lat, lon=loc.lon, zone=loc.zone)
+        alert = draft.stamped(self.config.node_id, self.config.site, where, self.config.status)
         stored: list[Alert] = []
 
         def stamp(seq: int) -> bytes:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from s4edge.cloud_sync.messages import Alert, Location, encode
+from s4edge.cloud_sync.messages import Location, encode
 from s4edge.cloud_sync.outbox import Outbox
 from s4edge.edge.alerts import AlertDraft, IncidentBook
 from s4edge.edge.sensing.cli import EXAMPLE, load_sensors_config
@@ -99,14 +99,8 @@ def bench_alert_latency(trials: int, period_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, Outbox(Path(tmp) / "outbox.db") as outbox:
 
         def emit(draft: AlertDraft) -> None:
-            def make(seq: int) -> bytes:
-                return encode(
-                    Alert(node_id="bench", site="bench", seq=seq, kind=draft.kind, severity=draft.severity,
-                          state=draft.state, incident=draft.incident, location=Location(lat=48.1, lon=11.5),
-                          title=draft.title, measurements=list(draft.measurements))
-                )  # fmt: skip
-
-            outbox.put_next("s4edge/v1/bench/bench/alert", make)
+            alert = draft.stamped("bench", "bench", Location(lat=48.1, lon=11.5))
+            outbox.put_next("s4edge/v1/bench/bench/alert", lambda seq: encode(alert.model_copy(update={"seq": seq})))
             with stored:
                 stored_at.append((time.perf_counter(), draft.state))
                 stored.notify_all()

@@ -115,23 +115,9 @@ class _OutboxPublisher:
         self.count = 0
 
     def __call__(self, draft: Any) -> None:
-        from s4edge.cloud_sync.messages import Alert, Location, encode
+        from s4edge.cloud_sync.messages import Location, encode
 
-        alert = Alert(
-            node_id="bench",
-            site="bench",
-            seq=0,
-            kind=draft.kind,
-            severity=draft.severity,
-            state=draft.state,
-            incident=draft.incident,
-            location=Location(lat=0, lon=0, zone=draft.zone),
-            title=draft.title,
-            detail=draft.detail,
-            measurements=list(draft.measurements),
-            detection=draft.detection,
-            model=draft.model,
-        )
+        alert = draft.stamped("bench", "bench", Location(lat=0, lon=0))
         self.outbox.put_next("s4edge/v1/bench/bench/alert", lambda seq: encode(alert.model_copy(update={"seq": seq})))
         self.count += 1
 
