@@ -28,6 +28,7 @@ from s4edge.cloud_sync.broker_url import broker_endpoint, hide_userinfo
 from s4edge.cloud_sync.messages import NAME_PATTERN, AlertStatus
 from s4edge.edge.health import THERMAL_ROOT
 from s4edge.edge.sources import PluginError, load_plugins, source_types
+from s4edge.yaml_text import load_yaml
 
 
 class Strict(BaseModel):
@@ -248,7 +249,7 @@ def parse_config_text(text: str, origin: str, base: Path, *, pipelines: bool = F
     """Parse YAML text (a file's, or one sent with ``reload_config``); paths resolve against ``base``.
     Only the installed file (``pipelines``) may give a camera a ``gst:`` pipeline."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: {yaml_problem(exc)}") from None
     except (ValueError, RecursionError) as exc:  # an integer of 5000 digits, nesting past Python's stack

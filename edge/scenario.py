@@ -29,6 +29,7 @@ from s4edge.edge.alerts import Content, IncidentBook, Level, ThresholdRule, Valu
 from s4edge.edge.config import NodeFile, problems_by_key, yaml_problem
 from s4edge.edge.sensing.co import PROFILES, COAlarm, ProfileName
 from s4edge.edge.sources import SourceContext
+from s4edge.yaml_text import load_yaml
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 
@@ -66,7 +67,7 @@ class Scenario(BaseModel):
     def load(cls, path: Path) -> Scenario:
         path = resolve(path)
         try:
-            return cls.model_validate(yaml.safe_load(path.read_text()))
+            return cls.model_validate(load_yaml(path.read_text()))
         except OSError as exc:
             raise ValueError(f"{path}: cannot read the scenario file ({exc.strerror})") from None
         except yaml.YAMLError as exc:

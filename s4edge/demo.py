@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
 from s4edge.resources import packaged
+from s4edge.yaml_text import load_yaml
 
 
 def _example(*parts: str) -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(packaged(*parts).read_text())
+    data: dict[str, Any] = load_yaml(packaged(*parts).read_text())
     return data
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from s4edge.yaml_text import load_yaml
+
 REDACTED = "***"
 CREDENTIAL = r"passw(?:or)?d|passphrase|secret|token|api[_-]?key|private[_-]?key|credentials?"
 _CREDENTIAL_KEY = re.compile(CREDENTIAL, re.IGNORECASE)
@@ -67,7 +69,7 @@ def _mapping(text: str) -> dict[Any, Any] | None:
         data = json.loads(text)
     except ValueError:
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError:
             return None
     return data if isinstance(data, dict) else None

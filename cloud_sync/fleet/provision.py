@@ -28,6 +28,7 @@ from s4edge.cloud_sync.fleet.mosquitto_files import new_password, password_hash
 from s4edge.cloud_sync.fleet.registry import Fleet, FleetError, Identity
 from s4edge.cloud_sync.messages import NAME_PATTERN
 from s4edge.resources import packaged
+from s4edge.yaml_text import load_yaml
 
 BOARDS_ENV = "S4EDGE_BOARDS_DIR"
 PASSWORD_FILE = "mqtt.password"  # noqa: S105 - a file name, not a password
@@ -51,7 +52,7 @@ def load_board(name: str, folder: Path | None = None) -> dict[str, Any]:
         known = ", ".join(board_names(folder)) or f"none in {folder} (set {BOARDS_ENV})"
         raise FleetError(f"unknown board {name!r}; known boards: {known}")
     try:
-        profile = yaml.safe_load(path.read_text())
+        profile = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise FleetError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(profile, dict) or not isinstance(profile.get("node", {}), dict):

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from s4edge.cloud_sync.messages import PRE_ALARM, SEVERITIES, Alert, Kind, Severity
 from s4edge.cloud_sync.ng112.sip import SOS, SipError, parse_target
 from s4edge.cloud_sync.ng112.transport import Timers
+from s4edge.yaml_text import load_yaml
 
 Mode = Literal["auto", "confirm"]
 RuleName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
@@ -123,7 +124,7 @@ def load_config(path: str | Path) -> Ng112Config:
     """Parse a YAML file; errors name the file, the key and what was expected."""
     source = Path(path)
     try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+        raw = load_yaml(source.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise Ng112ConfigError(f"{source}: cannot read YAML: {exc}") from None
     except UnicodeDecodeError as exc:

@@ -16,6 +16,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from s4edge.yaml_text import load_yaml
+
 if TYPE_CHECKING:
     from s4edge.edge.alerts import AlertDraft
 
@@ -43,7 +45,7 @@ def load_sensors_config(path: Path, sim: bool = False) -> Any:
     from s4edge.edge.sensing.source import Config
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise _fail(f"{path}: cannot read the config ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:

@@ -25,6 +25,7 @@ from s4edge.edge.vision.decoders import known_families
 from s4edge.edge.vision.decoders.guess import Guess, guess_family
 from s4edge.edge.vision.inspection import ModelGraph, inspect_model
 from s4edge.edge.vision.manifest import Manifest, ManifestError, ModelEntry, label_lines, parse_manifest
+from s4edge.yaml_text import load_yaml
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")  # Manifest.name
 COMPUTED = {"name": "--name", "file": "the file", "sha256": "the file", "labels": "--labels"}
@@ -93,7 +94,7 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
         if root in COMPUTED:
             raise IntakeError(f"--set {key}: {root} comes from {COMPUTED[root]}, not --set")
         try:
-            sets[key] = yaml.safe_load(text)
+            sets[key] = load_yaml(text)
         except yaml.YAMLError as exc:
             raise IntakeError(f"--set {key}: {text!r} is not a YAML value ({' '.join(str(exc).split())})") from exc
     return sets

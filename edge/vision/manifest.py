@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s4edge.cloud_sync.messages import ModelRef
+from s4edge.yaml_text import load_yaml
 
 
 def label_lines(text: str) -> list[str]:
@@ -192,7 +193,7 @@ def load_manifest(path: Path) -> ModelEntry:
     """Read ``<folder>/manifest.yaml``; the model's name must be its folder's name."""
     source = str(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ManifestError(source, "(file)", f"cannot read: {exc}") from exc
     except yaml.YAMLError as exc:

@@ -4,6 +4,7 @@ frame (0..1, x to the right, y down), so a config survives a change of resolutio
 
 from __future__ import annotations
 
+import math
 from datetime import time
 from typing import Annotated
 
@@ -60,6 +61,10 @@ class Line(BaseModel):
         (ax, ay), (bx, by) = self.a, self.b
         return (bx - ax) * (p[1] - ay) - (by - ay) * (p[0] - ax)
 
+    def distance(self, p: tuple[float, float]) -> float:
+        """Signed distance from the line through ``a`` and ``b``: negative on side A."""
+        return self.side(p) / math.dist(self.a, self.b)
+
     def crossing(self, p0: tuple[float, float], p1: tuple[float, float]) -> str | None:
         """``"a_to_b"`` or ``"b_to_a"`` when the move p0 → p1 crosses the segment, else None."""
         s0, s1 = self.side(p0), self.side(p1)
@@ -82,6 +87,25 @@ class TimeWindow(BaseModel):
 
     start: time
     end: time
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _time_of_day(cls, value: object) -> object:
+        # pydantic reads a number as seconds since midnight, UTC: a window of 1320 s was
+        # 00:22 UTC, and comparing it with the node's local time failed on every frame
+        if isinstance(value, int | float):
+            raise ValueError(f"{value!r} is a number, not a time of day: write it as text, e.g. '22:00'")
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _local(cls, value: time) -> time:
+        if value.tzinfo is not None:
+            raise ValueError(
+                f"{value.isoformat()} names a time zone; give the node's local time without one, e.g. "
+                f"'{value.replace(tzinfo=None).isoformat(timespec='minutes')}'"
+            )
+        return value
 
     @field_validator("end")
     @classmethod
