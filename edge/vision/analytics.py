@@ -48,6 +48,14 @@ class LineCrossConfig(_Rule):
     directions: list[Direction] = Field(default_factory=lambda: list(DIRECTIONS), min_length=1)
     quiet_s: float = Field(default=10.0, gt=0, description="The incident ends after this long with no crossing")
     severity: Severity = "Minor"
+    dead_band: float = Field(
+        default=0.02,
+        ge=0,
+        le=0.5,
+        description="A crossing counts once the foot is this far (normalised) past the line, from where it was "
+        "last this far on the other side: a person standing on the line is not counted at every wobble of the box",
+    )
+    track_grace_s: float = Field(default=2.0, gt=0, description="A track unseen up to this long keeps its side")
 
 
 class LoiteringConfig(_Rule):
@@ -58,8 +66,8 @@ class LoiteringConfig(_Rule):
     track_grace_s: float = Field(
         default=5.0,
         gt=0,
-        description="A track in the zone unseen up to this long keeps its dwell, and a new track that "
-        "appears where it was lost takes it over (a broken track, re-identified by position)",
+        description="A track in the zone unseen, or seen just outside it, up to this long keeps its dwell, and a "
+        "new track that appears where it was lost takes it over (a broken track, re-identified by position)",
     )
     reid_distance: float = Field(
         default=0.1, gt=0, le=1.5, description="How near (normalised) to a lost track's foot a new track must appear"
@@ -74,6 +82,24 @@ class CrowdConfig(_Rule):
     )
     raise_after_s: float = Field(default=2.0, ge=0)
     clear_after_s: float = Field(default=5.0, ge=0)
+    hold_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="A person counted stays counted while the detector misses them up to this long: "
+        "without it, one missed person in one frame restarts raise_after_s, more often the higher the frame rate",
+    )
+
+    @model_validator(mode="after")
+    def _countable(self) -> CrowdConfig:
+        for level in self.levels:
+            if level.on_at < 1:
+                raise ValueError(f"a level's on_at is {level.on_at:g}: a crowd starts at 1, or an empty view raises")
+            if level.on_at - level.hysteresis <= 0:
+                raise ValueError(
+                    f"the level at {level.on_at:g} with hysteresis {level.hysteresis:g} would never end, "
+                    "as even an empty view stays within it: keep hysteresis below on_at"
+                )
+        return self
 
 
 RuleConfig = Annotated[
@@ -161,7 +187,8 @@ class Loitering:
     stays: a track unseen for up to ``track_grace_s`` keeps its dwell, and a new track
     that appears in the zone within ``reid_distance`` of where a lost one was last seen
     is the same person re-identified and takes the lost track's dwell over. A track
-    seen outside the zone loses its dwell."""
+    seen outside the zone for longer than ``track_grace_s`` loses its dwell: a person
+    standing at the zone's edge, whose foot wobbles across it, keeps theirs."""
 
     def __init__(self, config: LoiteringConfig, zone: Zone, scene: _Scene) -> None:
         self.config, self.zone, self.scene = config, zone, scene
@@ -169,6 +196,7 @@ class Loitering:
         self._entered: dict[int, float] = {}
         self._last_seen: dict[int, float] = {}
         self._last_foot: dict[int, tuple[float, float]] = {}
+        self._outside_since: dict[int, float] = {}
 
     def _lost_near(self, foot: tuple[float, float], present: set[int]) -> int | None:
         """The lost track in the zone, last seen nearest to ``foot`` within ``reid_distance``."""
@@ -188,6 +216,7 @@ class Loitering:
         for t in mine:
             self._last_seen[t.track_id] = now
             if self.zone.contains(t.foot):
+                self._outside_since.pop(t.track_id, None)
                 if t.track_id not in self._entered:
                     lost = self._lost_near(t.foot, present)
                     taken = self._forget(lost) if lost is not None else None
@@ -195,12 +224,15 @@ class Loitering:
                 self._last_foot[t.track_id] = t.foot
                 if now - self._entered[t.track_id] >= cfg.dwell_s:
                     dwelling.append(t)
-            else:
-                self._entered.pop(t.track_id, None)
-                self._last_foot.pop(t.track_id, None)
+            elif t.track_id in self._entered:
+                left = self._outside_since.setdefault(t.track_id, now)
+                if now - left > cfg.track_grace_s:
+                    self._forget(t.track_id)
         for track_id, seen in list(self._last_seen.items()):
             if now - seen > cfg.track_grace_s:
                 self._forget(track_id)
+        if not dwelling and any(now - entered >= cfg.dwell_s for entered in self._entered.values()):
+            return  # one dwelling is unseen or just outside, within their grace: the incident holds
         if dwelling:
             longest = max(now - self._entered[t.track_id] for t in dwelling)
             content = Content(
@@ -218,19 +250,20 @@ class Loitering:
         """Drop a track; returns when it entered the zone, if it was in it."""
         self._last_seen.pop(track_id, None)
         self._last_foot.pop(track_id, None)
+        self._outside_since.pop(track_id, None)
         return self._entered.pop(track_id, None)
 
 
 class LineCrossing:
-    """Counts crossings of the foot point over the tripwire, by direction."""
-
-    GRACE_S = 2.0
+    """Counts crossings of the foot point over the tripwire, by direction. A track's side
+    is where its foot was last ``dead_band`` or more from the line; a crossing is a change
+    of that side whose move passes through the segment itself."""
 
     def __init__(self, config: LineCrossConfig, line: Line, scene: _Scene) -> None:
         self.config, self.line, self.scene = config, line, scene
         self.key = scene.key("line_cross", config.name)
         self.counts: dict[str, int] = {"a_to_b": 0, "b_to_a": 0}
-        self._last: dict[int, tuple[tuple[float, float], float]] = {}
+        self._side: dict[int, tuple[tuple[float, float], float]] = {}  # by track: the foot on its side, last seen
         self._last_crossing: float | None = None
         self._crossers: list[Track] = []
         self._direction: str | None = None
@@ -240,19 +273,20 @@ class LineCrossing:
         for t in tracks:
             if t.label not in cfg.classes:
                 continue
-            foot = t.foot
-            previous = self._last.get(t.track_id)
-            if self.line.side(foot) != 0:  # on the line exactly: wait until it is past
-                self._last[t.track_id] = (foot, now)
-            if previous is None:
+            foot, sided = t.foot, self._side.get(t.track_id)
+            past = self.line.distance(foot)
+            if past == 0 or abs(past) < cfg.dead_band:  # on the line, or wobbling at it: wait until it is past
+                if sided is not None:
+                    self._side[t.track_id] = (sided[0], now)
                 continue
-            direction = self.line.crossing(previous[0], foot)
+            self._side[t.track_id] = (foot, now)
+            direction = self.line.crossing(sided[0], foot) if sided is not None else None
             if direction is not None and direction in cfg.directions:
                 self.counts[direction] += 1
                 self._last_crossing = now
                 self._crossers = [t]
                 self._direction = direction
-        self._last = {k: v for k, v in self._last.items() if now - v[1] <= self.GRACE_S}
+        self._side = {k: v for k, v in self._side.items() if now - v[1] <= cfg.track_grace_s}
         if self._last_crossing is not None and now - self._last_crossing <= cfg.quiet_s:
             assert self._direction is not None
             label = self._crossers[0].label
@@ -270,10 +304,13 @@ class LineCrossing:
 
 
 class Crowd:
-    """People counted in a zone through a hysteresis threshold (edge.alerts.ThresholdRule)."""
+    """People counted in a zone through a hysteresis threshold (edge.alerts.ThresholdRule).
+    A person counted stays counted for ``hold_s`` after their last sighting in the zone,
+    unless seen outside it since: a detector misses a few people of a crowd in any frame."""
 
     def __init__(self, config: CrowdConfig, zone: Zone | None, scene: _Scene) -> None:
         self.config, self.zone, self.scene = config, zone, scene
+        self._counted: dict[int, tuple[Track, float]] = {}  # by track id: the last sighting in the zone, and when
         self.alarm = ValueAlarm(
             key=scene.key("crowd", config.name),
             kind="crowd",
@@ -289,7 +326,17 @@ class Crowd:
 
     def update(self, tracks: Sequence[Track], now: float, local_time: time | None) -> None:
         cfg = self.config
-        counted = [t for t in tracks if t.label in cfg.classes and (self.zone is None or self.zone.contains(t.foot))]
+        for t in tracks:
+            if t.label not in cfg.classes:
+                continue
+            if self.zone is None or self.zone.contains(t.foot):
+                self._counted[t.track_id] = (t, now)
+            else:
+                self._counted.pop(t.track_id, None)
+        for track_id, (_, seen) in list(self._counted.items()):
+            if now - seen > cfg.hold_s:
+                del self._counted[track_id]
+        counted = [t for t, _ in self._counted.values()]
 
         def content() -> Content:  # built only while the crowd is raised
             where = self.zone.name if self.zone else "view"
@@ -333,8 +380,16 @@ class SceneAnalytics:
         self.scene.model = ref
 
     def update(self, tracks: Sequence[Track], now: float, local_time: time | None = None) -> None:
+        """Every rule sees the frame, whatever another rule raised: the first error is raised
+        again once all have run, for the pipeline to count and report."""
+        failed: Exception | None = None
         for rule in self.rules:
-            if isinstance(rule, UnattendedObjects):
-                rule.update(tracks, now, self.scene.model)
-            else:
-                rule.update(tracks, now, local_time)
+            try:
+                if isinstance(rule, UnattendedObjects):
+                    rule.update(tracks, now, self.scene.model)
+                else:
+                    rule.update(tracks, now, local_time)
+            except Exception as exc:  # one broken rule must not silence the camera's others
+                failed = failed or exc
+        if failed is not None:
+            raise failed

@@ -3,6 +3,7 @@ crossing and crowd, each through a real IncidentBook."""
 
 from __future__ import annotations
 
+import random
 from datetime import time
 
 import pytest
@@ -12,6 +13,7 @@ from s4edge.cloud_sync.messages import ModelRef
 from s4edge.edge.alerts import AlertDraft, IncidentBook
 from s4edge.edge.vision.analytics import SceneAnalytics, SceneConfig
 from s4edge.edge.vision.tracker import Track
+from s4edge.yaml_text import load_yaml
 
 MODEL = ModelRef(name="fastestdet", version="1.0.0", sha256="a" * 64)
 ZONE = {"name": "door", "polygon": [[0.4, 0.4], [0.8, 0.4], [0.8, 1.0], [0.4, 1.0]]}
@@ -91,6 +93,8 @@ def test_a_track_that_stays_31_s_in_a_30_s_zone_fires_once() -> None:
     for second in range(0, 32):  # 0 .. 31 s inside
         analytics.update([track(7, 0.6, 0.9)], float(second))
     analytics.update([track(7, 0.1, 0.9)], 32.0)  # walks away
+    assert states(drafts, "loitering") == ["new"]  # within track_grace_s (5 s) they may be back
+    analytics.update([track(7, 0.1, 0.9)], 37.5)
     assert states(drafts, "loitering") == ["new", "end"]
     new = drafts[0]
     assert new.detection is not None and new.detection.track_ids == [7]
@@ -106,14 +110,29 @@ def test_a_track_that_leaves_at_29_s_does_not_fire() -> None:
     assert drafts == []
 
 
-def test_leaving_and_coming_back_restarts_the_dwell() -> None:
+def test_leaving_for_longer_than_the_grace_and_coming_back_restarts_the_dwell() -> None:
     analytics, drafts = loiter_scene()
     for second in range(0, 20):
         analytics.update([track(7, 0.6, 0.9)], float(second))
-    analytics.update([track(7, 0.1, 0.9)], 20.0)
-    for second in range(21, 50):  # 29 s more inside
+    for second in range(20, 27):  # seen outside for 6 s, past track_grace_s (5 s)
+        analytics.update([track(7, 0.1, 0.9)], float(second))
+    for second in range(27, 56):  # 28 s more inside
         analytics.update([track(7, 0.6, 0.9)], float(second))
     assert drafts == []
+
+
+@pytest.mark.parametrize("fps", [5, 15, 30])
+def test_a_foot_wobbling_across_the_zone_edge_keeps_its_dwell_at_any_frame_rate(fps: int) -> None:
+    """Someone standing on the zone's edge: every third frame their foot is read just
+    outside it. The dwell ran from the first frame, whatever the frame rate (one frame
+    outside used to restart it: never alerted at 5 fps, at 45 s at 15 fps)."""
+    analytics, drafts = loiter_scene()
+    for frame in range(0, 31 * fps):
+        outside = frame % 3 == 1
+        analytics.update([track(7, 0.39 if outside else 0.41, 0.9)], frame / fps)
+    assert states(drafts, "loitering") == ["new"]
+    (dwell,) = drafts[0].measurements
+    assert dwell.value == pytest.approx(30.0, abs=0.5)
 
 
 def test_a_missed_detection_does_not_reset_the_dwell() -> None:
@@ -179,6 +198,22 @@ def test_only_the_configured_direction_counts() -> None:
     assert [d.detection.direction for d in drafts if d.detection] == ["b_to_a"]
 
 
+def test_someone_standing_on_the_line_is_counted_once() -> None:
+    """A person walks onto the line, stands on it for 20 s while their box wobbles by a few
+    pixels (σ = 0.004 of the frame), then walks on: one crossing, not one per wobble (it
+    was 12 one way and 11 the other)."""
+    analytics, _ = line_scene()
+    wobble = random.Random(7)
+    ys = [0.3 + 0.02 * i for i in range(10)]
+    ys += [0.5 + wobble.gauss(0, 0.004) for _ in range(20 * 15)]
+    ys += [0.52 + 0.02 * i for i in range(10)]
+    t = 0.0
+    for y in ys:
+        analytics.update([track(1, 0.5, y)], t)
+        t += 1 / 15
+    assert analytics.rules[0].counts == {"a_to_b": 1, "b_to_a": 0}
+
+
 # --- crowd ----------------------------------------------------------------------------
 
 
@@ -231,6 +266,92 @@ def test_people_outside_the_zone_do_not_count() -> None:
     for t in (0.0, 1.0, 2.0):
         analytics.update([track(i + 1, 0.1, 0.9) for i in range(8)], t)
     assert drafts == []
+
+
+@pytest.mark.parametrize("fps", [5, 15, 30])
+def test_a_crowd_with_a_few_missed_people_raises_after_the_debounce_at_any_frame_rate(fps: int) -> None:
+    """12 people and a level at 10; the detector misses each person in 10 % of frames, so a
+    frame now and then shows 9. Raised about raise_after_s (2 s) in, at any frame rate (it
+    was 7 s at 5 fps, 16 s at 15 fps, never at 30 fps: one frame under 10 restarted it)."""
+    rule = {"type": "crowd", "name": "hall", "levels": [{"on_at": 10, "severity": "Moderate"}]}
+    analytics, drafts = scene([rule])
+    misses = random.Random(fps)
+    crowd = people(12)
+    for frame in range(10 * fps):
+        analytics.update([p for p in crowd if misses.random() >= 0.1], frame / fps)
+        if drafts:
+            break
+    assert states(drafts, "crowd") == ["new"]
+    assert frame / fps <= 2.5
+
+
+def test_a_crowd_that_leaves_ends_after_the_hold_and_the_debounce() -> None:
+    rule = {"type": "crowd", "name": "hall", "levels": [{"on_at": 3, "severity": "Moderate"}], "clear_after_s": 1.0}
+    analytics, drafts = scene([rule])
+    for t in (0.0, 1.0, 2.0):
+        analytics.update(people(4), t)
+    assert states(drafts, "crowd") == ["new"]
+    analytics.update([], 2.5)
+    analytics.update([], 3.5)  # the four unseen for 1.5 s: past hold_s, no longer counted
+    analytics.update([], 4.6)
+    assert states(drafts, "crowd")[-1] == "end"
+
+
+@pytest.mark.parametrize(
+    ("level", "problem"),
+    [
+        ({"on_at": 0, "severity": "Minor"}, "starts at 1"),
+        ({"on_at": 2, "severity": "Minor", "hysteresis": 2}, "never end"),
+    ],
+)
+def test_a_crowd_level_that_an_empty_view_would_raise_or_hold_is_refused(level: dict, problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        SceneConfig.model_validate({"rules": [{"type": "crowd", "name": "c", "levels": [level]}]})
+
+
+def test_a_rule_that_fails_does_not_silence_the_rules_after_it() -> None:
+    analytics, drafts = scene(
+        [{"type": "loitering", "name": "broken", "zone": "door"}, {"type": "intrusion", "name": "door", "zone": "door"}]
+    )
+    broken = analytics.rules[0]
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("rule bug")
+
+    broken.update = fail  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="rule bug"):  # raised again, for the pipeline to count
+        analytics.update([track(1, 0.5, 0.9)], 0.0)
+    assert states(drafts, "intrusion") == ["new"]
+
+
+# --- time windows ---------------------------------------------------------------------
+
+
+def test_a_night_window_written_without_quotes_in_yaml_is_the_night() -> None:
+    """YAML 1.1 reads an unquoted 22:00 as the number 1320, which pydantic took for 00:22 UTC;
+    every frame then failed comparing it with local time, and no rule of the camera ran."""
+    text = """
+zones: [{name: door, polygon: [[0.4, 0.4], [0.8, 0.4], [0.8, 1.0], [0.4, 1.0]]}]
+rules:
+  - {type: intrusion, name: night, zone: door, window: {start: 22:00, end: 06:00}}
+"""
+    config = SceneConfig.model_validate(load_yaml(text))
+    window = config.rules[0].window  # type: ignore[union-attr]
+    assert (window.start, window.end) == (time(22, 0), time(6, 0))
+    drafts: list[AlertDraft] = []
+    analytics = SceneAnalytics("cam0", config, IncidentBook(drafts.append))
+    analytics.update([track(1, 0.5, 0.9)], 0.0, local_time=time(23, 30))
+    assert states(drafts, "intrusion") == ["new"]
+
+
+@pytest.mark.parametrize(
+    ("start", "problem"),
+    [(1320, "a number, not a time of day: write it as text, e.g. '22:00'"), ("22:00+01:00", "names a time zone")],
+)
+def test_a_time_window_given_as_a_number_or_with_a_zone_is_refused(start: object, problem: str) -> None:
+    rule = {"type": "intrusion", "name": "x", "zone": "door", "window": {"start": start, "end": "06:00"}}
+    with pytest.raises(ValidationError, match=problem):
+        SceneConfig.model_validate({"zones": [ZONE], "rules": [rule]})
 
 
 # --- config ---------------------------------------------------------------------------
