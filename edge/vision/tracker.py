@@ -10,6 +10,7 @@ a confirmed track that is not seen is kept (lost) for ``max_age_s`` and then dro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,11 +36,15 @@ class TrackerConfig(BaseModel):
 
 
 # ByteTrack's KalmanFilter: constant velocity on (cx, cy, w, h), noise proportional to the
-# box height, here per second rather than per frame. Every track's state is a row of one
-# array, so a frame's predictions and updates are a few array operations, whatever the
-# number of tracks (``s4edge bench vision``, track).
+# box height, here with velocities per second rather than per frame. ByteTrack's process
+# noise is per frame; here it is ByteTrack's at REFERENCE_FPS, its variance growing with
+# the time between frames as a random walk's does (∝ dt, not dt²): the same filter at 5,
+# 15 or 30 fps. Every track's state is a row of one array, so a frame's predictions and
+# updates are a few array operations, whatever the number of tracks (``s4edge bench
+# vision``, track).
+REFERENCE_FPS = 15.0
 POS_STD = 1.0 / 20
-VEL_STD = 1.0 / 160 * 15  # ByteTrack's per-frame weight at 15 fps, per second
+VEL_STD = 1.0 / 160 * REFERENCE_FPS  # ByteTrack's per-frame weight at 15 fps, per second
 _Q_WEIGHTS = np.array([POS_STD] * 4 + [VEL_STD] * 4)
 _DIAG = np.diag_indices(8)
 _EYE4 = np.eye(4)
@@ -58,7 +63,7 @@ def _predict(x: np.ndarray, p: np.ndarray, dt: float) -> None:
     """x ← F·x, P ← F·P·Fᵀ + Q in place, F the identity with ``dt`` from each velocity to
     its position: F·P adds dt × the velocity rows to the position rows, and ·Fᵀ does the
     same to the columns."""
-    s = np.maximum(x[:, 3], 1e-3) * dt
+    s = np.maximum(x[:, 3], 1e-3) * math.sqrt(REFERENCE_FPS * dt)
     x[:, :4] += x[:, 4:] * dt
     np.maximum(x[:, 2:4], 1e-4, out=x[:, 2:4])
     p[:, :4, :] += dt * p[:, 4:, :]

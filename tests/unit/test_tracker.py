@@ -35,6 +35,20 @@ def test_a_walking_person_keeps_one_id() -> None:
     assert seen == {1}
 
 
+@pytest.mark.parametrize("fps", [5, 15, 30])
+def test_a_person_who_walks_then_stops_keeps_one_id_at_any_frame_rate(fps: int) -> None:
+    """Three box widths a second for 3 s, then a dead stop. The process noise was ByteTrack's
+    scaled by dt² instead of dt: 15 times too small at 15 fps, so the velocity adapted too
+    slowly, the prediction overshot the stopped person, and they got a new id at 3.4 s."""
+    tracker = Tracker()
+    seen: set[int] = set()
+    for frame in range(6 * fps + 1):
+        t = frame / fps
+        x = 0.2 + 0.15 * min(t, 3.0)
+        seen |= {track.track_id for track in tracker.update([person(x, 0.6, w=0.05, h=0.2)], t)}
+    assert seen == {1}
+
+
 def test_a_track_is_confirmed_after_min_hits() -> None:
     tracker = Tracker(TrackerConfig(min_hits=3))
     assert tracker.update([person(0.1)], 0.0) == []

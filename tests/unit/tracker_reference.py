@@ -4,6 +4,7 @@ batched tracker must match (tests/unit/test_tracker.py)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ class _Kalman:
             return
         f = _EYE8.copy()
         f[_VEL] = dt
-        s = max(float(self.x[3]), 1e-3) * dt
+        s = max(float(self.x[3]), 1e-3) * math.sqrt(15.0 * dt)  # ByteTrack's per-frame noise at 15 fps
         self.x = f @ self.x
         self.x[2:4] = np.maximum(self.x[2:4], 1e-4)
         self.P = f @ self.P @ f.T
