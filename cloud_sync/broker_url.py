@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from s4edge.shown import hide_userinfo
+
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
@@ -56,17 +58,6 @@ class BrokerEndpoint:
     path: str  # the WebSocket request path; "" for plain MQTT
     username: str | None = None
     password: str | None = None
-
-
-def hide_userinfo(url: str) -> str:
-    """``url`` for a message or a log: whatever stands between ``://`` and its last ``@``
-    (user and password, RFC 3986 §3.2.1; an unencoded ``@`` in a password included) is ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:  # a URL missing its // ('mqtts:user:pass@host') holds the password all the same
-        scheme, sep, rest = url.partition(":")
-    if not sep or "@" not in rest:
-        return url
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def _check_userinfo(url: str, shown: str) -> None:

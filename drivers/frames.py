@@ -34,6 +34,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from s4edge.shown import shown_url
+
 Frame = npt.NDArray[np.uint8]
 """A BGR image, height × width × 3."""
 
@@ -174,7 +176,7 @@ class OpenCVSource:
         pixel_format: PixelFormat = "yuyv",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.name = str(target)
+        self.name = shown_url(str(target))  # the name goes into faults, alerts and health: no camera password
         self._target = target
         self._api = api
         self._size = size

@@ -24,10 +24,11 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from s4edge.cloud_sync.broker_url import broker_endpoint, hide_userinfo
+from s4edge.cloud_sync.broker_url import broker_endpoint
 from s4edge.cloud_sync.messages import NAME_PATTERN, AlertStatus
 from s4edge.edge.health import THERMAL_ROOT
 from s4edge.edge.sources import PluginError, load_plugins, source_types
+from s4edge.shown import hide_userinfo
 from s4edge.yaml_text import load_yaml
 
 

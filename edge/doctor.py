@@ -19,6 +19,8 @@ from typing import Any, Final, Literal
 
 import typer
 
+from s4edge.shown import hide_query_credentials, shown_url
+
 Status = Literal["PASS", "WARN", "FAIL"]
 BROKER_TIMEOUT_S = 8.0
 CAMERA_FRAMES = 10
@@ -188,7 +190,7 @@ def check_camera(config: Any, frames: int = CAMERA_FRAMES) -> list[Check]:
             feed = open_source(cam.url, fps=cam.fps, realtime=True, size=size)
             feed.open()
         except (FrameSourceError, OSError, ImportError, ValueError) as exc:
-            checks.append(Check(name, "FAIL", f"cannot open {cam.url}: {exc}", HINT["camera_open"]))
+            checks.append(Check(name, "FAIL", f"cannot open {shown_url(cam.url)}: {exc}", HINT["camera_open"]))
             continue
         try:
             got, start, deadline = 0, time.monotonic(), time.monotonic() + max(5.0, cam.stall_after_s)
@@ -200,7 +202,9 @@ def check_camera(config: Any, frames: int = CAMERA_FRAMES) -> list[Check]:
             feed.close()
         fps = got / elapsed
         if got == 0:
-            checks.append(Check(name, "FAIL", f"{cam.url} opened but delivered no frame", HINT["camera_silent"]))
+            checks.append(
+                Check(name, "FAIL", f"{shown_url(cam.url)} opened but delivered no frame", HINT["camera_silent"])
+            )
         elif cam.fps and fps < 0.8 * cam.fps:
             checks.append(Check(name, "WARN", f"{fps:.1f} fps, configured {cam.fps:g}", HINT["camera_slow"]))
         else:
@@ -308,7 +312,7 @@ def check_broker(config: Any, timeout: float = BROKER_TIMEOUT_S) -> Check:
         answered.set()
 
     client.on_connect = on_connect
-    over = f"WebSocket {endpoint.path}, " if endpoint.transport == "websockets" else ""
+    over = f"WebSocket {hide_query_credentials(endpoint.path)}, " if endpoint.transport == "websockets" else ""
     where = f"{host}:{port} ({over}{'TLS' if tls else 'plaintext'}) as {s.username or 'anonymous'}"
     try:
         client.connect(host, port, keepalive=10, clean_start=False, properties=session)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from s4edge.cloud_sync.broker_url import BrokerEndpoint, BrokerUrlError, broker_endpoint, hide_userinfo, mqtt_client
+from s4edge.cloud_sync.broker_url import BrokerEndpoint, BrokerUrlError, broker_endpoint, mqtt_client
+from s4edge.shown import shown_url
 
 
 class BrokerError(RuntimeError):
@@ -39,8 +40,8 @@ class BrokerConfig:
 
     @property
     def shown_url(self) -> str:
-        """The URL for logs and messages: no user or password."""
-        return hide_userinfo(self.url)
+        """The URL for logs and messages: no user, password or query credential (``wss://…?token=``)."""
+        return shown_url(self.url)
 
     @property
     def host(self) -> str:

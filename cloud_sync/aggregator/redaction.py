@@ -17,10 +17,9 @@ from typing import Any
 
 import yaml
 
+from s4edge.shown import CREDENTIAL, REDACTED
 from s4edge.yaml_text import load_yaml
 
-REDACTED = "***"
-CREDENTIAL = r"passw(?:or)?d|passphrase|secret|token|api[_-]?key|private[_-]?key|credentials?"
 _CREDENTIAL_KEY = re.compile(CREDENTIAL, re.IGNORECASE)
 _TEXT = [
     (

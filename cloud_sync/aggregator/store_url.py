@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from s4edge.cloud_sync.aggregator.redaction import redact
-from s4edge.cloud_sync.broker_url import hide_userinfo
+from s4edge.shown import shown_url
 
 SQLITE_EXAMPLE = "sqlite:////var/lib/s4edge/aggregator.db"
 POSTGRES_EXAMPLE = "postgresql://s4edge:PASSWORD@db.example:5432/s4edge"
@@ -49,7 +49,7 @@ class StoreUrlError(ValueError):
 
 def shown(url: str) -> str:
     """``url`` as it may appear in a message or a log: no user, no password."""
-    return str(redact(hide_userinfo(url.strip())))
+    return str(redact(shown_url(url.strip())))
 
 
 def store_url(raw: str) -> URL:

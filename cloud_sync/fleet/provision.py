@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from cryptography import x509
 
-from s4edge.cloud_sync.broker_url import BrokerUrlError, broker_endpoint, hide_userinfo
+from s4edge.cloud_sync.broker_url import BrokerUrlError, broker_endpoint
 from s4edge.cloud_sync.fleet.ca import CA_CERT, FleetCA, issue_client_cert, write_private
 from s4edge.cloud_sync.fleet.command_key import COMMAND_PUB, command_public_key
 from s4edge.cloud_sync.fleet.crl import revoke
@@ -28,6 +28,7 @@ from s4edge.cloud_sync.fleet.mosquitto_files import new_password, password_hash
 from s4edge.cloud_sync.fleet.registry import Fleet, FleetError, Identity
 from s4edge.cloud_sync.messages import NAME_PATTERN
 from s4edge.resources import packaged
+from s4edge.shown import hide_userinfo
 from s4edge.yaml_text import load_yaml
 
 BOARDS_ENV = "S4EDGE_BOARDS_DIR"

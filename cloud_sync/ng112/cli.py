@@ -120,13 +120,14 @@ def send_test(
 def check_config(path: Path = typer.Argument(..., help="NG112 YAML config (policy, PSAP, correlation).")) -> None:
     """Validate an NG112 config file and summarise what it forwards."""
     from s4edge.cloud_sync.ng112.policy import Ng112ConfigError, load_config
+    from s4edge.cloud_sync.ng112.sip import shown_uri
 
     try:
         config = load_config(path)
     except Ng112ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"PSAP {config.psap} (Request-URI {config.request_uri})")
+    typer.echo(f"PSAP {shown_uri(config.psap)} (Request-URI {shown_uri(config.request_uri)})")
     for site, policy in {"(default)": config.default, **config.sites}.items():
         typer.echo(f"  {site}: {policy.mode}, {','.join(policy.kinds)} at >= {policy.min_severity}")
     for rule in config.correlation:

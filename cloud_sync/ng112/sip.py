@@ -49,14 +49,17 @@ class SipTarget:
 
 _SIP_URI = re.compile(
     r"^(?P<scheme>sips?):(?:(?P<user>[^@;]+)@)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)"
-    r"(?::(?P<port>\d{1,5}))?(?P<params>(?:;[^;?]*)*)$"
+    r"(?::(?P<port>\d{1,5}))?(?P<params>(?:;[^;?]*)*)$",
+    re.IGNORECASE,  # a scheme is case-insensitive (RFC 3986 §3.1), SIP: as sip:
 )
 
 
 def shown_uri(uri: str) -> str:
     """``uri`` for a message: a password in its userinfo (RFC 3261 §19.1.1 advises against one,
     but a URI may hold one) as ``***``."""
-    return re.sub(r"^(sips?:[^:@;]*):[^@]*@", r"\1:***@", uri.strip())
+    # the scheme is case-insensitive (RFC 3986 §3.1); the password ends at the last '@' before the
+    # parameters, as an unescaped '@' in it would otherwise show what follows it
+    return re.sub(r"(?i)^(sips?:[^:@;]*):[^;]*@", r"\1:***@", uri.strip())
 
 
 def parse_target(uri: str) -> SipTarget:
@@ -67,7 +70,7 @@ def parse_target(uri: str) -> SipTarget:
         raise SipError(f"{shown!r} is not a SIP URI like sip:psap@192.0.2.1:5060;transport=tcp")
     params = dict([*part.split("=", 1), ""][:2] for part in found["params"].split(";") if part)
     wanted = params.get("transport", "").lower() or None
-    if found["scheme"] == "sips":
+    if found["scheme"].lower() == "sips":
         wanted = "tls"
     if wanted not in (None, "udp", "tcp", "tls"):
         raise SipError(f"{shown!r}: transport={wanted} is not udp, tcp or tls")

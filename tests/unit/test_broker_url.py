@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 
 from s4edge.cli import app
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError
-from s4edge.cloud_sync.broker_url import BrokerEndpoint, BrokerUrlError, broker_endpoint, hide_userinfo, mqtt_client
+from s4edge.cloud_sync.broker_url import BrokerEndpoint, BrokerUrlError, broker_endpoint, mqtt_client
 from s4edge.cloud_sync.fleet.provision import check_broker_url
 from s4edge.cloud_sync.fleet.registry import FleetError
 from s4edge.cloud_sync.uplink import UplinkSettings
 from s4edge.edge.config import ConfigError, parse_config
+from s4edge.shown import hide_userinfo
 
 SIM = Path(__file__).resolve().parents[2] / "firmware_configs" / "sim-node.yaml"
 runner = CliRunner()
