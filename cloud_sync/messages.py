@@ -35,11 +35,29 @@ NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # A run of base64/hex alphabet this long cannot be a label, a URI or a sentence:
 # it is an encoded blob, and blobs never leave the node. Line breaks do not end a
 # run, so MIME-wrapped base64 (RFC 2045 §6.8, 76-character lines) is caught too.
-_BLOB = re.compile(r"(data:[\w/+.-]+;base64,)|([A-Za-z0-9+/=_\r\n-]{200,})")
+# RFC 2397: the scheme in any case, any media type and parameters, or none
+_DATA_URL = re.compile(r"data:[^,]*;base64,", re.IGNORECASE)
+# base64 (RFC 4648 §4, §5) or hex, whitespace-wrapped or not (MIME wraps base64 at 76, RFC 2045 §6.8)
+_ENCODED_RUN = re.compile(r"[A-Za-z0-9+/=_-]+(?:\s+[A-Za-z0-9+/=_-]+)*")
+BLOB_CHARS = 200  # an encoded run this long is binary data: a 24 × 24 PNG is already ~1,000
+_WORD_CHARS = 24  # the mean length of its whitespace-separated pieces: words are far shorter
+
+
+def _encoded(value: str) -> bool:
+    """A data: URL, or a run of base64 or hex characters of ``BLOB_CHARS`` or more made of
+    pieces too long to be words (prose with no punctuation is a run of short pieces)."""
+    if _DATA_URL.search(value):
+        return True
+    for run in _ENCODED_RUN.finditer(value):
+        pieces = run.group().split()
+        chars = sum(map(len, pieces))
+        if chars >= BLOB_CHARS and chars >= _WORD_CHARS * len(pieces):
+            return True
+    return False
 
 
 def _plain_text(value: str) -> str:
-    if _BLOB.search(value):
+    if _encoded(value):
         raise ValueError("looks like encoded binary data; s4edge messages carry metadata only")
     if "\x00" in value:
         raise ValueError("holds a NUL character, which a PostgreSQL store cannot keep")
@@ -75,9 +93,20 @@ AlertStatus = Literal["Actual", "Exercise", "Test"]
 Kind = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{1,31}$")]
 KNOWN_KINDS: Final = frozenset(
     {
-        "gas", "co", "smoke", "flame", "temperature", "nir_match",
-        "intrusion", "line_cross", "loitering", "crowd", "unattended_object",
-        "sensor_fault", "camera_fault", "escalation",
+        "gas",
+        "co",
+        "smoke",
+        "flame",
+        "temperature",
+        "nir_match",
+        "intrusion",
+        "line_cross",
+        "loitering",
+        "crowd",
+        "unattended_object",
+        "sensor_fault",
+        "camera_fault",
+        "escalation",
     }
 )
 # A pre-alarm, a warning before a standard's alarm point (CO before EN 50291-1's alarm
@@ -292,7 +321,13 @@ SUFFIX: Final[dict[str, str]] = {
     "receipt": "receipt",
 }
 QOS: Final[dict[str, int]] = {
-    "status": 1, "heartbeat": 0, "telemetry": 0, "alert": 1, "cmd": 1, "cmd_result": 1, "receipt": 1,
+    "status": 1,
+    "heartbeat": 0,
+    "telemetry": 0,
+    "alert": 1,
+    "cmd": 1,
+    "cmd_result": 1,
+    "receipt": 1,
 }
 RETAINED: Final = frozenset({"status"})
 # What the centre sends a node; a node sends every other type (the broker's ACL follows this).

@@ -200,6 +200,31 @@ def test_mime_wrapped_base64_is_refused(blob: bytes) -> None:
         Alert.model_validate({**_ALERT_FIELDS, "detail": encoded[:1000]})
 
 
+_PNG = base64.b64encode(bytes.fromhex("89504e470d0a1a0a") + bytes(range(256))).decode()
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        "DATA:image/png;base64,iVBORw0KGgo",  # the scheme in upper case
+        "data:;base64,iVBORw0KGgo",  # no media type
+        "data:image/png;name=a.png;base64,iVBORw0KGgo",  # a media-type parameter
+        " ".join(_PNG[i : i + 76] for i in range(0, len(_PNG), 76)),  # wrapped with spaces
+        " ".join(bytes(range(256)).hex()[i : i + 64] for i in range(0, 512, 64)),  # hex, spaced
+    ],
+)
+def test_image_bytes_past_the_first_check_are_refused(detail: str) -> None:
+    """Each of these went to the store, the API and the PSAP's CAP, and the PNG decoded back."""
+    with pytest.raises(ValidationError, match="encoded binary data"):
+        Alert.model_validate({**_ALERT_FIELDS, "detail": detail})
+
+
+@FUZZ
+@given(st.lists(st.text("abcdefghijklmnopqrstuvwxyzABC0123456789", min_size=1, max_size=16), min_size=40, max_size=120))
+def test_prose_without_punctuation_is_not_a_blob(words: list[str]) -> None:
+    Alert.model_validate({**_ALERT_FIELDS, "detail": " ".join(words)})
+
+
 def test_command_results_carry_no_blobs() -> None:
     fields = {"node_id": "n1", "site": "s1", "seq": 1, "cmd_id": "c" * 16, "name": "ping", "ok": True}
     CommandResult(**fields, data={"config_digest": "ab" * 32, "uptime_s": 12.5})
