@@ -42,6 +42,7 @@ TELEMETRY: Final = "telemetry"
 # a restart skips the rest of the block, which keeps seq monotonic (with gaps).
 SEQ_BLOCK: Final = 1000
 RESERVE_BYTES: Final = 512 * 1024  # room to create the WAL and shared memory on a full disk, and then some
+SEEN_COMMANDS_KEPT: Final = 4096  # executed commands' ids kept past their expiry (about 0.3 MB)
 RESERVE_RETRY_S: Final = 5.0  # how often a commit tries to take the reserve back while it is given up
 
 _SCHEMA = """
@@ -402,10 +403,18 @@ class Outbox:
                 op.wait()
 
     def remember_command(self, command_id: str, until: float) -> bool:
-        """Record a command id until ``until`` (UNIX time); False if it was seen before."""
+        """Record a command id until ``until`` (UNIX time); False if it was seen before.
+
+        An expired id is forgotten only once ``SEEN_COMMANDS_KEPT`` newer ones are kept: a
+        board without a battery-backed clock boots in the past, where an expired command is
+        valid again, and a replay of it must still find its id (the clock alone let it run twice)."""
 
         def write(db: sqlite3.Connection) -> bool:
-            db.execute("DELETE FROM seen_command WHERE until < ?", (time.time(),))
+            db.execute(
+                "DELETE FROM seen_command WHERE until < ? AND rowid IN (SELECT rowid FROM seen_command "
+                "ORDER BY until LIMIT max(0, (SELECT count(*) FROM seen_command) - ?))",
+                (time.time(), SEEN_COMMANDS_KEPT),
+            )
             inserted = db.execute("INSERT OR IGNORE INTO seen_command (id, until) VALUES (?, ?)", (command_id, until))
             return inserted.rowcount == 1
 

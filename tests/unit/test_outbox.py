@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import s4edge.cloud_sync.outbox as outbox_module
 from s4edge.cloud_sync.outbox import SEQ_BLOCK, Outbox, OutboxClosed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,6 +140,35 @@ def test_remember_command_refuses_a_replay_even_after_reopen(tmp_path: Path) -> 
     with Outbox(tmp_path / "o.db") as outbox:
         assert not outbox.remember_command("cmd-0001", until)
         assert outbox.remember_command("cmd-0002", until)
+
+
+def test_a_command_replayed_after_the_clock_went_back_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Executed, then expired (a later command's bookkeeping ran past its expiry), then the
+    board reboots with its clock in the past, where the command is valid again: its id must
+    still be there (it was deleted at expiry, and the replay ran)."""
+    t0 = time.time()
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert outbox.remember_command("cmd-0001", t0 + 60)
+        monkeypatch.setattr(time, "time", lambda: t0 + 1000)
+        assert outbox.remember_command("cmd-0002", t0 + 1060)
+    monkeypatch.setattr(time, "time", lambda: t0 + 100)  # no battery clock: booted in the past
+    with Outbox(tmp_path / "o.db") as outbox:
+        assert not outbox.remember_command("cmd-0001", t0 + 60)
+
+
+def test_expired_command_ids_beyond_the_kept_number_are_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "SEEN_COMMANDS_KEPT", 3)
+    t0 = time.time()
+    with Outbox(tmp_path / "o.db") as outbox:
+        for i in range(6):
+            assert outbox.remember_command(f"old-{i}", t0 - 100 + i)  # all expired
+        assert outbox.remember_command("new", t0 + 60)
+        assert outbox.remember_command("old-0", t0 - 100)  # forgotten: the oldest beyond the 3 kept
+        assert not outbox.remember_command("old-5", t0 - 95)  # among the newest kept
 
 
 def test_put_after_close_is_refused(tmp_path: Path) -> None:
