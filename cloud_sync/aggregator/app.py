@@ -131,20 +131,28 @@ class Aggregator:
         )
 
     def _share_group(self) -> None:
-        """The workers' group, drawn once and kept in the store, and the one named after the client
-        id that sessions resumed from before may hold (they leave it). A store that cannot take the
-        draw yet (read-only for now: ingest waits for it) keeps the named group until it can."""
-        if not isinstance(self.ingest, IngestWorkers) or self.config.group:
-            return
-        named = default_group(self.config.session_id)
+        """The ``$share`` group of the workers and of replicas (``--group NAME``): drawn once and
+        kept in the store, so every replica of a store shares it and no node can guess it (a node
+        in the group takes its turn of the fleet's messages, which its ACL forbids it to read,
+        and mosquitto's acl_file checks no subscription filter); NAME is its prefix. Sessions
+        resumed from before may hold the group named NAME, or after the client id: they leave it.
+        A store that cannot take the draw yet (read-only for now: ingest waits for it) keeps the
+        named group until it can."""
+        given = self.config.group
+        if not given and not isinstance(self.ingest, IngestWorkers):
+            return  # one aggregator: a plain subscription
+        named = given or default_group(self.config.session_id)
         try:
-            group, retired = self.store.share_group(), named
+            drawn = self.store.share_group()
         except SQLAlchemyError as exc:
-            log.warning(
-                "store: no shared-subscription group drawn (%s); the workers share %s", type(exc).__name__, named
-            )
+            log.warning("store: no shared-subscription group drawn (%s); sharing %s", type(exc).__name__, named)
             group, retired = named, None
-        self.ingest.spec = dataclasses.replace(self.ingest.spec, group=group, retired_group=retired)
+        else:
+            group, retired = (f"{given}-{drawn.removeprefix('s4edge-')}" if given else drawn), named
+        if isinstance(self.ingest, IngestWorkers):
+            self.ingest.spec = dataclasses.replace(self.ingest.spec, group=group, retired_group=retired)
+        else:
+            self.ingest.group, self.ingest.retired_group = group, retired
 
     def forward_jobs(self, kinds: frozenset[str], on_jobs: Callable[[], object] | None = None) -> None:
         """Store a forward job with each new alert of these kinds, in the commit that stores it,

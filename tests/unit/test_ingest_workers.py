@@ -336,7 +336,30 @@ def test_the_workers_share_a_group_no_node_can_guess(tmp_path: Path) -> None:
     given = Aggregator(AggregatorConfig(BrokerConfig("mqtt://127.0.0.1:1"), db_url=db, workers=2, group="g1"))
     given._share_group()
     named = given.ingest
-    assert isinstance(named, IngestWorkers) and (named.spec.group, named.spec.retired_group) == ("g1", None)
+    assert isinstance(named, IngestWorkers)
+    assert (named.spec.group, named.spec.retired_group) == (f"g1-{drawn.removeprefix('s4edge-')}", "g1")
+
+
+def test_replicas_given_a_group_share_one_no_node_can_guess(tmp_path: Path) -> None:
+    """`--group replicas` on two replicas of one store: the docs name the group, so a node
+    could join it and take half the fleet's messages; the group is the name and the store's
+    draw, the same for both replicas."""
+    from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
+    from s4edge.cloud_sync.aggregator.ingest import Ingest
+
+    db = f"sqlite:///{tmp_path / 'agg.db'}"
+    groups = []
+    for client_id in ("agg-1", "agg-2"):
+        replica = Aggregator(
+            AggregatorConfig(BrokerConfig("mqtt://127.0.0.1:1"), db_url=db, group="replicas", client_id=client_id)
+        )
+        replica.store.create_all()
+        replica._share_group()
+        assert isinstance(replica.ingest, Ingest)
+        groups.append((replica.ingest.group, replica.ingest.retired_group))
+    (group, retired), second = groups
+    assert second == (group, retired) and retired == "replicas"
+    assert group.startswith("replicas-") and len(group) == len("replicas-") + 32
 
 
 class _Subscriber:
