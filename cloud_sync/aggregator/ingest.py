@@ -53,6 +53,7 @@ from s4edge.cloud_sync.messages import Alert, encode, fleet_filter, receipts_for
 log = logging.getLogger("s4edge.aggregator")
 
 V5_PROBE_S = 3.0
+BATCH_RETRIES = 3  # a batch whose commit raised is tried this many times more, then acked unstored
 LINGER_S = 0.02  # the most a burst's first message waits for the rest of its batch
 LINGER_QUIET_S = 0.002  # a batch stops gathering when nothing arrived for this long
 QOS0_BACKLOG = 20000  # heartbeats and telemetry held for the writer before new ones are shed
@@ -401,15 +402,40 @@ class Ingest:
             previous, held = held, None
             try:
                 held = self._commit(batch, previous)
-            except Exception:  # a bug in one batch must not stop ingest
-                log.exception(
-                    "ingest batch of %d failed; left unacked, the broker redelivers it on reconnect", len(batch)
-                )
+            except Exception:  # a bug in one batch, a writer lost twice: it must not stop ingest
+                log.exception("ingest batch of %d failed; trying it again", len(batch))
+                held = self._commit_again(batch)
             if previous is not None and not previous.finished:
                 self._finish_logged(previous)
             if held is not None and self._child is None:
                 self._finish_logged(held)
                 held = None
+
+    def _commit_again(self, batch: Sequence[Received]) -> Committed | None:
+        """A batch whose commit failed, tried ``BATCH_RETRIES`` times more, 1, 2 and 4 s apart.
+        Then it is acknowledged unstored: unacknowledged, its messages held the broker's in-flight
+        window (MQTT 5.0 §4.9, Receive Maximum) and no new message came, for good, until a restart.
+        Its alerts come back from their nodes, which send each alert again until its receipt."""
+        for attempt in range(BATCH_RETRIES):
+            if self._stopping.wait(2.0**attempt):
+                return None
+            try:
+                return self._commit(batch)
+            except Exception:
+                log.exception(
+                    "ingest batch of %d failed again (try %d of %d)", len(batch), attempt + 2, 1 + BATCH_RETRIES
+                )
+        log.error(
+            "ingest batch of %d dropped after %d tries; acknowledged so that the broker sends the rest, "
+            "its alerts come back from their nodes (no receipt was sent)",
+            len(batch),
+            1 + BATCH_RETRIES,
+        )
+        self.metrics.rejected.labels("batch_failed").inc(len(batch))
+        client, generation = self._client, self._generation
+        if client is not None:
+            ack_all(client, [item.mid for item in batch if item.qos > 0 and item.generation == generation])
+        return None
 
     def _finish_logged(self, committed: Committed) -> None:
         try:

@@ -260,6 +260,70 @@ def test_a_burst_is_batched_and_a_full_in_flight_window_ends_the_linger(broker: 
         store.engine.dispose()
 
 
+def _burst(broker: Mosquitto, total: int) -> mqtt.Client:
+    node = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-burst", protocol=mqtt.MQTTv311)
+    node.max_inflight_messages_set(1000)
+    node.connect(broker.host, broker.port)
+    node.loop_start()
+    for info in [node.publish(topic_for(alert(s)), encode(alert(s)), qos=1) for s in range(total)]:
+        info.wait_for_publish(10)
+    return node
+
+
+def _failing_ingest(broker: Mosquitto, store: Store, fails: Any) -> Ingest:
+    """Ingest over MQTT 3.1.1, where mosquitto delivers at most 100 unacked messages, whose
+    writer raises on a batch when ``fails(items)`` says so."""
+    ingest = Ingest(BrokerConfig(broker.url), store, IngestMetrics(), client_id="agg-fail", protocol="3.1.1")
+    real_write = ingest.writer.write
+
+    def write(items: Any) -> Any:
+        if fails(items):
+            raise RuntimeError("writer process 1234 exited (75)")
+        return real_write(items)
+
+    ingest.writer.write = write  # type: ignore[method-assign]
+    return ingest
+
+
+def test_a_batch_whose_commit_failed_is_tried_again_and_ingest_goes_on(broker: Mosquitto, tmp_path: Path) -> None:
+    """Its writer failed twice on a batch (a store read-only, then writable again): the batch
+    was left unacked, held the broker's in-flight window, and no alert was stored again until
+    the aggregator was restarted."""
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'agg.db'}"))
+    store.create_all()
+    failures = [1, 1]
+    ingest = _failing_ingest(broker, store, lambda items: bool(failures) and failures.pop() is not None)
+    ingest.start()
+    node = _burst(broker, 300)
+    try:
+        wait_until(lambda: store.count_alerts() >= 300, 15, "all 300 alerts, the failed batch among them")
+    finally:
+        node.disconnect()
+        node.loop_stop()
+        ingest.stop()
+        store.engine.dispose()
+
+
+def test_a_batch_that_never_commits_is_let_go_and_the_rest_is_stored(broker: Mosquitto, tmp_path: Path) -> None:
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'agg.db'}"))
+    store.create_all()
+    ingest = _failing_ingest(
+        broker, store, lambda items: any(json.loads(payload)["seq"] == 0 for _, payload, _ in items)
+    )
+    ingest.start()
+    node = _burst(broker, 300)
+    try:
+        wait_until(lambda: store.count_alerts() >= 200, 20, "the alerts after the batch that never commits")
+        dropped = ingest.metrics.registry.get_sample_value("s4edge_messages_rejected_total", {"reason": "batch_failed"})
+        assert dropped is not None and 0 < dropped <= 100
+        assert store.count_alerts() == 300 - dropped  # those come back from their node, unreceipted
+    finally:
+        node.disconnect()
+        node.loop_stop()
+        ingest.stop()
+        store.engine.dispose()
+
+
 def test_a_killed_writer_process_is_replaced_and_its_batch_written_again(
     broker: Mosquitto, node: mqtt.Client, tmp_path: Path
 ) -> None:
