@@ -87,6 +87,14 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(database.removeprefix("file:")) if url.query.get("uri") else Path(database)
 
 
+def read_only_files(path: Path) -> list[Path]:
+    """Of an SQLite file and the -wal and -shm beside it, those that exist and this process
+    cannot write. SQLite writes all three, and makes the -shm with the file's mode: one made
+    while the file was read-only stays read-only once the file is not."""
+    files = (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm"))
+    return [file for file in files if file.is_file() and not os.access(file, os.W_OK)]
+
+
 def check_store_url(raw: str, schema: str | None = None) -> URL:
     """What ``--db`` and ``--db-schema`` name, checked before anything opens: a usable URL, an
     SQLite store in a file (an in-memory one would lose every alert, and a writer process would
@@ -117,10 +125,11 @@ def probe_store(engine: Engine, raw: str) -> str | None:
             raise StoreUrlError(f"{shown(raw)}: the store is read-only by its URL (mode=ro), and the aggregator "
                                 f"writes it: drop mode=ro, e.g. {SQLITE_EXAMPLE}")  # fmt: skip
         path = sqlite_path(url)
-        if path is not None and path.is_file() and not os.access(path, os.W_OK):
+        blocked = read_only_files(path) if path is not None else []
+        if blocked:
             return (
-                f"--db {shown(raw)}: {path.absolute()} is read-only to this process; until it is writable, "
-                "nothing is committed and /healthz answers 503"
+                f"--db {shown(raw)}: {', '.join(str(file.absolute()) for file in blocked)} read-only to this "
+                "process; until it is writable (each of them), nothing is committed and /healthz answers 503"
             )
     try:
         with engine.connect() as conn:

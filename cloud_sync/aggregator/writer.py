@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import select
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from s4edge.cloud_sync.aggregator.alert_rows import AlertRows
 from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
+from s4edge.cloud_sync.aggregator.store_url import read_only_files, sqlite_path
 from s4edge.cloud_sync.messages import (
     Alert,
     AnyMessage,
@@ -339,11 +339,12 @@ def _first_line(exc: BaseException | None) -> str:
 
 
 def _read_only_no_more(store: Store, exc: DBAPIError) -> bool:
-    """SQLite says read-only, and the store's file is writable now."""
+    """SQLite says read-only, and the store's file, its -wal and its -shm are writable now (a
+    new process with the -shm still read-only would fail as this one does, in a loop)."""
     if not str(getattr(exc.orig, "sqlite_errorname", "")).startswith("SQLITE_READONLY"):
         return False
-    path = store.engine.url.database
-    return path is not None and os.path.isfile(path) and os.access(path, os.W_OK)
+    path = sqlite_path(store.engine.url)
+    return path is not None and path.is_file() and not read_only_files(path)
 
 
 def _transient(exc: DBAPIError) -> bool:
