@@ -230,7 +230,8 @@ def _ends(items: list[str], keep: int) -> list[str]:
 
 def ack_incident(engine: Engine, incident_id: str, by: str, now: datetime) -> dict[str, Any] | None:
     """Acknowledge the incident, and each of its alerts not acknowledged yet. A second ack keeps
-    the first operator and time. None for an unknown incident."""
+    the first operator and time, unless the incident got worse since: then it acknowledges what
+    the incident has become (it stayed "worse since" for good). None for an unknown incident."""
     with engine.begin() as conn:
         severities = conn.execute(select(alerts.c.severity).where(alerts.c.incident == incident_id)).scalars().all()
         if not severities:
@@ -242,6 +243,13 @@ def ack_incident(engine: Engine, incident_id: str, by: str, now: datetime) -> di
             .values(incident=incident_id, acked_at=now, acked_by=by, acked_severity=peak)
             .on_conflict_do_nothing(index_elements=["incident"])
         )
+        acked = conn.execute(select(incident_acks.c.acked_severity).where(incident_acks.c.incident == incident_id))
+        if RANK.get(acked.scalar_one(), 0) < RANK.get(peak, 0):
+            conn.execute(
+                update(incident_acks)
+                .where(incident_acks.c.incident == incident_id)
+                .values(acked_at=now, acked_by=by, acked_severity=peak)
+            )
         conn.execute(
             update(alerts)
             .where(alerts.c.incident == incident_id, alerts.c.acked_at.is_(None))

@@ -267,6 +267,12 @@ def test_an_incident_that_grows_worse_after_its_ack_says_so(store: Store, client
     record = client.get("/api/incidents/inc-gas-0001").json()
     assert record["escalated_since_ack"] and record["peak_severity"] == "Extreme"
     assert [a["acked_by"] for a in record["timeline"]] == ["dispatcher-7", "dispatcher-7", None]
+    # acknowledged again, it is acknowledged as it is now (it stayed "worse since" for good)
+    again = client.post("/api/incidents/inc-gas-0001/ack", json={"by": "bob"}).json()
+    assert (again["acked_by"], again["acked_severity"]) == ("bob", "Extreme")
+    record = client.get("/api/incidents/inc-gas-0001").json()
+    assert not record["escalated_since_ack"] and record["acked_by"] == "bob"
+    assert [a["acked_by"] for a in record["timeline"]] == ["dispatcher-7", "dispatcher-7", "bob"]
 
 
 def test_an_incident_kept_open_for_days_answers_in_bounded_size(

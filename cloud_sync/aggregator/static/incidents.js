@@ -52,10 +52,16 @@ function callChip(ng112) {
 function ackCell(record) {
   if (record.acked_at) {
     const text = record.escalated_since_ack ? `acked by ${record.acked_by} — worse since` : `acked by ${record.acked_by}`;
-    return el("span", { class: record.escalated_since_ack ? "acked escalated" : "acked",
+    const acked = el("span", { class: record.escalated_since_ack ? "acked escalated" : "acked",
       title: `at ${when(record.acked_at)}` }, text);
+    // worse since: the operator acknowledges what it has become
+    return record.escalated_since_ack ? el("span", {}, acked, " ", ackButton(record, "acknowledge again")) : acked;
   }
-  const button = el("button", { type: "button", class: "ack" }, "acknowledge");
+  return ackButton(record, "acknowledge");
+}
+
+function ackButton(record, label) {
+  const button = el("button", { type: "button", class: "ack" }, label);
   button.addEventListener("click", async (event) => {
     event.stopPropagation();
     button.disabled = true;
