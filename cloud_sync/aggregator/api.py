@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import json
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,8 +35,9 @@ from s4edge.cloud_sync.aggregator.console_api import (
 )
 from s4edge.cloud_sync.aggregator.events import EventBus, sse_frame
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
+from s4edge.cloud_sync.aggregator.redaction import first_line
 from s4edge.cloud_sync.aggregator.store import AlertQuery, Store
-from s4edge.cloud_sync.messages import NAME_PATTERN, SEVERITIES, CommandName, Scalar
+from s4edge.cloud_sync.messages import NAME_PATTERN, SEVERITIES, AlertState, CommandName, Scalar
 
 STATIC = Path(__file__).with_name("static")
 # Reading is open; anything that acts (ack, commands, NG112 decisions) needs the operator token,
@@ -75,6 +80,15 @@ class CommandRequest(BaseModel):
     args: dict[str, Scalar] = Field(default_factory=dict)
     ttl_s: int = Field(default=300, ge=1, le=86400)
 
+    @field_validator("args")
+    @classmethod
+    def _finite(cls, args: dict[str, Scalar]) -> dict[str, Scalar]:
+        # JSON has no NaN or infinity (RFC 8259 §6): the node would have got null
+        for key, value in args.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"args.{key} is {value}: give a finite number")
+        return args
+
 
 def build_api(
     store: Store,
@@ -91,6 +105,19 @@ def build_api(
     console: ConsoleSettings = ConsoleSettings(),
 ) -> FastAPI:
     app = FastAPI(title="s4edge aggregator", version="1")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input as UTF-8: a lone surrogate ("\ud800") was a 500
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True, default=str)
+        return Response(body, status_code=422, media_type="application/json")
+
+    @app.exception_handler(SQLAlchemyError)
+    async def store_unavailable(request: Request, exc: SQLAlchemyError) -> Response:
+        # a read-only file, a full disk, a database restarting: the request may be tried again
+        cause = getattr(exc, "orig", None) or exc  # the driver's words, without the statement
+        detail = f"the store cannot take this now ({type(cause).__name__}: {first_line(cause)}); try again shortly"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
 
     # A middleware, not a dependency: it also guards routers included later (NG112).
     @app.middleware("http")
@@ -163,6 +190,8 @@ def build_api(
     ) -> Any:
         if severity is not None and severity not in SEVERITIES:
             raise HTTPException(422, detail=f"severity must be one of {', '.join(SEVERITIES)}")
+        if state is not None and state not in get_args(AlertState):
+            raise HTTPException(422, detail=f"state must be one of {', '.join(get_args(AlertState))}")
         since = query_time("since", since)
         query = AlertQuery(
             site=site,

@@ -72,3 +72,8 @@ def _mapping(text: str) -> dict[Any, Any] | None:
         except yaml.YAMLError:
             return None
     return data if isinstance(data, dict) else None
+
+
+def first_line(exc: BaseException | None) -> str:
+    """An error's first line, at most 200 characters and with no credential: for a log or a reply."""
+    return str(redact(str(exc).split("\n", 1)[0][:200]))

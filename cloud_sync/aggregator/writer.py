@@ -38,7 +38,7 @@ from typing import IO, Any
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from s4edge.cloud_sync.aggregator.alert_rows import AlertRows
-from s4edge.cloud_sync.aggregator.redaction import redact
+from s4edge.cloud_sync.aggregator.redaction import first_line
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.aggregator.store_url import read_only_files, sqlite_path
 from s4edge.cloud_sync.messages import (
@@ -245,11 +245,11 @@ class BatchWriter:
             except DBAPIError as exc:  # an outage, in the batch or in one of its single rows
                 if not _transient(exc):
                     raise
-                reason = f"{type(exc.orig).__name__}: {_first_line(exc.orig)}"  # a full disk, read-only, locked
+                reason = f"{type(exc.orig).__name__}: {first_line(exc.orig)}"  # a full disk, read-only, locked
                 log.warning("store unavailable (%s); retrying in %.1f s", reason, delay)
                 self.on_store_error(reason)
                 if self.reopen_in_new_process and _read_only_no_more(self.store, exc):
-                    raise StaleReadOnly(f"{_first_line(exc.orig)}, though the file is writable now") from None
+                    raise StaleReadOnly(f"{first_line(exc.orig)}, though the file is writable now") from None
             if self.stopping.wait(delay):
                 return None
             delay = min(delay * 2, 10.0)
@@ -332,10 +332,6 @@ def _singles(batch: Batch) -> list[Batch]:
 
 class StaleReadOnly(RuntimeError):
     """SQLite refuses to write a file that is writable now: this process must end for a new one."""
-
-
-def _first_line(exc: BaseException | None) -> str:
-    return str(redact(str(exc).split("\n", 1)[0][:200]))
 
 
 def _read_only_no_more(store: Store, exc: DBAPIError) -> bool:

@@ -458,3 +458,42 @@ def test_an_incident_shows_its_ng112_calls_most_pressing_first(store: Store, cli
     gas = client.get("/api/incidents", params={"incident": "inc-gas-0001"}).json()["incidents"][0]
     assert gas["ng112"] == {"state": "awaiting_confirm", "calls": {"delivered": 1, "awaiting_confirm": 1}}
     assert client.get("/api/incidents/inc-crowd-001").json()["ng112"] is None
+
+
+def test_acknowledging_while_the_store_cannot_write_is_a_503_that_says_so(tmp_path: Path, bus: RecordingBus) -> None:
+    """A read-only file or a full disk: it was a bare 500 Internal Server Error."""
+    path = tmp_path / "agg.db"
+    writable = Store(make_engine(f"sqlite:///{path}"), clock=lambda: NOW)
+    writable.create_all()
+    filled(writable, ALERTS)
+    writable.engine.dispose()
+    read_only = Store(make_engine(f"sqlite:///file:{path}?mode=ro&uri=true"), clock=lambda: NOW)
+    client = client_for(read_only, bus)
+    for path_ in ("/api/incidents/inc-gas-0001/ack", "/api/alerts/inc-crowd-001-00/ack"):
+        response = client.post(path_, json={"by": "dispatcher-7"})
+        assert response.status_code == 503, response.text
+        assert "readonly database" in response.json()["detail"] and response.headers["retry-after"] == "5"
+    assert client.get("/api/incidents/inc-gas-0001").json()["acked_at"] is None  # reads still answer
+    read_only.engine.dispose()
+
+
+def test_a_lone_surrogate_in_a_body_is_a_422_not_a_500(client: TestClient) -> None:
+    response = client.post(
+        "/api/incidents/inc-gas-0001/ack", content=b'{"by": "\\ud800"}', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+
+
+def test_an_alert_state_that_is_none_of_new_update_end_is_refused(client: TestClient) -> None:
+    response = client.get("/api/alerts", params={"state": "open"})
+    assert response.status_code == 422 and "new, update, end" in response.json()["detail"]
+    assert client.get("/api/alerts", params={"state": "end"}).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["NaN", "1e400", "-Infinity"])
+def test_a_command_argument_that_is_no_finite_number_is_refused(client: TestClient, value: str) -> None:
+    """JSON has no NaN or infinity: the node would have got null."""
+    body = f'{{"name": "ping", "args": {{"a": {value}}}}}'.encode()
+    response = client.post("/api/nodes/s1/n1/commands", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "finite" in response.text
