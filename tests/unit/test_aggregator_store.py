@@ -126,6 +126,34 @@ def test_a_node_goes_stale_when_heartbeats_stop(store: Store, clock: FrozenClock
     assert store.nodes(30, 3)[0]["health"] == {"uptime_s": 10.0, "sensors": {}}
 
 
+def beats_at(store: Store, *seconds: float) -> None:
+    with store.engine.begin() as conn:
+        store.record_status(conn, Status(node_id="n1", site="s1", seq=0, ts=T0, state="online"), T0)
+    for i, second in enumerate(seconds):
+        at = T0 + timedelta(seconds=second)
+        with store.engine.begin() as conn:
+            store.record_heartbeat(conn, Heartbeat(node_id="n1", site="s1", seq=1 + i, ts=at, uptime_s=second), at)
+
+
+def test_two_heartbeats_a_moment_apart_at_a_restart_do_not_make_the_node_stale(
+    store: Store, clock: FrozenClock
+) -> None:
+    beats_at(store, 0, 30, 60, 90, 90.5)  # every 30 s, then a restart's two heartbeats 0.5 s apart
+    assert store.nodes(30, 3)[0]["heartbeat_interval_s"] == pytest.approx(22.5)
+    clock.now = T0 + timedelta(seconds=93)
+    assert store.nodes(30, 3)[0]["stale"] is False  # it was stale after 1.4 s
+
+
+def test_one_stall_does_not_hide_a_dead_node_for_minutes(store: Store, clock: FrozenClock) -> None:
+    beats_at(store, 0, 30, 60, 100)  # every 30 s, one stall of 40 s, then dead
+    interval = store.nodes(30, 3)[0]["heartbeat_interval_s"]
+    assert interval == pytest.approx(35.0)
+    clock.now = T0 + timedelta(seconds=100 + 3 * 35 + 1)
+    assert store.nodes(30, 3)[0]["stale"] is True  # it took 3 × 40 s
+    beats_at(store, 400)  # back after 300 s of silence: it was stale, not slower
+    assert store.nodes(30, 3)[0]["heartbeat_interval_s"] == pytest.approx(35.0)
+
+
 def test_an_offline_node_is_not_stale(store: Store, clock: FrozenClock) -> None:
     with store.engine.begin() as conn:
         store.record_status(conn, Status(node_id="n1", site="s1", seq=0, ts=T0, state="offline"), T0)
