@@ -184,6 +184,11 @@ def build_api(
         state: str | None = None,
         incident: str | None = None,
         since: datetime | None = None,
+        received_since: datetime | None = Query(
+            None,
+            description="Alerts that reached the aggregator at or after this time, whatever their node's ts: "
+            "poll with your previous poll's start (an alert a node kept while offline arrives late)",
+        ),
         acked: bool | None = None,
         limit: int = Query(100, ge=1, le=1000),
         cursor: str | None = None,
@@ -193,6 +198,7 @@ def build_api(
         if state is not None and state not in get_args(AlertState):
             raise HTTPException(422, detail=f"state must be one of {', '.join(get_args(AlertState))}")
         since = query_time("since", since)
+        received_since = query_time("received_since", received_since)
         query = AlertQuery(
             site=site,
             node=node,
@@ -201,6 +207,7 @@ def build_api(
             state=state,
             incident=incident,
             since=since,
+            received_since=received_since,
             acked=acked,
             limit=limit,
             cursor=cursor,

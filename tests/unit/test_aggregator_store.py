@@ -72,6 +72,18 @@ def test_alert_filters(store: Store) -> None:
     assert store.alerts(AlertQuery(incident="inc-n2-0001"))[0][0]["seq"] == 3
 
 
+def test_an_alert_delivered_late_is_found_by_when_it_arrived(store: Store) -> None:
+    """A node kept an alert for two hours (offline, or its clock behind): by its ts it is older
+    than the last poll, and a poller asking `since` never saw it."""
+    late, fresh = alert(1, at=T0 - timedelta(hours=2)), alert(2, at=T0)
+    with store.engine.begin() as conn:
+        store.insert_alerts(conn, [(late, T0), (fresh, T0)])
+        store.insert_alerts(conn, [(alert(3, at=T0 - timedelta(hours=1)), T0 - timedelta(hours=1))])
+    last_poll = T0 - timedelta(minutes=1)
+    assert [a["seq"] for a in store.alerts(AlertQuery(since=last_poll))[0]] == [2]
+    assert [a["seq"] for a in store.alerts(AlertQuery(received_since=last_poll))[0]] == [2, 1]
+
+
 def test_a_forged_cursor_is_a_value_error(store: Store) -> None:
     with pytest.raises(ValueError, match="bad cursor"):
         store.alerts(AlertQuery(cursor="not-ours!"))

@@ -497,3 +497,11 @@ def test_a_command_argument_that_is_no_finite_number_is_refused(client: TestClie
     body = f'{{"name": "ping", "args": {{"a": {value}}}}}'.encode()
     response = client.post("/api/nodes/s1/n1/commands", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422 and "finite" in response.text
+
+
+def test_alerts_are_found_by_when_they_arrived(client: TestClient) -> None:
+    everything = client.get("/api/alerts", params={"limit": 1000}).json()["alerts"]
+    arrived = client.get("/api/alerts", params={"received_since": "2000-01-01T00:00:00Z", "limit": 1000}).json()
+    assert [a["id"] for a in arrived["alerts"]] == [a["id"] for a in everything]
+    assert client.get("/api/alerts", params={"received_since": "2999-01-01T00:00:00Z"}).json()["alerts"] == []
+    assert client.get("/api/alerts", params={"received_since": "2026-01-01T00:00:00"}).status_code == 422
