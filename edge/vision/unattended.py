@@ -11,10 +11,10 @@ walking past a bag nobody brought do not restart its clock.
 
 Tracks break; the bag and its owner stay. An object track that appears within
 ``still_tolerance`` of where an object lost less than ``grace_s`` ago had settled is
-that object re-identified: it keeps its owner, its clocks and its incident. A person
-track that appears within ``distance`` of where the owner was last seen, less than
-``grace_s`` after, is the owner re-identified (hidden behind a passer-by, the owner
-comes back under a new track id).
+that object re-identified: it keeps its owner, its clocks and its incident. An owner
+lost from sight beside the object (hidden behind a passer-by) is the person track that
+appears within ``distance`` of where they were last seen, less than ``grace_s`` after;
+an owner last seen away from it walked off, and is re-identified nowhere.
 """
 
 from __future__ import annotations
@@ -124,7 +124,10 @@ class UnattendedObjects:
             ]
             owner = min(back, key=lambda b: b[:2])[2] if back else None
         if owner is not None:
-            state.owner, state.owner_at, state.owner_seen = owner.track_id, owner.centre, now
+            # re-identified only where lost beside the object: an owner seen walking away is gone
+            # (re-identified at the door they left by, each passer-by became the owner in turn)
+            beside = distance_to_box(obj.centre, owner.box) <= self.config.distance
+            state.owner, state.owner_at, state.owner_seen = owner.track_id, owner.centre if beside else None, now
 
     def update(self, tracks: Sequence[Track], now: float, model: ModelRef | None) -> None:
         cfg = self.config

@@ -79,6 +79,24 @@ def test_an_owner_hidden_for_a_moment_and_back_under_a_new_track_id_is_still_the
     assert drafts == []
 
 
+def test_people_coming_in_where_the_owner_walked_out_do_not_become_the_owner() -> None:
+    """The owner walks off and out of view; a second later someone comes in right there,
+    passes the bag and leaves by the other side, where the next comes in, and so on: taken
+    for the owner back under a new id, each passer-by in turn reset the bag's clock, and
+    it never alarmed."""
+    analytics, drafts = scene()
+    play(analytics, [(t / 5, [person(1, 0.56), BAG]) for t in range(0, 10)])
+    play(analytics, [(2 + t / 5, [person(1, 0.56 - 0.02 * t), BAG]) for t in range(0, 25)])  # out at x = 0.08
+    t0 = 7.0
+    for k in range(12):
+        path = [0.08 + 0.02 * t for t in range(40)]  # across the view, past the bag, in 8 s
+        path = path if k % 2 == 0 else path[::-1]  # in where the one before went out
+        play(analytics, [(t0 + t / 5, [person(100 + k, x), BAG]) for t, x in enumerate(path)])
+        play(analytics, [(t0 + 8 + t / 5, [BAG]) for t in range(0, 5)])
+        t0 += 9
+    assert "new" in [d.state for d in drafts]
+
+
 def test_an_owner_missed_in_the_frame_the_bag_appears_is_its_owner_all_the_same() -> None:
     """The detector misses the traveller in the bag's first frame, and a stranger stands a
     little further off: the stranger walking away must not leave the bag "unattended"."""
