@@ -331,13 +331,12 @@ class AlertQuery:
 def learnt_interval(before: float | None, gap: float) -> float:
     """A node's heartbeat interval, learnt from the ``gap`` between two arrivals: the gap itself
     the first time; then half way towards it, the gap taken as 0.5 to 2 times what was learnt,
-    and a gap over 3 times not at all (the node was silent, and stale: not slower). Two
-    heartbeats 0.5 s apart at a restart made the node stale 1.5 s later; one stall of 40 s
-    hid its death for 2 minutes, and each stall more for longer."""
+    so that one gap moves it by a quarter down or a half up at most, and a wrong value (a
+    restart's two quick heartbeats, a reconfigured node) comes right within a few heartbeats.
+    Taken whole, two heartbeats 0.5 s apart at a restart made the node stale 1.5 s later, and
+    one stall of 40 s hid its death for 2 minutes."""
     if before is None:
         return gap
-    if gap > 3 * before:
-        return before
     return 0.5 * before + 0.5 * min(max(gap, before / 2), 2 * before)
 
 

@@ -162,8 +162,17 @@ def test_one_stall_does_not_hide_a_dead_node_for_minutes(store: Store, clock: Fr
     assert interval == pytest.approx(35.0)
     clock.now = T0 + timedelta(seconds=100 + 3 * 35 + 1)
     assert store.nodes(30, 3)[0]["stale"] is True  # it took 3 × 40 s
-    beats_at(store, 400)  # back after 300 s of silence: it was stale, not slower
-    assert store.nodes(30, 3)[0]["heartbeat_interval_s"] == pytest.approx(35.0)
+    beats_at(store, 400)  # back after 300 s of silence: one gap moves it by half at most
+    assert store.nodes(30, 3)[0]["heartbeat_interval_s"] == pytest.approx(52.5)
+
+
+def test_an_interval_learnt_wrong_comes_right_within_a_few_heartbeats(store: Store, clock: FrozenClock) -> None:
+    """A new node restarted 2 s after its first heartbeat, then beat every 30 s: the 2 s
+    learnt first must not stay (ignoring every gap over 3 times it, it stayed for good)."""
+    beats_at(store, 0, 2, *(2 + 30 * i for i in range(1, 12)))
+    assert store.nodes(30, 3)[0]["heartbeat_interval_s"] == pytest.approx(30.0, rel=0.05)
+    clock.now = T0 + timedelta(seconds=2 + 30 * 11 + 40)
+    assert store.nodes(30, 3)[0]["stale"] is False
 
 
 def test_an_offline_node_is_not_stale(store: Store, clock: FrozenClock) -> None:
