@@ -231,7 +231,7 @@ class GStreamerSource(OpenCVSource):
 
     def __init__(self, pipeline: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(pipeline, api="CAP_GSTREAMER", clock=clock)
-        self.name = f"gst:{pipeline[:40]}"
+        self.name = f"gst:{shown_url(pipeline)[:40]}"  # hidden before cut: a cut could split the '@' off
 
 
 class Picamera2Source:

@@ -57,9 +57,9 @@ _SIP_URI = re.compile(
 def shown_uri(uri: str) -> str:
     """``uri`` for a message: a password in its userinfo (RFC 3261 §19.1.1 advises against one,
     but a URI may hold one) as ``***``."""
-    # the scheme is case-insensitive (RFC 3986 §3.1); the password ends at the last '@' before the
-    # parameters, as an unescaped '@' in it would otherwise show what follows it
-    return re.sub(r"(?i)^(sips?:[^:@;]*):[^;]*@", r"\1:***@", uri.strip())
+    # the scheme is case-insensitive (RFC 3986 §3.1); the password ends at the last '@', as an
+    # unescaped '@' or ';' in it would otherwise show what follows it
+    return re.sub(r"(?i)^(sips?:[^:@;]*):.*@", r"\1:***@", uri.strip())
 
 
 def parse_target(uri: str) -> SipTarget:

@@ -22,6 +22,10 @@ from s4edge.shown import shown_url
         ("wss://broker.example/mq?token=SECRET", "wss://broker.example/mq?token=***"),
         ("postgresql://127.0.0.1:5999/x?pass%77ord=SECRET", "postgresql://127.0.0.1:5999/x?pass%77ord=***"),
         ("mqtts://broker.example:8883", "mqtts://broker.example:8883"),
+        ("rtsp://10.0.0.5/cam;user=admin;password=SECRET", "rtsp://10.0.0.5/cam;user=admin;password=***"),
+        ("http://10.0.0.5/video.cgi?loginuse=admin&loginpas=SECRET", None),
+        ("http://cam/x#token=SECRET", "http://cam/x#token=***"),
+        ("wss://b/mqtt?X-Amz-Signature=SECRET&jwt=SECRET", "wss://b/mqtt?X-Amz-Signature=***&jwt=***"),
     ],
 )
 def test_a_url_is_shown_without_its_credentials(url: str, want: str | None) -> None:
@@ -45,8 +49,25 @@ def test_a_camera_that_cannot_be_opened_names_its_url_without_the_password() -> 
     assert "CAMSECRET42" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)
 
 
+def test_a_gstreamer_camera_names_its_pipeline_without_credentials() -> None:
+    """Its name was the pipeline's first 40 characters, password and all, cut before the '@'
+    when the user name was long: no userinfo left to find once cut."""
+    for pipeline in (
+        "rtspsrc location=rtsp://operator:SECRETSECRET@10.0.0.5/Streaming ! decodebin ! appsink",
+        "rtspsrc location=rtsp://10.0.0.5/s user-id=admin user-pw=SECRET ! decodebin ! appsink",
+    ):
+        name = open_source(f"gst:{pipeline}").name
+        assert "SECRET" not in name and name.startswith("gst:rtspsrc location=rtsp://")
+
+
 @pytest.mark.parametrize(
-    "uri", ["sip:psap:SECRET@192.0.2.10:5060", "SIP:psap:SECRET@192.0.2.10:5060", "sip:psap:SEC@RET@192.0.2.10"]
+    "uri",
+    [
+        "sip:psap:SECRET@192.0.2.10:5060",
+        "SIP:psap:SECRET@192.0.2.10:5060",
+        "sip:psap:SEC@RET@192.0.2.10",
+        "sip:psap:SEC;RET@192.0.2.10",
+    ],
 )
 def test_a_sip_uri_is_shown_without_its_password(uri: str) -> None:
     assert shown_uri(uri).endswith("***@192.0.2.10:5060") or shown_uri(uri).endswith("***@192.0.2.10")
