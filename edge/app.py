@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -122,11 +123,18 @@ def _version() -> str:
         return "unknown"
 
 
+# a build that failed for a device the running sources may hold (EBUSY, errno 16, "in use")
+_DEVICE_HELD = re.compile(r"busy|in use|errno 16", re.IGNORECASE)
+SOURCE_HEALTHY_S = 60.0  # a source that ran this long before it failed restarts at once, its backoff reset
+
+
 @dataclass
 class _Running:
     source: AlertSource
+    config: Any  # the source's part of the node config, as built
     thread: threading.Thread
-    ended: threading.Event  # run() returned (a replay that finished) or the sources were stopped
+    stop: threading.Event
+    ended: threading.Event  # run() returned (a replay that finished) or the source was stopped
 
     def progress(self) -> float | None:
         """A source stamps no progress of its own: it is well while its thread runs."""
@@ -166,7 +174,7 @@ class Node:
         self.book = self._new_book(config)
         self.rejected: dict[str, int] = {}
         self._running: list[_Running] = []
-        self._sources_stop = threading.Event()
+        self._reloading = threading.Lock()
         self._stop = threading.Event()
         self._telemetry_sent: dict[str, float] = {}
         self._telemetry_failures = FailureLog(log, "storing telemetry (dropped meanwhile)")
@@ -315,50 +323,54 @@ class Node:
             cooldown_s=config.alerts.cooldown_s,
         )
 
-    def _build_sources(self, config: Any, book: IncidentBook) -> list[AlertSource]:
-        built: list[AlertSource] = []
-        for source_config in config.sources:
+    def _build_sources(self, configs: list[Any], book: IncidentBook) -> list[tuple[AlertSource, Any]]:
+        built: list[tuple[AlertSource, Any]] = []
+        for source_config in configs:
             try:
-                built.append(build_source(source_config, book))
+                built.append((build_source(source_config, book), source_config))
             except Exception as exc:  # a model that will not pull, a GPIO pin in use, …: all refuse the config
-                for source in built:  # the ones built so far let go of their buses and lines
+                for source, _ in built:  # the ones built so far let go of their buses and lines
                     _release(source)
                 name = getattr(source_config, "name", source_config.type)
                 raise ConfigError(f"sources: {source_config.type} source {name!r}: {exc}") from None
         return built
 
-    def _start_sources(self, sources: list[AlertSource]) -> None:
-        self._sources_stop = threading.Event()
-        for source in sources:
+    def _start_sources(self, sources: list[tuple[AlertSource, Any]]) -> None:
+        for source, source_config in sources:
+            stop = threading.Event()
             ctx = SourceContext(
                 emit=self._emit,
                 telemetry=self._telemetry_of(source.name),
                 health=self.health.of_source(source.name),
-                stop=self._sources_stop,
+                stop=stop,
                 clock=self.clock,
             )
             ended = threading.Event()
             thread = threading.Thread(
                 target=self._supervise, args=(source, ctx, ended), name=f"source-{source.name}", daemon=True
             )
-            running = _Running(source, thread, ended)
+            running = _Running(source, source_config, thread, stop, ended)
             self.watchdog.watch(thread.name, running.progress)
             thread.start()
             self._running.append(running)
 
-    def _stop_sources(self) -> None:
-        self._sources_stop.set()
-        for running in self._running:
+    def _stop_sources(self, which: list[_Running] | None = None) -> None:
+        """Stop ``which`` of the running sources (all by default), all at once, and let go of them."""
+        stopping = list(self._running) if which is None else which
+        for running in stopping:
+            running.stop.set()
+        for running in stopping:
             running.thread.join(10)
             self.watchdog.forget(running.thread.name)
             _release(running.source)
             self.health.forget(running.source.name)
-        self._running = []
+        self._running = [running for running in self._running if running not in stopping]
 
     def _supervise(self, source: AlertSource, ctx: SourceContext, ended: threading.Event) -> None:
         backoff = Backoff()
         failures = FailureLog(log, f"source {source.name} (restarted with backoff)")
         while not ctx.stop.is_set():
+            started = time.monotonic()
             try:
                 self.health.set(source.name, "running")
                 source.run(ctx)
@@ -366,6 +378,8 @@ class Node:
             except Exception as exc:
                 failures.failed(exc)
                 self.health.set(source.name, f"failed: {exc}")
+                if time.monotonic() - started >= SOURCE_HEALTHY_S:
+                    backoff.reset()  # a fault after a long good run is a new fault, not the last one again
                 ctx.stop.wait(backoff.next())
         ended.set()
 
@@ -459,7 +473,16 @@ class Node:
             return False, f"model swap refused: {exc}", {}
 
     def reload(self, text: str) -> None:
-        """Apply a new config without dropping the uplink; raises ConfigError and keeps the old one."""
+        """Apply a new config without dropping the uplink; raises ConfigError and keeps the old one.
+
+        A source whose part of the config is unchanged runs on, its alarms, warm-ups and CO
+        exposure and all, while the incident lifecycle settings stay too: rebuilt from zero,
+        an open gas or CO alarm read its first sample as no alarm and ended (a PSAP Cancel),
+        and a CO alarm took minutes of exposure to come back, after any reload."""
+        with self._reloading:  # a SIGHUP and a reload_config command may come at once
+            self._reload(text)
+
+    def _reload(self, text: str) -> None:
         new = parse_config_text(text, "reload_config", self.base_dir)
         for key in ("node_id", "site", "mqtt", "outbox"):
             if getattr(new, key) != getattr(self.config, key):
@@ -467,18 +490,26 @@ class Node:
         lifecycle_changed = (new.alerts, new.status) != (self.config.alerts, self.config.status)
         book = self._new_book(new) if lifecycle_changed else self.book
         verifier = self._load_verifier(new)
+        wanted: list[Any] = getattr(new, "sources", [])  # NodeConfig's, made per set of plugins
+        kept = [] if lifecycle_changed else [r for r in self._running if r.config in wanted]
+        kept_configs = [r.config for r in kept]
+        changed = [c for c in wanted if c not in kept_configs]
+        retiring = [r for r in self._running if r not in kept]
         try:
-            sources = self._build_sources(new, book)
-            self._stop_sources()
-        except ConfigError:
+            sources = self._build_sources(changed, book)
+        except ConfigError as exc:
+            if not retiring or not _DEVICE_HELD.search(str(exc)):
+                raise  # the running sources were never touched: they run on, alarms and all
             # A device the running sources hold (a GPIO line) opens only once they let go:
             # stop them and try again; if the new config still fails, the old one comes back.
-            self._stop_sources()
+            self._stop_sources(retiring)
             try:
-                sources = self._build_sources(new, book)
+                sources = self._build_sources(changed, book)
             except Exception:  # a ConfigError, or a device failing as it opens: the old one comes back
-                self._start_sources(self._build_sources(self.config, self.book))
+                self._restore([r.config for r in retiring])
                 raise
+        else:
+            self._stop_sources(retiring)
         self.verifier = verifier
         self.vitals = Vitals(new.heartbeat.thermal_zone)
         if lifecycle_changed:
@@ -490,6 +521,17 @@ class Node:
         self.config = new
         self._start_sources(sources)
         self.announce()
+
+    def _restore(self, configs: list[Any]) -> None:
+        """Start again the sources a refused reload stopped; one that cannot be built again (its
+        file gone since) is a fault in health, not a node that silently detects nothing."""
+        for source_config in configs:
+            try:
+                self._start_sources(self._build_sources([source_config], self.book))
+            except ConfigError as exc:
+                name = getattr(source_config, "name", source_config.type)
+                log.error("source %s could not be started again after a refused reload: %s", name, exc)
+                self.health.set(name, f"failed: not running since a refused reload: {exc}")
 
     def _command_loop(self) -> None:
         while not self._stop.is_set():
@@ -506,7 +548,7 @@ class Node:
 
     def start(self) -> None:
         self._end_leftover_incidents()
-        sources = self._build_sources(self.config, self.book)
+        sources = self._build_sources(self.config.sources, self.book)
         self.uplink.start()
         self.forwarder.start()
         commands = threading.Thread(target=self._command_loop, name="commands", daemon=True)
@@ -578,13 +620,26 @@ class Node:
         self.uplink.close(last=self._status("offline"))
         self.outbox.close()
 
-    def run(self, stop: threading.Event) -> None:
+    def run(
+        self, stop: threading.Event, reread: threading.Event | None = None, config_file: Path | None = None
+    ) -> None:
+        """Run until ``stop``; each time ``reread`` is set (SIGHUP), apply ``config_file`` again."""
         self.start()
         try:
             while not stop.wait(0.5):
-                pass
+                if reread is not None and reread.is_set() and config_file is not None:
+                    reread.clear()
+                    self._reload_file(config_file)
         finally:
             self.close()
+
+    def _reload_file(self, path: Path) -> None:
+        try:
+            self.reload(path.read_text(encoding="utf-8"))
+        except (ConfigError, OSError, UnicodeDecodeError) as exc:
+            log.error("%s not applied, the running config stays: %s", path, exc)
+            return
+        log.info("%s applied", path)
 
 
 def _unless_failing(read: Callable[[], int]) -> int | None:

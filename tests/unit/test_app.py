@@ -272,7 +272,7 @@ def test_a_config_whose_second_source_fails_releases_the_first(
     config = sim_config(tmp_path)
     config["sources"] = [dict(config["sources"][0], name=name) for name in ("first", "second", "third")]
     with pytest.raises(ConfigError, match="'second': GPIO17 is in use"):
-        node._build_sources(parse_config(config), node.book)
+        node._build_sources(parse_config(config).sources, node.book)  # type: ignore[attr-defined]
     assert released == ["first"]
 
 
@@ -300,10 +300,10 @@ def test_a_reload_that_fails_even_with_the_devices_free_restores_the_old_sources
     node.start()
     real_build = node._build_sources
 
-    def only_the_old_config(config, book):
-        if config is not node.config:
+    def only_the_old_config(configs, book):
+        if any(c.name != "concourse" for c in configs):
             raise ConfigError("sources: sensors source 'rig': no such I2C bus /dev/i2c-9")
-        return real_build(config, book)
+        return real_build(configs, book)
 
     monkeypatch.setattr(node, "_build_sources", only_the_old_config)
     new = sim_config(tmp_path)
@@ -341,10 +341,10 @@ def test_a_reload_whose_device_fails_to_open_restores_the_old_sources_and_answer
     real_build = node._build_sources
     tries = []
 
-    def busy_then_broken(config, book):
-        if config is node.config:
-            return real_build(config, book)
-        tries.append(config)
+    def busy_then_broken(configs, book):
+        if all(c.name == "concourse" for c in configs):
+            return real_build(configs, book)
+        tries.append(configs)
         if len(tries) == 1:
             raise ConfigError("sources: the GPIO line is busy")  # held by the running sources
         raise OSError(5, "Input/output error", "/dev/i2c-1")
@@ -416,3 +416,74 @@ def test_nodes_whose_outboxes_share_a_folder_keep_a_journal_each(tmp_path: Path,
     again._end_leftover_incidents()
     assert [(a.incident, a.state) for a in stored(again, "alert")][-1] == ("inc-n1-flame", "end")
     again.outbox.close()
+
+
+def test_a_reload_that_leaves_a_source_unchanged_keeps_it_running_alarms_and_all(node: Node, tmp_path: Path) -> None:
+    """Every reload, a harmless one or a refused one, rebuilt every source from zero: an open
+    gas or CO alarm read its first sample as no alarm and ended (a Cancel to the PSAP), and a
+    CO alarm needed minutes of exposure to come back."""
+    node.start()
+    node.reload(yaml.safe_dump(sim_config(tmp_path)))  # its files placed as the agent's own load places them
+    (running,) = node._running
+    node.book.raise_("gas:concourse:mq2", "gas", "Severe", node.clock())
+    harmless = sim_config(tmp_path)
+    harmless["heartbeat"]["interval_s"] = 31
+    assert node.execute(command("reload_config", config=yaml.safe_dump(harmless))).ok
+    assert node._running == [running] and running.thread.is_alive()  # the same source, its state and all
+    broken = sim_config(tmp_path)
+    broken["sources"][0]["scenario"] = str(tmp_path / "no-such-scenario.yaml")
+    assert not node.execute(command("reload_config", config=yaml.safe_dump(broken))).ok
+    assert node._running == [running] and running.thread.is_alive()
+    assert node.book.open_keys() == ["gas:concourse:mq2"]
+    assert [a.state for a in stored(node, "alert")] == ["new"]  # no end went out
+
+
+def test_a_source_that_cannot_be_started_again_after_a_refused_reload_degrades_the_node(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its file gone since it started: the node ran no source at all and said it was well."""
+    node.start()
+
+    def busy_then_gone(configs, book):
+        raise ConfigError("sources: the GPIO line is busy" if configs[0].name != "concourse" else "scenario gone")
+
+    monkeypatch.setattr(node, "_build_sources", busy_then_gone)
+    new = sim_config(tmp_path)
+    new["sources"][0]["name"] = "concourse-b"
+    assert not node.execute(command("reload_config", config=yaml.safe_dump(new))).ok
+    assert node._running == []
+    assert "concourse" in node.health.degraded()
+
+
+def test_a_source_that_fails_after_a_long_good_run_restarts_at_once(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backoff was never reset: a fault once a day left the sensor blind up to a minute
+    more each time, after a week."""
+    import threading
+
+    import s4edge.edge.app as app
+    from s4edge.edge.sources import SourceContext
+
+    monkeypatch.setattr(app, "SOURCE_HEALTHY_S", 0.0)  # every run counts as a long good one
+    waits: list[float] = []
+
+    class Stop:
+        def is_set(self) -> bool:
+            return len(waits) >= 5
+
+        def wait(self, seconds: float) -> bool:
+            waits.append(seconds)
+            return False
+
+    class Flaky:
+        name = "flaky"
+
+        def run(self, ctx: SourceContext) -> None:
+            raise OSError(5, "Input/output error")
+
+    ctx = SourceContext(
+        emit=print, telemetry=print, health=node.health.of_source("flaky"), stop=Stop(), clock=node.clock
+    )  # type: ignore[arg-type]
+    node._supervise(Flaky(), ctx, threading.Event())  # type: ignore[arg-type]
+    assert waits == [1.0] * 5

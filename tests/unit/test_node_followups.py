@@ -79,7 +79,7 @@ class FakeCamera:
 
 def test_heartbeat_carries_camera_figures_over_all_cameras(make_node) -> None:
     node = make_node()
-    node._start_sources([FakeCamera("cam0", 15.0, 10.0, 3), FakeCamera("cam1", 5.0, 30.0, 4)])
+    node._start_sources([(FakeCamera("cam0", 15.0, 10.0, 3), None), (FakeCamera("cam1", 5.0, 30.0, 4), None)])
     assert wait_until(lambda: node.heartbeat().dropped_frames == 7)
     beat = node.heartbeat()
     assert beat.camera_fps == pytest.approx(10.0)  # mean: a per-camera rate
@@ -92,7 +92,7 @@ def test_heartbeat_carries_camera_figures_over_all_cameras(make_node) -> None:
 
 def test_a_stopped_camera_no_longer_counts(make_node) -> None:
     node = make_node()
-    node._start_sources([FakeCamera("cam0", 15.0, 10.0, 3)])
+    node._start_sources([(FakeCamera("cam0", 15.0, 10.0, 3), None)])
     assert wait_until(lambda: node.heartbeat().camera_fps == 15.0)
     node._stop_sources()
     beat = node.heartbeat()
@@ -137,7 +137,7 @@ class CameraSource:
 
 def test_the_vision_pipelines_own_keys_reach_the_heartbeat_fields(make_node) -> None:
     node = make_node()
-    node._start_sources([CameraSource("cam0")])
+    node._start_sources([(CameraSource("cam0"), None)])
     assert wait_until(lambda: (node.heartbeat().camera_fps or 0) > 0 and node.heartbeat().inference_ms is not None)
     beat = node.heartbeat()
     assert beat.dropped_frames is not None, "the pipeline's dropped-frame count reaches the heartbeat"
