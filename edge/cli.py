@@ -78,7 +78,8 @@ def run(
         "auto", help="text, json (one object per line: ts, level, logger, msg) or auto: text on a terminal, else json."
     ),
 ) -> None:
-    """Run the node until SIGTERM or SIGINT, then publish ``offline`` and stop cleanly."""
+    """Run the node until SIGTERM or SIGINT, then publish ``offline`` and stop cleanly; SIGHUP
+    applies the config file again (a refused one is logged, and the running one stays)."""
     node_config = _load(config)
     configure_logging(log_level, log_format)
     from s4edge.edge.app import Node
@@ -98,7 +99,9 @@ def run(
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        node.run(stop)
+        reread = threading.Event()  # SIGHUP: apply the config file again, as a reload_config does
+        signal.signal(signal.SIGHUP, lambda signum, frame: reread.set())
+        node.run(stop, reread, config)
     except ConfigError as exc:
         typer.echo(f"error: {config}: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -126,3 +126,36 @@ def test_a_missing_camera_and_its_recovery_are_logged_on_the_console(
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
     assert code == 0, "\n".join(console.lines[-30:])
+
+
+def test_sighup_applies_the_config_file_again_and_a_refused_one_leaves_the_agent_running(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """SIGHUP killed the agent with no log line, its Last Will said offline, and the next start
+    ended every open incident and opened it again under a new id."""
+    from s4edge.resources import packaged
+
+    config = yaml.safe_load(packaged("firmware_configs", "sim-node.yaml").read_text(encoding="utf-8"))
+    config["mqtt"] = {"url": broker.url, "keepalive_s": 5}
+    config["outbox"]["path"] = str(tmp_path / "outbox.db")
+    node_yaml = tmp_path / "node.yaml"
+    node_yaml.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "s4edge", "agent", "run", "--config", str(node_yaml), "--log-format", "text"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    console = Console(proc)
+    try:
+        eventually(lambda: console.find(r"connected to"), TIMEOUT, "the agent connected")
+        config["heartbeat"]["interval_s"] = 31
+        node_yaml.write_text(yaml.safe_dump(config))
+        proc.send_signal(signal.SIGHUP)
+        eventually(lambda: console.find(r"INFO .*node\.yaml applied"), TIMEOUT, "the new config applied")
+        node_yaml.write_text("node_id: [not a name]\n")
+        proc.send_signal(signal.SIGHUP)
+        eventually(
+            lambda: console.find(r"ERROR .*node\.yaml not applied, the running config stays"), TIMEOUT, "refused"
+        )
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0, "\n".join(console.lines[-30:])
