@@ -238,6 +238,9 @@ def _later_indexes() -> list[Index]:
 _SQLITE_REOPEN = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
 
 
+WAL_LIMIT_BYTES: Final = 8 * 1024 * 1024
+
+
 def make_engine(url: str | URL, schema: str | None = None, sqlite_sync: str = "FULL") -> Engine:
     """An engine for ``sqlite:///path`` or PostgreSQL (``postgres://``, ``postgresql://`` or
     ``postgresql+psycopg://``, all opened with psycopg 3: ``store_url``).
@@ -255,7 +258,14 @@ def make_engine(url: str | URL, schema: str | None = None, sqlite_sync: str = "F
         if sqlite_sync.upper() not in ("FULL", "NORMAL"):
             raise ValueError(f"sqlite_sync {sqlite_sync!r}: FULL or NORMAL")
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        pragmas = ("PRAGMA journal_mode=WAL", f"PRAGMA synchronous={sqlite_sync.upper()}")
+        # The WAL keeps the size it grew to while readers held back its checkpoints (a console
+        # polling under steady ingest: 64 MB beside a 42 MB file), unless limited: cut back to
+        # WAL_LIMIT_BYTES at each checkpoint that empties it (Retention makes one now and then).
+        pragmas = (
+            "PRAGMA journal_mode=WAL",
+            f"PRAGMA synchronous={sqlite_sync.upper()}",
+            f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}",
+        )
         event.listen(engine, "connect", lambda dbapi_conn, _record: _run(dbapi_conn, pragmas))
         event.listen(engine, "handle_error", _reopen_sqlite)
         return engine

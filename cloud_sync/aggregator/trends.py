@@ -169,7 +169,13 @@ class Retention:
         self._thread: threading.Thread | None = None
 
     def prune_once(self) -> int:
-        return prune(self.engine, self.clock() - timedelta(seconds=self.retention_s))
+        removed = prune(self.engine, self.clock() - timedelta(seconds=self.retention_s))
+        if self.engine.dialect.name == "sqlite":
+            # a WAL whose checkpoints readers kept back never shrinks by itself: empty it (SQLite
+            # waits for the readers of the moment, up to the busy timeout) and cut it back
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
 
     def start(self) -> None:
         self._stop.clear()
