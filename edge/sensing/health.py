@@ -40,7 +40,9 @@ class SensorHealth:
         self.failures += 1
         self.state = f"error: {reason}"
         if self.failures >= self.policy.fault_after:
-            self._fault(now, f"{self.failures} failed reads in a row: {reason}")
+            # no count and no clock in the text: a detail that changed at each read made an alert
+            # update and a WARNING line every 5 s for as long as the fault lasted (17,000 a day)
+            self._fault(now, f"{self.policy.fault_after} or more failed reads in a row: {reason}")
 
     def out_of_range(self, now: float, reading: Measurement, low: float, high: float) -> None:
         self.failures = 0
@@ -58,7 +60,7 @@ class SensorHealth:
             self._raw, self._raw_since = raw, now
         elif raw is not None and now - self._raw_since >= self.policy.stuck_after_s:
             self.state = "fault: stuck"
-            self._fault(now, f"raw reading {raw!r} unchanged for {now - self._raw_since:.0f} s (stuck)")
+            self._fault(now, f"raw reading {raw!r} unchanged for {self.policy.stuck_after_s:g} s or more (stuck)")
             return False
         self.state = "ok"
         if self.book.is_open(self.key):

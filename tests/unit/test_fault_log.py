@@ -28,13 +28,28 @@ def test_a_sensor_fault_and_its_recovery_are_logged_once_each(caplog: pytest.Log
     sensor.failed(0.0, "I2C NACK at 0x48")
     assert logged(caplog) == [], "one failed read is retried, not yet a fault"
     sensor.failed(1.0, "I2C NACK at 0x48")
-    sensor.failed(2.0, "I2C NACK at 0x48")  # the reason changes (the count): logged again
-    sensor.succeeded(3.0, raw=1.23)
+    sensor.failed(2.0, "I2C NACK at 0x48")  # the same fault: nothing new to say
+    sensor.failed(3.0, "I2C bus timeout")  # another reason: said
+    sensor.succeeded(4.0, raw=1.23)
     assert logged(caplog) == [
-        ("WARNING", "sensor_fault: sensor mq7-boiler fault — 2 failed reads in a row: I2C NACK at 0x48"),
-        ("WARNING", "sensor_fault continues: sensor mq7-boiler fault — 3 failed reads in a row: I2C NACK at 0x48"),
+        ("WARNING", "sensor_fault: sensor mq7-boiler fault — 2 or more failed reads in a row: I2C NACK at 0x48"),
+        (
+            "WARNING",
+            "sensor_fault continues: sensor mq7-boiler fault — 2 or more failed reads in a row: I2C bus timeout",
+        ),
         ("INFO", "sensor_fault over: sensor mq7-boiler fault — mq7-boiler reads normally again"),
     ]
+
+
+def test_a_sensor_stuck_for_a_day_says_so_once_not_every_read() -> None:
+    """Its detail held the seconds it had been stuck: each read changed it, and the book sent
+    an update every 5 s (17,000 a day, each a row in the aggregator's store)."""
+    drafts: list[AlertDraft] = []
+    book = IncidentBook(drafts.append, update_interval_s=5.0, max_duration_s=None)
+    sensor = SensorHealth("mq7-boiler", book, HealthPolicy(stuck_after_s=600))
+    for second in range(0, 86400, 5):
+        sensor.succeeded(float(second), raw=1.23)
+    assert [d.state for d in drafts] == ["new"]
 
 
 def test_other_alerts_are_not_fault_lines(caplog: pytest.LogCaptureFixture) -> None:
