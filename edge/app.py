@@ -125,7 +125,7 @@ def _version() -> str:
 
 # a build that failed for a device the running sources may hold (EBUSY, errno 16, "in use")
 _DEVICE_HELD = re.compile(r"busy|in use|errno 16", re.IGNORECASE)
-SOURCE_HEALTHY_S = 60.0  # a source that ran this long before it failed restarts at once, its backoff reset
+SOURCE_HEALTHY_S = 60.0  # a source that ran this long before it failed restarts after 1 s again, its backoff reset
 
 
 @dataclass
