@@ -432,10 +432,15 @@ class Ingest:
             1 + BATCH_RETRIES,
         )
         self.metrics.rejected.labels("batch_failed").inc(len(batch))
+        self._ack(batch)
+        return None
+
+    def _ack(self, received: Sequence[Received]) -> None:
+        """PUBACK those of ``received`` that came at QoS 1 on this connection (the subscriptions
+        ask for no more); one from a connection since lost the broker sends again."""
         client, generation = self._client, self._generation
         if client is not None:
-            ack_all(client, [item.mid for item in batch if item.qos > 0 and item.generation == generation])
-        return None
+            ack_all(client, [item.mid for item in received if item.qos > 0 and item.generation == generation])
 
     def _finish_logged(self, committed: Committed) -> None:
         try:
@@ -513,15 +518,11 @@ class Ingest:
         committed.finished = True
         outcome, received = committed.outcome, committed.received
         self._count(outcome)
-        done = time.monotonic()
-        client, generation, observe = self._client, self._generation, self.metrics.latency.observe
-        acks = []
+        done, observe = time.monotonic(), self.metrics.latency.observe
         for item in received:
             observe(done - item.t0)
-            if item.qos > 0 and item.generation == generation:
-                acks.append(item.mid)
-        if client is not None:
-            ack_all(client, acks)  # QoS 1: the subscriptions ask for no more
+        self._ack(received)
+        client = self._client
         if self.receipts and client is not None:
             self._send_receipts(client, outcome.confirmed)
         if committed.live:

@@ -336,9 +336,9 @@ def test_the_heat_alarm_holds_past_the_bme280s_rated_85_degrees(tmp_path: Path) 
     assert source.book.is_open("sensor_fault:climate")
 
 
-def _real_board(monkeypatch: pytest.MonkeyPatch) -> None:
+def _real_board(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sensor: dict[str, Any]) -> Config:
     """An ADS1115 at 0x48 on a bus the rig takes for a real /dev/i2c-N (no simulated world),
-    with the process's heaters and CO alarms forgotten."""
+    with the process's heaters and CO alarms forgotten; the config of ``sensor`` on it."""
     from s4edge.drivers.sim import SimADS1115, SimBus
     from s4edge.edge.sensing import rig
 
@@ -350,16 +350,15 @@ def _real_board(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rig, "open_bus", board)
     monkeypatch.setattr(rig, "_HEATERS_ON_SINCE", {})
     monkeypatch.setattr(rig, "_CO_ALARMS", {})
+    return Config.model_validate(
+        {"type": "sensors", "bus": "/dev/i2c-7", "calibration_file": tmp_path / "cal.json", "sensors": [sensor]}
+    )
 
 
 def test_a_reload_keeps_an_mq_heaters_warm_up_on_real_hardware(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # a reload rebuilt the sensor and started its 180 s warm-up again, though the heater never
     # lost power: the sensor was blind for minutes, and its open gas alarm ended as stale
-    _real_board(monkeypatch)
-    config = Config.model_validate(
-        {"type": "sensors", "bus": "/dev/i2c-7", "calibration_file": tmp_path / "cal.json",
-         "sensors": [{"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000}]}
-    )  # fmt: skip
+    config = _real_board(monkeypatch, tmp_path, {"name": "mq2", "kind": "mq2", "channel": 0, "r0_ohm": 10000})
     clock = Clock()
     first = build_source(config, IncidentBook(lambda draft: None), clock=clock)
     clock.t = 600.0  # warm long since; then the config is reloaded
@@ -403,11 +402,7 @@ def test_a_glitched_bme280_read_past_85_degrees_is_a_fault_not_a_heat_alarm(tmp_
 def test_a_reload_keeps_a_co_sensors_exposure_on_real_hardware(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the rebuilt CO alarm started its time-weighted exposure from 0: an hour towards EN 50291's
     # alarm began again at every reload
-    _real_board(monkeypatch)
-    config = Config.model_validate(
-        {"type": "sensors", "bus": "/dev/i2c-7", "calibration_file": tmp_path / "cal.json",
-         "sensors": [{"name": "mq7", "kind": "mq7", "channel": 1, "r0_ohm": 10000}]}
-    )  # fmt: skip
+    config = _real_board(monkeypatch, tmp_path, {"name": "mq7", "kind": "mq7", "channel": 1, "r0_ohm": 10000})
     book = IncidentBook(lambda draft: None)
     (first,) = build_source(config, book).probes
     assert isinstance(first, rig.MQProbe) and first.co_alarm is not None
