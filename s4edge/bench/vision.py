@@ -12,6 +12,10 @@
   itself, so that what the pipeline adds by running the stages between inferences shows,
   and ``cpu_ratio_if_stages_cost_alone``, the ratio this work would give if it cost no
   more in the pipeline than alone: the ceiling of the stages as they are, on this machine.
+  ``cpu_ratio_if_only_pixels_cost`` is the ratio if only the capture (the JPEG decoded)
+  and preprocessing (one bilinear resize, one conversion to float) cost anything, and
+  decoding, tracking, analytics and every hand-over were free: the bound that the pixels
+  the model must see, at identical detections, put on the target on this machine.
   Each round's clock starts after ``--warmup`` frames (camera open, threads started,
   frame and tensor pools filled), as a node's camera runs for days.
 - **throughput**: raw backend runs per second (``infer`` on already preprocessed
@@ -292,6 +296,11 @@ def throughput(
         "stage_cpu_ms_per_frame_alone": alone,
         # the ceiling of this work on this machine: the stages at their cost alone, nothing between them
         "cpu_ratio_if_stages_cost_alone": round(alone["inference"] / sum(alone.values()), 4),
+        # the bound of identical detections: the JPEG decoded and the model's input made (one
+        # bilinear resize, one conversion to float) as they are, and all else free
+        "cpu_ratio_if_only_pixels_cost": round(
+            alone["inference"] / (alone["inference"] + alone["capture"] + alone["preprocess"]), 4
+        ),
         "cpu_ratio_target_min": CPU_RATIO_TARGET,
         "meets_cpu_target": mjpg["cpu_ratio"] >= CPU_RATIO_TARGET,
         # CPU seconds per frame: less swayed than wall time by other processes' load
@@ -598,6 +607,7 @@ def _table(report: dict[str, Any]) -> str:
         ),
         f"{'raw model':<12}{tp['raw_cpu_ms_per_frame']:>14.3f}",
         f"cpu_ratio if every stage cost what it costs alone: {tp['cpu_ratio_if_stages_cost_alone']}",
+        f"cpu_ratio if only capture and preprocess cost (the rest free): {tp['cpu_ratio_if_only_pixels_cost']}",
         f"throughput ratio {tp['ratio']} (target ≥ {tp['target_min']}; load average {report['load_average']})",
         f"raw YUYV camera: cpu_ratio {tp['raw_camera']['cpu_ratio']}, "
         f"pipeline {tp['raw_camera']['pipeline_cpu_ms_per_frame']} CPU ms per frame "
