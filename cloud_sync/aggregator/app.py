@@ -29,8 +29,9 @@ from s4edge.cloud_sync.aggregator.console_api import ConsoleSettings
 from s4edge.cloud_sync.aggregator.events import EventBus
 from s4edge.cloud_sync.aggregator.ingest import Ingest, relax_gc
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
+from s4edge.cloud_sync.aggregator.retention import Retention
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
-from s4edge.cloud_sync.aggregator.trends import DEFAULT_RETENTION_S, Retention
+from s4edge.cloud_sync.aggregator.trends import DEFAULT_RETENTION_S
 from s4edge.cloud_sync.aggregator.workers import IngestWorkers, WorkersError, WorkerSpec, default_group
 from s4edge.cloud_sync.aggregator.writer import StoreSpec, WriterRules
 
@@ -62,6 +63,7 @@ class AggregatorConfig:
     tiles_url: str | None = None  # the console map's XYZ tiles; None: a plain background, nothing fetched
     tiles_attribution: str = ""  # the tile server's credit line, shown on the map
     telemetry_retention_s: float = DEFAULT_RETENTION_S  # how long the trends' buckets are kept
+    incident_retention_s: float | None = None  # how long ended incidents are kept; None: for good
     workers: int = 1  # > 1: that many ingest processes in one $share group (workers.py); the API stays here
 
     @property
@@ -92,7 +94,9 @@ class Aggregator:
             operator_token=config.operator_token,
             console=ConsoleSettings(config.tiles_url, config.tiles_attribution, config.telemetry_retention_s),
         )
-        self.retention = Retention(self.store.engine, config.telemetry_retention_s, clock)
+        self.retention = Retention(
+            self.store.engine, config.telemetry_retention_s, clock, incidents_s=config.incident_retention_s
+        )
         self.broker_log = (
             BrokerLogWatch(config.broker_log, lambda reason: self.metrics.auth_failures.labels(reason).inc())
             if config.broker_log is not None

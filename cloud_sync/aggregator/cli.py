@@ -119,6 +119,14 @@ def run(
     telemetry_retention_days: float = typer.Option(
         7.0, "--telemetry-retention-days", min=0.01, help="Keep the sensor trends (1-minute buckets) this long"
     ),
+    incident_retention_days: float | None = typer.Option(
+        None,
+        "--incident-retention-days",
+        min=1.0,
+        help="Delete an ended incident (its alerts, acknowledgement and NG112 calls) this many days after its last "
+        "alert. Absent (the default): incidents are kept for good. Set it to the time your rules ask you to keep "
+        "emergency records",
+    ),
     workers: int = typer.Option(
         0,
         "--workers",
@@ -221,6 +229,7 @@ def run(
         tiles_url=tiles or None,
         tiles_attribution=tiles_attribution,
         telemetry_retention_s=telemetry_retention_days * 86400,
+        incident_retention_s=None if incident_retention_days is None else incident_retention_days * 86400,
         workers=workers,
     )
     tries = [config]

@@ -64,6 +64,15 @@ def decode_cursor(cursor: str) -> tuple[int, datetime, str]:
         raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
 
 
+def ended_flag() -> Any:
+    """1 for an incident (a GROUP BY over ``alerts`` by incident) whose last message is an end,
+    else 0. A re-trigger within the node's cooldown continues an ended incident with an update
+    (edge/alerts.py), which opens it again. Last in the node's own order, its seq: an end
+    stamped before the update it follows (a clock stepped back) still ends it, and an end and an
+    update of one ts cannot read both ways."""
+    return case((func.max(case((alerts.c.state == "end", alerts.c.seq))) == func.max(alerts.c.seq), 1), else_=0)
+
+
 def list_incidents(engine: Engine, query: IncidentQuery) -> dict[str, Any]:
     """One page: ``incidents``, ``next_cursor``, and on the first page the ``total`` and ``open``
     counts of every incident the filters let through."""
@@ -71,11 +80,7 @@ def list_incidents(engine: Engine, query: IncidentQuery) -> dict[str, Any]:
         raise ValueError(f"state must be one of {', '.join(STATES)}")
     if query.severity is not None and query.severity not in RANK:
         raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
-    # Ended when its last message is an end: a re-trigger within the node's cooldown continues
-    # an ended incident with an update (edge/alerts.py), which opens it again. Last in the node's
-    # own order, its seq: an end stamped before the update it follows (a clock stepped back)
-    # still ends it, and an end and an update of one ts cannot read both ways.
-    ended = case((func.max(case((alerts.c.state == "end", alerts.c.seq))) == func.max(alerts.c.seq), 1), else_=0)
+    ended = ended_flag()
     grouped = select(
         alerts.c.incident.label("incident"),
         func.min(alerts.c.ts).label("first_seen"),

@@ -7,23 +7,17 @@ are the standards' (and the node's defaults), named as such on the chart.
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from s4edge.cloud_sync.aggregator.downsample import BUCKET_S
-from s4edge.cloud_sync.aggregator.store import Clock, telemetry_series
-
-log = logging.getLogger("s4edge.aggregator")
+from s4edge.cloud_sync.aggregator.store import telemetry_series
 
 DEFAULT_RETENTION_S = 7 * 86400.0
-PRUNE_EVERY_S = 600.0
 MAX_POINTS = 720  # per series: finer buckets are merged, so a week draws as fast as an hour
 DEFAULT_SPAN = timedelta(hours=6)
 
@@ -154,47 +148,3 @@ def prune(engine: Engine, before: datetime) -> int:
     with engine.begin() as conn:
         done = conn.execute(delete(telemetry_series).where(telemetry_series.c.bucket < int(before.timestamp())))
     return int(done.rowcount or 0)
-
-
-class Retention:
-    """Prunes the trends every ``every_s`` in a thread of its own; a failure (a store outage,
-    a read-only file) is logged and tried again at the next turn."""
-
-    def __init__(self, engine: Engine, retention_s: float, clock: Clock, every_s: float = PRUNE_EVERY_S) -> None:
-        self.engine = engine
-        self.retention_s = retention_s
-        self.clock = clock
-        self.every_s = every_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def prune_once(self) -> int:
-        removed = prune(self.engine, self.clock() - timedelta(seconds=self.retention_s))
-        if self.engine.dialect.name == "sqlite":
-            # a WAL whose checkpoints readers kept back never shrinks by itself: empty it (SQLite
-            # waits for the readers of the moment, up to the busy timeout) and cut it back
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        return removed
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="aggregator-trends-retention", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                removed = self.prune_once()
-                if removed:
-                    log.info("trends: pruned %d buckets older than %.0f days", removed, self.retention_s / 86400)
-            except SQLAlchemyError as exc:
-                log.warning("trends: pruning failed (%s); trying again in %.0f s", type(exc).__name__, self.every_s)
-            if self._stop.wait(self.every_s):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None

@@ -20,8 +20,8 @@ from s4edge.cloud_sync.aggregator.console_api import ConsoleSettings, TileUrlErr
 from s4edge.cloud_sync.aggregator.events import EventBus
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.node_health import parse_stages
+from s4edge.cloud_sync.aggregator.retention import Retention
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
-from s4edge.cloud_sync.aggregator.trends import Retention
 from s4edge.cloud_sync.aggregator.writer import BatchWriter
 from s4edge.cloud_sync.messages import (
     Alert,

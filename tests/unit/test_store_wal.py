@@ -6,8 +6,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from s4edge.cloud_sync.aggregator.retention import Retention
 from s4edge.cloud_sync.aggregator.store import WAL_LIMIT_BYTES, Store, make_engine
-from s4edge.cloud_sync.aggregator.trends import Retention
 from s4edge.cloud_sync.messages import Alert, Location
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

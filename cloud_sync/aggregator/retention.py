@@ -1,0 +1,144 @@
+"""What the store keeps, and for how long, pruned every ``every_s`` in a thread of its own.
+
+- **Trends:** the 1-minute buckets of ``telemetry_series`` (trends.py), for
+  ``--telemetry-retention-days`` (7).
+- **Incidents:** only when the operator sets ``--incident-retention-days``; kept for good
+  otherwise, as how long emergency records must be kept is the operator's legal duty, not
+  ours to choose. An incident is deleted once it has ended (incidents.ended_flag) and its last
+  alert arrived before the cut-off: its alerts, its acknowledgement, its owner and, where
+  NG112 forwarding put them on the store, its NG112 calls. An incident an alert still waits to
+  be forwarded for, or with a call still in flight, is kept until it is done.
+
+An alert that arrives while its incident is pruned (a re-trigger reopening it) is never
+deleted with it: only alerts received before the cut-off go, and the incident's other rows
+only once no alert of it is left. A failure (a store outage, a read-only file) is logged and
+tried again at the next turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, Table, delete, exists, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from s4edge.cloud_sync.aggregator.incidents import ended_flag
+from s4edge.cloud_sync.aggregator.store import (
+    Clock,
+    alerts,
+    forward_jobs,
+    incident_acks,
+    incident_owners,
+    metadata,
+)
+from s4edge.cloud_sync.aggregator.trends import prune as prune_trends
+
+log = logging.getLogger("s4edge.aggregator")
+
+PRUNE_EVERY_S = 600.0
+INCIDENTS_PER_BATCH = 500  # one transaction: short, so ingest's commits are not held back
+BATCHES_PER_TURN = 20  # a backlog (retention just set on a year of alerts) goes over several turns
+# NG112 call states still in flight (ng112/records.py OPEN_STATES; the aggregator never imports NG112)
+CALLS_IN_FLIGHT = ("awaiting_confirm", "pending", "sending", "retrying")
+
+
+def _incident_tables() -> list[Table]:
+    """The tables whose rows belong to one incident, besides ``alerts``."""
+    ng112 = [metadata.tables.get(name) for name in ("forwards", "ng112_incidents")]
+    return [incident_acks, incident_owners, *(table for table in ng112 if table is not None)]
+
+
+def prune_incidents(engine: Engine, before: datetime, batch: int = INCIDENTS_PER_BATCH) -> int:
+    """Delete up to ``batch`` ended incidents whose last alert arrived before ``before``; the
+    number of incidents deleted."""
+    waiting = select(alerts.c.incident).join(forward_jobs, forward_jobs.c.alert_id == alerts.c.id)
+    candidates = select(alerts.c.incident).where(alerts.c.incident.not_in(waiting))
+    forwards = metadata.tables.get("forwards")
+    if forwards is not None:
+        calling = select(forwards.c.incident).where(forwards.c.state.in_(CALLS_IN_FLIGHT))
+        candidates = candidates.where(alerts.c.incident.not_in(calling))
+    candidates = (
+        candidates.group_by(alerts.c.incident)
+        .having(ended_flag() == 1)
+        .having(func.max(alerts.c.received_at) < before)
+        .limit(batch)
+    )
+    with engine.begin() as conn:
+        ids = list(conn.execute(candidates).scalars())
+        if not ids:
+            return 0
+        conn.execute(delete(alerts).where(alerts.c.incident.in_(ids), alerts.c.received_at < before))
+        for table in _incident_tables():
+            left = exists().where(alerts.c.incident == table.c.incident)
+            conn.execute(delete(table).where(table.c.incident.in_(ids), ~left))
+    return len(ids)
+
+
+class Retention:
+    """Prunes the trends, and the ended incidents when ``incidents_s`` is set, every ``every_s``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        retention_s: float,
+        clock: Clock,
+        every_s: float = PRUNE_EVERY_S,
+        incidents_s: float | None = None,
+    ) -> None:
+        self.engine = engine
+        self.retention_s = retention_s
+        self.incidents_s = incidents_s
+        self.clock = clock
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def prune_once(self) -> int:
+        """One turn; the number of trend buckets deleted."""
+        removed = prune_trends(self.engine, self.clock() - timedelta(seconds=self.retention_s))
+        if self.engine.dialect.name == "sqlite":
+            # a WAL whose checkpoints readers kept back never shrinks by itself: empty it (SQLite
+            # waits for the readers of the moment, up to the busy timeout) and cut it back
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+
+    def prune_incidents_once(self) -> int:
+        """One turn's batches of ended incidents; the number deleted (0 when kept for good)."""
+        if self.incidents_s is None:
+            return 0
+        before, total = self.clock() - timedelta(seconds=self.incidents_s), 0
+        for _ in range(BATCHES_PER_TURN):
+            done = prune_incidents(self.engine, before, INCIDENTS_PER_BATCH)
+            total += done
+            if done < INCIDENTS_PER_BATCH or self._stop.is_set():
+                break
+        return total
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="aggregator-retention", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                incidents = self.prune_incidents_once()
+                if incidents:
+                    days = (self.incidents_s or 0) / 86400
+                    log.info("retention: deleted %d ended incidents older than %g days", incidents, days)
+                removed = self.prune_once()
+                if removed:
+                    log.info("trends: pruned %d buckets older than %.0f days", removed, self.retention_s / 86400)
+            except SQLAlchemyError as exc:
+                log.warning("retention: pruning failed (%s); trying again in %.0f s", type(exc).__name__, self.every_s)
+            if self._stop.wait(self.every_s):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
