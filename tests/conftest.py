@@ -61,6 +61,15 @@ def pg_schema() -> Iterator[str]:
     engine.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    """(url, schema) of an aggregator store: a SQLite file, or a fresh schema on the local
+    PostgreSQL (``pg_schema``, skipped when it is unreachable), so a test runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'agg.db'}", None
+    return POSTGRES, request.getfixturevalue("pg_schema")
+
+
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[SmallDisk]:
     """A 2 MiB tmpfs of the test's own, to fill and free; skips where it cannot be mounted."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, select, text
@@ -21,12 +20,9 @@ T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        made = Store(make_engine(f"sqlite:///{tmp_path / 'agg.db'}"))
-    else:
-        made = Store(make_engine(POSTGRES, schema=request.getfixturevalue("pg_schema")))
+@pytest.fixture
+def store(store_db: tuple[str, str | None]) -> Iterator[Store]:
+    made = Store(make_engine(*store_db))
     made.create_all()
     yield made
     made.engine.dispose()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +25,6 @@ from s4edge.cloud_sync.aggregator.writer import BatchWriter
 from s4edge.cloud_sync.messages import Alert, AlertState, Location, encode, topic_for
 from s4edge.cloud_sync.ng112 import records
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"  # as tests/conftest.py's pg_schema
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 DAY = 86400.0
 PREFIX = "incident-"  # ids are 8 characters or more
@@ -47,16 +45,12 @@ def received(store: Store, items: list[Alert], at: datetime) -> None:
     assert outcome is not None and not outcome.rejects, outcome
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'agg.db'}")
-    else:  # a fresh schema on the local PostgreSQL (conftest), skipped when it is unreachable
-        engine = make_engine(POSTGRES, schema=request.getfixturevalue("pg_schema"))
-    created = Store(engine, clock=lambda: NOW)
+@pytest.fixture
+def store(store_db: tuple[str, str | None]) -> Iterator[Store]:
+    created = Store(make_engine(*store_db), clock=lambda: NOW)
     created.create_all()
     yield created
-    engine.dispose()
+    created.engine.dispose()
 
 
 def incidents_left(store: Store) -> set[str]:
