@@ -324,6 +324,13 @@ class ThresholdRule:
             return None
         return max(active, key=severity_rank)
 
+    def clearing(self) -> bool:
+        """The severity in force is only waiting out ``clear_after_s``: the last value was
+        already back past the clear threshold of every level that holds it."""
+        severity = self.active_severity()
+        holding = [t for t in self._triggers if t.active and t.level.severity == severity]
+        return bool(holding) and all(t.pending_since is not None for t in holding)
+
 
 @dataclass
 class ValueAlarm:
@@ -335,19 +342,29 @@ class ValueAlarm:
     book: IncidentBook
     quantity: str
     unit: str
+    _raised: tuple[Severity, Content] | None = field(default=None, init=False)  # what the incident says
 
     def observe(
         self, value: float, now: float, content: Content | Callable[[], Content] = Content()
     ) -> Severity | None:
         """Feed one reading. ``content`` may be a function that builds it: it is called
         only while the rule is raised, so a camera's count below its threshold builds no
-        alert content at all, frame after frame."""
+        alert content at all, frame after frame.
+
+        While the level in force only waits out ``clear_after_s``, the incident is raised
+        again as it was last raised: a reading past the clear threshold is not what the
+        level stands for (a Moderate crowd of 0 people, a smoke alarm with its contact
+        open), and the end that follows names it."""
         severity = self.rule.observe(value, now)
-        if severity is not None:
+        if severity is None:
+            self._raised = None
+            if self.book.is_open(self.key):
+                self.book.clear(self.key, now, detail=f"{self.quantity} back to {value:g} {self.unit}")
+            return None
+        if self._raised is None or not self.rule.clearing():
             base = content() if callable(content) else content
             reading = Measurement(quantity=self.quantity, value=value, unit=self.unit)
-            base = replace(base, measurements=(reading, *base.measurements))
-            self.book.raise_(self.key, self.kind, severity, now, base)
-        elif self.book.is_open(self.key):
-            self.book.clear(self.key, now, detail=f"{self.quantity} back to {value:g} {self.unit}")
+            self._raised = (severity, replace(base, measurements=(reading, *base.measurements)))
+        raised_severity, raised = self._raised
+        self.book.raise_(self.key, self.kind, raised_severity, now, raised)
         return severity

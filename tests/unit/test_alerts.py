@@ -60,6 +60,36 @@ def test_new_update_end_share_one_incident_id() -> None:
     assert sent[-1].state == "new" and sent[-1].incident != sent[0].incident
 
 
+def test_a_level_waiting_to_clear_keeps_what_its_incident_said() -> None:
+    """A reading back past a level's clear threshold holds the incident as it was for
+    clear_after_s; readings within the level's band, rising or falling, update it."""
+    book, sent = make_book(update_interval_s=0.0)
+    levels = [Level(10, "Moderate", hysteresis=2), Level(40, "Severe", hysteresis=5)]
+    alarm = ValueAlarm("gas:mq4", "gas", ThresholdRule(levels, clear_after_s=3.0), book, "methane", "%LEL")
+    readings = [(0, 45), (1, 46), (2, 38), (3, 30), (4, 30), (5, 30), (6, 30), (7, 5), (8, 7), (10, 5)]
+    for now, value in readings:
+        alarm.observe(value, float(now), Content(title=f"methane {value} %LEL"))
+    # 30 is past the Severe level's clear (35) at 3 to 5 s: no Severe "30 %LEL"; Moderate from 6 s.
+    # 5 and 7 are past the Moderate level's clear (8) at 7 to 9 s: no Moderate "5 %LEL"; the end at 10 s.
+    assert [(d.state, d.severity, d.title) for d in sent] == [
+        ("new", "Severe", "methane 45 %LEL"),
+        ("update", "Severe", "methane 46 %LEL"),
+        ("update", "Severe", "methane 38 %LEL"),
+        ("update", "Moderate", "methane 30 %LEL"),
+        ("end", "Moderate", "methane 30 %LEL"),
+    ]
+    assert sent[-1].detail == "methane back to 5 %LEL"
+
+
+def test_a_reading_back_within_the_band_during_the_clear_debounce_updates_again() -> None:
+    book, sent = make_book(update_interval_s=0.0)
+    rule = ThresholdRule([Level(10, "Moderate", hysteresis=2)], clear_after_s=3.0)
+    alarm = ValueAlarm("gas:mq4", "gas", rule, book, "methane", "%LEL")
+    for now, value in [(0, 12), (1, 5), (2, 14), (3, 14)]:
+        alarm.observe(value, float(now))
+    assert [(d.state, d.measurements[0].value) for d in sent] == [("new", 12), ("update", 14)]
+
+
 def test_content_is_built_only_while_the_rule_is_raised() -> None:
     """A camera counts people on every frame; below the threshold no alert content is built."""
     book, sent = make_book()

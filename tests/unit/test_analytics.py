@@ -297,6 +297,22 @@ def test_a_crowd_that_leaves_ends_after_the_hold_and_the_debounce() -> None:
     assert states(drafts, "crowd")[-1] == "end"
 
 
+def test_a_crowd_waiting_to_clear_sends_no_update_with_the_count_that_no_longer_makes_it() -> None:
+    """Five people raise the level at 5 (Moderate, clear below 3), then leave. During the
+    clear debounce (clear_after_s, 5 s) the level is still in force: the incident keeps its
+    last raised content, and the next message is the end. It used to get a Moderate update
+    "0 × person in view" first."""
+    rule = {"type": "crowd", "name": "hall", "levels": [{"on_at": 5, "severity": "Moderate", "hysteresis": 2}]}
+    analytics, drafts = scene([rule])
+    frames = [(people(5), frame / 10) for frame in range(100)]  # 10 s at 10 fps
+    frames += [([], 10.0 + frame / 10) for frame in range(80)]  # empty for 8 s
+    for tracks, now in frames:
+        analytics.update(tracks, now)
+    assert states(drafts, "crowd") == ["new", "end"]
+    assert all(d.title == "5 × person in view" and d.measurements[0].value == 5 for d in drafts)
+    assert drafts[-1].detail == "people back to 0 count"
+
+
 @pytest.mark.parametrize(
     ("level", "problem"),
     [

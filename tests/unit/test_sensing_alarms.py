@@ -40,6 +40,18 @@ def test_detector_contact_is_debounced() -> None:
     assert drafts[-1].state == "end"
 
 
+def test_a_detector_contact_waiting_to_clear_sends_no_update_with_the_open_contact() -> None:
+    """A smoke contact in alarm for a while, then released: during its debounce the
+    incident is not updated to state 0 at Severe; the end follows the debounce."""
+    drafts: list[AlertDraft] = []
+    alarm = detector_alarm("smoke:1", "smoke", IncidentBook(drafts.append), "Severe", debounce_s=2.0)
+    for t in range(10):
+        alarm.observe(1, float(t))
+    for t in (10, 11, 12):
+        alarm.observe(0, float(t))
+    assert [(d.state, d.measurements[0].value) for d in drafts] == [("new", 1), ("end", 1)]
+
+
 def test_rate_of_rise_trips_before_the_fixed_temperature() -> None:
     drafts: list[AlertDraft] = []
     heat = HeatAlarm("heat:bme", IncidentBook(drafts.append), "bme")
