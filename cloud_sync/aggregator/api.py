@@ -36,7 +36,7 @@ from s4edge.cloud_sync.aggregator.console_api import (
 from s4edge.cloud_sync.aggregator.events import EventBus, sse_frame
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.redaction import first_line
-from s4edge.cloud_sync.aggregator.store import AlertQuery, Store
+from s4edge.cloud_sync.aggregator.store import AlertQuery, NodeQuery, Store
 from s4edge.cloud_sync.messages import NAME_PATTERN, SEVERITIES, AlertState, CommandName, Scalar
 
 STATIC = Path(__file__).with_name("static")
@@ -172,8 +172,17 @@ def build_api(
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/nodes")
-    def list_nodes() -> Any:
-        return {"nodes": nodes_at_a_glance(store, heartbeat_interval_s, stale_factor)}
+    def list_nodes(
+        site: str | None = None,
+        condition: str | None = Query(None, description="online, stale, offline or unknown: the nodes in it now"),
+        limit: int = Query(100, ge=1, le=1000),
+        cursor: str | None = None,
+    ) -> Any:
+        query = NodeQuery(site=site, condition=condition, limit=limit, cursor=cursor)
+        try:
+            return nodes_at_a_glance(store, query, heartbeat_interval_s, stale_factor)
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
 
     @app.get("/api/alerts")
     def list_alerts(

@@ -25,7 +25,7 @@ from s4edge.cloud_sync.aggregator.incidents import (
     node_positions,
 )
 from s4edge.cloud_sync.aggregator.node_health import summarise
-from s4edge.cloud_sync.aggregator.store import Store
+from s4edge.cloud_sync.aggregator.store import NodeQuery, Store
 from s4edge.cloud_sync.aggregator.trends import DEFAULT_RETENTION_S, DEFAULT_SPAN, THRESHOLDS, node_series
 from s4edge.cloud_sync.messages import NAME_PATTERN, utc_representable
 
@@ -165,7 +165,7 @@ def build_console_router(
         found = store.node(site, node_id, heartbeat_interval_s, stale_factor)
         if found is None:
             raise HTTPException(404, detail=f"no node {site}/{node_id}")
-        return summarise(found, node_positions(store.engine).get((site, node_id)))
+        return summarise(found, node_positions(store.engine, [(site, node_id)]).get((site, node_id)))
 
     @router.get("/api/nodes/{site}/{node_id}/telemetry")
     def telemetry(
@@ -185,9 +185,14 @@ def build_console_router(
     return router
 
 
-def nodes_at_a_glance(store: Store, heartbeat_interval_s: float, stale_factor: float) -> list[dict[str, Any]]:
-    positions = node_positions(store.engine)
-    return [
-        summarise(node, positions.get((node["site"], node["node_id"])))
-        for node in store.nodes(heartbeat_interval_s, stale_factor)
-    ]
+def nodes_at_a_glance(
+    store: Store, query: NodeQuery, heartbeat_interval_s: float, stale_factor: float
+) -> dict[str, Any]:
+    """One page of the fleet: ``nodes``, each summarised with its position, and ``next_cursor``.
+    Raises ValueError on a condition or cursor the store refuses."""
+    page, next_cursor = store.node_page(query, heartbeat_interval_s, stale_factor)
+    positions = node_positions(store.engine, [(node["site"], node["node_id"]) for node in page])
+    return {
+        "nodes": [summarise(node, positions.get((node["site"], node["node_id"]))) for node in page],
+        "next_cursor": next_cursor,
+    }

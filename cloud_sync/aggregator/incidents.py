@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from s4edge.cloud_sync.aggregator.store import alerts, incident_acks, metadata
@@ -31,6 +31,7 @@ _RANK_SQL = case(RANK, value=alerts.c.severity, else_=0)
 # NG112 call states, most pressing first: the one an incident shows
 CALL_ORDER = (
     "awaiting_confirm", "failed", "retrying", "sending", "pending", "unconfirmed", "delivered", "dismissed", "skipped",
+    "merged",  # its state went on in a later message of the incident (ng112/pacing.py)
 )  # fmt: skip
 
 
@@ -272,13 +273,15 @@ def ack_incident(engine: Engine, incident_id: str, by: str, now: datetime) -> di
     }
 
 
-def node_positions(engine: Engine) -> dict[tuple[str, str], dict[str, Any]]:
-    """Where each node is: the location its latest alert carried (the only messages that carry one)."""
-    latest = (
-        select(alerts.c.site, alerts.c.node_id, func.max(alerts.c.ts).label("ts"))
-        .group_by(alerts.c.site, alerts.c.node_id)
-        .subquery("latest")
-    )
+def node_positions(
+    engine: Engine, keys: Sequence[tuple[str, str]] | None = None
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Where each node (of ``keys``, the (site, node id) of each; else every node) is: the location
+    its latest alert carried (the only messages that carry one)."""
+    newest = select(alerts.c.site, alerts.c.node_id, func.max(alerts.c.ts).label("ts"))
+    if keys is not None:  # a page of nodes: their own alerts, found by ix_alerts_node, not every alert
+        newest = newest.where(tuple_(alerts.c.site, alerts.c.node_id).in_(list(keys)))
+    latest = newest.group_by(alerts.c.site, alerts.c.node_id).subquery("latest")
     stmt = select(alerts.c.site, alerts.c.node_id, alerts.c.lat, alerts.c.lon, alerts.c.zone).join(
         latest,
         and_(alerts.c.site == latest.c.site, alerts.c.node_id == latest.c.node_id, alerts.c.ts == latest.c.ts),

@@ -21,6 +21,7 @@ BUSY_CPU_PERCENT = 90.0
 DEEP_OUTBOX = 1000  # rows waiting: the node has not reached the broker for a while
 _PAIR = re.compile(r"""['"]?([A-Za-z0-9_.:-]+)['"]?\s*:\s*(-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)""")
 _BAD_STATE = ("fault", "failed", "error", "stalled", "disk_full")
+CONDITIONS = ("online", "stale", "offline", "unknown")  # what ``condition`` says
 
 
 def parse_stages(text: str) -> dict[str, float]:

@@ -45,6 +45,7 @@ from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from s4edge.cloud_sync.aggregator.downsample import buckets
+from s4edge.cloud_sync.aggregator.node_health import CONDITIONS, condition
 from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.cloud_sync.aggregator.store_url import store_url
 from s4edge.cloud_sync.aggregator.unnest import table_name, takes_arrays, unnest_select
@@ -53,7 +54,9 @@ from s4edge.cloud_sync.aggregator.views import (
     alert_row,
     command_dict,
     decode_cursor,
+    decode_node_cursor,
     encode_cursor,
+    encode_node_cursor,
     node_dict,
     utc,
 )
@@ -336,6 +339,24 @@ class AlertQuery:
     acked: bool | None = None
     limit: int = 100
     cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeQuery:
+    site: str | None = None
+    condition: str | None = None  # one of node_health.CONDITIONS
+    limit: int = 100
+    cursor: str | None = None
+
+
+# The retained state a node in each condition has (node_health.condition); whether an online
+# one is stale is judged on our clock against its own learnt interval (views.node_dict).
+_STATE_IN = {
+    "online": nodes.c.state == "online",
+    "stale": nodes.c.state == "online",
+    "offline": nodes.c.state == "offline",
+    "unknown": or_(nodes.c.state.is_(None), nodes.c.state.not_in(("online", "offline"))),
+}
 
 
 def learnt_interval(before: float | None, gap: float) -> float:
@@ -657,6 +678,35 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(nodes).order_by(nodes.c.site, nodes.c.node_id)).mappings().all()
         return [node_dict(r, now, default_interval_s, stale_factor) for r in rows]
+
+    def node_page(
+        self, query: NodeQuery, default_interval_s: float, stale_factor: float
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """By site, then node id: a key no heartbeat changes, so that a walk by next_cursor meets
+        every node once, whatever changes meanwhile; returns (page, next_cursor)."""
+        if query.condition is not None and query.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}")
+        stmt = select(nodes).order_by(nodes.c.site, nodes.c.node_id)
+        if query.site is not None:
+            stmt = stmt.where(nodes.c.site == query.site)
+        if query.condition is not None:
+            stmt = stmt.where(_STATE_IN[query.condition])
+        if query.cursor:
+            stmt = stmt.where(tuple_(nodes.c.site, nodes.c.node_id) > tuple_(*decode_node_cursor(query.cursor)))
+        now = self.clock()
+        page: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            # streamed a page at a time, not LIMITed: online and stale nodes differ by our clock
+            # alone, so a page of either may read past nodes of the other
+            for row in conn.execute(stmt.execution_options(yield_per=query.limit + 1)).mappings():
+                node = node_dict(row, now, default_interval_s, stale_factor)
+                if query.condition is None or condition(node) == query.condition:
+                    page.append(node)
+                    if len(page) > query.limit:
+                        break
+        more = len(page) > query.limit
+        page = page[: query.limit]
+        return page, encode_node_cursor(page[-1]["site"], page[-1]["node_id"]) if more else None
 
     def node(self, site: str, node_id: str, default_interval_s: float, stale_factor: float) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +58,26 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         return utc(datetime.fromisoformat(ts)), alert_id
     except (ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
+
+
+def encode_node_cursor(site: str, node_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([site, node_id]).encode()).decode().rstrip("=")
+
+
+def decode_node_cursor(cursor: str) -> tuple[str, str]:
+    """The (site, node id) a page of nodes ended at. Raises ValueError on a cursor we did not issue."""
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        # what a name column can hold: a NUL or a lone surrogate would fail in the driver (a 500)
+        if not (isinstance(key, list) and len(key) == 2 and all(_name(part) for part in key)):
+            raise ValueError("not a node's key")
+        return key[0], key[1]
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
+
+
+def _name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable()
 
 
 def alert_row(alert: Alert, received_at: datetime) -> dict[str, Any]:

@@ -272,3 +272,23 @@ def test_the_counts_follow_an_incident_on_a_page_not_loaded(
     wait_until(lambda: "live" in browser.find_element(By.ID, "link").text, what="the live stream")
     publish(broker, gas(5, "end", 100))
     wait_until(lambda: count().startswith("59 open · 59 in all · 50 shown"), what="the end off the page counted")
+
+
+@pytest.mark.slow
+def test_the_console_shows_a_fleet_larger_than_a_page_of_nodes(
+    aggregator: Aggregator, broker: Mosquitto, browser: Any
+) -> None:
+    # 1,000 online nodes fill the API's largest page; the one that went offline is on the second,
+    # and the console counts it and lists it first
+    from selenium.webdriver.common.by import By
+
+    fleet = [Status(node_id=f"cam-{i:04d}", site="plaza", seq=0, state="online") for i in range(1000)]
+    publish(broker, *fleet, Status(node_id="gate-1", site="yard", seq=0, state="offline"))
+    wait_until(lambda: len(aggregator.store.nodes(30, 3)) == 1001, what="the fleet stored")
+    browser.get(aggregator.url + "/")
+    count = lambda: text_of(browser, "#node-count")  # noqa: E731
+    wait_until(
+        lambda: count() == "1000 online · 0 stale · 1 offline · 1 need attention", what="the counts over both pages"
+    )
+    rows = browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")
+    assert len(rows) == 1001 and rows[0].get_attribute("data-node") == "yard/gate-1"

@@ -5,6 +5,7 @@ import { ago, api, el, emit, figure, severityChip, when } from "./util.js";
 
 const STAGE_COLOURS = ["#7fb8e6", "#6fd08c", "#f0d050", "#f08c3c", "#c387e6", "#e5484d", "#8a929c"];
 const STATE_ORDER = { offline: 0, stale: 1, unknown: 2, online: 3 };
+const PAGE = 1000;  // the API's largest page of nodes
 let latest = [];
 
 export function stagesBar(stages) {
@@ -100,7 +101,16 @@ export function detail(node, incidents) {
 }
 
 export async function load() {
-  const { nodes } = await api("/api/nodes");
+  // the whole fleet, a page at a time: the counts and the problems-first order are over every node
+  const nodes = [];
+  let cursor = null;
+  do {
+    const params = new URLSearchParams({ limit: PAGE });
+    if (cursor) params.set("cursor", cursor);
+    const body = await api(`/api/nodes?${params}`);
+    nodes.push(...body.nodes);
+    cursor = body.next_cursor;
+  } while (cursor);
   render(nodes);
   return nodes;
 }
