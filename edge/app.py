@@ -64,9 +64,13 @@ Inbound = TypeVar("Inbound", Command, Receipt)  # what the centre sends a node
 
 @runtime_checkable
 class ModelSwap(Protocol):
-    """A source that can swap its model at runtime (the vision source implements it)."""
+    """A source that can swap its model at runtime (the vision source implements it). It keeps
+    each swap beside the outbox, so that a reload or a restart runs the swapped model again."""
 
     def swap_model(self, args: dict[str, Any]) -> str: ...
+
+    def keep_swaps(self, outbox: Path) -> None:
+        """Before it runs: keep swaps beside ``outbox``, and run the model one kept there names."""
 
 
 def _check_tls_files(m: Any) -> None:
@@ -337,6 +341,8 @@ class Node:
 
     def _start_sources(self, sources: list[tuple[AlertSource, Any]]) -> None:
         for source, source_config in sources:
+            if isinstance(source, ModelSwap):  # here, not at build: a refused reload must not touch a kept swap
+                source.keep_swaps(Path(self.config.outbox.path))
             stop = threading.Event()
             ctx = SourceContext(
                 emit=self._emit,

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from s4edge.cloud_sync.messages import ModelRef
 from s4edge.yaml_text import load_yaml
 
+MODEL_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"  # a model's name, and its folder's in the catalogue
+
 
 def label_lines(text: str) -> list[str]:
     """One class name per line, line k for class k: a blank line is an unused class (``class_k``),
@@ -99,7 +101,7 @@ class DecoderSpec(_Strict):
 
 
 class Manifest(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    name: str = Field(pattern=MODEL_NAME)
     version: str = Field(min_length=1, max_length=64)
     description: str = ""
     runtime: Literal["onnx", "tflite"]

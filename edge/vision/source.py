@@ -2,6 +2,8 @@
 
 Validation touches neither the camera nor the model:
 OpenCV and onnxruntime load inside ``build``'s collaborators, when the node starts.
+A model swapped in by the ``swap_model`` command is kept beside the outbox (``swaps.py``) and
+runs again when the camera is built again, until the config names another model.
 
 ```yaml
 sources:
@@ -17,6 +19,9 @@ sources:
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +35,10 @@ from s4edge.edge.vision.capture import Backoff, Capture
 from s4edge.edge.vision.motion import MotionConfig, MotionGate
 from s4edge.edge.vision.pipeline import FrameDetector, SwapResult, VisionPipeline
 from s4edge.edge.vision.snapshots import SnapshotConfig, SnapshotWriter
+from s4edge.edge.vision.swaps import Swap, SwapRecord, SwapRecordError, swap_path
 from s4edge.edge.vision.tracker import Tracker, TrackerConfig
+
+log = logging.getLogger(__name__)
 
 
 class CameraConfig(BaseModel):
@@ -94,6 +102,7 @@ class VisionSource:
         self.name = config.name
         self.config = config
         self.pipeline = pipeline
+        self._swaps: SwapRecord | None = None  # none outside a node (a bench): a swap lasts while the source does
 
     def capture(self) -> Capture:
         from s4edge.drivers.frames import open_source
@@ -124,7 +133,75 @@ class VisionSource:
         result: SwapResult = self.pipeline.swap_model(name)
         if not result.ok:
             raise ValueError(result.detail)
-        return f"{self.name}: {result.detail}"
+        return f"{self.name}: {result.detail}{self._keep(name)}"
+
+    def _keep(self, model: str) -> str:
+        """Keep the swap to ``model`` for the next time this camera is built; what the command's answer adds."""
+        if self._swaps is None:
+            return ""
+        configured = self.config.model.name
+        try:
+            if model == configured:  # back to the config's own model: nothing left to keep
+                self._swaps.drop()
+                return ""
+            self._swaps.keep(Swap(camera=self.name, model=model, over=configured, at=datetime.now(UTC)))
+        except OSError as exc:  # swapped all the same: the answer and the log say it will not outlive a restart
+            log.warning("camera %s: the swap to %s is not kept in %s (%s)", self.name, model, self._swaps.path, exc)
+            return f"; not kept, a reload or restart goes back to node.yaml's {configured}: {exc.strerror or exc}"
+        return f"; kept over node.yaml's {configured} until node.yaml names another model"
+
+    def keep_swaps(self, outbox: Path) -> None:
+        """Keep this camera's swaps beside the node's ``outbox``, and run the model a swap kept there
+        names while the config still names the model it replaced. Called before the camera runs;
+        it never raises: whatever it finds, the camera runs at least the config's model."""
+        self._swaps = SwapRecord(swap_path(outbox, self.name), self.name)
+        configured = self.config.model.name
+        try:
+            swap = self._swaps.read()
+        except SwapRecordError as exc:
+            log.warning(
+                "camera %s runs node.yaml's %s; its kept swap is refused (%s), the next swap_model replaces it",
+                self.name,
+                configured,
+                exc,
+            )
+            return
+        if swap is None:
+            log.info("camera %s runs %s, as node.yaml names it", self.name, configured)
+            return
+        at = swap.at.isoformat(timespec="seconds")
+        if swap.over != configured:  # an edited config wins over an older swap
+            try:
+                self._swaps.drop()
+            except OSError as exc:
+                log.warning("camera %s: cannot drop %s (%s)", self.name, self._swaps.path, exc)
+            log.info(
+                "camera %s runs %s, as node.yaml now names it; the swap to %s at %s, over %s, is dropped",
+                self.name,
+                configured,
+                swap.model,
+                at,
+                swap.over,
+            )
+            return
+        result = self.pipeline.swap_model(swap.model)
+        if not result.ok:  # kept: it runs again once its model loads (`s4edge models pull`)
+            log.warning(
+                "camera %s runs node.yaml's %s: the model swapped in at %s does not load now (%s); "
+                "the swap is kept and tried again when the camera is next built",
+                self.name,
+                configured,
+                at,
+                result.detail,
+            )
+            return
+        log.info(
+            "camera %s runs %s, swapped in at %s by a swap_model command, over node.yaml's %s",
+            self.name,
+            swap.model,
+            at,
+            configured,
+        )
 
 
 def build(config: Config, book: IncidentBook) -> VisionSource:
