@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from s4edge.cloud_sync.logfmt import FailureLog
 from s4edge.edge.alerts import AlertDraft
+from s4edge.files import replace_file
 
 
 def journal_path(outbox: Path) -> Path:
@@ -82,13 +82,8 @@ class IncidentJournal:
         return ends
 
     def _write(self) -> None:
-        staged = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            with staged.open("w", encoding="utf-8") as out:
-                json.dump(self._open, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(staged, self.path)
+            replace_file(self.path, json.dumps(self._open))
         except OSError as exc:  # a full disk: the alert itself is stored; at worst an end is not sent after a crash
             self._failures.failed(exc)
         else:

@@ -6,13 +6,13 @@ entry (a password rotation); nothing is appended twice.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 from s4edge.cloud_sync.fleet.ca import write_private
 from s4edge.cloud_sync.fleet.mosquitto_files import ACL_HEADER, acl_block, aggregator_topics, node_topics
+from s4edge.files import replace_file
 
 REGISTRY = "fleet.json"
 PASSWORDS = "passwords"
@@ -102,7 +102,7 @@ class Fleet:
         # The registry holds password hashes: as private as the password file itself.
         write_private(self.folder / REGISTRY, (json.dumps(data, indent=2) + "\n").encode())
         write_private(self.passwords_path, self.render_passwords().encode())
-        _write_text(self.acl_path, self.render_acl())
+        replace_file(self.acl_path, self.render_acl())
 
     def render_passwords(self) -> str:
         return "".join(f"{i.name}:{i.password_hash}\n" for _, i in sorted(self.identities.items()) if i.password_hash)
@@ -119,7 +119,3 @@ class Fleet:
         return any(i.client_cert for i in self.identities.values())
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

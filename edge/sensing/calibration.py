@@ -9,13 +9,13 @@ date it was taken, so a technician can see when a sensor was last calibrated.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from s4edge.edge.config import problems_by_key
+from s4edge.files import replace_file
 
 
 class SensorCalibration(BaseModel):
@@ -55,6 +55,4 @@ def save_calibration(path: Path, name: str, entry: SensorCalibration) -> None:
     """Add or replace one sensor's entry; the file is replaced atomically."""
     data = load_calibrations(path)
     data.sensors[name] = entry
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(data.model_dump_json(indent=2) + "\n")
-    os.replace(tmp, path)
+    replace_file(path, data.model_dump_json(indent=2) + "\n")

@@ -17,13 +17,13 @@ hand edit broke, is refused with a warning, and the camera runs the config's mod
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from s4edge.edge.config import problems_by_key
 from s4edge.edge.vision.manifest import MODEL_NAME
+from s4edge.files import replace_file
 
 
 def swap_path(outbox: Path, camera: str) -> Path:
@@ -69,15 +69,7 @@ class SwapRecord:
 
     def keep(self, swap: Swap) -> None:
         """Replace the kept swap with ``swap``; raises OSError (a full disk, a read-only folder)."""
-        staged = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            with staged.open("w", encoding="utf-8") as out:
-                out.write(swap.model_dump_json())
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(staged, self.path)
-        finally:
-            staged.unlink(missing_ok=True)
+        replace_file(self.path, swap.model_dump_json())
 
     def drop(self) -> None:
         """Forget the kept swap; raises OSError when the file stays."""
