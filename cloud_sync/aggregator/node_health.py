@@ -22,6 +22,9 @@ DEEP_OUTBOX = 1000  # rows waiting: the node has not reached the broker for a wh
 _PAIR = re.compile(r"""['"]?([A-Za-z0-9_.:-]+)['"]?\s*:\s*(-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)""")
 _BAD_STATE = ("fault", "failed", "error", "stalled", "disk_full")
 CONDITIONS = ("online", "stale", "offline", "unknown")  # what ``condition`` says
+# A node's clock further off than this dates its alerts wrong: the console orders incidents
+# by the node's time, and a year behind puts a new one at the bottom. NTP keeps it under 1 s.
+CLOCK_OFF_S = 60.0
 
 
 def parse_stages(text: str) -> dict[str, float]:
@@ -38,6 +41,13 @@ def condition(node: dict[str, Any]) -> str:
     if node.get("state") == "online":
         return "online"
     return "unknown"
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def summarise(node: dict[str, Any], position: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -76,6 +86,12 @@ def summarise(node: dict[str, Any], position: dict[str, Any] | None = None) -> d
         problems.append({"part": "outbox", "reason": f"{vitals['telemetry_dropped']} telemetry readings dropped"})
     if stages and vitals.get("camera_fps") == 0:
         problems.append({"part": "camera", "reason": "0 frames per second"})
+    offset = node.get("clock_offset_s")
+    if offset is not None and abs(offset) > CLOCK_OFF_S:
+        way = "behind" if offset < 0 else "ahead of"
+        problems.append(
+            {"part": "clock", "reason": f"{_span(abs(offset))} {way} the aggregator's: its alerts are misdated (NTP?)"}
+        )
     return {
         **node,
         "condition": state,

@@ -130,6 +130,11 @@ def node_dict(row: Any, now: datetime, default_interval_s: float, stale_factor: 
     out["stale"] = bool(
         out["state"] == "online" and signs and (now - max(signs)).total_seconds() > stale_factor * interval
     )
+    # a heartbeat is never queued (edge/app.py): sent live, its ts against its arrival is the node's clock error
+    beat_ts, beat_at = out["heartbeat_ts"], out["heartbeat_at"]
+    out["clock_offset_s"] = (
+        None if beat_ts is None or beat_at is None else (utc(beat_ts) - utc(beat_at)).total_seconds()
+    )
     for key in ("status_ts", "heartbeat_ts", "heartbeat_at", "changed_at"):
         out[key] = _iso(out[key])
     return out

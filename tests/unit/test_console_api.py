@@ -373,6 +373,20 @@ def test_nodes_at_a_glance(store: Store, client: TestClient) -> None:
     assert client.get("/api/nodes/plaza/nobody").status_code == 404
 
 
+def test_a_node_whose_clock_is_off_shows_it_as_a_problem(store: Store, client: TestClient) -> None:
+    """Its heartbeat, sent live, dated a year before it arrived: the node's incidents sort by that clock."""
+    late = Heartbeat(node_id="n1", site="plaza", seq=2, ts=NOW - timedelta(days=365), uptime_s=50)
+    filled(store, [Status(node_id="n1", site="plaza", seq=1, ts=NOW, state="online"), late])
+    n1 = client.get("/api/nodes/plaza/n1").json()
+    assert n1["clock_offset_s"] == -365 * 86400
+    assert {"part": "clock", "reason": "365 days behind the aggregator's: its alerts are misdated (NTP?)"} in n1[
+        "problems"
+    ]
+    on_time = Heartbeat(node_id="n1", site="plaza", seq=3, ts=NOW - timedelta(seconds=2), uptime_s=80)
+    filled(store, [on_time])  # within a network's delay and NTP's error: no problem
+    assert [p for p in client.get("/api/nodes/plaza/n1").json()["problems"] if p["part"] == "clock"] == []
+
+
 def test_stage_timings_are_read_as_numbers_never_evaluated() -> None:
     assert parse_stages("{'motion': 0.57, 'infer': 12}") == {"motion": 0.57, "infer": 12.0}
     assert parse_stages('{"decode": 1e-2}') == {"decode": 0.01}
