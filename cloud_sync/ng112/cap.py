@@ -216,10 +216,10 @@ def build_cap(
     _sub(info, "responseType", "AllClear" if msg_type == "Cancel" else RESPONSE.get(category, "Assess"))
     _sub(info, "urgency", "Past" if msg_type == "Cancel" else "Immediate")
     _sub(info, "severity", alert.severity)
-    _sub(info, "certainty", "Likely" if alert.kind == "escalation" else "Observed")
+    _sub(info, "certainty", _certainty(alert))
     _sub(info, "senderName", f"s4edge automated sensor node {alert.node_id} ({alert.site})")
-    where = alert.location.zone or alert.site
-    _sub(info, "headline", (alert.title or f"{alert.kind.replace('_', ' ')} at {where}")[:160])
+    where = _area(alert)
+    _sub(info, "headline", headline(alert))
     if alert.detail:
         _sub(info, "description", alert.detail)
     for measurement in alert.measurements:
@@ -248,6 +248,41 @@ def build_cap(
         raise CapError(_field_of(tree, first.path or ""), first.message)
     xml = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
     return CapMessage(ref, msg_type, alert.status, xml)
+
+
+def _certainty(alert: Alert) -> str:
+    return "Likely" if alert.kind == "escalation" else "Observed"
+
+
+def _area(alert: Alert) -> str:
+    return alert.location.zone or alert.site
+
+
+def headline(alert: Alert) -> str:
+    """CAP 1.2 §3.2.2 <headline>: the alert's title, or its kind and where."""
+    return (alert.title or f"{alert.kind.replace('_', ' ')} at {_area(alert)}")[:160]
+
+
+# A number in a headline is a reading ("CO alarm: 312 ppm", "23 × person in gate"): it changes
+# with each update, while the words around it say what the call-taker is looking at.
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def gist(alert: Alert) -> tuple[str, ...]:
+    """What a PSAP call-taker sees of the CAP message made of ``alert``, its readings aside:
+    status, event, urgency (the end's Cancel is Past), severity, certainty, the headline's
+    wording and the area (its description and circle). Two alerts of one incident with the
+    same gist differ in readings only (measurements, counts, a description)."""
+    return (
+        alert.status,
+        alert.kind,
+        "Past" if alert.state == "end" else "Immediate",
+        alert.severity,
+        _certainty(alert),
+        _NUMBER.sub("#", headline(alert)),
+        _area(alert),
+        f"{alert.location.lat:.6f},{alert.location.lon:.6f}",
+    )
 
 
 def cap_ref(alert: Alert, sender: str, sent: datetime | None = None) -> CapRef:

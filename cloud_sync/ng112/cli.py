@@ -128,6 +128,8 @@ def check_config(path: Path = typer.Argument(..., help="NG112 YAML config (polic
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     typer.echo(f"PSAP {shown_uri(config.psap)} (Request-URI {shown_uri(config.request_uri)})")
+    every = f"at most one per {config.update_interval_s:g} s" if config.update_interval_s else "each at once"
+    typer.echo(f"  Updates: at once when what a call-taker sees changes; new readings only {every}")
     for site, policy in {"(default)": config.default, **config.sites}.items():
         typer.echo(f"  {site}: {policy.mode}, {','.join(policy.kinds)} at >= {policy.min_severity}")
     for rule in config.correlation:

@@ -1,5 +1,6 @@
 """Forward alerts to the PSAP: policy, confirm-or-auto, one call per incident (Alert, then
-Update/Cancel referencing it), retries with backoff, and a record of every outcome.
+Update/Cancel referencing it, the Updates paced by ``pacing.py``), retries with backoff, and
+a record of every outcome.
 
 The forwarder is fed from the store: ingest commits a forward job with each alert of a
 kind NG112 forwards, and ``drain`` takes the jobs, records the forwards they come to and
@@ -37,6 +38,7 @@ from s4edge.cloud_sync.ng112.cap import CapError, CapRef, MsgType, cap_ref
 from s4edge.cloud_sync.ng112.correlation import Correlator
 from s4edge.cloud_sync.ng112.desk import Clock, ForwardDesk, OnChange
 from s4edge.cloud_sync.ng112.jobs import alert_from_row, queued, site_alerts
+from s4edge.cloud_sync.ng112.pacing import Pacing, held_back
 from s4edge.cloud_sync.ng112.pidf import LocationError
 from s4edge.cloud_sync.ng112.policy import Ng112Config
 from s4edge.cloud_sync.ng112.records import (
@@ -197,6 +199,7 @@ class Forwarder(ForwardDesk):
             known = set(conn.execute(select(incidents.c.incident).where(incidents.c.incident.in_(named))).scalars())
             count = select(forwards.c.incident, func.count()).where(forwards.c.incident.in_(named))
             ordinals = {incident: n for incident, n in conn.execute(count.group_by(forwards.c.incident))}
+            pacing = Pacing(conn, named, now, self.config.update_interval_s)
             new_incidents: list[dict[str, Any]] = []
             new_forwards: list[dict[str, Any]] = []
             for alert in items:
@@ -207,6 +210,7 @@ class Forwarder(ForwardDesk):
                 if row is not None:
                     row["ordinal"] = ordinals.get(alert.incident, 0)
                     ordinals[alert.incident] = row["ordinal"] + 1
+                    pacing.place(alert, row)
                     new_forwards.append(row)
             if new_incidents:
                 conn.execute(insert(incidents), new_incidents)
@@ -267,6 +271,7 @@ class Forwarder(ForwardDesk):
             "due_at": now,
             "confirm_by": confirm_by,
             "attempts": 0,
+            "reason": None,
         }
 
     # -- dispatch -----------------------------------------------------------------------
@@ -372,6 +377,9 @@ class Forwarder(ForwardDesk):
 
     def _send(self, row: Any) -> None:
         alert = Alert.model_validate(row.alert)
+        if (later := held_back(self.engine, row, self.clock(), self.config.update_interval_s)) is not None:
+            self._finish(row.id, state="pending", due_at=later)  # it waits on: no attempt made
+            return
         with self.engine.connect() as conn:
             incident = conn.execute(select(incidents).where(incidents.c.incident == row.incident)).one()
             first = conn.execute(

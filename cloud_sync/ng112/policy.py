@@ -59,6 +59,18 @@ class Ng112Config(_Config):
         default_factory=list,
         description="Hosts a PSAP's or ESRP's 301/302 may send a call on to (none by default: not followed)",
     )
+    # A node updates an incident every 5 s while its readings change (edge/alerts.py): as CAP
+    # Updates, 12 MESSAGEs a minute on a call-taker's screen, alike but for a number. 30 s keeps
+    # a reading's trend (2 a minute) while cutting that 6-fold; the readings link (CAP
+    # <resource>) has every reading for a PSAP that wants them sooner.
+    update_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="An Update that brings only new readings goes at most once per this many seconds, the "
+        "latest at the end of the wait; one that changes what a call-taker sees (severity, event, headline, "
+        "area, status) and the end go at once. 0: every update at once",
+    )
     workers: int = Field(default=4, ge=1, le=64)
     readings_base_url: str | None = Field(
         default=None, description="Public base URL of the aggregator, for the PSAP data request link"

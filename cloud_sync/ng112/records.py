@@ -18,7 +18,9 @@ from s4edge.cloud_sync.aggregator.store import LATER, metadata
 
 # pending → sending → delivered | retrying → … | failed; awaiting_confirm → pending | dismissed | unconfirmed.
 # While a row is "sending", its due_at is the end of the claim: a claim that outlives it (the
-# process died mid-send) is taken back by the next claim step, as a failed attempt.
+# process died mid-send) is taken back by the next claim step, as a failed attempt. An Update
+# that brought new readings only waits, pending, and a later message of its incident that
+# came before it went supersedes it: pending → merged, never sent (pacing.py).
 STATES: Final = (
     "awaiting_confirm",
     "pending",
@@ -29,6 +31,7 @@ STATES: Final = (
     "dismissed",
     "unconfirmed",
     "skipped",
+    "merged",
 )
 OPEN_STATES: Final = ("awaiting_confirm", "pending", "sending", "retrying")
 

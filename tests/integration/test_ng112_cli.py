@@ -161,3 +161,4 @@ def test_the_shipped_example_config_is_valid():
     result = runner.invoke(app, ["ng112", "check-config", str(example)])
     assert result.exit_code == 0, result.output
     assert "school-north: confirm" in result.output and "rule smoke-crowd" in result.output
+    assert "new readings only at most one per 30 s" in result.output

@@ -16,7 +16,7 @@ from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig
 from s4edge.cloud_sync.aggregator.store import forward_jobs
 from s4edge.cloud_sync.aggregator.writer import WriterProcess
-from s4edge.cloud_sync.messages import Alert, Location, encode, topic_for
+from s4edge.cloud_sync.messages import Alert, Location, Measurement, encode, new_id, topic_for
 from s4edge.cloud_sync.ng112.policy import Ng112Config
 from s4edge.cloud_sync.ng112.receiver import PsapReceiver, ReceivedCall
 from s4edge.cloud_sync.ng112.records import forwards
@@ -60,8 +60,6 @@ def psap() -> Iterator[tuple[str, list[ReceivedCall]]]:
     host, port = receiver.address
     yield f"sip:psap@{host}:{port};transport=tcp", calls
     receiver.stop()
-
-
 
 
 def gas(incident: str) -> Alert:
@@ -139,3 +137,100 @@ def test_a_job_the_last_aggregator_left_is_called_once_by_the_next(
     finally:
         forwarder.stop()
         second.stop()
+
+
+def test_an_ongoing_incident_sends_its_readings_merged_and_its_end_at_once(
+    broker: Mosquitto, node: mqtt.Client, psap: tuple[str, list[ReceivedCall]], store: tuple[str, str | None]
+) -> None:
+    """A node's Alert, 20 updates that bring new readings only, then the end, through the
+    aggregator (the forwarder in its own process): the PSAP's call-taker gets the Alert and
+    the Cancel, not 20 Updates between them; the readings went with the Cancel."""
+    psap_uri, calls = psap
+    url, schema = store
+    config = AggregatorConfig(
+        BrokerConfig(broker.url), db_url=url, db_schema=schema, client_id="agg-sf-u", writer="process"
+    )
+    aggregator = Aggregator(config)
+    forwarder = attach(aggregator, Ng112Config(psap=psap_uri, t1_s=0.05))  # update_interval_s: 30 s
+    aggregator.start()
+    try:
+        first = gas("inc-leak-0001")
+        node.publish(topic_for(first), encode(first), qos=1).wait_for_publish(5)
+        row = forwarder.wait_for(("delivered", "failed"), 20, alert_id=first.id)
+        assert row is not None and row["state"] == "delivered", row
+        readings = [later(first, 1 + n, "update", 30 + n) for n in range(1, 21)]
+        for update in readings:
+            node.publish(topic_for(update), encode(update), qos=1).wait_for_publish(5)
+        for update in readings:  # each on record: waiting for its interval, or merged into the next
+            row = forwarder.wait_for(("pending", "merged"), 20, alert_id=update.id)
+            assert row is not None and row["state"] in ("pending", "merged"), row
+        end = later(first, 22, "end", 50)
+        node.publish(topic_for(end), encode(end), qos=1).wait_for_publish(5)
+        row = forwarder.wait_for(("delivered", "failed"), 20, alert_id=end.id)
+        assert row is not None and (row["state"], row["msg_type"]) == ("delivered", "Cancel"), row
+        assert [(call.cap["msgType"], call.cap["identifier"]) for call in calls] == [
+            ("Alert", f"s4edge-{first.id}"),
+            ("Cancel", f"s4edge-{end.id}"),
+        ]
+        with aggregator.store.engine.connect() as conn:
+            merged = conn.execute(select(forwards.c.alert_id).where(forwards.c.state == "merged")).scalars()
+            assert sorted(merged) == sorted(update.id for update in readings)
+    finally:
+        forwarder.stop()
+        aggregator.stop()
+
+
+def test_an_end_stored_while_no_forwarder_ran_goes_at_once_past_the_waiting_readings(
+    broker: Mosquitto, node: mqtt.Client, psap: tuple[str, list[ReceivedCall]], store: tuple[str, str | None]
+) -> None:
+    """The waiting Update is a row in the store, not a timer in a process: an aggregator
+    stopped while it waits, and the end stored by another with no forwarder running, the
+    next forwarder sends the Cancel at once, the readings merged into it, and no Update."""
+    psap_uri, calls = psap
+    url, schema = store
+    ng112 = Ng112Config(psap=psap_uri, t1_s=0.05)
+
+    def aggregator(name: str) -> Aggregator:
+        return Aggregator(AggregatorConfig(BrokerConfig(broker.url), db_url=url, db_schema=schema, client_id=name))
+
+    def publish(alert: Alert) -> None:
+        node.publish(topic_for(alert), encode(alert), qos=1).wait_for_publish(5)
+
+    first, before = gas("inc-leak-0002"), aggregator("agg-sf-before")
+    reading = later(first, 2, "update", 31)
+    forwarder = attach(before, ng112)
+    with before:
+        publish(first)
+        row = forwarder.wait_for(("delivered", "failed"), 20, alert_id=first.id)
+        assert row is not None and row["state"] == "delivered", row
+        publish(reading)
+        row = forwarder.wait_for(("pending",), 20, alert_id=reading.id)
+        assert row is not None and row["state"] == "pending", row  # waiting for its 30 s
+        forwarder.stop()
+    end, meanwhile = later(first, 3, "end", 33), aggregator("agg-sf-meanwhile")
+    meanwhile.forward_jobs(ng112.job_kinds)  # forwarding on, its forwarder never started
+    with meanwhile:
+        publish(end)
+        wait_until(lambda: meanwhile.store.alert(end.id) is not None, what="the end, stored with its job")
+    after = aggregator("agg-sf-after")
+    forwarder = attach(after, ng112)
+    after.start()
+    try:
+        row = forwarder.wait_for(("delivered", "failed"), 20, alert_id=end.id)
+        assert row is not None and (row["state"], row["msg_type"]) == ("delivered", "Cancel"), row
+        assert [call.cap["msgType"] for call in calls] == ["Alert", "Cancel"]
+        with after.store.engine.connect() as conn:
+            merged = conn.execute(select(forwards.c.alert_id).where(forwards.c.state == "merged")).scalars()
+            assert list(merged) == [reading.id]
+    finally:
+        forwarder.stop()
+        after.stop()
+
+
+def later(first: Alert, seq: int, state: str, lel: float) -> Alert:
+    """An update or the end of ``first``'s incident, the node's ``seq``, its methane reading ``lel``."""
+    return first.model_copy(update={"id": new_id(), "seq": seq, "state": state, "measurements": [methane(lel)]})
+
+
+def methane(lel: float) -> Measurement:
+    return Measurement(quantity="ch4", value=lel, unit="%LEL")

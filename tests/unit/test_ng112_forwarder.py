@@ -149,6 +149,7 @@ def test_a_dismissed_incident_sends_nothing_ever(engine, clock, psap):
     (waiting,) = fwd.submit(alert())
     (later,) = fwd.submit(alert(state="update"))
     assert fwd.dismiss(waiting, by="alice")
+    clock.advance(fwd.config.update_interval_s)  # the update brought new readings only: it waited
     fwd.run_due()
     assert get_forward(engine, later)["state"] == "dismissed"
     assert psap.calls == []
@@ -196,8 +197,8 @@ def test_an_incident_that_rises_to_extreme_after_its_confirmation_lapsed_goes_th
         fwd.run_due()
         clock.advance(1)
     states = [get_forward(engine, f)["state"] for f in (first, risen, after, ended)]
-    assert states == ["unconfirmed", "delivered", "delivered", "delivered"]
-    assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update", "Cancel"]
+    assert states == ["unconfirmed", "delivered", "merged", "delivered"]  # new readings only: the Cancel has them
+    assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Cancel"]
 
 
 def test_failures_are_retried_with_backoff_then_marked_failed(engine, clock):
@@ -308,7 +309,7 @@ def test_a_claim_lost_mid_send_is_taken_back_and_delivered(engine, clock, psap):
     # A replica claimed the Alert and died before sending: its Update must not stay blocked.
     dead = forwarder(engine, clock, uri(psap))
     (first,) = dead.submit(alert())
-    (later,) = dead.submit(alert(state="update"))
+    (later,) = dead.submit(alert(state="update", severity="Extreme"))
     assert [row.id for row in dead._claim_due()] == [first]
     assert get_forward(engine, first)["state"] == "sending"
     fwd = forwarder(engine, clock, uri(psap))  # the process that comes up afterwards
@@ -620,7 +621,7 @@ def test_updates_and_the_cancel_reference_the_alert_and_the_last_update(engine, 
     for state in ("new", "update", "update", "end"):
         fwd.submit(alert(state=state))
         fwd.run_due()
-        clock.advance(1)
+        clock.advance(fwd.config.update_interval_s)  # new readings each: one Update per interval
     sent = [(c.cap["msgType"], c.cap["identifier"], c.cap.get("references") or "") for c in psap.calls]
     assert [m for m, _, _ in sent] == ["Alert", "Update", "Update", "Cancel"]
     ids = [identifier for _, identifier, _ in sent]

@@ -44,7 +44,7 @@ function callChip(ng112) {
   if (!ng112) return "";
   const label = { awaiting_confirm: "awaiting confirmation", pending: "queued", sending: "calling",
     retrying: "retrying", delivered: "delivered", failed: "failed", dismissed: "cancelled",
-    unconfirmed: "unconfirmed", skipped: "not sent" }[ng112.state] || ng112.state;
+    unconfirmed: "unconfirmed", skipped: "not sent", merged: "merged into the next" }[ng112.state] || ng112.state;
   const detail = Object.entries(ng112.calls).map(([state, n]) => `${n} ${state}`).join(", ");
   return el("span", { class: `call call-${ng112.state}`, title: `NG112: ${detail}` }, `112 ${label}`);
 }

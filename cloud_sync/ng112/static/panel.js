@@ -6,7 +6,7 @@
 (() => {
   const LABELS = { awaiting_confirm: "awaiting confirmation", pending: "queued", sending: "calling",
     retrying: "retrying", delivered: "delivered", failed: "failed", dismissed: "cancelled",
-    unconfirmed: "unconfirmed", skipped: "not sent" };
+    unconfirmed: "unconfirmed", skipped: "not sent", merged: "merged into the next" };
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
