@@ -21,7 +21,7 @@ import logging
 import threading
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, Table, delete, exists, func, select
+from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, delete, exists, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from s4edge.cloud_sync.aggregator.incidents import ended_flag
@@ -31,7 +31,6 @@ from s4edge.cloud_sync.aggregator.store import (
     forward_jobs,
     incident_acks,
     incident_owners,
-    metadata,
 )
 from s4edge.cloud_sync.aggregator.trends import prune as prune_trends
 
@@ -44,33 +43,42 @@ BATCHES_PER_TURN = 20  # a backlog (retention just set on a year of alerts) goes
 CALLS_IN_FLIGHT = ("awaiting_confirm", "pending", "sending", "retrying")
 
 
-def _incident_tables() -> list[Table]:
-    """The tables whose rows belong to one incident, besides ``alerts``."""
-    ng112 = [metadata.tables.get(name) for name in ("forwards", "ng112_incidents")]
-    return [incident_acks, incident_owners, *(table for table in ng112 if table is not None)]
+# NG112's tables (ng112/records.py), as far as pruning reads them: a store that forwarded once
+# holds them even when the aggregator runs without --ng112, which never imports records.py
+_NG112 = MetaData()
+NG112_TABLES = (
+    Table("forwards", _NG112, Column("incident", String(64)), Column("state", String(20))),
+    Table("ng112_incidents", _NG112, Column("incident", String(64))),
+)
+
+
+def _ng112_tables(conn: Connection) -> dict[str, Table]:
+    """NG112's tables that the store holds, by name."""
+    present = set(inspect(conn).get_table_names(schema=conn.schema_for_object(alerts)))
+    return {table.name: table for table in NG112_TABLES if table.name in present}
 
 
 def prune_incidents(engine: Engine, before: datetime, batch: int = INCIDENTS_PER_BATCH) -> int:
     """Delete up to ``batch`` ended incidents whose last alert arrived before ``before``; the
     number of incidents deleted."""
-    waiting = select(alerts.c.incident).join(forward_jobs, forward_jobs.c.alert_id == alerts.c.id)
-    candidates = select(alerts.c.incident).where(alerts.c.incident.not_in(waiting))
-    forwards = metadata.tables.get("forwards")
-    if forwards is not None:
-        calling = select(forwards.c.incident).where(forwards.c.state.in_(CALLS_IN_FLIGHT))
-        candidates = candidates.where(alerts.c.incident.not_in(calling))
-    candidates = (
-        candidates.group_by(alerts.c.incident)
-        .having(ended_flag() == 1)
-        .having(func.max(alerts.c.received_at) < before)
-        .limit(batch)
-    )
     with engine.begin() as conn:
+        ng112 = _ng112_tables(conn)
+        waiting = select(alerts.c.incident).join(forward_jobs, forward_jobs.c.alert_id == alerts.c.id)
+        candidates = select(alerts.c.incident).where(alerts.c.incident.not_in(waiting))
+        if (forwards := ng112.get("forwards")) is not None:
+            calling = select(forwards.c.incident).where(forwards.c.state.in_(CALLS_IN_FLIGHT))
+            candidates = candidates.where(alerts.c.incident.not_in(calling))
+        candidates = (
+            candidates.group_by(alerts.c.incident)
+            .having(ended_flag() == 1)
+            .having(func.max(alerts.c.received_at) < before)
+            .limit(batch)
+        )
         ids = list(conn.execute(candidates).scalars())
         if not ids:
             return 0
         conn.execute(delete(alerts).where(alerts.c.incident.in_(ids), alerts.c.received_at < before))
-        for table in _incident_tables():
+        for table in (incident_acks, incident_owners, *ng112.values()):
             left = exists().where(alerts.c.incident == table.c.incident)
             conn.execute(delete(table).where(table.c.incident.in_(ids), ~left))
     return len(ids)

@@ -3,6 +3,8 @@ that belongs to them once their last alert is older than the retention; nothing 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +14,7 @@ from sqlalchemy import func, insert, select
 
 from s4edge.cloud_sync.aggregator import retention as retention_module
 from s4edge.cloud_sync.aggregator.incidents import ack_incident
-from s4edge.cloud_sync.aggregator.retention import CALLS_IN_FLIGHT, Retention
+from s4edge.cloud_sync.aggregator.retention import CALLS_IN_FLIGHT, NG112_TABLES, Retention
 from s4edge.cloud_sync.aggregator.store import (
     Store,
     alerts,
@@ -134,3 +136,40 @@ def test_a_backlog_goes_in_batches(store: Store, monkeypatch: pytest.MonkeyPatch
 
 def test_the_calls_in_flight_are_the_forwarders_open_states() -> None:
     assert set(CALLS_IN_FLIGHT) == set(records.OPEN_STATES)
+
+
+# An aggregator run without --ng112 never imports ng112/records.py: what it prunes there
+PRUNE_WITHOUT_NG112 = """
+import sys
+from datetime import datetime
+from s4edge.cloud_sync.aggregator.app import Aggregator  # what `aggregator run` imports without --ng112
+from s4edge.cloud_sync.aggregator.retention import Retention
+from s4edge.cloud_sync.aggregator.store import make_engine
+assert "s4edge.cloud_sync.ng112.records" not in sys.modules
+url, schema, now = sys.argv[1], sys.argv[2] or None, datetime.fromisoformat(sys.argv[3])
+print(Retention(make_engine(url, schema), 7 * 86400, lambda: now, incidents_s=30 * 86400).prune_incidents_once())
+"""
+
+
+def test_an_aggregator_without_ng112_prunes_the_calls_a_store_holds(
+    store: Store, store_db: tuple[str, str | None]
+) -> None:
+    """NG112 forwarding turned off later: the store still holds its calls, which go with their incidents."""
+    old = NOW - timedelta(days=31)
+    for name in ("called", "calling"):
+        received(store, [alert(name, 1, "new"), alert(name, 2, "end")], old)
+    call(store, "called", "delivered")
+    call(store, "calling", "retrying")  # another replica's forwarder still at it
+    url, schema = store_db
+    pruned = subprocess.run(
+        [sys.executable, "-c", PRUNE_WITHOUT_NG112, url, schema or "", NOW.isoformat()],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert pruned.stdout.strip() == "1"
+    assert incidents_left(store) == {"calling"}
+    assert rows(store, records.forwards) == rows(store, records.incidents) == {"calling"}
+
+
+def test_the_ng112_tables_pruned_are_the_forwarders_own() -> None:
+    for table in NG112_TABLES:
+        assert set(table.c.keys()) <= set(records.metadata.tables[table.name].c.keys()), table.name
