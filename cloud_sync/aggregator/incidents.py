@@ -61,7 +61,7 @@ def decode_cursor(cursor: str) -> tuple[int, datetime, str]:
         if ended not in (0, 1) or not isinstance(incident, str) or len(incident) > 64 or "\x00" in incident:
             raise ValueError("not a cursor's values")  # a number no column holds reached the driver: 500
         return int(ended), utc(datetime.fromisoformat(last_seen)), incident
-    except (ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError, RecursionError) as exc:  # "[[[…": JSON's depth
         raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
 
 

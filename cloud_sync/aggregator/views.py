@@ -72,7 +72,7 @@ def decode_node_cursor(cursor: str) -> tuple[str, str]:
         if not (isinstance(key, list) and len(key) == 2 and all(_name(part) for part in key)):
             raise ValueError("not a node's key")
         return key[0], key[1]
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[…" past JSON's depth
         raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
 
 

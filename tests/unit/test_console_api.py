@@ -213,6 +213,7 @@ def cursor_of(values: list[Any]) -> str:
         # a number past any column's range once reached the driver: 500
         ({"cursor": cursor_of([10**20, "2026-05-01T12:00:00+00:00", "x"])}, "bad cursor"),
         ({"cursor": cursor_of([0, "2026-05-01T12:00:00+00:00", 7])}, "bad cursor"),
+        ({"cursor": base64.urlsafe_b64encode(b"[" * 5000).decode()}, "bad cursor"),  # past JSON's depth: 500
         ({"limit": 0}, "greater than or equal to 1"),
     ],
 )
