@@ -37,7 +37,7 @@ from s4edge.cloud_sync.aggregator.trends import prune as prune_trends
 log = logging.getLogger("s4edge.aggregator")
 
 PRUNE_EVERY_S = 600.0
-INCIDENTS_PER_BATCH = 500  # one transaction: short, so ingest's commits are not held back
+INCIDENTS_PER_BATCH = 500  # deleted in one transaction: short, so ingest's commits are not held back
 BATCHES_PER_TURN = 20  # a backlog (retention just set on a year of alerts) goes over several turns
 # NG112 call states still in flight (ng112/records.py OPEN_STATES; the aggregator never imports NG112)
 CALLS_IN_FLIGHT = ("awaiting_confirm", "pending", "sending", "retrying")
@@ -58,30 +58,33 @@ def _ng112_tables(conn: Connection) -> dict[str, Table]:
     return {table.name: table for table in NG112_TABLES if table.name in present}
 
 
-def prune_incidents(engine: Engine, before: datetime, batch: int = INCIDENTS_PER_BATCH) -> int:
-    """Delete up to ``batch`` ended incidents whose last alert arrived before ``before``; the
-    number of incidents deleted."""
-    with engine.begin() as conn:
-        ng112 = _ng112_tables(conn)
+def ended_before(engine: Engine, before: datetime, limit: int) -> list[str]:
+    """Up to ``limit`` ended incidents whose last alert arrived before ``before``, but for those
+    an alert still waits to be forwarded for or with an NG112 call in flight. One scan of
+    ``alerts`` (``received_at`` is in no index: a turn reads the table once, not per batch)."""
+    with engine.connect() as conn:
         waiting = select(alerts.c.incident).join(forward_jobs, forward_jobs.c.alert_id == alerts.c.id)
         candidates = select(alerts.c.incident).where(alerts.c.incident.not_in(waiting))
-        if (forwards := ng112.get("forwards")) is not None:
+        if (forwards := _ng112_tables(conn).get("forwards")) is not None:
             calling = select(forwards.c.incident).where(forwards.c.state.in_(CALLS_IN_FLIGHT))
             candidates = candidates.where(alerts.c.incident.not_in(calling))
         candidates = (
             candidates.group_by(alerts.c.incident)
             .having(ended_flag() == 1)
             .having(func.max(alerts.c.received_at) < before)
-            .limit(batch)
+            .limit(limit)
         )
-        ids = list(conn.execute(candidates).scalars())
-        if not ids:
-            return 0
+        return list(conn.execute(candidates).scalars())
+
+
+def delete_incidents(engine: Engine, ids: list[str], before: datetime) -> None:
+    """Delete the alerts of ``ids`` received before ``before``, then the incidents' other rows
+    where no alert of theirs is left, in one transaction."""
+    with engine.begin() as conn:
         conn.execute(delete(alerts).where(alerts.c.incident.in_(ids), alerts.c.received_at < before))
-        for table in (incident_acks, incident_owners, *ng112.values()):
+        for table in (incident_acks, incident_owners, *_ng112_tables(conn).values()):
             left = exists().where(alerts.c.incident == table.c.incident)
             conn.execute(delete(table).where(table.c.incident.in_(ids), ~left))
-    return len(ids)
 
 
 class Retention:
@@ -117,13 +120,13 @@ class Retention:
         """One turn's batches of ended incidents; the number deleted (0 when kept for good)."""
         if self.incidents_s is None:
             return 0
-        before, total = self.clock() - timedelta(seconds=self.incidents_s), 0
-        for _ in range(BATCHES_PER_TURN):
-            done = prune_incidents(self.engine, before, INCIDENTS_PER_BATCH)
-            total += done
-            if done < INCIDENTS_PER_BATCH or self._stop.is_set():
-                break
-        return total
+        before = self.clock() - timedelta(seconds=self.incidents_s)
+        ids = ended_before(self.engine, before, INCIDENTS_PER_BATCH * BATCHES_PER_TURN)
+        done = 0
+        while done < len(ids) and not self._stop.is_set():
+            delete_incidents(self.engine, ids[done : done + INCIDENTS_PER_BATCH], before)
+            done = min(len(ids), done + INCIDENTS_PER_BATCH)
+        return done
 
     def start(self) -> None:
         self._stop.clear()
