@@ -118,15 +118,24 @@ class Catalogue:
 
     def weights(self, name: str) -> Path:
         """The shipped or cached weight file, checked against the manifest's sha256 before anyone loads it."""
-        manifest = self.get(name).manifest
+        entry = self.get(name)
+        manifest = entry.manifest
         path = self.weights_path(manifest)
         if not path.is_file():
             raise CatalogueError(f"model {name!r} is not in the cache ({path}); run `s4edge models pull {name}`")
         actual = sha256_file(path)
-        if actual != manifest.sha256:
-            remedy = "reinstall s4edge" if self._shipped(path) else f"run `s4edge models pull {name}` to replace it"
-            raise CatalogueError(f"{path} has sha256 {actual}, the manifest says {manifest.sha256}; {remedy}")
-        return path
+        if actual == manifest.sha256:
+            return path
+        if self._shipped(path):
+            remedy = "reinstall s4edge"
+        elif manifest.url:
+            remedy = f"run `s4edge models pull {name}` to replace it"
+        else:  # a model of one's own, with no url to pull it from: the file or the manifest is wrong
+            remedy = (
+                f"copy the right file there with `s4edge models pull {name} --from DIR`, or, if this one is "
+                f"right, set sha256: {actual} in {entry.folder / 'manifest.yaml'}"
+            )
+        raise CatalogueError(f"{path} has sha256 {actual}, the manifest says {manifest.sha256}; {remedy}")
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:

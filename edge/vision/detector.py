@@ -21,6 +21,7 @@ from s4edge.drivers.frames import BufferPool
 from s4edge.edge.vision.backends import Backend, BackendOptions, load_backend
 from s4edge.edge.vision.catalogue import Catalogue
 from s4edge.edge.vision.decoders import Candidates, DecodeContext, bind
+from s4edge.edge.vision.decoders.guess import guess_family
 from s4edge.edge.vision.manifest import InputSpec, ManifestError, ModelEntry
 from s4edge.edge.vision.nms import nms
 from s4edge.edge.vision.types import Detection
@@ -91,6 +92,7 @@ class Detector:
             # Shape/dtype mismatches are the manifest's fault: report them against the manifest.
             raise ManifestError(source, exc.field, exc.problem) from exc
         self._context = DecodeContext(manifest.input.width, manifest.input.height, self.score_threshold)
+        self._check_labels(source)
         self._check_decoder(source)
         self._tensors = BufferPool(keep=4)  # being prepared, waiting, in inference, spare
         self._scratch = threading.local()  # per thread: the resized frame and its planes
@@ -111,6 +113,23 @@ class Detector:
     @property
     def model_ref(self) -> ModelRef:
         return self.manifest.ref
+
+    def _check_labels(self, source: str) -> None:
+        """Line k of the labels names class k: a file a line short or long (a header, a lost first
+        line) names every detection after it wrongly, a person reported as a bicycle. Where the
+        output shapes tell the classes (decoders/guess.py), the labels must be as many."""
+        manifest, spec = self.manifest, self.manifest.input
+        family = manifest.decoder.family
+        head = guess_family(self.backend.outputs, spec.width, spec.height, manifest.runtime, family=family)
+        if head.family != family or not head.classes or len(self.labels) == head.classes:
+            return
+        where = f"{manifest.labels} has" if isinstance(manifest.labels, str) else "the list holds"
+        raise ManifestError(
+            source,
+            "labels",
+            f"{where} {len(self.labels)} labels for the model's {head.classes} classes ({head.evidence}); "
+            "write one class name per line, line k for class k, with no header",
+        )
 
     def _check_decoder(self, source: str) -> None:
         """Decode a blank output once, so options that cannot fit this model fail at load, not per frame."""

@@ -289,7 +289,9 @@ def _runs_on_a_blank_frame(entry: ModelEntry, weights: Path) -> None:
     try:
         Detector(entry, weights, BackendOptions(threads=1))  # which runs it once on a grey frame
     except ManifestError as exc:  # raised against the staging folder, which is about to vanish
-        remedy = "check decoder.family and decoder.options" if exc.field == "decoder" else f"--set {exc.field}=…"
+        remedy = {"decoder": "check decoder.family and decoder.options", "labels": "correct the --labels file"}.get(
+            exc.field, f"--set {exc.field}=…"
+        )
         raise IntakeError(f"{source}: {exc.field}: {exc.problem}; {remedy}") from exc
     except Exception as exc:  # runtimes raise their own types; the draft is at fault either way
         raise IntakeError(f"{source} does not run the model: {' '.join(str(exc).split())}") from exc

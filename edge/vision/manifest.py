@@ -7,11 +7,12 @@ that silently detects nothing.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from s4edge.cloud_sync.messages import ModelRef
 from s4edge.yaml_text import load_yaml
@@ -65,6 +66,25 @@ class InputSpec(_Strict):
         default=None, description="Expected quantization of an int8/uint8 input; checked against the model"
     )
 
+    @field_validator("layout")
+    @classmethod
+    def _channels_where_the_layout_puts_them(cls, value: str, info: ValidationInfo) -> str:
+        # frames are prepared with three channels, second (NCHW) or last (NHWC): a layout the
+        # shape contradicts was only refused at the first run, against the decoder's options
+        shape = info.data.get("shape")
+        if not shape:
+            return value
+        axis, other = (1, "NHWC") if value == "NCHW" else (3, "NCHW")
+        if shape[axis] != 3:
+            where = "second" if value == "NCHW" else "last"
+            fix = (
+                f"layout: {other}"
+                if shape[4 - axis] == 3
+                else "frames go in as 3 colour channels: export the model with a 3-channel input"
+            )
+            raise ValueError(f"{value} puts the 3 colour channels {where}; {shape} has {shape[axis]} there; {fix}")
+        return value
+
     @field_validator("std")
     @classmethod
     def _nonzero(cls, value: list[float]) -> list[float]:
@@ -106,7 +126,7 @@ class Manifest(_Strict):
     description: str = ""
     runtime: Literal["onnx", "tflite"]
     file: str = Field(min_length=1, description="Weight file name inside the cache folder")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex digest; upper case is read as lower")
     url: str | None = Field(default=None, description="Where `models pull` downloads from when there is no mirror")
     licence: str
     source: str = Field(default="", description="Provenance: repository, commit, conversion")
@@ -115,6 +135,12 @@ class Manifest(_Strict):
     input: InputSpec
     outputs: list[OutputSpec] = Field(min_length=1)
     decoder: DecoderSpec
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        # Windows' Get-FileHash and certutil print the digest upper case
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("file")
     @classmethod
@@ -179,6 +205,35 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
+def _problem(error: Any, model: type[BaseModel]) -> str:
+    """One validation error in the manifest's words: an unknown key names the key it was
+    probably meant to be, and the keys that group takes."""
+    if error["type"] == "value_error":  # a validator's own words, without pydantic's "Value error, "
+        return str(error["ctx"]["error"])
+    if error["type"] != "extra_forbidden":
+        return str(error["msg"])
+    *group, key = error["loc"]
+    for part in group:  # down to the model that refused the key (a list's index is no field)
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        inner = field.annotation if field is not None else None
+        inner = next((a for a in getattr(inner, "__args__", ()) if isinstance(a, type)), inner)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            model = inner
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    meant = f"did you mean {close[0]}? " if close else ""
+    return f"unknown key; {meant}the keys here are {', '.join(known)}"
+
+
+def validation_problems(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> tuple[str, str]:
+    """The first error's field, and every error: the first's problem, then the others' fields and problems."""
+    errors = exc.errors()
+    fields = [prefix + _field_path(e["loc"]) for e in errors]
+    problems = [_problem(e, model) for e in errors]
+    rest = [f"{f}: {p}" for f, p in zip(fields[1:], problems[1:], strict=True)]
+    return fields[0], "; ".join([problems[0], *rest])
+
+
 def parse_manifest(data: Any, source: str) -> Manifest:
     """Validate a manifest mapping; the first error raised names its field."""
     if not isinstance(data, dict):
@@ -186,9 +241,7 @@ def parse_manifest(data: Any, source: str) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        problems = "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ManifestError(source, _field_path(first["loc"]), problems) from exc
+        raise ManifestError(source, *validation_problems(exc, Manifest)) from exc
 
 
 def load_manifest(path: Path) -> ModelEntry:

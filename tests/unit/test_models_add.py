@@ -383,8 +383,8 @@ def test_verify_fails_on_a_manifest_nobody_can_load(cache: Path) -> None:
 @pytest.mark.parametrize(
     ("shape", "field", "says"),
     [
-        ([1, 1, 320, 320], "input", "does not run on a frame"),
-        ([1, 320, 320, 3], "decoder", "does not tile the 320 × 3 input"),  # NHWC declared NCHW: 3 wide
+        ([1, 1, 320, 320], "input.layout", "export the model with a 3-channel input"),
+        ([1, 320, 320, 3], "input.layout", "layout: NHWC"),  # NHWC declared NCHW: 3 wide
     ],
 )
 def test_a_model_that_loads_but_cannot_run_is_refused_at_load(

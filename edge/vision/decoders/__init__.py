@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from s4edge.edge.vision.manifest import DecoderSpec, ManifestError
+from s4edge.edge.vision.manifest import DecoderSpec, ManifestError, validation_problems
 
 
 class DecoderOptions(BaseModel):
@@ -105,7 +105,6 @@ def bind(spec: DecoderSpec, source: str) -> BoundDecoder:
     try:
         options = family.options.model_validate(spec.options)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ManifestError(source, f"decoder.options.{where}".rstrip("."), first["msg"]) from exc
+        field, problem = validation_problems(exc, family.options, "decoder.options.")
+        raise ManifestError(source, field.removesuffix(".(top level)"), problem) from exc
     return BoundDecoder(family, options)
