@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from s4edge.shown import hide_userinfo
+from s4edge.shown import shown_url
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -82,7 +82,7 @@ def _check_userinfo(url: str, shown: str) -> None:
 
 def broker_endpoint(url: str) -> BrokerEndpoint:
     """Where and how to reach the broker at ``url``; ``BrokerUrlError`` for anything else."""
-    shown = hide_userinfo(url)
+    shown = shown_url(url)  # a refusal quotes it: never its user, password or ?password=
     _check_userinfo(url.strip(), shown)
     try:
         parts = urlsplit(url.strip())
@@ -108,8 +108,8 @@ def broker_endpoint(url: str) -> BrokerEndpoint:
         path = (parts.path or WS_PATH) + (f"?{parts.query}" if parts.query else "")
     elif parts.path not in ("", "/") or parts.query:
         raise BrokerUrlError(
-            f"broker URL {shown!r}: {scheme}:// takes no path; for MQTT over WebSocket write "
-            f"{'wss' if tls else 'ws'}://{parts.hostname}:PORT{parts.path}"
+            f"broker URL {shown!r}: {scheme}:// takes no path{' or query' if parts.query else ''}; for MQTT "
+            f"over WebSocket write {'wss' if tls else 'ws'}://{parts.hostname}:PORT{parts.path}"
         )
     return BrokerEndpoint(
         host=parts.hostname,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import signal
 import sqlite3
@@ -9,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import typer
 
@@ -70,6 +71,20 @@ def configure_logging(level: str, log_format: str) -> None:
         logging.basicConfig(level=level.upper(), format=TEXT_FORMAT, force=True)
 
 
+def _sole_agent_on(outbox: Path) -> IO[str]:
+    """Lock ``outbox`` (its ``.lock`` file, flock(2)) for this process; BlockingIOError when
+    another agent holds it. Two agents on one node, one started by hand beside the service, took
+    the node's broker session from each other every second, and both raised every alarm."""
+    outbox.parent.mkdir(parents=True, exist_ok=True)
+    lock = outbox.with_name(f"{outbox.name}.lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise
+    return lock
+
+
 @agent_app.command("run")
 def run(
     config: Path = CONFIG_OPTION,
@@ -87,7 +102,15 @@ def run(
 
     try:
         try:
+            lock = _sole_agent_on(node_config.outbox.path)  # held until the process ends
             node = Node(node_config, base_dir=config.resolve().parent)
+        except BlockingIOError:
+            typer.echo(
+                f"error: another agent runs on the outbox {node_config.outbox.path}; stop it first "
+                "(the service: `sudo systemctl stop s4edge-agent`)",
+                err=True,
+            )
+            raise typer.Exit(1) from None
         except (sqlite3.Error, OSError) as exc:  # exit 1: systemd restarts the agent, the disk may come back
             typer.echo(f"error: cannot open the outbox {node_config.outbox.path}: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -102,6 +125,7 @@ def run(
         reread = threading.Event()  # SIGHUP: apply the config file again, as a reload_config does
         signal.signal(signal.SIGHUP, lambda signum, frame: reread.set())
         node.run(stop, reread, config)
+        lock.close()  # the next agent may start
     except ConfigError as exc:
         typer.echo(f"error: {config}: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -28,8 +28,8 @@ from s4edge.cloud_sync.broker_url import broker_endpoint
 from s4edge.cloud_sync.messages import NAME_PATTERN, AlertStatus
 from s4edge.edge.health import THERMAL_ROOT
 from s4edge.edge.sources import PluginError, load_plugins, source_types
-from s4edge.shown import hide_userinfo
-from s4edge.yaml_text import load_yaml
+from s4edge.shown import shown_url
+from s4edge.yaml_text import load_yaml, yaml_problem
 
 
 class Strict(BaseModel):
@@ -218,7 +218,7 @@ def _shown_input(key: str, got: Any) -> str:
     if _SECRET.search(key):
         return " (value not shown)"
     if isinstance(got, str):
-        got = hide_userinfo(got)
+        got = shown_url(got)  # a URL: neither its user and password nor a ?password=
     return f" (got {got!r})"
 
 
@@ -263,12 +263,6 @@ def parse_config_text(text: str, origin: str, base: Path, *, pipelines: bool = F
     except ValueError as exc:  # a NUL in a path: no file could have that name
         raise ConfigError(f"{origin}: a file path no file can have ({exc})") from None
     return config
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """Where YAML text breaks, never the text itself: PyYAML's message quotes the line."""
-    mark = getattr(exc, "problem_mark", None)
-    return f"not valid YAML (line {mark.line + 1}, column {mark.column + 1})" if mark else "not valid YAML"
 
 
 def problems_by_key(exc: ValidationError) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -49,6 +50,7 @@ HINT = {
     "model_pull": "run `s4edge models pull {model}` (offline: `--from DIR` with the weights)",
     "model_sha": "delete them and run `s4edge models pull {model}`",
     "model_run": "check model.backend.providers against the installed onnxruntime",
+    "model_manifest": "correct {field} in the model's manifest (models/README.md), then `s4edge detect` on a photo",
     "model_slow": "use a quantized model or lower camera.fps",
     "broker_config": "fix mqtt.* in the config",
     "broker_cert": "mqtt.ca_file must be the fleet CA, and the URL's host must be in the broker certificate",
@@ -76,8 +78,12 @@ HINT = {
     "clock_unknown": "check the clock against a reference",
     "disk_full": "free space: alerts queue on disk during a broker outage",
     "disk_folder": "the systemd unit creates it (StateDirectory=s4edge); else `sudo mkdir -p` it",
+    "disk_read_only": (
+        "the agent's user must be able to write there (the systemd unit's StateDirectory=s4edge is); "
+        "a read-only mount needs remounting read-write"
+    ),
     "disk_low": "a long outage may fill it; telemetry is bounded, alerts are not",
-    "config": "fix the keys named above; `s4edge agent check -c FILE` re-checks",
+    "config": "fix what the detail names (a key, or a line and column); `s4edge agent check -c FILE` re-checks",
 }
 
 
@@ -226,7 +232,10 @@ def check_model(config: Any, catalogue: Any = None) -> list[Check]:
         model, name = source.model.name, f"model {source.model.name}"
         try:
             verified = cat.verify(model)
-        except (CatalogueError, ManifestError) as exc:
+        except ManifestError as exc:
+            checks.append(Check(name, "FAIL", str(exc), HINT["model_manifest"].format(field=exc.field)))
+            continue
+        except CatalogueError as exc:
             checks.append(Check(name, "FAIL", str(exc), HINT["model_name"]))
             continue
         if not verified.cached:
@@ -256,6 +265,10 @@ def check_model(config: Any, catalogue: Any = None) -> list[Check]:
             start = time.perf_counter()
             detector.detect(frame)
             ms = (time.perf_counter() - start) * 1000
+        except ManifestError as exc:  # the manifest misdescribes the model: no runtime setting helps
+            hint = HINT["model_manifest"].format(field=exc.field)
+            checks.append(Check(name, "FAIL", f"cannot run {model}: {exc}", hint))
+            continue
         except Exception as exc:  # any runtime failure (onnxruntime raises its own types) is the finding
             checks.append(Check(name, "FAIL", f"cannot run {model}: {exc}", HINT["model_run"]))
             continue
@@ -382,6 +395,10 @@ def check_disk(config: Any, min_mb: int = MIN_FREE_MB, low_mb: int = LOW_FREE_MB
         return Check("disk", "FAIL", detail, HINT["disk_full"])
     if existing != folder:
         return Check("disk", "WARN", f"{detail}; {folder} does not exist yet", HINT["disk_folder"])
+    # free space is no use where the agent may not write: SQLite makes its journal beside the file
+    unwritable = [p for p in (folder, Path(config.outbox.path)) if p.exists() and not os.access(p, os.W_OK)]
+    if unwritable:
+        return Check("disk", "FAIL", f"{detail}; {unwritable[0]} is not writable", HINT["disk_read_only"])
     if free_mb < low_mb:
         return Check("disk", "WARN", detail, HINT["disk_low"])
     return Check("disk", "PASS", detail)

@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from s4edge.cloud_sync.messages import Measurement, Severity
 from s4edge.edge.alerts import Content, IncidentBook, Level, ThresholdRule, ValueAlarm
-from s4edge.edge.config import NodeFile, problems_by_key, yaml_problem
+from s4edge.edge.config import NodeFile, problems_by_key
 from s4edge.edge.sensing.co import PROFILES, COAlarm, ProfileName
 from s4edge.edge.sources import SourceContext
-from s4edge.yaml_text import load_yaml
+from s4edge.yaml_text import load_yaml, yaml_problem
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 

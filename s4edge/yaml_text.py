@@ -48,3 +48,14 @@ def load_yaml(text: str) -> Any:
     """``yaml.safe_load(text)``, except that ``22:00`` is the string ``"22:00"``; raises
     ``yaml.YAMLError`` as it does."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where YAML text breaks, never the text itself: PyYAML's message quotes the line."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return "not valid YAML"
+    where = f"not valid YAML (line {mark.line + 1}, column {mark.column + 1})"
+    if "'\\t'" in (getattr(exc, "problem", None) or ""):  # PyYAML's "found character '\t' ...": the tab, no text
+        return f"{where}: a tab; YAML indents with spaces only (YAML 1.2 §6.1)"
+    return where

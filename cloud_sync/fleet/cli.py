@@ -139,7 +139,9 @@ def broker_config(
     bind: str | None = typer.Option(None, help="Address to bind (default: all)."),
     ws: bool = typer.Option(False, "--ws", help="Also listen for MQTT over secure WebSockets."),
     ws_port: int = typer.Option(8884, min=1, max=65535, help="Port of the --ws listener."),
-    admin_port: int | None = typer.Option(None, help="Loopback-only plaintext port for local admin (off by default)."),
+    admin_port: int | None = typer.Option(
+        None, min=1, max=65535, help="Loopback-only plaintext port for local admin (off by default)."
+    ),
     client_certs: bool | None = typer.Option(
         None,
         "--client-certs/--passwords",

@@ -27,13 +27,17 @@ from s4edge.cloud_sync.fleet.crl import revoke
 from s4edge.cloud_sync.fleet.mosquitto_files import new_password, password_hash
 from s4edge.cloud_sync.fleet.registry import Fleet, FleetError, Identity
 from s4edge.cloud_sync.messages import NAME_PATTERN
+from s4edge.files import replace_file
 from s4edge.resources import packaged
 from s4edge.shown import hide_userinfo
-from s4edge.yaml_text import load_yaml
+from s4edge.yaml_text import load_yaml, yaml_problem
 
 BOARDS_ENV = "S4EDGE_BOARDS_DIR"
 PASSWORD_FILE = "mqtt.password"  # noqa: S105 - a file name, not a password
 CONFIG_FILE = "node.yaml"
+# What the command's flags and credentials set in node.yaml; the technician owns the rest.
+PROVISIONED = ("node_id", "site", "location", "mqtt")
+MQTT_PROVISIONED = ("url", "client_id", "username", "password", "password_file", "ca_file", "cert_file", "key_file")
 
 
 def boards_dir() -> Path:
@@ -167,9 +171,57 @@ def render_node_file(req: NodeRequest, profile: dict[str, Any], config: dict[str
         f"# s4edge node {req.site}/{req.node_id} on board {board}, written by `s4edge provision`.\n"
         + _commented(yaml.safe_dump(facts, sort_keys=False))
         + yaml.safe_dump(config, sort_keys=False)
-        + f"\n# Sources for {board}: uncomment, adapt to what is wired, then run `s4edge doctor -c node.yaml`.\n"
-        + _commented(yaml.safe_dump({"sources": source_templates(profile)}, sort_keys=False))
+        + (
+            ""
+            if "sources" in config
+            else f"\n# Sources for {board}: uncomment, adapt to what is wired, then run `s4edge doctor -c node.yaml`.\n"
+            + _commented(yaml.safe_dump({"sources": source_templates(profile)}, sort_keys=False))
+        )
     )
+
+
+def technician_settings(path: Path) -> dict[str, Any]:
+    """What an earlier ``node.yaml`` holds beyond what provisioning sets (PROVISIONED): the sources
+    wired on site, tuned intervals. Provisioning again (a password rotation) keeps them; a file
+    that cannot be read is refused before anything is rotated, as writing over it would lose them."""
+    if not path.exists():
+        return {}
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        problem = yaml_problem(exc)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        problem = f"cannot be read ({type(exc).__name__})"
+    else:
+        if data is None:  # an empty file: nothing to keep
+            return {}
+        if isinstance(data, dict):
+            kept = {key: value for key, value in data.items() if key not in PROVISIONED}
+            if isinstance(data.get("mqtt"), dict):  # keepalive_s, protocol …: not the URL nor credentials
+                kept["mqtt"] = {key: value for key, value in data["mqtt"].items() if key not in MQTT_PROVISIONED}
+            return kept
+        problem = "not a mapping of settings"
+    raise FleetError(
+        f"{path}: {problem}. Nothing was changed: fix it (`s4edge agent check -c {path}`), or move it away "
+        "to have a fresh one written"
+    )
+
+
+def _with_settings(config: dict[str, Any], kept: dict[str, Any], outbox: Path | None) -> dict[str, Any]:
+    """``config`` with the technician's ``kept`` settings over the board profile's; the command
+    key (copied again, or removed) and an ``--outbox`` given to this run are this run's."""
+    merged = {**config}
+    for key, value in kept.items():
+        if key == "mqtt":
+            value = {**value, **config["mqtt"]}
+        elif key == "commands" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "verify_key"}
+            if "verify_key" in (config.get("commands") or {}):
+                value["verify_key"] = config["commands"]["verify_key"]
+        elif key == "outbox" and isinstance(value, dict) and outbox is not None:
+            value = {**value, "path": str(outbox)}
+        merged[key] = value
+    return merged
 
 
 def provision_node(req: NodeRequest, ca: FleetCA, fleet: Fleet, out: Path, boards: Path | None = None) -> Provisioned:
@@ -178,14 +230,16 @@ def provision_node(req: NodeRequest, ca: FleetCA, fleet: Fleet, out: Path, board
     check_broker_url(req.broker)
     profile = load_board(req.board, boards)
     fleet.check_free(req.node_id, "node", req.site)
+    path = Path(out) / CONFIG_FILE
+    kept = technician_settings(path)
     hashed, files, credential_files, serial = _credentials(req.node_id, req.client_cert, ca, out, "node")
     _rotate(fleet, ca, Identity(req.node_id, "node", req.site, hashed, req.client_cert, serial))
     verify_key = _copy_command_key(fleet.folder, Path(out))
     if verify_key is not None:
         files.append(verify_key)
     config = node_config(req, profile, credential_files, verify_key.name if verify_key else None)
-    path = Path(out) / CONFIG_FILE
-    path.write_text(render_node_file(req, profile, config))
+    config = _with_settings(config, kept, req.outbox)
+    replace_file(path, render_node_file(req, profile, config))
     return Provisioned(fleet.identities[req.node_id], [path, *files], path)
 
 

@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from s4edge.yaml_text import load_yaml
+from s4edge.yaml_text import load_yaml, yaml_problem
 
 if TYPE_CHECKING:
     from s4edge.edge.alerts import AlertDraft
@@ -41,7 +41,7 @@ def load_sensors_config(path: Path, sim: bool = False) -> Any:
     credentials (``edge.config``'s rule)."""
     from pydantic import ValidationError
 
-    from s4edge.edge.config import ConfigError, load_config, problems_by_key, yaml_problem
+    from s4edge.edge.config import ConfigError, load_config, problems_by_key
     from s4edge.edge.sensing.source import Config
 
     try:

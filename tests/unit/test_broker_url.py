@@ -73,6 +73,19 @@ def test_a_password_in_the_url_never_reaches_the_message() -> None:
     assert "s3cr3t" not in str(refused.value)
 
 
+@pytest.mark.parametrize("url", ["mqtt://broker:1883?password=s3cr3t", "mqtts://broker:8883/x?token=s3cr3t"])
+def test_a_credential_in_a_refused_urls_query_never_reaches_the_message(url: str) -> None:
+    # 'mqtt:// takes no path' quoted the whole URL, ?password= and all, to the technician's terminal
+    with pytest.raises(BrokerUrlError) as refused:
+        broker_endpoint(url)
+    assert "s3cr3t" not in str(refused.value) and "takes no path" in str(refused.value)
+    data = yaml.safe_load(SIM.read_text())
+    data["mqtt"]["url"] = url
+    with pytest.raises(ConfigError) as config_refused:  # agent check, doctor and the agent's log quote this
+        parse_config(data, origin="node.yaml")
+    assert "s3cr3t" not in str(config_refused.value) and "mqtt.url" in str(config_refused.value)
+
+
 @pytest.mark.parametrize(
     ("url", "encoded"),
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -134,6 +135,30 @@ def test_disk_space_for_the_outbox(tmp_path: Path) -> None:
     assert check_disk(config, min_mb=10**12, low_mb=10**12).status == "FAIL"
     later = SimpleNamespace(outbox=SimpleNamespace(path=tmp_path / "not-yet" / "outbox.db"))
     assert check_disk(later, min_mb=1, low_mb=2).status == "WARN"
+
+
+def test_a_read_only_outbox_folder_fails_the_disk_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # doctor said PASS with 2 GB free on a read-only mount; the agent then refused to start:
+    # "cannot open the outbox …: unable to open database file"
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o555)
+    real_access = os.access
+    # root writes any folder whatever its mode: what the node's own user's os.access says
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != state and real_access(path, mode))
+    config = SimpleNamespace(outbox=SimpleNamespace(path=state / "outbox.db"))
+    check = check_disk(config, min_mb=1, low_mb=2)
+    assert check.status == "FAIL" and "not writable" in check.detail and str(state) in check.detail
+    assert "agent's user" in check.hint
+
+
+def test_a_config_that_is_not_yaml_says_what_to_fix(tmp_path: Path) -> None:
+    bad = tmp_path / "node.yaml"
+    bad.write_text("node_id: n1\nlocation:\n\tlat: 1\n")
+    code, checks = doctor_json(bad)
+    assert code == 1 and checks["config"]["status"] == "FAIL"
+    assert "line 3" in checks["config"]["detail"] and "tab" in checks["config"]["detail"]
+    assert "keys named" not in checks["config"]["hint"]  # there are none: the file is not YAML
 
 
 def vision(url: str, fps: float | None = None) -> VisionConfig:

@@ -182,6 +182,38 @@ def test_provisioning_twice_rotates_the_password_without_duplicating_entries(fle
     assert (fleet_dir / "acl").read_text().count("user node-a\n") == 1
 
 
+def test_provisioning_again_keeps_what_the_technician_wrote_in_node_yaml(fleet_dir: Path, tmp_path: Path) -> None:
+    # a password rotation rewrote node.yaml from the board profile: the sources the technician had
+    # wired and tuned on site were gone without a word, and the node came back up sensing nothing
+    assert provision(tmp_path, "node-a")[0] == 0
+    node_yaml = tmp_path / "node-a" / "node.yaml"
+    data = yaml.safe_load(node_yaml.read_text())
+    data["heartbeat"] = {"interval_s": 12}
+    data["outbox"]["path"] = "state/outbox.db"
+    data["sources"] = [{"type": "sensors", "bus": "sim", "sensors": [{"name": "mq2-1", "kind": "mq2", "channel": 0}]}]
+    node_yaml.write_text(yaml.safe_dump(data))
+    before = (tmp_path / "node-a" / "mqtt.password").read_text()
+    code, output = provision(tmp_path, "node-a", "plaza", "--zone", "north gate")
+    assert code == 0, output
+    config = load_config(node_yaml)
+    assert [s.type for s in config.sources] == ["sensors"] and config.heartbeat.interval_s == 12
+    assert config.outbox.path == tmp_path / "node-a" / "state" / "outbox.db"
+    assert config.location.zone == "north gate"  # what the command says is the command's
+    assert config.mqtt.password_file.read_text() != before
+
+
+def test_provisioning_over_a_node_yaml_it_cannot_read_rotates_nothing(fleet_dir: Path, tmp_path: Path) -> None:
+    assert provision(tmp_path, "node-a")[0] == 0
+    node_yaml = tmp_path / "node-a" / "node.yaml"
+    edited = node_yaml.read_text().replace("  lat:", "\tlat:")  # a tab: YAML indents with spaces only
+    node_yaml.write_text(edited)
+    before = (tmp_path / "node-a" / "mqtt.password").read_text()
+    code, output = provision(tmp_path, "node-a")
+    assert code == 2 and "node.yaml" in output and "tab" in output and "Traceback" not in output
+    assert node_yaml.read_text() == edited
+    assert (tmp_path / "node-a" / "mqtt.password").read_text() == before
+
+
 def test_a_node_id_cannot_be_taken_by_another_site_or_role(fleet_dir: Path, tmp_path: Path) -> None:
     assert provision(tmp_path, "node-a", "plaza")[0] == 0
     code, output = provision(tmp_path, "node-a", "metro")

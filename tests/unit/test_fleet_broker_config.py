@@ -68,6 +68,14 @@ def test_websockets_and_the_admin_port_are_opt_in(fleet_dir: Path, tmp_path: Pat
     assert "protocol websockets" in lines
 
 
+@pytest.mark.parametrize("port", ["0", "70000"])
+def test_an_admin_port_no_socket_can_have_writes_no_config(fleet_dir: Path, tmp_path: Path, port: str) -> None:
+    # 'listener 70000 127.0.0.1' was written, and mosquitto refused the whole config on the broker host
+    conf = tmp_path / "mosquitto.conf"
+    code, output = run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf, "--admin-port", port)
+    assert code == 2 and "--admin-port" in output and not conf.exists()
+
+
 def test_a_folder_without_the_tls_files_gets_no_broker_config(tmp_path: Path) -> None:
     nothing = tmp_path / "nothing"
     code, output = run("fleet", "broker-config", "--fleet-dir", nothing, "--out", tmp_path / "m.conf")
