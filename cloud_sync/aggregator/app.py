@@ -27,13 +27,13 @@ from s4edge.cloud_sync.aggregator.broker_log import BrokerLogWatch
 from s4edge.cloud_sync.aggregator.commands import CommandDesk, CommandSigner
 from s4edge.cloud_sync.aggregator.console_api import ConsoleSettings
 from s4edge.cloud_sync.aggregator.events import EventBus
-from s4edge.cloud_sync.aggregator.ingest import Ingest, relax_gc
+from s4edge.cloud_sync.aggregator.ingest import Ingest
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.retention import Retention
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.aggregator.trends import DEFAULT_RETENTION_S
 from s4edge.cloud_sync.aggregator.workers import IngestWorkers, WorkersError, WorkerSpec, default_group
-from s4edge.cloud_sync.aggregator.writer import StoreSpec, WriterRules
+from s4edge.cloud_sync.aggregator.writer import StoreSpec, WriterRules, relax_gc
 
 log = logging.getLogger("s4edge.aggregator")
 

@@ -14,7 +14,6 @@ subscription confirms what it committed itself.
 
 from __future__ import annotations
 
-import gc
 import logging
 import re
 import threading
@@ -60,22 +59,6 @@ QOS0_BACKLOG = 20000  # heartbeats and telemetry held for the writer before new 
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5.0 §3.14.2.1: another connection took this client id's session
 SHORT_LIVED_S = 5.0  # a connection the broker closes this soon after it opened, and
 TAKEN_OVER_AFTER = 3  # this many of them in a row: another client is taking the session over
-
-
-def relax_gc(young: int = 10_000) -> None:
-    """Tune the cyclic garbage collector of a process that ingests.
-
-    Every message allocates a few container objects (paho's message and properties, the
-    decoded alert) that plain reference counting frees. The collector's default still runs
-    a young-generation pass every 700 net allocations, and every hundredth pass scans the
-    whole heap, each holding the GIL that paho's network thread needs. ``gc.freeze`` takes
-    what is alive now (modules, the app) out of those scans. Measured with ``s4edge bench
-    ingest --messages 20000 --writer process``, in A/B runs on a noisy 2-core machine:
-    0.63 and 0.75 of the bare peer without it, 0.82 with it.
-    Process-wide, as the collector is; an aggregator calls it once it has started.
-    """
-    gc.freeze()
-    gc.set_threshold(young, 20, 20)
 
 
 class Received(NamedTuple):  # made in paho's thread for every message: a tuple is the cheapest

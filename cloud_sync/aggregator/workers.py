@@ -50,11 +50,19 @@ from typing import IO, Any
 
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError
 from s4edge.cloud_sync.aggregator.events import EventBus
-from s4edge.cloud_sync.aggregator.ingest import Ingest, relax_gc
+from s4edge.cloud_sync.aggregator.ingest import Ingest
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics, WorkerTotals, snapshot, snapshot_from_json
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.aggregator.store_url import store_url
-from s4edge.cloud_sync.aggregator.writer import Item, Outcome, StaleReadOnly, StoreSpec, WriterGone, WriterRules
+from s4edge.cloud_sync.aggregator.writer import (
+    Item,
+    Outcome,
+    StaleReadOnly,
+    StoreSpec,
+    WriterGone,
+    WriterRules,
+    relax_gc,
+)
 from s4edge.cloud_sync.pipe import receive_frame, receive_spec, run_child, send_frame
 
 log = logging.getLogger("s4edge.aggregator")

@@ -58,13 +58,13 @@ from paho.mqtt.properties import Properties
 from sqlalchemy import text
 
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig
-from s4edge.cloud_sync.aggregator.ingest import LINGER_S, Ingest, relax_gc
+from s4edge.cloud_sync.aggregator.ingest import LINGER_S, Ingest
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.paho_tuning import tune
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
 from s4edge.cloud_sync.aggregator.store_url import StoreUrlError, probe_store, shown, store_url
 from s4edge.cloud_sync.aggregator.workers import IngestWorkers, WorkerSpec
-from s4edge.cloud_sync.aggregator.writer import SUFFIXES, StoreSpec
+from s4edge.cloud_sync.aggregator.writer import SUFFIXES, StoreSpec, relax_gc
 from s4edge.cloud_sync.messages import QOS, Alert, Location, Measurement, Severity, encode, fleet_filter, topic_for
 from s4edge.cloud_sync.ng112.forwarder import Forwarder
 from s4edge.cloud_sync.ng112.policy import Ng112Config
