@@ -4,12 +4,16 @@ coordinates, a trend chart draws its points, and acknowledging asks for the oper
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -292,3 +296,173 @@ def test_the_console_shows_a_fleet_larger_than_a_page_of_nodes(
     )
     rows = browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")
     assert len(rows) == 1001 and rows[0].get_attribute("data-node") == "yard/gate-1"
+
+
+def node_text_alert(i: int, title: str, zone: str, incident: str) -> Alert:
+    return Alert(
+        id=f"alert-text-{i:04d}", node_id="cam-7", site="plaza", seq=200 + i, kind="gas", severity="Severe",
+        state="new", incident=incident, location=Location(lat=48.2082, lon=16.3738, zone=zone), title=title,
+        status="Exercise",
+    )  # fmt: skip
+
+
+def test_a_node_s_long_or_right_to_left_text_stays_in_its_own_cell(
+    aggregator: Aggregator, broker: Mosquitto, browser: Any
+) -> None:
+    # A 128-character title with no space (the longest a node may send) widened the incidents
+    # table to 3,800 px, under the map: the state, NG112 and ack columns went off the screen. A
+    # right-to-left override in a title reversed the console's own words after it.
+    from selenium.webdriver.common.by import By
+
+    publish(
+        broker,
+        node_text_alert(1, "W" * 128, "Z" * 128, "inc-text-long"),
+        node_text_alert(2, "\u202e gas 12 %LEL", "\u202eboiler room 🔥 غرفة", "inc-text-rtl"),
+    )
+    browser.get(aggregator.url + "/")
+    wait_until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#incidents tr.incident")) == 2, what="the rows")
+    table, side = (browser.find_element(By.CSS_SELECTOR, css).rect for css in ("#incidents", "aside.side"))
+    assert table["x"] + table["width"] <= side["x"], "the incidents table runs under the map"
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    assert browser.find_element(By.CSS_SELECTOR, 'tr[data-incident="inc-text-long"] button.ack').is_displayed()
+
+    def reads_in_order(container: str, after: str) -> bool:
+        """``after`` (the console's own words) lies right of the node's text before it."""
+        return bool(
+            browser.execute_script(
+                "const box = document.querySelector(arguments[0]), after = box.querySelector(arguments[1]);"
+                "const range = document.createRange(); range.setStart(box, 0); range.setEndBefore(after);"
+                "return after.getBoundingClientRect().left >= range.getBoundingClientRect().right - 1;",
+                container,
+                after,
+            )
+        )
+
+    assert reads_in_order('tr[data-incident="inc-text-rtl"] td.title', ".drill")  # "Exercise"
+    browser.find_element(By.CSS_SELECTOR, 'tr[data-node="plaza/cam-7"]').click()
+    wait_until(
+        lambda: browser.find_elements(By.CSS_SELECTOR, '#node-detail li[data-incident="inc-text-rtl"]'), what="the node"
+    )
+    assert reads_in_order('#node-detail li[data-incident="inc-text-rtl"]', "span.dim")  # "open · 1 s ago"
+
+
+def test_an_incident_of_thousands_of_updates_says_how_many_it_leaves_out_across_its_timeline(
+    aggregator: Aggregator, broker: Mosquitto, browser: Any
+) -> None:
+    # the line that counts the updates left out was one narrow cell: colspan is no DOM property
+    from selenium.webdriver.common.by import By
+
+    publish(broker, *(flame(step, "new" if step == 0 else "update") for step in range(205)))
+    wait_until(
+        lambda: httpx.get(f"{aggregator.url}/api/incidents/inc-ui-flame-1").json().get("alerts") == 205,
+        what="205 stored",
+    )
+    browser.get(aggregator.url + "/")
+    row_css = 'tr[data-incident="inc-ui-flame-1"]'
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, row_css), what="the row")
+    browser.find_element(By.CSS_SELECTOR, f"{row_css} td.title").click()
+    omitted = wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "tr.step.omitted td"), what="the gap")[0]
+    assert "5 updates between" in omitted.text
+    assert browser.execute_script("return arguments[0].colSpan", omitted) == 5
+
+
+def test_an_ack_the_aggregator_refused_says_so_on_its_row(
+    aggregator: Aggregator, broker: Mosquitto, browser: Any
+) -> None:
+    # a wrong token, twice: the button came back as if never pressed, and only the browser's
+    # developer console knew that nothing had been acknowledged
+    from selenium.webdriver.common.by import By
+
+    publish(broker, flame(0, "new"))
+    browser.get(aggregator.url + "/")
+    row_css = 'tr[data-incident="inc-ui-flame-1"]'
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, f"{row_css} button.ack"), what="the row")
+    browser.find_element(By.CSS_SELECTOR, f"{row_css} button.ack").click()
+    for _ in range(2):
+        wait_until(
+            lambda: browser.find_element(By.ID, "token-dialog").get_attribute("open") is not None, what="the dialog"
+        )
+        browser.find_element(By.ID, "token-input").send_keys("not-the-token")
+        browser.find_element(By.ID, "token-ok").click()
+    wait_until(lambda: "not acknowledged" in text_of(browser, row_css), what="the refusal shown")
+    assert "operator token" in text_of(browser, row_css)
+    assert httpx.get(f"{aggregator.url}/api/incidents/inc-ui-flame-1").json()["acked_at"] is None
+
+
+class Gateway(ThreadingHTTPServer):
+    """A reverse proxy in front of the aggregator, as nginx would be: while ``down`` it ends
+    every stream and answers 502 Bad Gateway, as a proxy does while its upstream restarts."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self.down = threading.Event()
+        self.refused: list[str] = []  # the paths answered 502
+        super().__init__(("127.0.0.1", 0), GatewayHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class GatewayHandler(BaseHTTPRequestHandler):
+    server: Gateway
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.server.down.is_set():
+            self.server.refused.append(self.path)
+            self.send_response(502)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        upstream = http.client.HTTPConnection(self.server.upstream.netloc, timeout=30)
+        upstream.request("GET", self.path, headers={"Accept": self.headers.get("Accept", "*/*")})
+        answer = upstream.getresponse()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        self.end_headers()  # HTTP/1.0: the body ends where the connection does
+        upstream.sock.settimeout(0.2)
+        while not self.server.down.is_set():
+            try:
+                chunk = answer.read1(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            self.wfile.write(chunk)
+            self.wfile.flush()
+        upstream.close()
+
+
+def test_the_live_stream_comes_back_after_a_proxy_answered_bad_gateway(
+    aggregator: Aggregator, broker: Mosquitto, browser: Any
+) -> None:
+    # EventSource gives up for good on an answer that is not 200 (WHATWG HTML §9.2.3): a 502 from
+    # the proxy while the aggregator restarted left the page "reconnecting…" for the rest of the shift
+    from selenium.webdriver.common.by import By
+
+    gateway = Gateway(aggregator.url)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    try:
+        browser.get(gateway.url + "/")
+        link = lambda: browser.find_element(By.ID, "link").text  # noqa: E731
+        wait_until(lambda: link() == "live", what="the live stream")
+        gateway.down.set()
+        wait_until(lambda: link() == "reconnecting…", what="the stream lost")
+        publish(broker, flame(0, "new"))  # while the console cannot hear of it
+        wait_until(lambda: httpx.get(f"{aggregator.url}/api/incidents").json()["total"] == 1, what="stored")
+        wait_until(lambda: "/api/stream" in gateway.refused, what="the browser's try refused")
+        gateway.down.clear()
+        wait_until(lambda: link() == "live", what="the live stream back")
+        wait_until(
+            lambda: browser.find_elements(By.CSS_SELECTOR, 'tr[data-incident="inc-ui-flame-1"]'), what="caught up"
+        )
+    finally:
+        gateway.shutdown()
+        gateway.server_close()

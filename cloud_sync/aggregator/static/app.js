@@ -13,6 +13,7 @@ import { api, authorisedFetch, el, emit, on } from "./util.js";
 const NODE_REFRESH_MS = 10000;   // stale flags age even when no event arrives
 const TREND_REFRESH_MS = 60000;  // a bucket is a minute
 const MAP_INCIDENTS = 300;       // open incidents drawn on the map, most recent first
+const STREAM_RETRY_MS = 5000;    // a new EventSource after one that gave up
 
 window.s4edge = { charts: new Map(), map: null, on };
 window.s4edgeFetch = authorisedFetch;  // the NG112 panel acts through it too
@@ -57,23 +58,27 @@ async function loadMapIncidents() {
   map.setOpenIncidents(body.incidents);
 }
 
+let streamOpened = false;  // once: every later open catches up
+
 function connect() {
   const link = document.getElementById("link");
   const source = new EventSource("/api/stream");
-  let opened = false;
   source.onopen = () => {
     link.textContent = "live";
     link.className = "link up";
-    if (opened) {  // catch up on whatever happened while the stream was down
+    if (streamOpened) {  // catch up on whatever happened while the stream was down
       refreshNodes();
       incidents.load().catch(console.warn);
       loadMapIncidents().catch(console.warn);
     }
-    opened = true;
+    streamOpened = true;
   };
   source.onerror = () => {
     link.textContent = "reconnecting…";
     link.className = "link down";
+    // An answer other than 200 (a proxy's 502 while the aggregator restarts) ends an EventSource
+    // for good (WHATWG HTML §9.2.3, "fail the connection"): it only retries a lost connection.
+    if (source.readyState === EventSource.CLOSED) setTimeout(connect, STREAM_RETRY_MS);
   };
   source.addEventListener("alert", (e) => {
     const alert = JSON.parse(e.data);

@@ -1,7 +1,7 @@
 // Incidents: the list (open on top, paged by the server), a row's timeline, and ack.
 "use strict";
 
-import { ago, api, clock, el, emit, post, rank, severityChip, when } from "./util.js";
+import { ago, api, clock, el, emit, nodeText, post, rank, severityChip, when } from "./util.js";
 
 const PAGE = 50;
 const rows = new Map();          // incident id -> { record, tr, detail }
@@ -62,18 +62,21 @@ function ackCell(record) {
 
 function ackButton(record, label) {
   const button = el("button", { type: "button", class: "ack" }, label);
+  const refused = el("div", { class: "ack-refused", role: "alert" });  // a wrong token, a read-only store
   button.addEventListener("click", async (event) => {
     event.stopPropagation();
     button.disabled = true;
+    refused.textContent = "";
     try {
       const done = await post(`/api/incidents/${encodeURIComponent(record.incident)}/ack`, { by: "operator" });
       applyAck(done);
     } catch (err) {
       button.disabled = false;
+      refused.textContent = `not acknowledged: ${err.message}`;
       console.warn(err);
     }
   });
-  return button;
+  return el("span", {}, button, refused);
 }
 
 function renderRow(record, fresh) {
@@ -84,7 +87,7 @@ function renderRow(record, fresh) {
     "data-incident": record.incident, tabIndex: 0, "aria-expanded": "false",
   },
   el("td", {}, severityChip(record.peak_severity), current),
-  el("td", { class: "title" }, record.title,
+  el("td", { class: "title" }, nodeText(record.title),
     record.status !== "Actual" ? el("span", { class: "drill", title: "CAP status" }, record.status) : null),
   el("td", {}, record.kind),
   el("td", { class: "where" }, `${record.site}/${record.node_id}`,
@@ -110,13 +113,13 @@ function timeline(body) {
     el("td", {}, when(a.ts)),
     el("td", {}, el("span", { class: `step-state ${a.state}` }, a.state)),
     el("td", {}, severityChip(a.severity)),
-    el("td", {}, a.headline, a.detail ? el("div", { class: "dim" }, a.detail) : null),
+    el("td", {}, nodeText(a.headline), a.detail ? el("div", { class: "dim" }, a.detail) : null),
     el("td", { class: "measurements" }, ...(a.measurements || []).map((m) => el("div", {}, measurementText(m))),
       a.detection ? el("div", { class: "dim" },
         `${a.detection.label} × ${a.detection.count}${a.detection.rule ? ` (${a.detection.rule})` : ""}`) : null)));
   // a long incident: the server sends the first message and the latest, and says how many lie between
   const items = body.timeline_omitted > 0
-    ? [steps[0], el("tr", { class: "step omitted" }, el("td", { colspan: 5, class: "dim" },
+    ? [steps[0], el("tr", { class: "step omitted" }, el("td", { colSpan: 5, class: "dim" },
         `… ${body.timeline_omitted} updates between (raw alerts has them all)`)), ...steps.slice(1)]
     : steps;
   return el("div", { class: "timeline" },

@@ -1,7 +1,7 @@
 // Node health at a glance: one row per node, problems first; a node's own panel on a click.
 "use strict";
 
-import { ago, api, el, emit, figure, severityChip, when } from "./util.js";
+import { ago, api, el, emit, figure, nodeText, severityChip, when } from "./util.js";
 
 const STAGE_COLOURS = ["#7fb8e6", "#6fd08c", "#f0d050", "#f08c3c", "#c387e6", "#e5484d", "#8a929c"];
 const STATE_ORDER = { offline: 0, stale: 1, unknown: 2, online: 3 };
@@ -78,9 +78,10 @@ export function detail(node, incidents) {
       el("h3", {}, `${node.site}/${node.node_id}`), stateChip(node),
       el("button", { type: "button", class: "close", "aria-label": "close", onclick: () => emit("close-node") }, "×")),
     el("div", { class: "dim" }, node.location
-      ? `${node.location.lat.toFixed(5)}, ${node.location.lon.toFixed(5)}${node.location.zone ? ` · ${node.location.zone}` : ""}`
+      ? `${node.location.lat.toFixed(5)}, ${node.location.lon.toFixed(5)}`
       : "no position yet (nodes report theirs with their alerts)",
-    ` · version ${node.version || "—"} · heartbeat ${ago(node.heartbeat_at)}`),
+    ...(node.location && node.location.zone ? [" · ", nodeText(node.location.zone)] : []),
+    " · version ", nodeText(node.version || "—"), ` · heartbeat ${ago(node.heartbeat_at)}`),
     badges(node),
     el("div", { class: "vitals" },
       vital("camera", `${figure(v.camera_fps)} fps`), vital("inference", `${figure(v.inference_ms)} ms`),
@@ -93,7 +94,7 @@ export function detail(node, incidents) {
     el("h4", {}, "Incidents ", el("a", { href: "#", onclick: (e) => { e.preventDefault(); emit("filter-node", node); } },
       "filter the list")),
     incidents.length ? el("ul", { class: "node-incidents" }, ...incidents.map((r) =>
-      el("li", { "data-incident": r.incident }, severityChip(r.peak_severity), ` ${r.title} `,
+      el("li", { "data-incident": r.incident }, severityChip(r.peak_severity), " ", nodeText(r.title), " ",
         el("span", { class: "dim" }, `${r.state} · ${ago(r.last_seen)}`))))
       : el("div", { class: "dim" }, "none"),
     el("h4", {}, "Sensor trends ", el("small", { class: "dim" }, "(up to 6 h: 1-min mean, min-max band, reference thresholds)")),

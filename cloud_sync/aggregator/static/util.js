@@ -16,6 +16,12 @@ export function el(tag, attrs, ...children) {
   return node;
 }
 
+// Text a node sent (a title, zone, version) in its own bidi isolate, HTML's <bdi>: a right-to-left
+// name, or an override character in one (U+202E), cannot reorder the console's words beside it.
+export function nodeText(text) {
+  return el("bdi", {}, text);
+}
+
 export function when(iso) {
   if (!iso) return "—";
   return new Date(iso).toLocaleString(undefined, { hour12: false });
