@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,9 +13,12 @@ from lxml import etree
 from s4edge.cloud_sync.messages import Alert
 from s4edge.cloud_sync.ng112.cap import CAP_MIME, CapMessage, CapRef, MsgType, build_cap, node_sip_uri
 from s4edge.cloud_sync.ng112.pidf import DEVICE_INFO_MIME, PIDF_MIME, build_device_info, build_pidf
-from s4edge.cloud_sync.ng112.sip import SOS, BodyPart, EmergencyMessage
+from s4edge.cloud_sync.ng112.sip import SOS, BodyPart, EmergencyMessage, SipError, parse_target
 
 log = logging.getLogger(__name__)
+# RFC 2392 §2: a cid: URL names a Content-ID, an RFC 5322 §3.6.4 msg-id, "<" dot-atom "@" dot-atom ">":
+# its right side is the sender's host name, never a port, a ;parameter or an IPv6 address's colons.
+_DOT_ATOM_HOST = re.compile(r"^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*$")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def compose(
     pidf = build_pidf(
         alert.location, entity=sender, device_id=device, timestamp=alert.ts, method=caller.location_method
     )
-    host = sender.rsplit("@", 1)[-1]
+    host = content_id_host(sender)
     tag = secrets.token_hex(6)
     message = EmergencyMessage(
         request_uri=caller.request_uri,
@@ -94,3 +98,12 @@ def compose(
     if call_id is not None:
         message.call_id = call_id
     return Call(cap, message)
+
+
+def content_id_host(sender: str) -> str:
+    """The right side of the call's Content-IDs: the sender's host, where it is a dot-atom."""
+    try:
+        host = parse_target(sender).host
+    except SipError:
+        host = ""
+    return host if _DOT_ATOM_HOST.match(host) else "s4edge.invalid"  # RFC 2606: a name that is no one's

@@ -128,9 +128,16 @@ def check_config(path: Path = typer.Argument(..., help="NG112 YAML config (polic
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     typer.echo(f"PSAP {shown_uri(config.psap)} (Request-URI {shown_uri(config.request_uri)})")
+    # the file is checked, not the PSAP: an unreachable one passes the same
+    typer.echo(
+        f"  not contacted: `s4edge ng112 send-test --psap '{shown_uri(config.psap)}' --lat LAT --lon LON` "
+        "places a Test call"
+    )
     every = f"at most one per {config.update_interval_s:g} s" if config.update_interval_s else "each at once"
     typer.echo(f"  Updates: at once when what a call-taker sees changes; new readings only {every}")
     for site, policy in {"(default)": config.default, **config.sites}.items():
         typer.echo(f"  {site}: {policy.mode}, {','.join(policy.kinds)} at >= {policy.min_severity}")
     for rule in config.correlation:
         typer.echo(f"  rule {rule.name}: {' + '.join(rule.kinds)} within {rule.within_s:g} s -> {rule.severity}")
+    for warning in config.unknown_kinds():
+        typer.echo(f"warning: {warning}")

@@ -53,8 +53,11 @@ from s4edge.cloud_sync.ng112.sip import parse_target
 from s4edge.cloud_sync.ng112.transport import Delivery, Transaction
 
 log = logging.getLogger(__name__)
-# Worth another try: the network or the PSAP's load, not the content (RFC 3261 §21.5, §21.4.9).
-RETRY_CODES = frozenset({408, 480, 500, 503, 504})
+# Worth another try: the network or the PSAP's load, not the content (RFC 3261 §21.5, §21.4.9),
+# and a busy PSAP (486 Busy Here, 600 Busy Everywhere: §21.4.24, §21.6.1).
+RETRY_CODES = frozenset({408, 480, 486, 500, 503, 504, 600})
+# RFC 3261 §20.33: with these a Retry-After says when the PSAP expects to take the call: tried again then.
+RETRY_AFTER_CODES = frozenset({404, 413, 603})
 # Beyond Timer F, time to compose the message and record the outcome before a claim lapses.
 CLAIM_MARGIN_S = 30.0
 JOB_BATCH = 100  # forward jobs taken in one transaction
@@ -75,6 +78,8 @@ class _Delivered(Exception):
 def _retryable(delivery: Delivery) -> bool:
     if delivery.outcome in ("timeout", "closed", "unreachable", "garbage"):
         return True
+    if delivery.code in RETRY_AFTER_CODES and delivery.response is not None:
+        return delivery.response.retry_after is not None
     return delivery.code in RETRY_CODES
 
 

@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from s4edge.cloud_sync.messages import PRE_ALARM, SEVERITIES, Alert, Kind, Severity
-from s4edge.cloud_sync.ng112.sip import SOS, SipError, parse_target
+from s4edge.cloud_sync.messages import KNOWN_KINDS, PRE_ALARM, SEVERITIES, Alert, Kind, Severity
+from s4edge.cloud_sync.ng112.sip import SOS, SipError, parse_target, shown_uri
 from s4edge.cloud_sync.ng112.transport import Timers
 from s4edge.yaml_text import load_yaml
 
 Mode = Literal["auto", "confirm"]
 RuleName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+# What every call carries is checked here, not when the first call fails to compose:
+# CAP 1.2 §3.2.1: <sender> and <addresses> hold no space, comma, '<' or '&'.
+_CAP_RESTRICTED = re.compile(r"[\s,<&]")
+# CAP 1.2 <language> is an xs:language (XML Schema Part 2 §3.3.3, RFC 3066 tags).
+_LANGUAGE = re.compile(r"^[a-zA-Z]{1,8}(?:-[a-zA-Z0-9]{1,8})*$")
+# RFC 3261 §25.1 hostname: dot-separated labels of letters, digits and inner hyphens.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+# RFC 5031 §4.2: urn:service:sos, or one of its sub-services (sos.fire, sos.police, …).
+_SOS_URN = re.compile(r"^urn:service:sos(?:\.[A-Za-z0-9-]+)*$", re.IGNORECASE)
+
+
+def _sip_uri_sent(value: str, element: str) -> str:
+    """A SIP URI that goes out with every call (the From or the Request-URI, and CAP ``element``)."""
+    shown = shown_uri(value)
+    try:
+        parse_target(value)
+    except SipError as exc:
+        raise ValueError(str(exc)) from None
+    if shown != value.strip():  # RFC 3261 §19.1.1: a password in a SIP URI is NOT RECOMMENDED
+        raise ValueError(f"{shown!r} holds a password, which every call would show the PSAP")
+    if _CAP_RESTRICTED.search(value.strip()):
+        raise ValueError(f"{shown!r} holds a space, comma, '<' or '&', which CAP 1.2 §3.2.1 refuses in <{element}>")
+    return value.strip()
 
 
 class _Config(BaseModel):
@@ -88,6 +115,53 @@ class Ng112Config(_Config):
             raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("request_uri")
+    @classmethod
+    def _request_uri(cls, value: str) -> str:
+        if _SOS_URN.match(value.strip()):
+            return value.strip()
+        if not value.strip().lower().startswith(("sip:", "sips:")):  # RFC 8876 §3: the SOS URN or a PSAP URI
+            raise ValueError(f"{shown_uri(value)!r} is neither urn:service:sos (RFC 5031) nor a SIP URI of the PSAP")
+        return _sip_uri_sent(value, "addresses")
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str | None) -> str | None:
+        return None if value is None else _sip_uri_sent(value, "sender")
+
+    @field_validator("sender_domain")
+    @classmethod
+    def _sender_domain(cls, value: str) -> str:
+        if not _HOSTNAME.match(value) or len(value) > 253:
+            raise ValueError(f"{value!r} is not a host name like s4edge.example.org (RFC 3261 §25.1)")
+        return value
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        if not _LANGUAGE.match(value):
+            raise ValueError(f"{value!r} is not a language tag like en-US or de-AT (CAP 1.2 <language>, RFC 3066)")
+        return value
+
+    @field_validator("readings_base_url")
+    @classmethod
+    def _readings_base_url(cls, value: str | None) -> str | None:
+        """Every CAP message carries ``{value}/ng112/incidents/…/readings?token=…`` (CAP 1.2 §3.2.3 <uri>)."""
+        if value is None:
+            return None
+        shown = shown_uri(value)
+        try:
+            parts = urlsplit(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"{shown!r} is not a URL: {exc}") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{shown!r} is not an absolute http(s) URL like https://aggregator.example.org")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"{shown!r} holds a user or password, which every CAP message would show the PSAP")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{shown!r} holds a query or fragment; the readings link adds its own ?token=")
+        return value.strip()
+
     @property
     def timers(self) -> Timers:
         return Timers(self.t1_s, self.t2_s)
@@ -99,6 +173,20 @@ class Ng112Config(_Config):
         update of an incident already forwarded goes whatever its severity."""
         kinds = {*self.default.kinds, *(k for p in self.sites.values() for k in p.kinds)}
         return frozenset(kinds | {k for rule in self.correlation for k in rule.kinds})
+
+    def unknown_kinds(self) -> list[str]:
+        """Warnings for kinds no s4edge node sends (a plugin's may be meant): ``gass`` forwards nothing."""
+        found = []
+        named = {"default": self.default, **{f"sites.{site}": policy for site, policy in self.sites.items()}}
+        places = {key: policy.kinds for key, policy in named.items()}
+        places |= {f"correlation.{rule.name}": rule.kinds for rule in self.correlation}
+        for place, kinds in places.items():
+            for kind in kinds:
+                if kind not in KNOWN_KINDS:
+                    close = difflib.get_close_matches(kind, sorted(KNOWN_KINDS), n=1)
+                    hint = f" ({close[0]}?)" if close else ""
+                    found.append(f"{place}.kinds: {kind} is no kind s4edge nodes send{hint}")
+        return found
 
     def policy_for(self, site: str) -> SitePolicy:
         return self.sites.get(site, self.default)
@@ -128,6 +216,19 @@ def is_pre_alarm(alert: Alert) -> bool:
     return alert.kind == "co" and (alert.title or "").startswith("CO pre-alarm")
 
 
+_KEYS: Final = sorted({*Ng112Config.model_fields, *SitePolicy.model_fields, *CorrelationRule.model_fields})
+
+
+def _problem(error: Any) -> str:
+    """What is wrong, from pydantic's ``msg`` (never its ``input``: a value may hold a password),
+    without its "Value error, "; a misspelled key with the closest one."""
+    text = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden" and error["loc"]:
+        close = difflib.get_close_matches(str(error["loc"][-1]), _KEYS, n=1)
+        text += f" ({close[0]}?)" if close else ""
+    return text
+
+
 class Ng112ConfigError(ValueError):
     pass
 
@@ -146,5 +247,5 @@ def load_config(path: str | Path) -> Ng112Config:
     try:
         return Ng112Config.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{source}: {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
+        lines = [f"{source}: {'.'.join(str(p) for p in e['loc']) or '(top)'}: {_problem(e)}" for e in exc.errors()]
         raise Ng112ConfigError("\n".join(lines)) from None

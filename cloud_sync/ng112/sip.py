@@ -15,6 +15,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Final, Literal, cast
 
+from s4edge.shown import shown_url
+
 SOS: Final = "urn:service:sos"
 # RFC 8876 §4.1 / §10.2 and RFC 7852: Call-Info purpose = "EmergencyCallData." + the data
 # block's name in the Emergency Call Data Types registry.
@@ -59,6 +61,8 @@ def shown_uri(uri: str) -> str:
     but a URI may hold one) as ``***``."""
     # the scheme is case-insensitive (RFC 3986 §3.1); the password ends at the last '@', as an
     # unescaped '@' or ';' in it would otherwise show what follows it
+    if not re.match(r"(?i)sips?:", uri.strip()):  # an https:// given as the PSAP: hidden as any URL is
+        return shown_url(uri.strip())
     return re.sub(r"(?i)^(sips?:[^:@;]*):.*@", r"\1:***@", uri.strip())
 
 

@@ -95,7 +95,11 @@ def sent_by(host: str, port: int) -> str:
 
 def _final(response: SipResponse, proto: Proto, transmissions: int, latency: float) -> Delivery:
     outcome: Outcome = "ok" if 200 <= response.code < 300 else "rejected"
-    return Delivery(outcome, proto, transmissions, latency, response, f"{response.code} {response.reason}")
+    detail = f"{response.code} {response.reason}"
+    if response.code == 415 and (accept := response.header("accept")):
+        # RFC 3261 §21.4.13: the 415 lists what the PSAP takes; its integrator needs to know
+        detail += f"; the PSAP accepts {accept[:200]}"
+    return Delivery(outcome, proto, transmissions, latency, response, detail)
 
 
 def _ours(response: SipResponse, branch: str) -> bool:
