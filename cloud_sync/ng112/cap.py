@@ -131,7 +131,9 @@ def load_schema(path: str | Path | None = None) -> etree.XMLSchema:
 
 # XML 1.0 §2.2 Char: what an element's text may hold. An alert's free text may hold more
 # (a control character from a zone's name): lxml refuses it, and the call would never go.
-_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Unicode's bidi embeddings, overrides and isolates (UAX #9 §2.1-2.2) are valid XML, but one in
+# a node's title reorders the rest of the call-taker's line: replaced too (marks such as RLM stay).
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]|[\u202a-\u202e\u2066-\u2069]")
 
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None) -> etree._Element:

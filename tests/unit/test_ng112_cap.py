@@ -156,6 +156,19 @@ def test_text_xml_cannot_hold_is_replaced_and_the_call_still_goes(schema):
     assert text(cap.xml, "info/description") == "\ufffddoor\ufffd[0m open\ttoo"
 
 
+def test_a_bidi_override_cannot_reorder_what_a_call_taker_reads(schema):
+    # U+202E in a node's zone name would show "B etag ta sag" on the PSAP's screen
+    cap = build_cap(
+        alert(title="gas at \u202egate B\u202c", detail="\u2067door\u2069 open"), sender=SENDER, schema=schema
+    )
+    assert text(cap.xml, "info/headline") == "gas at \ufffdgate B\ufffd"
+    assert text(cap.xml, "info/description") == "\ufffddoor\ufffd open"
+    arabic = build_cap(
+        alert(title="\u063a\u0627\u0632 \u200fgate"), sender=SENDER, schema=schema
+    )  # a mark, not a control
+    assert text(arabic.xml, "info/headline") == "\u063a\u0627\u0632 \u200fgate"
+
+
 def test_output_parses_without_entities(schema):
     cap = build_cap(alert(detail="pressure <high> & rising"), sender=SENDER, schema=schema)
     assert isinstance(parse_cap(cap.xml), etree._Element)
