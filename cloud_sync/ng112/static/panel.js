@@ -64,7 +64,8 @@
     return el("tr", { "data-forward": f.id, class: f.state === "awaiting_confirm" ? "awaiting" : "" },
       el("td", {}, time(f.created_at)),
       el("td", {}, el("span", { class: `sev sev-${f.severity}` }, f.severity)),
-      el("td", {}, f.headline || f.kind, f.status !== "Actual" ? el("span", { class: "drill" }, f.status) : null),
+      // a node's text in its own bidi isolate, as the console's (util.js nodeText)
+      el("td", {}, el("bdi", {}, f.headline || f.kind), f.status !== "Actual" ? el("span", { class: "drill" }, f.status) : null),
       el("td", {}, `${f.site}/${f.node_id}`),
       el("td", {}, f.msg_type || ""),
       el("td", {}, el("span", { class: `call call-${f.state}` }, LABELS[f.state] || f.state)),
