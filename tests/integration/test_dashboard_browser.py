@@ -466,3 +466,28 @@ def test_the_live_stream_comes_back_after_a_proxy_answered_bad_gateway(
     finally:
         gateway.shutdown()
         gateway.server_close()
+
+
+def test_a_log_left_open_keeps_the_newest_messages_not_every_one(
+    aggregator: Aggregator, broker: Mosquitto, browser: Any
+) -> None:
+    # open all shift, the raw log grew by a row per message for good (43,000 by morning at 1/s)
+    from selenium.webdriver.common.by import By
+
+    publish(broker, flame(0, "new"))
+    browser.get(aggregator.url + "/")
+    wait_until(lambda: text_of(browser, "#link") == "live", what="the live stream")
+    browser.execute_script('document.getElementById("log").dataset.maxRows = "10"')
+    browser.find_element(By.ID, "show-log").click()
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#log tbody tr"), what="the log's first page")
+    publish(broker, *(flame(step, "update") for step in range(1, 26)))
+    wait_until(lambda: "the newest 10" in text_of(browser, "#log-scope"), what="the log bounded")
+    wait_until(
+        lambda: (
+            browser.find_elements(By.CSS_SELECTOR, "#log tbody tr")[0].get_attribute("data-alert")
+            == "alert-ui-flame-25"
+        ),
+        what="the newest on top",
+    )
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#log tbody tr")) == 10
+    assert not browser.find_element(By.ID, "log-more").is_displayed()  # the cursor's pages would skip rows let go

@@ -6,6 +6,9 @@ import { api, el, severityChip, when } from "./util.js";
 let cursor = null;
 let incident = null;
 const shown = new Set();
+// Left open all shift, the log keeps the newest messages that came live, not every one since:
+// at one a second, 43,000 rows by morning. The section's data-max-rows may set another bound.
+const MAX_ROWS = 1000;
 
 function row(a, fresh) {
   return el("tr", { "data-alert": a.id, class: fresh ? "fresh" : "" },
@@ -48,7 +51,19 @@ export function live(a) {
   const section = document.getElementById("log");
   if (section.hidden || shown.has(a.id) || (incident && a.incident !== incident)) return;
   shown.add(a.id);
-  document.querySelector("#log tbody").prepend(row(a, true));
+  const tbody = document.querySelector("#log tbody");
+  tbody.prepend(row(a, true));
+  const max = Number(section.dataset.maxRows) || MAX_ROWS;
+  if (tbody.rows.length <= max) return;
+  while (tbody.rows.length > max) {
+    shown.delete(tbody.lastElementChild.dataset.alert);
+    tbody.lastElementChild.remove();
+  }
+  // the older pages now start below what was let go: paging on from the cursor would skip it
+  cursor = null;
+  document.getElementById("log-more").hidden = true;
+  document.getElementById("log-scope").textContent =
+    `${incident ? `incident ${incident}` : "every message"}: the newest ${max}; reopen the log to page back`;
 }
 
 export function setup() {
