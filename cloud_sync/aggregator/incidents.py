@@ -103,7 +103,7 @@ def list_incidents(engine: Engine, query: IncidentQuery) -> dict[str, Any]:
         grouped = grouped.having(func.min(alerts.c.ts) <= utc(query.until))
     g = grouped.subquery("g")
     columns = [g.c.incident, g.c.last_seen, g.c.ended]
-    first_page = query.cursor is None
+    first_page = not query.cursor  # "?cursor=" is the first page too
     if first_page:  # counted before the LIMIT: every incident that matches
         columns += [func.count().over().label("total"), func.sum(1 - g.c.ended).over().label("open")]
     page = select(*columns)

@@ -160,6 +160,7 @@ def test_one_record_per_incident_open_first_then_latest(client: TestClient) -> N
     body = client.get("/api/incidents").json()
     assert ids(body) == ["inc-flame-001", "inc-gas-0001", "inc-smoke-001", "inc-crowd-001"]
     assert (body["total"], body["open"], body["next_cursor"]) == (4, 2, None)
+    assert client.get("/api/incidents", params={"cursor": ""}).json() == body  # an empty cursor: the first page
     gas = body["incidents"][1]
     assert gas["first_seen"] == T0.isoformat() and gas["last_seen"] == (T0 + timedelta(minutes=5)).isoformat()
     assert (gas["severity"], gas["peak_severity"], gas["state"]) == ("Severe", "Severe", "open")
