@@ -89,6 +89,7 @@
 
   let pending = null;
   let allOpen = false;
+  let failedOpen = false;  // kept across the panel's rebuilds (every 15 s), as allOpen is
   async function load() {
     pending = null;
     const response = await fetch("/ng112/summary");
@@ -102,6 +103,10 @@
       const body = await (await fetch("/ng112/forwards?limit=100")).json();
       all.lastChild.replaceWith(table(body.forwards));
     });
+    const failed = s.recent_failed.length
+      ? el("details", { open: failedOpen }, el("summary", {}, `latest failed (${s.recent_failed.length})`), table(s.recent_failed))
+      : null;
+    if (failed) failed.addEventListener("toggle", () => { failedOpen = failed.open; });
     section().replaceChildren(...[
       el("div", { class: "counters" },
         el("b", {}, "Emergency calls (NG112)"),
@@ -110,9 +115,7 @@
         counter(s.delivered, "delivered", ""),
         counter(s.failed, "failed", "bad")),
       live.length ? table(live) : el("div", { class: "dim" }, "no call in flight or waiting"),
-      s.recent_failed.length
-        ? el("details", {}, el("summary", {}, `latest failed (${s.recent_failed.length})`), table(s.recent_failed))
-        : null,
+      failed,
       all,
     ].filter(Boolean));
     if (allOpen) all.dispatchEvent(new Event("toggle"));
