@@ -399,6 +399,8 @@ class Gateway(ThreadingHTTPServer):
         self.upstream = urlsplit(upstream)
         self.down = threading.Event()
         self.refused: list[str] = []  # the paths answered 502
+        self.held: dict[str, threading.Event] = {}  # a path holding this text waits for its event
+        self.served: list[str] = []  # the paths answered whole
         super().__init__(("127.0.0.1", 0), GatewayHandler)
 
     @property
@@ -419,6 +421,9 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        for part, release in list(self.server.held.items()):
+            if part in self.path:
+                release.wait(30)
         upstream = http.client.HTTPConnection(self.server.upstream.netloc, timeout=30)
         upstream.request("GET", self.path, headers={"Accept": self.headers.get("Accept", "*/*")})
         answer = upstream.getresponse()
@@ -438,6 +443,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self.wfile.write(chunk)
             self.wfile.flush()
         upstream.close()
+        self.server.served.append(self.path)
 
 
 def test_the_live_stream_comes_back_after_a_proxy_answered_bad_gateway(
@@ -491,3 +497,44 @@ def test_a_log_left_open_keeps_the_newest_messages_not_every_one(
     )
     assert len(browser.find_elements(By.CSS_SELECTOR, "#log tbody tr")) == 10
     assert not browser.find_element(By.ID, "log-more").is_displayed()  # the cursor's pages would skip rows let go
+
+
+def test_the_trends_shown_are_those_of_the_node_clicked_last(
+    aggregator: Aggregator, broker: Mosquitto, browser: Any
+) -> None:
+    # two draws in flight: the first node's answer, come last, drew its charts over the second
+    # node's panel, and the charts it replaced were never destroyed
+    from selenium.webdriver.common.by import By
+
+    now = datetime.now(UTC)
+    warm = [
+        Telemetry(
+            node_id="cam-8", site="plaza", seq=2 + i, ts=now - timedelta(minutes=3 - i),
+            readings=[Measurement(quantity="temperature", value=21.0 + i, unit="Cel", sensor="bme280")],
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    publish(broker, *node_messages(now), Status(node_id="cam-8", site="plaza", seq=0, state="online"), *warm)
+    gateway = Gateway(aggregator.url)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    try:
+        browser.get(gateway.url + "/")
+        rows = {key: f'tr[data-node="plaza/{key}"]' for key in ("cam-7", "cam-8")}
+        wait_until(lambda: all(browser.find_elements(By.CSS_SELECTOR, css) for css in rows.values()), what="nodes")
+        release = gateway.held["/cam-7/telemetry"] = threading.Event()
+        browser.find_element(By.CSS_SELECTOR, rows["cam-7"]).click()  # its trends wait at the proxy
+        browser.find_element(By.CSS_SELECTOR, rows["cam-8"]).click()
+        temperature = '#node-detail .chart[data-quantity="temperature"] canvas'
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, temperature), what="cam-8's chart")
+        release.set()
+        wait_until(lambda: any("/cam-7/telemetry" in path for path in gateway.served), what="cam-7's answer")
+        # a request sent after cam-7's answer came, and a task after its own: cam-7's was handled by then
+        browser.execute_async_script(
+            "fetch('/api/nodes').then((r) => r.json()).then(() => setTimeout(arguments[0], 0))"
+        )
+        assert browser.find_element(By.ID, "node-detail").get_attribute("data-node") == "plaza/cam-8"
+        assert browser.find_elements(By.CSS_SELECTOR, '#node-detail .chart[data-quantity="co"]') == []
+        assert browser.execute_script("return [...window.s4edge.charts.keys()]") == ["temperature/bme280"]
+    finally:
+        gateway.shutdown()
+        gateway.server_close()

@@ -88,13 +88,19 @@ function chart(series, width, span) {
   return wrap;
 }
 
+let drawing = 0;  // the latest draw: an earlier one whose answer comes later draws nothing
+
 export async function draw(site, nodeId) {
   const box = document.getElementById("trends");
   if (!box) return;
+  if (typeof uPlot === "undefined") { box.textContent = "the chart library did not load"; return; }
+  const mine = ++drawing;
+  const body = await api(`/api/nodes/${encodeURIComponent(site)}/${encodeURIComponent(nodeId)}/telemetry`);
+  // two draws in flight (a node clicked during the minute's refresh, or two nodes in a row): the
+  // last asked is the one shown, and the charts it replaces are destroyed, not left listening
+  if (mine !== drawing) return;
   for (const plot of charts.values()) plot.destroy();
   charts.clear();
-  if (typeof uPlot === "undefined") { box.textContent = "the chart library did not load"; return; }
-  const body = await api(`/api/nodes/${encodeURIComponent(site)}/${encodeURIComponent(nodeId)}/telemetry`);
   const drawn = body.series.filter((s) => s.family && s.t.length);
   const others = body.series.filter((s) => !s.family && s.t.length);
   const width = Math.max(240, box.clientWidth - 8);
