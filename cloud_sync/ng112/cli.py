@@ -76,9 +76,15 @@ def send_test(
     from s4edge.cloud_sync.ng112.call import Caller, compose
     from s4edge.cloud_sync.ng112.cap import CapError
     from s4edge.cloud_sync.ng112.pidf import LocationError
+    from s4edge.cloud_sync.ng112.policy import checked_request_uri
     from s4edge.cloud_sync.ng112.sip import SipError, parse_target
     from s4edge.cloud_sync.ng112.transport import Timers, Transaction
 
+    try:
+        request_uri = checked_request_uri(request_uri)
+    except ValueError as exc:  # a web URL on the wire as MESSAGE https://…, as ng112.yaml's request_uri
+        typer.echo(f"not sent: --request-uri: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         target = parse_target(psap_uri)
         alert = Alert(

@@ -67,6 +67,16 @@ class CorrelationRule(_Config):
     sites: list[str] | None = None  # None: every site
 
 
+def checked_request_uri(value: str) -> str:
+    """A call's Request-URI and To: the SOS URN or a SIP URI of the PSAP (RFC 8876 §3), with
+    nothing CAP's addresses refuse; raises ValueError naming it (its password hidden)."""
+    if _SOS_URN.match(value.strip()):
+        return value.strip()
+    if not value.strip().lower().startswith(("sip:", "sips:")):
+        raise ValueError(f"{shown_uri(value)!r} is neither urn:service:sos (RFC 5031) nor a SIP URI of the PSAP")
+    return _sip_uri_sent(value, "addresses")
+
+
 class Ng112Config(_Config):
     psap: str = Field(description="SIP URI of the PSAP or ESRP, e.g. sip:psap@192.0.2.1:5060;transport=tcp")
     request_uri: str = SOS
@@ -118,11 +128,7 @@ class Ng112Config(_Config):
     @field_validator("request_uri")
     @classmethod
     def _request_uri(cls, value: str) -> str:
-        if _SOS_URN.match(value.strip()):
-            return value.strip()
-        if not value.strip().lower().startswith(("sip:", "sips:")):  # RFC 8876 §3: the SOS URN or a PSAP URI
-            raise ValueError(f"{shown_uri(value)!r} is neither urn:service:sos (RFC 5031) nor a SIP URI of the PSAP")
-        return _sip_uri_sent(value, "addresses")
+        return checked_request_uri(value)
 
     @field_validator("sender")
     @classmethod

@@ -106,6 +106,9 @@ def test_send_test_refuses_a_bad_uri_or_location():
     assert bad.exit_code == 2 and "not sent" in bad.output
     nowhere = runner.invoke(app, ["ng112", "send-test", "--psap", "sip:p@127.0.0.1", "--lat", "0", "--lon", "0"])
     assert nowhere.exit_code == 2 and "no usable location" in nowhere.output
+    web = ["--psap", "sip:p@127.0.0.1", "--lat", "1", "--lon", "1", "--request-uri", "https://u:s3cret@psap.example/sos"]
+    refused = runner.invoke(app, ["ng112", "send-test", *web])  # would have gone out as MESSAGE https://…
+    assert refused.exit_code == 2 and "not sent: --request-uri" in refused.output and "s3cret" not in refused.output
 
 
 def send_test(*args, env=None):
