@@ -38,6 +38,10 @@ from s4edge.cloud_sync.aggregator.writer import StoreSpec, WriterRules, relax_gc
 log = logging.getLogger("s4edge.aggregator")
 
 
+class ListenError(OSError):
+    """The HTTP address (``http_host``:``http_port``) cannot be bound: taken, or not this machine's."""
+
+
 @dataclass(frozen=True)
 class AggregatorConfig:
     broker: BrokerConfig
@@ -185,6 +189,7 @@ class Aggregator:
         if self.broker_log is not None:
             self.broker_log.start()  # before connecting: our own refusal, if any, is counted too
         try:
+            self._listen()  # before the broker: a taken address must not cost a running aggregator its session
             self.ingest.start(timeout)
             self._serve(timeout)
             self.retention.start()
@@ -195,16 +200,21 @@ class Aggregator:
         log.info("aggregator listening on %s", self.url)
         return self
 
-    def _serve(self, timeout: float) -> None:
-        if not any(getattr(route, "name", "") == "dashboard" for route in self.api.routes):
-            mount_dashboard(self.api)
+    def _listen(self) -> None:
         family = socket.AF_INET6 if ":" in self.config.http_host else socket.AF_INET
         # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
         # and without it a kept-alive connection (a browser's) waits out the client's delayed ACK
         # (40 ms on Linux) before each response's body (RFC 1122 §4.2.3.2, RFC 896).
         self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((self.config.http_host, self.config.http_port))
+        try:
+            self._socket.bind((self.config.http_host, self.config.http_port))
+        except OSError as exc:
+            raise ListenError(exc.errno, exc.strerror) from None
+
+    def _serve(self, timeout: float) -> None:
+        if not any(getattr(route, "name", "") == "dashboard" for route in self.api.routes):
+            mount_dashboard(self.api)
         server = uvicorn.Server(
             uvicorn.Config(self.api, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=2)
         )

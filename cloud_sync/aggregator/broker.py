@@ -18,6 +18,17 @@ class BrokerError(RuntimeError):
     pass
 
 
+class BrokerFileError(BrokerError):
+    """A TLS file (--ca-file, --cert-file, --key-file) that cannot be used; the message names it."""
+
+
+def may_lack_mqtt5(failure: str) -> bool:
+    """Whether a connection failure could be a broker that does not speak this protocol version
+    (it says so, closes, or never answers the CONNECT); a refused login, a certificate or a port
+    nobody listens on fail alike in every version, so trying another would not help."""
+    return any(word in failure for word in ("protocol", "Protocol", "closed", "no CONNACK"))
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     url: str
@@ -30,6 +41,8 @@ class BrokerConfig:
 
     def __post_init__(self) -> None:
         self.endpoint  # noqa: B018 - a URL that cannot be used is refused here, before anything starts
+        if self.tls and "{worker}" not in f"{self.cert_file}{self.key_file}":
+            self.tls_context()  # and so are TLS files that cannot be used; a worker's own when it is made
 
     @property
     def endpoint(self) -> BrokerEndpoint:
@@ -55,6 +68,28 @@ class BrokerConfig:
     def tls(self) -> bool:
         return self.endpoint.tls or self.ca_file is not None
 
+    def tls_context(self) -> ssl.SSLContext:
+        """The client's TLS context; raises BrokerFileError naming the option of a file it cannot use."""
+        files = {"--ca-file": self.ca_file, "--cert-file": self.cert_file, "--key-file": self.key_file}
+        for option, path in files.items():
+            if path is not None:
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as exc:
+                    raise BrokerFileError(f"{option} {path}: cannot read ({exc.strerror})") from None
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)  # the fleet CA alone, or the system's
+        except ssl.SSLError as exc:
+            raise BrokerFileError(f"--ca-file {self.ca_file}: not a PEM certificate ({exc.reason or exc})") from None
+        try:
+            if self.cert_file is not None:
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except ssl.SSLError as exc:
+            what = f"--cert-file {self.cert_file}" + (f" with --key-file {self.key_file}" if self.key_file else "")
+            raise BrokerFileError(f"{what}: not a PEM certificate and its key ({exc.reason or exc})") from None
+        return context
+
     def credentials(self) -> tuple[str | None, str | None]:
         endpoint = self.endpoint
         return self.username or endpoint.username, self.password or endpoint.password
@@ -71,10 +106,7 @@ class BrokerConfig:
         if user:
             client.username_pw_set(user, password)
         if self.tls:
-            context = ssl.create_default_context(cafile=self.ca_file)
-            if self.cert_file:
-                context.load_cert_chain(self.cert_file, self.key_file)
-            client.tls_set_context(context)
+            client.tls_set_context(self.tls_context())
         # Reconnect with backoff from 1 s up to 60 s (docs/architecture.md, "Delivery guarantees").
         client.reconnect_delay_set(min_delay=1, max_delay=60)
         return client

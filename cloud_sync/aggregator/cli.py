@@ -44,12 +44,21 @@ def _operator_token(token: str, token_file: Path | None) -> str | None:
     if token_file is not None:
         try:
             token = token_file.read_text().strip()
+            mode = token_file.stat().st_mode & 0o777
         except OSError as exc:
-            raise typer.BadParameter(f"{token_file}: cannot read: {exc.strerror}") from None
+            raise typer.BadParameter(
+                f"{token_file}: cannot read: {exc.strerror}", param_hint="--operator-token-file"
+            ) from None
         except UnicodeDecodeError:
             raise typer.BadParameter(f"{token_file}: not UTF-8 text", param_hint="--operator-token-file") from None
         if not token:
             raise typer.BadParameter(f"{token_file}: the file is empty", param_hint="--operator-token-file")
+        if mode & 0o004:
+            typer.echo(
+                f"warning: --operator-token-file {token_file} is readable by other users (mode {mode:04o}): "
+                f"whoever reads it can acknowledge alerts and send signed commands; chmod 600 {token_file}",
+                err=True,
+            )
     return token or None
 
 
@@ -139,8 +148,8 @@ def run(
     """Run the aggregator until SIGINT/SIGTERM."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
-    from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError
+    from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig, ListenError
+    from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError, BrokerFileError, may_lack_mqtt5
     from s4edge.cloud_sync.aggregator.console_api import TileUrlError, check_tile_url
     from s4edge.cloud_sync.aggregator.store_url import StoreUrlError, check_store_url, probe_store, store_problem
     from s4edge.cloud_sync.aggregator.workers import default_workers, one_identity
@@ -170,7 +179,7 @@ def run(
             password=password or None,
         )
     except BrokerError as exc:
-        typer.echo(f"error: --broker: {exc}", err=True)
+        typer.echo(f"error: {'' if isinstance(exc, BrokerFileError) else '--broker: '}{exc}", err=True)
         raise typer.Exit(2) from None
     try:
         ng112_config = load_config(ng112) if ng112 is not None else None
@@ -261,10 +270,17 @@ def run(
                 raise  # s4edge.cli names the extra that installs it
             if forwarder is not None:
                 forwarder.stop()
-            if isinstance(exc, BrokerError) and attempt < len(tries):
+            if isinstance(exc, BrokerError) and attempt < len(tries) and may_lack_mqtt5(str(exc)):
                 typer.echo(f"note: {exc}; ingest runs in this process instead (MQTT 3.1.1)", err=True)
                 continue
             store = isinstance(exc, StoreUrlError | SQLAlchemyError | ModuleNotFoundError)
+            if isinstance(exc, ListenError):
+                typer.echo(
+                    f"aggregator did not start: --http {http}: {exc.strerror}: another program (another "
+                    "aggregator?) listens there, or the address is not this machine's; choose another --http",
+                    err=True,
+                )
+                raise typer.Exit(1) from None
             typer.echo(f"aggregator did not start: {f'--db {store_problem(db, exc)}' if store else exc}", err=True)
             raise typer.Exit(1) from None
     typer.echo(f"aggregator: {aggregator.url} (dashboard at /, API at /api, metrics at /metrics)", err=True)

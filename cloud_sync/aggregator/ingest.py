@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError
+from s4edge.cloud_sync.aggregator.broker import BrokerConfig, BrokerError, may_lack_mqtt5
 from s4edge.cloud_sync.aggregator.events import EventBus
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics, RejectionLog
 from s4edge.cloud_sync.aggregator.paho_tuning import ack_all, tune
@@ -174,7 +174,7 @@ class Ingest:
             if not failure:
                 self._client, self.protocol_used = client, protocol
                 break
-            if not any(word in failure for word in ("protocol", "Protocol", "closed", "no CONNACK")):
+            if not may_lack_mqtt5(failure):
                 break  # refused for another reason (credentials, ACL): a fallback would not help
         if self._client is None:
             self._close_writer()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,68 @@ def test_it_runs_without_the_ng112_extra(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert "aggregator did not start: could not connect to mqtt://127.0.0.1:1" in done.stderr
     assert "ng112" not in done.stderr
+
+
+def test_a_tls_file_that_cannot_be_used_is_named_before_anything_starts(tmp_path: Path) -> None:
+    # a missing --ca-file was "aggregator did not start: [Errno 2] No such file or directory",
+    # after a traceback from each ingest worker and a note blaming MQTT 5
+    db = tmp_path / "agg.db"
+    not_pem = tmp_path / "ca.key"
+    not_pem.write_text("not a certificate\n")
+    base = ["aggregator", "run", "--broker", "mqtts://127.0.0.1:1", "--db", f"sqlite:///{db}", "--http", "127.0.0.1:0"]
+    for option, path, why in (
+        ("--ca-file", tmp_path / "nope.crt", "No such file or directory"),
+        ("--ca-file", not_pem, "not a PEM certificate"),
+        ("--cert-file", tmp_path / "nope.crt", "No such file or directory"),
+    ):
+        result = runner.invoke(app, [*base, option, str(path)], env={"COLUMNS": "400"})
+        assert result.exit_code == 2, result.output
+        assert f"{option} {path}" in result.output and why in result.output, result.output
+        assert "Traceback" not in result.output and "MQTT 3.1.1" not in result.output
+        assert not db.exists(), "nothing may start before the TLS files are known to be good"
+
+
+def test_an_http_address_in_use_is_named_before_the_broker_is_reached(tmp_path: Path) -> None:
+    # the broker came first: a second aggregator on a taken --http signed in under the running
+    # one's identity, took its session over, and then said only "[Errno 98] Address already in use"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        db = f"sqlite:///{tmp_path / 'agg.db'}"
+        args = ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--db", db, "--http", f"127.0.0.1:{port}"]
+        result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert f"--http 127.0.0.1:{port}: Address already in use" in result.output, result.output
+    assert "could not connect" not in result.output
+
+
+def test_an_operator_token_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    db = f"sqlite:///{tmp_path / 'agg.db'}"
+    base = ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--db", db, "--http", "127.0.0.1:0"]
+    token.chmod(0o644)
+    result = runner.invoke(app, [*base, "--operator-token-file", str(token)], env={"S4EDGE_OPERATOR_TOKEN": ""})
+    assert f"--operator-token-file {token} is readable by other users (mode 0644)" in result.output, result.output
+    assert f"chmod 600 {token}" in result.output
+    token.chmod(0o600)
+    result = runner.invoke(app, [*base, "--operator-token-file", str(token)], env={"S4EDGE_OPERATOR_TOKEN": ""})
+    assert "readable by other users" not in result.output and result.exit_code == 1  # the broker
+
+
+def test_a_missing_operator_token_file_names_the_option(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    args = ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--operator-token-file", str(missing)]
+    result = runner.invoke(app, args, env={"COLUMNS": "400", "S4EDGE_OPERATOR_TOKEN": ""})
+    assert result.exit_code == 2 and f"--operator-token-file: {missing}: cannot read" in result.output, result.output
+
+
+def test_a_broker_that_is_not_there_is_not_blamed_on_mqtt_5(tmp_path: Path) -> None:
+    # the default workers' fallback to one MQTT 3.1.1 ingest followed any failure: a refused
+    # connection, a wrong password or a certificate the CA does not sign was noted as the broker
+    # lacking MQTT 5, and tried a second time
+    db = f"sqlite:///{tmp_path / 'agg.db'}"
+    result = runner.invoke(app, ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--db", db])
+    assert result.exit_code == 1 and "could not connect to mqtt://127.0.0.1:1" in result.output, result.output
+    assert "MQTT 3.1.1" not in result.output and result.output.count("could not connect") == 1, result.output
