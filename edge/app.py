@@ -488,11 +488,25 @@ class Node:
         with self._reloading:  # a SIGHUP and a reload_config command may come at once
             self._reload(text)
 
+    def _check_password_kept(self, new: Any) -> None:
+        """The broker password is read from ``mqtt.password_file`` once, at start. Rotated there
+        (``s4edge provision`` again), a reload that said "applied" kept the old one, and the node
+        stayed "Not authorized" for good: refused, with what to do instead."""
+        running = getattr(self.uplink, "settings", None)
+        if new.mqtt.password_file is None or not isinstance(running, UplinkSettings):
+            return
+        if uplink_settings(new).password != running.password:
+            raise ConfigError(
+                f"reload_config: the broker password in {new.mqtt.password_file} changed; the agent reads it "
+                "at start: restart it to use the new one (sudo systemctl restart s4edge-agent)"
+            )
+
     def _reload(self, text: str) -> None:
         new = parse_config_text(text, "reload_config", self.base_dir)
         for key in ("node_id", "site", "mqtt", "outbox"):
             if getattr(new, key) != getattr(self.config, key):
                 raise ConfigError(f"reload_config: {key} cannot change at runtime; restart the agent for that")
+        self._check_password_kept(new)
         lifecycle_changed = (new.alerts, new.status) != (self.config.alerts, self.config.status)
         book = self._new_book(new) if lifecycle_changed else self.book
         verifier = self._load_verifier(new)

@@ -86,11 +86,12 @@ def reload_with(etc: Path, **scenario: Any) -> str:
 def test_a_reload_naming_a_secret_file_is_refused_without_quoting_it(
     node: Node, etc: Path, key: Ed25519PrivateKey, content: str
 ) -> None:
-    (etc / "mqtt.password").write_text(content)  # inside the config folder: path confinement allows it
-    result = node.execute(signed(key, "reload_config", config=reload_with(etc, file="mqtt.password")))
+    # a secret beside the password file (which, rotated, a reload refuses before reading any scenario)
+    (etc / "wifi.psk").write_text(content)  # inside the config folder: path confinement allows it
+    result = node.execute(signed(key, "reload_config", config=reload_with(etc, file="wifi.psk")))
     detail = result.detail or ""
     assert not result.ok and "the running one stays" in detail
-    assert str(etc / "mqtt.password") in detail and "not a valid scenario file" in detail
+    assert str(etc / "wifi.psk") in detail and "not a valid scenario file" in detail
     assert SECRET not in detail and "$6$" not in detail
     assert [s.name for s in node.config.sources] == ["concourse"]
 
@@ -114,6 +115,16 @@ def test_a_reload_with_a_refused_broker_setting_never_quotes_its_password(
     detail = result.detail or ""
     assert not result.ok and "the running one stays" in detail and "mqtt." in detail
     assert SECRET not in detail and "20240117" not in detail
+
+
+def test_a_password_rotated_in_its_file_is_not_said_applied_by_a_reload(node: Node, etc: Path) -> None:
+    # `s4edge provision` again rotates it; SIGHUP said "applied" and the node stayed Not authorized
+    text = (etc / "node.yaml").read_text()
+    node.reload(text)  # the same password: applied
+    (etc / "mqtt.password").write_text("a-new-one-for-node-1\n")
+    with pytest.raises(ConfigError, match="restart it to use the new one") as refused:
+        node.reload(text)
+    assert "a-new-one" not in str(refused.value) and SECRET not in str(refused.value)
 
 
 @pytest.mark.parametrize("where", ["/etc/shadow", "../elsewhere/scenario.yaml", "{tmp}/elsewhere/scenario.yaml"])
