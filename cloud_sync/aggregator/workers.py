@@ -73,6 +73,11 @@ REPORT_EVERY_S = 1.0  # and an idle one this often (its connection, a store outa
 LIVE_POLL_S = 0.25  # how often the parent looks whether anyone watches the live stream
 RESTART_PAUSE_S = 1.0  # before starting a dead worker again; doubles while starts fail, up to
 RESTART_PAUSE_MAX_S = 30.0
+# A worker that stopped cleanly (exit 0) was told to by SIGTERM: systemd's stop, or a terminal's
+# kill, reaches every process of the service, the parent too, which then takes this long at most
+# (its HTTP server, forwarder) before it says it is stopping. Not logged as an error, nor started
+# again, unless the parent goes on.
+SIGNALLED_GRACE_S = 15.0
 
 
 class WorkersError(ValueError):
@@ -377,7 +382,7 @@ class _Worker:
                 self.parent.handle(self, json.loads(body))
             code = process.wait()
             self.connected = False
-            if stopping.is_set():
+            if stopping.is_set() or (code == 0 and stopping.wait(SIGNALLED_GRACE_S)):
                 return
             self.parent.totals.retire(self.index)  # its counts so far stay in the sums
             log.error("ingest worker %d (pid %d) exited (code %s); starting another", self.index, process.pid, code)

@@ -7,6 +7,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -265,3 +266,22 @@ def test_a_forwarded_alert_a_worker_commits_wakes_the_parents_forwarder_and_call
         forwarder.stop()
         aggregator.stop()
         receiver.stop()
+
+
+def test_workers_stopped_with_their_parent_by_sigterm_are_not_started_again(
+    broker: Mosquitto, config: AggregatorConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # systemd's stop sends SIGTERM to every process of the service: each worker committed and
+    # exited, and the parent, not yet stopping, logged an ERROR per worker and started new ones
+    aggregator = Aggregator(config).start()
+    workers = workers_of(aggregator)
+    pids = [worker.pid for worker in workers.workers]
+    try:
+        for pid in pids:
+            assert pid is not None
+            os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not workers.connected, what="the workers stopped")
+    finally:
+        aggregator.stop()  # as the parent does once its own SIGTERM is handled
+    assert [worker.restarts for worker in workers.workers] == [0, 0]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "starting another" in r.getMessage()]
