@@ -22,6 +22,15 @@ def _group() -> None:
     """The central aggregator: ingest, store, HTTP API, dashboard."""
 
 
+@aggregator_app.command("unit")
+def unit() -> None:
+    """Print the shipped systemd unit (it keeps restarting until the broker and store answer):
+    s4edge aggregator unit | sudo tee /etc/systemd/system/s4edge-aggregator.service"""
+    from s4edge.resources import packaged
+
+    typer.echo(packaged("firmware_configs", "systemd", "s4edge-aggregator.service").read_text(), nl=False)
+
+
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:

@@ -21,9 +21,9 @@ def test_agent_unit_prints_the_shipped_unit_for_an_install_without_a_checkout() 
     assert result.stdout == UNIT.read_text()
 
 
-def settings() -> dict[str, list[str]]:
+def settings(path: Path = UNIT) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line and not line.startswith(("#", "[")):
             key, _, value = line.partition("=")
             found.setdefault(key, []).append(value)
@@ -57,3 +57,35 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
     complaints = [line for line in done.stderr.splitlines() if "s4edge-agent.service" in line]
     assert done.returncode == 0 and not complaints, done.stderr
+
+
+AGGREGATOR_UNIT = UNIT.with_name("s4edge-aggregator.service")
+
+
+def test_aggregator_unit_prints_the_shipped_unit() -> None:
+    result = CliRunner().invoke(app, ["aggregator", "unit"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == AGGREGATOR_UNIT.read_text()
+
+
+def test_the_aggregator_keeps_restarting_until_its_broker_and_store_answer() -> None:
+    # after a power cut the centre may boot before the broker: it exits "did not start", and a
+    # start limit would leave it down for good
+    unit = settings(AGGREGATOR_UNIT)
+    assert unit["Restart"] == ["on-failure"] and unit["StartLimitIntervalSec"] == ["0"]
+    assert unit["ExecStart"][0].endswith("s4edge aggregator run $S4EDGE_AGGREGATOR_ARGS")
+    assert unit["User"] == ["s4edge"] and unit["EnvironmentFile"] == ["/etc/s4edge/aggregator.env"]
+    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateDevices": "yes"}.items():
+        assert unit[key] == [value], key
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_accepts_the_aggregator_unit(tmp_path: Path) -> None:
+    unit = tmp_path / "s4edge-aggregator.service"
+    text = AGGREGATOR_UNIT.read_text().replace("/opt/s4edge/venv/bin/s4edge", shutil.which("true") or "/bin/true")
+    unit.write_text(text.replace("/etc/s4edge/aggregator.env", str(tmp_path / "aggregator.env")))
+    (tmp_path / "aggregator.env").write_text("S4EDGE_AGGREGATOR_ARGS=--db sqlite:///x.db\n")
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
+    complaints = [line for line in done.stderr.splitlines() if "s4edge-aggregator.service" in line]
+    assert done.returncode == 0 and not complaints, done.stderr
+
