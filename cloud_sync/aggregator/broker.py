@@ -41,8 +41,12 @@ class BrokerConfig:
 
     def __post_init__(self) -> None:
         self.endpoint  # noqa: B018 - a URL that cannot be used is refused here, before anything starts
+
+    def check_files(self) -> None:
+        """Raise BrokerFileError for a TLS file that cannot be used, before anything starts; a
+        worker's own (``{worker}`` in its name) are checked when the worker makes its client."""
         if self.tls and "{worker}" not in f"{self.cert_file}{self.key_file}":
-            self.tls_context()  # and so are TLS files that cannot be used; a worker's own when it is made
+            self.tls_context()
 
     @property
     def endpoint(self) -> BrokerEndpoint:

@@ -187,6 +187,7 @@ def run(
             username=username or None,
             password=password or None,
         )
+        broker_config.check_files()
     except BrokerError as exc:
         typer.echo(f"error: {'' if isinstance(exc, BrokerFileError) else '--broker: '}{exc}", err=True)
         raise typer.Exit(2) from None
