@@ -10,8 +10,6 @@ imports NG112: docs/architecture.md, "Import rules").
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +19,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from s4edge.cloud_sync.aggregator.store import alerts, incident_acks, metadata
-from s4edge.cloud_sync.aggregator.views import alert_dict, fallback_title, utc
+from s4edge.cloud_sync.aggregator.views import alert_dict, decode_json_cursor, encode_json_cursor, fallback_title, utc
 from s4edge.cloud_sync.messages import SEVERITIES
 
 RANK = {severity: rank for rank, severity in enumerate(SEVERITIES, start=1)}
@@ -50,19 +48,19 @@ class IncidentQuery:
 
 
 def encode_cursor(ended: int, last_seen: datetime, incident: str) -> str:
-    raw = json.dumps([ended, utc(last_seen).isoformat(), incident], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return encode_json_cursor([ended, utc(last_seen).isoformat(), incident])
 
 
 def decode_cursor(cursor: str) -> tuple[int, datetime, str]:
     """Raises ValueError on a cursor we did not issue."""
-    try:
-        ended, last_seen, incident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if ended not in (0, 1) or not isinstance(incident, str) or len(incident) > 64 or "\x00" in incident:
-            raise ValueError("not a cursor's values")  # a number no column holds reached the driver: 500
-        return int(ended), utc(datetime.fromisoformat(last_seen)), incident
-    except (ValueError, TypeError, UnicodeDecodeError, OverflowError, RecursionError) as exc:  # "[[[…": JSON's depth
-        raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
+    return decode_json_cursor(cursor, _incident_key)
+
+
+def _incident_key(values: Any) -> tuple[int, datetime, str]:
+    ended, last_seen, incident = values
+    if ended not in (0, 1) or not isinstance(incident, str) or len(incident) > 64 or "\x00" in incident:
+        raise ValueError("not a cursor's values")  # a number no column holds reached the driver: 500
+    return int(ended), utc(datetime.fromisoformat(last_seen)), incident
 
 
 def ended_flag() -> Any:

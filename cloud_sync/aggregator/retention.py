@@ -58,14 +58,14 @@ def _ng112_tables(conn: Connection) -> dict[str, Table]:
     return {table.name: table for table in NG112_TABLES if table.name in present}
 
 
-def ended_before(engine: Engine, before: datetime, limit: int) -> list[str]:
+def ended_before(engine: Engine, before: datetime, limit: int, ng112: dict[str, Table]) -> list[str]:
     """Up to ``limit`` ended incidents whose last alert arrived before ``before``, but for those
     an alert still waits to be forwarded for or with an NG112 call in flight. One scan of
     ``alerts`` (``received_at`` is in no index: a turn reads the table once, not per batch)."""
     with engine.connect() as conn:
         waiting = select(alerts.c.incident).join(forward_jobs, forward_jobs.c.alert_id == alerts.c.id)
         candidates = select(alerts.c.incident).where(alerts.c.incident.not_in(waiting))
-        if (forwards := _ng112_tables(conn).get("forwards")) is not None:
+        if (forwards := ng112.get("forwards")) is not None:
             calling = select(forwards.c.incident).where(forwards.c.state.in_(CALLS_IN_FLIGHT))
             candidates = candidates.where(alerts.c.incident.not_in(calling))
         candidates = (
@@ -77,12 +77,12 @@ def ended_before(engine: Engine, before: datetime, limit: int) -> list[str]:
         return list(conn.execute(candidates).scalars())
 
 
-def delete_incidents(engine: Engine, ids: list[str], before: datetime) -> None:
+def delete_incidents(engine: Engine, ids: list[str], before: datetime, ng112: dict[str, Table]) -> None:
     """Delete the alerts of ``ids`` received before ``before``, then the incidents' other rows
-    where no alert of theirs is left, in one transaction."""
+    (``ng112``'s too) where no alert of theirs is left, in one transaction."""
     with engine.begin() as conn:
         conn.execute(delete(alerts).where(alerts.c.incident.in_(ids), alerts.c.received_at < before))
-        for table in (incident_acks, incident_owners, *_ng112_tables(conn).values()):
+        for table in (incident_acks, incident_owners, *ng112.values()):
             left = exists().where(alerts.c.incident == table.c.incident)
             conn.execute(delete(table).where(table.c.incident.in_(ids), ~left))
 
@@ -121,10 +121,12 @@ class Retention:
         if self.incidents_s is None:
             return 0
         before = self.clock() - timedelta(seconds=self.incidents_s)
-        ids = ended_before(self.engine, before, INCIDENTS_PER_BATCH * BATCHES_PER_TURN)
+        with self.engine.connect() as conn:  # once a turn: the store's catalogue, not per batch
+            ng112 = _ng112_tables(conn)
+        ids = ended_before(self.engine, before, INCIDENTS_PER_BATCH * BATCHES_PER_TURN, ng112)
         done = 0
         while done < len(ids) and not self._stop.is_set():
-            delete_incidents(self.engine, ids[done : done + INCIDENTS_PER_BATCH], before)
+            delete_incidents(self.engine, ids[done : done + INCIDENTS_PER_BATCH], before, ng112)
             done = min(len(ids), done + INCIDENTS_PER_BATCH)
         return done
 

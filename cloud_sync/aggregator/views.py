@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from s4edge.cloud_sync.messages import Alert
+
+T = TypeVar("T")
 
 # What an operator reads when the node sent no title (the edge leaves some empty: a flame
 # contact's alert is one). CAP's <headline> is what this stands in for (CAP 1.2 §3.2.2).
@@ -60,20 +63,34 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
 
 
+def encode_json_cursor(values: list[Any]) -> str:
+    """A page's last key as an opaque cursor: JSON, base64url without padding."""
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_json_cursor(cursor: str, read: Callable[[Any], T]) -> T:
+    """``read`` of the values ``encode_json_cursor`` made; ValueError on a cursor we did not issue
+    (``read`` raises ValueError, TypeError or OverflowError on values no column holds)."""
+    try:
+        return read(json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))))
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError, RecursionError) as exc:  # "[[[…": JSON's depth
+        raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
+
+
 def encode_node_cursor(site: str, node_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([site, node_id]).encode()).decode().rstrip("=")
+    return encode_json_cursor([site, node_id])
 
 
 def decode_node_cursor(cursor: str) -> tuple[str, str]:
     """The (site, node id) a page of nodes ended at. Raises ValueError on a cursor we did not issue."""
-    try:
-        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        # what a name column can hold: a NUL or a lone surrogate would fail in the driver (a 500)
-        if not (isinstance(key, list) and len(key) == 2 and all(_name(part) for part in key)):
-            raise ValueError("not a node's key")
-        return key[0], key[1]
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[…" past JSON's depth
-        raise ValueError(f"bad cursor {cursor[:40]!r}: pass back next_cursor as received") from exc
+    return decode_json_cursor(cursor, _node_key)
+
+
+def _node_key(key: Any) -> tuple[str, str]:
+    # what a name column can hold: a NUL or a lone surrogate would fail in the driver (a 500)
+    if not (isinstance(key, list) and len(key) == 2 and all(_name(part) for part in key)):
+        raise ValueError("not a node's key")
+    return key[0], key[1]
 
 
 def _name(value: Any) -> bool:
