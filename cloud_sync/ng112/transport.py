@@ -178,6 +178,10 @@ class Transaction:
             except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
                 return Delivery("unreachable", "udp", 0, detail=f"{target.host}:{target.port}: {exc}")
             host, port = sock.getsockname()[:2]
+            if sock.getpeername()[:2] == (host, port):
+                # The kernel gave the socket the target's own port, as it can while nothing is bound
+                # there: every "answer" would be this request coming back.
+                return Delivery("unreachable", "udp", 0, detail=f"{target.host}:{target.port}: nothing listens there")
             data = message.render("udp", sent_by(host, port), branch)
             start = self.clock()
             timer_f = min(start + self.timers.f, deadline)

@@ -376,3 +376,28 @@ def test_a_redirect_never_leaves_tls_for_plain_text() -> None:
         "it leaves TLS for plain text"
     )
     assert trusted._refused_redirect(sips, parse_target("sips:x@psap.example")) == ""
+
+
+def test_a_udp_socket_the_kernel_connects_to_itself_is_unreachable_not_garbage(monkeypatch):
+    # With nothing bound at the target, the kernel may pick the target's own port as the
+    # ephemeral source: the socket then reads back its own request. Binding there first makes
+    # the kernel do so every time.
+    port = free_udp_port()
+
+    class SelfBound(socket.socket):
+        def connect(self, address):
+            self.bind(address)
+            super().connect(address)
+
+    monkeypatch.setattr("s4edge.cloud_sync.ng112.transport.socket.socket", SelfBound)
+    delivery = Transaction(FAST).send(
+        compose(alert(), Caller()).message, parse_target(f"sip:p@127.0.0.1:{port};transport=udp")
+    )
+    assert delivery.outcome == "unreachable", delivery
+    assert delivery.transmissions == 0
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
