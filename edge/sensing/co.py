@@ -24,6 +24,13 @@ local warning: severity Minor and a ``pre_alarm`` measurement, which NG112 never
 (cloud_sync/ng112/policy.py). An incident that reached the alarm never steps back to a
 pre-alarm: alarm and pre-alarm release together, below E = 0.6, and the incident ends.
 
+The index decides when to alarm, not how long: it decays with τ, so after 2 h at 300 ppm
+it stays above the alarm point for hours of clean air. The incident therefore also ends
+once the air has stayed clean (below c_ref, where the index can never reach the alarm
+point) for CLEAN_AIR_HOLD_S. Until the CO comes back to c_ref or above, the residual
+index raises nothing; when it does, the index decides again at once (a new incident, an
+alarm at the first reading while E ≥ 1).
+
 In a simulation the exposure may run on a compressed scenario clock (``time_scale``,
 scenario seconds per node second); every alert then says so ("scenario clock ×60").
 """
@@ -63,6 +70,12 @@ ALARM_INDEX = 1.0  # the standard's alarm point, where the alarm-time tables are
 # PRE_ALARM, kept off the PSAP (UL 2034's 70 ppm / 60 min bound likewise).
 PRE_ALARM_SEVERITY: Severity = "Minor"
 
+# The alarm follows the air once the CO is gone. UL 2034 (1998 revision) makes 6 min its
+# window for judging the air again: a silenced alarm sounds again within 6 min if the CO
+# stays above its lowest alarm point (70 ppm). EN 50291-1-certified alarms state the same
+# figure in their manuals: the alarm ends by itself within 6 minutes once the CO is gone.
+CLEAN_AIR_HOLD_S = 6 * 60.0
+
 
 class COExposure:
     """The exposure integrator alone (no alarm state)."""
@@ -85,6 +98,16 @@ class COExposure:
 EXTREME_HYSTERESIS = 0.2  # Extreme ends a fifth below extreme_ppm
 
 
+def exposure_rule(profile: COProfile) -> ThresholdRule:
+    return ThresholdRule(
+        [
+            Level(profile.prealarm_index, PRE_ALARM_SEVERITY, profile.prealarm_index - profile.release_index),
+            Level(ALARM_INDEX, "Severe", ALARM_INDEX - profile.release_index),
+        ],
+        direction="above",
+    )
+
+
 class COAlarm:
     """Exposure index through a Schmitt trigger into one incident; the standard's name
     travels in the alert's detail. ``time_scale`` is the exposure seconds per second of
@@ -102,21 +125,38 @@ class COAlarm:
         self.time_scale = time_scale
         self.exposure = COExposure(profile)
         self._extreme = False
-        self.rule = ThresholdRule(
-            [
-                Level(profile.prealarm_index, PRE_ALARM_SEVERITY, profile.prealarm_index - profile.release_index),
-                Level(ALARM_INDEX, "Severe", ALARM_INDEX - profile.release_index),
-            ],
-            direction="above",
-        )
+        self.rule = exposure_rule(profile)
+        self._clean_since: float | None = None  # exposure time the air went below c_ref
+        self._ended_by_clean_air = False  # and has stayed there since the incident ended
 
     def _basis(self) -> str:
         clock = f"; scenario clock ×{self.time_scale:g}" if self.time_scale != 1.0 else ""
         return f"{self.profile.standard} profile {self.profile.name}{clock}"
 
+    def _track_clean_air(self, ppm: float, exposure_time: float) -> float | None:
+        """Exposure seconds the air has been clean (below c_ref), or None while it is not; CO at
+        c_ref or above also lifts a clean-air end."""
+        if ppm >= self.profile.reference_ppm:
+            self._clean_since = None
+            self._ended_by_clean_air = False
+            return None
+        if self._clean_since is None:
+            self._clean_since = exposure_time
+        return exposure_time - self._clean_since
+
     def observe(self, ppm: float, now: float) -> Severity | None:
-        index = self.exposure.observe(ppm, now * self.time_scale)
-        severity = self.rule.observe(index, now)
+        exposure_time = now * self.time_scale
+        index = self.exposure.observe(ppm, exposure_time)
+        clean_for = self._track_clean_air(ppm, exposure_time)
+        ended_now = False
+        if self._ended_by_clean_air:
+            severity = None  # the index left over from the incident raises nothing in clean air
+        else:
+            severity = self.rule.observe(index, now)
+            if severity is not None and clean_for is not None and clean_for >= CLEAN_AIR_HOLD_S:
+                self.rule = exposure_rule(self.profile)  # once CO is back at c_ref, the index decides afresh
+                self._ended_by_clean_air = ended_now = True
+                severity = None
         if severity == "Severe":
             # Extreme from extreme_ppm until the level falls a fifth below it: readings either
             # side of the line (299, 301 ppm) must not send Severe, Extreme, Severe at every poll
@@ -152,10 +192,25 @@ class COAlarm:
                 now,
                 Content(
                     title=f"CO alarm: {ppm:.0f} ppm",
-                    detail=f"exposure index {index:.2f} ({self._basis()})",
+                    detail=f"exposure index {index:.2f}{self._clean_air_note(clean_for)} ({self._basis()})",
                     measurements=measurements,
                 ),
             )
         elif self.book.is_open(self.key):
-            self.book.clear(self.key, now, detail=f"CO exposure index back to {index:.2f}")
+            if ended_now:
+                detail = (
+                    f"CO below {self.profile.reference_ppm:g} ppm for {CLEAN_AIR_HOLD_S / 60:g} min: clean air, "
+                    f"the alarm ends (exposure index {index:.2f}, decaying; {self._basis()})"
+                )
+            else:
+                detail = f"CO exposure index back to {index:.2f}"
+            self.book.clear(self.key, now, detail=detail)
         return severity
+
+    def _clean_air_note(self, clean_for: float | None) -> str:
+        if clean_for is None:
+            return ""
+        return (
+            f"; CO below {self.profile.reference_ppm:g} ppm for {clean_for / 60:.0f} min, "
+            f"the alarm ends after {CLEAN_AIR_HOLD_S / 60:g}"
+        )

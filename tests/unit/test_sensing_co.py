@@ -57,7 +57,7 @@ def test_alarm_lifecycle_and_standard_named_in_the_alert() -> None:
     assert "EN 50291" in (drafts[-1].detail or "")
     quantities = {m.quantity: m.value for m in drafts[-1].measurements}
     assert quantities["co"] == 400.0 and quantities["co_exposure_index"] >= 1.0
-    while drafts[-1].state != "end":  # fresh air: the index decays and the incident ends
+    while drafts[-1].state != "end":  # fresh air: six minutes of it end the incident
         alarm.observe(0.0, t)
         t += 10.0
     assert len({d.incident for d in drafts}) == 1
@@ -139,3 +139,74 @@ def test_readings_either_side_of_the_extreme_line_do_not_flap() -> None:
         alarm.observe(200.0, t)
         t += 1
     assert [d.severity for d in drafts[before:]][-1] == "Severe"
+
+
+def exposure(
+    profile: str, timeline: list[tuple[float, float]], time_scale: float = 1.0
+) -> list[tuple[float, AlertDraft]]:
+    """(exposure minute, draft) of a stepwise exposure: ``timeline`` is (ppm, minutes) held
+    one after the other, one reading every 10 s of exposure time."""
+    drafts: list[tuple[float, AlertDraft]] = []
+    t = 0.0
+    book = IncidentBook(lambda d: drafts.append((t * time_scale / 60, d)), stale_after_s=None, max_duration_s=None)
+    alarm = COAlarm("co:test", PROFILES[profile], book, "mq7", time_scale=time_scale)  # type: ignore[index]
+    start = 0.0
+    for ppm, minutes in timeline:
+        start += minutes * 60
+        while t * time_scale < start:
+            alarm.observe(ppm, t)
+            t += 10.0 / time_scale
+    return drafts
+
+
+def index_of(draft: AlertDraft) -> float:
+    return next(m.value for m in draft.measurements if m.quantity == "co_exposure_index")
+
+
+@pytest.mark.parametrize(("profile", "clean_below"), [("en50291", 40), ("ul2034", 50)])
+def test_clean_air_ends_the_alarm_after_six_minutes_though_the_exposure_index_is_still_high(
+    profile: str, clean_below: float
+) -> None:
+    # 2 h at 300 ppm then 3 h at 3 ppm: the index (≈2.2 after 3 h) kept the alarm Severe
+    # ("CO alarm: 3 ppm, exposure index 2.2") for 4.5 h of clean air
+    drafts = exposure(profile, [(300.0, 120), (3.0, 180)])
+    after = [(minute, d) for minute, d in drafts if minute > 120]
+    ends = [(minute, d) for minute, d in after if d.state == "end"]
+    assert ends, [(round(m), d.state, d.severity, d.title) for m, d in after[-3:]]
+    minute, end = ends[0]
+    assert 126 <= minute <= 126.5, minute  # six minutes of clean air (UL 2034 / EN 50291-1 alarms)
+    assert after[-1] == ends[0], "no pre-alarm or alarm again while the air stays clean"
+    assert index_of(end) >= 1.0, "the exposure index alone would still hold the alarm"
+    assert f"below {clean_below} ppm for 6 min" in (end.detail or ""), end.detail
+    assert {d.severity for _, d in after if d.state != "end"} <= {"Severe", "Extreme"}, "never a pre-alarm"
+
+
+def test_co_coming_back_after_a_clean_air_end_alarms_again_at_once() -> None:
+    # The exposure index still decides: back at 100 ppm with the index above the alarm
+    # point, the alarm comes at the first reading, not after another 10–40 min
+    drafts = exposure("en50291", [(300.0, 30), (3.0, 10), (100.0, 1)])
+    incidents = list(dict.fromkeys(d.incident for _, d in drafts))
+    assert len(incidents) == 2, [(round(m, 1), d.state, d.severity) for m, d in drafts]
+    first_of_second = next((m, d) for m, d in drafts if d.incident == incidents[1])
+    assert first_of_second[1].state == "new" and first_of_second[1].severity == "Severe"
+    assert first_of_second[0] <= 40 + 1 / 6, first_of_second[0]
+
+
+def test_a_dip_below_the_clean_air_line_shorter_than_six_minutes_keeps_the_alarm() -> None:
+    drafts = exposure("en50291", [(300.0, 30), (10.0, 5), (60.0, 5), (10.0, 5)])
+    assert len({d.incident for _, d in drafts}) == 1
+    assert all(d.state != "end" for _, d in drafts)
+
+
+def test_air_between_the_clean_air_line_and_the_tables_lowest_row_keeps_the_alarm() -> None:
+    # 45 ppm is under EN 50291-1's 50 ppm row but over c_ref (40 ppm): the index alarms
+    # there on its own (after 113 min), so it is not clean air and must not end the alarm
+    drafts = exposure("en50291", [(300.0, 30), (45.0, 180)])
+    assert all(d.state != "end" for _, d in drafts), [(round(m), d.state) for m, d in drafts if d.state == "end"]
+
+
+def test_the_clean_air_hold_runs_on_the_scenario_clock() -> None:
+    drafts = exposure("en50291", [(300.0, 20), (3.0, 30)], time_scale=60)
+    minute, end = next((m, d) for m, d in drafts if d.state == "end")
+    assert 26 <= minute <= 26.5, minute
+    assert "scenario clock ×60" in (end.detail or "")
