@@ -66,9 +66,10 @@ Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
 metadata = MetaData()
-# An index added to a table that older stores already have is marked ``info={LATER: True}``:
-# create_all makes a missing table with its indexes, but never adds an index to a table that
-# exists, so Store.create_all makes these itself. (A store made before the console's roll-up
+# An index or a column added to a table that older stores already have is marked
+# ``info={LATER: True}``: create_all makes a missing table with its indexes and columns, but
+# never adds one to a table that exists, so Store.create_all adds these itself (such a column is
+# nullable: the rows from before it hold none). (A store made before the console's roll-up
 # index has ix_alerts_incident on incident alone as well: harmless.)
 LATER: Final = "later"
 OWNER_CACHE_MAX = 100_000  # incidents whose owner a writer remembers (some 20 MB at most)
@@ -235,6 +236,11 @@ def _later_indexes() -> list[Index]:
     return [index for table in metadata.sorted_tables for index in table.indexes if index.info.get(LATER)]
 
 
+def _later_columns() -> list[Column[Any]]:
+    """Every column of ``metadata`` marked ``LATER``, as ``_later_indexes``."""
+    return [column for table in metadata.sorted_tables for column in table.columns if column.info.get(LATER)]
+
+
 # SQLite opens a file it may not write read-only, and that connection stays read-only after
 # the file becomes writable; an I/O error or a file it cannot open is no better. Each is taken
 # for a lost connection, so that the pool opens new ones (SQLite result codes, sqlite.org/rescode.html).
@@ -387,6 +393,8 @@ class Store:
         except OperationalError:
             # SQLite: another process created a table between our check and our CREATE.
             metadata.create_all(self.engine)
+        for column in _later_columns():  # before the indexes, which may cover one
+            self._add_column(column)
         for index in _later_indexes():
             try:
                 with self.engine.begin() as conn:
@@ -397,6 +405,25 @@ class Store:
             except IntegrityError as exc:  # a unique index over rows made before it, which it refuses
                 log.warning("store: index %s not made, rows already break it: %s", index.name, str(exc.orig)[:200])
         self._drop_superseded()
+
+    def _add_column(self, column: Column[Any]) -> None:
+        """``column`` on its table, where a store made before it lacks it (both SQLite and
+        PostgreSQL add a nullable column in place, whatever the table's size)."""
+        table = column.table
+        try:
+            with self.engine.begin() as conn:
+                _serialise_ddl(conn)
+                schema = conn.schema_for_object(table)  # make_engine's schema, on PostgreSQL
+                if any(found["name"] == column.name for found in inspect(conn).get_columns(table.name, schema=schema)):
+                    return
+                quote = conn.dialect.identifier_preparer
+                prefix = f"{quote.quote_schema(schema)}." if schema else ""
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {prefix}{quote.quote(table.name)} ADD COLUMN {quote.quote(column.name)} "
+                    f"{column.type.compile(dialect=conn.dialect)}"
+                )
+        except OperationalError as exc:  # SQLite: another process added it meanwhile; else a timeout
+            log.warning("store: column %s.%s not added now: %s", table.name, column.name, str(exc.orig).strip()[:200])
 
     def _drop_superseded(self) -> None:
         """Drop the indexes later ones replaced, once the later ones are there: a store that could

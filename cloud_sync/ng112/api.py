@@ -1,12 +1,13 @@
 """HTTP surface of NG112 forwarding, mounted by the aggregator app.
 
-``GET /ng112/incidents/{incident}/readings?token=…`` answers the PSAP's data request;
+``GET /ng112/incidents/{incident}/readings?expires=…&sig=…`` answers the PSAP's data request;
 the forwards list, the summary (counts by state and the calls that need an operator) and
 confirm/dismiss serve the operator dashboard.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +18,21 @@ from sqlalchemy import func, select
 
 from s4edge.cloud_sync.aggregator.views import fallback_title
 from s4edge.cloud_sync.ng112.desk import ForwardDesk
-from s4edge.cloud_sync.ng112.readings import last_readings
+from s4edge.cloud_sync.ng112.readings import last_readings, link_signed
 from s4edge.cloud_sync.ng112.records import (
     OPEN_STATES,
     STATES,
     forward_dict,
     get_forward,
     list_forwards,
-    token_matches,
 )
 from s4edge.cloud_sync.ng112.records import forwards as forward_rows
 
 PANEL = Path(__file__).with_name("static") / "panel.js"
 PANEL_ROUTE = "ng112_panel"  # the console loads the panel when a route of this name exists
 SUMMARY_ROWS = 50  # calls listed per group in the summary: those in flight, and the latest failed
+LAST_EXPIRY = 253402300799  # 9999-12-31T23:59:59Z: beyond it no datetime holds the time
+FRESH_LINK = "each CAP message of the incident carries a fresh link: use the latest one's <resource><uri>"
 
 
 class Decision(BaseModel):
@@ -42,13 +44,25 @@ def build_router(forwarder: ForwardDesk) -> APIRouter:
     engine = forwarder.engine
 
     @router.get("/incidents/{incident}/readings")
-    def readings(incident: str, token: str = Query(..., min_length=1, max_length=128)) -> Any:
-        if not token_matches(engine, incident, token):
-            # One answer for a wrong token and an unknown incident: nothing to learn from it.
-            raise HTTPException(404, detail="no such incident, or the token does not match")
+    def readings(
+        incident: str,
+        expires: int | None = Query(None, ge=0, le=LAST_EXPIRY),
+        sig: str | None = Query(None, min_length=1, max_length=128),
+        token: str | None = Query(None, max_length=128),
+    ) -> Any:
+        if expires is None or sig is None:
+            if token is not None:  # a link made before links expired: it would answer for ever
+                raise HTTPException(410, detail=f"a readings link without an expiry no longer answers; {FRESH_LINK}")
+            raise HTTPException(422, detail="a readings link has expires and sig, as the CAP <resource><uri> gives it")
+        if not link_signed(engine, incident, expires, sig):
+            # One answer for a wrong signature (an expiry moved on) and an unknown incident: nothing to learn.
+            raise HTTPException(404, detail="no such incident, or the link's signature does not match")
+        if forwarder.clock().timestamp() > expires:
+            ended = datetime.fromtimestamp(expires, UTC).isoformat()
+            raise HTTPException(410, detail=f"this readings link expired at {ended}; {FRESH_LINK}")
         body = last_readings(engine, incident)
         if body is None:
-            raise HTTPException(404, detail="no such incident, or the token does not match")
+            raise HTTPException(404, detail="no such incident, or the link's signature does not match")
         return body
 
     @router.get("/forwards")

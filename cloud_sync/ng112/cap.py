@@ -192,8 +192,8 @@ def build_cap(
     _check_token("identifier", identifier)
     _check_token("sender", sender)
     _check_token("addresses", addresses)
-    for ref in references:
-        for part in (ref.sender, ref.identifier, ref.sent):
+    for earlier in references:  # not ``ref``: that is this message's own, which it returns
+        for part in (earlier.sender, earlier.identifier, earlier.sent):
             _check_token("references", part)
 
     root = etree.Element(f"{{{CAP_NS}}}alert", nsmap={None: CAP_NS})

@@ -41,6 +41,7 @@ from s4edge.cloud_sync.ng112.jobs import alert_from_row, queued, site_alerts
 from s4edge.cloud_sync.ng112.pacing import Pacing, held_back
 from s4edge.cloud_sync.ng112.pidf import LocationError
 from s4edge.cloud_sync.ng112.policy import Ng112Config
+from s4edge.cloud_sync.ng112.readings import readings_link
 from s4edge.cloud_sync.ng112.records import (
     OPEN_STATES,
     claim,
@@ -73,6 +74,15 @@ RECORD_TRIES = 5  # 0.5 + 1 + 2 + 4 s of waiting: within CLAIM_MARGIN_S
 class _Delivered(Exception):
     """The PSAP took the call and the store would not record it: never to be taken for a
     failed send (which is retried, and would call the PSAP again)."""
+
+
+def _sent_as(row: Any, first_sender: str) -> CapRef:
+    """The reference of a delivered message (CAP 1.2 §3.2.1), as it went out. One delivered before
+    its sender was recorded went from the node of its incident's Alert, whose sender is on record;
+    its identifier and time come from its alert, as they did then (``cap_ref``)."""
+    if row.cap_sender is not None:
+        return CapRef(row.cap_sender, row.cap_identifier, row.cap_sent)
+    return cap_ref(Alert.model_validate(row.alert), first_sender)
 
 
 def _retryable(delivery: Delivery) -> bool:
@@ -391,12 +401,12 @@ class Forwarder(ForwardDesk):
                 select(forwards.c.state).where(forwards.c.incident == row.incident, forwards.c.ordinal == 0)
             ).scalar_one()
             latest = conn.execute(  # the last Update the PSAP has: superseded or cancelled with the Alert
-                select(forwards.c.alert)
+                select(forwards.c.cap_sender, forwards.c.cap_identifier, forwards.c.cap_sent, forwards.c.alert)
                 .where(forwards.c.incident == row.incident, forwards.c.state == "delivered")
                 .where(forwards.c.msg_type == "Update")
                 .order_by(forwards.c.ordinal.desc())
                 .limit(1)
-            ).scalar()
+            ).first()
         # Nothing of the incident reached the PSAP: what follows its first alert goes its way,
         # except that an incident which rose to Extreme once nobody answered for it goes now,
         # as Extreme goes at the timeout (policy.py). An operator's dismissal stands.
@@ -411,16 +421,15 @@ class Forwarder(ForwardDesk):
             # the Alert and the last Update, which superseded those before it
             references.append(CapRef(incident.first_sender, incident.first_identifier, incident.first_sent))
             if latest is not None:
-                before = Alert.model_validate(latest)
-                references.append(cap_ref(before, self.caller.uri_for(before)))
+                references.append(_sent_as(latest, incident.first_sender))
             msg_type = "Cancel" if alert.state == "end" else "Update"
         elif alert.state == "end":
             self._finish(row.id, state="skipped", reason="the incident ended before any message reached the PSAP")
             return
         readings_uri = None
         if self.config.readings_base_url:
-            base = self.config.readings_base_url.rstrip("/")
-            readings_uri = f"{base}/ng112/incidents/{row.incident}/readings?token={incident.token}"
+            expires = self.clock() + timedelta(seconds=self.config.readings_link_ttl_s)
+            readings_uri = readings_link(self.config.readings_base_url, row.incident, incident.token, expires)
         try:
             call = compose(
                 alert,
@@ -440,7 +449,9 @@ class Forwarder(ForwardDesk):
         attempts = row.attempts + 1
         values: dict[str, Any] = {
             "msg_type": msg_type,
+            "cap_sender": call.cap.ref.sender,
             "cap_identifier": call.cap.ref.identifier,
+            "cap_sent": call.cap.ref.sent,
             "sent_at": sent_at,
             "attempts": attempts,
             "transport": delivery.transport,

@@ -112,6 +112,17 @@ class Ng112Config(_Config):
     readings_base_url: str | None = Field(
         default=None, description="Public base URL of the aggregator, for the PSAP data request link"
     )
+    # Each CAP message carries a fresh link, so a PSAP holds one while the incident goes on. By
+    # default the Alert's outlasts a node's longest incident (edge/alerts.py max_duration_s, an
+    # hour) by an hour, and the Cancel's answers two hours after the end; a link that leaked, no
+    # longer than this after its message went.
+    readings_link_ttl_s: float = Field(
+        default=7200.0,
+        ge=60,
+        le=7 * 86400,
+        description="How long the PSAP data request link of a CAP message answers after the message was "
+        "composed; past it, 410 Gone. Signed: its holder cannot extend it",
+    )
     default: SitePolicy = SitePolicy()
     sites: dict[str, SitePolicy] = Field(default_factory=dict)
     correlation: list[CorrelationRule] = Field(default_factory=list)
@@ -152,7 +163,7 @@ class Ng112Config(_Config):
     @field_validator("readings_base_url")
     @classmethod
     def _readings_base_url(cls, value: str | None) -> str | None:
-        """Every CAP message carries ``{value}/ng112/incidents/…/readings?token=…`` (CAP 1.2 §3.2.3 <uri>)."""
+        """Every CAP message carries ``{value}/ng112/incidents/…/readings?expires=…&sig=…`` (CAP 1.2 §3.2.3 <uri>)."""
         if value is None:
             return None
         shown = shown_uri(value)
@@ -165,7 +176,7 @@ class Ng112Config(_Config):
         if parts.username is not None or parts.password is not None:
             raise ValueError(f"{shown!r} holds a user or password, which every CAP message would show the PSAP")
         if parts.query or parts.fragment:
-            raise ValueError(f"{shown!r} holds a query or fragment; the readings link adds its own ?token=")
+            raise ValueError(f"{shown!r} holds a query or fragment; the readings link adds its own ?expires=…&sig=…")
         return value.strip()
 
     @property

@@ -1,21 +1,47 @@
 """The PSAP data request: the node's last sensor readings for a forwarded incident.
 
-The CAP ``resource`` of every call links here with a per-incident random token; the
-readings come from what the aggregator stored (the node's last telemetry and the
-measurements of its alerts), newest first.
+The CAP ``resource`` of every call links here (``readings_link``). The link holds when it
+stops answering and a signature over that and the incident, keyed with the incident's
+random token, which never leaves the aggregator: its holder can neither extend it nor make
+one for another incident. The readings come from what the aggregator stored (the node's last
+telemetry and the measurements of its alerts), newest first.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import math
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import Engine, select
 
 from s4edge.cloud_sync.aggregator.store import alerts, telemetry
-from s4edge.cloud_sync.ng112.records import incidents
+from s4edge.cloud_sync.ng112.records import incidents, new_token
 
 LAST_READINGS: Final = 15
+
+
+def link_signature(token: str, incident: str, expires: int) -> str:
+    """HMAC-SHA256 (RFC 2104) of the incident and the link's end (Unix seconds)."""
+    return hmac.new(token.encode(), f"{incident}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def readings_link(base_url: str, incident: str, token: str, expires: datetime) -> str:
+    """The link a CAP message gives the PSAP (CAP 1.2 §3.2.3 <uri>); it answers until ``expires``."""
+    until = math.ceil(expires.timestamp())
+    signature = link_signature(token, incident, until)
+    return f"{base_url.rstrip('/')}/ng112/incidents/{incident}/readings?expires={until}&sig={signature}"
+
+
+def link_signed(engine: Engine, incident: str, expires: int, signature: str) -> bool:
+    """Whether ``signature`` is the one ``readings_link`` gave the incident's link ending at ``expires``."""
+    with engine.connect() as conn:
+        token = conn.execute(select(incidents.c.token).where(incidents.c.incident == incident)).scalar()
+    # An unknown incident still costs one signature and comparison, so timing tells nothing.
+    expected = link_signature(token or new_token(), incident, expires)
+    return hmac.compare_digest(expected.encode(), signature.encode())
 
 
 def _iso(value: datetime) -> str:

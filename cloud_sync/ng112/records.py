@@ -1,13 +1,12 @@
 """The record of every forward, on the aggregator store's SQLAlchemy ``metadata``.
 
-``ng112_incidents`` holds one row per forwarded incident (its data-request token and the
-CAP reference of its first message); ``forwards`` holds one row per alert to be sent,
+``ng112_incidents`` holds one row per forwarded incident (the key of its data-request links
+and the CAP reference of its first message); ``forwards`` holds one row per alert to be sent,
 with its outcome. A row is never deleted: a failure ends as ``failed``, for an operator.
 """
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -41,7 +40,7 @@ incidents = Table(
     Column("incident", String(64), primary_key=True),
     Column("site", String(64), nullable=False),
     Column("node_id", String(64), nullable=False),
-    Column("token", String(64), nullable=False),  # PSAP data request, compared in constant time
+    Column("token", String(64), nullable=False),  # signs the PSAP data-request links (readings.py); never sent
     Column("mode", String(16), nullable=False),
     Column("first_sender", String(255)),
     Column("first_identifier", String(128)),
@@ -66,6 +65,11 @@ forwards = Table(
     Column("state", String(20), nullable=False),
     Column("msg_type", String(8)),
     Column("cap_identifier", String(128)),
+    # With cap_identifier, the CAP 1.2 §3.2.1 reference (sender,identifier,sent) of the message as
+    # it went out, which a later message of the incident references: never made again from the
+    # config, whose sender may have changed since.
+    Column("cap_sender", String(255), info={LATER: True}),
+    Column("cap_sent", String(32), info={LATER: True}),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("due_at", DateTime(timezone=True), nullable=False),
     Column("confirm_by", DateTime(timezone=True)),
@@ -103,13 +107,6 @@ def forward_dict(row: Any) -> dict[str, Any]:
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
-
-
-def token_matches(engine: Engine, incident: str, token: str) -> bool:
-    with engine.connect() as conn:
-        stored = conn.execute(select(incidents.c.token).where(incidents.c.incident == incident)).scalar()
-    # An unknown incident still costs one comparison, so timing tells nothing.
-    return hmac.compare_digest((stored or new_token()).encode(), token.encode())
 
 
 def list_forwards(engine: Engine, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal, cast
 
 from s4edge.shown import shown_url
@@ -107,6 +107,19 @@ class EmergencyMessage:
     # RFC 6442 §4.2: "yes" lets the routing proxies (ESRP) route on the location, "no" or no
     # header forbids it; an emergency call is routed by location (RFC 6881 §8), so "yes".
     geolocation_routing: bool = True
+    # The To: the first Request-URI, kept when a redirect changes the Request-URI (``redirected``).
+    to_uri: str = ""
+
+    def __post_init__(self) -> None:
+        self.to_uri = self.to_uri or self.request_uri
+
+    def redirected(self, contact: str) -> EmergencyMessage:
+        """The request sent on to a 3xx's Contact: a new transaction (its branch is drawn when it
+        is sent) of the same call, Call-ID, From (its tag) and To kept, the CSeq one higher (RFC
+        3261 §8.1.3.5, §20.16), the Request-URI the Contact's URI without a method parameter
+        (§8.1.3.4, §19.1.1: a MESSAGE is not to become another method)."""
+        uri = ";".join(part for part in contact.split(";") if not part.lower().startswith("method="))
+        return replace(self, request_uri=uri, cseq=self.cseq + 1)
 
     def body(self, boundary: str) -> bytes:
         chunks = []
@@ -131,7 +144,7 @@ class EmergencyMessage:
             f"Via: SIP/2.0/{proto.upper()} {sent_by};branch={branch};rport",
             "Max-Forwards: 70",
             f"From: <{self.from_uri}>;tag={self.from_tag}",
-            f"To: <{self.request_uri}>",
+            f"To: <{self.to_uri}>",
             f"Call-ID: {self.call_id}",
             f"CSeq: {self.cseq} MESSAGE",
             # RFC 8876 §4.1 (CAP) and RFC 7852 (DeviceInfo): each data block by value, found

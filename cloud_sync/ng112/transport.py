@@ -133,6 +133,7 @@ class Transaction:
         transport no less secure: never from TLS to plain text (§8.1.3.4)."""
         deadline = self.clock() + self.timers.f
         delivery = self._send_once(message, target, deadline)
+        request = message
         for _ in range(REDIRECT_HOPS):
             response = delivery.response
             if response is None or response.code not in REDIRECTS:
@@ -144,7 +145,10 @@ class Transaction:
                 return replace(delivery, detail=f"{delivery.detail}, not followed: {why}")
             if self.clock() >= deadline:
                 return replace(delivery, detail=f"{delivery.detail}, not followed: Timer F has run out")
-            onward = self._send_once(message, contact, deadline)
+            # RFC 3261 §8.1.3.4: the Contact's URI is the onward request's Request-URI, and §8.1.3.5,
+            # §20.16: a new transaction of the same call, its CSeq one higher
+            request = request.redirected(contact.uri)
+            onward = self._send_once(request, contact, deadline)
             delivery = replace(onward, detail=f"{onward.detail} (after {response.code} to {shown_uri(contact.uri)})")
         return delivery
 

@@ -23,8 +23,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-
-
 def test_a_stored_alert_is_forwarded_and_its_readings_can_be_fetched(broker, node, tmp_path):
     port = free_port()
     aggregator = Aggregator(
@@ -71,7 +69,7 @@ def test_a_stored_alert_is_forwarded_and_its_readings_can_be_fetched(broker, nod
                 "value": 31.0,
                 "unit": "%LEL",
             }
-            assert httpx.get(link.replace("token=", "token=x")).status_code == 404
+            assert httpx.get(link.replace("sig=", "sig=0")).status_code == 404  # a signature not ours
         finally:
             forwarder.stop()
             aggregator.stop()

@@ -367,6 +367,68 @@ def test_a_redirect_sends_the_call_on_to_its_contact(tmp_path):
     assert len(received) == 1
 
 
+# The PSAP behind the ESRP checks the request sent on to it: RFC 3261 §8.1.3.4, the Contact's URI
+# as the Request-URI; §8.1.3.5 and §20.16, a new transaction of the same call, its CSeq one higher,
+# the To still the first Request-URI. A failed check answers nothing, so the call is not delivered.
+PSAP_AFTER_302 = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="PSAP checking the request an ESRP's 302 sent on to it">
+  <recv request="MESSAGE" crlf="true">
+    <action>
+      <ereg regexp="^MESSAGE sip:psap@127\\.0\\.0\\.1:PSAP_PORT;transport=PROTO SIP/2\\.0"
+            search_in="msg" check_it="true" assign_to="request_uri"/>
+      <ereg regexp="^ *2 MESSAGE$" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq"/>
+      <ereg regexp="^ *&lt;urn:service:sos&gt;$" search_in="hdr" header="To:" check_it="true" assign_to="to"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]psap[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]></send>
+  <Reference variables="request_uri,cseq,to"/>
+</scenario>
+"""
+
+
+def header(raw: bytes, name: str) -> str:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    return next(line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:] if line.split(":")[0] == name)
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_the_request_sent_on_after_a_302_goes_to_the_contact_as_a_new_transaction(tmp_path, proto):
+    # The onward request kept "MESSAGE urn:service:sos" and "CSeq: 1 MESSAGE": a PSAP that routes
+    # on its Request-URI, or takes a second CSeq 1 of the Call-ID for the first one again, lost it
+    psap = SippPsap(str(tmp_path / "psap.xml"), proto, tmp_path / "psap", calls=1)
+    (tmp_path / "psap.xml").write_text(PSAP_AFTER_302.replace("PSAP_PORT", str(psap.port)).replace("PROTO", proto))
+    with psap:
+        scenario = tmp_path / "esrp_302.xml"
+        scenario.write_text(
+            ESRP_302.replace("PSAP_PORT", str(psap.port)).replace("transport=udp", f"transport={proto}")
+        )
+        # Timer F of 3.2 s for both hops: on a loaded machine, two sipp answers may take longer than FAST's
+        trusted = Transaction(Timers(t1=0.05, t2=0.2), redirect_hosts=frozenset({"127.0.0.1"}))
+        with SippPsap(str(scenario), "udp", tmp_path / "esrp", calls=1) as esrp:
+            delivery = trusted.send(compose(alert(), Caller()).message, parse_target(esrp.uri))
+            (first,) = esrp.received()
+        (onward,) = psap.received()
+        errors = tmp_path / "psap" / f"sipp-{psap.port}-errors.log"
+        assert psap.wait(10) == 0, errors.read_text() if errors.exists() else ""
+    assert delivery.ok and delivery.transport == proto, delivery
+    assert first.startswith(b"MESSAGE urn:service:sos SIP/2.0\r\n") and header(first, "CSeq") == "1 MESSAGE"
+    assert onward.startswith(f"MESSAGE sip:psap@127.0.0.1:{psap.port};transport={proto} SIP/2.0\r\n".encode())
+    assert header(onward, "CSeq") == "2 MESSAGE"
+    assert header(onward, "Call-ID") == header(first, "Call-ID")
+    assert header(onward, "From") == header(first, "From") and header(onward, "To") == "<urn:service:sos>"
+    assert header(onward, "Via").split("branch=")[1] != header(first, "Via").split("branch=")[1]
+
+
 def test_a_redirect_never_leaves_tls_for_plain_text() -> None:
     # RFC 3261 §8.1.3.4: from SIPS to a non-SIPS URI, not silently: the CAP, the location and the
     # readings token went out in clear text to the Contact

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from threading import Event, Thread
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fastapi import FastAPI
@@ -17,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from s4edge.cloud_sync.aggregator.store import Store, forward_jobs, make_engine, metadata
 from s4edge.cloud_sync.messages import Alert, Location, Measurement, Telemetry
 from s4edge.cloud_sync.ng112.api import build_router
+from s4edge.cloud_sync.ng112.cap import cap_text, parse_cap
 from s4edge.cloud_sync.ng112.forwarder import Forwarder
 from s4edge.cloud_sync.ng112.policy import Ng112Config
 from s4edge.cloud_sync.ng112.receiver import PsapReceiver
@@ -251,7 +253,20 @@ def test_correlated_alerts_open_one_escalated_call(engine, clock, psap):
     assert len(escalations) == 1 and escalations[0].cap["severity"] == "Extreme"
 
 
-def test_the_psap_data_request_needs_the_incident_token(engine, clock, psap):
+def readings_link(call) -> str:
+    """The PSAP data request link of a call's CAP (CAP 1.2 §3.2.3 <resource><uri>), as a path."""
+    link = urlsplit(cap_text(parse_cap(call.parts["application/emergencycalldata.cap+xml"]), "info/resource/uri"))
+    assert (link.scheme, link.netloc) == ("https", "agg.example")
+    return f"{link.path}?{link.query}"
+
+
+def data_request_client(fwd) -> TestClient:
+    app = FastAPI()
+    app.include_router(build_router(fwd))
+    return TestClient(app, base_url="http://127.0.0.1:8080")
+
+
+def test_the_psap_data_request_needs_the_link_of_the_call(engine, clock, psap):
     store = Store(engine, clock=clock)
     fwd = forwarder(engine, clock, uri(psap))
     stored = [alert(incident="inc-data-0001") for _ in range(12)]
@@ -269,21 +284,61 @@ def test_the_psap_data_request_needs_the_incident_token(engine, clock, psap):
             T0,
         )
     fwd.submit(stored[0])
-    with engine.connect() as conn:
-        token = conn.execute(select(incidents.c.token).where(incidents.c.incident == "inc-data-0001")).scalar_one()
-    app = FastAPI()
-    app.include_router(build_router(fwd))
-    client = TestClient(app, base_url="http://127.0.0.1:8080")
-    good = client.get("/ng112/incidents/inc-data-0001/readings", params={"token": token})
+    fwd.run_due()
+    client = data_request_client(fwd)
+    link = readings_link(psap.calls[0])
+    good = client.get(link)
     assert good.status_code == 200
     readings = good.json()["readings"]
     assert len(readings) == 15
     assert readings[0]["source"] == "telemetry"  # the newest first
     assert [r["ts"] for r in readings] == sorted((r["ts"] for r in readings), reverse=True)
-    wrong = token[:-1] + ("y" if token.endswith("x") else "x")  # one character off, never the token itself
-    assert client.get("/ng112/incidents/inc-data-0001/readings", params={"token": wrong}).status_code == 404
-    assert client.get("/ng112/incidents/nope/readings", params={"token": token}).status_code == 404
+    signature = parse_qs(urlsplit(link).query)["sig"][0]
+    wrong = signature[:-1] + ("0" if signature.endswith("1") else "1")  # one character off
+    assert client.get(link.replace(signature, wrong)).status_code == 404
+    assert client.get(link.replace("inc-data-0001", "inc-data-0002")).status_code == 404  # another incident's data
     assert client.get("/ng112/incidents/inc-data-0001/readings").status_code == 422
+
+
+def test_the_psap_data_request_link_expires_and_its_holder_cannot_extend_it(engine, clock, psap):
+    # The link held the incident's token and answered for ever: one that leaked (a PSAP log, a
+    # forwarded e-mail) gave the node's readings to anyone, years later
+    fwd = forwarder(engine, clock, uri(psap), update_interval_s=0)
+    fwd.submit(alert(incident="inc-data-0003"))
+    fwd.run_due()
+    client = data_request_client(fwd)
+    link = readings_link(psap.calls[0])
+    assert client.get(link).status_code == 200
+    clock.advance(86400)
+    gone = client.get(link)
+    assert gone.status_code == 410, gone.text
+    assert "expired at 2026-03-01T14:00:00+00:00" in gone.json()["detail"]  # 2 h after it went, by default
+    # its signature covers the expiry: moved on, it is no link of ours
+    expires = parse_qs(urlsplit(link).query)["expires"][0]
+    assert client.get(link.replace(f"expires={expires}", f"expires={int(expires) + 86400}")).status_code == 404
+    # each message carries a fresh link, so the PSAP holds one while the incident goes on
+    fwd.submit(alert(state="update", severity="Extreme", incident="inc-data-0003"))
+    fwd.run_due()
+    assert client.get(readings_link(psap.calls[1])).status_code == 200
+    # a link of the old form, the token bare and no expiry, answers no more
+    with engine.connect() as conn:
+        token = conn.execute(select(incidents.c.token).where(incidents.c.incident == "inc-data-0003")).scalar_one()
+    old = client.get("/ng112/incidents/inc-data-0003/readings", params={"token": token})
+    assert old.status_code == 410 and "without an expiry" in old.json()["detail"]
+    assert token not in readings_link(psap.calls[1])  # the key never leaves the aggregator
+
+
+def test_the_readings_link_answers_for_readings_link_ttl_s(engine, clock, psap):
+    fwd = forwarder(engine, clock, uri(psap), readings_link_ttl_s=600)
+    fwd.submit(alert(incident="inc-data-0004"))
+    fwd.run_due()
+    client = data_request_client(fwd)
+    link = readings_link(psap.calls[0])
+    assert parse_qs(urlsplit(link).query)["expires"] == [str(int((T0 + timedelta(seconds=600)).timestamp()))]
+    clock.advance(600)
+    assert client.get(link).status_code == 200  # up to its last second
+    clock.advance(1)
+    assert client.get(link).status_code == 410
 
 
 def test_the_forwards_api_lists_and_decides(engine, clock, psap):
@@ -635,3 +690,68 @@ def test_updates_and_the_cancel_reference_the_alert_and_the_last_update(engine, 
     assert named(sent[1][2]) == [ids[0]]
     assert named(sent[2][2]) == [ids[0], ids[1]]
     assert named(sent[3][2]) == [ids[0], ids[2]]
+
+
+def sent_as(call) -> str:
+    """The CAP 1.2 §3.2.1 reference (sender,identifier,sent) of the message a call carried."""
+    root = parse_cap(call.parts["application/emergencycalldata.cap+xml"])
+    return ",".join(cap_text(root, name) or "" for name in ("sender", "identifier", "sent"))
+
+
+def test_the_cancel_references_the_update_as_sent_though_the_sender_changed_since(engine, clock, psap):
+    # The last Update's reference was made again from the config: after sender_domain was edited
+    # and the aggregator reloaded, the Cancel cancelled a message that never existed, and the
+    # Update the PSAP had stayed in effect
+    before = forwarder(engine, clock, uri(psap), sender_domain="old.example", update_interval_s=0)
+    for state in ("new", "update"):
+        before.submit(alert(state=state, incident="inc-gas-0200"))
+        before.run_due()
+    reloaded = forwarder(engine, clock, uri(psap), sender_domain="new.example", update_interval_s=0)
+    reloaded.submit(alert(state="end", incident="inc-gas-0200"))
+    reloaded.run_due()
+    alert_sent, update_sent, cancel = psap.calls
+    assert update_sent.cap["msgType"] == "Update" and sent_as(update_sent).startswith("sip:n1@plaza.old.example,")
+    assert cancel.cap["msgType"] == "Cancel" and sent_as(cancel).startswith("sip:n1@plaza.new.example,")
+    assert cancel.cap["references"] == f"{sent_as(alert_sent)} {sent_as(update_sent)}"
+
+
+def test_each_forward_records_the_reference_of_the_message_it_sent(engine, clock, psap):
+    # An Update's record named the message it referenced (build_cap returned the last reference
+    # as its own), so the dashboard and the next message's reference pointed at the wrong one
+    fwd = forwarder(engine, clock, uri(psap), update_interval_s=0)
+    created = [fwd.submit(alert(state=state, incident="inc-gas-0201"))[0] for state in ("new", "update", "end")]
+    while fwd.run_due():
+        pass
+    recorded = [get_forward(engine, forward_id) for forward_id in created]
+    assert [f"{r['cap_sender']},{r['cap_identifier']},{r['cap_sent']}" for r in recorded] == [
+        sent_as(call) for call in psap.calls
+    ]
+
+
+def test_a_store_from_before_the_sent_references_gets_them_and_its_earlier_updates_are_referenced(
+    store_db, clock, psap
+):
+    # A store made before forwards recorded cap_sender and cap_sent: Store.create_all adds them,
+    # and an Update delivered before then is referenced with the sender its incident's Alert went from
+    url, schema = store_db
+    old = make_engine(url, schema)
+    Store(old).create_all()
+    before = forwarder(old, clock, uri(psap), sender_domain="old.example", update_interval_s=0)
+    for state in ("new", "update"):
+        before.submit(alert(state=state, incident="inc-gas-0202"))
+        before.run_due()
+    table = f'"{schema}".forwards' if schema else "forwards"
+    with old.begin() as conn:  # the table as an older release made it
+        conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN cap_sender")
+        conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN cap_sent")
+    old.dispose()
+    upgraded = make_engine(url, schema)
+    Store(upgraded).create_all()
+    with upgraded.connect() as conn:
+        assert conn.execute(select(forwards.c.cap_sender, forwards.c.cap_sent)).all() == [(None, None)] * 2
+    reloaded = forwarder(upgraded, clock, uri(psap), sender_domain="new.example", update_interval_s=0)
+    reloaded.submit(alert(state="end", incident="inc-gas-0202"))
+    reloaded.run_due()
+    alert_sent, update_sent, cancel = psap.calls
+    assert cancel.cap["references"] == f"{sent_as(alert_sent)} {sent_as(update_sent)}"
+    upgraded.dispose()

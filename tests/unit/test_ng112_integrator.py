@@ -35,6 +35,9 @@ def check_config(tmp_path, text: str) -> tuple[int, str]:
         ("request_uri: https://psap.example.org/sos", "request_uri: 'https://psap.example.org/sos' is neither"),
         ("readings_base_url: aggregator.example.org", "readings_base_url: 'aggregator.example.org' is not an absolute"),
         ("readings_base_url: https://agg.example.org/?x=1", "readings_base_url: 'https://agg.example.org/?x=1' holds"),
+        # a readings link that never answered, or answered for a year
+        ("readings_link_ttl_s: 0", "readings_link_ttl_s: Input should be greater than or equal to 60"),
+        ("readings_link_ttl_s: 31536000", "readings_link_ttl_s: Input should be less than or equal to 604800"),
     ],
 )
 def test_check_config_refuses_what_every_call_would_fail_with(tmp_path, line, says):

@@ -73,6 +73,20 @@ def test_the_request_carries_every_rfc_8876_header():
     assert body.count(b"\r\nContent-Disposition: by-reference;handling=optional\r\n") == 3
 
 
+def test_the_request_a_redirect_sends_on_names_the_contact_and_counts_on():
+    # RFC 3261 §8.1.3.4: the Contact's whole URI but its method parameter is the Request-URI;
+    # §8.1.3.5 and §20.16: the same Call-ID, From and To, the CSeq one higher
+    first = message()
+    onward = first.redirected("sip:psap@192.0.2.7:5070;method=INVITE;transport=tcp")
+    lines = onward.render("tcp", "127.0.0.1:40000", "z9hG4bKdef").split(b"\r\n\r\n")[0].decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    assert lines[0] == "MESSAGE sip:psap@192.0.2.7:5070;transport=tcp SIP/2.0"
+    assert headers["CSeq"] == "2 MESSAGE" and headers["Call-ID"] == "call-1@s4edge"
+    assert headers["To"] == "<urn:service:sos>" and headers["From"] == f"<{first.from_uri}>;tag={first.from_tag}"
+    assert first.request_uri == "urn:service:sos" and first.cseq == 1  # the first request is as it was
+    assert onward.redirected("sip:psap@192.0.2.8").cseq == 3
+
+
 def test_composed_calls_use_the_registered_cap_type_and_allow_routing_on_location():
     alert = Alert(
         node_id="n1",
