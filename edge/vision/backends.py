@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from s4edge.edge.vision.manifest import Manifest, ManifestError
 
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+Runtime = Literal["onnx", "tflite"]
+RUNTIME_NAMES: dict[Runtime, str] = {"onnx": "onnxruntime", "tflite": "LiteRT (TFLite)"}
+FORMATS: dict[Runtime, str] = {
+    "onnx": "an ONNX model (a protobuf ModelProto)",
+    "tflite": "a TFLite model (TFL3 at bytes 4..8)",
+}
+TFLITE_IDENTIFIER = b"TFL3"  # FlatBuffers file identifier at bytes 4..8 (tensorflow/lite/schema/schema.fbs)
+# onnx.proto, ModelProto: each top-level field number and its protobuf wire type (0 varint, 2 bytes)
+_MODEL_PROTO_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
+_MODEL_PROTO_MAX_FIELDS = 100_000  # metadata_props repeat; a file past this many is no model we run
 
 
 class BackendOptions(BaseModel):
@@ -103,13 +113,70 @@ def dequantize(tensor: np.ndarray, info: TensorInfo) -> np.ndarray:
     return tensor.astype(np.float32, copy=False)
 
 
-def load_backend(manifest: Manifest, path: Path, options: BackendOptions | None = None) -> Backend:
-    backend = open_model(manifest.runtime, path, options)
-    backend.check_against(manifest, str(path))
-    return backend
+def weight_format(path: Path) -> Runtime | None:
+    """The runtime a weight file is for, told by its bytes, not its name; None for neither.
+
+    TFLite is a FlatBuffer with the ``TFL3`` identifier at bytes 4..8. ONNX has no magic
+    number: it is a protobuf ``ModelProto``, so its top-level fields are walked (their tags
+    and lengths only, the weights are skipped) and must be ModelProto's, with ``ir_version``
+    and ``graph`` among them, ending exactly at the end of the file."""
+    with path.open("rb") as stream:
+        if stream.read(8)[4:8] == TFLITE_IDENTIFIER:
+            return "tflite"
+        size = stream.seek(0, os.SEEK_END)
+        stream.seek(0)
+        return "onnx" if _is_model_proto(stream, size) else None
 
 
-def open_model(runtime: Literal["onnx", "tflite"], path: Path, options: BackendOptions | None = None) -> _Loaded:
+def _is_model_proto(stream: IO[bytes], size: int) -> bool:
+    seen: set[int] = set()
+    for _ in range(_MODEL_PROTO_MAX_FIELDS):
+        if stream.tell() == size:
+            return {1, 7} <= seen  # ir_version and graph
+        tag = _varint(stream)
+        if tag is None or _MODEL_PROTO_FIELDS.get(tag >> 3) != tag & 7:
+            return False
+        value = _varint(stream)
+        if value is None:
+            return False
+        if tag & 7 == 2:  # length-delimited: skip the bytes
+            if stream.tell() + value > size:
+                return False
+            stream.seek(value, os.SEEK_CUR)
+        seen.add(tag >> 3)
+    return False
+
+
+def _varint(stream: IO[bytes]) -> int | None:
+    """A protobuf base-128 varint, at most 10 bytes; None where the file ends or it runs on."""
+    value = 0
+    for shift in range(0, 70, 7):
+        byte = stream.read(1)
+        if not byte:
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    return None
+
+
+def check_runtime(manifest: Manifest, path: Path, source: str) -> Runtime | None:
+    """Refuse a ``runtime:`` the weight file's own bytes contradict, naming the runtime that
+    fits: the other runtime's loader would blame the file ("not a valid Flatbuffer",
+    "Protobuf parsing failed") though the manifest is at fault. A file neither runtime's
+    format is left to the loader, which says it is damaged."""
+    found = weight_format(path)
+    if found is not None and found != manifest.runtime:
+        raise ManifestError(
+            source,
+            "runtime",
+            f"says {manifest.runtime}, but {manifest.file} is {FORMATS[found]}, which {RUNTIME_NAMES[found]} runs; "
+            f"set runtime: {found}",
+        )
+    return found
+
+
+def open_model(runtime: Runtime, path: Path, options: BackendOptions | None = None) -> _Loaded:
     """A model with its real tensors, not yet checked against any manifest (``s4edge models add``
     reads them to write one). An unreadable file is a ``ManifestError`` on ``file``."""
     options = options or BackendOptions()
@@ -123,8 +190,8 @@ class _Loaded:
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def check_against(self, manifest: Manifest, source: str) -> None:
-        """Refuse a model whose real tensors differ from what its manifest declares."""
+    def check_input(self, manifest: Manifest, source: str) -> TensorInfo:
+        """Refuse a model whose input differs from what its manifest declares; the input it takes."""
         spec = manifest.input
         real_in = self._input_named(spec.name, source)
         self.inputs = [real_in]
@@ -144,6 +211,10 @@ class _Loaded:
             )
         if real_in.dtype != "float32" and not real_in.scale:
             _check_pixels_fit(spec, real_in.dtype, source)
+        return real_in
+
+    def check_outputs(self, manifest: Manifest, source: str) -> list[TensorInfo]:
+        """Refuse a model whose outputs differ from what its manifest declares; its outputs, in the manifest's order."""
         if len(manifest.outputs) != len(self.outputs):
             raise ManifestError(
                 source, "outputs", f"declares {len(manifest.outputs)} outputs, the model has {len(self.outputs)}"
@@ -162,6 +233,7 @@ class _Loaded:
                 )
             ordered.append(real)
         self.outputs = ordered
+        return ordered
 
     def _input_named(self, name: str | None, source: str) -> TensorInfo:
         if name is None:

@@ -126,16 +126,21 @@ class Catalogue:
         actual = sha256_file(path)
         if actual == manifest.sha256:
             return path
-        if self._shipped(path):
-            remedy = "reinstall s4edge"
-        elif manifest.url:
-            remedy = f"run `s4edge models pull {name}` to replace it"
-        else:  # a model of one's own, with no url to pull it from: the file or the manifest is wrong
-            remedy = (
-                f"copy the right file there with `s4edge models pull {name} --from DIR`, or, if this one is "
-                f"right, set sha256: {actual} in {entry.folder / 'manifest.yaml'}"
-            )
+        remedy = self.sha_remedy(entry, path, actual)
         raise CatalogueError(f"{path} has sha256 {actual}, the manifest says {manifest.sha256}; {remedy}")
+
+    def sha_remedy(self, entry: ModelEntry, path: Path, actual: str) -> str:
+        """What to do about weights at ``path`` whose sha256 ``actual`` is not the manifest's."""
+        name = entry.name
+        if self._shipped(path):
+            return "reinstall s4edge"
+        if entry.manifest.url:
+            return f"run `s4edge models pull {name}` to replace it"
+        # a model of one's own, with no url to pull it from: the file or the manifest is wrong
+        return (
+            f"copy the right file there with `s4edge models pull {name} --from DIR`, or, if this one is "
+            f"right, set sha256: {actual} in {entry.folder / 'manifest.yaml'}"
+        )
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:

@@ -106,40 +106,78 @@ def pull(
 
 
 @models_app.command("verify")
-def verify(name: str | None = typer.Argument(None, help="One model; all cached models when absent.")) -> None:
-    """Check cached weights against their manifests' sha256. Exit 1 on a mismatch or a broken manifest."""
+def verify(
+    name: str | None = typer.Argument(None, help="One model; default: every cached model."),
+    sha_only: bool = typer.Option(
+        False, "--sha-only", help="Check only the weights' sha256: no load, no inference (fast; for scripts)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of lines."),
+) -> None:
+    """Will the model run? Checks the weights' sha256, then loads each model with its runtime, checks
+    its input, outputs, quantization and labels against the manifest and runs it once on a grey frame.
+    Exit 1 when a check fails or a manifest is broken."""
+    from s4edge.edge.vision.verify import verify_model
+
     catalogue = _catalogue()
     with _clear_errors():
         entries, broken = catalogue.scan()
         names = [name] if name else sorted(entries)
-        checks = [catalogue.verify(n) for n in names]
-    failed = False
-    for error in [] if name else broken:  # `models list` shows them too: a model nobody can load
-        typer.echo(f"broken manifest: {error}")
-        failed = True
-    for check in checks:
-        if not check.cached:
-            typer.echo(f"{check.name}: not cached")
-            failed = failed or name is not None
-        elif check.ok:
-            typer.echo(f"{check.name}: ok")
-        else:
-            typer.echo(f"{check.name}: MISMATCH (sha256 {check.actual_sha256})")
-            failed = True
+        reports = [verify_model(catalogue, n, load=not sha_only) for n in names]
+    # `models list` shows broken manifests too: a model nobody can load; an uncached one fails only when named
+    failed = bool(broken and not name) or any(r.failed or (name and not r.cached) for r in reports)
+    if as_json:
+        _print_json(
+            {
+                "models": [
+                    {
+                        "name": r.name,
+                        "cached": r.cached,
+                        "failed": r.failed,
+                        "checks": [asdict(c) for c in r.checks],
+                        "not_run": list(r.not_run),
+                    }
+                    for r in reports
+                ],
+                "errors": [] if name else [str(e) for e in broken],
+            }
+        )
+    else:
+        for error in [] if name else broken:
+            typer.echo(f"broken manifest: {error}")
+        for report in reports:
+            _print_verification(report, sha_only)
     if failed:
         raise typer.Exit(1)
 
 
+def _print_verification(report: Any, sha_only: bool) -> None:
+    if not report.cached:
+        typer.echo(f"{report.name}: not cached; run `s4edge models pull {report.name}`")
+        return
+    verdict = "sha256 ok, not loaded (--sha-only)" if sha_only else "ok"
+    typer.echo(f"{report.name}: " + (f"FAIL ({report.failed})" if report.failed else verdict))
+    for check in report.checks:
+        typer.echo(
+            f"  {check.status.upper() if check.status == 'fail' else check.status:<5} {check.name:<13}{check.detail}"
+        )
+        if check.remedy and check.status != "pass":
+            typer.echo(f"  {'':<5} {'':<13}fix: {check.remedy}")
+    if report.not_run:
+        typer.echo(f"  not run: {', '.join(report.not_run)} (they need {report.failed} to pass)")
+
+
 @models_app.command("bench")
 def bench(
-    name: str = typer.Argument(...),
-    runs: int = typer.Option(100, "--runs", min=1),
-    warmup: int = typer.Option(5, "--warmup", min=0),
+    name: str = typer.Argument(..., help="Model name from `s4edge models list`."),
+    runs: int = typer.Option(100, "--runs", min=1, help="Timed runs of each stage (count)."),
+    warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed runs first, to warm caches and allocators (count)."),
     image: Path | None = typer.Option(
-        None, "--image", help="Frame to run on; a fixed synthetic 640×480 frame if absent."
+        None, "--image", help="Frame to run on (an image file); default: a fixed synthetic 640×480 frame."
     ),
-    threads: int | None = typer.Option(None, "--threads", min=1),
-    as_json: bool = typer.Option(False, "--json"),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="Inference threads (count); default: every core this process may use but one."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Latency percentiles of the raw model run (infer) and of the whole detect()."""
     import numpy as np
@@ -182,10 +220,12 @@ def bench(
 
 @models_app.command("eval")
 def eval_model(
-    name: str = typer.Argument(...),
+    name: str = typer.Argument(..., help="Model name from `s4edge models list`."),
     data: Path = typer.Option(..., "--data", help="YOLO-format folder: images/…, labels/… (class cx cy w h)."),
-    threads: int | None = typer.Option(None, "--threads", min=1),
-    as_json: bool = typer.Option(False, "--json"),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="Inference threads (count); default: every core this process may use but one."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """mAP@0.5 and mAP@0.5:0.95, overall and per class (COCO evaluation)."""
     from s4edge.edge.vision.detector import Detector
@@ -208,12 +248,14 @@ def eval_model(
 
 @models_app.command("quantize")
 def quantize(
-    name: str = typer.Argument(...),
+    name: str = typer.Argument(..., help="Model name from `s4edge models list`."),
     calib: Path = typer.Option(..., "--calib", help="Folder of calibration photos, ideally from the site."),
     out_name: str | None = typer.Option(None, "--out-name", help="Name of the new model; NAME-int8 by default."),
-    data: Path | None = typer.Option(None, "--data", help="Labelled folder to compare mAP before and after."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Labelled folder to compare mAP before and after (default: none, no mAP comparison)."
+    ),
     runs: int = typer.Option(50, "--runs", min=1, help="Timed runs per model for the speed comparison."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Static INT8 (QDQ, per-channel) quantization into the cache, with a generated manifest."""
     from s4edge.edge.vision.evaluate import DatasetError
@@ -238,12 +280,16 @@ def quantize(
 def add_model(
     file: Path = typer.Argument(..., help="The weight file: .onnx or .tflite."),
     name: str = typer.Option(..., "--name", help="The model's name in the catalogue (lower-case, digits, . _ -)."),
-    labels: Path | None = typer.Option(None, "--labels", help="Class names, one per line."),
+    labels: Path | None = typer.Option(
+        None,
+        "--labels",
+        help="Class names, one per line; default: the file's metadata, else the decoder family's, else class_N.",
+    ),
     sets: list[str] = typer.Option(
         [], "--set", help="FIELD=VALUE for a manifest field the graph cannot tell (--set input.colour=BGR); repeatable."
     ),
     force: bool = typer.Option(False, "--force", help="Replace a model of this name that you added before."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Inspect a model, guess its decoder family from the output shapes, and add it with a manifest to
     your catalogue (the model cache). When it cannot tell, it lists what it found and the fields to --set."""
@@ -388,9 +434,11 @@ def _detection_dict(det: Detection) -> dict[str, Any]:
 def detect(
     path: Path = typer.Argument(..., help="An image, a folder of images, or a video file."),
     model: str = typer.Option("fastestdet", "--model", help="Model name from `s4edge models list`."),
-    threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0, help="Score threshold override."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Lowest score (0 to 1) a detection needs; default: the manifest's."
+    ),
     every: int = typer.Option(1, "--every", min=1, help="For a video: run on every Nth frame."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Run a detector on images or a video and print class, score and box (normalised x1 y1 x2 y2)."""
     from s4edge.edge.vision.detector import Detector

@@ -8,20 +8,30 @@ so the pipeline hot-swaps a model by building a new Detector and switching its r
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 
 from s4edge.cloud_sync.messages import ModelRef
 from s4edge.drivers.frames import BufferPool
-from s4edge.edge.vision.backends import Backend, BackendOptions, load_backend
+from s4edge.edge.vision.backends import (
+    FORMATS,
+    RUNTIME_NAMES,
+    Backend,
+    BackendOptions,
+    TensorInfo,
+    check_runtime,
+    open_model,
+)
 from s4edge.edge.vision.catalogue import Catalogue
 from s4edge.edge.vision.decoders import Candidates, DecodeContext, bind
 from s4edge.edge.vision.decoders.guess import guess_family
+from s4edge.edge.vision.inspection import quantization_of
 from s4edge.edge.vision.manifest import InputSpec, ManifestError, ModelEntry
 from s4edge.edge.vision.nms import nms
 from s4edge.edge.vision.types import Detection
@@ -57,6 +67,24 @@ class Geometry:
         return frame_boxes
 
 
+# What loading a model checks, in this order; each needs the ones before it (``s4edge models verify``).
+LOAD_CHECKS = ("runtime", "load", "input", "outputs", "quantization", "decoder", "labels", "inference")
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """One check of whether a model will run, as ``s4edge models verify`` reports it."""
+
+    name: str  # "sha256" or one of LOAD_CHECKS
+    status: Literal["pass", "fail", "skip"]  # skip: not run, or not checkable on this install
+    detail: str
+    remedy: str = ""
+
+
+def _unheard(check: ModelCheck) -> None:
+    """No one asked for the checks: a load that passes them says nothing."""
+
+
 class _InputPlan:
     """An input spec's constants for preprocessing: the tensor's shape, scale, mean and std,
     and the geometry of each frame size met so far."""
@@ -77,27 +105,39 @@ class Detector:
         weights: Path,
         options: BackendOptions | None = None,
         score_threshold: float | None = None,
+        on_check: Callable[[ModelCheck], None] | None = None,
+        read_graph: bool = False,
     ) -> None:
+        """Load the model and check it fits its manifest and runs, in ``LOAD_CHECKS`` order: each
+        check that passes goes to ``on_check``; the first that fails raises, a ``ManifestError``
+        naming the manifest field at fault (``file`` where the weight file is). ``read_graph``
+        reads an ONNX model's graph for its quantization (``s4edge models verify``): the onnx
+        package and a second copy of the graph cost a node 12 MB, so a node checks the input alone."""
         manifest = entry.manifest
         source = str(entry.folder / "manifest.yaml")
+        passed = on_check or _unheard
         self.manifest = manifest
-        self.labels = entry.labels()
         self.score_threshold = manifest.decoder.score_threshold if score_threshold is None else score_threshold
+        passed(self._check_runtime(weights, source))
+        model = open_model(manifest.runtime, weights, options)
+        passed(ModelCheck("load", "pass", f"{RUNTIME_NAMES[manifest.runtime]} opened it"))
+        real_in = model.check_input(manifest, source)
+        spec = manifest.input
+        quantized = f", scale {real_in.scale:.6g}, zero point {real_in.zero_point}" if real_in.scale else ""
+        passed(ModelCheck("input", "pass", f"{_tensor(real_in)}{quantized}: {spec.layout} {spec.width}×{spec.height}"))
+        outputs = model.check_outputs(manifest, source)
+        passed(ModelCheck("outputs", "pass", ", ".join(_tensor(o) for o in outputs)))
+        self.backend: Backend = model
+        passed(self._check_quantization(weights, source, read_graph))
         self._decoder = bind(manifest.decoder, source)
-        try:
-            self.backend: Backend = load_backend(manifest, weights, options)
-        except ManifestError as exc:
-            if exc.field == "file":
-                raise
-            # Shape/dtype mismatches are the manifest's fault: report them against the manifest.
-            raise ManifestError(source, exc.field, exc.problem) from exc
         self._context = DecodeContext(manifest.input.width, manifest.input.height, self.score_threshold)
-        self._check_labels(source)
-        self._check_decoder(source)
+        passed(self._check_decoder(source))
+        self.labels = entry.labels()
+        passed(self._check_labels(source))
         self._tensors = BufferPool(keep=4)  # being prepared, waiting, in inference, spare
         self._scratch = threading.local()  # per thread: the resized frame and its planes
         self._input: _InputPlan | None = None
-        self._check_runs(source)
+        passed(self._check_runs(source))
 
     @classmethod
     def from_catalogue(
@@ -114,15 +154,52 @@ class Detector:
     def model_ref(self) -> ModelRef:
         return self.manifest.ref
 
-    def _check_labels(self, source: str) -> None:
+    def _check_runtime(self, weights: Path, source: str) -> ModelCheck:
+        runtime = self.manifest.runtime
+        if check_runtime(self.manifest, weights, source) is None:
+            detail = f"{weights.name} is neither ONNX nor TFLite by its first bytes; loading it tells more"
+            return ModelCheck("runtime", "skip", detail)
+        return ModelCheck("runtime", "pass", f"{weights.name} is {FORMATS[runtime]}, as runtime: {runtime} says")
+
+    def _check_quantization(self, weights: Path, source: str, read_graph: bool) -> ModelCheck:
+        """The manifest's ``quantization:`` must be what the model's own tensors show, as ``s4edge
+        models add`` writes it: a model labelled int8 that is float (or float that is int8) would
+        be chosen for an accelerator, or a comparison, it does not fit."""
+        declared, first = self.manifest.quantization, self.backend.inputs[0]
+        if self.manifest.runtime == "onnx" and not read_graph:
+            found, evidence = None, "an ONNX graph is read by `s4edge models verify`, not at load"
+        else:
+            found, evidence = quantization_of(self.backend, self.manifest.runtime, weights)
+        if found is None:
+            if declared == "int8-full" and first.dtype == "float32":  # full integer: its input too
+                raise ManifestError(
+                    source,
+                    "quantization",
+                    f"says int8-full, but the model takes a {first.dtype} input; set none, fp16, int8-dynamic "
+                    "or int8-static (pip install 's4edge[research]' and run `s4edge models verify` to tell which)",
+                )
+            remedy = "pip install 's4edge[research]' to check it against the graph"
+            return ModelCheck("quantization", "skip", f"{declared}, not checked: {evidence}", remedy)
+        if found != declared:
+            raise ManifestError(
+                source,
+                "quantization",
+                f"says {declared}, but the model is {found} ({evidence}); set quantization: {found}",
+            )
+        return ModelCheck("quantization", "pass", f"{found}: {evidence}")
+
+    def _check_labels(self, source: str) -> ModelCheck:
         """Line k of the labels names class k: a file a line short or long (a header, a lost first
         line) names every detection after it wrongly, a person reported as a bicycle. Where the
         output shapes tell the classes (decoders/guess.py), the labels must be as many."""
         manifest, spec = self.manifest, self.manifest.input
         family = manifest.decoder.family
         head = guess_family(self.backend.outputs, spec.width, spec.height, manifest.runtime, family=family)
-        if head.family != family or not head.classes or len(self.labels) == head.classes:
-            return
+        if head.family != family or not head.classes:
+            detail = f"{len(self.labels)} labels; the outputs do not tell how many classes the model has"
+            return ModelCheck("labels", "skip", detail)
+        if len(self.labels) == head.classes:
+            return ModelCheck("labels", "pass", f"{len(self.labels)} labels for the model's {head.classes} classes")
         where = f"{manifest.labels} has" if isinstance(manifest.labels, str) else "the list holds"
         raise ManifestError(
             source,
@@ -131,17 +208,20 @@ class Detector:
             "write one class name per line, line k for class k, with no header",
         )
 
-    def _check_decoder(self, source: str) -> None:
+    def _check_decoder(self, source: str) -> ModelCheck:
         """Decode a blank output once, so options that cannot fit this model fail at load, not per frame."""
+        family = self.manifest.decoder.family
         if any(not d for info in self.backend.outputs for d in info.shape):
-            return  # sizes known only once it runs: _check_runs decodes its real outputs
+            # sizes known only once it runs: _check_runs decodes its real outputs
+            return ModelCheck("decoder", "pass", f"{family}; the output sizes are known once it runs (inference)")
         blank = [np.zeros([d or 1 for d in info.shape], np.float32) for info in self.backend.outputs]  # all known
         try:
             self._decoder(blank, self._context)
         except ValueError as exc:
-            raise ManifestError(source, "decoder", f"{self.manifest.decoder.family}: {exc}") from exc
+            raise ManifestError(source, "decoder", f"{family}: {exc}") from exc
+        return ModelCheck("decoder", "pass", f"{family} reads outputs of these shapes")
 
-    def _check_runs(self, source: str) -> None:
+    def _check_runs(self, source: str) -> ModelCheck:
         """Run the model once on a grey frame, so that one which loads but cannot run on what
         its manifest prepares (a grey or NHWC input declared NCHW, a size of -1) is refused
         at load or at a live swap, which then keeps the old model, not on every frame after."""
@@ -155,9 +235,12 @@ class Detector:
             problem = " ".join(str(exc).split())[:300]
             raise ManifestError(source, "input", f"the model does not run on a frame prepared so: {problem}") from exc
         try:
-            self.decode(outputs, geometry)
+            found = self.decode(outputs, geometry)
         except ValueError as exc:
             raise ManifestError(source, "decoder", f"{self.manifest.decoder.family}: {exc}") from exc
+        return ModelCheck(
+            "inference", "pass", f"ran once on a grey {spec.width}×{spec.height} frame: {len(found)} detections"
+        )
 
     def preprocess(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """Frame → the model's float input: resize (stretch or letterbox), channel order,
@@ -292,6 +375,11 @@ class Detector:
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
         tensor, geometry = self.preprocess(frame_bgr)
         return self.decode(self.infer(tensor), geometry)
+
+
+def _tensor(info: TensorInfo) -> str:
+    shape = ", ".join("?" if d is None else str(d) for d in info.shape)
+    return f"{info.name} [{shape}] {info.dtype}"
 
 
 def _as_bgr(frame: np.ndarray) -> np.ndarray:

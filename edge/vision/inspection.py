@@ -16,14 +16,20 @@ from typing import Any, Literal
 
 import numpy as np
 
-from s4edge.edge.vision.backends import BackendOptions, TensorInfo, open_model
+from s4edge.edge.vision.backends import (
+    FORMATS,
+    TFLITE_IDENTIFIER,
+    BackendOptions,
+    Runtime,
+    TensorInfo,
+    open_model,
+    weight_format,
+)
 from s4edge.edge.vision.catalogue import sha256_file
 from s4edge.edge.vision.manifest import ManifestError
 
-Runtime = Literal["onnx", "tflite"]
 Quantization = Literal["none", "fp16", "int8-dynamic", "int8-static", "int8-full"]
 RUNTIMES: dict[str, Runtime] = {".onnx": "onnx", ".tflite": "tflite"}
-TFLITE_IDENTIFIER = b"TFL3"  # FlatBuffers file identifier at bytes 4..8 (tensorflow/lite/schema/schema.fbs)
 _INTEGER = ("int8", "uint8")
 
 
@@ -88,7 +94,11 @@ def inspect_model(path: Path, input_shape: list[int] | None = None) -> ModelGrap
     runtime = runtime_of(path)
     if not path.is_file():
         raise InspectionError(f"{path}: no such file")
-    if runtime == "tflite" and _identifier(path) != TFLITE_IDENTIFIER:
+    found = weight_format(path)
+    if found is not None and found != runtime:
+        suffix = next(s for s, r in RUNTIMES.items() if r == found)
+        raise InspectionError(f"{path}: {FORMATS[found]}, named {path.suffix}; rename it to {path.stem}{suffix}")
+    if runtime == "tflite" and found is None:
         raise InspectionError(f"{path}: not a TFLite model (no {TFLITE_IDENTIFIER.decode()} identifier in its header)")
     try:
         model = open_model(runtime, path, BackendOptions(threads=1))
@@ -96,22 +106,18 @@ def inspect_model(path: Path, input_shape: list[int] | None = None) -> ModelGrap
         raise InspectionError(f"{path}: {' '.join(exc.problem.split())}") from exc
     inputs, outputs = list(model.inputs), list(model.outputs)
     labels = size = postprocess = None
+    found_quantization, evidence = quantization_of(model, runtime, path)
+    quantization: Quantization = found_quantization or "none"
     if runtime == "onnx":
         labels, size = _ultralytics_metadata(model.session)  # type: ignore[attr-defined]
-        quantization, evidence = _onnx_quantization(path, inputs[0])
     else:
-        quantization, evidence, postprocess = _tflite_graph(model.interpreter, inputs[0])  # type: ignore[attr-defined]
+        postprocess = _tflite_postprocess(model.interpreter)  # type: ignore[attr-defined]
     shape = input_shape or _static_input(inputs[0].shape, size)
     if shape is not None and any(d is None for o in outputs for d in o.shape):
         outputs = _run_for_shapes(model, shape, outputs)
     return ModelGraph(
         path, runtime, sha256_file(path), inputs, outputs, shape, quantization, evidence, labels, postprocess
     )
-
-
-def _identifier(path: Path) -> bytes:
-    with path.open("rb") as stream:
-        return stream.read(8)[4:8]
 
 
 def _static_input(shape: tuple[int | None, ...], metadata_size: tuple[int, int] | None) -> list[int] | None:
@@ -153,12 +159,21 @@ def _ultralytics_metadata(session: Any) -> tuple[list[str] | None, tuple[int, in
     return labels, size
 
 
-def _onnx_quantization(path: Path, first_input: TensorInfo) -> tuple[Quantization, str]:
+def quantization_of(model: Any, runtime: Runtime, path: Path) -> tuple[Quantization | None, str]:
+    """The quantization a loaded model's own tensors and ops show (the manifest's
+    ``quantization:``), with the evidence; None where this install cannot read them (an
+    ONNX graph without the onnx package)."""
+    if runtime == "onnx":
+        return _onnx_quantization(path, model.inputs[0])
+    return _tflite_quantization(model.interpreter, model.inputs[0])
+
+
+def _onnx_quantization(path: Path, first_input: TensorInfo) -> tuple[Quantization | None, str]:
     try:
         import onnx
         from onnx import numpy_helper
     except ImportError:
-        return "none", "not inspected: the onnx package is not installed (pip install 's4edge[research]')"
+        return None, "not inspected: the onnx package is not installed (pip install 's4edge[research]')"
     graph = onnx.load(str(path), load_external_data=False).graph
     ops = Counter(node.op_type for node in graph.node)
     initializers = {i.name: i for i in graph.initializer}
@@ -179,29 +194,43 @@ def _onnx_quantization(path: Path, first_input: TensorInfo) -> tuple[Quantizatio
     return "none", "float weights, no quantization nodes"
 
 
-def _tflite_graph(interpreter: Any, first_input: TensorInfo) -> tuple[Quantization, str, list[str] | None]:
-    tensors = interpreter.get_tensor_details()
-    dtypes = Counter(np.dtype(t["dtype"]).name for t in tensors)
+def _tflite_ops(interpreter: Any) -> list[dict[str, Any]]:
     try:
-        ops = interpreter._get_ops_details()  # LiteRT's op list (also in tflite_runtime)
+        ops: list[dict[str, Any]] = interpreter._get_ops_details()  # LiteRT's op list (also in tflite_runtime)
     except AttributeError:
-        ops = []
-    op_names = Counter(op["op_name"] for op in ops)
-    names = {t["index"]: t["name"] for t in tensors}
-    postprocess = next(
-        ([names[int(i)] for i in op["outputs"]] for op in ops if op["op_name"] == "TFLite_Detection_PostProcess"),
-        None,
-    )
-    if first_input.dtype in _INTEGER:
+        return []
+    return ops
+
+
+def _tflite_quantization(interpreter: Any, first_input: TensorInfo) -> tuple[Quantization, str]:
+    dtypes = Counter(np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details())
+    # an integer input with a scale is quantized (TFLite quantization spec); one without
+    # (a uint8 image a float graph casts) says nothing about the weights
+    if first_input.dtype in _INTEGER and first_input.scale:
         evidence = (
             f"{first_input.dtype} input with scale {first_input.scale:.6g}, zero point {first_input.zero_point}; "
             f"{dtypes[first_input.dtype]} {first_input.dtype} tensors"
         )
-        return "int8-full", evidence, postprocess
+        return "int8-full", evidence
     if dtypes["int8"]:
-        if op_names["QUANTIZE"]:
-            return "int8-static", f"{dtypes['int8']} int8 tensors behind a float input (QUANTIZE ops)", postprocess
-        return "int8-dynamic", f"{dtypes['int8']} int8 weight tensors, float activations", postprocess
+        if any(op["op_name"] == "QUANTIZE" for op in _tflite_ops(interpreter)):
+            return "int8-static", f"{dtypes['int8']} int8 tensors behind a float input (QUANTIZE ops)"
+        return "int8-dynamic", f"{dtypes['int8']} int8 weight tensors, float activations"
     if dtypes["float16"]:
-        return "fp16", f"{dtypes['float16']} float16 weight tensors, dequantized to float32 at load", postprocess
-    return "none", "float32 tensors only", postprocess
+        return "fp16", f"{dtypes['float16']} float16 weight tensors, dequantized to float32 at load"
+    if first_input.dtype in _INTEGER:
+        return "none", f"a {first_input.dtype} input with no quantization, float32 weights"
+    return "none", "float32 tensors only"
+
+
+def _tflite_postprocess(interpreter: Any) -> list[str] | None:
+    """A TFLite_Detection_PostProcess op's outputs, in its order."""
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    return next(
+        (
+            [names[int(i)] for i in op["outputs"]]
+            for op in _tflite_ops(interpreter)
+            if op["op_name"] == "TFLite_Detection_PostProcess"
+        ),
+        None,
+    )

@@ -4,6 +4,7 @@ refused in one line that names the field and what to do, never obeyed into wrong
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from s4edge.cli import app
 from s4edge.edge.doctor import check_model
-from s4edge.edge.vision.catalogue import Catalogue, CatalogueError
+from s4edge.edge.vision.catalogue import Catalogue, CatalogueError, sha256_file
 from s4edge.edge.vision.detector import Detector
 from s4edge.edge.vision.manifest import ManifestError, load_manifest, parse_manifest
 from s4edge.edge.vision.source import Config as VisionConfig
@@ -137,3 +138,117 @@ def test_doctor_sends_a_manifest_fault_to_the_manifest_not_elsewhere(mine, field
     (check,) = check_model(config, catalogue)
     assert check.status == "FAIL" and f"input.{field}" in check.detail
     assert f"input.{field}" in check.hint and "manifest" in check.hint  # not providers, nor the model's name
+
+
+@pytest.fixture
+def own(tmp_path: Path, shared: Path):
+    """A shared model file under a name of the researcher's in the cache, with the packaged manifest
+    written for it (and COCO's names beside it where that manifest names a labels file)."""
+
+    def make(packaged: str, weights: str) -> tuple[Catalogue, dict, Path]:
+        folder = tmp_path / "cache" / "mine"
+        folder.mkdir(parents=True)
+        shutil.copy(shared / "models" / weights, folder)
+        data = yaml.safe_load((REPO / "models" / packaged / "manifest.yaml").read_text())
+        data["name"] = "mine"
+        data.pop("url", None)
+        if isinstance(data["labels"], str):
+            shutil.copy(shared / "models/fastestdet/coco.names", folder / "labels.txt")
+            data["labels"] = "labels.txt"
+        write(folder, data)
+        return Catalogue(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache"), data, folder
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("packaged", "weights", "wrong", "right"),
+    [
+        ("fastestdet", "fastestdet/FastestDet.onnx", "tflite", "onnx"),
+        ("fastestdet-tflite", "fastestdet-tflite/FastestDet_float32.tflite", "onnx", "tflite"),
+        ("mediapipe-pose", "mediapipe-pose/pose_detection.tflite", "onnx", "tflite"),
+    ],
+)
+def test_a_runtime_the_weight_file_contradicts_is_refused_naming_runtime_not_the_file(
+    own, packaged: str, weights: str, wrong: str, right: str
+) -> None:
+    # it said "…/FastestDet.onnx: file: not a loadable TFLite model: The model is not a valid
+    # Flatbuffer buffer": the researcher went looking for a damaged download
+    catalogue, data, folder = own(packaged, weights)
+    data["runtime"] = wrong
+    write(folder, data)
+    with pytest.raises(ManifestError) as caught:
+        Detector.from_catalogue(catalogue, "mine")
+    assert caught.value.field == "runtime" and caught.value.source == str(folder / "manifest.yaml")
+    assert f"says {wrong}" in caught.value.problem and f"set runtime: {right}" in caught.value.problem
+    assert "loadable" not in str(caught.value)
+
+
+def test_a_damaged_weight_file_is_still_blamed_on_the_file(own) -> None:
+    # neither format by its bytes: no runtime fits it better, so the runtime's loader says what is wrong
+    catalogue, data, folder = own("fastestdet-tflite", "fastestdet-tflite/FastestDet_float32.tflite")
+    weights = folder / data["file"]
+    weights.write_bytes(weights.read_bytes()[4:])  # the TFL3 identifier moved off bytes 4..8
+    data["sha256"] = sha256_file(weights)
+    write(folder, data)
+    with pytest.raises(ManifestError, match="not a loadable TFLite model") as caught:
+        Detector.from_catalogue(catalogue, "mine")
+    assert caught.value.field == "file"
+
+
+def test_the_weight_format_is_told_by_its_bytes_not_its_name(shared: Path, tmp_path: Path) -> None:
+    from s4edge.edge.vision.backends import weight_format
+
+    models = shared / "models"
+    assert weight_format(models / "fastestdet/FastestDet.onnx") == "onnx"
+    assert {weight_format(p) for p in models.glob("*/*.tflite")} == {"tflite"}
+    renamed = tmp_path / "pose.onnx"
+    shutil.copy(models / "mediapipe-pose/pose_detection.tflite", renamed)
+    assert weight_format(renamed) == "tflite"
+    onnx_bytes = (models / "fastestdet/FastestDet.onnx").read_bytes()
+    for name, content in [("cut.onnx", onnx_bytes[: len(onnx_bytes) // 2]), ("empty", b""), ("text", b"hello\n")]:
+        (tmp_path / name).write_bytes(content)
+        assert weight_format(tmp_path / name) is None, name
+
+
+@pytest.mark.parametrize(
+    ("packaged", "weights", "wrong", "right"),
+    [
+        ("fastestdet-tflite", "fastestdet-tflite/FastestDet_float32.tflite", "int8-full", "none"),
+        ("fastestdet-tflite-int8", "fastestdet-tflite/FastestDet_full_integer_quant.tflite", "none", "int8-full"),
+        ("fastestdet", "fastestdet/FastestDet.onnx", "int8-static", "none"),
+        ("mediapipe-pose", "mediapipe-pose/pose_detection.tflite", "none", "fp16"),
+    ],
+)
+def test_a_quantization_the_model_contradicts_is_refused_naming_the_one_that_fits(
+    own, packaged: str, weights: str, wrong: str, right: str
+) -> None:
+    # a float model labelled int8 (or the other way) loaded silently, and `models list` said so
+    catalogue, data, folder = own(packaged, weights)
+    data["quantization"] = wrong
+    write(folder, data)
+    with pytest.raises(ManifestError) as caught:  # as `s4edge models verify` loads it: ONNX's graph read too
+        Detector(catalogue.get("mine"), catalogue.weights("mine"), read_graph=True)
+    assert caught.value.field == "quantization" and caught.value.source == str(folder / "manifest.yaml")
+    assert f"says {wrong}" in caught.value.problem and f"set quantization: {right}" in caught.value.problem
+
+
+def test_without_the_onnx_package_an_onnx_models_quantization_is_checked_by_its_input(
+    own, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a node installs s4edge[node,vision], without onnx: the graph cannot be read, the input still can
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    catalogue, data, folder = own("fastestdet", "fastestdet/FastestDet.onnx")
+    data["quantization"] = "int8-full"
+    write(folder, data)
+    with pytest.raises(ManifestError) as caught:
+        Detector.from_catalogue(catalogue, "mine")
+    assert caught.value.field == "quantization" and "float32 input" in caught.value.problem
+    data["quantization"] = "int8-static"  # float input and int8 weights: it could be
+    write(folder, data)
+    from s4edge.edge.vision.detector import ModelCheck
+
+    checks: list[ModelCheck] = []
+    Detector(catalogue.get("mine"), catalogue.weights("mine"), on_check=checks.append)
+    (quantization,) = [c for c in checks if c.name == "quantization"]
+    assert quantization.status == "skip" and "s4edge[research]" in quantization.remedy

@@ -255,6 +255,11 @@ def test_guess_tells_yolov8_from_yolox_and_flags_tflite_boxes() -> None:
         (lambda d: d / "text.onnx", [], "not a loadable ONNX model"),
         (lambda d: d / "cut.tflite", [], "not a loadable TFLite model"),
         (lambda d: d / "renamed.tflite", [], "not a TFLite model (no TFL3 identifier"),
+        (
+            lambda d: d / "yolo.tflite",
+            [],
+            "an ONNX model (a protobuf ModelProto), named .tflite; rename it to yolo.onnx",
+        ),
         (lambda d: d / "absent.onnx", [], "no such file"),
         (lambda d: d / "yolo.onnx", ["--labels", "missing.txt"], "--labels missing.txt: no such file"),
         (lambda d: d / "yolo.onnx", ["--name", "fastestdet"], "'fastestdet' is a packaged model"),
@@ -269,6 +274,7 @@ def test_bad_files_and_arguments_are_refused_in_one_line(cache: Path, tmp_path: 
     (tmp_path / "renamed.tflite").write_bytes((tmp_path / "text.onnx").read_bytes())
     yolo = constant_head(tmp_path / "yolo.onnx", {"output0": yolov8_head()})
     (tmp_path / "cut.tflite").write_bytes(b"\x00\x00\x00\x00TFL3" + yolo.read_bytes()[:200])
+    (tmp_path / "yolo.tflite").write_bytes(yolo.read_bytes())  # it said "no TFL3 identifier", as for a text file
     args = args if "--name" in args else [*args, "--name", "m"]
     result = add(str(make(tmp_path)), *args)
     assert result.exit_code == 1
@@ -327,9 +333,7 @@ def test_each_shared_model_is_added_as_its_hand_written_manifest_says(
     ours, theirs = (DecoderSpec.model_validate(m["decoder"]) for m in (written, expected))
     assert bind(ours, "written").options == bind(theirs, "expected").options
     assert (ours.family, ours.score_threshold, ours.nms_iou) == (theirs.family, theirs.score_threshold, theirs.nms_iou)
-    # pose_detection.tflite stores its weights as float16 (DEQUANTIZE ops); its hand-written manifest says none
-    quantization = {"fastestdet-tflite-int8": "int8-full", "fastestdet-tflite-int8-3out": "int8-full"}
-    assert written["quantization"] == quantization.get(packaged, "fp16" if packaged == "mediapipe-pose" else "none")
+    assert written["quantization"] == expected["quantization"]  # pose_detection.tflite: fp16 weights
 
     images = shared / "data/images"
     if not images.is_dir():
