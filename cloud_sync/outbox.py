@@ -22,6 +22,9 @@ open the outbox again: on a disk with no byte left it cannot (``disk I/O error``
 SQLITE_IOERR_SHMSIZE), and the node would not start. So the outbox keeps ``RESERVE_BYTES``
 in a file beside it (``outbox.db.reserve``), gives that space up to open on a full disk, and
 takes it back once a commit finds room for it again.
+
+``read_backlog`` reads what an outbox holds, and when the broker and the aggregator last took
+something from it, without its writer and without changing it (``s4edge agent status``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,6 +48,11 @@ SEQ_BLOCK: Final = 1000
 RESERVE_BYTES: Final = 512 * 1024  # room to create the WAL and shared memory on a full disk, and then some
 SEEN_COMMANDS_KEPT: Final = 4096  # executed commands' ids kept past their expiry (about 0.3 MB)
 RESERVE_RETRY_S: Final = 5.0  # how often a commit tries to take the reserve back while it is given up
+# Counters stamped (UNIX seconds) in the commit of an ack or in-flight mark (the broker took a
+# stored message: its PUBACK, or for QoS 0 its write to the connection) and of a receipt's
+# delete: a technician reads them while the node is offline, its agent running or not.
+PUBLISHED_AT: Final = "published_at"
+RECEIPT_AT: Final = "receipt_at"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -376,7 +385,7 @@ class Outbox:
         commits in the next group: losing it in a crash only means a duplicate send."""
         ids = [(row_id,) for row_id in row_ids]
         if ids:
-            op = self._submit(_each("DELETE FROM outbox WHERE id = ?", ids))
+            op = self._submit(_stamped(PUBLISHED_AT, _each("DELETE FROM outbox WHERE id = ?", ids)))
             if wait:
                 op.wait()
 
@@ -387,7 +396,9 @@ class Outbox:
         rows = [(attempts, resend_at, row_id) for row_id, attempts, resend_at in marks]
         if not rows:
             return None
-        op = self._submit(_each("UPDATE outbox SET attempts = ?, resend_at = ? WHERE id = ?", rows))
+        op = self._submit(
+            _stamped(PUBLISHED_AT, _each("UPDATE outbox SET attempts = ?, resend_at = ? WHERE id = ?", rows))
+        )
         self._marking = op
         if wait:
             op.wait()
@@ -398,7 +409,7 @@ class Outbox:
         change nothing. A delete lost in a crash only means a resend and another receipt."""
         ids = [(receipt_id,) for receipt_id in receipt_ids]
         if ids:
-            op = self._submit(_each("DELETE FROM outbox WHERE receipt_id = ?", ids))
+            op = self._submit(_stamped(RECEIPT_AT, _each("DELETE FROM outbox WHERE receipt_id = ?", ids)))
             if wait:
                 op.wait()
 
@@ -543,6 +554,17 @@ def _reserving(reserved: int, write: Write) -> Write:
     return both
 
 
+def _stamped(counter: str, write: Write) -> Write:
+    """``write``, and now (UNIX seconds, when it was asked for) in ``counter``, in one commit."""
+    at = int(time.time())
+
+    def both(db: sqlite3.Connection) -> Any:
+        _set_counter(db, counter, at)
+        return write(db)
+
+    return both
+
+
 def _set_counter(db: sqlite3.Connection, name: str, value: int) -> None:
     db.execute(
         "INSERT INTO counter (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -555,3 +577,75 @@ def _add_counter(db: sqlite3.Connection, name: str, delta: int) -> None:
         "INSERT INTO counter (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
         (name, delta, delta),
     )
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What an outbox holds, and when it last got through (``read_backlog``)."""
+
+    queued: dict[str, int]  # rows by kind: alert, telemetry, cmd_result
+    alerts_in_flight: int  # alerts the broker took, waiting for the aggregator's receipt
+    oldest_alert: datetime | None  # the ``ts`` of the oldest alert queued
+    telemetry_dropped: int
+    published_at: datetime | None  # ``PUBLISHED_AT``; None: never, or not since an agent stamps it
+    receipt_at: datetime | None  # ``RECEIPT_AT``
+
+
+class NotAnOutbox(sqlite3.DatabaseError):
+    """A file that is not an s4edge outbox (another SQLite database, or no database at all)."""
+
+
+def read_backlog(path: Path) -> Backlog:
+    """Read the outbox at ``path`` without its writer: no lock taken, nothing written, no file
+    created, whether an agent runs on it or not. Raises OSError when the file cannot be opened
+    (FileNotFoundError: there is none), ``NotAnOutbox``, or sqlite3.Error."""
+    with open(path, "rb"):  # its own error (no such file, permission denied): SQLite says only "unable to open"
+        pass
+    # mode=ro on a WAL database with no -wal file (an outbox whose agent stopped cleanly) creates
+    # the -wal and -shm files, owned by the reader: root's, under sudo, and the agent's user could
+    # not open its outbox again. Without a -wal file every commit is in the database file, which
+    # immutable=1 reads with no lock and no file (https://www.sqlite.org/uri.html, "immutable").
+    wal = path.with_name(f"{path.name}-wal")
+    uri = f"{path.absolute().as_uri()}?mode=ro{'' if wal.exists() else '&immutable=1'}"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        db.execute("BEGIN")  # every figure from one snapshot
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        except sqlite3.DatabaseError as exc:  # "file is not a database"
+            raise NotAnOutbox(str(exc)) from None
+        if not columns:
+            raise NotAnOutbox("it holds no outbox table")
+        queued = dict(db.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall())
+        in_flight = 0
+        if "resend_at" in columns:  # an outbox from before receipts has none (``_add_receipt_columns``)
+            (in_flight,) = db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE kind = 'alert' AND resend_at IS NOT NULL"
+            ).fetchone()
+        oldest = db.execute(
+            "SELECT json_extract(CAST(payload AS TEXT), '$.ts') FROM outbox"
+            " WHERE kind = 'alert' AND json_valid(CAST(payload AS TEXT)) ORDER BY id LIMIT 1"
+        ).fetchone()
+        counters = dict(db.execute("SELECT name, value FROM counter").fetchall())
+    finally:
+        db.close()
+    return Backlog(
+        queued=queued,
+        alerts_in_flight=int(in_flight),
+        oldest_alert=_utc(oldest[0]) if oldest else None,
+        telemetry_dropped=int(counters.get("telemetry_dropped", 0)),
+        published_at=_from_unix(counters.get(PUBLISHED_AT)),
+        receipt_at=_from_unix(counters.get(RECEIPT_AT)),
+    )
+
+
+def _utc(ts: object) -> datetime | None:
+    """A message's ``ts`` (ISO 8601, UTC), or None for what no agent wrote."""
+    try:
+        return datetime.fromisoformat(str(ts)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _from_unix(seconds: int | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)

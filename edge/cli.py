@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -19,6 +22,7 @@ from s4edge.cloud_sync.logfmt import json_handler
 agent_app = typer.Typer(help="Run the node agent.", no_args_is_help=True)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PROC_LOCKS = Path("/proc/locks")  # the kernel's table of file locks, proc(5)
 CONFIG_OPTION = typer.Option(..., "--config", "-c", help="Node config YAML (see firmware_configs/sim-node.yaml).")
 
 
@@ -71,12 +75,35 @@ def configure_logging(level: str, log_format: str) -> None:
         logging.basicConfig(level=level.upper(), format=TEXT_FORMAT, force=True)
 
 
+def _lock_file(outbox: Path) -> Path:
+    return outbox.with_name(f"{outbox.name}.lock")
+
+
+def agent_pid(outbox: Path) -> int | None:
+    """The process id of the agent that holds ``outbox``'s lock (``_sole_agent_on``), or None.
+    Read from ``PROC_LOCKS``, not found by taking the lock: that, for its moment, would refuse
+    an agent starting meanwhile. OSError where the table cannot be read (not Linux)."""
+    try:
+        lock = _lock_file(outbox).stat()
+    except FileNotFoundError:
+        return None  # no agent ever ran on it
+    # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2228897 0 EOF": the holder's pid, and the locked file
+    # as MAJOR:MINOR:INODE, the device in hex (fs/locks.c, lock_get_status); a waiter's line has
+    # "->" after its number, and is not a holder.
+    held = f"{os.major(lock.st_dev):02x}:{os.minor(lock.st_dev):02x}:{lock.st_ino}"
+    for line in PROC_LOCKS.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == held:
+            return int(fields[4])
+    return None
+
+
 def _sole_agent_on(outbox: Path) -> IO[str]:
     """Lock ``outbox`` (its ``.lock`` file, flock(2)) for this process; BlockingIOError when
     another agent holds it. Two agents on one node, one started by hand beside the service, took
     the node's broker session from each other every second, and both raised every alarm."""
     outbox.parent.mkdir(parents=True, exist_ok=True)
-    lock = outbox.with_name(f"{outbox.name}.lock").open("a")
+    lock = _lock_file(outbox).open("a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -129,3 +156,105 @@ def run(
     except ConfigError as exc:
         typer.echo(f"error: {config}: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@agent_app.command("status")
+def status(
+    config: Path = CONFIG_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+) -> None:
+    """Show the node's outbox: queued alerts, when it last got through, whether an agent runs.
+
+    The oldest queued alert's age, the broker's last acknowledgement and the aggregator's last
+    receipt, read without the agent's lock and changing nothing: the agent may run meanwhile."""
+    from s4edge.cloud_sync.outbox import NotAnOutbox, read_backlog
+
+    node_config = _load(config)
+    outbox = Path(node_config.outbox.path)
+    try:
+        backlog = read_backlog(outbox)
+    except FileNotFoundError:
+        typer.echo(
+            f"error: no outbox at {outbox}: no agent has run with this config yet, or outbox.path in {config} "
+            "is not the running agent's",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    except PermissionError as exc:
+        typer.echo(
+            f"error: cannot read the outbox {outbox} ({exc.strerror}): run this as the agent's user, or with sudo",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    except NotAnOutbox as exc:
+        typer.echo(f"error: {outbox} is not an s4edge outbox ({exc}): check outbox.path in {config}", err=True)
+        raise typer.Exit(1) from None
+    except (OSError, sqlite3.Error) as exc:
+        typer.echo(f"error: cannot read the outbox {outbox}: {getattr(exc, 'strerror', None) or exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        pid: int | None = agent_pid(outbox)
+        running: bool | None = pid is not None
+    except OSError:
+        pid, running = None, None  # unknown: no /proc/locks
+    now = datetime.now(UTC)
+    report = {
+        "site": node_config.site,
+        "node_id": node_config.node_id,
+        "outbox": str(outbox),
+        "agent_running": running,
+        "agent_pid": pid,
+        "alerts_queued": backlog.queued.get("alert", 0),
+        "alerts_awaiting_receipt": backlog.alerts_in_flight,
+        "queued": backlog.queued,
+        "telemetry_dropped": backlog.telemetry_dropped,
+        **_when("oldest_alert", backlog.oldest_alert, now),
+        **_when("last_published", backlog.published_at, now),
+        **_when("last_receipt", backlog.receipt_at, now),
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    agent = {True: f"running (pid {pid})", False: "not running", None: "unknown (no /proc/locks)"}[running]
+    others = ", ".join(f"{kind} {n}" for kind, n in sorted(backlog.queued.items()) if kind != "alert") or "none"
+    lines = [
+        ("node", f"{node_config.site}/{node_config.node_id}"),
+        ("outbox", str(outbox)),
+        ("agent", agent),
+        ("alerts queued", f"{report['alerts_queued']} ({backlog.alerts_in_flight} sent, awaiting the receipt)"),
+        ("oldest alert", _ago(backlog.oldest_alert, now, "none queued")),
+        ("other queued", f"{others}; telemetry dropped {backlog.telemetry_dropped}"),
+        ("last publish", _ago(backlog.published_at, now, "none recorded")),
+        ("last receipt", _ago(backlog.receipt_at, now, "none recorded")),
+    ]
+    for label, value in lines:
+        typer.echo(f"{label + ':':<14} {value}")
+
+
+def _when(key: str, at: datetime | None, now: datetime) -> dict[str, Any]:
+    """``key``_at (ISO 8601, UTC) and ``key``_age_s, None for never."""
+    return {
+        f"{key}_at": at.isoformat().replace("+00:00", "Z") if at else None,
+        f"{key}_age_s": round((now - at).total_seconds(), 1) if at else None,
+    }
+
+
+def _ago(at: datetime | None, now: datetime, never: str) -> str:
+    if at is None:
+        return never
+    seconds = (now - at).total_seconds()
+    when = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if seconds < 0:  # a board without a battery-backed clock may boot in the past
+        return f"{when}, ahead of this node's clock by {_duration(-seconds)} (check the clock: `timedatectl`)"
+    return f"{when}, {_duration(seconds)} ago"
+
+
+def _duration(seconds: float) -> str:
+    minutes, hours, days = int(seconds // 60), int(seconds // 3600), int(seconds // 86400)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{minutes} min"
+    if seconds < 172800:
+        return f"{hours} h {minutes % 60} min"
+    return f"{days} d {hours % 24} h"

@@ -25,6 +25,13 @@ SERVER_KEY = "server.key"
 SYSTEM_STATE_DIR = Path("/var/lib/mosquitto")  # the Debian package's, owned by user mosquitto
 SYSTEM_LOG = Path("/var/log/mosquitto/mosquitto.log")  # the Debian package's, which /etc/logrotate.d rotates
 LOCAL_STATE_DIR = "mosquitto-state"  # beside the config, for a broker that reads the fleet folder in place
+# max_packet_size counts the whole packet, not the payload: a PUBLISH of the largest message
+# adds its fixed header (5 bytes at most, MQTT 5.0 §2.1.4), its topic (2 + 157 bytes at most:
+# s4edge/v1/, two names of 64, cmd/reload_config), its packet id (2) and its properties (a
+# length of 1 to 4 bytes, §2.2.2.1; the fleet's clients set none). A CONNECT's will, a status,
+# is far smaller. 1 KiB holds all of that with room to spare.
+PACKET_HEADER_ROOM = 1024
+MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + PACKET_HEADER_ROOM
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,10 @@ def render(settings: BrokerSettings) -> str:
         "allow_anonymous false",
         f"password_file {d / PASSWORDS}",
         f"acl_file {d / ACL}",
-        # The wire contract's limit (cloud_sync.messages): a larger payload is never delivered.
-        f"message_size_limit {MAX_MESSAGE_BYTES}",
+        # message_size_limit, which counted the payload alone, is deprecated since mosquitto 2.0
+        f"# Messages of at most {MAX_MESSAGE_BYTES} bytes (s4edge/1) and their packet's header: a client",
+        "# that sends a larger packet is disconnected, and its message is never delivered.",
+        f"max_packet_size {MAX_PACKET_BYTES}",
     ]
     if settings.user:
         out.append(f"user {settings.user}")

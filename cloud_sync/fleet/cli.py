@@ -230,7 +230,9 @@ def broker_config(
 
 
 @fleet_app.command("list")
-def fleet_list(fleet_dir: Path = typer.Option(..., "--fleet-dir")) -> None:
+def fleet_list(
+    fleet_dir: Path = typer.Option(..., "--fleet-dir", help="Fleet folder (fleet.json, passwords, acl)."),
+) -> None:
     """The identities the broker knows."""
     try:
         fleet = Fleet(fleet_dir)
@@ -244,10 +246,12 @@ def fleet_list(fleet_dir: Path = typer.Option(..., "--fleet-dir")) -> None:
 
 @fleet_app.command("revoke")
 def fleet_revoke(
-    name: str,
-    fleet_dir: Path = typer.Option(..., "--fleet-dir"),
+    name: str = typer.Argument(..., help="The identity to revoke: a name that `s4edge fleet list` shows."),
+    fleet_dir: Path = typer.Option(..., "--fleet-dir", help="Fleet folder (fleet.json, passwords, acl, crl.pem)."),
     ca_dir: Path | None = typer.Option(None, "--ca-dir", help="CA folder that signs the CRL (default: --fleet-dir)."),
-    cert: Path | None = typer.Option(None, "--cert", help="Also revoke this certificate (one issued elsewhere)."),
+    cert: Path | None = typer.Option(
+        None, "--cert", help="Also revoke this certificate, one issued elsewhere (default: none)."
+    ),
 ) -> None:
     """Remove an identity from the password and ACL files and put its client certificate on the CRL."""
     try:
@@ -300,7 +304,9 @@ def provision(
         ..., "--broker", help="mqtts://HOST:PORT (or wss://HOST:PORT/PATH) as the node will reach it."
     ),
     board: str = typer.Option("rpi5", "--board", help=f"Board profile ({', '.join(board_names())})."),
-    zone: str | None = typer.Option(None, "--zone", help="Human name of the place."),
+    zone: str | None = typer.Option(
+        None, "--zone", help="Human name of the place, the config's location.zone (default: none)."
+    ),
     client_cert: bool = typer.Option(False, "--client-cert", help="Issue a client certificate (CN = node id)."),
     ca_dir: Path = typer.Option(..., "--ca-dir", help="Folder holding ca.crt and ca.key."),
     fleet_dir: Path | None = typer.Option(None, "--fleet-dir", help="Fleet folder (default: --ca-dir)."),

@@ -95,7 +95,7 @@ def _build(config: Any, on_alert: Callable[[AlertDraft], None], heater_on_s: flo
 
 @sensors_app.command("scan")
 def scan(
-    bus: str = typer.Option("/dev/i2c-1", help="I2C adapter to probe."),
+    bus: str = typer.Option("/dev/i2c-1", help="I2C adapter to probe (a /dev/i2c-N device)."),
     sim: bool = typer.Option(False, "--sim", help="Probe the simulated bus of the example config instead."),
 ) -> None:
     """List I2C addresses that answer, and the serial ports that exist."""
@@ -145,9 +145,11 @@ def _table(source: Any, readings: list[Any], alerts: list[AlertDraft]) -> Table:
 def read(
     config: Path = typer.Option(..., "--config", help="Sensors config, or a node config with a sensors source."),
     watch: bool = typer.Option(False, "--watch", help="Keep polling in a live table (Ctrl-C to stop)."),
-    count: int = typer.Option(1, help="Poll rounds without --watch."),
+    count: int = typer.Option(1, help="Poll rounds without --watch (count; one config period_s apart)."),
     sim: bool = typer.Option(False, "--sim", help="Use simulated chips instead of the configured bus."),
-    heater_on_s: float = typer.Option(0.0, help="Seconds the MQ heaters have already been on."),
+    heater_on_s: float = typer.Option(
+        0.0, help="Seconds the MQ heaters have already been on (their warm-up counts from then)."
+    ),
 ) -> None:
     """Poll the configured sensors and print what they read."""
     cfg = load_sensors_config(config, sim)
@@ -180,11 +182,15 @@ def read(
 
 @sensors_app.command("calibrate")
 def calibrate(
-    config: Path = typer.Option(..., "--config"),
+    config: Path = typer.Option(
+        ..., "--config", help="Sensors config, or a node config with a sensors source; its calibration_file is written."
+    ),
     sensor: str = typer.Option(..., "--sensor", help="Name of the MQ sensor to calibrate in clean air."),
-    samples: int = typer.Option(50, min=1),
-    heater_on_s: float = typer.Option(0.0, help="Seconds the heater has been on (warm-up is enforced)."),
-    sim: bool = typer.Option(False, "--sim"),
+    samples: int = typer.Option(50, min=1, help="Readings averaged into R0 (count, at least 1)."),
+    heater_on_s: float = typer.Option(
+        0.0, help="Seconds the heater has been on before this command (its warm-up is enforced)."
+    ),
+    sim: bool = typer.Option(False, "--sim", help="Calibrate a simulated chip in simulated clean air instead."),
 ) -> None:
     """Measure R0 in clean air and store it, with the date, in the calibration file."""
     from s4edge.edge.sensing.calibration import SensorCalibration, save_calibration

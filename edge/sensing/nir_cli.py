@@ -100,15 +100,19 @@ def _gate(model: PLSModel) -> dict[str, Any]:
 @nir_app.command("train")
 def train(
     out: Path = typer.Option(..., "--out", help="Model file to write (.json, with an .npz beside it)."),
-    data: Path | None = typer.Option(None, "--data", help=".mat/.npz file, or a folder with one folder per class."),
+    data: Path | None = typer.Option(
+        None, "--data", help=".mat/.npz file, or a folder with one folder per class (default: none; give it or --sim)."
+    ),
     sim: bool = typer.Option(False, "--sim", help="Train on the synthetic precursor library."),
     name: str = typer.Option("nir-model", help="Model name reported in alerts."),
     x_key: str = typer.Option("Xcal1", help=".mat/.npz key of the spectra."),
     y_key: str = typer.Option("ycal", help=".mat/.npz key of the reference values."),
     snv: bool = typer.Option(True, help="Standard normal variate."),
-    sg_window: int = typer.Option(15, help="Savitzky-Golay window (odd; 0 = off)."),
+    sg_window: int = typer.Option(15, help="Savitzky-Golay window in spectral points (odd; 0 = off)."),
     sg_deriv: int = typer.Option(1, help="Savitzky-Golay derivative order."),
-    max_components: int = typer.Option(12, min=1),
+    max_components: int = typer.Option(
+        12, min=1, help="Most PLS latent variables cross-validation may choose (count)."
+    ),
     alpha: float = typer.Option(0.01, help="Outlier gate: upper-tail probability of the T² and of the Q limit."),
 ) -> None:
     """Train PLS (regression) or PLS-DA (classes), latent variables and the outlier gate by cross-validation."""
@@ -220,8 +224,12 @@ def predict(
         None, "--x-key", help="Key of the spectra in each .mat/.npz given (default: the file's only matrix)."
     ),
     resample: bool = typer.Option(False, help="Interpolate a matrix whose wavelength grid differs from the model's."),
-    url: str | None = typer.Option(None, "--url", help="Acquire one spectrum from this spectrometer URL."),
-    sim: str | None = typer.Option(None, "--sim", help="Acquire from a simulated spectrometer showing this class."),
+    url: str | None = typer.Option(
+        None, "--url", help="Acquire one spectrum from this spectrometer URL (default: none, read FILES)."
+    ),
+    sim: str | None = typer.Option(
+        None, "--sim", help="Acquire from a simulated spectrometer showing this class (default: none, read FILES)."
+    ),
     fmt: PredictFormat = typer.Option(PredictFormat.table, "--format", help="table, or one JSON object per line."),
 ) -> None:
     """Predict a batch of spectra from files, a spectrometer, or a simulated one, in one pass."""

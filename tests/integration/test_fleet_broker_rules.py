@@ -12,6 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from s4edge.cloud_sync.fleet.broker_config import MAX_PACKET_BYTES
 from s4edge.cloud_sync.messages import MAX_MESSAGE_BYTES, topic
 from s4edge.testing import Mosquitto, eventually, free_port
 from s4edge.testing.fleet import SITE, TIMEOUT, Fleet, build_fleet, cli, login, peer
@@ -42,22 +43,43 @@ def test_a_client_id_of_another_node_takes_nothing_over(fleet: Fleet) -> None:
         node_a.close()
 
 
-def test_a_payload_over_the_wire_contracts_limit_is_not_delivered(fleet: Fleet) -> None:
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311])
+def test_a_packet_over_the_wire_contracts_limit_is_refused(fleet: Fleet, protocol: int) -> None:
     aggregator = login(fleet, "aggregator")
-    # MQTT 3.1.1: mosquitto 2.0 answers an oversize v5 PUBLISH with a reason code paho cannot parse
-    node_a = peer(fleet, "node-a", "node-a", fleet.password("node-a"), protocol=mqtt.MQTTv311)
-    assert node_a.connect() == ("connack", 0)
     alert = topic(SITE, "node-a", "alert")
     try:
         assert aggregator.subscribe(alert) < 0x80
-        for size in (20 * 1024, MAX_MESSAGE_BYTES + 1, MAX_MESSAGE_BYTES):
-            node_a.publish(alert, b"x" * size)
-        # the broker routes in order: the limit itself arrives first, the larger ones never
-        assert len(aggregator.next_message()[1]) == MAX_MESSAGE_BYTES
+        node_a = peer(fleet, "node-a", "node-a", fleet.password("node-a"), protocol=protocol)
+        assert node_a.connect() == ("connack", 0)
+        try:
+            node_a.client.publish(alert, b"x" * MAX_PACKET_BYTES, qos=1)
+            # mosquitto hangs up on a packet over max_packet_size (MQTT 5.0: DISCONNECT 0x95)
+            assert node_a.events.get(timeout=TIMEOUT) == ("closed", None)
+        finally:
+            node_a.close()
+        node_a = peer(fleet, "node-a", "node-a", fleet.password("node-a"), protocol=protocol)
+        assert node_a.connect() == ("connack", 0)
+        try:
+            assert node_a.publish(alert, b"y" * MAX_MESSAGE_BYTES) == 0
+        finally:
+            node_a.close()
+        # the broker routes in order: had the larger one gone through, it would arrive first
+        assert aggregator.next_message() == (alert, b"y" * MAX_MESSAGE_BYTES)
         assert aggregator.messages.empty()
     finally:
         aggregator.close()
-        node_a.close()
+
+
+def test_the_largest_message_on_the_longest_topic_fits_the_packet_limit(fleet: Fleet) -> None:
+    # max_packet_size counts the topic too: its header room must let every valid message through
+    longest = topic("s" * 64, "n" * 64, "cmd/reload_config")  # NAME_PATTERN's longest names
+    aggregator = login(fleet, "aggregator")  # the identity that may write any node's commands
+    try:
+        assert aggregator.subscribe(longest) < 0x80
+        assert aggregator.publish(longest, b"z" * MAX_MESSAGE_BYTES) == 0
+        assert aggregator.next_message() == (longest, b"z" * MAX_MESSAGE_BYTES)
+    finally:
+        aggregator.close()
 
 
 @pytest.fixture

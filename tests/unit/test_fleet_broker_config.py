@@ -135,6 +135,8 @@ def test_mosquitto_accepts_the_generated_config(fleet_dir: Path, tmp_path: Path)
     finally:
         broker.stop()
     log = broker.log.read_text()
+    # mosquitto 2.0: "Note: It is recommended to replace `message_size_limit` with `max_packet_size`."
+    assert not [line for line in log.splitlines() if "recommended to replace" in line or "deprecated" in line]
     assert f"Opening ipv4 listen socket on port {port}." in log
     assert f"Opening websockets listen socket on port {ws_port}." in log
     assert f"Opening ipv4 listen socket on port {admin_port}." in log
@@ -155,13 +157,14 @@ def test_the_shipped_mosquitto_examples_match_what_the_cli_renders(tmp_path: Pat
 def test_every_listener_ties_client_ids_to_usernames_and_the_payload_to_the_wire_limit(
     fleet_dir: Path, tmp_path: Path
 ) -> None:
+    from s4edge.cloud_sync.fleet.broker_config import MAX_PACKET_BYTES
     from s4edge.cloud_sync.messages import MAX_MESSAGE_BYTES
 
     conf = tmp_path / "mosquitto.conf"
     options = ["--ws", "--admin-port", "1884"]
     assert run("fleet", "broker-config", "--fleet-dir", fleet_dir, "--out", conf, *options)[0] == 0
     lines = directives(conf)
-    assert f"message_size_limit {MAX_MESSAGE_BYTES}" in lines
+    assert f"max_packet_size {MAX_PACKET_BYTES}" in lines and MAX_PACKET_BYTES > MAX_MESSAGE_BYTES
     assert lines.count("use_username_as_clientid true") == len([line for line in lines if line.startswith("listener")])
 
 
