@@ -8,11 +8,16 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from s4edge.cloud_sync.logfmt import LOG_FORMAT_ENV, json_handler
+
+if TYPE_CHECKING:
+    from s4edge.cloud_sync.aggregator.broker import BrokerConfig
 
 aggregator_app = typer.Typer(help="The central aggregator: ingest, store, HTTP API, dashboard.", no_args_is_help=True)
 
@@ -47,28 +52,61 @@ def _loopback(host: str) -> bool:
         return False  # a host name: it may well resolve to a public address
 
 
+def _secret_file(path: Path, option: str, risk: str, trim: Callable[[str], str] = str.strip) -> str:
+    """The secret in ``path``, read once, at start (out of `ps` and the environment). Exit 2 naming
+    ``option`` for a file that is missing, unreadable, not text or empty; a warning for one that
+    other users can read (``risk``: what they could do with it)."""
+    try:
+        secret = trim(path.read_text())
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise typer.BadParameter(f"{path}: cannot read: {exc.strerror}", param_hint=option) from None
+    except UnicodeDecodeError:
+        raise typer.BadParameter(f"{path}: not UTF-8 text", param_hint=option) from None
+    if not secret:
+        raise typer.BadParameter(f"{path}: the file is empty", param_hint=option)
+    if mode & 0o004:
+        typer.echo(
+            f"warning: {option} {path} is readable by other users (mode {mode:04o}): {risk}; chmod 600 {path}",
+            err=True,
+        )
+    return secret
+
+
 def _operator_token(token: str, token_file: Path | None) -> str | None:
     if token and token_file is not None:
         raise typer.BadParameter("give --operator-token or --operator-token-file, not both")
     if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-            mode = token_file.stat().st_mode & 0o777
-        except OSError as exc:
-            raise typer.BadParameter(
-                f"{token_file}: cannot read: {exc.strerror}", param_hint="--operator-token-file"
-            ) from None
-        except UnicodeDecodeError:
-            raise typer.BadParameter(f"{token_file}: not UTF-8 text", param_hint="--operator-token-file") from None
-        if not token:
-            raise typer.BadParameter(f"{token_file}: the file is empty", param_hint="--operator-token-file")
-        if mode & 0o004:
-            typer.echo(
-                f"warning: --operator-token-file {token_file} is readable by other users (mode {mode:04o}): "
-                f"whoever reads it can acknowledge alerts and send signed commands; chmod 600 {token_file}",
-                err=True,
-            )
+        token = _secret_file(
+            token_file, "--operator-token-file", "whoever reads it can acknowledge alerts and send signed commands"
+        )
     return token or None
+
+
+def _broker_password(config: BrokerConfig, password_file: Path) -> str:
+    """The broker password from ``--password-file``: the one place it is given, for a username."""
+    if config.password is not None:
+        given = "S4EDGE_BROKER_PASSWORD" if os.environ.get("S4EDGE_BROKER_PASSWORD") else "--password"
+        raise typer.BadParameter(
+            f"give the broker password once: {given} or --password-file, not both", param_hint="--password-file"
+        )
+    if config.endpoint.password is not None:
+        raise typer.BadParameter(
+            f"--broker {config.shown_url} holds a password too: give it once, in the file, and leave it out of the URL",
+            param_hint="--password-file",
+        )
+    if config.username is None and config.endpoint.username is None:
+        raise typer.BadParameter(
+            "a password is for a username: give --username (or S4EDGE_BROKER_USERNAME)", param_hint="--password-file"
+        )
+    # a password may hold spaces: only the line break an editor ends the file with is dropped
+    return _secret_file(
+        password_file,
+        "--password-file",
+        "whoever reads it can sign in to the broker as the aggregator, read every alert, and send nodes receipts "
+        "that make them drop alerts the aggregator never stored",
+        trim=lambda text: text.rstrip("\r\n"),
+    )
 
 
 @aggregator_app.command("run")
@@ -104,7 +142,15 @@ def run(
     cert_file: str = typer.Option("", "--cert-file", help="Client certificate (mutual TLS)"),
     key_file: str = typer.Option("", "--key-file", help="Client key (mutual TLS)"),
     username: str = typer.Option("", "--username", envvar="S4EDGE_BROKER_USERNAME"),
-    password: str = typer.Option("", "--password", envvar="S4EDGE_BROKER_PASSWORD"),
+    password: str = typer.Option(
+        "", "--password", envvar="S4EDGE_BROKER_PASSWORD", help="Shown in `ps`: prefer --password-file"
+    ),
+    password_file: Path | None = typer.Option(
+        None,
+        "--password-file",
+        help="Read the broker password from this file, once at start (keeps it out of `ps` and the environment; "
+        "`s4edge fleet aggregator-credentials` writes it)",
+    ),
     heartbeat_interval: float = typer.Option(30.0, "--heartbeat-interval", help="Assumed until two heartbeats show it"),
     stale_factor: float = typer.Option(3.0, "--stale-factor", help="Stale after this many silent intervals"),
     max_clock_skew: float = typer.Option(
@@ -191,6 +237,8 @@ def run(
     except BrokerError as exc:
         typer.echo(f"error: {'' if isinstance(exc, BrokerFileError) else '--broker: '}{exc}", err=True)
         raise typer.Exit(2) from None
+    if password_file is not None:
+        broker_config = dataclasses.replace(broker_config, password=_broker_password(broker_config, password_file))
     try:
         ng112_config = load_config(ng112) if ng112 is not None else None
     except Ng112ConfigError as exc:

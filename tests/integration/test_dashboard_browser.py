@@ -181,7 +181,7 @@ def test_the_console_shows_an_incident_live_on_its_map_with_trends_and_acks_with
     )
     assert abs(expected_x - drawn_x) < 2 and abs(expected_y - drawn_y) < 2
     wait_until(
-        lambda: browser.find_elements(By.CSS_SELECTOR, 'path.incident-marker[data-incident="inc-ui-flame-1"]'),
+        lambda: browser.find_elements(By.CSS_SELECTOR, 'path.incident-marker[data-incidents~="inc-ui-flame-1"]'),
         what="the incident on the map",
     )
     assert browser.find_elements(By.CSS_SELECTOR, ".leaflet-control-scale-line")  # plain background, with a scale
@@ -296,6 +296,73 @@ def test_the_console_shows_a_fleet_larger_than_a_page_of_nodes(
     )
     rows = browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")
     assert len(rows) == 1001 and rows[0].get_attribute("data-node") == "yard/gate-1"
+
+
+def at_the_plaza(i: int, kind: str, severity: str, state: str = "new", ago: int = 0) -> Alert:
+    return Alert(
+        id=f"alert-map-{i}-{state}", node_id="cam-7", site="plaza", seq=300 + i + (10 if state != "new" else 0),
+        kind=kind, severity=severity, state=state, incident=f"inc-map-{i}", location=HERE,  # type: ignore[arg-type]
+        ts=datetime.now(UTC) - timedelta(minutes=ago),
+    )  # fmt: skip
+
+
+def test_every_open_incident_at_a_node_shows_on_the_map_and_each_opens_from_its_list(
+    aggregator: Aggregator, broker: Mosquitto, browser: Any
+) -> None:
+    # smoke and crowding at one node drew as one ring (two Severe ones: the same ring twice): the
+    # operator saw one incident there, and a click reached only the ring drawn last
+    from selenium.webdriver.common.by import By
+
+    publish(
+        broker,
+        at_the_plaza(1, "smoke", "Severe", ago=3),
+        at_the_plaza(2, "crowd", "Moderate", ago=2),
+        at_the_plaza(3, "gas", "Severe", ago=1),
+    )
+    wait_until(lambda: httpx.get(f"{aggregator.url}/api/incidents").json()["open"] == 3, what="three stored")
+    browser.get(aggregator.url + "/")
+    badge_css = '.incident-count[data-node="plaza/cam-7"]'
+    count = lambda: text_of(browser, badge_css)  # noqa: E731
+
+    def rings() -> dict[str, set[str]]:
+        """Each ring's severity and incidents, read in one go (a live redraw may replace them)."""
+        found = browser.execute_script(
+            "return [...document.querySelectorAll('path.incident-marker[data-node=\"plaza/cam-7\"]')]"
+            ".map((r) => [r.dataset.severity, r.dataset.incidents])"
+        )
+        return {severity: set(incidents.split()) for severity, incidents in found}
+
+    wait_until(lambda: count() == "3", what="three incidents counted at the node")
+    assert rings() == {"Severe": {"inc-map-1", "inc-map-3"}, "Moderate": {"inc-map-2"}}  # a ring per severity
+
+    # a click lists them all, worst first, then the latest; each opens its own row
+    browser.find_element(By.CSS_SELECTOR, badge_css).click()
+    listed = wait_until(
+        lambda: browser.find_elements(By.CSS_SELECTOR, '.map-incidents[data-node="plaza/cam-7"] li'), what="the list"
+    )
+    assert [li.get_attribute("data-incident") for li in listed] == ["inc-map-3", "inc-map-1", "inc-map-2"]
+    assert "Crowd — boiler room" in listed[2].text and "Smoke detected" in listed[1].text
+    listed[2].click()
+    wait_until(
+        lambda: (
+            browser.find_element(By.CSS_SELECTOR, 'tr[data-incident="inc-map-2"]').get_attribute("aria-expanded")
+            == "true"
+        ),
+        what="the crowding incident opened",
+    )
+    wait_until(
+        lambda: browser.find_elements(By.CSS_SELECTOR, 'tr[data-detail="inc-map-2"] tr.step'), what="its timeline"
+    )
+    assert browser.find_element(By.ID, "node-detail").get_attribute("data-node") == "plaza/cam-7"
+
+    # live: an incident that ends leaves the count and its ring
+    wait_until(lambda: text_of(browser, "#link") == "live", what="the live stream")
+    publish(broker, at_the_plaza(3, "gas", "Severe", state="end"))
+    wait_until(lambda: count() == "2", what="the ended one uncounted")
+    assert rings() == {"Severe": {"inc-map-1"}, "Moderate": {"inc-map-2"}}
+    publish(broker, at_the_plaza(1, "smoke", "Severe", state="end"))
+    wait_until(lambda: rings() == {"Moderate": {"inc-map-2"}}, what="one ring left")
+    assert not browser.find_elements(By.CSS_SELECTOR, badge_css)  # one incident: its ring, no count
 
 
 def node_text_alert(i: int, title: str, zone: str, incident: str) -> Alert:

@@ -178,3 +178,62 @@ def test_a_broker_that_is_not_there_is_not_blamed_on_mqtt_5(tmp_path: Path) -> N
     result = runner.invoke(app, ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--db", db])
     assert result.exit_code == 1 and "could not connect to mqtt://127.0.0.1:1" in result.output, result.output
     assert "MQTT 3.1.1" not in result.output and result.output.count("could not connect") == 1, result.output
+
+
+def test_the_broker_password_file_must_be_readable_text_and_not_empty(tmp_path: Path) -> None:
+    # the broker password went on the command line (seen by anyone running `ps`) or in the
+    # environment: `--password-file` keeps it in a file, and a file it cannot use stops it first
+    db = tmp_path / "agg.db"
+    base = ["aggregator", "run", "--broker", "mqtt://127.0.0.1:1", "--db", f"sqlite:///{db}", "--username", "agg"]
+    empty, not_text = tmp_path / "empty", tmp_path / "binary"
+    empty.write_text("\n")
+    not_text.write_bytes(b"\xff\xfe\x00pw\n")
+    for path, why in (
+        (tmp_path / "nope", "cannot read: No such file or directory"),
+        (tmp_path, "cannot read: Is a directory"),
+        (empty, "the file is empty"),
+        (not_text, "not UTF-8 text"),
+    ):
+        result = runner.invoke(app, [*base, "--password-file", str(path)], env={"COLUMNS": "400"})
+        assert result.exit_code == 2, result.output
+        assert f"--password-file: {path}: {why}" in result.output, result.output
+        assert not db.exists(), "nothing may start before the password file is known to be good"
+
+
+def test_the_broker_password_is_given_once_and_for_a_username(tmp_path: Path) -> None:
+    secret = tmp_path / "broker.password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    db = tmp_path / "agg.db"
+    base = ["aggregator", "run", "--db", f"sqlite:///{db}", "--password-file", str(secret)]
+    env = {"COLUMNS": "400", "S4EDGE_BROKER_PASSWORD": "", "S4EDGE_BROKER_USERNAME": ""}
+    both = runner.invoke(
+        app, [*base, "--broker", "mqtt://127.0.0.1:1", "--username", "agg", "--password", "x"], env=env
+    )
+    assert both.exit_code == 2 and "give the broker password once: --password or --password-file" in both.output
+    from_env = runner.invoke(
+        app, [*base, "--broker", "mqtt://127.0.0.1:1", "--username", "agg"], env={**env, "S4EDGE_BROKER_PASSWORD": "x"}
+    )
+    assert from_env.exit_code == 2, from_env.output
+    assert "S4EDGE_BROKER_PASSWORD or --password-file, not both" in from_env.output
+    in_url = runner.invoke(app, [*base, "--broker", "mqtt://agg:hunter2@127.0.0.1:1"], env=env)
+    assert in_url.exit_code == 2 and "holds a password too" in in_url.output, in_url.output
+    assert "hunter2" not in in_url.output
+    nobody = runner.invoke(app, [*base, "--broker", "mqtt://127.0.0.1:1"], env=env)
+    assert nobody.exit_code == 2 and "a password is for a username: give --username" in nobody.output, nobody.output
+    assert not db.exists()
+
+
+def test_a_broker_password_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
+    secret = tmp_path / "broker.password"
+    secret.write_text("s3cret\n")
+    db = f"sqlite:///{tmp_path / 'agg.db'}"
+    base = ["aggregator", "run", "--broker", "mqtt://agg@127.0.0.1:1", "--db", db, "--password-file", str(secret)]
+    env = {"S4EDGE_BROKER_PASSWORD": ""}
+    secret.chmod(0o644)
+    result = runner.invoke(app, base, env=env)
+    assert f"--password-file {secret} is readable by other users (mode 0644)" in result.output, result.output
+    assert f"chmod 600 {secret}" in result.output and result.exit_code == 1  # the broker, not the file
+    secret.chmod(0o640)  # the service's group, as the shipped unit's layout has it
+    result = runner.invoke(app, base, env=env)
+    assert "readable by other users" not in result.output and result.exit_code == 1, result.output

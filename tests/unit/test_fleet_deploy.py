@@ -3,14 +3,17 @@ that systemd itself accepts."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from s4edge.cli import app
+from s4edge.cloud_sync.aggregator.cli import aggregator_app
 
 UNIT = Path(__file__).resolve().parents[2] / "firmware_configs" / "systemd" / "s4edge-agent.service"
 
@@ -89,3 +92,20 @@ def test_systemd_accepts_the_aggregator_unit(tmp_path: Path) -> None:
     complaints = [line for line in done.stderr.splitlines() if "s4edge-aggregator.service" in line]
     assert done.returncode == 0 and not complaints, done.stderr
 
+
+def test_the_aggregator_unit_takes_the_broker_password_from_a_file() -> None:
+    # the unit's recipe put the password in aggregator.env (S4EDGE_BROKER_PASSWORD): in the
+    # service's environment, where `ps e` and /proc/PID/environ show it, for want of a file option
+    header = [line.removeprefix("#").strip() for line in AGGREGATOR_UNIT.read_text().splitlines() if line[:1] == "#"]
+    assert not [line for line in header if line.startswith("S4EDGE_BROKER_PASSWORD")]
+    documented = next(line for line in header if line.startswith("S4EDGE_AGGREGATOR_ARGS="))
+    # the args as systemd passes them ($VAR unbraced: split at whitespace), parsed by the CLI itself
+    args = shlex.split(documented.partition("=")[2])
+    options = typer.main.get_group(aggregator_app).commands["run"].make_context("run", args).params
+    assert options["password_file"] == Path("/etc/s4edge/broker.password") and "--password" not in args
+    commands = [shlex.split(line, comments=True) for line in header if line.startswith("sudo install ")]
+    installs = {command[-1]: command for command in commands}
+    # readable by the service's group, not by other users (which `aggregator run` warns about)
+    secret, folder = installs["/etc/s4edge/broker.password"], installs["/etc/s4edge"]
+    assert secret[secret.index("-m") + 1] == "0640" and secret[secret.index("-g") + 1] == "s4edge"
+    assert "-d" in folder and folder[folder.index("-g") + 1] == "s4edge"  # systemd sets the folder's mode only

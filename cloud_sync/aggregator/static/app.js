@@ -106,6 +106,10 @@ async function start() {
   on("filter-node", (node) => incidents.filterByNode(node.site, node.node_id).catch(console.warn));
   on("show-log", ({ incident }) => log.open(incident).catch(console.warn));
   on("incident-changed", (record) => map.setIncident(record));
+  on("open-incident", ({ incident, site, node_id: nodeId }) => {  // one of a node's incidents, from the map
+    openNode(site, nodeId).catch(console.warn);
+    incidents.reveal(incident, site, nodeId).catch(console.warn);
+  });
   connect();
   // the list first: it is what the operator came for
   const first = incidents.load().catch((err) => console.warn(err));

@@ -300,6 +300,17 @@ export function setup() {
   document.getElementById("more").addEventListener("click", () => more().catch(console.warn));
 }
 
+// Open an incident's timeline and bring its row into view: one the list does not hold (filtered
+// out, or on a page not loaded) is looked for among its node's incidents, as "filter the list" does.
+export async function reveal(id, site, node) {
+  if (!rows.has(id)) await filterByNode(site, node);
+  const entry = rows.get(id);
+  if (!entry) return;
+  if (!entry.detail) await toggle(id);
+  entry.tr.scrollIntoView({ block: "nearest" });
+  entry.tr.focus({ preventScroll: true });
+}
+
 export function filterByNode(site, node) {
   const form = document.getElementById("filters");
   form.elements.site.value = site;

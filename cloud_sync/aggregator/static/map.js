@@ -3,18 +3,22 @@
 // and a scale, so that positions and distances still read right offline.
 "use strict";
 
-import { el, emit, rank } from "./util.js";
+import { clock, el, emit, nodeText, rank, severityChip } from "./util.js";
 
 const NODE_COLOURS = { online: "#6fd08c", stale: "#f0b040", offline: "#8a929c", unknown: "#8a929c" };
 const SEVERITY_COLOURS = { Minor: "#7fb8e6", Moderate: "#f0d050", Severe: "#f08c3c", Extreme: "#e5484d" };
+const TOOLTIP_INCIDENTS = 5;  // a node's incidents named on hover; a click lists every one
 const STEPS = [10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001];
 
 let map = null;
 let graticule = null;
 let nodeLayer = null;
 let incidentLayer = null;
-const nodeMarkers = new Map();     // "site/node" -> marker
-const incidentMarkers = new Map(); // incident -> marker
+let listPopup = null;
+const nodeMarkers = new Map();   // "site/node" -> marker
+const incidentsAt = new Map();   // "site/node" -> Map(incident -> record), the open ones
+const incidentMarks = new Map(); // "site/node" -> { rings: Map(severity -> ring), badge, count }
+let listed = null;               // the node whose incidents the popup lists
 let fitted = false;
 
 function drawGraticule() {
@@ -49,6 +53,9 @@ export function setup(config) {
   L.control.scale({ imperial: false, maxWidth: 160 }).addTo(map);
   incidentLayer = L.layerGroup().addTo(map);
   nodeLayer = L.layerGroup().addTo(map);
+  // above the rings and the count, not over them
+  listPopup = L.popup({ className: "incident-list", maxWidth: 320, minWidth: 200, offset: [0, -20] });
+  map.on("popupclose", (e) => { if (e.popup === listPopup) listed = null; });
   drawGraticule();
   window.s4edge.map = map;
 }
@@ -96,33 +103,150 @@ export function setNodes(nodes) {
   }
 }
 
-export function setIncident(record) {
-  if (!map) return;
-  const old = incidentMarkers.get(record.incident);
-  if (record.state !== "open") {
-    if (old) { old.remove(); incidentMarkers.delete(record.incident); }
+// -- open incidents: one ring per severity at their node, a count once there is more than one,
+// and a click lists them all, each opening its own row ---------------------------------------
+function nodeKey(record) {
+  return `${record.site}/${record.node_id}`;
+}
+
+function worstFirst(a, b) {
+  return rank(b.peak_severity) - rank(a.peak_severity) || (a.last_seen < b.last_seen ? 1 : -1);
+}
+
+function openAt(key) {
+  return [...(incidentsAt.get(key) || new Map()).values()].sort(worstFirst);
+}
+
+function incidentList(key) {
+  const records = openAt(key);
+  const item = (r) => {
+    const li = el("li", { "data-incident": r.incident, tabIndex: 0, role: "button" },
+      severityChip(r.peak_severity), " ", nodeText(r.title),
+      el("div", { class: "dim" }, `${r.kind} · since ${clock(r.first_seen)}`
+        + (r.acked_at ? ` · acked by ${r.acked_by}` : "")));
+    const open = () => {
+      map.closePopup(listPopup);
+      emit("open-incident", { incident: r.incident, site: r.site, node_id: r.node_id });
+    };
+    li.addEventListener("click", open);
+    li.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
+    return li;
+  };
+  return el("div", { class: "map-incidents", "data-node": key },
+    el("b", {}, key), ` — ${records.length} open incident${records.length === 1 ? "" : "s"}`,
+    el("ul", {}, ...records.map(item)));
+}
+
+function showList(key) {
+  const records = openAt(key);
+  if (!records.length) return;
+  listed = key;
+  listPopup.setLatLng([records[0].lat, records[0].lon]).setContent(incidentList(key)).openOn(map);
+  emit("select-node", { site: records[0].site, node_id: records[0].node_id });
+}
+
+function summary(key, records) {
+  // elements, never HTML strings: titles come from the nodes; the worst few, the list has them all
+  const shown = records.slice(0, TOOLTIP_INCIDENTS);
+  return el("div", {}, el("b", {}, key), ` — ${records.length} open`,
+    ...shown.map((r) => el("div", {}, el("b", {}, r.peak_severity), " ", nodeText(r.title),
+      r.acked_at ? el("span", { class: "dim" }, ` (acked by ${r.acked_by})`) : null)),
+    records.length > shown.length ? el("div", {}, `… ${records.length - shown.length} more`) : null,
+    records.length > 1 ? el("div", { class: "dim" }, "click for the list") : null);
+}
+
+function drawIncidents(key) {
+  const records = openAt(key);
+  const marks = incidentMarks.get(key) || { rings: new Map(), badge: null, count: 0 };
+  incidentMarks.set(key, marks);
+  // where the latest says the node is (a node that moved reports its new place)
+  const latest = records.reduce((a, b) => (b.last_seen > a.last_seen ? b : a), records[0] || null);
+  const bySeverity = new Map();
+  for (const r of records) bySeverity.set(r.peak_severity, [...(bySeverity.get(r.peak_severity) || []), r]);
+  for (const [severity, ring] of marks.rings) {
+    if (!bySeverity.has(severity)) { ring.remove(); marks.rings.delete(severity); }
+  }
+  if (!latest) {
+    if (marks.badge) marks.badge.remove();
+    incidentMarks.delete(key);
+    if (listed === key) map.closePopup(listPopup);
     return;
   }
-  const style = {
-    radius: 9 + 2 * rank(record.peak_severity), color: SEVERITY_COLOURS[record.peak_severity] || "#fff",
-    weight: 3, fill: false, dashArray: record.acked_at ? "4 4" : null, className: "incident-marker",
-  };
-  const marker = old || L.circleMarker([record.lat, record.lon], style).addTo(incidentLayer);
-  if (old) { marker.setLatLng([record.lat, record.lon]); marker.setStyle(style); }
-  marker.bindTooltip(el("div", {}, el("b", {}, record.peak_severity), ` ${record.title}`,
-    el("div", {}, `${record.site}/${record.node_id}`),
-    record.acked_at ? el("div", {}, `acked by ${record.acked_by}`) : null), { direction: "top" });
-  marker.off("click");
-  marker.on("click", () => emit("select-node", { site: record.site, node_id: record.node_id }));
-  incidentMarkers.set(record.incident, marker);
-  tagged(marker, { "data-incident": record.incident, "data-severity": record.peak_severity });
+  const at = [latest.lat, latest.lon];
+  for (const [severity, group] of bySeverity) {
+    const style = {
+      radius: 7 + 4 * rank(severity), color: SEVERITY_COLOURS[severity] || "#fff", weight: 3, fill: false,
+      dashArray: group.every((r) => r.acked_at) ? "4 4" : null, className: "incident-marker",
+    };
+    let ring = marks.rings.get(severity);
+    if (!ring) {
+      ring = L.circleMarker(at, style).addTo(incidentLayer);
+      ring.on("click", () => showList(key));
+      marks.rings.set(severity, ring);
+    } else {
+      ring.setLatLng(at);
+      ring.setStyle(style);
+    }
+    ring.bindTooltip(summary(key, records), { direction: "top" });
+    tagged(ring, { "data-node": key, "data-severity": severity, "data-incidents": group.map((r) => r.incident).join(" ") });
+  }
+  if (records.length > 1) {
+    // a count on the rings' upper right: several incidents at one node are more than one ring
+    const icon = L.divIcon({ className: "incident-count", html: el("span", {}, String(records.length)),
+      iconSize: [18, 18], iconAnchor: [-8, 26] });
+    if (!marks.badge) {
+      marks.badge = L.marker(at, { icon, keyboard: true, riseOnHover: true }).addTo(incidentLayer);
+      marks.badge.on("click", () => showList(key));
+    } else {
+      marks.badge.setLatLng(at);
+      // a new icon is a new element: only for a new count, so that a live update keeps its focus
+      if (marks.count !== records.length) marks.badge.setIcon(icon);
+    }
+    marks.count = records.length;
+    marks.badge.bindTooltip(summary(key, records), { direction: "top" });
+    tagged(marks.badge, { "data-node": key, "data-count": records.length, role: "button",
+      "aria-label": `${records.length} open incidents at ${key}: list them` });
+  } else if (marks.badge) {
+    marks.badge.remove();
+    marks.badge = null;
+  }
+  if (listed === key && listPopup.isOpen()) listPopup.setContent(incidentList(key));
+}
+
+function forget(incident) {
+  // the node that held it (an incident stays at one node), or null
+  for (const [key, records] of incidentsAt) {
+    if (records.delete(incident)) {
+      if (!records.size) incidentsAt.delete(key);
+      return key;
+    }
+  }
+  return null;
+}
+
+export function setIncident(record) {
+  if (!map) return;
+  const was = forget(record.incident);
+  const key = nodeKey(record);
+  if (record.state === "open") {
+    if (!incidentsAt.has(key)) incidentsAt.set(key, new Map());
+    incidentsAt.get(key).set(record.incident, record);
+  }
+  if (was && was !== key) drawIncidents(was);
+  drawIncidents(key);
 }
 
 export function setOpenIncidents(records) {
   if (!map) return;
-  const keep = new Set(records.map((r) => r.incident));
-  for (const [id, marker] of incidentMarkers) if (!keep.has(id)) { marker.remove(); incidentMarkers.delete(id); }
-  for (const record of records) setIncident(record);
+  const drawn = new Set(incidentMarks.keys());
+  incidentsAt.clear();
+  for (const record of records) {
+    if (record.state !== "open") continue;
+    const key = nodeKey(record);
+    if (!incidentsAt.has(key)) incidentsAt.set(key, new Map());
+    incidentsAt.get(key).set(record.incident, record);
+  }
+  for (const key of new Set([...drawn, ...incidentsAt.keys()])) drawIncidents(key);
 }
 
 export function focus(location) {
