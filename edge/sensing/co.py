@@ -75,6 +75,11 @@ PRE_ALARM_SEVERITY: Severity = "Minor"
 # stays above its lowest alarm point (70 ppm). EN 50291-1-certified alarms state the same
 # figure in their manuals: the alarm ends by itself within 6 minutes once the CO is gone.
 CLEAN_AIR_HOLD_S = 6 * 60.0
+# After a clean-air end the leftover index stays above the alarm point for hours, so one
+# noisy reading at c_ref would open a new Severe incident (and a new PSAP call) at once.
+# The index decides afresh once the air drives it up again ((c/c_ref)^n above it), or once
+# CO has stayed at c_ref or above this long.
+CO_BACK_S = 60.0
 
 
 class COExposure:
@@ -127,35 +132,45 @@ class COAlarm:
         self._extreme = False
         self.rule = exposure_rule(profile)
         self._clean_since: float | None = None  # exposure time the air went below c_ref
-        self._ended_by_clean_air = False  # and has stayed there since the incident ended
+        self._back_since: float | None = None  # after a clean-air end: CO at c_ref or above since
+        self._clean_end = ""  # the detail of a clean-air end, "" while none holds
 
     def _basis(self) -> str:
         clock = f"; scenario clock ×{self.time_scale:g}" if self.time_scale != 1.0 else ""
         return f"{self.profile.standard} profile {self.profile.name}{clock}"
 
-    def _track_clean_air(self, ppm: float, exposure_time: float) -> float | None:
-        """Exposure seconds the air has been clean (below c_ref), or None while it is not; CO at
-        c_ref or above also lifts a clean-air end."""
-        if ppm >= self.profile.reference_ppm:
-            self._clean_since = None
-            self._ended_by_clean_air = False
-            return None
-        if self._clean_since is None:
-            self._clean_since = exposure_time
-        return exposure_time - self._clean_since
+    def _track_clean_air(self, ppm: float, index: float, exposure_time: float) -> float | None:
+        """Exposure seconds the air has been clean (below c_ref), or None while it is not. CO
+        back at c_ref lifts a clean-air end once it drives the index up or has lasted CO_BACK_S."""
+        profile = self.profile
+        if ppm < profile.reference_ppm:
+            self._back_since = None
+            if self._clean_since is None:
+                self._clean_since = exposure_time
+            return exposure_time - self._clean_since
+        self._clean_since = None
+        if self._clean_end:
+            if self._back_since is None:
+                self._back_since = exposure_time
+            rising = (ppm / profile.reference_ppm) ** profile.exponent > index
+            if rising or exposure_time - self._back_since >= CO_BACK_S:
+                self._clean_end, self._back_since = "", None
+        return None
 
     def observe(self, ppm: float, now: float) -> Severity | None:
         exposure_time = now * self.time_scale
         index = self.exposure.observe(ppm, exposure_time)
-        clean_for = self._track_clean_air(ppm, exposure_time)
-        ended_now = False
-        if self._ended_by_clean_air:
+        clean_for = self._track_clean_air(ppm, index, exposure_time)
+        if self._clean_end:
             severity = None  # the index left over from the incident raises nothing in clean air
         else:
             severity = self.rule.observe(index, now)
             if severity is not None and clean_for is not None and clean_for >= CLEAN_AIR_HOLD_S:
-                self.rule = exposure_rule(self.profile)  # once CO is back at c_ref, the index decides afresh
-                self._ended_by_clean_air = ended_now = True
+                self.rule = exposure_rule(self.profile)  # once CO is back, the index decides afresh
+                self._clean_end = (
+                    f"CO below {self.profile.reference_ppm:g} ppm for {CLEAN_AIR_HOLD_S / 60:g} min: clean air, "
+                    f"the alarm ends (exposure index {index:.2f}, decaying; {self._basis()})"
+                )
                 severity = None
         if severity == "Severe":
             # Extreme from extreme_ppm until the level falls a fifth below it: readings either
@@ -196,15 +211,8 @@ class COAlarm:
                     measurements=measurements,
                 ),
             )
-        elif self.book.is_open(self.key):
-            if ended_now:
-                detail = (
-                    f"CO below {self.profile.reference_ppm:g} ppm for {CLEAN_AIR_HOLD_S / 60:g} min: clean air, "
-                    f"the alarm ends (exposure index {index:.2f}, decaying; {self._basis()})"
-                )
-            else:
-                detail = f"CO exposure index back to {index:.2f}"
-            self.book.clear(self.key, now, detail=detail)
+        elif self.book.is_open(self.key):  # (an end held by alerts.hold_s keeps its first reason)
+            self.book.clear(self.key, now, detail=self._clean_end or f"CO exposure index back to {index:.2f}")
         return severity
 
     def _clean_air_note(self, clean_for: float | None) -> str:
