@@ -63,7 +63,6 @@ def compose(
     references: Sequence[CapRef] = (),
     readings_uri: str | None = None,
     schema: etree.XMLSchema | None = None,
-    call_id: str | None = None,
 ) -> Call:
     """Raises CapError or LocationError before anything is sent."""
     sender = caller.uri_for(alert)
@@ -95,8 +94,6 @@ def compose(
         ),
         geolocation_routing=caller.geolocation_routing,
     )
-    if call_id is not None:
-        message.call_id = call_id
     return Call(cap, message)
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -430,15 +431,22 @@ class Forwarder(ForwardDesk):
         if self.config.readings_base_url:
             expires = self.clock() + timedelta(seconds=self.config.readings_link_ttl_s)
             readings_uri = readings_link(self.config.readings_base_url, row.incident, incident.token, expires)
+        # A retry is the same CAP message as its earlier attempts (CAP 1.2 §3.2.1: sender, identifier
+        # and sent name a message), which the PSAP may hold already: the sender it was first composed
+        # with, not the config's, which may have changed since. Identifier and sent come from the alert.
+        caller = self.caller if row.cap_sender is None else replace(self.caller, sender=row.cap_sender)
         try:
+            # RFC 3261 §8.1.1.4: only a retry after a response that asks for an amendment (§8.1.3.5:
+            # 401, 407, 413, 415, 416, 420) is not a new request; one after a timeout, a 503 or a 486
+            # is, so each attempt has a Call-ID, From tag (§8.1.1.3) and CSeq (§8.1.1.5) of its own,
+            # drawn by compose. A finished request's Call-ID again went unanswered by sipp as the PSAP.
             call = compose(
                 alert,
-                self.caller,
+                caller,
                 msg_type=msg_type,
                 references=references,
                 readings_uri=readings_uri,
                 schema=self.schema,
-                call_id=f"{row.incident}-{row.ordinal}@s4edge",
             )
         except (CapError, LocationError) as exc:
             # The content is wrong, so a retry would send the same wrong thing: an operator must look.

@@ -14,6 +14,10 @@ What it checks, in order (the first failure decides the answer):
 - a Geolocation cid: (RFC 6442 §4.1) names an ``application/pidf+xml`` PIDF-LO part
   (else 424 Bad Location Information with Geolocation-Error 100, RFC 6442 §4.3). A call
   without a Geolocation header is still taken: no emergency call is refused for lacking location.
+
+A request that carries a CAP message already taken (the same sender, identifier and sent,
+CAP 1.2 §3.2.1) is a sender's retry of a call whose answer it missed: a new SIP request (RFC
+3261 §8.1.1.4), answered as one, but not a second call.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +39,7 @@ from urllib.parse import unquote
 
 from lxml import etree
 
-from s4edge.cloud_sync.ng112.cap import CAP_MIME, CAP_NS, cap_text, load_schema, parse_cap
+from s4edge.cloud_sync.ng112.cap import CAP_MIME, CAP_NS, CapRef, cap_text, load_schema, parse_cap
 from s4edge.cloud_sync.ng112.pidf import GML_NS, PIDF_MIME, PIDF_NS
 from s4edge.cloud_sync.ng112.sip import (
     BAD_ALERT_MESSAGE,
@@ -56,6 +61,9 @@ _URI_VALUE = re.compile(r"^\s*(?:<([^>]*)>|([^;<>\s]+))(.*)$", re.DOTALL)
 _PARAM = re.compile(r'\s*;\s*([^=;\s]+)\s*(?:=\s*("[^"]*"|[^;\s]*))?')
 _VALUES = re.compile(r'(?:<[^>]*>|"[^"]*"|[^,<"])+')  # values split at commas outside <> and ""
 _SCHEMA_LOCK = threading.Lock()  # one schema object, validations one at a time
+# CAP messages remembered as taken: a sender's retries come within minutes (its backoff, a
+# Retry-After), and a drill's PSAP takes far fewer calls than this in that time.
+TAKEN_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,12 @@ class ReceivedCall:
     @property
     def accepted(self) -> bool:
         return self.verdict.accepted
+
+    @property
+    def cap_ref(self) -> CapRef | None:
+        """The reference of the CAP message it carries (CAP 1.2 §3.2.1), once read."""
+        sender, identifier, sent = (self.cap.get(name) for name in ("sender", "identifier", "sent"))
+        return CapRef(sender, identifier, sent) if sender and identifier and sent else None
 
     def summary(self) -> str:
         where = f"{self.position[0]:.6f},{self.position[1]:.6f}" if self.position else "no location"
@@ -220,6 +234,8 @@ def judge(call: ReceivedCall, schema: etree.XMLSchema | None = None) -> Verdict:
         name.split("/")[-1]: cap_text(root, name)
         for name in (
             "identifier",
+            "sender",
+            "sent",
             "status",
             "msgType",
             "references",
@@ -310,14 +326,44 @@ def _take(server: Any, raw: bytes) -> ReceivedCall:
 def _report(server: Any, call: ReceivedCall) -> None:
     if not call.accepted:
         log.warning("psap: answered %s to %s: %s", call.verdict, call.headers.get("call-id", "?"), call.verdict.detail)
+    elif (ref := call.cap_ref) is not None and not server.taken.first(ref):
+        log.info(
+            "psap: %s carries CAP %s again: answered %s, not a second call",
+            call.headers.get("call-id"),
+            ref,
+            call.verdict,
+        )
+        return
     server.on_call(call)
+
+
+class _Taken:
+    """The CAP messages this PSAP has taken, by reference (CAP 1.2 §3.2.1: sender, identifier
+    and sent name one message), the oldest forgotten past ``size``."""
+
+    def __init__(self, size: int = TAKEN_MAX) -> None:
+        self._refs: OrderedDict[CapRef, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def first(self, ref: CapRef) -> bool:
+        """True the first time ``ref`` is taken, False for each repeat."""
+        with self._lock:
+            if ref in self._refs:
+                self._refs.move_to_end(ref)
+                return False
+            self._refs[ref] = None
+            if len(self._refs) > self._size:
+                self._refs.popitem(last=False)
+            return True
 
 
 class _Transactions:
     """RFC 3261 §17.2.2: a non-INVITE server transaction absorbs the retransmissions of its
     request (the same top Via, branch and sent-by, and CSeq) and sends its last response
     again, until Timer J; a retransmitted call is not a second call. One still being
-    handled answers nothing yet: its response goes out when it is done."""
+    handled answers nothing yet: its response goes out when it is done. A retry with a new
+    branch is a new transaction, answered on its own (``_Taken`` keeps it from being a call)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._answers: dict[tuple[str, str, str], tuple[float, bytes | None]] = {}
@@ -400,6 +446,7 @@ class _UdpServer(socketserver.ThreadingUDPServer):
     schema: etree.XMLSchema | None
     in_flight: _InFlight
     transactions: _Transactions
+    taken: _Taken
     daemon_threads = True
     # not for UDP: on Linux a second receiver binds the same port beside the first and takes its calls
     allow_reuse_address = False
@@ -409,6 +456,7 @@ class _TcpServer(socketserver.ThreadingTCPServer):
     on_call: OnCall
     schema: etree.XMLSchema | None
     in_flight: _InFlight
+    taken: _Taken
     daemon_threads = True
     allow_reuse_address = True
 
@@ -416,7 +464,8 @@ class _TcpServer(socketserver.ThreadingTCPServer):
 class PsapReceiver:
     """``PsapReceiver("udp:127.0.0.1:5060", on_call=print).start()``; ``stop()`` ends it.
 
-    ``on_call`` hears every request, the refused ones too: ``call.accepted`` tells them apart.
+    ``on_call`` hears every request, the refused ones too: ``call.accepted`` tells them apart;
+    a repeat of a CAP message already taken is answered again, not heard as a second call.
     """
 
     def __init__(self, listen: str, on_call: OnCall, schema: etree.XMLSchema | None = None) -> None:
@@ -427,6 +476,7 @@ class PsapReceiver:
         self.server.on_call = on_call
         self.server.schema = schema if schema is not None else load_schema()
         self.server.in_flight = _InFlight()
+        self.server.taken = _Taken()
         if isinstance(self.server, _UdpServer):
             self.server.transactions = _Transactions()
         self.proto = proto

@@ -48,6 +48,12 @@ class SipTarget:
     port: int
     transport: Proto | None  # None: chosen by message size (RFC 3261 §18.1.1)
 
+    @property
+    def sips(self) -> bool:
+        """A SIPS URI: TLS on every hop up to the URI's domain (RFC 3261 §26.2.2), where a
+        ``sip:`` URI with ``;transport=tls`` asks it of the first hop only (RFC 5630)."""
+        return self.uri[:5].lower() == "sips:"
+
 
 _SIP_URI = re.compile(
     r"^(?P<scheme>sips?):(?:(?P<user>[^@;]+)@)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)"

@@ -129,17 +129,20 @@ class Transaction:
         """One request to ``target``, within one Timer F, redirects and fallback included (the
         forwarder's claim on a call counts on it). A 301/302 sends it on to the first Contact,
         up to ``REDIRECT_HOPS`` times (RFC 3261 §8.1.3.4: an ESRP redirects to the PSAP that
-        serves the location), where the Contact's host is one of ``redirect_hosts`` and its
-        transport no less secure: never from TLS to plain text (§8.1.3.4)."""
+        serves the location), where the Contact's host is one of ``redirect_hosts`` and it is
+        no less secure than the request that was redirected, on every hop: never from TLS to
+        plain text, nor from a SIPS URI to a SIP one (§8.1.3.4, §26.2.2, RFC 5630)."""
         deadline = self.clock() + self.timers.f
         delivery = self._send_once(message, target, deadline)
-        request = message
+        request, hop = message, target
         for _ in range(REDIRECT_HOPS):
             response = delivery.response
             if response is None or response.code not in REDIRECTS:
                 break
             contact = _first_contact(response)
-            refused = self._refused_redirect(target, contact)
+            # each hop against the one it redirects: plain → TLS → plain compared with the first
+            # target alone sent the call on in clear text from a hop reached over TLS
+            refused = self._refused_redirect(hop, contact)
             if contact is None or refused:
                 why = refused or "no Contact to follow"
                 return replace(delivery, detail=f"{delivery.detail}, not followed: {why}")
@@ -147,18 +150,23 @@ class Transaction:
                 return replace(delivery, detail=f"{delivery.detail}, not followed: Timer F has run out")
             # RFC 3261 §8.1.3.4: the Contact's URI is the onward request's Request-URI, and §8.1.3.5,
             # §20.16: a new transaction of the same call, its CSeq one higher
-            request = request.redirected(contact.uri)
+            request, hop = request.redirected(contact.uri), contact
             onward = self._send_once(request, contact, deadline)
             delivery = replace(onward, detail=f"{onward.detail} (after {response.code} to {shown_uri(contact.uri)})")
         return delivery
 
-    def _refused_redirect(self, origin: SipTarget, contact: SipTarget | None) -> str:
+    def _refused_redirect(self, redirected: SipTarget, contact: SipTarget | None) -> str:
+        """Why the request sent to ``redirected`` may not go on to ``contact``, or ""."""
         if contact is None:
             return ""
         if contact.host.lower() not in self.redirect_hosts:
             return f"{contact.host} is not among ng112.redirect_hosts"
-        if origin.transport == "tls" and contact.transport != "tls":
+        if redirected.transport == "tls" and contact.transport != "tls":
             return "it leaves TLS for plain text"
+        if redirected.sips and not contact.sips:
+            # RFC 3261 §8.1.3.4 allows it only with the user told, and nobody watches a forward; a
+            # sip: URI's ;transport=tls secures one hop, not the way on to the PSAP (§26.2.2, RFC 5630)
+            return "it leaves a sips: URI for a sip: one"
         return ""
 
     def _send_once(self, message: EmergencyMessage, target: SipTarget, deadline: float) -> Delivery:

@@ -294,6 +294,76 @@ def test_a_busy_psap_is_called_again_after_its_retry_after_not_before(tmp_path):
     assert get_forward(engine, forward)["attempts"] == 2
 
 
+def cap_ref(raw: bytes) -> str:
+    """The CAP 1.2 §3.2.1 reference (sender,identifier,sent) of the message a request carried."""
+    root = etree.fromstring(split_parts(raw)["application/EmergencyCallData.cap+xml"])
+    return ",".join(root.findtext(f"{{{CAP_NS}}}{name}") for name in ("sender", "identifier", "sent"))
+
+
+def from_tag(raw: bytes) -> str:
+    return header(raw, "From").split(";tag=")[1]
+
+
+def requests(received: list[bytes]) -> list[bytes]:
+    """One copy of each request: over UDP a slow answer has Timer E send it again (§17.1.2.2)."""
+    return list({header(raw, "Via").split("branch=")[1]: raw for raw in received}.values())
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_each_attempt_is_a_request_of_its_own_and_the_psap_answers_it(tmp_path, proto):
+    # Every attempt of a forward went with its Call-ID ("<incident>-<ordinal>@s4edge"), CSeq 1 and a
+    # new From tag: sipp, as a PSAP that had answered that Call-ID, never answered the retry, which
+    # ended on Timer F instead of the PSAP's 503. A retry after a timeout or a 503 asks for no
+    # amendment, so it is a new request (RFC 3261 §8.1.1.4): a Call-ID and From tag of its own
+    clock = [datetime(2026, 3, 1, 12, 0, tzinfo=UTC)]
+    engine = make_engine(f"sqlite:///{tmp_path / 'agg.db'}")
+    metadata.create_all(engine)
+    with SippPsap("psap_503.xml", proto, tmp_path) as psap:
+        # Timer F of 3.2 s: sipp's 503 in time on a loaded machine
+        config = Ng112Config(psap=psap.uri, t1_s=0.05, max_attempts=3)
+        fwd = Forwarder(engine, config, clock=lambda: clock[0])
+        (forward,) = fwd.submit(alert(incident="inc-flame-0300"))
+        assert fwd.run_due() == 1
+        clock[0] += timedelta(seconds=300)  # the 503's Retry-After
+        assert fwd.run_due() == 1
+        first, retry = requests(psap.received())
+    row = get_forward(engine, forward)
+    assert (row["state"], row["attempts"], row["code"]) == ("retrying", 2, 503), row["reason"]
+    assert header(retry, "Call-ID") != header(first, "Call-ID")
+    assert from_tag(retry) != from_tag(first)
+    assert header(retry, "From").split(";")[0] == header(first, "From").split(";")[0]
+    assert cap_ref(retry) == cap_ref(first)  # the same CAP message (CAP 1.2 §3.2.1)
+
+
+def test_a_retry_after_the_sender_changed_is_still_the_message_it_retries(tmp_path):
+    # sender_domain was edited and the aggregator reloaded between two attempts of one Alert: the
+    # retry went from the new sender, a second CAP message of the same identifier, which the PSAP,
+    # holding the first, takes for another alert; and later messages referenced the new one
+    clock = [datetime(2026, 3, 1, 12, 0, tzinfo=UTC)]
+    engine = make_engine(f"sqlite:///{tmp_path / 'agg.db'}")
+    metadata.create_all(engine)
+    with SippPsap("psap_503.xml", "tcp", tmp_path) as psap:
+        before = Forwarder(
+            engine, Ng112Config(psap=psap.uri, t1_s=0.05, sender_domain="old.example"), clock=lambda: clock[0]
+        )
+        (forward,) = before.submit(alert(incident="inc-flame-0301"))
+        assert before.run_due() == 1
+        reloaded = Forwarder(
+            engine, Ng112Config(psap=psap.uri, t1_s=0.05, sender_domain="new.example"), clock=lambda: clock[0]
+        )
+        clock[0] += timedelta(seconds=300)
+        assert reloaded.run_due() == 1
+        reloaded.submit(alert(incident="inc-flame-0302"))  # a new message goes from the new sender
+        assert reloaded.run_due() == 1
+        first, retry, new = psap.received()
+    row = get_forward(engine, forward)
+    assert row["attempts"] == 2
+    assert cap_ref(first) == cap_ref(retry) == f"{row['cap_sender']},{row['cap_identifier']},{row['cap_sent']}"
+    assert row["cap_sender"] == "sip:n7@station.old.example"
+    assert header(retry, "From").startswith("<sip:n7@station.old.example>;tag=")
+    assert cap_ref(new).startswith("sip:n7@station.new.example,")
+
+
 def test_a_closed_connection_is_a_typed_result():
     delivery = Transaction(FAST).send(compose(alert(), Caller()).message, parse_target(tcp_peer(None)))
     assert delivery.outcome == "closed"

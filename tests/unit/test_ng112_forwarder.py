@@ -383,6 +383,37 @@ def test_a_claim_lost_mid_send_is_taken_back_and_delivered(engine, clock, psap):
     assert [c.cap["msgType"] for c in psap.calls] == ["Alert", "Update"]
 
 
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_a_retry_whose_first_copy_arrived_is_answered_but_not_a_second_call(engine, clock, proto):
+    # The PSAP took the first copy and answered after the sender's Timer F: the sender retried, and
+    # the built-in PSAP showed the same alert as a second call. The retry is a new SIP request (RFC
+    # 3261 §8.1.1.4: a new Call-ID), answered as one, carrying the same CAP message (CAP 1.2 §3.2.1)
+    calls, answer_late = [], Event()
+
+    def slow_call_taker(call) -> None:
+        calls.append(call)
+        if len(calls) == 1:
+            answer_late.wait(30)  # until the sender has given up on this copy
+
+    receiver = PsapReceiver(f"{proto}:127.0.0.1:0", slow_call_taker).start()
+    try:
+        host, port = receiver.address
+        fwd = forwarder(engine, clock, f"sip:psap@{host}:{port};transport={proto}")
+        (fid,) = fwd.submit(alert(incident="inc-gas-0300"))
+        assert fwd.run_due() == 1
+        first = get_forward(engine, fid)
+        assert (first["state"], first["code"]) == ("retrying", None) and "Timer F" in first["reason"]
+        answer_late.set()
+        clock.advance(10)
+        assert fwd.run_due() == 1
+    finally:
+        answer_late.set()
+        receiver.stop()
+    row = get_forward(engine, fid)
+    assert (row["state"], row["code"], row["attempts"]) == ("delivered", 200, 2)
+    assert [call.cap["identifier"] for call in calls] == [row["cap_identifier"]]
+
+
 def test_a_lapsed_claim_on_the_last_attempt_ends_failed(engine, clock, psap):
     fwd = forwarder(engine, clock, uri(psap), max_attempts=1)
     (first,) = fwd.submit(alert())

@@ -203,6 +203,37 @@ def test_a_udp_retransmission_is_answered_again_and_taken_once():
     assert len(calls) == 2
 
 
+def exchange(receiver: PsapReceiver, raw: bytes) -> int:
+    """Send one request to the receiver, as a sender does over its transport; the answer's code."""
+    if receiver.proto == "udp":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.sendto(raw, receiver.address)
+            return parse_response(sock.recv(65535)).code
+    with socket.create_connection(receiver.address, timeout=5) as sock:
+        sock.sendall(raw)
+        return parse_response(sock.recv(65535)).code
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_a_retry_of_a_cap_message_already_taken_is_answered_but_not_a_second_call(proto):
+    # A sender's retry after a lost answer: a new request (RFC 3261 §8.1.1.4: its own Call-ID, From
+    # tag and branch) that carries the CAP message the PSAP has (CAP 1.2 §3.2.1: the same sender,
+    # identifier and sent). It was a second call for the call-taker; a new message still is one
+    calls = []
+    receiver = PsapReceiver(f"{proto}:127.0.0.1:0", calls.append).start()
+    try:
+        first = message()
+        retry = dataclasses.replace(first, call_id="retry@s4edge.invalid", from_tag="retry")
+        answers = [exchange(receiver, wire(first)), exchange(receiver, wire(retry, (b"z9hG4bKtest", b"z9hG4bKretry")))]
+        answers.append(exchange(receiver, wire(message(), (b"z9hG4bKtest", b"z9hG4bKnext"))))
+    finally:
+        receiver.stop()
+    assert answers == [200, 200, 200]
+    assert len(calls) == 2 and calls[0].headers["call-id"] == first.call_id
+    assert calls[0].cap_ref != calls[1].cap_ref
+
+
 def test_content_length_is_read_wherever_it_stands_over_tcp():
     # only a Content-Length on the head's last line was read: one higher up counted as 0, the
     # body was read as a second request, and a valid call was refused with 425
