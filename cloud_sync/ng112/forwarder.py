@@ -262,6 +262,7 @@ class Forwarder(ForwardDesk):
                     "site": alert.site,
                     "node_id": alert.node_id,
                     "token": new_token(),
+                    "link_key": new_token(),
                     "mode": policy.mode,
                     "created_at": now,
                 }
@@ -430,7 +431,8 @@ class Forwarder(ForwardDesk):
         readings_uri = None
         if self.config.readings_base_url:
             expires = self.clock() + timedelta(seconds=self.config.readings_link_ttl_s)
-            readings_uri = readings_link(self.config.readings_base_url, row.incident, incident.token, expires)
+            key = incident.link_key or self.link_key_of(row.incident)
+            readings_uri = readings_link(self.config.readings_base_url, row.incident, key, expires)
         # A retry is the same CAP message as its earlier attempts (CAP 1.2 §3.2.1: sender, identifier
         # and sent name a message), which the PSAP may hold already: the sender it was first composed
         # with, not the config's, which may have changed since. Identifier and sent come from the alert.
@@ -514,6 +516,15 @@ class Forwarder(ForwardDesk):
                 time.sleep(delay)
                 delay *= 2
         self._changed_row(row.id)
+
+    def link_key_of(self, incident: str) -> str:
+        """The key of an incident's readings links, made for one from before keys (whose token
+        the CAP carried, so it may not sign); the first of two replicas to make it wins."""
+        with self.engine.begin() as conn:
+            where = (incidents.c.incident == incident) & incidents.c.link_key.is_(None)
+            conn.execute(update(incidents).where(where).values(link_key=new_token()))
+            key: str = conn.execute(select(incidents.c.link_key).where(incidents.c.incident == incident)).scalar_one()
+        return key
 
     def _finish(self, forward_id: str, **values: Any) -> None:
         with self.engine.begin() as conn:

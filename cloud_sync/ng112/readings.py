@@ -2,7 +2,8 @@
 
 The CAP ``resource`` of every call links here (``readings_link``). The link holds when it
 stops answering and a signature over that and the incident, keyed with the incident's
-random token, which never leaves the aggregator: its holder can neither extend it nor make
+random ``link_key``, which never leaves the aggregator (not its ``token``, which releases
+before signed links sent in the CAP): its holder can neither extend it nor make
 one for another incident. The readings come from what the aggregator stored (the node's last
 telemetry and the measurements of its alerts), newest first.
 """
@@ -23,24 +24,25 @@ from s4edge.cloud_sync.ng112.records import incidents, new_token
 LAST_READINGS: Final = 15
 
 
-def link_signature(token: str, incident: str, expires: int) -> str:
+def link_signature(key: str, incident: str, expires: int) -> str:
     """HMAC-SHA256 (RFC 2104) of the incident and the link's end (Unix seconds)."""
-    return hmac.new(token.encode(), f"{incident}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key.encode(), f"{incident}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-def readings_link(base_url: str, incident: str, token: str, expires: datetime) -> str:
+def readings_link(base_url: str, incident: str, key: str, expires: datetime) -> str:
     """The link a CAP message gives the PSAP (CAP 1.2 §3.2.3 <uri>); it answers until ``expires``."""
     until = math.ceil(expires.timestamp())
-    signature = link_signature(token, incident, until)
+    signature = link_signature(key, incident, until)
     return f"{base_url.rstrip('/')}/ng112/incidents/{incident}/readings?expires={until}&sig={signature}"
 
 
 def link_signed(engine: Engine, incident: str, expires: int, signature: str) -> bool:
     """Whether ``signature`` is the one ``readings_link`` gave the incident's link ending at ``expires``."""
     with engine.connect() as conn:
-        token = conn.execute(select(incidents.c.token).where(incidents.c.incident == incident)).scalar()
-    # An unknown incident still costs one signature and comparison, so timing tells nothing.
-    expected = link_signature(token or new_token(), incident, expires)
+        key = conn.execute(select(incidents.c.link_key).where(incidents.c.incident == incident)).scalar()
+    # An unknown incident, or one no link was signed for, still costs one signature and
+    # comparison, so timing tells nothing.
+    expected = link_signature(key or new_token(), incident, expires)
     return hmac.compare_digest(expected.encode(), signature.encode())
 
 

@@ -40,7 +40,11 @@ incidents = Table(
     Column("incident", String(64), primary_key=True),
     Column("site", String(64), nullable=False),
     Column("node_id", String(64), nullable=False),
-    Column("token", String(64), nullable=False),  # signs the PSAP data-request links (readings.py); never sent
+    # Releases before the signed links sent this in every CAP (readings?token=…): never a key now.
+    Column("token", String(64), nullable=False),
+    # Signs the PSAP data-request links (readings.py) and never leaves the aggregator; an
+    # incident from before it gets one at its next message (forwarder.link_key_of).
+    Column("link_key", String(64), info={LATER: True}),
     Column("mode", String(16), nullable=False),
     Column("first_sender", String(255)),
     Column("first_identifier", String(128)),

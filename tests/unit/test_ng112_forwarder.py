@@ -21,6 +21,7 @@ from s4edge.cloud_sync.ng112.api import build_router
 from s4edge.cloud_sync.ng112.cap import cap_text, parse_cap
 from s4edge.cloud_sync.ng112.forwarder import Forwarder
 from s4edge.cloud_sync.ng112.policy import Ng112Config
+from s4edge.cloud_sync.ng112.readings import link_signature
 from s4edge.cloud_sync.ng112.receiver import PsapReceiver
 from s4edge.cloud_sync.ng112.records import forwards, get_forward, incidents
 from s4edge.testing import eventually, free_port
@@ -326,6 +327,27 @@ def test_the_psap_data_request_link_expires_and_its_holder_cannot_extend_it(engi
     old = client.get("/ng112/incidents/inc-data-0003/readings", params={"token": token})
     assert old.status_code == 410 and "without an expiry" in old.json()["detail"]
     assert token not in readings_link(psap.calls[1])  # the key never leaves the aggregator
+
+
+def test_the_token_an_earlier_release_sent_signs_no_link(engine, clock, psap):
+    # releases before signed links sent the incident's token in every CAP; were it the key,
+    # anyone holding such a CAP could sign a link to the year 9999
+    fwd = forwarder(engine, clock, uri(psap), update_interval_s=0)
+    fwd.submit(alert(incident="inc-data-0005"))
+    fwd.run_due()
+    with engine.begin() as conn:  # an incident forwarded by that release: no link key yet
+        token = conn.execute(select(incidents.c.token).where(incidents.c.incident == "inc-data-0005")).scalar_one()
+        conn.execute(incidents.update().where(incidents.c.incident == "inc-data-0005").values(link_key=None))
+    client = data_request_client(fwd)
+    last = 253402300799
+    signature = link_signature(token, "inc-data-0005", last)
+    forged = f"/ng112/incidents/inc-data-0005/readings?expires={last}&sig={signature}"
+    assert client.get(forged).status_code == 404
+    # its next message gets a key of its own, and a link that answers
+    fwd.submit(alert(state="update", severity="Extreme", incident="inc-data-0005"))
+    fwd.run_due()
+    assert client.get(readings_link(psap.calls[1])).status_code == 200
+    assert client.get(forged).status_code == 404
 
 
 def test_the_readings_link_answers_for_readings_link_ttl_s(engine, clock, psap):
