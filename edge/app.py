@@ -478,17 +478,18 @@ class Node:
         except (ValueError, OSError) as exc:
             return False, f"model swap refused: {exc}", {}
 
-    def reload(self, text: str) -> None:
+    def reload(self, text: str, origin: str = "reload_config") -> None:
         """Apply a new config without dropping the uplink; raises ConfigError and keeps the old one.
+        Errors name ``origin``: the command, or the file a SIGHUP applies again.
 
         A source whose part of the config is unchanged runs on, its alarms, warm-ups and CO
         exposure and all, while the incident lifecycle settings stay too: rebuilt from zero,
         an open gas or CO alarm read its first sample as no alarm and ended (a PSAP Cancel),
         and a CO alarm took minutes of exposure to come back, after any reload."""
         with self._reloading:  # a SIGHUP and a reload_config command may come at once
-            self._reload(text)
+            self._reload(text, origin)
 
-    def _check_password_kept(self, new: Any) -> None:
+    def _check_password_kept(self, new: Any, origin: str) -> None:
         """The broker password is read from ``mqtt.password_file`` once, at start. Rotated there
         (``s4edge provision`` again), a reload that said "applied" kept the old one, and the node
         stayed "Not authorized" for good: refused, with what to do instead."""
@@ -497,16 +498,16 @@ class Node:
             return
         if uplink_settings(new).password != running.password:
             raise ConfigError(
-                f"reload_config: the broker password in {new.mqtt.password_file} changed; the agent reads it "
+                f"{origin}: the broker password in {new.mqtt.password_file} changed; the agent reads it "
                 "at start: restart it to use the new one (sudo systemctl restart s4edge-agent)"
             )
 
-    def _reload(self, text: str) -> None:
-        new = parse_config_text(text, "reload_config", self.base_dir)
+    def _reload(self, text: str, origin: str) -> None:
+        new = parse_config_text(text, origin, self.base_dir)
         for key in ("node_id", "site", "mqtt", "outbox"):
             if getattr(new, key) != getattr(self.config, key):
-                raise ConfigError(f"reload_config: {key} cannot change at runtime; restart the agent for that")
-        self._check_password_kept(new)
+                raise ConfigError(f"{origin}: {key} cannot change at runtime; restart the agent for that")
+        self._check_password_kept(new, origin)
         lifecycle_changed = (new.alerts, new.status) != (self.config.alerts, self.config.status)
         book = self._new_book(new) if lifecycle_changed else self.book
         verifier = self._load_verifier(new)
@@ -655,9 +656,9 @@ class Node:
 
     def _reload_file(self, path: Path) -> None:
         try:
-            self.reload(path.read_text(encoding="utf-8"))
-        except (ConfigError, OSError, UnicodeDecodeError) as exc:
-            log.error("%s not applied, the running config stays: %s", path, exc)
+            self.reload(path.read_text(encoding="utf-8"), origin=str(path))
+        except (ConfigError, OSError, UnicodeDecodeError) as exc:  # a ConfigError names the file itself
+            log.error("%s not applied, the running config stays: %s", path, str(exc).removeprefix(f"{path}: "))
             return
         log.info("%s applied", path)
 

@@ -120,7 +120,7 @@ def run(
         "auto", help="text, json (one object per line: ts, level, logger, msg) or auto: text on a terminal, else json."
     ),
 ) -> None:
-    """Run the node until SIGTERM or SIGINT, then publish ``offline`` and stop cleanly; SIGHUP
+    """Run the node until SIGTERM or SIGINT, then publish its offline status and stop cleanly; SIGHUP
     applies the config file again (a refused one is logged, and the running one stays)."""
     node_config = _load(config)
     configure_logging(log_level, log_format)

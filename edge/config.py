@@ -200,11 +200,43 @@ def parse_config(data: Any, origin: str = "<config>") -> _NodeBase:
     except ValidationError as exc:
         lines = [f"{origin}: {exc.error_count()} problem(s):"]
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
+            key = _key_in_file(err["loc"], data)
             # a key the schema does not know may be a misspelled secret ('passwd'): its value stays unshown
             shown = "" if err["type"] == "extra_forbidden" else _shown_input(key, err.get("input"))
             lines.append(f"  - {key}: {err['msg']}{shown}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def _key_in_file(loc: tuple[int | str, ...], data: Any) -> str:
+    """An error's dotted key as the file spells it. pydantic puts the tag of a discriminated
+    union (a source's or a scene rule's ``type:``) into the location, where the file has no
+    such key: ``sources.0.vision.camera`` is ``sources.0.camera`` to the technician."""
+    parts: list[str] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part == node.get("type") and not _leads_on(node, part, loc[i + 1 : i + 2]):
+            continue  # the tag; a sensors source has a key of its type's name too (``sensors:``)
+        parts.append(str(part))
+        if isinstance(node, dict) and isinstance(part, str):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None  # a key the file lacks: the rest is the schema's
+    return ".".join(parts)
+
+
+def _leads_on(node: dict[str, Any], part: int | str, rest: tuple[int | str, ...]) -> bool:
+    """``part`` is a key of ``node`` that the location goes on into (or ends at)."""
+    if part not in node:
+        return False
+    child = node[part]
+    if not rest:
+        return True
+    (following,) = rest
+    if isinstance(child, dict):
+        return following in child
+    return isinstance(child, list) and isinstance(following, int) and 0 <= following < len(child)
 
 
 _SECRET = re.compile(r"password|passphrase|secret|token|private", re.IGNORECASE)  # keys whose values stay unshown

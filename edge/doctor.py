@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,7 +66,8 @@ HINT = {
         "certificate may be required or refused (see the broker log)"
     ),
     "broker_refused": (
-        "the credentials do not match the broker's: re-run `s4edge provision` for this node and reload the broker"
+        "the broker does not know this password: copy the mqtt.password that `s4edge provision` wrote last for "
+        "this node beside the config (each run rotates it), and reload the broker after provisioning"
     ),
     "broker_plaintext": "the fleet should use TLS: mqtts://, or wss:// over WebSocket",
     "clock_unset": (
@@ -83,6 +85,15 @@ HINT = {
         "a read-only mount needs remounting read-write"
     ),
     "disk_low": "a long outage may fill it; telemetry is bounded, alerts are not",
+    "gpio": (
+        "gpiozero and its pin library read the lines: on a Raspberry Pi `sudo apt install python3-gpiozero "
+        "python3-lgpio` (a venv made with --system-site-packages sees them), elsewhere `pip install "
+        "'s4edge[gpio]'`; the agent's user must be in the gpio group, and a running agent holds its lines (stop it)"
+    ),
+    "simulated": (
+        "set `status: Exercise` in the config while it plays simulated data (a drill, commissioning); "
+        "wire the real sensors and camera before the node reports as Actual"
+    ),
     "config": "fix what the detail names (a key, or a line and column); `s4edge agent check -c FILE` re-checks",
 }
 
@@ -153,6 +164,62 @@ def check_i2c(config: Any, open_bus: Callable[[str], Any] = _open_smbus) -> list
             found = ", ".join(f"0x{a:02x} {w}" for a, w in sorted(expected.items()))
             checks.append(Check(name, "PASS", f"{source.bus}: {found or 'no I2C sensors configured'}"))
     return checks
+
+
+def _open_gpio(pin: int | str, active_high: bool) -> Any:
+    from s4edge.drivers.digital_input import GpioInput
+
+    with warnings.catch_warnings():  # gpiozero warns of each pin library it falls back from: the check says it
+        warnings.simplefilter("ignore")
+        return GpioInput(pin, active_high=active_high)
+
+
+def check_gpio(config: Any, open_pin: Callable[[int | str, bool], Any] = _open_gpio) -> list[Check]:
+    """Every GPIO line a smoke or flame detector is wired to opens, as the agent opens it at start:
+    a line that does not (no gpiozero, no pin library, no gpio group) stops the agent from starting."""
+    checks = []
+    for source in _sources(config, "sensors"):
+        if source.bus == "sim":
+            continue
+        wired = [s for s in source.sensors if s.pin is not None]
+        failed = []
+        for sensor in wired:
+            try:
+                open_pin(sensor.pin, sensor.active_high).close()
+            except Exception as exc:  # ImportError, or any of gpiozero's own (BadPinFactory, GPIOPinInUse ...)
+                failed.append(f"GPIO {sensor.pin} {sensor.name} ({sensor.kind}): {type(exc).__name__}: {exc}")
+        if failed:
+            checks.append(Check(f"gpio {source.name}", "FAIL", "; ".join(failed), HINT["gpio"]))
+        elif wired:
+            opened = ", ".join(f"GPIO {s.pin} {s.name}" for s in wired)
+            checks.append(Check(f"gpio {source.name}", "PASS", f"{opened} open"))
+    return checks
+
+
+def _simulated(source: Any) -> str | None:
+    """What a source plays instead of the place it watches, if it does."""
+    if source.type == "scenario":
+        return f"{source.name}: scenario {Path(source.file).name}"
+    if source.type == "sensors" and source.bus == "sim":
+        return f"{source.name}: simulated sensors" + (
+            f", scenario {Path(source.scenario).name}" if source.scenario else ""
+        )
+    url = getattr(getattr(source, "camera", None), "url", None)
+    if source.type == "vision" and isinstance(url, str) and url.startswith("replay:"):
+        return f"{source.name}: replayed {Path(url.removeprefix('replay:')).name}"
+    return None
+
+
+def check_simulation(config: Any) -> list[Check]:
+    """A node that plays simulated data reports it as real unless its status says otherwise: the
+    operators, and for critical alerts a PSAP, would act on a replayed clip or a scripted gas leak."""
+    simulated = [found for source in config.sources if (found := _simulated(source)) is not None]
+    if not simulated:
+        return []
+    detail = "; ".join(simulated)
+    if config.status == "Actual":
+        return [Check("simulated", "WARN", f"{detail}, reported as status Actual", HINT["simulated"])]
+    return [Check("simulated", "PASS", f"{detail}, reported as status {config.status}")]
 
 
 def _serial_urls(value: Any, where: str) -> Iterator[tuple[str, str]]:
@@ -410,7 +477,9 @@ def run_checks(path: Path, broker_timeout: float = BROKER_TIMEOUT_S) -> list[Che
         return [first, check_clock()]
     return [
         first,
+        *check_simulation(config),
         *check_i2c(config),
+        *check_gpio(config),
         *check_serial(config),
         *check_camera(config),
         *check_model(config),
@@ -436,7 +505,7 @@ def doctor(
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
     broker_timeout: float = typer.Option(BROKER_TIMEOUT_S, help="Seconds to wait for the broker's CONNACK."),
 ) -> None:
-    """Check a node on site: config, I2C, serial, camera, model, broker over TLS, clock, disk."""
+    """Check a node on site: config, I2C, GPIO, serial, camera, model, broker over TLS, clock, disk."""
     checks = run_checks(config, broker_timeout)
     if as_json:
         typer.echo(json.dumps([asdict(c) for c in checks], indent=2))

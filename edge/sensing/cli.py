@@ -81,11 +81,11 @@ def _build(config: Any, on_alert: Callable[[AlertDraft], None], heater_on_s: flo
     from s4edge.edge.alerts import IncidentBook
     from s4edge.edge.sensing.calibration import CalibrationError
     from s4edge.edge.sensing.probes import MQProbe
-    from s4edge.edge.sensing.rig import build_source
+    from s4edge.edge.sources import PluginError, build_source
 
-    try:
-        source = build_source(config, IncidentBook(on_alert))
-    except (CalibrationError, ValueError, OSError, ImportError) as exc:
+    try:  # as the agent builds it: a package it lacks (gpiozero for a pin) is named with its extra
+        source: Any = build_source(config, IncidentBook(on_alert))
+    except (PluginError, CalibrationError, ValueError, OSError, ImportError) as exc:
         raise _fail(str(exc)) from None
     for probe in source.probes:
         if isinstance(probe, MQProbe):
@@ -143,7 +143,7 @@ def _table(source: Any, readings: list[Any], alerts: list[AlertDraft]) -> Table:
 
 @sensors_app.command("read")
 def read(
-    config: Path = typer.Option(..., "--config", help="Sensors config, or a node config with a sensors source."),
+    config: Path = typer.Option(..., "--config", "-c", help="Sensors config, or a node config with a sensors source."),
     watch: bool = typer.Option(False, "--watch", help="Keep polling in a live table (Ctrl-C to stop)."),
     count: int = typer.Option(1, help="Poll rounds without --watch (count; one config period_s apart)."),
     sim: bool = typer.Option(False, "--sim", help="Use simulated chips instead of the configured bus."),
@@ -183,7 +183,10 @@ def read(
 @sensors_app.command("calibrate")
 def calibrate(
     config: Path = typer.Option(
-        ..., "--config", help="Sensors config, or a node config with a sensors source; its calibration_file is written."
+        ...,
+        "--config",
+        "-c",
+        help="Sensors config, or a node config with a sensors source; its calibration_file is written.",
     ),
     sensor: str = typer.Option(..., "--sensor", help="Name of the MQ sensor to calibrate in clean air."),
     samples: int = typer.Option(50, min=1, help="Readings averaged into R0 (count, at least 1)."),
@@ -221,7 +224,14 @@ def calibrate(
         model=probe.sensor.model.name, r0_ohm=round(r0, 1), calibrated_at=datetime.now(UTC), samples=samples,
         temperature_c=climate.temperature_c if climate else None, humidity_rh=climate.humidity_rh if climate else None,
     )  # fmt: skip
-    save_calibration(cfg.calibration_file, sensor, entry)
+    try:
+        save_calibration(cfg.calibration_file, sensor, entry)
+    except OSError as exc:  # /etc/s4edge is the service user's to read, not to write
+        raise _fail(
+            f"{sensor}: R0 = {r0:.0f} Ω measured, but {cfg.calibration_file} cannot be written "
+            f"({exc.strerror or exc}): run this as a user who may write there (sudo), or set the "
+            "source's calibration_file to a path that user may write"
+        ) from None
     console.print(f"{sensor}: R0 = {r0:.0f} Ω, saved to {cfg.calibration_file}")
     fixed = next(s.r0_ohm for s in cfg.sensors if s.name == sensor)
     if fixed is not None:  # the config's r0_ohm wins over the file (rig.build_source)

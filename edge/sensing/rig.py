@@ -211,7 +211,15 @@ def build_source(
                 world.pins[s.name] = (pin, s)
             else:
                 assert s.pin is not None  # Config refuses a detector without a pin on real hardware
-                gpio = GpioInput(s.pin, active_high=s.active_high)
+                try:
+                    gpio = GpioInput(s.pin, active_high=s.active_high)
+                except ModuleNotFoundError:
+                    raise  # no gpiozero: edge.sources names the extra that installs it
+                except Exception as exc:  # gpiozero's own: BadPinFactory (an ImportError: no pin library), GPIOPinInUse
+                    raise OSError(
+                        f"{s.kind} detector {s.name}: GPIO {s.pin} does not open: {exc} "
+                        "(`s4edge doctor` says what to install or check)"
+                    ) from None
                 closers.append(gpio.close)
                 pin = gpio
             severity: Severity = "Extreme" if s.kind == "flame" else "Severe"
