@@ -131,6 +131,21 @@ class SceneConfig(BaseModel):
                 raise ValueError(f"rule {rule.name!r}: no line {line!r} (lines: {sorted(lines)})")
         return self
 
+    def blind_rules(self, labels: Sequence[str]) -> list[str]:
+        """The rules that a model with these labels could never fire, each with the classes it watches:
+        a rule matches tracks by label, so one whose classes (an unattended-object rule: its objects,
+        or their owners) are none of the labels sees nothing, and says nothing."""
+        known = set(labels)
+        blind = []
+        for rule in self.rules:
+            watched = [("", rule.classes)]
+            if isinstance(rule, UnattendedObjectConfig):
+                watched.append(("owners: ", rule.owner_classes))
+            for what, classes in watched:
+                if not known.intersection(classes):
+                    blind.append(f"{rule.name} ({what}{', '.join(classes)})")
+        return blind
+
 
 def detection_of(
     tracks: Sequence[Track], label: str, camera: str, rule: str, direction: str | None = None

@@ -27,8 +27,9 @@ FORMATS: dict[Runtime, str] = {
     "tflite": "a TFLite model (TFL3 at bytes 4..8)",
 }
 TFLITE_IDENTIFIER = b"TFL3"  # FlatBuffers file identifier at bytes 4..8 (tensorflow/lite/schema/schema.fbs)
-# onnx.proto, ModelProto: each top-level field number and its protobuf wire type (0 varint, 2 bytes)
-_MODEL_PROTO_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
+# onnx.proto, ModelProto: each top-level field number and its protobuf wire type (0 varint, 2 bytes);
+# 26 is `configuration` (DeviceConfigurationProto, onnx 1.18)
+_MODEL_PROTO_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
 _MODEL_PROTO_MAX_FIELDS = 100_000  # metadata_props repeat; a file past this many is no model we run
 
 

@@ -210,22 +210,11 @@ class Catalogue:
             ) from exc
         return manifest.url
 
-    def add_generated(self, manifest: Manifest, weights: Path) -> ModelEntry:
-        """Store a model made on this node (e.g. quantized) with its own manifest, in the cache."""
-        entries, _ = self.scan()
-        if manifest.name in entries and entries[manifest.name].folder != self.cache_dir / manifest.name:
-            raise CatalogueError(f"model {manifest.name!r} already exists in {entries[manifest.name].folder}")
-        folder = self.cache_dir / manifest.name
-        folder.mkdir(parents=True, exist_ok=True)
-        os.replace(weights, folder / manifest.file)
-        data = manifest.model_dump(mode="json", exclude_none=True)
-        (folder / "manifest.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        return load_manifest(folder / "manifest.yaml")
-
-    def ensure_addable(self, name: str, force: bool = False) -> None:
-        """A researcher's model may take a name no packaged model has, and replace its own only when forced."""
+    def ensure_addable(self, name: str, force: bool = False, option: str = "--name") -> None:
+        """A model of one's own (``add``, ``quantize``) may take a name no packaged model has, and replace
+        one in the cache only when forced; ``option`` is the command's option that named it."""
         if (self.models_dir / name / "manifest.yaml").is_file():
-            raise CatalogueError(f"{name!r} is a packaged model (in {self.models_dir}); choose another --name")
+            raise CatalogueError(f"{name!r} is a packaged model (in {self.models_dir}); choose another {option}")
         folder = self.cache_dir / name
         if folder.exists() and not force:
             raise CatalogueError(f"model {name!r} is already in your catalogue ({folder}); pass --force to replace it")

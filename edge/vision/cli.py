@@ -244,6 +244,12 @@ def eval_model(
         table.add_row(score.label, str(score.instances), f"{score.ap50:.3f}", f"{score.ap50_95:.3f}")
     table.add_row("[bold]all[/bold]", str(report.instances), f"{report.map50:.3f}", f"{report.map50_95:.3f}")
     Console().print(table)
+    if report.not_scored:
+        classes = ", ".join(str(c) for c in sorted(report.not_scored))
+        typer.echo(
+            f"not scored: {sum(report.not_scored.values())} objects of classes {classes}, beyond the "
+            f"{len(detector.labels)} labels of {name}"
+        )
 
 
 @models_app.command("quantize")
@@ -255,14 +261,15 @@ def quantize(
         None, "--data", help="Labelled folder to compare mAP before and after (default: none, no mAP comparison)."
     ),
     runs: int = typer.Option(50, "--runs", min=1, help="Timed runs per model for the speed comparison."),
+    force: bool = typer.Option(False, "--force", help="Replace a model of the new name that is in your catalogue."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
-    """Static INT8 (QDQ, per-channel) quantization into the cache, with a generated manifest."""
+    """Static INT8 (QDQ, per-channel) quantization of a float32 ONNX model into the cache, with a generated manifest."""
     from s4edge.edge.vision.evaluate import DatasetError
     from s4edge.edge.vision.quantize import quantize_model
 
     with _clear_errors(DatasetError):
-        report = quantize_model(_catalogue(), name, calib, out_name, data, runs)
+        report = quantize_model(_catalogue(), name, calib, out_name, data, runs, force)
     summary = report.to_dict()
     if as_json:
         _print_json(summary)
@@ -390,7 +397,8 @@ def _read_image(path: Path) -> Any:
 
 
 def _frames(path: Path, every: int) -> Iterator[tuple[str, int | None, Any]]:
-    """(source, frame index or None, BGR frame) for an image, a folder of images or a video."""
+    """(source, frame index or None, BGR frame) for an image, a folder of images or a video; the
+    frame of a folder's image that cannot be read is None."""
     import cv2
 
     from s4edge.edge.vision.evaluate import IMAGE_SUFFIXES, DatasetError
@@ -399,8 +407,8 @@ def _frames(path: Path, every: int) -> Iterator[tuple[str, int | None, Any]]:
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise DatasetError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-        for image in images:
-            yield str(image), None, _read_image(image)
+        for image in images:  # one unreadable photo is reported by the caller, not the end of the others
+            yield str(image), None, cv2.imread(str(image))
     elif path.suffix.lower() in VIDEO_SUFFIXES:
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
@@ -444,10 +452,16 @@ def detect(
     from s4edge.edge.vision.detector import Detector
     from s4edge.edge.vision.evaluate import DatasetError
 
-    results = []
+    results: list[dict[str, Any]] = []
+    unreadable = 0
     with _clear_errors(DatasetError):
         detector = Detector.from_catalogue(_catalogue(), model, score_threshold=threshold)
         for source, index, frame in _frames(path, every):
+            if frame is None:  # an image of a folder: said, and the rest still run
+                unreadable += 1
+                results.append({"source": source, "frame": index, "error": "not a readable image"})
+                typer.echo(f"error: {source}: not a readable image; skipped", err=True)
+                continue
             found = detector.detect(frame)
             results.append({"source": source, "frame": index, "detections": [_detection_dict(d) for d in found]})
             if not as_json:
@@ -457,3 +471,5 @@ def detect(
                     typer.echo(f"{where}\t{d.label}\t{d.score:.2f}\t{box}")
     if as_json:
         _print_json({"model": detector.model_ref.model_dump(), "results": results})
+    if unreadable:
+        raise typer.Exit(1)

@@ -7,6 +7,7 @@ so the pipeline hot-swaps a model by building a new Detector and switching its r
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from s4edge.edge.vision.inspection import quantization_of
 from s4edge.edge.vision.manifest import InputSpec, ManifestError, ModelEntry
 from s4edge.edge.vision.nms import nms
 from s4edge.edge.vision.types import Detection
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,13 +109,15 @@ class Detector:
         options: BackendOptions | None = None,
         score_threshold: float | None = None,
         on_check: Callable[[ModelCheck], None] | None = None,
-        read_graph: bool = False,
+        audit: bool = False,
     ) -> None:
         """Load the model and check it fits its manifest and runs, in ``LOAD_CHECKS`` order: each
         check that passes goes to ``on_check``; the first that fails raises, a ``ManifestError``
-        naming the manifest field at fault (``file`` where the weight file is). ``read_graph``
-        reads an ONNX model's graph for its quantization (``s4edge models verify``): the onnx
-        package and a second copy of the graph cost a node 12 MB, so a node checks the input alone."""
+        naming the manifest field at fault (``file`` where the weight file is). ``audit`` is how
+        ``models verify`` and ``models add`` load: an ONNX model's graph is read for its
+        quantization (the onnx package and a second copy of the graph would cost a node 12 MB),
+        and a ``quantization:`` the model contradicts is refused; a node only warns of it, as
+        the label changes nothing it runs, and a model that ran before must run on."""
         manifest = entry.manifest
         source = str(entry.folder / "manifest.yaml")
         passed = on_check or _unheard
@@ -128,7 +133,7 @@ class Detector:
         outputs = model.check_outputs(manifest, source)
         passed(ModelCheck("outputs", "pass", ", ".join(_tensor(o) for o in outputs)))
         self.backend: Backend = model
-        passed(self._check_quantization(weights, source, read_graph))
+        passed(self._check_quantization(weights, source, audit))
         self._decoder = bind(manifest.decoder, source)
         self._context = DecodeContext(manifest.input.width, manifest.input.height, self.score_threshold)
         passed(self._check_decoder(source))
@@ -161,32 +166,31 @@ class Detector:
             return ModelCheck("runtime", "skip", detail)
         return ModelCheck("runtime", "pass", f"{weights.name} is {FORMATS[runtime]}, as runtime: {runtime} says")
 
-    def _check_quantization(self, weights: Path, source: str, read_graph: bool) -> ModelCheck:
+    def _check_quantization(self, weights: Path, source: str, audit: bool) -> ModelCheck:
         """The manifest's ``quantization:`` must be what the model's own tensors show, as ``s4edge
         models add`` writes it: a model labelled int8 that is float (or float that is int8) would
         be chosen for an accelerator, or a comparison, it does not fit."""
         declared, first = self.manifest.quantization, self.backend.inputs[0]
-        if self.manifest.runtime == "onnx" and not read_graph:
+        if self.manifest.runtime == "onnx" and not audit:
             found, evidence = None, "an ONNX graph is read by `s4edge models verify`, not at load"
         else:
             found, evidence = quantization_of(self.backend, self.manifest.runtime, weights)
-        if found is None:
-            if declared == "int8-full" and first.dtype == "float32":  # full integer: its input too
-                raise ManifestError(
-                    source,
-                    "quantization",
-                    f"says int8-full, but the model takes a {first.dtype} input; set none, fp16, int8-dynamic "
-                    "or int8-static (pip install 's4edge[research]' and run `s4edge models verify` to tell which)",
-                )
+        if found is None and declared == "int8-full" and first.dtype == "float32":  # full integer: its input too
+            problem = (
+                f"says int8-full, but the model takes a {first.dtype} input; set none, fp16, int8-dynamic "
+                "or int8-static (pip install 's4edge[research]' and run `s4edge models verify` to tell which)"
+            )
+        elif found is None:
             remedy = "pip install 's4edge[research]' to check it against the graph"
             return ModelCheck("quantization", "skip", f"{declared}, not checked: {evidence}", remedy)
-        if found != declared:
-            raise ManifestError(
-                source,
-                "quantization",
-                f"says {declared}, but the model is {found} ({evidence}); set quantization: {found}",
-            )
-        return ModelCheck("quantization", "pass", f"{found}: {evidence}")
+        elif found != declared:
+            problem = f"says {declared}, but the model is {found} ({evidence}); set quantization: {found}"
+        else:
+            return ModelCheck("quantization", "pass", f"{found}: {evidence}")
+        if audit:
+            raise ManifestError(source, "quantization", problem)
+        log.warning("%s: quantization: %s (the model runs; `s4edge models verify` refuses it)", source, problem)
+        return ModelCheck("quantization", "skip", problem)
 
     def _check_labels(self, source: str) -> ModelCheck:
         """Line k of the labels names class k: a file a line short or long (a header, a lost first
@@ -216,9 +220,13 @@ class Detector:
             return ModelCheck("decoder", "pass", f"{family}; the output sizes are known once it runs (inference)")
         blank = [np.zeros([d or 1 for d in info.shape], np.float32) for info in self.backend.outputs]  # all known
         try:
-            self._decoder(blank, self._context)
-        except ValueError as exc:
-            raise ManifestError(source, "decoder", f"{family}: {exc}") from exc
+            found = self._decoder(blank, self._context)
+        except Exception as exc:  # a researcher's family (an s4edge.decoders entry point) raises what it raises
+            raise _decode_failure(source, family, exc) from exc
+        if not isinstance(found, Candidates):
+            raise DecoderFault(
+                source, "decoder", f"{family}: decode returned {type(found).__name__}, not decoders.Candidates"
+            )
         return ModelCheck("decoder", "pass", f"{family} reads outputs of these shapes")
 
     def _check_runs(self, source: str) -> ModelCheck:
@@ -236,8 +244,8 @@ class Detector:
             raise ManifestError(source, "input", f"the model does not run on a frame prepared so: {problem}") from exc
         try:
             found = self.decode(outputs, geometry)
-        except ValueError as exc:
-            raise ManifestError(source, "decoder", f"{self.manifest.decoder.family}: {exc}") from exc
+        except Exception as exc:  # as in _check_decoder: a family of any origin refuses the model, in one line
+            raise _decode_failure(source, self.manifest.decoder.family, exc) from exc
         return ModelCheck(
             "inference", "pass", f"ran once on a grey {spec.width}×{spec.height} frame: {len(found)} detections"
         )
@@ -375,6 +383,22 @@ class Detector:
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
         tensor, geometry = self.preprocess(frame_bgr)
         return self.decode(self.infer(tensor), geometry)
+
+
+class DecoderFault(ManifestError):
+    """A decoder family's code failed on the model's outputs (raised, or returned no ``Candidates``):
+    the model is refused like one its manifest misdescribes, but the fix is in the family's package."""
+
+
+def _decode_failure(source: str, family: str, exc: Exception) -> ManifestError:
+    """A decoder's error as a manifest problem: a ValueError is a family's word on the outputs; anything
+    else is a bug in the family's code, named with its type for its author."""
+    problem = " ".join(str(exc).split())[:300]
+    if isinstance(exc, ValueError):
+        return ManifestError(source, "decoder", f"{family}: {problem}")
+    return DecoderFault(
+        source, "decoder", f"{family}'s decode raised {type(exc).__name__}: {problem}; the family's code is at fault"
+    )
 
 
 def _tensor(info: TensorInfo) -> str:

@@ -51,10 +51,13 @@ class ClassScore:
 class EvalReport:
     model: str
     images: int
-    instances: int
+    instances: int  # the labelled objects scored: those of classes the model has
     map50: float
     map50_95: float
     classes: list[ClassScore] = field(default_factory=list)
+    # labelled objects of classes beyond the model's labels, by class id: a person detector is not
+    # scored on the dogs of a COCO set, which would average a 0 into its mAP for each such class
+    not_scored: dict[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +133,24 @@ def evaluate(detector: Detector, root: Path) -> EvalReport:
             x1, y1, x2, y2 = det.box
             box = [x1 * width, y1 * height, (x2 - x1) * width, (y2 - y1) * height]
             results.append({"image_id": image_id, "category_id": det.class_id, "bbox": box, "score": det.score})
+    name = detector.manifest.name
+    if not annotations:
+        raise DatasetError(f"no labelled objects under {root}: nothing to score against")
+    # Line k of a YOLO data set's names is class k, as line k of the model's labels is: a class the
+    # model has no label for is one it was not trained on (its labels are unknown only when empty).
+    not_scored: dict[int, int] = {}
+    if labels:
+        for a in annotations:
+            if a["category_id"] >= len(labels):
+                not_scored[a["category_id"]] = not_scored.get(a["category_id"], 0) + 1
+        annotations = [a for a in annotations if a["category_id"] < len(labels)]
+        if not annotations:
+            found = ", ".join(str(c) for c in sorted(not_scored))
+            raise DatasetError(
+                f"the objects under {root} are of classes {found}, and {name} has {len(labels)} "
+                f"({', '.join(labels[:5])}{', …' if len(labels) > 5 else ''}): nothing to score; its class k is line "
+                "k of its labels, and so must be the data set's"
+            )
     class_ids = sorted({a["category_id"] for a in annotations} | set(range(len(labels))))
     truth = COCO()
     truth.dataset = {
@@ -138,16 +159,13 @@ def evaluate(detector: Detector, root: Path) -> EvalReport:
         "categories": [{"id": c, "name": labels[c] if c < len(labels) else f"class_{c}"} for c in class_ids],
     }
     instances = {c: sum(1 for a in annotations if a["category_id"] == c) for c in class_ids}
-    name = detector.manifest.name
-    if not annotations:
-        raise DatasetError(f"no labelled objects under {root}: nothing to score against")
     if not results:
         scores = [
             ClassScore(c, truth.dataset["categories"][i]["name"], n, 0.0, 0.0)
             for i, (c, n) in enumerate(instances.items())
             if n
         ]
-        return EvalReport(name, len(samples), len(annotations), 0.0, 0.0, scores)
+        return EvalReport(name, len(samples), len(annotations), 0.0, 0.0, scores, not_scored)
     # pycocotools prints its progress; keep the CLI's stdout for our own output.
     with contextlib.redirect_stdout(io.StringIO()):
         truth.createIndex()
@@ -165,7 +183,9 @@ def evaluate(detector: Detector, root: Path) -> EvalReport:
         ap50_95 = _mean_valid(precision[:, :, k, 0, -1])
         ap50 = _mean_valid(precision[0, :, k, 0, -1])
         scores.append(ClassScore(int(class_id), label, instances[class_id], _finite(ap50), _finite(ap50_95)))
-    return EvalReport(name, len(samples), len(annotations), _finite(run.stats[1]), _finite(run.stats[0]), scores)
+    return EvalReport(
+        name, len(samples), len(annotations), _finite(run.stats[1]), _finite(run.stats[0]), scores, not_scored
+    )
 
 
 def _finite(value: float) -> float:

@@ -12,7 +12,7 @@ added is one that runs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,13 @@ def draft(path: Path, name: str, labels_file: Path | None = None, sets: dict[str
     ):
         raise IntakeError(f"--set input.shape={shape}: give four integers, e.g. [1,3,640,640]")
     graph = inspect_model(path, shape)
+    fixed = graph.input.shape
+    if shape is not None and (len(fixed) != 4 or any(d not in (None, s) for d, s in zip(fixed, shape, strict=True))):
+        dims = "[" + ", ".join("?" if d is None else str(d) for d in fixed) + "]"
+        raise IntakeError(
+            f"--set input.shape={shape}: {path.name}'s input {graph.input.name} is {dims}; only the sizes shown "
+            "as ? are the model's to choose, the others are fixed in the graph (export it again for another size)"
+        )
     if graph.input.dtype not in ("float32", "int8", "uint8"):  # no --set can make the model take another
         raise IntakeError(
             f"{path.name}: its input {graph.input.name} takes {graph.input.dtype}, and s4edge feeds float32, int8 "
@@ -145,6 +152,13 @@ def draft(path: Path, name: str, labels_file: Path | None = None, sets: dict[str
     hint = len(given) if given else len(graph.labels) if graph.labels else None
     guess = guess_family(graph.outputs, width, height, graph.runtime, graph.postprocess, hint, family)
     labels, labels_from = _labels(given, labels_file, graph, guess)
+    if graph.input_shape is None and guess.family is None:
+        # a head's grid is matched against the input size: with none, the family waits for input.shape
+        guess = replace(
+            guess,
+            evidence=f"{guess.evidence}, with the input size unknown; it is guessed again once input.shape is set",
+            missing=(),
+        )
     intake = Intake(graph, guess, name, {}, labels, labels_from, list(guess.assumed), list(guess.missing))
     intake.draft = _manifest_data(intake)
     for key, value in sets.items():
@@ -287,11 +301,13 @@ def _runs_on_a_blank_frame(entry: ModelEntry, weights: Path) -> None:
 
     source = f"the drafted manifest of {entry.name}"
     try:
-        Detector(entry, weights, BackendOptions(threads=1))  # which runs it once on a grey frame
+        Detector(entry, weights, BackendOptions(threads=1), audit=True)  # which runs it once on a grey frame
     except ManifestError as exc:  # raised against the staging folder, which is about to vanish
         remedy = {"decoder": "check decoder.family and decoder.options", "labels": "correct the --labels file"}.get(
             exc.field, f"--set {exc.field}=…"
         )
+        if exc.problem.startswith("unknown key"):  # a --set of a misspelt key: setting it again cannot help
+            remedy = f"drop --set {exc.field}"
         raise IntakeError(f"{source}: {exc.field}: {exc.problem}; {remedy}") from exc
     except Exception as exc:  # runtimes raise their own types; the draft is at fault either way
         raise IntakeError(f"{source} does not run the model: {' '.join(str(exc).split())}") from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ import numpy as np
 from s4edge.edge.vision.catalogue import Catalogue, CatalogueError, sha256_file
 from s4edge.edge.vision.detector import Detector
 from s4edge.edge.vision.evaluate import EVAL_SCORE_THRESHOLD, IMAGE_SUFFIXES, Latency, evaluate, time_detector
+from s4edge.edge.vision.manifest import MODEL_NAME, ModelEntry
 
 MAX_CALIBRATION_IMAGES = 200
 
@@ -79,6 +81,15 @@ def _at_least_opset13(weights: Path, work: Path) -> Path:
     return converted
 
 
+def _loads(entry: ModelEntry, weights: Path) -> None:
+    """The quantized model loads and runs once on a grey frame (``Detector`` does both), or is refused."""
+    try:
+        Detector(entry, weights)
+    except Exception as exc:  # the runtime's own error types, or a ManifestError
+        problem = " ".join(str(exc).split())[:300]
+        raise CatalogueError(f"the quantized {entry.name} does not load, so it was not added: {problem}") from exc
+
+
 def quantize_model(
     catalogue: Catalogue,
     name: str,
@@ -86,7 +97,9 @@ def quantize_model(
     out_name: str | None = None,
     data: Path | None = None,
     runs: int = 50,
+    force: bool = False,
 ) -> QuantizeReport:
+    """Quantize ``name`` into ``out_name`` (NAME-int8); a model of that name is replaced only when ``force``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -94,13 +107,25 @@ def quantize_model(
     manifest = entry.manifest
     if manifest.runtime != "onnx":
         raise CatalogueError(f"{name} is a {manifest.runtime} model; static INT8 quantization here needs ONNX")
+    if manifest.quantization != "none":  # a QDQ graph quantized again is one onnxruntime cannot load
+        raise CatalogueError(
+            f"{name} is already quantized ({manifest.quantization}); quantize the float32 model it was made from"
+        )
+    target = out_name or f"{name}-int8"
+    if target == name:
+        raise CatalogueError(f"--out-name {target} is the model being quantized; give the INT8 model another name")
+    if not re.match(MODEL_NAME, target):
+        raise CatalogueError(
+            f"--out-name {target!r}: use lower-case letters, digits, '.', '_' and '-' (64 at most), "
+            "starting with a letter or digit"
+        )
+    catalogue.ensure_addable(target, force, "--out-name")  # before minutes of calibration, not after
     weights = catalogue.weights(name)
     images = calibration_images(calib)
     frame = next((f for f in (cv2.imread(str(p)) for p in images) if f is not None), None)
     if frame is None:
         raise CatalogueError(f"none of the {len(images)} calibration images under {calib} is readable")
     fp32 = Detector(entry, weights)
-    target = out_name or f"{name}-int8"
     file = f"{Path(manifest.file).stem}_int8_qdq.onnx"
     catalogue.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=catalogue.cache_dir) as work:
@@ -135,7 +160,8 @@ def quantize_model(
                 "labels": entry.labels(),
             }
         )
-        int8_entry = catalogue.add_generated(generated, output)
+        # built aside and loaded once, as `models add` does: one that does not load leaves no trace
+        int8_entry = catalogue.add_model(generated, output, force=force, check=_loads)
     int8 = Detector(int8_entry, catalogue.weights(target))
     latency = {name: time_detector(fp32, frame, runs), target: time_detector(int8, frame, runs)}
     map50 = map50_95 = None

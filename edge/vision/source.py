@@ -85,8 +85,10 @@ class Config(BaseModel):
     snapshots: SnapshotConfig = SnapshotConfig()
 
 
-def load_detector(config: ModelConfig, name: str | None = None) -> FrameDetector:
-    """Pull (sha256-checked) and load a catalogue model as a Detector."""
+def load_detector(config: ModelConfig, name: str | None = None, scene: SceneConfig | None = None) -> FrameDetector:
+    """Pull (sha256-checked) and load a catalogue model as a Detector. With ``scene``, a model whose
+    labels name none of the classes a rule watches is refused: at start, and so a swap keeps the old
+    model, rather than a camera that runs and never raises (a model added without --labels, class_N)."""
     from s4edge.edge.vision.catalogue import Catalogue
     from s4edge.edge.vision.detector import Detector
 
@@ -94,7 +96,17 @@ def load_detector(config: ModelConfig, name: str | None = None) -> FrameDetector
     model = name or config.name
     if config.pull:
         catalogue.pull(model)
-    return Detector.from_catalogue(catalogue, model, config.backend, config.score_threshold)
+    detector = Detector.from_catalogue(catalogue, model, config.backend, config.score_threshold)
+    blind = scene.blind_rules(detector.labels) if scene is not None else []
+    if blind:
+        labels = detector.labels
+        shown = ", ".join(labels[:5]) + (f", … ({len(labels)} in all)" if len(labels) > 5 else "")
+        raise ValueError(
+            f"model {model} cannot serve this camera's rules: its labels ({shown or 'none'}) name none of the "
+            f"classes of rule {'; rule '.join(blind)}; add the model again with its labels "
+            f"(s4edge models add FILE --name {model} --labels FILE --force), or change the rule's classes"
+        )
+    return detector
 
 
 class VisionSource:
@@ -205,7 +217,7 @@ class VisionSource:
 
 
 def build(config: Config, book: IncidentBook) -> VisionSource:
-    detector = load_detector(config.model)
+    detector = load_detector(config.model, scene=config.scene)
     pipeline = VisionPipeline(
         config.name,
         detector,
@@ -213,7 +225,7 @@ def build(config: Config, book: IncidentBook) -> VisionSource:
         SceneAnalytics(config.name, config.scene, book),
         book,
         gate=MotionGate(config.motion),
-        detector_factory=lambda name: load_detector(config.model, name),
+        detector_factory=lambda name: load_detector(config.model, name, config.scene),
         snapshots=SnapshotWriter(config.snapshots, config.name) if config.snapshots.enabled else None,
     )
     return VisionSource(config, pipeline)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from s4edge.edge.vision.backends import RUNTIME_NAMES, BackendError, BackendOptions
 from s4edge.edge.vision.catalogue import Catalogue
-from s4edge.edge.vision.detector import LOAD_CHECKS, Detector, ModelCheck
+from s4edge.edge.vision.detector import LOAD_CHECKS, DecoderFault, Detector, ModelCheck
 from s4edge.edge.vision.manifest import ManifestError, ModelEntry
 
 
@@ -54,7 +54,7 @@ def verify_model(
     if not load:
         return ModelReport(name, True, checks)
     try:
-        Detector(entry, path, options, on_check=checks.append, read_graph=True)
+        Detector(entry, path, options, on_check=checks.append, audit=True)
     except (ManifestError, BackendError) as exc:
         failed = LOAD_CHECKS[len(checks) - 1]  # the checks run in order, and report only when they pass
         checks.append(_failure(failed, exc, entry))
@@ -72,4 +72,8 @@ def _failure(check: str, exc: Exception, entry: ModelEntry) -> ModelCheck:
             f"again, then set file and sha256 in {entry.folder / 'manifest.yaml'}"
         )
         return ModelCheck(check, "fail", f"{exc.source}: {exc.problem}", remedy)
+    if isinstance(exc, DecoderFault):  # the manifest is not at fault: editing it would not help
+        family = entry.manifest.decoder.family
+        remedy = f"fix or update the package of decoder family {family}, or name another decoder.family in {exc.source}"
+        return ModelCheck(check, "fail", f"{exc.field}: {exc.problem}", remedy)
     return ModelCheck(check, "fail", f"{exc.field}: {exc.problem}", f"edit {exc.field} in {exc.source}")

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 
+import cv2
 import numpy as np
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from s4edge.cli import app
+from s4edge.edge.vision.catalogue import Catalogue, default_models_dir
 from s4edge.edge.vision.decoders import DecodeContext, bind
 from s4edge.edge.vision.decoders.mediapipe_pose import anchor_centres
 from s4edge.edge.vision.decoders.yolox import grids
+from s4edge.edge.vision.detector import Detector
 from s4edge.edge.vision.manifest import DecoderSpec, ManifestError
 from s4edge.edge.vision.nms import MATRIX_MAX, iou, nms, pairwise_iou, weighted_nms
 
@@ -272,3 +279,55 @@ def test_a_broken_decoder_family_refuses_the_model_that_names_it(tmp_path, monke
         bind(DecoderSpec(family="centre"), "m.yaml")
     assert refused.value.field == "decoder.family" and says in refused.value.problem
     assert bind(DecoderSpec(family="fastestdet"), "m.yaml")  # the others load as before
+
+
+BUGGY = """
+from s4edge.edge.vision.decoders import DecoderOptions, Family
+
+class Options(DecoderOptions):
+    pass
+
+def decode(outputs, options, context):
+    {body}
+
+FAMILY = Family(Options, decode)
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ("raise RuntimeError('my bug')", "centre's decode raised RuntimeError: my bug; the family's code is at fault"),
+        ("return outputs[7]", "centre's decode raised IndexError"),
+        ("return None", "centre: decode returned NoneType, not decoders.Candidates"),
+    ],
+)
+def test_a_decoder_family_that_fails_on_outputs_refuses_its_model_in_one_line(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, body: str, says: str
+) -> None:
+    # only a ValueError was caught: any other error of a researcher's decode came out of
+    # `s4edge detect` and `s4edge models verify` as a traceback
+    (tmp_path / "site").mkdir()
+    researchers_family(tmp_path / "site", BUGGY.format(body=body), monkeypatch)
+    folder = tmp_path / "cache" / "own"
+    shutil.copytree(default_models_dir() / "fastestdet", folder)
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    manifest.update(name="own", decoder={"family": "centre"})
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest), encoding="utf-8")
+    catalogue = Catalogue(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    with pytest.raises(ManifestError) as refused:
+        Detector.from_catalogue(catalogue, "own")
+    assert refused.value.field == "decoder" and says in refused.value.problem
+
+    monkeypatch.setenv("S4EDGE_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("S4EDGE_MODEL_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+    image = tmp_path / "grey.png"
+    cv2.imwrite(str(image), np.full((48, 64, 3), 114, np.uint8))
+    detected = runner.invoke(app, ["detect", str(image), "--model", "own"])
+    assert detected.exit_code == 1 and isinstance(detected.exception, SystemExit), detected.exception
+    assert says in detected.stderr and len(detected.stderr.strip().splitlines()) == 1
+    verified = runner.invoke(app, ["models", "verify", "own"])
+    assert verified.exit_code == 1 and isinstance(verified.exception, SystemExit), verified.exception
+    assert "FAIL  decoder" in verified.stdout and says in verified.stdout
+    assert "fix: fix or update the package of decoder family centre" in verified.stdout

@@ -3,6 +3,7 @@ refused in one line that names the field and what to do, never obeyed into wrong
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -201,6 +202,11 @@ def test_the_weight_format_is_told_by_its_bytes_not_its_name(shared: Path, tmp_p
 
     models = shared / "models"
     assert weight_format(models / "fastestdet/FastestDet.onnx") == "onnx"
+    onnx = pytest.importorskip("onnx")  # the research extra writes models with every ModelProto field
+    model = onnx.load(str(models / "fastestdet/FastestDet.onnx"))
+    model.configuration.add()  # field 26 (onnx 1.18)
+    onnx.save(model, str(tmp_path / "configured.onnx"))
+    assert weight_format(tmp_path / "configured.onnx") == "onnx"
     assert {weight_format(p) for p in models.glob("*/*.tflite")} == {"tflite"}
     renamed = tmp_path / "pose.onnx"
     shutil.copy(models / "mediapipe-pose/pose_detection.tflite", renamed)
@@ -228,9 +234,21 @@ def test_a_quantization_the_model_contradicts_is_refused_naming_the_one_that_fit
     data["quantization"] = wrong
     write(folder, data)
     with pytest.raises(ManifestError) as caught:  # as `s4edge models verify` loads it: ONNX's graph read too
-        Detector(catalogue.get("mine"), catalogue.weights("mine"), read_graph=True)
+        Detector(catalogue.get("mine"), catalogue.weights("mine"), audit=True)
     assert caught.value.field == "quantization" and caught.value.source == str(folder / "manifest.yaml")
     assert f"says {wrong}" in caught.value.problem and f"set quantization: {right}" in caught.value.problem
+
+
+def test_a_node_runs_a_model_whose_quantization_label_is_wrong_and_warns(own, caplog: pytest.LogCaptureFixture) -> None:
+    # the label describes the model and changes nothing it runs: manifests earlier releases
+    # wrote (pose said none for fp16 weights) ran there, and must still run on a node
+    catalogue, data, folder = own("mediapipe-pose", "mediapipe-pose/pose_detection.tflite")
+    data["quantization"] = "none"
+    write(folder, data)
+    with caplog.at_level(logging.WARNING, logger="s4edge.edge.vision.detector"):
+        detector = Detector.from_catalogue(catalogue, "mine")
+    assert detector.manifest.quantization == "none"
+    assert "says none, but the model is fp16" in caplog.text and "models verify" in caplog.text
 
 
 def test_without_the_onnx_package_an_onnx_models_quantization_is_checked_by_its_input(
@@ -242,7 +260,7 @@ def test_without_the_onnx_package_an_onnx_models_quantization_is_checked_by_its_
     data["quantization"] = "int8-full"
     write(folder, data)
     with pytest.raises(ManifestError) as caught:
-        Detector.from_catalogue(catalogue, "mine")
+        Detector(catalogue.get("mine"), catalogue.weights("mine"), audit=True)
     assert caught.value.field == "quantization" and "float32 input" in caught.value.problem
     data["quantization"] = "int8-static"  # float input and int8 weights: it could be
     write(folder, data)

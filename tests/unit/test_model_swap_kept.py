@@ -262,3 +262,43 @@ def test_a_swapped_model_that_no_longer_loads_falls_back_to_node_yaml_model(
         assert SWAPPED in warning and "sha256" in warning and "fastestdet" in warning
     finally:
         node.close(flush_s=0)
+
+
+def numbered_model(site: Path, name: str = "numbered") -> str:
+    """FastestDet added without labels, as `s4edge models add` adds it then: class_0 … class_79."""
+    folder = site / "cache" / name
+    shutil.copytree(Catalogue.from_env().models_dir / "fastestdet", folder)
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    manifest.update(name=name, labels=[f"class_{k}" for k in range(80)])
+    manifest.pop("url")
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest), encoding="utf-8")
+    return name
+
+
+def test_a_model_whose_labels_no_rule_watches_is_not_swapped_in(site: Path) -> None:
+    # it was swapped in as a success, and the camera's person rules never raised again
+    numbered = numbered_model(site)
+    node = start(site)
+    try:
+        result = node.execute(command("swap_model", model=numbered))
+        assert not result.ok
+        detail = result.detail or ""
+        assert "kept fastestdet" in detail and "its labels (class_0, class_1" in detail
+        assert "rule centre-intrusion (person)" in detail and f"--name {numbered} --labels FILE" in detail
+        assert running_model(node) == "fastestdet"
+        assert not record(site).exists()
+    finally:
+        node.close(flush_s=0)
+
+
+def test_a_node_yaml_naming_a_model_no_rule_can_use_is_refused_at_start(site: Path) -> None:
+    from s4edge.edge.config import ConfigError
+
+    write_config(site, model=numbered_model(site), pull=False)
+    node = Node(load_config(site / "node.yaml"), base_dir=site)
+    try:
+        with pytest.raises(ConfigError) as refused:
+            node.start()
+    finally:
+        node.close(flush_s=0)
+    assert "vision source 'cam0'" in str(refused.value) and "rule square-crowd (person)" in str(refused.value)

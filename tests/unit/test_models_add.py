@@ -500,3 +500,35 @@ def test_a_fastestdet_of_dynamic_size_loads_at_a_wide_input(tmp_path: Path) -> N
     catalogue = Catalogue(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
     detector = Detector.from_catalogue(catalogue, "wide")
     assert detector.detect(np.full((720, 1280, 3), 114, np.uint8)) == []
+
+
+def test_a_dynamic_input_asks_for_its_size_alone(cache: Path, tmp_path: Path) -> None:
+    # a grid head is matched against the input size: with none, it also asked for decoder.family
+    # and decoder.options, which the next run guesses from the size by itself
+    head = np.zeros((1, 8, 20, 20), np.float32)  # FastestDet's map: 5 + 3 channels on a 20 × 20 grid
+    model = constant_head(tmp_path / "grid.onnx", {"head": head}, (1, 3, "h", "w"))
+    result = add(str(model), "--name", "grid", "--labels", str(write_labels(tmp_path)))
+    assert result.exit_code == 1
+    assert "fill in       input.shape" in result.stdout and "fill in       decoder" not in result.stdout
+    assert "Run again with --set input.shape=… (" in result.stdout
+    assert "guessed again once input.shape is set" in result.stdout
+    filled = add_json(str(model), "--name", "grid", "--labels", str(write_labels(tmp_path)), "--set",
+                      "input.shape=[1,3,320,320]")  # fmt: skip
+    assert filled["family"] == "fastestdet"
+
+
+def test_a_size_set_against_a_fixed_input_is_refused_in_one_line(cache: Path, tmp_path: Path) -> None:
+    # the graph's own 320 × 320 was overridden: no grid tiled the size set, and it asked for decoder.family
+    model = constant_head(tmp_path / "grid.onnx", {"head": np.zeros((1, 8, 20, 20), np.float32)})
+    result = add(str(model), "--name", "big", "--set", "input.shape=[1,3,330,330]")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "--set input.shape=[1, 3, 330, 330]: grid.onnx's input images is [1, 3, 320, 320]" in result.stderr
+    assert "decoder.family" not in result.output and not (cache / "big").exists()
+
+
+def test_a_misspelt_option_is_not_suggested_again(cache: Path, tmp_path: Path) -> None:
+    # it ended with "--set decoder.options.normalised=…": set the key it had just refused
+    model = constant_head(tmp_path / "yolo.onnx", {"output0": yolov8_head()})
+    result = add(str(model), "--name", "m", "--set", "decoder.options.normalised=true")
+    assert result.exit_code == 1 and "did you mean normalized?" in result.stderr
+    assert result.stderr.rstrip().endswith("; drop --set decoder.options.normalised"), result.stderr

@@ -153,3 +153,69 @@ def test_quantize_adds_a_verified_int8_model(cache: Path) -> None:
     found = run("detect", str(SHARED / "data/images/coral_squat.bmp"), "--model", "fastestdet-int8", "--json")
     detections = json.loads(found.stdout)["results"][0]["detections"]
     assert [d["label"] for d in detections].count("person") == 1
+
+
+def test_quantize_never_replaces_a_model_unasked(cache: Path, tmp_path: Path) -> None:
+    # --out-name replaced the researcher's own model (or the model being quantized) without a word
+    mine = tmp_path / "mine.onnx"
+    shutil.copy(SHARED / "models/fastestdet/FastestDet.onnx", mine)
+    assert run("models", "add", str(mine), "--name", "mine").exit_code == 0
+    before = (cache / "mine" / "manifest.yaml").read_text()
+    calib = str(SHARED / "data/images")
+    taken = run("models", "quantize", "mine", "--calib", calib, "--out-name", "mine")
+    assert taken.exit_code == 1 and "--out-name mine is the model being quantized" in taken.stderr
+    assert run("models", "pull", "fastestdet").exit_code == 0
+    other = run("models", "quantize", "fastestdet", "--calib", calib, "--out-name", "mine")
+    assert other.exit_code == 1 and "'mine' is already in your catalogue" in other.stderr and "--force" in other.stderr
+    packaged = run("models", "quantize", "mine", "--calib", calib, "--out-name", "mediapipe-pose")
+    assert packaged.exit_code == 1 and "choose another --out-name" in packaged.stderr
+    assert (cache / "mine" / "manifest.yaml").read_text() == before
+    assert sorted(p.name for p in (cache / "mine").iterdir()) == ["labels.txt", "manifest.yaml", "mine.onnx"]
+
+
+@pytest.mark.slow
+def test_a_quantized_model_is_not_quantized_again(cache: Path) -> None:
+    # its QDQ graph quantized again could not be loaded, and was left in the catalogue all the same
+    assert run("models", "pull", "fastestdet").exit_code == 0
+    calib = str(SHARED / "data/images")
+    assert run("models", "quantize", "fastestdet", "--calib", calib, "--runs", "1").exit_code == 0
+    again = run("models", "quantize", "fastestdet-int8", "--calib", calib, "--runs", "1")
+    assert again.exit_code == 1 and isinstance(again.exception, SystemExit), again.exception
+    assert "fastestdet-int8 is already quantized (int8-static)" in again.stderr
+    assert not (cache / "fastestdet-int8-int8").exists()
+    replaced = run("models", "quantize", "fastestdet", "--calib", calib, "--runs", "1", "--force", "--json")
+    assert replaced.exit_code == 0, replaced.output
+    assert run("models", "verify", "fastestdet-int8").stdout.splitlines()[0] == "fastestdet-int8: ok"
+
+
+def test_eval_scores_a_one_class_model_on_its_class_alone(cache: Path) -> None:
+    # the pose detector (person only) was scored on coco8's dogs and oranges too: an AP of 0 for
+    # each of 11 classes it has no label for, averaged into an mAP@0.5 of 0.005
+    assert run("models", "pull", "mediapipe-pose").exit_code == 0
+    result = run("models", "eval", "mediapipe-pose", "--data", str(SHARED / "data/coco8"), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    [person] = report["classes"]
+    assert person["label"] == "person" and person["instances"] == report["instances"] == 10
+    assert report["map50"] == person["ap50"] > 0
+    assert report["not_scored"] and "0" not in report["not_scored"]
+    assert sum(report["not_scored"].values()) == 20
+    table = run("models", "eval", "mediapipe-pose", "--data", str(SHARED / "data/coco8"))
+    assert "not scored: 20 objects of classes 16, 17" in table.stdout
+
+
+def test_detect_on_a_folder_goes_on_past_an_unreadable_image(cache: Path, tmp_path: Path) -> None:
+    # the first unreadable file ended the run: the photos after it were never seen, and --json printed nothing
+    assert run("models", "pull", "fastestdet").exit_code == 0
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a_broken.jpg").write_bytes(b"not a jpeg")
+    shutil.copy(SHARED / "data/images/coral_squat.bmp", folder / "b_squat.bmp")
+    result = run("detect", str(folder), "--json")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert result.stderr.strip() == f"error: {folder / 'a_broken.jpg'}: not a readable image; skipped"
+    broken, squat = json.loads(result.stdout)["results"]
+    assert broken["error"] == "not a readable image" and "detections" not in broken
+    assert [d["label"] for d in squat["detections"]].count("person") == 1
+    single = run("detect", str(folder / "a_broken.jpg"))
+    assert single.exit_code == 1 and "not a readable image" in single.stderr
