@@ -37,6 +37,7 @@ from s4edge.cloud_sync.aggregator.events import EventBus, sse_frame
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.redaction import first_line
 from s4edge.cloud_sync.aggregator.store import AlertQuery, NodeQuery, Store
+from s4edge.cloud_sync.aggregator.store_url import full_disk
 from s4edge.cloud_sync.messages import NAME_PATTERN, SEVERITIES, AlertState, CommandName, Scalar
 
 STATIC = Path(__file__).with_name("static")
@@ -112,11 +113,16 @@ def build_api(
         body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True, default=str)
         return Response(body, status_code=422, media_type="application/json")
 
+    def outage(exc: SQLAlchemyError) -> str:
+        """The driver's words, without the statement; the disk, when an SQLite store's is full."""
+        cause = getattr(exc, "orig", None) or exc
+        said = f"{type(cause).__name__}: {first_line(cause)}"
+        return f"{full}; {said}" if (full := full_disk(store.engine.url)) is not None else said
+
     @app.exception_handler(SQLAlchemyError)
     async def store_unavailable(request: Request, exc: SQLAlchemyError) -> Response:
         # a read-only file, a full disk, a database restarting: the request may be tried again
-        cause = getattr(exc, "orig", None) or exc  # the driver's words, without the statement
-        detail = f"the store cannot take this now ({type(cause).__name__}: {first_line(cause)}); try again shortly"
+        detail = f"the store cannot take this now ({outage(exc)}); try again shortly"
         return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
 
     # A middleware, not a dependency: it also guards routers included later (NG112).
@@ -160,7 +166,7 @@ def build_api(
             failure = store_failure()
             db = "ok" if failure is None else f"cannot commit: {failure}"
         except SQLAlchemyError as exc:
-            db = f"error: {type(exc).__name__}"
+            db = f"error: {outage(exc)}"
         broker = "ok" if connected() else "disconnected"
         body = {"ok": db == "ok" and broker == "ok", "store": db, "broker": broker}
         if not body["ok"]:

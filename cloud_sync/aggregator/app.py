@@ -36,6 +36,8 @@ from s4edge.cloud_sync.aggregator.workers import IngestWorkers, WorkersError, Wo
 from s4edge.cloud_sync.aggregator.writer import StoreSpec, WriterRules, relax_gc
 
 log = logging.getLogger("s4edge.aggregator")
+TABLES_RETRY_S = 5.0  # the tables of a store on a full disk are tried again after this, then twice as long
+TABLES_RETRY_MAX_S = 60.0
 
 
 class ListenError(OSError):
@@ -108,6 +110,8 @@ class Aggregator:
         )
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._tables: threading.Thread | None = None  # making the tables once a full disk has room
+        self._stopping = threading.Event()
         self._socket: socket.socket | None = None
 
     def _ingest(self, config: AggregatorConfig, clock: Callable[[], datetime]) -> Ingest | IngestWorkers:
@@ -184,7 +188,10 @@ class Aggregator:
         return f"http://{host}:{port}"
 
     def start(self, timeout: float = 15.0) -> Aggregator:
-        self.store.create_all()
+        self._stopping.clear()
+        if not self.store.create_all():  # a full disk: ingest waits for room, and so do the tables
+            self._tables = threading.Thread(target=self._create_tables_later, name="aggregator-tables", daemon=True)
+            self._tables.start()
         self._share_group()
         if self.broker_log is not None:
             self.broker_log.start()  # before connecting: our own refusal, if any, is counted too
@@ -199,6 +206,19 @@ class Aggregator:
             raise
         log.info("aggregator listening on %s", self.url)
         return self
+
+    def _create_tables_later(self) -> None:
+        """The store's tables, made (an upgrade's columns and indexes added) once its disk has
+        room: a new store needs them before ingest can commit its first batch."""
+        delay = TABLES_RETRY_S
+        while not self._stopping.wait(delay):
+            try:
+                if self.store.create_all():
+                    log.info("store: tables checked, there is room on its disk again")
+                    return
+            except SQLAlchemyError as exc:  # another outage meanwhile: the next turn tries again
+                log.warning("store: tables not checked now (%s)", type(exc).__name__)
+            delay = min(2 * delay, TABLES_RETRY_MAX_S)
 
     def _listen(self) -> None:
         family = socket.AF_INET6 if ":" in self.config.http_host else socket.AF_INET
@@ -230,6 +250,10 @@ class Aggregator:
             raise RuntimeError(f"the HTTP server did not start on {self.config.http_host}:{self.config.http_port}")
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._tables is not None:
+            self._tables.join(10)
+            self._tables = None
         self.events.close()  # ends open SSE streams, so that the server can shut down
         self.retention.stop()
         if self._server is not None:

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,44 +135,83 @@ def run(
         "",
         "--group",
         help="Run as one of several replicas sharing the fleet through MQTT v5 $share/GROUP/ subscriptions. "
-        "Without it the single aggregator holds a plain persistent subscription (see docs/emqx.md on restarts).",
+        "Without it (the default) the single aggregator holds a plain persistent subscription (see docs/emqx.md "
+        "on restarts).",
     ),
-    client_id: str = typer.Option("", "--client-id", help="Stable MQTT client id of this replica"),
+    client_id: str = typer.Option(
+        "",
+        "--client-id",
+        help="Stable MQTT client id of this replica (default: GROUP-HOSTNAME, s4edge-HOSTNAME without --group); "
+        "its persistent session is found again by it",
+    ),
     protocol: str = typer.Option("auto", "--protocol", help="auto (5, then 3.1.1), 5 or 3.1.1"),
-    ca_file: str = typer.Option("", "--ca-file", help="CA bundle that signed the broker's certificate"),
-    cert_file: str = typer.Option("", "--cert-file", help="Client certificate (mutual TLS)"),
-    key_file: str = typer.Option("", "--key-file", help="Client key (mutual TLS)"),
-    username: str = typer.Option("", "--username", envvar="S4EDGE_BROKER_USERNAME"),
+    ca_file: str = typer.Option(
+        "",
+        "--ca-file",
+        help="CA bundle (PEM) that signed the broker's certificate, e.g. the fleet's ca.crt (default: the "
+        "system's trusted CAs). Expired: refused at start; expiring within 30 days: a warning",
+    ),
+    cert_file: str = typer.Option(
+        "",
+        "--cert-file",
+        help="Client certificate (PEM) for mutual TLS; {worker} in the name gives each ingest worker its own "
+        "(default: none, the broker login is --username). Expired: refused at start; expiring within 30 days: "
+        "a warning",
+    ),
+    key_file: str = typer.Option(
+        "", "--key-file", help="The --cert-file's private key (default: none, the key is in --cert-file)"
+    ),
+    username: str = typer.Option(
+        "",
+        "--username",
+        envvar="S4EDGE_BROKER_USERNAME",
+        help="Broker username; {worker} in it gives each ingest worker its own (default: the one in --broker's "
+        "URL, else none)",
+    ),
     password: str = typer.Option(
-        "", "--password", envvar="S4EDGE_BROKER_PASSWORD", help="Shown in `ps`: prefer --password-file"
+        "",
+        "--password",
+        envvar="S4EDGE_BROKER_PASSWORD",
+        help="Broker password, shown in `ps`: prefer --password-file (default: the one in --broker's URL, else none)",
     ),
     password_file: Path | None = typer.Option(
         None,
         "--password-file",
         help="Read the broker password from this file, once at start (keeps it out of `ps` and the environment; "
-        "`s4edge fleet aggregator-credentials` writes it)",
+        "`s4edge fleet aggregator-credentials` writes it; default: none)",
     ),
     heartbeat_interval: float = typer.Option(30.0, "--heartbeat-interval", help="Assumed until two heartbeats show it"),
     stale_factor: float = typer.Option(3.0, "--stale-factor", help="Stale after this many silent intervals"),
     max_clock_skew: float = typer.Option(
         300.0, "--max-clock-skew", help="Refuse (and count) messages dated more than this many seconds ahead of ours"
     ),
-    ng112: Path | None = typer.Option(None, "--ng112", help="NG112 forwarding config (YAML); off when absent"),
+    ng112: Path | None = typer.Option(
+        None, "--ng112", help="NG112 forwarding config (YAML); off when absent (the default)"
+    ),
     command_key: Path | None = typer.Option(
-        None, "--command-key", help="Ed25519 private key (fleet command.key): sign every command"
+        None,
+        "--command-key",
+        help="Ed25519 private key (fleet command.key): sign every command (default: none, commands go unsigned "
+        "and nodes that verify signatures refuse them)",
     ),
     operator_token: str = typer.Option(
         "",
         "--operator-token",
         envvar="S4EDGE_OPERATOR_TOKEN",
-        help="Operators send it as Authorization: Bearer <token> to ack, command nodes or decide NG112 calls",
+        help="Operators send it as Authorization: Bearer <token> to ack, command nodes or decide NG112 calls "
+        "(default: none, whoever reaches --http may act; warned about off loopback)",
     ),
     operator_token_file: Path | None = typer.Option(
-        None, "--operator-token-file", help="Read the operator token from this file (keeps it out of `ps`)"
+        None,
+        "--operator-token-file",
+        help="Read the operator token from this file (keeps it out of `ps`; default: none)",
     ),
     log_format: str = typer.Option("text", "--log-format", help="text, or json (one object per line)"),
     broker_log: Path | None = typer.Option(
-        None, "--broker-log", help="mosquitto's log file: count refused connections (s4edge_broker_auth_failures_total)"
+        None,
+        "--broker-log",
+        help="mosquitto's log file: count refused connections (s4edge_broker_auth_failures_total; default: none, "
+        "not counted)",
     ),
     tiles: str = typer.Option(
         "",
@@ -179,7 +219,9 @@ def run(
         help="XYZ tile URL for the console's map, e.g. https://tiles.example/{z}/{x}/{y}.png; "
         "none (the default): a plain background, and the page fetches nothing from outside",
     ),
-    tiles_attribution: str = typer.Option("", "--tiles-attribution", help="The tile server's credit line"),
+    tiles_attribution: str = typer.Option(
+        "", "--tiles-attribution", help="The tile server's credit line, shown on the map (default: none)"
+    ),
     telemetry_retention_days: float = typer.Option(
         7.0, "--telemetry-retention-days", min=0.01, help="Keep the sensor trends (1-minute buckets) this long"
     ),
@@ -233,7 +275,6 @@ def run(
             username=username or None,
             password=password or None,
         )
-        broker_config.check_files()
     except BrokerError as exc:
         typer.echo(f"error: {'' if isinstance(exc, BrokerFileError) else '--broker: '}{exc}", err=True)
         raise typer.Exit(2) from None
@@ -269,6 +310,13 @@ def run(
             "error: --workers share the fleet through MQTT 5 shared subscriptions: not with --protocol 3.1.1", err=True
         )
         raise typer.Exit(2)
+    try:
+        broker_config.check_files(workers)
+    except BrokerFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for expiring in broker_config.expiry_warnings(datetime.now(UTC), workers):
+        typer.echo(f"warning: {expiring}", err=True)
     token = _operator_token(operator_token, operator_token_file)
     if token is None and not _loopback(host):
         typer.echo(
@@ -342,6 +390,8 @@ def run(
             typer.echo(f"aggregator did not start: {f'--db {store_problem(db, exc)}' if store else exc}", err=True)
             raise typer.Exit(1) from None
     typer.echo(f"aggregator: {aggregator.url} (dashboard at /, API at /api, metrics at /metrics)", err=True)
+    if broker_config.tls and (expiring_broker := broker_config.expiry_warning(datetime.now(UTC))) is not None:
+        typer.echo(f"warning: {expiring_broker}", err=True)
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())

@@ -222,7 +222,7 @@ class Ingest:
                 properties=properties,
             )
         except (OSError, ValueError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return self.broker.connect_failure(exc)
         client.loop_start()
         if not answered.wait(timeout):
             outcome["failure"] = f"no CONNACK within {timeout} s"

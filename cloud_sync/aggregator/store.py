@@ -46,8 +46,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from s4edge.cloud_sync.aggregator.downsample import buckets
 from s4edge.cloud_sync.aggregator.node_health import CONDITIONS, condition
-from s4edge.cloud_sync.aggregator.redaction import redact
-from s4edge.cloud_sync.aggregator.store_url import store_url
+from s4edge.cloud_sync.aggregator.redaction import first_line, redact
+from s4edge.cloud_sync.aggregator.store_url import full_disk, store_url
 from s4edge.cloud_sync.aggregator.unnest import table_name, takes_arrays, unnest_select
 from s4edge.cloud_sync.aggregator.views import (
     alert_dict,
@@ -384,8 +384,34 @@ class Store:
         self._alert_insert: dict[str, Any] = {}
         self._owner_cache: dict[str, tuple[str, str]] = {}  # incident → (site, node): one read per incident
 
-    def create_all(self) -> None:
-        """Create missing tables; safe when several replicas start at once."""
+    def create_all(self) -> bool:
+        """Create missing tables, and the columns and indexes of ``LATER``; safe when several
+        replicas start at once. False, with a warning, when an SQLite store's disk is too full
+        for it (``full_disk``; SQLite cannot even read a WAL store whose -shm it cannot make): an
+        outage, which ingest waits out as well; call again once there is room."""
+        try:
+            self._create_tables()
+            complete = all([self._add_column(column) for column in _later_columns()])  # before indexes on them
+            for index in _later_indexes():
+                try:
+                    with self.engine.begin() as conn:
+                        _serialise_ddl(conn)
+                        index.create(conn, checkfirst=True)
+                except OperationalError as exc:  # SQLite: another process made it meanwhile; else a timeout
+                    log.warning("store: index %s not made now: %s", index.name, str(exc.orig).strip()[:200])
+                    complete = False
+                except IntegrityError as exc:  # a unique index over rows made before it, which it refuses
+                    log.warning("store: index %s not made, rows already break it: %s", index.name, str(exc.orig)[:200])
+            self._drop_superseded()
+        except OperationalError as exc:
+            if (full := full_disk(self.engine.url)) is None:
+                raise
+            log.warning("store: tables not checked now, %s (%s)", full, first_line(exc.orig))
+            return False
+        # what a timeout left undone waits for the next start; what a full disk did, for room
+        return complete or full_disk(self.engine.url) is None
+
+    def _create_tables(self) -> None:
         try:
             with self.engine.begin() as conn:
                 _serialise_ddl(conn)
@@ -393,29 +419,18 @@ class Store:
         except OperationalError:
             # SQLite: another process created a table between our check and our CREATE.
             metadata.create_all(self.engine)
-        for column in _later_columns():  # before the indexes, which may cover one
-            self._add_column(column)
-        for index in _later_indexes():
-            try:
-                with self.engine.begin() as conn:
-                    _serialise_ddl(conn)
-                    index.create(conn, checkfirst=True)
-            except OperationalError as exc:  # SQLite: another process made it meanwhile; else a timeout
-                log.warning("store: index %s not made now: %s", index.name, str(exc.orig).strip()[:200])
-            except IntegrityError as exc:  # a unique index over rows made before it, which it refuses
-                log.warning("store: index %s not made, rows already break it: %s", index.name, str(exc.orig)[:200])
-        self._drop_superseded()
 
-    def _add_column(self, column: Column[Any]) -> None:
+    def _add_column(self, column: Column[Any]) -> bool:
         """``column`` on its table, where a store made before it lacks it (both SQLite and
-        PostgreSQL add a nullable column in place, whatever the table's size)."""
+        PostgreSQL add a nullable column in place, whatever the table's size); False when it
+        could not be added now."""
         table = column.table
         try:
             with self.engine.begin() as conn:
                 _serialise_ddl(conn)
                 schema = conn.schema_for_object(table)  # make_engine's schema, on PostgreSQL
                 if any(found["name"] == column.name for found in inspect(conn).get_columns(table.name, schema=schema)):
-                    return
+                    return True
                 quote = conn.dialect.identifier_preparer
                 prefix = f"{quote.quote_schema(schema)}." if schema else ""
                 conn.exec_driver_sql(
@@ -424,6 +439,8 @@ class Store:
                 )
         except OperationalError as exc:  # SQLite: another process added it meanwhile; else a timeout
             log.warning("store: column %s.%s not added now: %s", table.name, column.name, str(exc.orig).strip()[:200])
+            return False
+        return True
 
     def _drop_superseded(self) -> None:
         """Drop the indexes later ones replaced, once the later ones are there: a store that could

@@ -24,6 +24,9 @@ from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.shown import shown_url
 
 SQLITE_EXAMPLE = "sqlite:////var/lib/s4edge/aggregator.db"
+# Less room than this beside an SQLite store, and a failed write is taken for a full disk: a
+# commit needs its pages in the WAL, and even a reader the 32 KiB -shm (sqlite.org/walformat.html)
+ROOM_BYTES = 1 << 20
 POSTGRES_EXAMPLE = "postgresql://s4edge:PASSWORD@db.example:5432/s4edge"
 EXAMPLES = f"{SQLITE_EXAMPLE} or {POSTGRES_EXAMPLE}"
 PSYCOPG = "postgresql+psycopg"
@@ -95,6 +98,23 @@ def read_only_files(path: Path) -> list[Path]:
     return [file for file in files if file.is_file() and not os.access(file, os.W_OK)]
 
 
+def full_disk(url: URL) -> str | None:
+    """'the disk holding FILE is full (N KiB free)' when the filesystem of an SQLite store has
+    less than ``ROOM_BYTES`` left for this process, else None (PostgreSQL's disk is its server's)."""
+    path = sqlite_path(url) if url.get_backend_name() == "sqlite" else None
+    if path is None:
+        return None
+    try:
+        room = os.statvfs(path.absolute().parent)
+    except OSError:
+        return None
+    # root may fill the blocks a file system keeps back for it (ext4: 5 %); anyone else may not
+    free = (room.f_bfree if os.geteuid() == 0 else room.f_bavail) * room.f_frsize
+    if free >= ROOM_BYTES:
+        return None
+    return f"the disk holding {path.absolute()} is full ({free // 1024} KiB free): make room on it"
+
+
 def check_store_url(raw: str, schema: str | None = None) -> URL:
     """What ``--db`` and ``--db-schema`` name, checked before anything opens: a usable URL, an
     SQLite store in a file (an in-memory one would lose every alert, and a writer process would
@@ -135,6 +155,13 @@ def probe_store(engine: Engine, raw: str) -> str | None:
         with engine.connect() as conn:
             conn.execute(text("SELECT count(*) FROM sqlite_master" if conn.dialect.name == "sqlite" else "SELECT 1"))
     except SQLAlchemyError as exc:
+        # a full disk is an outage, as a read-only file is: SQLite cannot even read a WAL store
+        # whose -shm it cannot make (SQLITE_IOERR_SHMSIZE), and it comes back without a restart
+        if (full := full_disk(url)) is not None:
+            return (
+                f"--db {shown(raw)}: {full}; until there is room nothing is stored, /healthz answers 503, "
+                "and alerts wait unacknowledged at the broker and on their nodes"
+            )
         raise store_problem(raw, exc) from None
     return None
 
@@ -180,6 +207,8 @@ def _sqlite_reason(url: URL, exc: BaseException) -> str:
     if code.startswith("SQLITE_READONLY"):
         return (f"{path} is read-only to this process; the aggregator writes the file and a -wal file beside it: "
                 f"make both writable by its user, or name another file, {todo}")  # fmt: skip
+    if (full := full_disk(url)) is not None:
+        return f"{full} ({_driver_words(exc)})"
     if code == "SQLITE_NOTADB":
         return f"{path} is not an SQLite database; name the aggregator's database or a new file, {todo}"
     if code.startswith("SQLITE_CANTOPEN") or code.startswith("SQLITE_PERM"):

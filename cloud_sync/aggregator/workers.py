@@ -131,15 +131,8 @@ class WorkerSpec:
 
     def for_worker(self, index: int, live: bool) -> dict[str, Any]:
         # ``{worker}`` in the username or the certificate's file names: one broker identity per worker
-        broker = self.broker
-        broker = replace(
-            broker,
-            username=_for(broker.username, index),
-            cert_file=_for(broker.cert_file, index),
-            key_file=_for(broker.key_file, index),
-        )
         return {
-            "broker": dataclasses.asdict(broker),
+            "broker": dataclasses.asdict(self.broker.for_worker(index)),
             "store": dataclasses.asdict(self.store),
             "client_id": worker_client_id(self.client_id, index),
             "group": self.group,
@@ -152,10 +145,6 @@ class WorkerSpec:
             "live": live,
             "log_level": logging.getLogger("s4edge").getEffectiveLevel(),
         }
-
-
-def _for(value: str | None, index: int) -> str | None:
-    return value.replace("{worker}", str(index)) if value is not None else None
 
 
 class IngestWorkers:

@@ -41,7 +41,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from s4edge.cloud_sync.aggregator.alert_rows import AlertRows
 from s4edge.cloud_sync.aggregator.redaction import first_line
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
-from s4edge.cloud_sync.aggregator.store_url import read_only_files, sqlite_path
+from s4edge.cloud_sync.aggregator.store_url import full_disk, read_only_files, sqlite_path
 from s4edge.cloud_sync.messages import (
     Alert,
     AnyMessage,
@@ -247,6 +247,8 @@ class BatchWriter:
                 if not _transient(exc):
                     raise
                 reason = f"{type(exc.orig).__name__}: {first_line(exc.orig)}"  # a full disk, read-only, locked
+                if (full := full_disk(self.store.engine.url)) is not None:
+                    reason = f"{full} ({reason})"
                 log.warning("store unavailable (%s); retrying in %.1f s", reason, delay)
                 self.on_store_error(reason)
                 if self.reopen_in_new_process and _read_only_no_more(self.store, exc):

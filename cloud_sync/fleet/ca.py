@@ -196,9 +196,15 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)(\*\.)?(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!
 
 
 def issue_server_cert(
-    ca: FleetCA, hosts: list[str], ips: list[str], out: Path, days: int = LEAF_DAYS
+    ca: FleetCA,
+    hosts: list[str],
+    ips: list[str],
+    out: Path,
+    days: int = LEAF_DAYS,
+    not_after: dt.datetime | None = None,
 ) -> tuple[Path, Path]:
-    """The broker's certificate; clients check the hostname against its SAN (RFC 6125 §6.4)."""
+    """The broker's certificate; clients check the hostname against its SAN (RFC 6125 §6.4).
+    ``not_after`` as for ``issue_client_cert``."""
     if not hosts and not ips:
         raise CAError("name the broker: at least one --host NAME or --ip ADDRESS that nodes will connect to")
     for host in hosts:
@@ -210,7 +216,7 @@ def issue_server_cert(
             san.append(x509.IPAddress(ipaddress.ip_address(ip)))
         except ValueError:
             raise CAError(f"--ip {ip!r} is not an IPv4 or IPv6 address") from None
-    cert, key = _leaf(ca, hosts[0] if hosts else ips[0], ExtendedKeyUsageOID.SERVER_AUTH, san, days)
+    cert, key = _leaf(ca, hosts[0] if hosts else ips[0], ExtendedKeyUsageOID.SERVER_AUTH, san, days, not_after)
     return _write_pair(out, "server", cert, key)
 
 

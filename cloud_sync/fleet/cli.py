@@ -4,23 +4,27 @@ credentials, and the broker's config. Everything runs offline on a technician's 
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
+import re
 from pathlib import Path
 
 import typer
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from rich.console import Console
 from rich.table import Table
 
 from s4edge.cloud_sync.fleet.broker_config import (
     LOCAL_STATE_DIR,
+    SERVER_CERT,
     SYSTEM_STATE_DIR,
     BrokerSettings,
     missing_tls_files,
     render,
 )
-from s4edge.cloud_sync.fleet.ca import CAError, FleetCA, init_ca, issue_server_cert, load_ca
+from s4edge.cloud_sync.fleet.ca import CA_CERT, CAError, FleetCA, init_ca, issue_server_cert, load_ca
 from s4edge.cloud_sync.fleet.command_key import COMMAND_KEY, init_command_key
 from s4edge.cloud_sync.fleet.crl import crl_path, init_crl, revoke
 from s4edge.cloud_sync.fleet.provision import (
@@ -31,6 +35,7 @@ from s4edge.cloud_sync.fleet.provision import (
     provision_node,
 )
 from s4edge.cloud_sync.fleet.registry import Fleet, FleetError
+from s4edge.cloud_sync.fleet.validity import WARN_DAYS, CertificateFileError, Validity, read_certificates
 
 fleet_app = typer.Typer(help="The fleet: CA, broker config, identities.", no_args_is_help=True)
 ca_app = typer.Typer(help="The fleet's certificate authority.", no_args_is_help=True)
@@ -92,6 +97,89 @@ def ca_server_cert(
     except CAError as exc:
         raise _fail(exc) from None
     typer.echo(f"{cert}\n{key}")
+
+
+def _renewal(cert: x509.Certificate, fleet_dir: Path, fleet: Fleet | None) -> str:
+    """The command that issues this certificate again (it is never extended in place: a new
+    certificate, and the old one's serial on the CRL where it was an identity's)."""
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return (
+                f"the fleet CA itself: a new one (`s4edge fleet ca init --out {fleet_dir} --force`), then every "
+                "certificate issued again and the new ca.crt given to the aggregator and every node"
+            )
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usages = []
+    if ExtendedKeyUsageOID.SERVER_AUTH in usages:
+        return f"`s4edge fleet ca server-cert --ca-dir {fleet_dir} --host BROKER_HOST`, then restart mosquitto"
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(names[0].value) if names else ""
+    identity = fleet.identities.get(name) if fleet is not None else None
+    if identity is not None and identity.role == "aggregator":
+        worker = re.fullmatch(r"(.+)-w\d+", name)
+        named = f"--name {worker.group(1)} --workers N" if worker else f"--name {name}"
+        return f"`s4edge fleet aggregator-credentials --fleet-dir {fleet_dir} {named} --client-cert --out DIR`"
+    if identity is not None:
+        return (
+            f"`s4edge provision {name} --site {identity.site} --client-cert --ca-dir {fleet_dir} ...` "
+            "as it was provisioned, then copy its files to the node"
+        )
+    return "issue it again where it was issued (its name is not in this fleet's fleet.json)"
+
+
+@ca_app.command("expiry")
+def ca_expiry(
+    certs: list[Path] = typer.Argument(
+        None,
+        help="More certificate files to check: an aggregator's aggregator.crt, a node's node.crt (default: none).",
+        show_default=False,
+    ),
+    ca_dir: Path = typer.Option(..., "--ca-dir", help="Fleet folder holding ca.crt, and server.crt when kept there."),
+    fleet_dir: Path | None = typer.Option(
+        None, "--fleet-dir", help="Fleet folder with fleet.json, to name what renews a certificate (default: --ca-dir)."
+    ),
+    within: int = typer.Option(
+        WARN_DAYS, "--within", min=0, help="Flag certificates that expire within this many days."
+    ),
+) -> None:
+    """When each of the fleet's certificates expires (RFC 5280 notAfter) and what renews it; exits 1
+    when one has expired or expires within --within days (for a monthly cron job)."""
+    files = [path for path in (ca_dir / CA_CERT, ca_dir / SERVER_CERT) if path.exists()] + list(certs or [])
+    if not files:
+        raise _fail(CAError(f"{ca_dir / CA_CERT} is missing: give the fleet folder as --ca-dir"))
+    try:
+        fleet: Fleet | None = Fleet(fleet_dir or ca_dir)
+    except FleetError as exc:
+        typer.echo(f"warning: {exc}", err=True)
+        fleet = None
+    now = dt.datetime.now(dt.UTC)
+    table = Table("file", "certificate", "not after (UTC)", "days left", "state")
+    due: list[str] = []
+    for path in files:
+        try:
+            found = read_certificates(path)
+        except (CertificateFileError, OSError) as exc:
+            why = str(exc) if isinstance(exc, CertificateFileError) else f"{path}: cannot read ({exc.strerror})"
+            raise _fail(CAError(why)) from None
+        for cert in found:
+            validity = Validity.of(str(path), cert)
+            problem = validity.problem(now)
+            state = "expired" if now > validity.not_after else "not yet valid" if problem else "ok"
+            if validity.expiring(now, within):
+                state = "expiring"
+            days = f"{validity.days_left(now):.0f}"
+            table.add_row(str(path), validity.subject, f"{validity.not_after:%Y-%m-%d %H:%M}", days, state)
+            if state != "ok":
+                due.append(f"{path} ({validity.subject}, {state}): {_renewal(cert, ca_dir, fleet)}")
+    console.print(table)
+    for line in due:
+        typer.echo(f"renew {line}")
+    if due:
+        raise typer.Exit(1)
 
 
 @fleet_app.command("aggregator-credentials")
@@ -176,6 +264,7 @@ def broker_config(
                 f"run `{' && '.join(make)}` (BROKER_HOST: the name nodes connect to)"
             )
         )
+    _check_broker_certificates(fleet_dir)
     in_place = install_dir is None
     state = persistence_dir or (out.parent / LOCAL_STATE_DIR if in_place else SYSTEM_STATE_DIR)
     try:
@@ -227,6 +316,24 @@ def broker_config(
         nobody = "" if fleet.identities else " (nobody may log in until `s4edge provision`, then reload mosquitto)"
         typer.echo(f"created {' and '.join(map(str, created))}{nobody}")
     typer.echo(str(out))
+
+
+def _check_broker_certificates(fleet_dir: Path) -> None:
+    """mosquitto starts with an expired certificate and every client then refuses it, with
+    OpenSSL's reason and no date: refuse to write its config until it is renewed."""
+    now = dt.datetime.now(dt.UTC)
+    for path, what in ((fleet_dir / CA_CERT, "the fleet CA"), (fleet_dir / SERVER_CERT, "the broker's certificate")):
+        try:
+            cert = read_certificates(path)[0]
+        except (CertificateFileError, OSError) as exc:
+            why = str(exc) if isinstance(exc, CertificateFileError) else f"{path}: cannot read ({exc.strerror})"
+            raise _fail(FleetError(why)) from None
+        validity = Validity.of(str(path), cert)
+        renew = _renewal(cert, fleet_dir, None)
+        if (problem := validity.problem(now)) is not None:
+            raise _fail(FleetError(f"{path}: {problem}: every client refuses {what}; renew it: {renew}"))
+        if validity.expiring(now):
+            typer.echo(f"warning: {path}: {validity.expiry(now)}; renew it before then: {renew}", err=True)
 
 
 @fleet_app.command("list")

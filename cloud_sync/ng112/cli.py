@@ -60,11 +60,17 @@ def psap(
 @ng112_app.command("send-test")
 def send_test(
     psap_uri: str = typer.Option(..., "--psap", help="SIP URI of the PSAP, e.g. sip:psap@192.0.2.1:5060;transport=tcp"),
-    node_id: str = typer.Option("commissioning", "--node"),
-    site: str = typer.Option("test-site", "--site"),
+    node_id: str = typer.Option(
+        "commissioning", "--node", help="Node id the test call comes from (the CAP sender's and SIP From's user)."
+    ),
+    site: str = typer.Option(
+        "test-site", "--site", help="Site id of that node (the SIP From's domain starts with it)."
+    ),
     lat: float = typer.Option(..., min=-90, max=90, help="The node's surveyed latitude (WGS 84)."),
     lon: float = typer.Option(..., min=-180, max=180, help="The node's surveyed longitude (WGS 84)."),
-    zone: str | None = typer.Option(None),
+    zone: str | None = typer.Option(
+        None, help="Human name of the place, the CAP areaDesc the call-taker reads (default: none, the site id)."
+    ),
     request_uri: str = typer.Option("urn:service:sos", help="Request-URI and To (urn:service:sos or the PSAP URI)."),
     t1: float = typer.Option(0.5, min=0.001, max=60, help="RFC 3261 T1 in seconds; Timer F is 64·T1."),
 ) -> None:
