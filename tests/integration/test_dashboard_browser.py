@@ -605,3 +605,21 @@ def test_the_trends_shown_are_those_of_the_node_clicked_last(
     finally:
         gateway.shutdown()
         gateway.server_close()
+
+
+def test_the_console_says_while_alerts_cannot_reach_the_store_and_when_they_can_again(
+    aggregator: Aggregator, broker: Mosquitto, browser: Any
+) -> None:
+    # /healthz answered 503 (a full disk, the broker lost) while the page showed a calm
+    # incident list: the operator could not tell that new alerts were waiting elsewhere
+    from selenium.webdriver.common.by import By
+
+    browser.get(aggregator.url + "/")
+    banner = lambda: browser.find_element(By.ID, "health")  # noqa: E731
+    wait_until(lambda: browser.find_element(By.ID, "link").text == "live", what="the page up")
+    assert not banner().is_displayed()
+    broker.stop()
+    wait_until(lambda: banner().is_displayed(), timeout=30, what="the banner")
+    assert "lost the broker" in banner().text and "nothing is lost" in banner().text
+    broker.start()
+    wait_until(lambda: not banner().is_displayed(), timeout=60, what="the banner gone with the broker back")

@@ -94,6 +94,27 @@ function connect() {
   });
 }
 
+// What /healthz says is wrong, in the operator's words: the store not committing (a full
+// disk, a read-only file) or the broker lost. Alerts then wait at the broker and on their
+// nodes, unreceipted: the page says so, and why, until /healthz answers 200 again.
+async function checkHealth() {
+  const banner = document.getElementById("health");
+  let problems = [];
+  try {
+    const response = await authorisedFetch("/healthz");
+    if (response.status === 503) {
+      const { detail } = await response.json();
+      if (detail.store !== "ok") problems.push(`New alerts are not being stored: ${detail.store}.`);
+      if (detail.broker !== "ok") problems.push("The aggregator has lost the broker: no new alerts arrive.");
+      if (problems.length) problems.push("Nodes keep their alerts until the aggregator takes them; nothing is lost.");
+    }
+  } catch {
+    problems = [];  // the aggregator itself unreachable: the live-stream badge says so
+  }
+  banner.textContent = problems.join(" ");
+  banner.hidden = problems.length === 0;
+}
+
 function loadPanel(config) {
   if (config.ng112_panel) document.body.append(el("script", { src: config.ng112_panel }));
 }
@@ -120,6 +141,8 @@ async function start() {
   refreshNodes();
   loadMapIncidents().catch(console.warn);
   setInterval(() => refreshNodes(), NODE_REFRESH_MS);
+  checkHealth();
+  setInterval(checkHealth, NODE_REFRESH_MS);
   setInterval(incidents.refreshAges, 15000);
   setInterval(() => { if (selected) trends.draw(selected.site, selected.node_id).catch(console.warn); },
     TREND_REFRESH_MS);
