@@ -257,6 +257,12 @@ def build_api(
     ) -> Any:
         if commands is None:
             raise HTTPException(503, detail="this aggregator has no broker link for commands")
+        if not store.knows_node(site, node_id):
+            # A node that never reported has no session at the broker that would keep the command:
+            # "published" would be true and nothing would ever run it.
+            raise HTTPException(
+                404, detail=f"no node {site}/{node_id} has reported to this aggregator: check the name (GET /api/nodes)"
+            )
         try:
             return commands.issue(site, node_id, request.name, request.args, request.ttl_s)
         except CommandError as exc:

@@ -757,6 +757,11 @@ class Store:
             row = conn.execute(select(nodes).where(nodes.c.site == site, nodes.c.node_id == node_id)).mappings().first()
         return node_dict(row, self.clock(), default_interval_s, stale_factor) if row else None
 
+    def knows_node(self, site: str, node_id: str) -> bool:
+        with self.engine.connect() as conn:
+            where = (nodes.c.site == site) & (nodes.c.node_id == node_id)
+            return conn.execute(select(nodes.c.node_id).where(where)).first() is not None
+
     def count_online(self) -> int:
         with self.engine.connect() as conn:
             return int(

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from typer.testing import CliRunner
 
 from s4edge.cli import app
-from s4edge.cloud_sync.messages import decode, signing_bytes, topic
+from s4edge.cloud_sync.messages import Status, decode, encode, signing_bytes, topic, topic_for
 from s4edge.testing import Mosquitto, free_port
+from s4edge.testing import eventually as wait_until
 
 TIMEOUT = 20.0
 
@@ -91,6 +92,9 @@ def test_commands_from_the_cli_aggregator_are_signed_with_the_fleet_key(
     try:
         node.subscribe(topic("plaza", "n1", "cmd/#"), qos=1)
         assert subscribed.wait(TIMEOUT), "no SUBACK"
+        status = Status(node_id="n1", site="plaza", seq=0, state="online")  # commands go to nodes it knows
+        node.publish(topic_for(status), encode(status), qos=1).wait_for_publish(TIMEOUT)
+        wait_until(lambda: httpx.get(f"{url}/api/nodes").json()["nodes"], what="the node known")
         issued = httpx.post(f"{url}/api/nodes/plaza/n1/commands", json={"name": "ping", "args": {}}, timeout=10)
         assert issued.status_code == 202 and issued.json()["published"]
         command = decode(got.get(timeout=TIMEOUT))

@@ -141,6 +141,8 @@ def test_a_command_reaches_the_node_and_its_result_is_shown(aggregator: Aggregat
     node.on_subscribe = lambda *_: subscribed.set()
     node.subscribe("s4edge/v1/s1/n1/cmd/+", qos=1)
     assert subscribed.wait(10), "no SUBACK: a command published before it would be lost to this node"
+    publish(node, Status(node_id="n1", site="s1", seq=0, state="online"))  # commands go to nodes it knows
+    wait_until(lambda: httpx.get(f"{aggregator.url}/api/nodes").json()["nodes"], what="the node known")
     sent = httpx.post(f"{aggregator.url}/api/nodes/s1/n1/commands", json={"name": "ping", "ttl_s": 60}).json()
     assert sent["published"] is True and sent["topic"] == "s4edge/v1/s1/n1/cmd/ping"
     shown = wait_until(

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,17 @@ from s4edge.cloud_sync.aggregator.app import Aggregator, AggregatorConfig
 from s4edge.cloud_sync.aggregator.broker import BrokerConfig
 from s4edge.cloud_sync.aggregator.store import alerts as alerts_table
 from s4edge.cloud_sync.aggregator.workers import IngestWorkers
-from s4edge.cloud_sync.messages import Alert, Command, Location, Receipt, decode_from, encode, topic, topic_for
+from s4edge.cloud_sync.messages import (
+    Alert,
+    Command,
+    Location,
+    Receipt,
+    Status,
+    decode_from,
+    encode,
+    topic,
+    topic_for,
+)
 from s4edge.cloud_sync.ng112.policy import Ng112Config
 from s4edge.cloud_sync.ng112.receiver import PsapReceiver, ReceivedCall
 from s4edge.cloud_sync.ng112.service import attach
@@ -38,6 +49,7 @@ from s4edge.testing.fleet import Fleet, build_fleet, cli, login
 from s4edge.testing.listener import Listener
 
 SITE, NODE = "plaza", "worker-node"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def node_config(broker: Mosquitto, tmp_path: Path) -> Any:
@@ -178,6 +190,8 @@ def test_commands_go_out_through_a_worker(broker: Mosquitto, tmp_path: Path) -> 
     listener = Listener(broker, topic(SITE, NODE, "cmd/#"))
     try:
         with Aggregator(config) as aggregator:
+            with aggregator.store.engine.begin() as conn:  # commands go to nodes it knows
+                aggregator.store.record_status(conn, Status(node_id=NODE, site=SITE, seq=0, state="online"), T0)
             answer = httpx.post(f"{aggregator.url}/api/nodes/{SITE}/{NODE}/commands", json={"name": "ping"})
             assert answer.status_code == 202 and answer.json()["published"] is True
             wait_until(lambda: len(listener.got) == 1, what="the command at the node's topic")

@@ -14,7 +14,7 @@ from s4edge.cloud_sync.aggregator.commands import CommandDesk
 from s4edge.cloud_sync.aggregator.events import EventBus
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
-from s4edge.cloud_sync.messages import Alert, Command, Location, decode
+from s4edge.cloud_sync.messages import Alert, Command, Location, Status, decode
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -33,6 +33,7 @@ def store(tmp_path: Path) -> Store:
     created.create_all()
     with created.engine.begin() as conn:
         created.insert_alerts(conn, [(alert(i), T0) for i in range(10)])
+        created.record_status(conn, Status(node_id="n1", site="s1", seq=0, state="online"), T0)  # commands go to it
     return created
 
 
@@ -104,6 +105,15 @@ def test_a_command_is_published_as_the_wire_contract_says(
     listed = client.get("/api/nodes/s1/n1/commands").json()["commands"]
     assert listed[0]["id"] == command.id and listed[0]["result"] is None
     assert client.post("/api/nodes/S1!/n1/commands", json={"name": "ping"}).status_code == 422
+
+
+def test_a_command_to_a_node_never_heard_of_is_refused_not_published(
+    client: TestClient, published: list[tuple[str, bytes, int]]
+) -> None:
+    # "published": true for a misspelt node: no session at the broker keeps it, nothing runs it
+    response = client.post("/api/nodes/s1/n2/commands", json={"name": "ping"})
+    assert response.status_code == 404 and "no node s1/n2 has reported" in response.json()["detail"]
+    assert published == [] and client.get("/api/nodes/s1/n2/commands").json()["commands"] == []
 
 
 def test_dashboard_and_metrics_are_served(client: TestClient) -> None:

@@ -16,7 +16,7 @@ from s4edge.cloud_sync.aggregator.events import EventBus
 from s4edge.cloud_sync.aggregator.metrics import IngestMetrics
 from s4edge.cloud_sync.aggregator.redaction import redact
 from s4edge.cloud_sync.aggregator.store import Store, make_engine
-from s4edge.cloud_sync.messages import Alert, Command, CommandResult, Location, decode
+from s4edge.cloud_sync.messages import Alert, Command, CommandResult, Location, Status, decode
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 TOKEN = "s3cret-token"
@@ -34,6 +34,7 @@ def store(tmp_path: Path) -> Store:
     )  # fmt: skip
     with created.engine.begin() as conn:
         created.insert_alerts(conn, [(alert, T0)])
+        created.record_status(conn, Status(node_id="n1", site="s1", seq=0, state="online"), T0)  # commands go to it
     return created
 
 
