@@ -23,22 +23,39 @@ agent_app = typer.Typer(help="Run the node agent.", no_args_is_help=True)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PROC_LOCKS = Path("/proc/locks")  # the kernel's table of file locks, proc(5)
-CONFIG_OPTION = typer.Option(..., "--config", "-c", help="Node config YAML (see firmware_configs/sim-node.yaml).")
+CONFIG_OPTION = typer.Option(
+    ...,
+    "--config",
+    "-c",
+    help="Node config YAML: the node.yaml that `s4edge provision` writes (on a node, /etc/s4edge/node.yaml).",
+)
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path, as_json: bool = False) -> Any:
     from s4edge.edge.config import ConfigError, load_config
 
     try:
         return load_config(path)
     except ConfigError as exc:
+        if as_json:
+            raise _refuse(str(exc), f"correct it; `s4edge agent check --config {path}` checks it", 2, True) from None
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
+def _refuse(error: str, hint: str, code: int, as_json: bool) -> typer.Exit:
+    """An error as the output was asked for: a line on stderr, or under --json one object on stdout,
+    which a script parses whatever happened; the exit code is the same either way."""
+    if as_json:
+        typer.echo(json.dumps({"error": error, "hint": hint}))
+    else:
+        typer.echo(f"error: {error}: {hint}", err=True)
+    return typer.Exit(code)
+
+
 @agent_app.command("check")
 def check(config: Path = CONFIG_OPTION) -> None:
-    """Validate a node config without starting anything."""
+    """Validate a node config without starting anything (offline: no broker, camera or model is opened)."""
     from s4edge.edge.app import uplink_settings
     from s4edge.edge.config import ConfigError
 
@@ -48,7 +65,26 @@ def check(config: Path = CONFIG_OPTION) -> None:
     except ConfigError as exc:
         typer.echo(f"error: {config}: {exc}", err=True)
         raise typer.Exit(2) from None
+    found = _preflight(node_config)
+    for level, problem in found:
+        typer.echo(f"{level}: {config}: {problem}", err=True)
+    if any(level == "error" for level, _ in found):
+        raise typer.Exit(2)
     typer.echo(f"{config}: ok ({node_config.site}/{node_config.node_id}, {len(node_config.sources)} source(s))")
+
+
+def _preflight(node_config: Any) -> list[tuple[str, str]]:
+    """What each source's plugin finds would stop that source as the agent starts: its optional
+    ``preflight(config)``, which answers (level, key, text) offline, opening no device and loading
+    no model (a vision source: its model in the catalogue, the weights cached, a replayed file there)."""
+    from s4edge.edge.sources import load_plugins
+
+    found = []
+    for index, source in enumerate(node_config.sources):
+        plugin_check = getattr(load_plugins([source.type])[source.type], "preflight", None)
+        for level, key, text in plugin_check(source) if plugin_check is not None else []:
+            found.append((level, f"sources.{index}.{key}: {text}"))
+    return found
 
 
 @agent_app.command("unit")
@@ -167,31 +203,14 @@ def status(
 
     The oldest queued alert's age, the broker's last acknowledgement and the aggregator's last
     receipt, read without the agent's lock and changing nothing: the agent may run meanwhile."""
-    from s4edge.cloud_sync.outbox import NotAnOutbox, read_backlog
+    from s4edge.cloud_sync.outbox import read_backlog
 
-    node_config = _load(config)
+    node_config = _load(config, as_json)
     outbox = Path(node_config.outbox.path)
     try:
         backlog = read_backlog(outbox)
-    except FileNotFoundError:
-        typer.echo(
-            f"error: no outbox at {outbox}: no agent has run with this config yet, or outbox.path in {config} "
-            "is not the running agent's",
-            err=True,
-        )
-        raise typer.Exit(1) from None
-    except PermissionError as exc:
-        typer.echo(
-            f"error: cannot read the outbox {outbox} ({exc.strerror}): run this as the agent's user, or with sudo",
-            err=True,
-        )
-        raise typer.Exit(1) from None
-    except NotAnOutbox as exc:
-        typer.echo(f"error: {outbox} is not an s4edge outbox ({exc}): check outbox.path in {config}", err=True)
-        raise typer.Exit(1) from None
     except (OSError, sqlite3.Error) as exc:
-        typer.echo(f"error: cannot read the outbox {outbox}: {getattr(exc, 'strerror', None) or exc}", err=True)
-        raise typer.Exit(1) from None
+        raise _refuse(*_outbox_problem(exc, outbox, config), 1, as_json) from None
     try:
         pid: int | None = agent_pid(outbox)
         running: bool | None = pid is not None
@@ -229,6 +248,25 @@ def status(
     ]
     for label, value in lines:
         typer.echo(f"{label + ':':<14} {value}")
+
+
+def _outbox_problem(exc: OSError | sqlite3.Error, outbox: Path, config: Path) -> tuple[str, str]:
+    """What keeps ``status`` from reading the outbox, and what to do about it."""
+    from s4edge.cloud_sync.outbox import NotAnOutbox
+
+    if isinstance(exc, FileNotFoundError):
+        return (
+            f"no outbox at {outbox}",
+            f"no agent has run with this config yet, or outbox.path in {config} is not the running agent's",
+        )
+    if isinstance(exc, PermissionError):
+        return f"cannot read the outbox {outbox} ({exc.strerror})", "run this as the agent's user, or with sudo"
+    if isinstance(exc, NotAnOutbox):
+        return f"{outbox} is not an s4edge outbox ({exc})", f"check outbox.path in {config}"
+    return (
+        f"cannot read the outbox {outbox}: {getattr(exc, 'strerror', None) or exc}",
+        f"check outbox.path in {config}, and the disk it lies on",
+    )
 
 
 def _when(key: str, at: datetime | None, now: datetime) -> dict[str, Any]:

@@ -15,9 +15,27 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from s4edge import __version__
+
+
+def _flags_show_no_value_type() -> None:
+    """A flag takes no value, so its help shows none. click's plain help leaves a flag's type out
+    (``TyperOption.get_help_record``); typer's rich panel, which every ``--help`` here renders,
+    asks ``display_type_rich`` of every option and showed ``--version <bool>``, ``--json <bool>``,
+    as if each took one (typer 0.29). A typer without that method skips flags itself."""
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:
+        return
+
+    def value_type(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag or self.count else shown(self, ctx)
+
+    TyperOption.display_type_rich = value_type  # type: ignore[method-assign]
+
+
+_flags_show_no_value_type()
 
 
 class Listed(TyperCommand):

@@ -447,7 +447,24 @@ def provision(
             err=True,
         )
     broker_files = "passwords, acl and crl.pem" if client_cert else "passwords and acl"  # crl.pem: a rotation revokes
+    broker = f"the fleet's {broker_files} to the broker, then `systemctl reload mosquitto` on the broker"
+    if not done.again:
+        typer.echo(f"next: copy {out}/ to the node's /etc/s4edge/, and {broker}")
+        return
+    # The node's own node.yaml was adapted on site (its sources, its tuning): copying the folder
+    # would put this one over it.
+    credentials = _and([str(path) for path in done.files if path != done.config_path])
     typer.echo(
-        f"next: copy {out}/ to the node's /etc/s4edge/, and the fleet's {broker_files} to the broker, "
-        "then `systemctl reload mosquitto` on the broker"
+        f"next: copy only {credentials} to the node's /etc/s4edge/, not node.yaml (the node's own, adapted on "
+        f"site, stays), then `sudo systemctl restart s4edge-agent` there to use them; and {broker}"
     )
+    if done.changed:
+        typer.echo(
+            f"note: {done.config_path}: {_and(list(done.changed))} changed: make the same change in the node's "
+            "/etc/s4edge/node.yaml, then check it with `s4edge agent check -c /etc/s4edge/node.yaml`"
+        )
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return f"{', '.join(items[:-1])} and {items[-1]}" if len(items) > 1 else "".join(items)

@@ -30,7 +30,7 @@ from s4edge.cloud_sync.messages import NAME_PATTERN
 from s4edge.files import replace_file
 from s4edge.resources import packaged
 from s4edge.shown import hide_userinfo
-from s4edge.yaml_text import load_yaml, yaml_problem
+from s4edge.yaml_text import load_yaml, with_top_level, yaml_problem
 
 BOARDS_ENV = "S4EDGE_BOARDS_DIR"
 PASSWORD_FILE = "mqtt.password"  # noqa: S105 - a file name, not a password
@@ -38,6 +38,7 @@ CONFIG_FILE = "node.yaml"
 # What the command's flags and credentials set in node.yaml; the technician owns the rest.
 PROVISIONED = ("node_id", "site", "location", "mqtt")
 MQTT_PROVISIONED = ("url", "client_id", "username", "password", "password_file", "ca_file", "cert_file", "key_file")
+_UNSET = object()  # a setting a file does not have
 
 
 def boards_dir() -> Path:
@@ -108,6 +109,8 @@ class Provisioned:
     identity: Identity
     files: list[Path]
     config_path: Path | None = None
+    again: bool = False  # node.yaml was there already: the node has one of its own, adapted on site
+    changed: tuple[str, ...] = ()  # again: its top-level settings this provisioning changed
 
 
 def node_config(
@@ -180,31 +183,45 @@ def render_node_file(req: NodeRequest, profile: dict[str, Any], config: dict[str
     )
 
 
-def technician_settings(path: Path) -> dict[str, Any]:
-    """What an earlier ``node.yaml`` holds beyond what provisioning sets (PROVISIONED): the sources
-    wired on site, tuned intervals. Provisioning again (a password rotation) keeps them; a file
-    that cannot be read is refused before anything is rotated, as writing over it would lose them."""
+@dataclass(frozen=True)
+class EarlierNodeFile:
+    """The ``node.yaml`` an earlier provisioning wrote into the node folder, as the technician left it."""
+
+    text: str
+    settings: dict[str, Any]
+
+
+def earlier_node_file(path: Path) -> EarlierNodeFile | None:
+    """The node.yaml already at ``path`` (None: none, or an empty one). A file that cannot be read
+    is refused before anything is rotated, as writing over it would lose what the technician wrote."""
     if not path.exists():
-        return {}
+        return None
     try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         problem = yaml_problem(exc)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         problem = f"cannot be read ({type(exc).__name__})"
     else:
         if data is None:  # an empty file: nothing to keep
-            return {}
+            return None
         if isinstance(data, dict):
-            kept = {key: value for key, value in data.items() if key not in PROVISIONED}
-            if isinstance(data.get("mqtt"), dict):  # keepalive_s, protocol …: not the URL nor credentials
-                kept["mqtt"] = {key: value for key, value in data["mqtt"].items() if key not in MQTT_PROVISIONED}
-            return kept
+            return EarlierNodeFile(text, data)
         problem = "not a mapping of settings"
     raise FleetError(
         f"{path}: {problem}. Nothing was changed: fix it (`s4edge agent check -c {path}`), or move it away "
         "to have a fresh one written"
     )
+
+
+def technician_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """What an earlier ``node.yaml`` holds beyond what provisioning sets (PROVISIONED): the sources
+    wired on site, tuned intervals. Provisioning again (a password rotation) keeps them."""
+    kept = {key: value for key, value in settings.items() if key not in PROVISIONED}
+    if isinstance(settings.get("mqtt"), dict):  # keepalive_s, protocol …: not the URL nor credentials
+        kept["mqtt"] = {key: value for key, value in settings["mqtt"].items() if key not in MQTT_PROVISIONED}
+    return kept
 
 
 def _with_settings(config: dict[str, Any], kept: dict[str, Any], outbox: Path | None) -> dict[str, Any]:
@@ -231,7 +248,8 @@ def provision_node(req: NodeRequest, ca: FleetCA, fleet: Fleet, out: Path, board
     profile = load_board(req.board, boards)
     fleet.check_free(req.node_id, "node", req.site)
     path = Path(out) / CONFIG_FILE
-    kept = technician_settings(path)
+    earlier = earlier_node_file(path)
+    kept = technician_settings(earlier.settings) if earlier else {}
     hashed, files, credential_files, serial = _credentials(req.node_id, req.client_cert, ca, out, "node")
     _rotate(fleet, ca, Identity(req.node_id, "node", req.site, hashed, req.client_cert, serial))
     verify_key = _copy_command_key(fleet.folder, Path(out))
@@ -239,8 +257,17 @@ def provision_node(req: NodeRequest, ca: FleetCA, fleet: Fleet, out: Path, board
         files.append(verify_key)
     config = node_config(req, profile, credential_files, verify_key.name if verify_key else None)
     config = _with_settings(config, kept, req.outbox)
-    replace_file(path, render_node_file(req, profile, config))
-    return Provisioned(fleet.identities[req.node_id], [path, *files], path)
+    identity = fleet.identities[req.node_id]
+    if earlier is None:
+        replace_file(path, render_node_file(req, profile, config))
+        return Provisioned(identity, [path, *files], path)
+    # Edited, not written anew: a safe_dump round trip turned the technician's `address: 0x48`
+    # into 72 and dropped every comment. Only a file that cannot be edited so is written anew.
+    changed = tuple(key for key, value in config.items() if earlier.settings.get(key, _UNSET) != value)
+    text = with_top_level(earlier.text, config) or render_node_file(req, profile, config)
+    if text != earlier.text:
+        replace_file(path, text)
+    return Provisioned(identity, [path, *files], path, again=True, changed=changed)
 
 
 def provision_aggregator(name: str, ca: FleetCA, fleet: Fleet, out: Path, client_cert: bool = False) -> Provisioned:

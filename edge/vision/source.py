@@ -2,6 +2,8 @@
 
 Validation touches neither the camera nor the model:
 OpenCV and onnxruntime load inside ``build``'s collaborators, when the node starts.
+``preflight`` (``s4edge agent check``) finds offline what would stop the camera there: a model
+the catalogue lacks, weights neither cached nor pullable, a replayed file that is not there.
 A model swapped in by the ``swap_model`` command is kept beside the outbox (``swaps.py``) and
 runs again when the camera is built again, until the config names another model.
 
@@ -216,7 +218,60 @@ class VisionSource:
         )
 
 
+def _missing_replay(camera: CameraConfig) -> str | None:
+    """A ``replay:`` file or folder that is not there: the camera could only fault, for good."""
+    if not camera.url.startswith("replay:"):
+        return None
+    path = Path(camera.url.removeprefix("replay:"))  # absolute: edge.config placed it
+    if path.exists():
+        return None
+    return f"nothing at {path} to replay; copy the clip (or its folder of images) there, or correct camera.url"
+
+
+def _model_problems(model: ModelConfig) -> list[tuple[str, str, str]]:
+    """The model is in the catalogue, and its weights are cached or can be pulled as the agent starts.
+    Read from the manifests and the cache folder: no weights are read, no model is loaded."""
+    from s4edge.edge.vision.catalogue import MIRROR_ENV, Catalogue, CatalogueError, default_mirror
+    from s4edge.edge.vision.manifest import ManifestError
+
+    catalogue = Catalogue.from_env()
+    try:
+        entry = catalogue.get(model.name)
+    except (CatalogueError, ManifestError) as exc:
+        return [("error", "model.name", f"{exc}; `s4edge models list` shows the catalogue")]
+    weights = catalogue.weights_path(entry.manifest)
+    if weights.is_file():
+        return []
+    missing = f"the weights of {model.name} are not in the model cache ({weights})"
+    offline = f"`s4edge models pull {model.name} --from DIR`, DIR a folder holding {entry.manifest.file}"
+    if not model.pull:
+        return [("error", "model.name", f"{missing}, and model.pull is false; run {offline}")]
+    origin = default_mirror() or entry.manifest.url
+    if not origin:
+        nowhere = f"its manifest names no url, and {MIRROR_ENV} is not set"
+        return [("error", "model.name", f"{missing}, and {nowhere}; run {offline}")]
+    return [
+        (
+            "warning",
+            "model.name",
+            f"{missing}: the agent pulls them as it starts, from {origin}; if the node cannot reach that, "
+            f"run `s4edge models pull {model.name}` first (offline: {offline})",
+        )
+    ]
+
+
+def preflight(config: Config) -> list[tuple[str, str, str]]:
+    """What would stop this camera as the agent starts, found offline without opening the camera or
+    loading the model: (``"error"`` or ``"warning"``, the key in this source's config, what to do)."""
+    problems = _model_problems(config.model)
+    if (missing := _missing_replay(config.camera)) is not None:
+        problems.insert(0, ("error", "camera.url", missing))
+    return problems
+
+
 def build(config: Config, book: IncidentBook) -> VisionSource:
+    if (missing := _missing_replay(config.camera)) is not None:  # a reload that names it is refused
+        raise ValueError(f"camera.url: {missing}")
     detector = load_detector(config.model, scene=config.scene)
     pipeline = VisionPipeline(
         config.name,

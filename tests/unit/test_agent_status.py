@@ -183,6 +183,54 @@ def test_an_unreadable_outbox_says_to_use_the_agents_user(node_yaml: Path, tmp_o
     assert result.output.startswith(f"error: cannot read the outbox {outbox} (Permission denied): run this as")
 
 
+def json_error(result: Any) -> dict[str, Any]:
+    """What ``--json`` printed for an error: one JSON object on stdout, nothing else."""
+    assert "Traceback" not in result.output
+    said = json.loads(result.stdout)  # a script reads stdout; text there would not parse
+    assert set(said) == {"error", "hint"} and all(said.values()), said
+    return dict(said)
+
+
+def test_under_json_no_outbox_is_a_json_error_with_the_same_exit_code(node_yaml: Path) -> None:
+    # a monitoring script ran `s4edge agent status --json | jq` on a node whose agent had not run
+    # yet: it got "error: no outbox at …" and could not parse it
+    result = status(node_yaml, "--json")
+    assert result.exit_code == 1
+    outbox = node_yaml.parent / "state" / "outbox.db"
+    said = json_error(result)
+    assert said["error"] == f"no outbox at {outbox}"
+    assert said["hint"] == (
+        f"no agent has run with this config yet, or outbox.path in {node_yaml} is not the running agent's"
+    )
+
+
+@pytest.mark.parametrize("what", ["a text file", "a folder"])
+def test_under_json_an_unreadable_outbox_is_a_json_error(node_yaml: Path, what: str) -> None:
+    outbox = node_yaml.parent / "state" / "outbox.db"
+    outbox.parent.mkdir()
+    if what == "a folder":
+        outbox.mkdir()
+    else:
+        outbox.write_text("node_id: sim-node-1\n" * 100)
+    result = status(node_yaml, "--json")
+    assert result.exit_code == 1
+    said = json_error(result)
+    assert str(outbox) in said["error"]
+    text = status(node_yaml)  # the text says the same, in one line
+    assert text.exit_code == 1 and text.output == f"error: {said['error']}: {said['hint']}\n"
+
+
+def test_under_json_a_bad_config_is_a_json_error_with_the_same_exit_code(tmp_path: Path) -> None:
+    bad = tmp_path / "node.yaml"
+    bad.write_text("node_id: [unclosed\n")
+    assert status(bad).exit_code == 2
+    result = status(bad, "--json")
+    assert result.exit_code == 2
+    said = json_error(result)
+    assert str(bad) in said["error"] and "not valid YAML" in said["error"]
+    assert "s4edge agent check" in said["hint"]
+
+
 def test_a_receipt_and_a_puback_are_stamped_when_they_come(tmp_outbox: Outbox) -> None:
     from s4edge.cloud_sync.outbox import read_backlog
 

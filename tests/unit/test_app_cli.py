@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,91 @@ def test_tls_files_are_not_read_for_a_plain_broker(tmp_path: Path) -> None:
     (tmp_path / "node.yaml").write_text(yaml.safe_dump(data))
     result = runner.invoke(app, ["agent", "check", "--config", str(tmp_path / "node.yaml")])
     assert result.exit_code == 0, result.output
+
+
+def test_the_config_option_points_to_a_file_a_wheel_install_has() -> None:
+    # "see firmware_configs/sim-node.yaml": a node installed from the wheel has no such file
+    import typer
+
+    from s4edge.edge.cli import agent_app
+
+    helps = {
+        name: param.help
+        for name, command in typer.main.get_group(agent_app).commands.items()
+        for param in command.params
+        if param.name == "config"
+    }
+    assert set(helps) == {"check", "run", "status"}
+    for name, text in helps.items():
+        assert "firmware_configs" not in text and "`s4edge provision` writes" in text, (name, text)
+
+
+def camera_node(tmp_path: Path, model: dict, url: str = "replay:clip.avi") -> Path:
+    """node.yaml with one replayed camera through ``model``; the clip is there (build opens nothing)."""
+    data = yaml.safe_load(SIM.read_text())
+    data["outbox"] = {"path": str(tmp_path / "state" / "outbox.db")}
+    data["sources"] = [{"type": "vision", "name": "cam0", "camera": {"url": url}, "model": model}]
+    (tmp_path / "clip.avi").write_bytes(b"")
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(data))
+    return tmp_path / "node.yaml"
+
+
+@pytest.fixture
+def empty_model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A model cache with nothing pulled, and no mirror to pull from."""
+    monkeypatch.setenv("S4EDGE_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("S4EDGE_MODEL_MIRROR", raising=False)
+    return tmp_path / "cache"
+
+
+def test_check_refuses_a_model_the_catalogue_does_not_have(tmp_path: Path) -> None:
+    # `agent check` passed `model: no-such-model`, and the agent then failed as it started
+    node_yaml = camera_node(tmp_path, {"name": "no-such-model"})
+    result = runner.invoke(app, ["agent", "check", "--config", str(node_yaml)])
+    assert result.exit_code == 2, result.output
+    assert f"{node_yaml}: sources.0.model.name: unknown model 'no-such-model'" in result.output
+    assert "fastestdet" in result.output and "s4edge models list" in result.output
+
+
+def test_check_reads_the_catalogue_without_loading_a_model_or_opening_the_camera(tmp_path: Path) -> None:
+    node_yaml = camera_node(tmp_path, {"name": "fastestdet"})
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom s4edge.cli import app\n"
+        f"result = CliRunner().invoke(app, ['agent', 'check', '--config', {str(node_yaml)!r}])\n"
+        "print(result.exit_code, 'onnxruntime' in sys.modules, 'cv2' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "False", "False"], out.stdout + out.stderr
+
+
+def test_check_refuses_a_model_whose_weights_are_not_cached_and_cannot_be_pulled(
+    tmp_path: Path, empty_model_cache: Path
+) -> None:
+    # offline, with nothing in the cache and nowhere to pull from, the agent could not start
+    for model in ({"name": "fastestdet-tflite"}, {"name": "fastestdet-tflite", "pull": False}):
+        node_yaml = camera_node(tmp_path, model)
+        result = runner.invoke(app, ["agent", "check", "--config", str(node_yaml)])
+        assert result.exit_code == 2, result.output
+        assert "sources.0.model.name: the weights of fastestdet-tflite are not in the model cache" in result.output
+        assert str(empty_model_cache) in result.output
+        assert "`s4edge models pull fastestdet-tflite --from DIR`" in result.output
+
+
+def test_check_warns_of_weights_the_agent_will_pull_as_it_starts(
+    tmp_path: Path, empty_model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("S4EDGE_MODEL_MIRROR", str(tmp_path / "mirror"))
+    node_yaml = camera_node(tmp_path, {"name": "fastestdet-tflite"})
+    result = runner.invoke(app, ["agent", "check", "--config", str(node_yaml)])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "the agent pulls them as it starts" in result.output
+    assert "`s4edge models pull fastestdet-tflite`" in result.output and ": ok (" in result.output
+    shipped = runner.invoke(app, ["agent", "check", "--config", str(camera_node(tmp_path, {"name": "fastestdet"}))])
+    assert shipped.exit_code == 0 and "warning" not in shipped.output, shipped.output
+
+
+def test_check_refuses_a_replay_file_that_is_not_there(tmp_path: Path) -> None:
+    node_yaml = camera_node(tmp_path, {"name": "fastestdet"}, url="replay:clips/missing.avi")
+    result = runner.invoke(app, ["agent", "check", "--config", str(node_yaml)])
+    assert result.exit_code == 2, result.output
+    assert f"sources.0.camera.url: nothing at {tmp_path / 'clips' / 'missing.avi'} to replay" in result.output

@@ -202,6 +202,63 @@ def test_provisioning_again_keeps_what_the_technician_wrote_in_node_yaml(fleet_d
     assert config.mqtt.password_file.read_text() != before
 
 
+ADAPTED_ON_SITE = """
+sources:
+  - type: sensors
+    bus: sim
+    sensors:
+      # the hall's MQ-2, on the ADS1115 at 0x48 (ADDR to GND)
+      - {name: mq2-1, kind: mq2, gas: methane, address: 0x48, channel: 0}
+"""
+
+
+def adapt_on_site(node_yaml: Path) -> str:
+    """node.yaml as a technician leaves it: a tuned, commented heartbeat and a sensor by its hex address."""
+    text = node_yaml.read_text()
+    assert "heartbeat:\n  interval_s: 30\n" in text
+    text = text.replace("heartbeat:\n  interval_s: 30\n", "heartbeat:\n  interval_s: 0x1e  # 30 s, on battery\n")
+    node_yaml.write_text(text + ADAPTED_ON_SITE)
+    return text + ADAPTED_ON_SITE
+
+
+def test_provisioning_again_keeps_node_yaml_as_the_technician_wrote_it(fleet_dir: Path, tmp_path: Path) -> None:
+    # a re-provisioning turned `address: 0x48` into `address: 72`, and every comment the
+    # technician had written was gone
+    assert provision(tmp_path, "node-a")[0] == 0
+    node_yaml = tmp_path / "node-a" / "node.yaml"
+    adapted = adapt_on_site(node_yaml)
+    code, output = provision(tmp_path, "node-a")  # a password rotation
+    assert code == 0, output
+    assert node_yaml.read_text() == adapted  # the password is in its own file
+    code, output = provision(tmp_path, "node-a", "plaza", "--zone", "north gate", "--client-cert")
+    assert code == 0, output
+    text = node_yaml.read_text()
+    assert text.endswith(ADAPTED_ON_SITE) and "  interval_s: 0x1e  # 30 s, on battery\n" in text
+    config = load_config(node_yaml)
+    assert config.location.zone == "north gate" and config.mqtt.password_file is None
+    assert config.mqtt.cert_file == tmp_path / "node-a" / "node.crt"
+    assert config.sources[0].sensors[0].address == 0x48 and config.heartbeat.interval_s == 30
+
+
+def test_provisioning_again_says_to_copy_the_credentials_not_node_yaml(fleet_dir: Path, tmp_path: Path) -> None:
+    # "next: copy node-a/ to the node's /etc/s4edge/" would put the laptop's node.yaml over the
+    # one the node was adapted with on site
+    out = tmp_path / "node-a"
+    code, first = provision(tmp_path, "node-a")
+    assert code == 0 and f"next: copy {out}/ to the node's /etc/s4edge/" in first
+    adapt_on_site(out / "node.yaml")
+    code, again = provision(tmp_path, "node-a")
+    assert code == 0, again
+    (hint,) = [line for line in again.splitlines() if line.startswith("next:")]
+    assert f"copy {out}/ " not in hint
+    credentials = f"{out / 'ca.crt'}, {out / 'mqtt.password'} and {out / 'command.pub'}"
+    assert hint.startswith(f"next: copy only {credentials} to the node's /etc/s4edge/")
+    assert "not node.yaml" in hint and "systemctl restart s4edge-agent" in hint
+    assert "changed" not in again
+    code, moved = provision(tmp_path, "node-a", "plaza", "--zone", "north gate")
+    assert code == 0 and f"{out / 'node.yaml'}: location changed" in moved, moved
+
+
 def test_provisioning_over_a_node_yaml_it_cannot_read_rotates_nothing(fleet_dir: Path, tmp_path: Path) -> None:
     assert provision(tmp_path, "node-a")[0] == 0
     node_yaml = tmp_path / "node-a" / "node.yaml"

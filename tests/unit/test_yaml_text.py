@@ -10,7 +10,7 @@ import yaml
 
 from s4edge.edge.config import parse_config_text
 from s4edge.resources import packaged
-from s4edge.yaml_text import load_yaml
+from s4edge.yaml_text import load_yaml, with_top_level
 
 
 @pytest.mark.parametrize("scalar", ["22:00", "1:30:00", "190:20:30.15", "-1:00"])
@@ -43,3 +43,35 @@ def test_the_node_config_reads_an_unquoted_night_window_as_the_night(tmp_path: P
     (camera,) = config.sources
     window = camera.scene.rules[0].window  # type: ignore[union-attr]
     assert (window.start, window.end) == (time(22, 0), time(6, 0))
+
+
+WRITTEN = """# node.yaml, adapted on site
+node_id: n1  # the pole by the fountain
+mqtt:
+  url: mqtts://old:8883
+  keepalive_s: 0x3c
+
+# wired on the 3rd
+sources:
+  - {name: mq2-1, address: 0x48}
+"""
+
+
+def test_setting_top_level_keys_keeps_every_other_line_as_written() -> None:
+    edited = with_top_level(WRITTEN, {"node_id": "n1", "mqtt": {"url": "mqtts://new:8883", "keepalive_s": 60}})
+    assert edited is not None
+    assert edited.replace("url: mqtts://new:8883\n  keepalive_s: 60", "") == WRITTEN.replace(
+        "url: mqtts://old:8883\n  keepalive_s: 0x3c", ""
+    )
+    assert with_top_level(WRITTEN, {"node_id": "n1"}) == WRITTEN  # an unchanged value is not written again
+    added = with_top_level(WRITTEN.rstrip("\n"), {"site": "plaza"})
+    assert added == WRITTEN + "site: plaza\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{node_id: n1, site: s}\n", "node_id: &id n1\nsite: *id\n"],
+    ids=["flow style at the top", "an anchor used by another entry"],
+)
+def test_a_file_that_cannot_be_edited_in_place_is_said_so(text: str) -> None:
+    assert with_top_level(text, {"node_id": "n2"}) is None
