@@ -2,8 +2,8 @@
 
 Validation touches neither the camera nor the model:
 OpenCV and onnxruntime load inside ``build``'s collaborators, when the node starts.
-``preflight`` (``s4edge agent check``) finds offline what would stop the camera there: a model
-the catalogue lacks, weights neither cached nor pullable, a replayed file that is not there.
+``preflight`` (``s4edge agent check``) finds offline what would stop the camera there (a model
+the catalogue lacks, weights neither cached nor pullable) or fault it (a replayed file that is not there).
 A model swapped in by the ``swap_model`` command is kept beside the outbox (``swaps.py``) and
 runs again when the camera is built again, until the config names another model.
 
@@ -219,13 +219,17 @@ class VisionSource:
 
 
 def _missing_replay(camera: CameraConfig) -> str | None:
-    """A ``replay:`` file or folder that is not there: the camera could only fault, for good."""
+    """A ``replay:`` file or folder that is not there: the camera faults (``camera_fault``) until it is,
+    as an unplugged camera does; the node starts and runs its other sources meanwhile."""
     if not camera.url.startswith("replay:"):
         return None
     path = Path(camera.url.removeprefix("replay:"))  # absolute: edge.config placed it
     if path.exists():
         return None
-    return f"nothing at {path} to replay; copy the clip (or its folder of images) there, or correct camera.url"
+    return (
+        f"nothing at {path} to replay: the camera faults until it is there; copy the clip (or its folder "
+        "of images) there, or correct camera.url"
+    )
 
 
 def _model_problems(model: ModelConfig) -> list[tuple[str, str, str]]:
@@ -265,13 +269,11 @@ def preflight(config: Config) -> list[tuple[str, str, str]]:
     loading the model: (``"error"`` or ``"warning"``, the key in this source's config, what to do)."""
     problems = _model_problems(config.model)
     if (missing := _missing_replay(config.camera)) is not None:
-        problems.insert(0, ("error", "camera.url", missing))
+        problems.insert(0, ("warning", "camera.url", missing))
     return problems
 
 
 def build(config: Config, book: IncidentBook) -> VisionSource:
-    if (missing := _missing_replay(config.camera)) is not None:  # a reload that names it is refused
-        raise ValueError(f"camera.url: {missing}")
     detector = load_detector(config.model, scene=config.scene)
     pipeline = VisionPipeline(
         config.name,

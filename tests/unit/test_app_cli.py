@@ -215,8 +215,10 @@ def test_check_warns_of_weights_the_agent_will_pull_as_it_starts(
     assert shipped.exit_code == 0 and "warning" not in shipped.output, shipped.output
 
 
-def test_check_refuses_a_replay_file_that_is_not_there(tmp_path: Path) -> None:
+def test_check_warns_of_a_replay_file_that_is_not_there(tmp_path: Path) -> None:
+    # the camera faults until the file is there, as an unplugged one does: the node still starts
     node_yaml = camera_node(tmp_path, {"name": "fastestdet"}, url="replay:clips/missing.avi")
     result = runner.invoke(app, ["agent", "check", "--config", str(node_yaml)])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 0, result.output
     assert f"sources.0.camera.url: nothing at {tmp_path / 'clips' / 'missing.avi'} to replay" in result.output
+    assert "warning" in result.output
