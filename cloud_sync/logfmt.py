@@ -53,15 +53,24 @@ class FailureLog:
     """A loop's failures with a rate limit: the first with its traceback, then at most one
     line per ``every_s`` that counts the failures since, and one line when the loop works
     again. A loop failing on every turn (a full disk, a broken driver) must neither flood
-    the journal nor go quiet about it. Thread-safe: the sources share the telemetry's."""
+    the journal nor go quiet about it. Thread-safe: the sources share the telemetry's.
+
+    A failure that ``expected`` says is a condition of the machine, not a bug (a full disk),
+    is a WARNING of one line: its traceback would only say where it was noticed."""
 
     def __init__(
-        self, logger: logging.Logger, what: str, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self,
+        logger: logging.Logger,
+        what: str,
+        every_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        expected: Callable[[BaseException], bool] = lambda exc: False,
     ) -> None:
         self.logger = logger
         self.what = what
         self.every_s = every_s
         self._clock = clock
+        self._expected = expected
         self.failures = 0  # in the current run of failures
         self._unlogged = 0
         self._logged_at = 0.0
@@ -71,12 +80,15 @@ class FailureLog:
         with self._lock:
             now = self._clock()
             self.failures += 1
+            expected = self._expected(exc)
+            level = logging.WARNING if expected else logging.ERROR
+            said = str(exc) if expected else f"{type(exc).__name__}: {exc}"
             if self.failures == 1:
-                self.logger.error("%s failed: %s: %s", self.what, type(exc).__name__, exc, exc_info=exc)
+                self.logger.log(level, "%s failed: %s", self.what, said, exc_info=None if expected else exc)
             elif now - self._logged_at >= self.every_s:
-                self.logger.error(
-                    "%s still failing: %d more failures in %.0f s, the last: %s: %s",
-                    self.what, self._unlogged + 1, now - self._logged_at, type(exc).__name__, exc,
+                self.logger.log(
+                    level, "%s still failing: %d more failures in %.0f s, the last: %s",
+                    self.what, self._unlogged + 1, now - self._logged_at, said,
                 )  # fmt: skip
             else:
                 self._unlogged += 1

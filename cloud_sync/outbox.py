@@ -21,7 +21,10 @@ A node stopped cleanly leaves no WAL or shared-memory file, and SQLite must crea
 open the outbox again: on a disk with no byte left it cannot (``disk I/O error``,
 SQLITE_IOERR_SHMSIZE), and the node would not start. So the outbox keeps ``RESERVE_BYTES``
 in a file beside it (``outbox.db.reserve``), gives that space up to open on a full disk, and
-takes it back once a commit finds room for it again.
+takes it back once a commit finds room for it twice over.
+
+Telemetry that cannot be stored (a full disk) is dropped and counted with the evicted: in
+memory at once, and on disk with the next commit that goes through.
 
 ``read_backlog`` reads what an outbox holds, and when the broker and the aggregator last took
 something from it, without its writer and without changing it (``s4edge agent status``).
@@ -48,6 +51,10 @@ SEQ_BLOCK: Final = 1000
 RESERVE_BYTES: Final = 512 * 1024  # room to create the WAL and shared memory on a full disk, and then some
 SEEN_COMMANDS_KEPT: Final = 4096  # executed commands' ids kept past their expiry (about 0.3 MB)
 RESERVE_RETRY_S: Final = 5.0  # how often a commit tries to take the reserve back while it is given up
+# The room a disk must have before the reserve is written again: twice the reserve, so that as
+# much stays for the outbox's writes. With just the reserve's own room, taking it back refilled
+# the disk that giving it up had just freed, and commits failed again at every retry.
+RESERVE_TAKE_BACK_BYTES: Final = 2 * RESERVE_BYTES
 # Counters stamped (UNIX seconds) in the commit of an ack or in-flight mark (the broker took a
 # stored message: its PUBACK, or for QoS 0 its write to the connection) and of a receipt's
 # delete: a technician reads them while the node is offline, its agent running or not.
@@ -141,6 +148,8 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.telemetry_max = telemetry_max
         self.reserve = self.path.with_name(f"{self.path.name}.reserve")
+        # the room a missing reserve waits for: its own as the outbox is made, twice it after
+        self._reserve_room = RESERVE_BYTES if not self.path.exists() else RESERVE_TAKE_BACK_BYTES
         self._failure: BaseException | None = None  # ``failure``
         self._probed = float("-inf")
         try:
@@ -152,6 +161,9 @@ class Outbox:
         self._reserve_tried = float("-inf")
         self._failure = self._space_fault()
         self._read_lock = threading.Lock()
+        # telemetry that could not be stored (``put`` failed), counted on disk with the next commit
+        self._unstored_drops = 0
+        self._drops_lock = threading.Lock()  # held across that commit: ``dropped`` never counts one twice
         counters = dict(self._reader_db.execute("SELECT name, value FROM counter").fetchall())
         self._seq: int = counters.get("seq_reserved", 0)
         self._seq_reserved: int = self._seq
@@ -178,10 +190,14 @@ class Outbox:
             self._writer_db.close()
             raise
 
+    def _room(self) -> int:
+        """Bytes left on the outbox's disk for an unprivileged writer."""
+        stats = os.statvfs(self.path.parent)
+        return stats.f_bavail * stats.f_frsize
+
     def _disk_full(self) -> bool:
         """Less room left on the outbox's disk than its reserve holds."""
-        stats = os.statvfs(self.path.parent)
-        return stats.f_bavail * stats.f_frsize < RESERVE_BYTES
+        return self._room() < RESERVE_BYTES
 
     def _give_up_reserve(self) -> bool:
         try:
@@ -204,23 +220,29 @@ class Outbox:
         return failure
 
     def _space_fault(self) -> OSError | None:
-        """After a commit: take the reserve back if it was given up (at most every
+        """After a commit: take the reserve back if it was given up, once the disk has room
+        for it twice over (``RESERVE_TAKE_BACK_BYTES``; its WAL cut back first, at most every
         ``RESERVE_RETRY_S``); less room on the disk than the reserve holds is a full disk,
         though commits still find room (in the WAL, or in what the reserve gave up)."""
-        if not self.reserve.exists() and time.monotonic() - self._reserve_tried >= RESERVE_RETRY_S:
-            # the WAL grew into the room the reserve gave up, and never shrinks by itself
-            with contextlib.suppress(sqlite3.Error):
-                self._writer_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._take_back_reserve()
-        if not self._disk_full():
+        room = self._room()
+        if not self.reserve.exists():
+            if time.monotonic() - self._reserve_tried >= RESERVE_RETRY_S:
+                self._reserve_tried = time.monotonic()
+                # the WAL grew into the room the reserve gave up, and never shrinks by itself
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                room = self._room()
+            if room >= self._reserve_room:
+                self._take_back_reserve()
+                room = self._room()
+        if room >= RESERVE_BYTES:
             return None
         where = "the outbox runs on its reserve" if not self.reserve.exists() else "the next write may fail"
         return OSError(errno.ENOSPC, f"no space left on the disk: {where} ({self.reserve.name})")
 
     def _take_back_reserve(self) -> None:
         """Write the missing reserve file; on a disk without room for it, nothing (tried again
-        at most every ``RESERVE_RETRY_S``, after a commit)."""
-        self._reserve_tried = time.monotonic()
+        after a later commit)."""
         partial = self.reserve.with_name(f"{self.reserve.name}.new")
         try:
             with open(partial, "wb") as file:
@@ -230,6 +252,8 @@ class Outbox:
             partial.rename(self.reserve)
         except OSError:
             partial.unlink(missing_ok=True)
+        else:
+            self._reserve_room = RESERVE_TAKE_BACK_BYTES
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -293,7 +317,12 @@ class Outbox:
             for op in batch:
                 op.result = op.write(db)
             self._evict_telemetry(db)
-            db.execute("COMMIT")
+            with self._drops_lock:
+                unstored = self._unstored_drops
+                if unstored:
+                    _add_counter(db, "telemetry_dropped", unstored)
+                db.execute("COMMIT")
+                self._unstored_drops -= unstored
         except BaseException:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):  # a failing disk may fail this too: the writer lives on
@@ -354,7 +383,7 @@ class Outbox:
     ) -> int:
         """Store one message; returns its row id once it is on disk. With ``receipt_id`` it
         stays until a receipt names that id (``confirm``), not just until its PUBACK."""
-        return int(self._submit(_insert(topic, payload, qos, kind, retain, receipt_id)).wait())
+        return self._stored(self._submit(_insert(topic, payload, qos, kind, retain, receipt_id)), kind)
 
     def put_next(
         self,
@@ -378,7 +407,18 @@ class Outbox:
                 # is ever beyond the counter a restart starts from.
                 write = _reserving(self._seq_reserved, write)
             op = self._submit(write)
-        return int(op.wait())
+        return self._stored(op, kind)
+
+    def _stored(self, op: Operation, kind: str) -> int:
+        """The row id of a put once it is on disk; telemetry that cannot be stored (a full disk)
+        is dropped, and counted as dropped, before the error is raised."""
+        try:
+            return int(op.wait())
+        except BaseException:
+            if kind == TELEMETRY:
+                with self._drops_lock:
+                    self._unstored_drops += 1
+            raise
 
     def ack(self, row_ids: Iterable[int], wait: bool = True) -> None:
         """Delete rows the broker has acknowledged (PUBACK). With ``wait=False`` the delete
@@ -473,10 +513,11 @@ class Outbox:
         return int(count)
 
     def dropped(self) -> int:
-        """Telemetry rows evicted to keep the bound, since the outbox was created."""
-        with self._read_lock:
+        """Telemetry dropped since the outbox was created: rows evicted to keep the bound, and
+        messages that could not be stored (those on disk only once a commit goes through)."""
+        with self._drops_lock, self._read_lock:
             row = self._reader_db.execute("SELECT value FROM counter WHERE name = 'telemetry_dropped'").fetchone()
-        return int(row[0]) if row else 0
+            return (int(row[0]) if row else 0) + self._unstored_drops
 
     def wait_for_put(self, timeout: float) -> bool:
         """Block until something was committed (or timeout); used by the forwarder to sleep."""

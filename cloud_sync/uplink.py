@@ -357,11 +357,26 @@ class MqttUplink:
                 log.exception("on_connect hook failed")
 
     def _on_disconnect(
-        self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: object,
     ) -> None:
         if self.connected.is_set() and not self._closing.is_set():
-            log.warning("disconnected from %s:%s: %s", self._host, self._port, reason)
+            log.warning("disconnected from %s:%s: %s", self._host, self._port, _disconnect_reason(flags, reason))
         self.connected.clear()
+
+
+def _disconnect_reason(flags: mqtt.DisconnectFlags, reason: ReasonCode) -> str:
+    """Why the connection ended. paho 2 gives a connection it lost (MQTT_ERR_CONN_LOST: the
+    broker stopped, the network went) the DISCONNECT reason code "Unspecified error"
+    (``convert_disconnect_error_code_to_reason_code``), as though the broker had sent one;
+    only a DISCONNECT packet from the broker carries its own reason (MQTT 5.0 §3.14.2.1)."""
+    if not flags.is_disconnect_packet_from_server and reason == ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"):
+        return "connection lost"
+    return str(reason)
 
 
 def _loop_writes(client: mqtt.Client, userdata: object, sock: object) -> None:

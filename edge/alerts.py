@@ -70,6 +70,14 @@ class AlertDraft:
 Emit = Callable[[AlertDraft], None]
 
 
+class AlertNotStored(Exception):
+    """What an ``Emit`` raises when the node could not take an alert: its outbox cannot store
+    it (a full disk) and as many as it keeps in memory wait already. The node's fault, which
+    it reports as its outbox's (``disk_full``, ``outbox``), never the source's: a source that
+    gets it counts no fault of its own, and the book, unchanged, raises it again at the next
+    report."""
+
+
 def severity_rank(severity: Severity) -> int:
     return SEVERITIES.index(severity)
 

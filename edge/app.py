@@ -46,14 +46,15 @@ from s4edge.cloud_sync.messages import (
     topic,
     utc_now,
 )
-from s4edge.cloud_sync.outbox import TELEMETRY, Outbox
+from s4edge.cloud_sync.outbox import TELEMETRY, Outbox, is_disk_full
 from s4edge.cloud_sync.uplink import Backoff, Forwarder, MqttUplink, Uplink, UplinkSettings
-from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.alerts import AlertDraft, AlertNotStored, IncidentBook
 from s4edge.edge.config import ConfigError, config_digest, parse_config_text
 from s4edge.edge.health import FaultLog, Health, ServiceNotifier, Vitals
 from s4edge.edge.incident_journal import IncidentJournal, journal_path
 from s4edge.edge.sources import AlertSource, SourceContext, build_source
 from s4edge.edge.supervision import Watchdog, alive
+from s4edge.edge.unstored_alerts import UnstoredAlerts
 
 if TYPE_CHECKING:  # loaded when a command needs it: signatures imports cryptography
     from s4edge.edge.signatures import CommandVerifier
@@ -163,6 +164,7 @@ class Node:
         self.verifier = self._load_verifier(config)  # a bad key file stops the node before it opens anything
         self.outbox = Outbox(config.outbox.path, config.outbox.telemetry_max)
         self.journal = IncidentJournal(journal_path(Path(config.outbox.path)))
+        self.unstored = UnstoredAlerts(self._store, str(config.outbox.path))  # a full disk's alerts, in memory
         self.health = Health()
         self.faults = FaultLog()  # every fault and recovery published goes to the log too
         self.vitals = Vitals(config.heartbeat.thermal_zone)
@@ -181,7 +183,9 @@ class Node:
         self._reloading = threading.Lock()
         self._stop = threading.Event()
         self._telemetry_sent: dict[str, float] = {}
-        self._telemetry_failures = FailureLog(log, "storing telemetry (dropped meanwhile)")
+        self._telemetry_failures = FailureLog(
+            log, f"storing telemetry in {config.outbox.path} (dropped and counted meanwhile)", expected=is_disk_full
+        )
         self._announced_degraded: list[str] = []
         self._next_beat = float("-inf")
         self._commands: queue.Queue[Command] = queue.Queue()
@@ -217,7 +221,11 @@ class Node:
         except sqlite3.Error:
             return self.outbox.next_seq(durable=False)
         finally:
-            self.health.set_outbox(self.outbox.failure)  # the reservation probes the disk now and then
+            self._report_outbox()  # the reservation probes the disk now and then
+
+    def _report_outbox(self) -> None:
+        """The outbox's fault, if any, and the alerts it could not store yet, in health."""
+        self.health.set_outbox(self.outbox.failure, unstored_alerts=len(self.unstored))
 
     @property
     def digest(self) -> str:
@@ -232,20 +240,30 @@ class Node:
         self.uplink.publish(status_topic, payload, qos=1, retain=True)
 
     def publish_alert(self, draft: AlertDraft) -> Alert:
-        """Stamp who/where/seq on a draft and store it durably; returns the stored alert."""
+        """Stamp who/where/seq on a draft and store it durably; returns the stored alert.
+        Raises AlertNotStored when the outbox cannot store it now (nothing is kept: the
+        sources' alerts go through ``_emit``, which keeps them)."""
+        return self.unstored.store(draft, self._stamp(draft))
+
+    def _stamp(self, draft: AlertDraft) -> Alert:
         loc = self.config.location
         where = Location(lat=loc.lat, lon=loc.lon, zone=loc.zone)
-        alert = draft.stamped(self.config.node_id, self.config.site, where, self.config.status)
-        stored: list[Alert] = []
+        return draft.stamped(self.config.node_id, self.config.site, where, self.config.status)
+
+    def _store(self, draft: AlertDraft, alert: Alert) -> Alert:
+        """Put a stamped alert in the outbox with the next ``seq``; returns it as stored."""
+        stored = alert
 
         def stamp(seq: int) -> bytes:
-            stored.append(alert.model_copy(update={"seq": seq}))
-            return encode(stored[0])
+            nonlocal stored
+            stored = alert.model_copy(update={"seq": seq})
+            return encode(stored)
 
         # it leaves the outbox only when the aggregator's receipt names its id
         self.outbox.put_next(self._topic("alert"), stamp, qos=1, kind="alert", receipt_id=alert.id)
         self.journal.note(draft)  # stored: an incident a crash leaves open is ended at the next start
-        return stored[0]
+        self.faults.alert(draft)  # stored: a camera or sensor fault shows on the console as well
+        return stored
 
     def _on_receipt(self, topic_name: str, payload: bytes) -> None:
         """The aggregator stored these alerts: they may leave the outbox. Ids of alerts
@@ -257,15 +275,20 @@ class Node:
         self.outbox.confirm(message.alert_ids, wait=False)
 
     def _emit(self, draft: AlertDraft) -> None:
+        """A source's alert: stored, or kept in memory while the outbox cannot store it (a full
+        disk), and stored in order once it can. AlertNotStored only when memory holds as many
+        as it keeps; a fault of the node's outbox either way, never the source's."""
         try:
-            self.publish_alert(draft)
+            self.unstored.put(draft, self._stamp(draft))
         except (ValidationError, MessageError) as exc:
             log.error("alert %s/%s refused by the wire contract: %s", draft.kind, draft.state, exc)
             self.health.set("alerts", f"fault: alert refused ({draft.kind})")
             return
+        finally:
+            if len(self.unstored):
+                self._report_outbox()  # the disk at fault at once, not at the next tick
         if self.health.states().get("alerts", "ok") != "ok":
             self.health.set("alerts", "ok")  # the fault clears with the next alert that goes through
-        self.faults.alert(draft)  # stored: a camera or sensor fault shows on the console as well
 
     def _telemetry(self, source: str, readings: list[Measurement]) -> None:
         now = self.clock()
@@ -381,12 +404,14 @@ class Node:
                 self.health.set(source.name, "running")
                 source.run(ctx)
                 break
+            except AlertNotStored:
+                pass  # the outbox's fault, logged and reported as the outbox's: not this source's
             except Exception as exc:
                 failures.failed(exc)
                 self.health.set(source.name, f"failed: {exc}")
-                if time.monotonic() - started >= SOURCE_HEALTHY_S:
-                    backoff.reset()  # a fault after a long good run is a new fault, not the last one again
-                ctx.stop.wait(backoff.next())
+            if time.monotonic() - started >= SOURCE_HEALTHY_S:
+                backoff.reset()  # a fault after a long good run is a new fault, not the last one again
+            ctx.stop.wait(backoff.next())
         ended.set()
 
     # -- commands --------------------------------------------------------------------
@@ -589,17 +614,18 @@ class Node:
         """End what the last run left open (a crash, a power cut): no book remembers it now."""
         for end in self.journal.leftover():
             try:
-                self.publish_alert(end)
-            except Exception as exc:  # a full disk: noted still, ended at the next start
+                self.unstored.put(end, self._stamp(end))  # a full disk: kept, and stored once there is room
+            except Exception as exc:  # noted still: ended at the next start
                 log.warning("incident %s, left open at the last stop, not ended now: %s", end.incident, exc)
 
     def _tick_loop(self) -> None:
         # Each duty fails on its own: a broken incident book or a full disk must stop
         # neither the heartbeat nor the watchdog ping.
         duties: list[tuple[FailureLog, Callable[[], None]]] = [
-            (FailureLog(log, "incident expiry"), lambda: self.book.expire(self.clock())),
-            (FailureLog(log, "heartbeat"), self._heartbeat_when_due),
-            (FailureLog(log, "status update"), self._announce_faults),
+            (FailureLog(log, "storing the alerts kept in memory"), self.unstored.retry),
+            (FailureLog(log, "incident expiry", expected=_outbox_full), lambda: self.book.expire(self.clock())),
+            (FailureLog(log, "heartbeat", expected=_outbox_full), self._heartbeat_when_due),
+            (FailureLog(log, "status update", expected=_outbox_full), self._announce_faults),
             (FailureLog(log, "fault log"), self._log_degraded),
         ]
         while not self._stop.wait(min(1.0, self.config.heartbeat.interval_s)):
@@ -624,7 +650,7 @@ class Node:
 
     def _announce_faults(self) -> None:
         """A camera, sensor or outbox fault shows in the retained status too."""
-        self.health.set_outbox(self.outbox.failure)
+        self._report_outbox()
         if self.uplink.connected.is_set() and self.health.degraded() != self._announced_degraded:
             self.announce()
 
@@ -635,6 +661,13 @@ class Node:
         self._stop.set()
         for thread in self._threads:
             thread.join(5)
+        self.unstored.retry()
+        if lost := self.unstored.lost():
+            named = ", ".join(f"{d.kind} {d.state} of incident {d.incident}" for d in lost[:20])
+            log.error(
+                "%d alerts kept in memory are lost with this stop: the outbox could not store them (%s): %s",
+                len(lost), self.outbox.failure, named,
+            )  # fmt: skip
         if self.uplink.connected.is_set():
             self.forwarder.flush(flush_s)
         self.forwarder.stop()
@@ -661,6 +694,11 @@ class Node:
             log.error("%s not applied, the running config stays: %s", path, str(exc).removeprefix(f"{path}: "))
             return
         log.info("%s applied", path)
+
+
+def _outbox_full(exc: BaseException) -> bool:
+    """A full disk, or an alert the node could not take for it: a condition, not a bug."""
+    return is_disk_full(exc) or isinstance(exc, AlertNotStored)
 
 
 def _unless_failing(read: Callable[[], int]) -> int | None:

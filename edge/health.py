@@ -31,6 +31,9 @@ VISION_FIGURES = ("camera_fps", "inference_ms", "dropped_frames")
 # or any other error that keeps it from storing.
 DISK_FULL = "disk_full"
 OUTBOX_FAULT = "outbox"
+# Alerts the outbox could not store, kept in memory (edge.unstored_alerts): a count, not a
+# degraded part of its own; the outbox's fault says why.
+UNSTORED_ALERTS = "alerts_unstored"
 # The alert kinds that report a node's own part failing (docs/architecture.md, "Bad input").
 FAULT_KINDS = frozenset({"sensor_fault", "camera_fault"})
 DEGRADED_PREFIXES = ("fault", "failed")  # a state that marks its part degraded in the status
@@ -85,15 +88,20 @@ class Health:
         with self._lock:
             return dict(self._states)
 
-    def set_outbox(self, failure: BaseException | None) -> None:
+    def set_outbox(self, failure: BaseException | None, unstored_alerts: int = 0) -> None:
         """The outbox's last write: a full disk is a ``disk_full`` fault, any other error an
-        ``outbox`` fault, and a write that succeeds again clears both."""
+        ``outbox`` fault, and a write that succeeds again clears both. ``unstored_alerts``:
+        the alerts it could not store yet, which the node keeps in memory."""
         key = DISK_FULL if is_disk_full(failure) else OUTBOX_FAULT
         with self._lock:
             for stale in {DISK_FULL, OUTBOX_FAULT} - ({key} if failure is not None else set()):
                 self._states.pop(stale, None)
+            if not unstored_alerts:
+                self._states.pop(UNSTORED_ALERTS, None)
         if failure is not None:
             self.set(key, f"fault: {failure}")
+        if unstored_alerts:
+            self.set(UNSTORED_ALERTS, f"{unstored_alerts} kept in memory until the outbox stores them")
 
     def vision(self) -> VisionFigures:
         with self._lock:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from s4edge.cloud_sync.logfmt import FailureLog
+from s4edge.cloud_sync.outbox import is_disk_full
 from s4edge.edge.alerts import AlertDraft
 from s4edge.files import replace_file
 
@@ -43,7 +44,7 @@ class IncidentJournal:
         self.path = path
         self._open: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._failures = FailureLog(log, f"noting open incidents in {path}")
+        self._failures = FailureLog(log, f"noting open incidents in {path}", expected=is_disk_full)
 
     def note(self, draft: AlertDraft) -> None:
         """After ``draft`` was stored: an end forgets its incident, anything else notes it."""

@@ -33,7 +33,7 @@ from s4edge.cloud_sync.messages import Measurement, Severity
 from s4edge.drivers import ads1115, bme280, scd4x, sgp30
 from s4edge.drivers.ads1115 import FULL_SCALE_BITS
 from s4edge.drivers.errors import DriverError
-from s4edge.edge.alerts import IncidentBook
+from s4edge.edge.alerts import AlertNotStored, IncidentBook
 from s4edge.edge.config import NodeFile
 from s4edge.edge.sensing.alarms import LEL_PERCENT_VOL
 from s4edge.edge.sensing.co import ProfileName
@@ -233,6 +233,8 @@ class SensorsSource:
             telemetry.extend(sample.readings)
             try:
                 self._judge(probe, health, sample, now)
+            except AlertNotStored:  # the node's full disk, not this sensor's fault: the book raises it again
+                pass
             except Exception as exc:  # a rule's bug: as above
                 health.failed(now, f"{type(exc).__name__}: {exc}")
         return telemetry

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from s4edge.cloud_sync.logfmt import FailureLog
 from s4edge.cloud_sync.messages import ModelRef
-from s4edge.edge.alerts import Content, IncidentBook
+from s4edge.edge.alerts import AlertNotStored, Content, IncidentBook
 from s4edge.edge.sources import SourceContext
 from s4edge.edge.vision.analytics import SceneAnalytics
 from s4edge.edge.vision.capture import Capture
@@ -382,9 +382,12 @@ class VisionPipeline:
 
     def guarded(self, failures: FailureLog, stage: Callable[..., _T], *args: Any) -> _T | None:
         """``stage(*args)``; an error is counted, reported in health and logged by the
-        calling thread's ``failures``, and the frame is skipped."""
+        calling thread's ``failures``, and the frame is skipped. An alert the node could not
+        take (AlertNotStored: its disk is full) is the node's fault, not this camera's."""
         try:
             result = stage(*args)
+        except AlertNotStored:  # the node reports it as its outbox's; the book raises it again
+            return None
         except Exception as exc:  # one bad frame or a model error must not end the loop
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"[:200]

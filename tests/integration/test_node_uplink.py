@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import socket
 import sqlite3
@@ -471,3 +472,19 @@ def test_an_alert_whose_in_flight_mark_failed_is_sent_again_at_its_time(tmp_path
             uplink.close()
     listener.close()
     assert sorted(Counter(topic_name for topic_name, _ in listener.got)) == ["t/alert/0", "t/alert/1", "t/alert/2"]
+
+
+def test_a_broker_that_stops_is_a_connection_lost(broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    # paho 2 reports a dropped connection (MQTT_ERR_CONN_LOST) with the DISCONNECT reason code
+    # "Unspecified error", as if the broker had sent one: the log said so, and misled
+    uplink = MqttUplink(UplinkSettings(url=broker.url, client_id="dropped"))
+    uplink.start()
+    try:
+        wait_until(uplink.connected.is_set, 10, "connected")
+        with caplog.at_level(logging.WARNING, logger="s4edge.cloud_sync.uplink"):
+            broker.stop()
+            wait_until(lambda: not uplink.connected.is_set(), 10, "the loss noticed")
+    finally:
+        uplink.close()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("disconnected")]
+    assert said == [f"disconnected from {broker.host}:{broker.port}: connection lost"]

@@ -13,7 +13,7 @@ import pytest
 from s4edge.cloud_sync import outbox as outbox_module
 from s4edge.cloud_sync.outbox import RESERVE_BYTES, Outbox
 from s4edge.edge.health import DISK_FULL, Health, is_disk_full
-from s4edge.testing.disk import SmallDisk
+from s4edge.testing.disk import DiskUnavailable, SmallDisk
 
 
 def test_a_full_disk_is_the_outbox_failure_until_a_write_succeeds(disk: SmallDisk) -> None:
@@ -127,3 +127,41 @@ def test_a_disk_filled_by_the_outbox_still_takes_the_receipts_deletes(disk: Smal
         outbox.confirm(stored[len(stored) // 2 :])
         assert outbox.depth() == 0
         outbox.put("t/alert", b"after", receipt_id="alert-after")
+
+
+def test_a_given_up_reserve_is_taken_back_only_with_room_for_it_twice_over(
+    disk: SmallDisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed write gives the reserve up; taking it back into the room that freed, at the
+    next try (every 5 s), filled the disk again, and the writes after failed, over and over
+    (a field report: commits failing every 15-25 s with the reserve back at 512 KiB)."""
+    monkeypatch.setattr(outbox_module, "RESERVE_RETRY_S", 0.0)  # every commit tries to take it back
+    with Outbox(disk.mountpoint / "outbox.db") as outbox:
+        disk.fill()
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            for _ in range(1000):
+                outbox.put("t", b"x" * 4096)
+        assert not outbox.reserve.exists()
+        for i in range(40):  # about 40 KiB: the reserve's room holds them
+            outbox.put("t", f"{i}".encode() * 1024)
+        assert not outbox.reserve.exists(), "taken back with no room to spare"
+        assert is_disk_full(outbox.failure), "on its reserve, the disk is full"
+
+        disk.free()
+        outbox.put("t", b"after")
+        assert outbox.reserve.stat().st_size == RESERVE_BYTES
+        assert outbox.failure is None
+
+
+def test_an_outbox_made_on_a_small_disk_keeps_its_reserve(tmp_path: Path) -> None:
+    # twice the reserve is the room to take it back; an outbox being made needs only its own
+    # (a 1 MiB state partition never has twice, and would never have had one)
+    try:
+        small = SmallDisk(tmp_path / "small", size="1m").mount()
+    except DiskUnavailable as exc:
+        pytest.skip(f"a tmpfs of its own cannot be mounted here ({exc}); run as root")
+    try:
+        with Outbox(small.mountpoint / "outbox.db") as outbox:
+            assert outbox.reserve.stat().st_size == RESERVE_BYTES
+    finally:
+        small.unmount()

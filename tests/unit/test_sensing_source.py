@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from s4edge.drivers.sim import SimBME280, SimSCD4x, SimSGP30
-from s4edge.edge.alerts import AlertDraft, IncidentBook
+from s4edge.edge.alerts import AlertDraft, AlertNotStored, IncidentBook
 from s4edge.edge.sensing import rig
 from s4edge.edge.sensing.rig import build_source
 from s4edge.edge.sensing.source import Config, SensorsSource
@@ -412,3 +412,28 @@ def test_a_reload_keeps_a_co_sensors_exposure_on_real_hardware(tmp_path: Path, m
     assert isinstance(again, rig.MQProbe) and again.co_alarm is first.co_alarm
     (elsewhere,) = build_source(config, IncidentBook(lambda draft: None)).probes  # another node's book
     assert isinstance(elsewhere, rig.MQProbe) and elsewhere.co_alarm is not first.co_alarm
+
+
+def test_an_alarm_the_node_could_not_take_is_no_sensor_fault(tmp_path: Path) -> None:
+    # on a full disk, past the alerts the node keeps in memory, its emit refuses (AlertNotStored):
+    # the disk's fault, not the sensor's, and the book raises the alarm again with a later sample
+    drafts: list[AlertDraft] = []
+    refusing = [True]
+
+    def emit(draft: AlertDraft) -> None:
+        if refusing[0]:
+            raise AlertNotStored(f"{draft.kind} alert not stored: the disk is full")
+        drafts.append(draft)
+
+    clock = Clock()
+    config = Config.model_validate(
+        {"type": "sensors", "bus": "sim", "scenario": "gas_leak", "calibration_file": tmp_path / "cal.json",
+         "sensors": SENSORS}
+    )  # fmt: skip
+    source = build_source(config, IncidentBook(emit, update_interval_s=5.0), clock=clock)
+    run(source, clock, 70, scenario_offset=40)  # the leak is past its Moderate level by now
+    assert not [h.state for h in source.health.values() if "not stored" in h.state]
+    refusing[0] = False
+    run(source, clock, 100, scenario_offset=40)
+    assert ("gas", "new") in {(d.kind, d.state) for d in drafts}, "raised again once the node takes it"
+    assert not any(d.kind == "sensor_fault" for d in drafts)
