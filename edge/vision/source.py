@@ -22,6 +22,8 @@ sources:
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -87,10 +89,14 @@ class Config(BaseModel):
     snapshots: SnapshotConfig = SnapshotConfig()
 
 
-def load_detector(config: ModelConfig, name: str | None = None, scene: SceneConfig | None = None) -> FrameDetector:
+def load_detector(
+    config: ModelConfig, name: str | None = None, scene: SceneConfig | None = None, *, swap: bool = False
+) -> FrameDetector:
     """Pull (sha256-checked) and load a catalogue model as a Detector. With ``scene``, a model whose
-    labels name none of the classes a rule watches is refused: at start, and so a swap keeps the old
-    model, rather than a camera that runs and never raises (a model added without --labels, class_N)."""
+    labels name none of the classes a rule watches (a model added without --labels: class_N) would
+    run and never raise that rule: a swap to it is refused, keeping the old model; at start the
+    camera runs with a warning, as its other rules still work and the node's other sources must
+    not go down with it (``preflight`` says so before)."""
     from s4edge.edge.vision.catalogue import Catalogue
     from s4edge.edge.vision.detector import Detector
 
@@ -100,15 +106,23 @@ def load_detector(config: ModelConfig, name: str | None = None, scene: SceneConf
         catalogue.pull(model)
     detector = Detector.from_catalogue(catalogue, model, config.backend, config.score_threshold)
     blind = scene.blind_rules(detector.labels) if scene is not None else []
+    if blind and swap:
+        raise ValueError(blind_rules_problem(model, detector.labels, blind))
     if blind:
-        labels = detector.labels
-        shown = ", ".join(labels[:5]) + (f", … ({len(labels)} in all)" if len(labels) > 5 else "")
-        raise ValueError(
-            f"model {model} cannot serve this camera's rules: its labels ({shown or 'none'}) name none of the "
-            f"classes of rule {'; rule '.join(blind)}; add the model again with its labels "
-            f"(s4edge models add FILE --name {model} --labels FILE --force), or change the rule's classes"
-        )
+        log.warning("%s", blind_rules_problem(model, detector.labels, blind))
     return detector
+
+
+def blind_rules_problem(model: str, labels: Sequence[str], blind: Sequence[str]) -> str:
+    shown = ", ".join(labels[:5]) + (f", … ({len(labels)} in all)" if len(labels) > 5 else "")
+    if labels and all(re.fullmatch(r"class_\d+", label) for label in labels):  # added without --labels
+        fix = f"add the model again with its labels (s4edge models add FILE --name {model} --labels FILE --force)"
+    else:
+        fix = "choose a model whose labels include them"
+    return (
+        f"model {model} cannot serve this camera's rules: its labels ({shown or 'none'}) name none of the "
+        f"classes of rule {'; rule '.join(blind)}; {fix}, or change the rule's classes"
+    )
 
 
 class VisionSource:
@@ -268,9 +282,24 @@ def preflight(config: Config) -> list[tuple[str, str, str]]:
     """What would stop this camera as the agent starts, found offline without opening the camera or
     loading the model: (``"error"`` or ``"warning"``, the key in this source's config, what to do)."""
     problems = _model_problems(config.model)
+    if not any(level == "error" for level, _, _ in problems):
+        problems += _blind_rules(config)
     if (missing := _missing_replay(config.camera)) is not None:
         problems.insert(0, ("warning", "camera.url", missing))
     return problems
+
+
+def _blind_rules(config: Config) -> list[tuple[str, str, str]]:
+    """Rules the model's labels (from its manifest: no model is loaded) could never fire."""
+    from s4edge.edge.vision.catalogue import Catalogue, CatalogueError
+    from s4edge.edge.vision.manifest import ManifestError
+
+    try:
+        labels = Catalogue.from_env().get(config.model.name).labels()
+    except (CatalogueError, ManifestError, OSError):
+        return []  # a labels file that cannot be read: the load says why
+    blind = config.scene.blind_rules(labels)
+    return [("warning", "scene.rules", blind_rules_problem(config.model.name, labels, blind))] if blind else []
 
 
 def build(config: Config, book: IncidentBook) -> VisionSource:
@@ -282,7 +311,7 @@ def build(config: Config, book: IncidentBook) -> VisionSource:
         SceneAnalytics(config.name, config.scene, book),
         book,
         gate=MotionGate(config.motion),
-        detector_factory=lambda name: load_detector(config.model, name, config.scene),
+        detector_factory=lambda name: load_detector(config.model, name, config.scene, swap=True),
         snapshots=SnapshotWriter(config.snapshots, config.name) if config.snapshots.enabled else None,
     )
     return VisionSource(config, pipeline)
