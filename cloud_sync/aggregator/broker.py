@@ -5,8 +5,10 @@ The URL is read by ``cloud_sync.broker_url`` (mqtt://, mqtts://, ws://, wss://),
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
 import ssl
+import warnings
 from dataclasses import dataclass, replace
 
 import paho.mqtt.client as mqtt
@@ -30,6 +32,8 @@ RENEW_SERVER = (
     "renew it on the broker with `s4edge fleet ca server-cert --ca-dir FLEET_DIR --host BROKER_HOST` and restart "
     "mosquitto (`s4edge fleet ca expiry --ca-dir FLEET_DIR` lists the fleet's dates)"
 )
+
+log = logging.getLogger(__name__)
 
 
 class BrokerError(RuntimeError):
@@ -101,9 +105,15 @@ class BrokerConfig:
         for option, path in (("--ca-file", self.ca_file), ("--cert-file", self.cert_file)):
             if path is not None:
                 try:
-                    validities = read_validity(path)
+                    with warnings.catch_warnings():  # a system bundle's odd serials: cryptography's, not ours
+                        warnings.simplefilter("ignore")
+                        validities = read_validity(path)
                 except CertificateFileError as exc:
-                    raise BrokerFileError(f"{option} {exc}") from None
+                    # OpenSSL reads what cryptography may not (BEGIN TRUSTED CERTIFICATE, from
+                    # `openssl x509 -trustout`), and refuses a file neither can (tls_context):
+                    # such a file works, its dates are just not checked here
+                    log.debug("%s %s: dates not checked: %s", option, path, exc)
+                    continue
                 found.append((option, latest(validities) if option == "--ca-file" else validities[0]))
         return found
 

@@ -99,13 +99,13 @@ def ca_server_cert(
     typer.echo(f"{cert}\n{key}")
 
 
-def _renewal(cert: x509.Certificate, fleet_dir: Path, fleet: Fleet | None) -> str:
+def _renewal(cert: x509.Certificate, ca_dir: Path, fleet_dir: Path, fleet: Fleet | None) -> str:
     """The command that issues this certificate again (it is never extended in place: a new
     certificate, and the old one's serial on the CRL where it was an identity's)."""
     try:
         if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
             return (
-                f"the fleet CA itself: a new one (`s4edge fleet ca init --out {fleet_dir} --force`), then every "
+                f"the fleet CA itself: a new one (`s4edge fleet ca init --out {ca_dir} --force`), then every "
                 "certificate issued again and the new ca.crt given to the aggregator and every node"
             )
     except x509.ExtensionNotFound:
@@ -115,17 +115,19 @@ def _renewal(cert: x509.Certificate, fleet_dir: Path, fleet: Fleet | None) -> st
     except x509.ExtensionNotFound:
         usages = []
     if ExtendedKeyUsageOID.SERVER_AUTH in usages:
-        return f"`s4edge fleet ca server-cert --ca-dir {fleet_dir} --host BROKER_HOST`, then restart mosquitto"
+        return f"`s4edge fleet ca server-cert --ca-dir {ca_dir} --host BROKER_HOST`, then restart mosquitto"
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     name = str(names[0].value) if names else ""
     identity = fleet.identities.get(name) if fleet is not None else None
     if identity is not None and identity.role == "aggregator":
         worker = re.fullmatch(r"(.+)-w\d+", name)
         named = f"--name {worker.group(1)} --workers N" if worker else f"--name {name}"
-        return f"`s4edge fleet aggregator-credentials --fleet-dir {fleet_dir} {named} --client-cert --out DIR`"
+        folders = f"--fleet-dir {fleet_dir} --ca-dir {ca_dir}"
+        return f"`s4edge fleet aggregator-credentials {folders} {named} --client-cert --out DIR`"
     if identity is not None:
         return (
-            f"`s4edge provision {name} --site {identity.site} --client-cert --ca-dir {fleet_dir} ...` "
+            f"`s4edge provision {name} --site {identity.site} --client-cert --ca-dir {ca_dir} "
+            f"--fleet-dir {fleet_dir} ...` "
             "as it was provisioned, then copy its files to the node"
         )
     return "issue it again where it was issued (its name is not in this fleet's fleet.json)"
@@ -174,7 +176,9 @@ def ca_expiry(
             days = f"{validity.days_left(now):.0f}"
             table.add_row(str(path), validity.subject, f"{validity.not_after:%Y-%m-%d %H:%M}", days, state)
             if state != "ok":
-                due.append(f"{path} ({validity.subject}, {state}): {_renewal(cert, ca_dir, fleet)}")
+                due.append(
+                    f"{path} ({validity.subject}, {state}): {_renewal(cert, ca_dir, fleet_dir or ca_dir, fleet)}"
+                )
     console.print(table)
     for line in due:
         typer.echo(f"renew {line}")
@@ -329,7 +333,7 @@ def _check_broker_certificates(fleet_dir: Path) -> None:
             why = str(exc) if isinstance(exc, CertificateFileError) else f"{path}: cannot read ({exc.strerror})"
             raise _fail(FleetError(why)) from None
         validity = Validity.of(str(path), cert)
-        renew = _renewal(cert, fleet_dir, None)
+        renew = _renewal(cert, fleet_dir, fleet_dir, None)
         if (problem := validity.problem(now)) is not None:
             raise _fail(FleetError(f"{path}: {problem}: every client refuses {what}; renew it: {renew}"))
         if validity.expiring(now):

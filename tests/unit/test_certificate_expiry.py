@@ -90,6 +90,18 @@ def test_a_ca_bundle_with_its_successor_still_works(tmp_path: Path, ca: FleetCA)
     assert code == 1 and "could not connect to mqtts://127.0.0.1:1" in output, output
 
 
+def test_a_ca_file_openssl_reads_and_cryptography_does_not_still_works(tmp_path: Path, ca: FleetCA) -> None:
+    """`openssl x509 -trustout` writes BEGIN TRUSTED CERTIFICATE, which OpenSSL trusts and
+    cryptography cannot parse: the aggregator stopped on it with "not a PEM certificate"."""
+    import subprocess
+
+    trusted = tmp_path / "trusted.pem"
+    subprocess.run(["openssl", "x509", "-in", str(ca.cert_path), "-trustout", "-out", str(trusted)], check=True)
+    assert b"BEGIN TRUSTED CERTIFICATE" in trusted.read_bytes()
+    code, output = run(tmp_path, "--ca-file", trusted)
+    assert code == 1 and "could not connect to mqtts://127.0.0.1:1" in output, output
+
+
 def test_a_client_certificate_not_yet_valid_blames_a_clock(tmp_path: Path, ca: FleetCA) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -157,8 +169,23 @@ def test_fleet_ca_expiry_lists_the_dates_and_what_renews_each(tmp_path: Path, ca
     assert f"renew {fleet / 'server.crt'} (CN=broker.example, expired): `s4edge fleet ca server-cert" in result.output
     assert (
         f"renew {agg} (CN=aggregator, expiring): `s4edge fleet aggregator-credentials --fleet-dir {fleet} "
-        "--name aggregator --client-cert"
+        f"--ca-dir {fleet} --name aggregator --client-cert"
     ) in result.output
+
+
+def test_fleet_ca_expiry_names_the_fleet_folder_apart_from_the_ca_folder(tmp_path: Path, ca: FleetCA) -> None:
+    # with the CA kept apart, the remedy named the CA folder as --fleet-dir: following it wrote
+    # the aggregator's identity there, not into the fleet's passwords and ACL
+    fleet = tmp_path / "fleet"
+    out = tmp_path / "agg"
+    args = ["--fleet-dir", str(fleet), "--ca-dir", str(ca.folder), "--out", str(out), "--client-cert"]
+    assert runner.invoke(app, ["fleet", "aggregator-credentials", *args]).exit_code == 0
+    issue_client_cert(ca, "aggregator", out, "aggregator", not_after=SOON)
+    folders = ["--ca-dir", str(ca.folder), "--fleet-dir", str(fleet)]
+    command = ["fleet", "ca", "expiry", *folders, str(out / "aggregator.crt")]
+    result = runner.invoke(app, command, env={"COLUMNS": "300"})
+    assert result.exit_code == 1, result.output
+    assert f"aggregator-credentials --fleet-dir {fleet} --ca-dir {ca.folder} --name aggregator" in result.output
 
 
 def test_fleet_ca_expiry_exits_0_when_nothing_is_due(ca: FleetCA) -> None:
