@@ -10,7 +10,10 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -463,14 +466,34 @@ class Store:
         own credentials; the broker then gives it its turn of the fleet's messages, which its ACL
         forbids it to read, and drops them (mosquitto's acl_file checks no subscription filter)."""
         kept = select(aggregator_settings.c.value).where(aggregator_settings.c.name == "share_group")
-        with self.engine.connect() as conn:  # drawn before: a read, which a read-only store allows
-            found = conn.execute(kept).scalar_one_or_none()
+        try:
+            with self.engine.connect() as conn:  # drawn before: a read, which a read-only store allows
+                found = conn.execute(kept).scalar_one_or_none()
+        except OperationalError:
+            # SQLite on a full disk cannot even read without room for its shared-memory file; the
+            # group drawn before is read from the file as it is, or the fallback would be guessable
+            found = self._sqlite_setting("share_group")
+            if found is None:
+                raise
         if found is not None:
             return str(found)
         with self.engine.begin() as conn:
             drawn = {"name": "share_group", "value": f"s4edge-{secrets.token_hex(16)}"}
             conn.execute(_insert(conn, aggregator_settings).on_conflict_do_nothing(index_elements=["name"]), drawn)
             return str(conn.execute(kept).scalar_one())
+
+    def _sqlite_setting(self, name: str) -> str | None:
+        """A setting read from an SQLite store's file with no -shm or -wal made (``immutable=1``:
+        what a full disk allows); None on PostgreSQL, or where it cannot be read so."""
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return None
+        try:
+            with closing(sqlite3.connect(f"file:{urllib.parse.quote(database)}?mode=ro&immutable=1", uri=True)) as conn:
+                row = conn.execute("SELECT value FROM aggregator_settings WHERE name = ?", (name,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return None if row is None else str(row[0])
 
     # -- ingest (all inside one caller-owned transaction per batch) ---------------------------
 

@@ -153,3 +153,14 @@ def test_an_aggregator_started_on_a_full_disk_comes_up_and_stores_once_there_is_
     eventually(lambda: receipts.of(waiting) == {a.id for a in waiting}, 60, "receipts once there is room")
     assert stored(store_on) == len(waiting)
     eventually(lambda: healthz(url)[0] == 200, 20, "/healthz to recover")
+
+
+def test_the_shared_subscription_group_drawn_before_is_kept_on_a_full_disk(disk: SmallDisk, store_on: Path) -> None:
+    # SQLite could not read the store: the workers fell back to a group named after the client
+    # id, which a node could guess and join for its turn of the fleet's messages
+    created = Store(make_engine(f"sqlite:///{store_on}"))
+    created.create_all()
+    drawn = created.share_group()
+    created.engine.dispose()
+    disk.fill()
+    assert Store(make_engine(f"sqlite:///{store_on}")).share_group() == drawn
