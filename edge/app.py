@@ -587,8 +587,19 @@ class Node:
                 continue
             try:
                 self.execute(command)
-            except Exception:
-                log.exception("command %s (%s) failed", command.name, command.id)
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    log.exception("command %s (%s) failed", command.name, command.id)
+                    continue
+                # an expected condition, as for telemetry: one line naming the disk to free
+                log.warning(
+                    "command %s (%s) failed: %s is on a full disk (%s): make room there; the aggregator "
+                    "gets no result for it",
+                    command.name,
+                    command.id,
+                    self.outbox.path,
+                    exc,
+                )
 
     # -- life cycle ------------------------------------------------------------------
 

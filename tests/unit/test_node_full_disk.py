@@ -187,3 +187,28 @@ def test_past_what_memory_keeps_a_source_is_refused_but_not_blamed(
     assert source.runs == 2
     assert node.health.states()["refused"] == "running"
     assert not [r for r in caplog.records if "source refused" in r.getMessage()]
+
+
+def test_a_command_on_a_full_disk_is_one_line_naming_the_disk(
+    node: Node, disk: SmallDisk, caplog: pytest.LogCaptureFixture
+) -> None:
+    # its result could not be stored: a traceback under "command ping (…) failed"
+    from datetime import UTC, datetime, timedelta
+
+    from s4edge.cloud_sync.messages import Command
+    from s4edge.testing import eventually
+
+    no_room(disk, node.outbox)
+    expires = datetime.now(UTC) + timedelta(seconds=60)
+    ping = Command(
+        node_id=node.config.node_id, site=node.config.site, seq=1, name="ping", issuer="aggregator", expires=expires
+    )
+    loop = threading.Thread(target=node._command_loop, daemon=True)
+    with caplog.at_level(logging.WARNING, logger="s4edge.edge.app"):
+        loop.start()
+        node._commands.put(ping)
+        said = eventually(lambda: [r for r in caplog.records if f"command ping ({ping.id})" in r.getMessage()])
+        node._stop.set()
+        loop.join(5)
+    assert [(r.levelname, r.exc_info) for r in said] == [("WARNING", None)], "one line, no traceback"
+    assert str(node.outbox.path) in said[0].getMessage() and "full disk" in said[0].getMessage()
