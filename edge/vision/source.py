@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +41,9 @@ from s4edge.edge.vision.pipeline import FrameDetector, SwapResult, VisionPipelin
 from s4edge.edge.vision.snapshots import SnapshotConfig, SnapshotWriter
 from s4edge.edge.vision.swaps import Swap, SwapRecord, SwapRecordError, swap_path
 from s4edge.edge.vision.tracker import Tracker, TrackerConfig
+
+if TYPE_CHECKING:
+    from s4edge.edge.vision.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -246,10 +249,11 @@ def _missing_replay(camera: CameraConfig) -> str | None:
     )
 
 
-def _model_problems(model: ModelConfig) -> list[tuple[str, str, str]]:
-    """The model is in the catalogue, and its weights are cached or can be pulled as the agent starts.
-    Read from the manifests and the cache folder: no weights are read, no model is loaded."""
-    from s4edge.edge.vision.catalogue import MIRROR_ENV, Catalogue, CatalogueError, default_mirror
+def _model_problems(model: ModelConfig, scene: SceneConfig) -> list[tuple[str, str, str]]:
+    """The model is in the catalogue, its weights are cached or can be pulled as the agent starts,
+    and its labels can fire every rule. Read from the manifests and the cache folder: no weights
+    are read, no model is loaded."""
+    from s4edge.edge.vision.catalogue import Catalogue, CatalogueError
     from s4edge.edge.vision.manifest import ManifestError
 
     catalogue = Catalogue.from_env()
@@ -257,14 +261,28 @@ def _model_problems(model: ModelConfig) -> list[tuple[str, str, str]]:
         entry = catalogue.get(model.name)
     except (CatalogueError, ManifestError) as exc:
         return [("error", "model.name", f"{exc}; `s4edge models list` shows the catalogue")]
-    weights = catalogue.weights_path(entry.manifest)
+    problems = _weights_problems(catalogue.weights_path(entry.manifest), entry.manifest, model)
+    if any(level == "error" for level, _, _ in problems):
+        return problems
+    try:
+        labels = entry.labels()
+    except (ManifestError, OSError):
+        return problems  # a labels file that cannot be read: the load says why
+    if blind := scene.blind_rules(labels):
+        problems.append(("warning", "scene.rules", blind_rules_problem(model.name, labels, blind)))
+    return problems
+
+
+def _weights_problems(weights: Path, manifest: Manifest, model: ModelConfig) -> list[tuple[str, str, str]]:
+    from s4edge.edge.vision.catalogue import MIRROR_ENV, default_mirror
+
     if weights.is_file():
         return []
     missing = f"the weights of {model.name} are not in the model cache ({weights})"
-    offline = f"`s4edge models pull {model.name} --from DIR`, DIR a folder holding {entry.manifest.file}"
+    offline = f"`s4edge models pull {model.name} --from DIR`, DIR a folder holding {manifest.file}"
     if not model.pull:
         return [("error", "model.name", f"{missing}, and model.pull is false; run {offline}")]
-    origin = default_mirror() or entry.manifest.url
+    origin = default_mirror() or manifest.url
     if not origin:
         nowhere = f"its manifest names no url, and {MIRROR_ENV} is not set"
         return [("error", "model.name", f"{missing}, and {nowhere}; run {offline}")]
@@ -281,25 +299,10 @@ def _model_problems(model: ModelConfig) -> list[tuple[str, str, str]]:
 def preflight(config: Config) -> list[tuple[str, str, str]]:
     """What would stop this camera as the agent starts, found offline without opening the camera or
     loading the model: (``"error"`` or ``"warning"``, the key in this source's config, what to do)."""
-    problems = _model_problems(config.model)
-    if not any(level == "error" for level, _, _ in problems):
-        problems += _blind_rules(config)
+    problems = _model_problems(config.model, config.scene)
     if (missing := _missing_replay(config.camera)) is not None:
         problems.insert(0, ("warning", "camera.url", missing))
     return problems
-
-
-def _blind_rules(config: Config) -> list[tuple[str, str, str]]:
-    """Rules the model's labels (from its manifest: no model is loaded) could never fire."""
-    from s4edge.edge.vision.catalogue import Catalogue, CatalogueError
-    from s4edge.edge.vision.manifest import ManifestError
-
-    try:
-        labels = Catalogue.from_env().get(config.model.name).labels()
-    except (CatalogueError, ManifestError, OSError):
-        return []  # a labels file that cannot be read: the load says why
-    blind = config.scene.blind_rules(labels)
-    return [("warning", "scene.rules", blind_rules_problem(config.model.name, labels, blind))] if blind else []
 
 
 def build(config: Config, book: IncidentBook) -> VisionSource:
